@@ -1,0 +1,195 @@
+//! Datasets and batching: a [`Dataset`] trait, an in-memory classification dataset, a seeded
+//! shuffling [`DataLoader`], and the real UCI handwritten-digits data.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Result, TensorError};
+use crate::tensor::Tensor;
+
+/// A labelled dataset with fixed-shape samples.
+pub trait Dataset {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Shape of one sample (without the batch dim).
+    fn sample_shape(&self) -> &[usize];
+    /// Writes sample `i`'s features into `out` (length = product of `sample_shape`), returns its label.
+    fn get_into(&self, i: usize, out: &mut [f32]) -> usize;
+}
+
+/// Features and class labels held in memory.
+#[derive(Debug, Clone)]
+pub struct ClassificationData {
+    features: Vec<f32>,
+    shape: Vec<usize>,
+    labels: Vec<usize>,
+    pub num_classes: usize,
+}
+
+impl ClassificationData {
+    pub fn new(features: Vec<f32>, shape: Vec<usize>, labels: Vec<usize>, num_classes: usize) -> Result<Self> {
+        let per: usize = shape.iter().product();
+        if per * labels.len() != features.len() {
+            return Err(TensorError::InvalidArgument {
+                op: "ClassificationData::new",
+                reason: format!("{} features do not split into {} samples of shape {shape:?}", features.len(), labels.len()),
+            });
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l >= num_classes) {
+            return Err(TensorError::OutOfRange { op: "ClassificationData::new", what: "label", index: bad, limit: num_classes });
+        }
+        Ok(ClassificationData { features, shape, labels, num_classes })
+    }
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+    /// Picks samples by index (used for splits).
+    pub fn subset(&self, idx: &[usize]) -> ClassificationData {
+        let per: usize = self.shape.iter().product();
+        let mut features = Vec::with_capacity(idx.len() * per);
+        for &i in idx {
+            features.extend_from_slice(&self.features[i * per..(i + 1) * per]);
+        }
+        ClassificationData {
+            features,
+            shape: self.shape.clone(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            num_classes: self.num_classes,
+        }
+    }
+    /// Same data viewed with another per-sample shape of equal size (e.g. `[64]` → `[1, 8, 8]`).
+    pub fn with_sample_shape(mut self, shape: Vec<usize>) -> Result<Self> {
+        if shape.iter().product::<usize>() != self.shape.iter().product::<usize>() {
+            return Err(TensorError::shape("with_sample_shape", &self.shape, &shape));
+        }
+        self.shape = shape;
+        Ok(self)
+    }
+}
+
+impl Dataset for ClassificationData {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn sample_shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn get_into(&self, i: usize, out: &mut [f32]) -> usize {
+        let per = out.len();
+        out.copy_from_slice(&self.features[i * per..(i + 1) * per]);
+        self.labels[i]
+    }
+}
+
+/// A batch: inputs `[B, ...sample_shape]` and their labels.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub x: Tensor,
+    pub y: Vec<usize>,
+}
+
+/// Splits a dataset into batches, shuffling each epoch with a generator seeded by `(seed, epoch)`
+/// so any epoch's order can be reproduced on its own.
+pub struct DataLoader<'a, D: Dataset> {
+    dataset: &'a D,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    pub drop_last: bool,
+}
+
+impl<'a, D: Dataset> DataLoader<'a, D> {
+    pub fn new(dataset: &'a D, batch_size: usize, shuffle: bool, seed: u64) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(TensorError::arg("DataLoader", "batch_size must be at least 1"));
+        }
+        Ok(DataLoader { dataset, batch_size, shuffle, seed, drop_last: false })
+    }
+
+    /// Number of batches per epoch.
+    pub fn num_batches(&self) -> usize {
+        let n = self.dataset.len();
+        if self.drop_last {
+            n / self.batch_size
+        } else {
+            n.div_ceil(self.batch_size)
+        }
+    }
+
+    /// Sample order for `epoch`.
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.dataset.len()).collect();
+        if self.shuffle {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch));
+            idx.shuffle(&mut rng);
+        }
+        idx
+    }
+
+    /// The batches of one epoch.
+    pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Batch> + '_ {
+        let order = self.order(epoch);
+        let per: usize = self.dataset.sample_shape().iter().product();
+        let bs = self.batch_size;
+        let nb = self.num_batches();
+        (0..nb).map(move |b| {
+            let idx = &order[b * bs..((b + 1) * bs).min(order.len())];
+            let mut x = vec![0.0f32; idx.len() * per];
+            let mut y = Vec::with_capacity(idx.len());
+            for (j, &i) in idx.iter().enumerate() {
+                y.push(self.dataset.get_into(i, &mut x[j * per..(j + 1) * per]));
+            }
+            let mut shape = vec![idx.len()];
+            shape.extend_from_slice(self.dataset.sample_shape());
+            Batch { x: Tensor::from_vec(x, &shape).expect("sized above"), y }
+        })
+    }
+}
+
+/// The UCI optical-recognition handwritten digits (1,797 8×8 images, 10 classes), as shipped
+/// inside the `smartcore` crate (no download at run time). Pixel values 0..16 are scaled to [0, 1].
+pub mod digits {
+    use super::*;
+
+    pub const NUM_SAMPLES: usize = 1797;
+    pub const NUM_CLASSES: usize = 10;
+
+    /// All samples, features `[64]`, in the file's order.
+    pub fn load() -> Result<ClassificationData> {
+        let ds = smartcore::dataset::digits::load_dataset();
+        if ds.num_samples != NUM_SAMPLES || ds.num_features != 64 {
+            return Err(TensorError::File {
+                path: "smartcore digits.xy".into(),
+                reason: format!("expected 1797×64, found {}×{}", ds.num_samples, ds.num_features),
+            });
+        }
+        let features = ds.data.iter().map(|v| v / 16.0).collect();
+        let labels = ds.target.iter().map(|&t| t as usize).collect();
+        ClassificationData::new(features, vec![64], labels, NUM_CLASSES)
+    }
+
+    /// Stratified split: in every class, `test_fraction` of its samples (rounded) go to the test
+    /// set, chosen by a generator seeded with `seed`. Returns (train, test).
+    pub fn split(data: &ClassificationData, test_fraction: f32, seed: u64) -> (ClassificationData, ClassificationData) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for class in 0..data.num_classes {
+            let mut idx: Vec<usize> = (0..data.len()).filter(|&i| data.labels()[i] == class).collect();
+            idx.shuffle(&mut rng);
+            let n_test = (idx.len() as f32 * test_fraction).round() as usize;
+            test.extend_from_slice(&idx[..n_test]);
+            train.extend_from_slice(&idx[n_test..]);
+        }
+        train.sort_unstable();
+        test.sort_unstable();
+        (data.subset(&train), data.subset(&test))
+    }
+
+    /// The project's fixed split: 20% test, seed 0.
+    pub fn standard_split() -> Result<(ClassificationData, ClassificationData)> {
+        Ok(split(&load()?, 0.2, 0))
+    }
+}

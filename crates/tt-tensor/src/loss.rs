@@ -1,0 +1,125 @@
+//! Loss functions. Each returns a 0-d tensor averaged over the batch.
+
+use ndarray::IxDyn;
+
+use crate::error::{Result, TensorError};
+use crate::hook::{OpInfo, OpScope};
+use crate::kernels::softmax_row;
+use crate::tensor::{Array, Tensor};
+
+/// Mean squared error `mean((pred − target)²)`.
+pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    if pred.shape() != target.shape() {
+        return Err(TensorError::shape("mse", &pred.shape(), &target.shape()));
+    }
+    Ok(pred.sub(target)?.pow(2.0).mean())
+}
+
+/// Cross-entropy from logits `[..., C]` against class indices (one per leading position), averaged.
+/// Fused: log-softmax and the gather in one pass; gradient `(softmax − onehot)/N`.
+pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    let shape = logits.shape();
+    let c = *shape.last().ok_or_else(|| TensorError::invalid_shape("cross_entropy", &shape, "needs [..., classes]"))?;
+    let n = if c == 0 { 0 } else { logits.numel() / c };
+    if n != targets.len() || n == 0 {
+        return Err(TensorError::InvalidArgument {
+            op: "cross_entropy",
+            reason: format!("logits {shape:?} hold {n} rows but {} targets were given", targets.len()),
+        });
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| t >= c) {
+        return Err(TensorError::OutOfRange { op: "cross_entropy", what: "target class", index: bad, limit: c });
+    }
+    let mut probs = vec![0.0f32; n * c];
+    let loss = {
+        let _scope = OpScope::begin("cross_entropy", || OpInfo {
+            input_shapes: vec![shape.clone()],
+            flops: 5 * (n * c) as u64,
+            bytes: 4 * (n * c) as u64,
+        });
+        let d = logits.data();
+        let xs = d.as_slice().expect("standard layout");
+        let mut total = 0.0f64;
+        for r in 0..n {
+            let row = &xs[r * c..(r + 1) * c];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+            total += (lse - row[targets[r]]) as f64;
+            let p = &mut probs[r * c..(r + 1) * c];
+            p.copy_from_slice(row);
+            softmax_row(p);
+        }
+        (total / n as f64) as f32
+    };
+    Ok(Tensor::from_op(Array::from_elem(IxDyn(&[]), loss), &[logits], "cross_entropy", || {
+        let targets = targets.to_vec();
+        Box::new(move |g| {
+            let gv = *g.iter().next().expect("scalar") / n as f32;
+            let mut gx = probs.clone();
+            for (r, &t) in targets.iter().enumerate() {
+                gx[r * c + t] -= 1.0;
+            }
+            gx.iter_mut().for_each(|v| *v *= gv);
+            vec![Some(Array::from_shape_vec(IxDyn(&shape), gx).expect("sized"))]
+        })
+    }))
+}
+
+/// Binary cross-entropy on probabilities in (0, 1); inputs are clamped to [1e-7, 1 − 1e-7]
+/// so log(0) cannot occur. Prefer [`bce_with_logits`] when you have logits.
+pub fn binary_cross_entropy(probs: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if probs.shape() != targets.shape() {
+        return Err(TensorError::shape("binary_cross_entropy", &probs.shape(), &targets.shape()));
+    }
+    let eps = 1e-7;
+    let p = probs.unary("clamp", 1, move |x| x.clamp(eps, 1.0 - eps), move |x| {
+        if x > eps && x < 1.0 - eps {
+            1.0
+        } else {
+            0.0
+        }
+    });
+    let one_minus_t = targets.neg().add_scalar(1.0);
+    let a = targets.mul(&p.log())?;
+    let b = one_minus_t.mul(&p.neg().add_scalar(1.0).log())?;
+    Ok(a.add(&b)?.mean().neg())
+}
+
+/// Binary cross-entropy on logits, stable form `max(x,0) − x·t + log(1 + e^{−|x|})`.
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if logits.shape() != targets.shape() {
+        return Err(TensorError::shape("bce_with_logits", &logits.shape(), &targets.shape()));
+    }
+    let softplus_neg_abs = logits.unary(
+        "log1p_exp_neg_abs",
+        3,
+        |x| (-x.abs()).exp().ln_1p(),
+        |x| {
+            let e = (-x.abs()).exp();
+            -x.signum() * e / (1.0 + e)
+        },
+    );
+    let relu = logits.relu();
+    Ok(relu.sub(&logits.mul(targets)?)?.add(&softplus_neg_abs)?.mean())
+}
+
+/// KL(p_teacher(T) ‖ p_student(T)) with `p(T) = softmax(z/T)` over the last axis, averaged over
+/// rows ("batchmean"). The teacher is a constant. Distillation multiplies this by T² (Hinton et al.).
+pub fn kl_div_with_temperature(student_logits: &Tensor, teacher_logits: &Tensor, temperature: f32) -> Result<Tensor> {
+    if student_logits.shape() != teacher_logits.shape() {
+        return Err(TensorError::shape("kl_div", &student_logits.shape(), &teacher_logits.shape()));
+    }
+    if temperature <= 0.0 || !temperature.is_finite() {
+        return Err(TensorError::arg("kl_div", format!("temperature {temperature} must be positive")));
+    }
+    let shape = student_logits.shape();
+    let axis = shape.len() - 1;
+    let rows = (student_logits.numel() / shape[axis].max(1)).max(1) as f32;
+    let log_ps = student_logits.mul_scalar(1.0 / temperature).log_softmax(axis)?;
+    let log_pt = crate::no_grad(|| teacher_logits.mul_scalar(1.0 / temperature).log_softmax(axis))?;
+    let pt = log_pt.data().mapv(f32::exp);
+    let entropy_term: f32 = pt.iter().zip(log_pt.data().iter()).map(|(p, l)| p * l).sum();
+    // KL = Σ p_t (log p_t − log p_s) = Σ p_t log p_t − Σ p_t log p_s
+    let cross = log_ps.mul_const(&pt)?.sum();
+    Ok(cross.neg().add_scalar(entropy_term).mul_scalar(1.0 / rows))
+}

@@ -1,0 +1,330 @@
+use std::sync::Mutex;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{prefixed, Module};
+use crate::error::{Result, TensorError};
+use crate::tensor::{randn_array, uniform_array, Array, Tensor};
+
+/// Fully connected layer `y = x·Wᵀ + b`, `W` stored `[out, in]`.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// PyTorch's default init: U(−1/√in, 1/√in) for weight and bias.
+    pub fn new(in_features: usize, out_features: usize, bias: bool, seed: u64) -> Linear {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let bound = 1.0 / (in_features.max(1) as f32).sqrt();
+        let weight = Tensor::param(uniform_array(&[out_features, in_features], -bound, bound, &mut rng));
+        let bias = bias.then(|| Tensor::param(uniform_array(&[out_features], -bound, bound, &mut rng)));
+        Linear { weight, bias }
+    }
+
+    /// Wraps existing tensors (weight `[out, in]`, bias `[out]`).
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        let s = weight.shape();
+        if s.len() != 2 {
+            return Err(TensorError::invalid_shape("Linear::from_tensors", &s, "weight must be [out, in]"));
+        }
+        if let Some(b) = &bias {
+            if b.shape() != [s[0]] {
+                return Err(TensorError::shape("Linear::from_tensors (bias)", &b.shape(), &[s[0]]));
+            }
+        }
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias".to_string(), b.clone()));
+        }
+        v
+    }
+    fn kind(&self) -> &'static str {
+        "Linear"
+    }
+}
+
+/// 2-D convolution, weight `[C_out, C_in, k, k]`.
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize, seed: u64) -> Conv2d {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let fan_in = (c_in * kernel * kernel).max(1) as f32;
+        let bound = 1.0 / fan_in.sqrt();
+        Conv2d {
+            weight: Tensor::param(uniform_array(&[c_out, c_in, kernel, kernel], -bound, bound, &mut rng)),
+            bias: Some(Tensor::param(uniform_array(&[c_out], -bound, bound, &mut rng))),
+            stride,
+            padding,
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias".to_string(), b.clone()));
+        }
+        v
+    }
+    fn kind(&self) -> &'static str {
+        "Conv2d"
+    }
+}
+
+/// Max pooling with a square window.
+pub struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl Module for MaxPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.max_pool2d(self.kernel, self.stride)
+    }
+    fn kind(&self) -> &'static str {
+        "MaxPool2d"
+    }
+}
+
+/// Average pooling with a square window.
+pub struct AvgPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl Module for AvgPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.avg_pool2d(self.kernel, self.stride)
+    }
+    fn kind(&self) -> &'static str {
+        "AvgPool2d"
+    }
+}
+
+/// Flattens every dim after the batch dim.
+pub struct Flatten;
+
+impl Module for Flatten {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.flatten_from(1)
+    }
+    fn kind(&self) -> &'static str {
+        "Flatten"
+    }
+}
+
+/// Lookup table `[num_embeddings, dim]`.
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// N(0, 1) init, like PyTorch; pass `std` to scale (GPT-2 uses 0.02).
+    pub fn new(num: usize, dim: usize, std: f32, seed: u64) -> Embedding {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Embedding {
+            weight: Tensor::param(randn_array(&[num, dim], 0.0, std, &mut rng)),
+        }
+    }
+
+    /// Looks up ids; the output has shape `ids_shape + [dim]`.
+    pub fn forward_ids(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Tensor> {
+        if ids_shape.iter().product::<usize>() != ids.len() {
+            return Err(TensorError::invalid_shape("Embedding", ids_shape, format!("does not hold {} ids", ids.len())));
+        }
+        let rows = self.weight.index_select_rows(ids)?;
+        let mut shape = ids_shape.to_vec();
+        shape.push(self.weight.shape()[1]);
+        rows.reshape(&shape)
+    }
+}
+
+impl Module for Embedding {
+    /// Takes ids stored as f32 (non-negative integers); errors on anything else.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let vals = x.to_vec();
+        let mut ids = Vec::with_capacity(vals.len());
+        for v in vals {
+            if v < 0.0 || v.fract() != 0.0 {
+                return Err(TensorError::arg("Embedding", format!("id {v} is not a non-negative integer")));
+            }
+            ids.push(v as usize);
+        }
+        self.forward_ids(&ids, &x.shape())
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        vec![("weight".to_string(), self.weight.clone())]
+    }
+    fn kind(&self) -> &'static str {
+        "Embedding"
+    }
+}
+
+/// Layer normalization over the last dim.
+pub struct LayerNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize) -> LayerNorm {
+        LayerNorm {
+            gamma: Tensor::param(Array::ones(ndarray::IxDyn(&[dim]))),
+            beta: Tensor::param(Array::zeros(ndarray::IxDyn(&[dim]))),
+            eps: 1e-5,
+        }
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.layer_norm(&self.gamma, &self.beta, self.eps)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        vec![("weight".to_string(), self.gamma.clone()), ("bias".to_string(), self.beta.clone())]
+    }
+    fn kind(&self) -> &'static str {
+        "LayerNorm"
+    }
+}
+
+/// Inverted dropout: in training, zeroes each element with probability `p` and scales the rest by
+/// 1/(1−p); in eval mode it is the identity. Its mask generator is seeded.
+pub struct Dropout {
+    pub p: f32,
+    training: bool,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Dropout {
+    pub fn new(p: f32, seed: u64) -> Result<Dropout> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(TensorError::arg("Dropout", format!("p = {p} must be in [0, 1)")));
+        }
+        Ok(Dropout {
+            p,
+            training: true,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        })
+    }
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+impl Module for Dropout {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.training || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mask = Array::from_shape_simple_fn(ndarray::IxDyn(&x.shape()), || {
+            if rng.random::<f32>() < keep {
+                1.0 / keep
+            } else {
+                0.0
+            }
+        });
+        x.mul_const(&mask)
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+    fn kind(&self) -> &'static str {
+        "Dropout"
+    }
+}
+
+macro_rules! activation_layer {
+    ($name:ident, $method:ident, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name;
+        impl Module for $name {
+            fn forward(&self, x: &Tensor) -> Result<Tensor> {
+                Ok(x.$method())
+            }
+            fn kind(&self) -> &'static str {
+                stringify!($name)
+            }
+        }
+    };
+}
+activation_layer!(Relu, relu, "ReLU activation layer.");
+activation_layer!(Gelu, gelu, "GELU (tanh form) activation layer.");
+activation_layer!(Tanh, tanh, "tanh activation layer.");
+activation_layer!(Sigmoid, sigmoid, "Sigmoid activation layer.");
+
+/// Layers applied in order. Children are named by position ("0", "1", ...).
+#[derive(Default)]
+pub struct Sequential {
+    pub layers: Vec<Box<dyn Module>>,
+}
+
+impl Sequential {
+    pub fn new() -> Sequential {
+        Sequential { layers: Vec::new() }
+    }
+    /// Builder-style append.
+    pub fn add(mut self, layer: impl Module + 'static) -> Sequential {
+        self.layers.push(Box::new(layer));
+        self
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for layer in &self.layers {
+            h = layer.forward(&h)?;
+        }
+        Ok(h)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters()))
+            .collect()
+    }
+    fn set_training(&mut self, training: bool) {
+        for l in &mut self.layers {
+            l.set_training(training);
+        }
+    }
+    fn kind(&self) -> &'static str {
+        "Sequential"
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        self.layers.iter().enumerate().map(|(i, l)| (i.to_string(), l.as_ref())).collect()
+    }
+}

@@ -1,0 +1,280 @@
+//! Neural-network ops with fused kernels: conv2d (im2col + GEMM), pooling, layer norm.
+
+use ndarray::{Array2, ArrayView2, Axis, IxDyn};
+
+use crate::error::{Result, TensorError};
+use crate::hook::{OpInfo, OpScope};
+use crate::kernels::{col2im, conv_out_size, gemm, im2col, layer_norm_row, ConvGeom};
+use crate::tensor::{Array, Tensor};
+
+fn geom(op: &'static str, x: &[usize], kh: usize, kw: usize, stride: usize, padding: usize) -> Result<ConvGeom> {
+    if x.len() != 4 {
+        return Err(TensorError::invalid_shape(op, x, "expected [batch, channels, height, width]"));
+    }
+    let (c_in, h, w) = (x[1], x[2], x[3]);
+    let (Some(h_out), Some(w_out)) = (conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding))
+    else {
+        return Err(TensorError::invalid_shape(
+            op,
+            x,
+            format!("kernel {kh}x{kw} with stride {stride}, padding {padding} does not fit"),
+        ));
+    };
+    Ok(ConvGeom { c_in, h, w, kh, kw, stride, padding, h_out, w_out })
+}
+
+impl Tensor {
+    /// 2-D convolution (cross-correlation, like PyTorch): `x [B,C_in,H,W]`, `w [C_out,C_in,kh,kw]`,
+    /// optional bias `[C_out]`. Each image is unfolded with im2col and multiplied by one GEMM.
+    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+        let (sx, sw) = (self.shape(), weight.shape());
+        if sw.len() != 4 {
+            return Err(TensorError::invalid_shape("conv2d", &sw, "weight must be [C_out, C_in, kh, kw]"));
+        }
+        let g = geom("conv2d", &sx, sw[2], sw[3], stride, padding)?;
+        if sw[1] != g.c_in {
+            return Err(TensorError::shape("conv2d (input channels vs weight)", &sx, &sw));
+        }
+        let c_out = sw[0];
+        if let Some(b) = bias {
+            if b.shape() != [c_out] {
+                return Err(TensorError::shape("conv2d (bias)", &b.shape(), &[c_out]));
+            }
+        }
+        let batch = sx[0];
+        let ckk = g.c_in * g.kh * g.kw;
+        let hw = g.h_out * g.w_out;
+        let out = {
+            let _scope = OpScope::begin("conv2d", || OpInfo {
+                input_shapes: vec![sx.clone(), sw.clone()],
+                flops: 2 * (batch * c_out * hw * ckk) as u64,
+                bytes: 4 * (sx.iter().product::<usize>() + sw.iter().product::<usize>() + batch * c_out * hw) as u64,
+            });
+            let (xd, wd) = (self.data(), weight.data());
+            let xs = xd.as_slice().expect("standard layout");
+            let w2 = wd.view().into_shape_with_order((c_out, ckk)).expect("contiguous");
+            let mut out = Array::zeros(IxDyn(&[batch, c_out, g.h_out, g.w_out]));
+            let mut cols = vec![0.0f32; ckk * hw];
+            let img = g.c_in * g.h * g.w;
+            let bias_d = bias.map(|b| b.to_vec());
+            for (bi, mut ob) in out.axis_iter_mut(Axis(0)).enumerate() {
+                im2col(&xs[bi * img..(bi + 1) * img], &g, &mut cols);
+                let cv = ArrayView2::from_shape((ckk, hw), &cols).expect("sized");
+                let mut o2 = ob.view_mut().into_shape_with_order((c_out, hw)).expect("contiguous");
+                if let Some(bd) = &bias_d {
+                    for (mut row, &bv) in o2.axis_iter_mut(Axis(0)).zip(bd) {
+                        row.fill(bv);
+                    }
+                }
+                gemm(1.0, w2, cv, if bias_d.is_some() { 1.0 } else { 0.0 }, o2);
+            }
+            out
+        };
+        let mut inputs = vec![self, weight];
+        if let Some(b) = bias {
+            inputs.push(b);
+        }
+        Ok(Tensor::from_op(out, &inputs, "conv2d", || {
+            let (x, w, has_bias) = (self.clone(), weight.clone(), bias.is_some());
+            Box::new(move |gout| {
+                let (xd, wd) = (x.data(), w.data());
+                let xs = xd.as_slice().expect("standard layout");
+                let w2 = wd.view().into_shape_with_order((c_out, ckk)).expect("contiguous");
+                let img = g.c_in * g.h * g.w;
+                let mut gx = x.requires_grad().then(|| vec![0.0f32; batch * img]);
+                let mut gw = Array2::<f32>::zeros((c_out, ckk));
+                let mut cols = vec![0.0f32; ckk * hw];
+                let mut dcols = Array2::<f32>::zeros((ckk, hw));
+                for bi in 0..batch {
+                    let g2 = gout
+                        .index_axis(Axis(0), bi)
+                        .into_shape_with_order((c_out, hw))
+                        .expect("contiguous");
+                    if w.requires_grad() {
+                        im2col(&xs[bi * img..(bi + 1) * img], &g, &mut cols);
+                        let cv = ArrayView2::from_shape((ckk, hw), &cols).expect("sized");
+                        gemm(1.0, g2, cv.t(), 1.0, gw.view_mut());
+                    }
+                    if let Some(gx) = gx.as_mut() {
+                        gemm(1.0, w2.t(), g2, 0.0, dcols.view_mut());
+                        col2im(dcols.as_slice().expect("fresh"), &g, &mut gx[bi * img..(bi + 1) * img]);
+                    }
+                }
+                let mut grads = vec![
+                    gx.map(|v| Array::from_shape_vec(IxDyn(&sx), v).expect("sized")),
+                    w.requires_grad().then(|| gw.into_shape_with_order(IxDyn(&sw)).expect("sized")),
+                ];
+                if has_bias {
+                    let gb = gout.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0));
+                    grads.push(Some(gb));
+                }
+                grads
+            })
+        }))
+    }
+
+    /// Max pooling over `k×k` windows with the given stride (no padding).
+    pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Tensor> {
+        let sx = self.shape();
+        let g = geom("max_pool2d", &sx, k, k, stride, 0)?;
+        let (batch, c) = (sx[0], sx[1]);
+        let planes = batch * c;
+        let mut argmax = vec![0usize; planes * g.h_out * g.w_out];
+        let out = {
+            let _scope = OpScope::begin("max_pool2d", || OpInfo {
+                input_shapes: vec![sx.clone()],
+                flops: (planes * g.h_out * g.w_out * k * k) as u64,
+                bytes: 4 * (sx.iter().product::<usize>() + planes * g.h_out * g.w_out) as u64,
+            });
+            let xd = self.data();
+            let xs = xd.as_slice().expect("standard layout");
+            let mut out = vec![0.0f32; planes * g.h_out * g.w_out];
+            for p in 0..planes {
+                let plane = &xs[p * g.h * g.w..(p + 1) * g.h * g.w];
+                for oy in 0..g.h_out {
+                    for ox in 0..g.w_out {
+                        let mut best = f32::NEG_INFINITY;
+                        let mut best_i = (oy * stride) * g.w + ox * stride;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let i = (oy * stride + ky) * g.w + ox * stride + kx;
+                                if plane[i] > best {
+                                    best = plane[i];
+                                    best_i = i;
+                                }
+                            }
+                        }
+                        let o = (p * g.h_out + oy) * g.w_out + ox;
+                        out[o] = best;
+                        argmax[o] = p * g.h * g.w + best_i;
+                    }
+                }
+            }
+            Array::from_shape_vec(IxDyn(&[batch, c, g.h_out, g.w_out]), out).expect("sized")
+        };
+        Ok(Tensor::from_op(out, &[self], "max_pool2d", || {
+            Box::new(move |gout| {
+                let mut gx = vec![0.0f32; sx.iter().product()];
+                for (gv, &i) in gout.iter().zip(&argmax) {
+                    gx[i] += gv;
+                }
+                vec![Some(Array::from_shape_vec(IxDyn(&sx), gx).expect("sized"))]
+            })
+        }))
+    }
+
+    /// Average pooling over `k×k` windows with the given stride (no padding).
+    pub fn avg_pool2d(&self, k: usize, stride: usize) -> Result<Tensor> {
+        let sx = self.shape();
+        let g = geom("avg_pool2d", &sx, k, k, stride, 0)?;
+        let planes = sx[0] * sx[1];
+        let inv = 1.0 / (k * k) as f32;
+        let out = {
+            let _scope = OpScope::begin("avg_pool2d", || OpInfo {
+                input_shapes: vec![sx.clone()],
+                flops: (planes * g.h_out * g.w_out * k * k) as u64,
+                bytes: 4 * (sx.iter().product::<usize>() + planes * g.h_out * g.w_out) as u64,
+            });
+            let xd = self.data();
+            let xs = xd.as_slice().expect("standard layout");
+            let mut out = vec![0.0f32; planes * g.h_out * g.w_out];
+            for p in 0..planes {
+                for oy in 0..g.h_out {
+                    for ox in 0..g.w_out {
+                        let mut s = 0.0;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                s += xs[p * g.h * g.w + (oy * stride + ky) * g.w + ox * stride + kx];
+                            }
+                        }
+                        out[(p * g.h_out + oy) * g.w_out + ox] = s * inv;
+                    }
+                }
+            }
+            Array::from_shape_vec(IxDyn(&[sx[0], sx[1], g.h_out, g.w_out]), out).expect("sized")
+        };
+        Ok(Tensor::from_op(out, &[self], "avg_pool2d", || {
+            Box::new(move |gout| {
+                let gs = gout.as_slice().expect("standard layout");
+                let mut gx = vec![0.0f32; sx.iter().product()];
+                for p in 0..planes {
+                    for oy in 0..g.h_out {
+                        for ox in 0..g.w_out {
+                            let gv = gs[(p * g.h_out + oy) * g.w_out + ox] * inv;
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    gx[p * g.h * g.w + (oy * stride + ky) * g.w + ox * stride + kx] += gv;
+                                }
+                            }
+                        }
+                    }
+                }
+                vec![Some(Array::from_shape_vec(IxDyn(&sx), gx).expect("sized"))]
+            })
+        }))
+    }
+
+    /// Layer normalization over the last dimension with affine `gamma`, `beta` of that size.
+    pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        let sx = self.shape();
+        let d = *sx.last().ok_or_else(|| TensorError::invalid_shape("layer_norm", &sx, "needs at least 1 dim"))?;
+        if gamma.shape() != [d] || beta.shape() != [d] {
+            return Err(TensorError::shape("layer_norm (gamma/beta vs last dim)", &gamma.shape(), &[d]));
+        }
+        let rows = if d == 0 { 0 } else { self.numel() / d };
+        let mut stats = vec![(0.0f32, 0.0f32); rows];
+        let out = {
+            let _scope = OpScope::begin("layer_norm", || OpInfo {
+                input_shapes: vec![sx.clone(), vec![d], vec![d]],
+                flops: 5 * (rows * d) as u64,
+                bytes: 4 * (2 * rows * d + 2 * d) as u64,
+            });
+            let (xd, gd, bd) = (self.data(), gamma.data(), beta.data());
+            let (xs, gs, bs) = (xd.as_slice().expect("std"), gd.as_slice().expect("std"), bd.as_slice().expect("std"));
+            let mut out = vec![0.0f32; rows * d];
+            for r in 0..rows {
+                stats[r] = layer_norm_row(&xs[r * d..(r + 1) * d], gs, bs, eps, &mut out[r * d..(r + 1) * d]);
+            }
+            Array::from_shape_vec(IxDyn(&sx), out).expect("sized")
+        };
+        Ok(Tensor::from_op(out, &[self, gamma, beta], "layer_norm", || {
+            let (x, gamma_t) = (self.clone(), gamma.clone());
+            Box::new(move |gout| {
+                let (xd, gd) = (x.data(), gamma_t.data());
+                let (xs, gs) = (xd.as_slice().expect("std"), gd.as_slice().expect("std"));
+                let go = gout.as_slice().expect("std");
+                let mut gx = vec![0.0f32; rows * d];
+                let mut ggamma = vec![0.0f32; d];
+                let mut gbeta = vec![0.0f32; d];
+                let n = d as f32;
+                for r in 0..rows {
+                    let (mean, rstd) = stats[r];
+                    let xr = &xs[r * d..(r + 1) * d];
+                    let gr = &go[r * d..(r + 1) * d];
+                    // xhat = (x - mean) * rstd; dxhat = g * gamma
+                    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+                    let mut sum_dxhat = 0.0;
+                    let mut sum_dxhat_xhat = 0.0;
+                    for i in 0..d {
+                        let xhat = (xr[i] - mean) * rstd;
+                        let dxhat = gr[i] * gs[i];
+                        sum_dxhat += dxhat;
+                        sum_dxhat_xhat += dxhat * xhat;
+                        ggamma[i] += gr[i] * xhat;
+                        gbeta[i] += gr[i];
+                    }
+                    for i in 0..d {
+                        let xhat = (xr[i] - mean) * rstd;
+                        let dxhat = gr[i] * gs[i];
+                        gx[r * d + i] = rstd * (dxhat - sum_dxhat / n - xhat * sum_dxhat_xhat / n);
+                    }
+                }
+                vec![
+                    Some(Array::from_shape_vec(IxDyn(&sx), gx).expect("sized")),
+                    Some(Array::from_shape_vec(IxDyn(&[d]), ggamma).expect("sized")),
+                    Some(Array::from_shape_vec(IxDyn(&[d]), gbeta).expect("sized")),
+                ]
+            })
+        }))
+    }
+}

@@ -1,0 +1,129 @@
+use ndarray::{Axis, IxDyn};
+
+use super::elementwise_info;
+use crate::error::{Result, TensorError};
+use crate::hook::OpScope;
+use crate::tensor::{Array, Tensor};
+
+fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<()> {
+    if axis >= ndim {
+        return Err(TensorError::OutOfRange {
+            op,
+            what: "axis",
+            index: axis,
+            limit: ndim,
+        });
+    }
+    Ok(())
+}
+
+/// Index of the first maximum in an iterator of values (NaN never wins).
+fn argmax_iter<'a>(it: impl Iterator<Item = &'a f32>) -> usize {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in it.enumerate() {
+        if v > best_v || i == 0 && !v.is_nan() {
+            best = i;
+            best_v = v;
+        }
+    }
+    best
+}
+
+impl Tensor {
+    /// Sum of all elements (a 0-d tensor).
+    pub fn sum(&self) -> Tensor {
+        let shape = self.shape();
+        let s = {
+            let d = self.data();
+            let _scope = OpScope::begin("sum", || elementwise_info(&[&shape], 1, d.len() as u64));
+            d.sum()
+        };
+        Tensor::from_op(Array::from_elem(IxDyn(&[]), s), &[self], "sum", || {
+            Box::new(move |g| {
+                let gv = *g.iter().next().expect("scalar grad");
+                vec![Some(Array::from_elem(IxDyn(&shape), gv))]
+            })
+        })
+    }
+
+    /// Mean of all elements (a 0-d tensor).
+    pub fn mean(&self) -> Tensor {
+        let n = self.numel().max(1) as f32;
+        self.sum().mul_scalar(1.0 / n)
+    }
+
+    /// Sum along `axis`; `keepdim` keeps it as size 1.
+    pub fn sum_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
+        let shape = self.shape();
+        check_axis("sum_axis", axis, shape.len())?;
+        let out = {
+            let d = self.data();
+            let _scope = OpScope::begin("sum_axis", || elementwise_info(&[&shape], d.len() / shape[axis].max(1), 1));
+            let s = d.sum_axis(Axis(axis));
+            if keepdim {
+                s.insert_axis(Axis(axis))
+            } else {
+                s
+            }
+        };
+        Ok(Tensor::from_op(out, &[self], "sum_axis", || {
+            Box::new(move |g| {
+                let g = if keepdim { g.clone() } else { g.clone().insert_axis(Axis(axis)) };
+                let full = g.broadcast(IxDyn(&shape)).expect("keepdim shape broadcasts").to_owned();
+                vec![Some(full)]
+            })
+        }))
+    }
+
+    /// Mean along `axis`.
+    pub fn mean_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
+        let shape = self.shape();
+        check_axis("mean_axis", axis, shape.len())?;
+        let n = shape[axis].max(1) as f32;
+        Ok(self.sum_axis(axis, keepdim)?.mul_scalar(1.0 / n))
+    }
+
+    /// Maximum along `axis`; the gradient flows to the first maximal element.
+    pub fn max_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
+        let shape = self.shape();
+        check_axis("max_axis", axis, shape.len())?;
+        let idx = self.argmax_axis(axis)?;
+        let out = {
+            let d = self.data();
+            let m = d.map_axis(Axis(axis), |lane| lane.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            if keepdim {
+                m.insert_axis(Axis(axis))
+            } else {
+                m
+            }
+        };
+        Ok(Tensor::from_op(out, &[self], "max_axis", || {
+            Box::new(move |g| {
+                let mut gx = Array::zeros(IxDyn(&shape));
+                let g = if keepdim { g.clone().remove_axis(Axis(axis)) } else { g.clone() };
+                for (mut lane, (&i, &gv)) in gx.lanes_mut(Axis(axis)).into_iter().zip(idx.iter().zip(g.iter())) {
+                    lane[i] += gv;
+                }
+                vec![Some(gx)]
+            })
+        }))
+    }
+
+    /// Largest element overall (no gradient; use [`Tensor::max_axis`] for one).
+    pub fn max_value(&self) -> f32 {
+        self.data().iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+
+    /// Index of the maximum along `axis` (first one on ties); shape is the input without `axis`.
+    pub fn argmax_axis(&self, axis: usize) -> Result<ndarray::ArrayD<usize>> {
+        let d = self.data();
+        check_axis("argmax_axis", axis, d.ndim())?;
+        Ok(d.map_axis(Axis(axis), |lane| argmax_iter(lane.iter())))
+    }
+
+    /// Flat index of the overall maximum.
+    pub fn argmax(&self) -> usize {
+        argmax_iter(self.data().iter())
+    }
+}

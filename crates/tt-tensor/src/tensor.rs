@@ -1,0 +1,413 @@
+//! The `Tensor` type and the reverse-mode autograd engine.
+//!
+//! A `Tensor` is a cheap handle (`Arc`) to an n-dimensional, contiguous (standard-layout) `f32`
+//! array plus, when it was produced by a differentiable op while gradients were enabled, the
+//! node that produced it. `backward()` walks those nodes in reverse topological order.
+//!
+//! Invariants:
+//! - `data` is always in standard (row-major, contiguous) layout.
+//! - A tensor has a graph node only if it `requires_grad`; leaves that require grad accumulate
+//!   into `.grad()`, intermediate results do not keep their gradients.
+//! - Inside [`no_grad`] no node is built and no closure is allocated: ops cost what their kernel costs.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{Result, TensorError};
+
+/// The array type every tensor stores.
+pub type Array = ArrayD<f32>;
+
+/// A gradient function: given d(loss)/d(output), returns d(loss)/d(input) for each input
+/// (`None` for inputs that need no gradient).
+pub(crate) type BackwardFn = Box<dyn Fn(&Array) -> Vec<Option<Array>> + Send + Sync>;
+
+pub(crate) struct Node {
+    pub(crate) op: &'static str,
+    pub(crate) inputs: Vec<Tensor>,
+    pub(crate) backward: BackwardFn,
+}
+
+struct Inner {
+    id: u64,
+    data: RwLock<Array>,
+    grad: Mutex<Option<Array>>,
+    requires_grad: AtomicBool,
+    node: Option<Node>,
+}
+
+/// An n-dimensional f32 tensor with optional gradient tracking. Cloning is cheap (shared handle).
+#[derive(Clone)]
+pub struct Tensor {
+    inner: Arc<Inner>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops on this thread currently record a graph.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` with graph recording disabled on this thread (inference mode).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = NoGradGuard::new();
+    f()
+}
+
+/// RAII guard: graph recording is off while it lives, restored to the previous state on drop.
+pub struct NoGradGuard {
+    prev: bool,
+}
+
+impl NoGradGuard {
+    pub fn new() -> Self {
+        let prev = GRAD_ENABLED.with(|g| g.replace(false));
+        NoGradGuard { prev }
+    }
+}
+
+impl Default for NoGradGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.prev));
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let data = self.data();
+        let mut d = f.debug_struct("Tensor");
+        d.field("shape", &data.shape());
+        if let Some(node) = &self.inner.node {
+            d.field("op", &node.op);
+        }
+        d.field("requires_grad", &self.requires_grad());
+        if data.len() <= 16 {
+            d.field("data", &data.iter().copied().collect::<Vec<f32>>());
+        }
+        d.finish()
+    }
+}
+
+impl Tensor {
+    fn make(data: Array, requires_grad: bool, node: Option<Node>) -> Tensor {
+        let data = if data.is_standard_layout() {
+            data
+        } else {
+            data.as_standard_layout().into_owned()
+        };
+        Tensor {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                data: RwLock::new(data),
+                grad: Mutex::new(None),
+                requires_grad: AtomicBool::new(requires_grad),
+                node,
+            }),
+        }
+    }
+
+    /// Wraps an array as a constant (no gradient).
+    pub fn from_array(data: Array) -> Tensor {
+        Tensor::make(data, false, None)
+    }
+
+    /// Wraps an array as a trainable parameter (a leaf that requires grad).
+    pub fn param(data: Array) -> Tensor {
+        Tensor::make(data, true, None)
+    }
+
+    /// Builds a tensor from a flat vector and a shape; errors if the sizes disagree.
+    pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(TensorError::invalid_shape(
+                "from_vec",
+                shape,
+                format!("shape holds {n} elements but {} were given", data.len()),
+            ));
+        }
+        let arr = Array::from_shape_vec(IxDyn(shape), data).expect("size checked above");
+        Ok(Tensor::from_array(arr))
+    }
+
+    /// A 0-dimensional tensor holding one value.
+    pub fn scalar(v: f32) -> Tensor {
+        Tensor::from_array(Array::from_elem(IxDyn(&[]), v))
+    }
+
+    pub fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::from_array(Array::zeros(IxDyn(shape)))
+    }
+
+    pub fn ones(shape: &[usize]) -> Tensor {
+        Tensor::from_array(Array::ones(IxDyn(shape)))
+    }
+
+    pub fn full(shape: &[usize], v: f32) -> Tensor {
+        Tensor::from_array(Array::from_elem(IxDyn(shape), v))
+    }
+
+    /// `[0, 1, ..., n-1]` as f32.
+    pub fn arange(n: usize) -> Tensor {
+        Tensor::from_array(Array::from_shape_fn(IxDyn(&[n]), |i| i[0] as f32))
+    }
+
+    /// Samples from N(mean, std²) with a ChaCha8 generator seeded by `seed`.
+    pub fn randn(shape: &[usize], mean: f32, std: f32, seed: u64) -> Tensor {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Tensor::from_array(randn_array(shape, mean, std, &mut rng))
+    }
+
+    /// Samples from U[low, high) with a ChaCha8 generator seeded by `seed`.
+    pub fn rand_uniform(shape: &[usize], low: f32, high: f32, seed: u64) -> Tensor {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Tensor::from_array(uniform_array(shape, low, high, &mut rng))
+    }
+
+    /// Unique id of this tensor node (stable for its lifetime).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Read access to the underlying array.
+    pub fn data(&self) -> RwLockReadGuard<'_, Array> {
+        self.inner.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write access to the underlying array, for optimizers and weight surgery. Writing through it
+    /// must keep the shape (use [`Tensor::set_data`] to change values wholesale).
+    pub fn data_mut(&self) -> RwLockWriteGuard<'_, Array> {
+        self.inner.data.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the values; the new array must have the same shape.
+    pub fn set_data(&self, new: Array) -> Result<()> {
+        let mut d = self.data_mut();
+        if d.shape() != new.shape() {
+            return Err(TensorError::shape("set_data", d.shape(), new.shape()));
+        }
+        *d = if new.is_standard_layout() {
+            new
+        } else {
+            new.as_standard_layout().into_owned()
+        };
+        Ok(())
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        self.data().shape().to_vec()
+    }
+
+    pub fn ndim(&self) -> usize {
+        self.data().ndim()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data().len()
+    }
+
+    /// Flat copy of the values in row-major order.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.data().iter().copied().collect()
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        let d = self.data();
+        if d.len() != 1 {
+            return Err(TensorError::invalid_shape(
+                "item",
+                d.shape(),
+                "item() needs exactly one element",
+            ));
+        }
+        Ok(*d.iter().next().expect("one element"))
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.inner.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Marks a leaf as trainable (or not). Only meaningful on leaves.
+    pub fn set_requires_grad(&self, on: bool) {
+        self.inner.requires_grad.store(on, Ordering::Relaxed);
+    }
+
+    /// Name of the op that produced this tensor, if it is part of a graph.
+    pub fn op_name(&self) -> Option<&'static str> {
+        self.inner.node.as_ref().map(|n| n.op)
+    }
+
+    /// A new constant tensor sharing no graph with this one (values copied).
+    pub fn detach(&self) -> Tensor {
+        Tensor::from_array(self.data().clone())
+    }
+
+    /// The accumulated gradient of a leaf, if any.
+    pub fn grad(&self) -> Option<Array> {
+        self.inner
+            .grad
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs `f` on the gradient without cloning it.
+    pub fn with_grad<R>(&self, f: impl FnOnce(Option<&Array>) -> R) -> R {
+        let g = self.inner.grad.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.as_ref())
+    }
+
+    pub fn zero_grad(&self) {
+        *self.inner.grad.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Replaces the stored gradient (gradient surgery such as clipping).
+    pub fn set_grad(&self, g: Option<Array>) {
+        *self.inner.grad.lock().unwrap_or_else(|e| e.into_inner()) = g;
+    }
+
+    fn accumulate_grad(&self, g: Array) {
+        let mut slot = self.inner.grad.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(existing) => *existing += &g,
+            None => *slot = Some(g),
+        }
+    }
+
+    /// Builds the result of an op. `backward` is only called (and its captures only cloned) when
+    /// gradients are enabled and some input requires grad.
+    pub(crate) fn from_op<F>(data: Array, inputs: &[&Tensor], op: &'static str, backward: F) -> Tensor
+    where
+        F: FnOnce() -> BackwardFn,
+    {
+        if is_grad_enabled() && inputs.iter().any(|t| t.requires_grad()) {
+            let node = Node {
+                op,
+                inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+                backward: backward(),
+            };
+            Tensor::make(data, true, Some(node))
+        } else {
+            Tensor::make(data, false, None)
+        }
+    }
+
+    /// Back-propagates from a one-element tensor (d self / d self = 1).
+    pub fn backward(&self) -> Result<()> {
+        let shape = self.shape();
+        if shape.iter().product::<usize>() != 1 {
+            return Err(TensorError::Autograd(format!(
+                "backward() needs a one-element tensor, got shape {shape:?}; use backward_with(grad)"
+            )));
+        }
+        self.backward_with(Array::ones(IxDyn(&shape)))
+    }
+
+    /// Back-propagates an explicit upstream gradient of this tensor's shape.
+    pub fn backward_with(&self, grad: Array) -> Result<()> {
+        if grad.shape() != self.data().shape() {
+            return Err(TensorError::shape("backward_with", &self.shape(), grad.shape()));
+        }
+        if !self.requires_grad() {
+            return Err(TensorError::Autograd(
+                "backward() on a tensor that does not require grad (built under no_grad, or from constants)"
+                    .into(),
+            ));
+        }
+        let order = self.topo_order();
+        let mut grads: HashMap<u64, Array> = HashMap::new();
+        grads.insert(self.id(), grad);
+        // `order` lists every node after all of its inputs, so walking it backwards visits each
+        // node only once all consumers have contributed to its gradient.
+        for t in order.iter().rev() {
+            let Some(g) = grads.remove(&t.id()) else {
+                continue;
+            };
+            // Backward closures may index gradients as flat slices.
+            let g = if g.is_standard_layout() {
+                g
+            } else {
+                g.as_standard_layout().into_owned()
+            };
+            match &t.inner.node {
+                Some(node) => {
+                    let input_grads = (node.backward)(&g);
+                    debug_assert_eq!(input_grads.len(), node.inputs.len(), "op {}", node.op);
+                    for (input, ig) in node.inputs.iter().zip(input_grads) {
+                        let Some(ig) = ig else { continue };
+                        if !input.requires_grad() {
+                            continue;
+                        }
+                        debug_assert_eq!(ig.shape(), input.data().shape(), "grad shape of {}", node.op);
+                        match grads.get_mut(&input.id()) {
+                            Some(acc) => *acc += &ig,
+                            None => {
+                                grads.insert(input.id(), ig);
+                            }
+                        }
+                    }
+                }
+                None => t.accumulate_grad(g),
+            }
+        }
+        Ok(())
+    }
+
+    /// Nodes reachable from `self` that require grad, inputs before consumers (iterative DFS).
+    fn topo_order(&self) -> Vec<Tensor> {
+        let mut order = Vec::new();
+        let mut visited = std::collections::HashSet::new();
+        let mut stack: Vec<(Tensor, bool)> = vec![(self.clone(), false)];
+        while let Some((t, expanded)) = stack.pop() {
+            if expanded {
+                order.push(t);
+                continue;
+            }
+            if !visited.insert(t.id()) {
+                continue;
+            }
+            stack.push((t.clone(), true));
+            if let Some(node) = &t.inner.node {
+                for input in &node.inputs {
+                    if input.requires_grad() && !visited.contains(&input.id()) {
+                        stack.push((input.clone(), false));
+                    }
+                }
+            }
+        }
+        order
+    }
+}
+
+/// N(mean, std²) samples as an array, from a caller-owned generator.
+pub fn randn_array(shape: &[usize], mean: f32, std: f32, rng: &mut impl Rng) -> Array {
+    Array::from_shape_simple_fn(IxDyn(shape), || {
+        let z: f32 = StandardNormal.sample(rng);
+        mean + std * z
+    })
+}
+
+/// U[low, high) samples as an array, from a caller-owned generator.
+pub fn uniform_array(shape: &[usize], low: f32, high: f32, rng: &mut impl Rng) -> Array {
+    Array::from_shape_simple_fn(IxDyn(shape), || rng.random_range(low..high))
+}

@@ -1,0 +1,95 @@
+//! Test helpers shared by every crate: finite-difference gradient checks and approximate equality.
+
+use crate::error::Result;
+use crate::tensor::{Array, Tensor};
+
+/// Result of a gradient check: the worst discrepancy found.
+#[derive(Debug, Clone)]
+pub struct GradCheck {
+    pub max_abs_err: f32,
+    pub max_rel_err: f32,
+    pub worst: String,
+}
+
+/// Compares autograd gradients of `sum(f(inputs) ⊙ r)` (r fixed random weights, so every output
+/// element matters) with central differences `(L(x+ε) − L(x−ε)) / 2ε`, for every element of every
+/// input. Passes when each element satisfies `|analytic − numeric| ≤ atol + rtol·|numeric|`.
+///
+/// Differences are taken in f32 with ε = 1e-2 by default: ε must be large enough that f32 rounding
+/// of L (relative 6e-8) divided by ε stays far below the tolerance, and small enough that the O(ε²)
+/// truncation error of central differences on smooth ops stays below it too.
+pub fn grad_check(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    eps: f32,
+    atol: f32,
+    rtol: f32,
+) -> Result<GradCheck> {
+    for t in inputs {
+        t.zero_grad();
+        t.set_requires_grad(true);
+    }
+    let out = f(inputs)?;
+    let r = Tensor::rand_uniform(&out.shape(), 0.5, 1.5, 12345);
+    let loss = |ins: &[Tensor]| -> Result<f64> {
+        let o = crate::no_grad(|| f(ins))?;
+        let total = o.data().iter().zip(r.data().iter()).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+        Ok(total)
+    };
+    out.mul(&r)?.sum().backward()?;
+    let mut report = GradCheck { max_abs_err: 0.0, max_rel_err: 0.0, worst: String::new() };
+    for (k, t) in inputs.iter().enumerate() {
+        let analytic = t.grad().unwrap_or_else(|| Array::zeros(t.data().raw_dim()));
+        let n = t.numel();
+        for i in 0..n {
+            let orig = t.data().as_slice().expect("std")[i];
+            t.data_mut().as_slice_mut().expect("std")[i] = orig + eps;
+            let lp = loss(inputs)?;
+            t.data_mut().as_slice_mut().expect("std")[i] = orig - eps;
+            let lm = loss(inputs)?;
+            t.data_mut().as_slice_mut().expect("std")[i] = orig;
+            let numeric = ((lp - lm) / (2.0 * eps as f64)) as f32;
+            let a = analytic.as_slice().expect("std")[i];
+            let abs = (a - numeric).abs();
+            let rel = abs / numeric.abs().max(1e-6);
+            if abs > atol + rtol * numeric.abs() && abs > report.max_abs_err {
+                report.worst = format!("input {k} element {i}: analytic {a}, numeric {numeric}");
+            }
+            report.max_abs_err = report.max_abs_err.max(abs);
+            if abs > atol {
+                report.max_rel_err = report.max_rel_err.max(rel);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Asserts a gradient check passes with the given tolerances; panics with the worst element.
+pub fn assert_grads(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], atol: f32, rtol: f32) {
+    let r = grad_check(f, inputs, 1e-2, atol, rtol).expect("gradient check ran");
+    assert!(r.worst.is_empty(), "gradient check failed: {} (max abs err {})", r.worst, r.max_abs_err);
+}
+
+/// Largest absolute elementwise difference (∞ when shapes differ).
+pub fn max_abs_diff(a: &Array, b: &Array) -> f32 {
+    if a.shape() != b.shape() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grad_check_catches_a_wrong_derivative() {
+        let x = Tensor::from_vec(vec![0.3, -0.7, 1.2], &[3]).unwrap();
+        // Correct: d/dx x² = 2x.
+        let ok = grad_check(|i| Ok(i[0].unary("sq", 1, |v| v * v, |v| 2.0 * v)), &[x.clone()], 1e-2, 1e-3, 1e-2).unwrap();
+        assert!(ok.worst.is_empty(), "{}", ok.worst);
+        // Wrong by 10%: must be reported.
+        let bad = grad_check(|i| Ok(i[0].unary("sq", 1, |v| v * v, |v| 2.2 * v)), &[x], 1e-2, 1e-3, 1e-2).unwrap();
+        assert!(!bad.worst.is_empty());
+    }
+}
