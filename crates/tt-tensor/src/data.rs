@@ -35,11 +35,20 @@ impl ClassificationData {
         if per * labels.len() != features.len() {
             return Err(TensorError::InvalidArgument {
                 op: "ClassificationData::new",
-                reason: format!("{} features do not split into {} samples of shape {shape:?}", features.len(), labels.len()),
+                reason: format!(
+                    "{} features do not split into {} samples of shape {shape:?}",
+                    features.len(),
+                    labels.len()
+                ),
             });
         }
         if let Some(&bad) = labels.iter().find(|&&l| l >= num_classes) {
-            return Err(TensorError::OutOfRange { op: "ClassificationData::new", what: "label", index: bad, limit: num_classes });
+            return Err(TensorError::OutOfRange {
+                op: "ClassificationData::new",
+                what: "label",
+                index: bad,
+                limit: num_classes,
+            });
         }
         Ok(ClassificationData { features, shape, labels, num_classes })
     }

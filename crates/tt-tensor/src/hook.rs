@@ -74,9 +74,7 @@ impl OpScope {
         if !has {
             return OpScope { active: None };
         }
-        OpScope {
-            active: Some((name, info(), Instant::now())),
-        }
+        OpScope { active: Some((name, info(), Instant::now())) }
     }
 }
 

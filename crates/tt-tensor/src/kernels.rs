@@ -94,11 +94,7 @@ pub fn im2col(img: &[f32], g: &ConvGeom, cols: &mut [f32]) {
                     let src = &img[(c * g.h + iy as usize) * g.w..(c * g.h + iy as usize + 1) * g.w];
                     for (ox, o) in out_row.iter_mut().enumerate() {
                         let ix = (ox * g.stride + kj) as isize - g.padding as isize;
-                        *o = if ix < 0 || ix >= g.w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                        *o = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
                     }
                 }
             }

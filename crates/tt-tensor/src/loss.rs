@@ -20,7 +20,7 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
     let shape = logits.shape();
     let c = *shape.last().ok_or_else(|| TensorError::invalid_shape("cross_entropy", &shape, "needs [..., classes]"))?;
-    let n = if c == 0 { 0 } else { logits.numel() / c };
+    let n = logits.numel().checked_div(c).unwrap_or(0);
     if n != targets.len() || n == 0 {
         return Err(TensorError::InvalidArgument {
             op: "cross_entropy",
@@ -72,13 +72,18 @@ pub fn binary_cross_entropy(probs: &Tensor, targets: &Tensor) -> Result<Tensor> 
         return Err(TensorError::shape("binary_cross_entropy", &probs.shape(), &targets.shape()));
     }
     let eps = 1e-7;
-    let p = probs.unary("clamp", 1, move |x| x.clamp(eps, 1.0 - eps), move |x| {
-        if x > eps && x < 1.0 - eps {
-            1.0
-        } else {
-            0.0
-        }
-    });
+    let p = probs.unary(
+        "clamp",
+        1,
+        move |x| x.clamp(eps, 1.0 - eps),
+        move |x| {
+            if x > eps && x < 1.0 - eps {
+                1.0
+            } else {
+                0.0
+            }
+        },
+    );
     let one_minus_t = targets.neg().add_scalar(1.0);
     let a = targets.mul(&p.log())?;
     let b = one_minus_t.mul(&p.neg().add_scalar(1.0).log())?;

@@ -12,6 +12,11 @@ use crate::error::{Result, TensorError};
 use crate::nn::Module;
 use crate::tensor::{Array, Tensor};
 
+/// Named arrays in a stable order, as stored in a checkpoint.
+pub type StateDict = Vec<(String, Array)>;
+/// String key/value metadata stored in a safetensors header.
+pub type Metadata = HashMap<String, String>;
+
 /// Writes `bytes` to `path` atomically: a sibling temp file is written and synced, then renamed
 /// over the target, so readers see either the old file or the whole new one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -37,7 +42,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Serializes named tensors (f32, little-endian) with string metadata into safetensors bytes.
-pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+pub fn to_safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -57,27 +65,35 @@ fn st_err(what: &'static str) -> impl Fn(safetensors::SafeTensorError) -> Tensor
 }
 
 /// Saves named tensors to a safetensors file, atomically.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     atomic_write(path, &to_safetensors_bytes(tensors, metadata)?)
 }
 
 /// Loads every f32 tensor of a safetensors file, in file order, plus its metadata.
 /// A missing, truncated or corrupt file is an error naming the path and the problem.
-pub fn load_safetensors(path: &Path) -> Result<(Vec<(String, Array)>, HashMap<String, String>)> {
+pub fn load_safetensors(path: &Path) -> Result<(StateDict, Metadata)> {
     let bytes = std::fs::read(path).map_err(|e| TensorError::File {
         path: path.display().to_string(),
         reason: if e.kind() == std::io::ErrorKind::NotFound { "file not found".into() } else { e.to_string() },
     })?;
     let file_err = |reason: String| TensorError::File { path: path.display().to_string(), reason };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
             return Err(file_err(format!("tensor {name} has dtype {:?}, expected F32", view.dtype())));
         }
-        let vals: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let arr = Array::from_shape_vec(IxDyn(view.shape()), vals).map_err(|e| file_err(format!("tensor {name}: {e}")))?;
+        let vals: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let arr =
+            Array::from_shape_vec(IxDyn(view.shape()), vals).map_err(|e| file_err(format!("tensor {name}: {e}")))?;
         out.push((name, arr));
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
@@ -86,7 +102,7 @@ pub fn load_safetensors(path: &Path) -> Result<(Vec<(String, Array)>, HashMap<St
 /// Copies a state dict into a module's parameters. Every parameter must be present with the
 /// same shape and no extra keys may remain; otherwise nothing is changed and the error lists
 /// the missing, unexpected and mismatched names.
-pub fn load_state_dict(module: &dyn Module, state: Vec<(String, Array)>) -> Result<()> {
+pub fn load_state_dict(module: &dyn Module, state: StateDict) -> Result<()> {
     let params = module.named_parameters();
     let mut map: HashMap<String, Array> = state.into_iter().collect();
     let mut problems = Vec::new();
@@ -120,6 +136,7 @@ pub fn save_module(module: &dyn Module, path: &Path, metadata: Option<HashMap<St
 /// Loads a safetensors file into a module's parameters (see [`load_state_dict`]).
 pub fn load_module(module: &dyn Module, path: &Path) -> Result<HashMap<String, String>> {
     let (state, meta) = load_safetensors(path)?;
-    load_state_dict(module, state).map_err(|e| TensorError::File { path: path.display().to_string(), reason: e.to_string() })?;
+    load_state_dict(module, state)
+        .map_err(|e| TensorError::File { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(meta)
 }

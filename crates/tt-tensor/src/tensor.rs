@@ -109,11 +109,7 @@ impl fmt::Debug for Tensor {
 
 impl Tensor {
     fn make(data: Array, requires_grad: bool, node: Option<Node>) -> Tensor {
-        let data = if data.is_standard_layout() {
-            data
-        } else {
-            data.as_standard_layout().into_owned()
-        };
+        let data = if data.is_standard_layout() { data } else { data.as_standard_layout().into_owned() };
         Tensor {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -205,11 +201,7 @@ impl Tensor {
         if d.shape() != new.shape() {
             return Err(TensorError::shape("set_data", d.shape(), new.shape()));
         }
-        *d = if new.is_standard_layout() {
-            new
-        } else {
-            new.as_standard_layout().into_owned()
-        };
+        *d = if new.is_standard_layout() { new } else { new.as_standard_layout().into_owned() };
         Ok(())
     }
 
@@ -234,11 +226,7 @@ impl Tensor {
     pub fn item(&self) -> Result<f32> {
         let d = self.data();
         if d.len() != 1 {
-            return Err(TensorError::invalid_shape(
-                "item",
-                d.shape(),
-                "item() needs exactly one element",
-            ));
+            return Err(TensorError::invalid_shape("item", d.shape(), "item() needs exactly one element"));
         }
         Ok(*d.iter().next().expect("one element"))
     }
@@ -264,11 +252,7 @@ impl Tensor {
 
     /// The accumulated gradient of a leaf, if any.
     pub fn grad(&self) -> Option<Array> {
-        self.inner
-            .grad
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.grad.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Runs `f` on the gradient without cloning it.
@@ -301,11 +285,7 @@ impl Tensor {
         F: FnOnce() -> BackwardFn,
     {
         if is_grad_enabled() && inputs.iter().any(|t| t.requires_grad()) {
-            let node = Node {
-                op,
-                inputs: inputs.iter().map(|t| (*t).clone()).collect(),
-                backward: backward(),
-            };
+            let node = Node { op, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: backward() };
             Tensor::make(data, true, Some(node))
         } else {
             Tensor::make(data, false, None)
@@ -330,8 +310,7 @@ impl Tensor {
         }
         if !self.requires_grad() {
             return Err(TensorError::Autograd(
-                "backward() on a tensor that does not require grad (built under no_grad, or from constants)"
-                    .into(),
+                "backward() on a tensor that does not require grad (built under no_grad, or from constants)".into(),
             ));
         }
         let order = self.topo_order();
@@ -344,11 +323,7 @@ impl Tensor {
                 continue;
             };
             // Backward closures may index gradients as flat slices.
-            let g = if g.is_standard_layout() {
-                g
-            } else {
-                g.as_standard_layout().into_owned()
-            };
+            let g = if g.is_standard_layout() { g } else { g.as_standard_layout().into_owned() };
             match &t.inner.node {
                 Some(node) => {
                     let input_grads = (node.backward)(&g);

@@ -86,7 +86,9 @@ mod tests {
     fn grad_check_catches_a_wrong_derivative() {
         let x = Tensor::from_vec(vec![0.3, -0.7, 1.2], &[3]).unwrap();
         // Correct: d/dx x² = 2x.
-        let ok = grad_check(|i| Ok(i[0].unary("sq", 1, |v| v * v, |v| 2.0 * v)), &[x.clone()], 1e-2, 1e-3, 1e-2).unwrap();
+        let ok =
+            grad_check(|i| Ok(i[0].unary("sq", 1, |v| v * v, |v| 2.0 * v)), std::slice::from_ref(&x), 1e-2, 1e-3, 1e-2)
+                .unwrap();
         assert!(ok.worst.is_empty(), "{}", ok.worst);
         // Wrong by 10%: must be reported.
         let bad = grad_check(|i| Ok(i[0].unary("sq", 1, |v| v * v, |v| 2.2 * v)), &[x], 1e-2, 1e-3, 1e-2).unwrap();

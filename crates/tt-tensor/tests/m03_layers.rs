@@ -30,7 +30,7 @@ fn linear_param_count_and_init_bounds() {
 
 #[test]
 fn sequential_names_and_forward() {
-    let mut model = Sequential::new().add(Linear::new(4, 8, true, 1)).add(Relu).add(Linear::new(8, 3, true, 2));
+    let mut model = Sequential::new().layer(Linear::new(4, 8, true, 1)).layer(Relu).layer(Linear::new(8, 3, true, 2));
     let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, vec!["0.weight", "0.bias", "2.weight", "2.bias"]);
     assert_eq!(model.num_parameters(), 4 * 8 + 8 + 8 * 3 + 3);
@@ -79,7 +79,7 @@ fn dropout_train_vs_eval() {
 
 #[test]
 fn no_grad_forward_builds_no_graph() {
-    let model = Sequential::new().add(Linear::new(3, 3, true, 0)).add(Gelu);
+    let model = Sequential::new().layer(Linear::new(3, 3, true, 0)).layer(Gelu);
     let x = Tensor::ones(&[1, 3]);
     let y = model.forward(&x).unwrap();
     assert!(y.requires_grad() && y.op_name().is_some());

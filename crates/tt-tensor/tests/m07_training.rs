@@ -7,7 +7,7 @@ use tt_tensor::serialize::{load_module, save_module};
 use tt_tensor::{Module, Tensor, TensorError};
 
 fn xor_model(seed: u64) -> Sequential {
-    Sequential::new().add(Linear::new(2, 16, true, seed)).add(Tanh).add(Linear::new(16, 2, true, seed + 1))
+    Sequential::new().layer(Linear::new(2, 16, true, seed)).layer(Tanh).layer(Linear::new(16, 2, true, seed + 1))
 }
 
 fn train_xor(seed: u64) -> (Sequential, Vec<f32>) {
@@ -52,7 +52,11 @@ fn checkpoint_round_trip_is_bit_exact_and_atomic() {
     let path = dir.join("xor.safetensors");
     let (model, _) = train_xor(5);
     save_module(&model, &path, None).unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temp file left behind");
     let fresh = xor_model(100);
     load_module(&fresh, &path).unwrap();
@@ -63,7 +67,7 @@ fn checkpoint_round_trip_is_bit_exact_and_atomic() {
     }
 
     // Mismatched architecture: error names the parameter, model is untouched.
-    let other = Sequential::new().add(Linear::new(2, 8, true, 0));
+    let other = Sequential::new().layer(Linear::new(2, 8, true, 0));
     let before = other.parameters()[0].to_vec();
     let err = load_module(&other, &path).unwrap_err().to_string();
     assert!(err.contains("0.weight"), "{err}");

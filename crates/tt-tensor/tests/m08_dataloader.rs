@@ -3,7 +3,8 @@
 use tt_tensor::data::{digits, ClassificationData, DataLoader, Dataset};
 
 fn toy(n: usize) -> ClassificationData {
-    ClassificationData::new((0..n * 2).map(|v| v as f32).collect(), vec![2], (0..n).map(|i| i % 3).collect(), 3).unwrap()
+    ClassificationData::new((0..n * 2).map(|v| v as f32).collect(), vec![2], (0..n).map(|i| i % 3).collect(), 3)
+        .unwrap()
 }
 
 #[test]
@@ -14,7 +15,8 @@ fn batches_cover_every_sample_once() {
     let batches: Vec<_> = dl.epoch(0).collect();
     assert_eq!(batches.iter().map(|b| b.y.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
     assert_eq!(batches[0].x.shape(), vec![4, 2]);
-    let mut firsts: Vec<f32> = batches.iter().flat_map(|b| b.x.to_vec().chunks(2).map(|c| c[0]).collect::<Vec<_>>()).collect();
+    let mut firsts: Vec<f32> =
+        batches.iter().flat_map(|b| b.x.to_vec().chunks(2).map(|c| c[0]).collect::<Vec<_>>()).collect();
     firsts.sort_by(f32::total_cmp);
     assert_eq!(firsts, (0..10).map(|i| (2 * i) as f32).collect::<Vec<_>>());
     // Features and labels stay paired.

@@ -80,14 +80,14 @@ fn spatial_gradients() {
 #[test]
 fn small_cnn_shapes() {
     let cnn = Sequential::new()
-        .add(Conv2d::new(1, 8, 3, 1, 1, 0))
-        .add(Relu)
-        .add(MaxPool2d { kernel: 2, stride: 2 })
-        .add(Conv2d::new(8, 16, 3, 1, 1, 1))
-        .add(Relu)
-        .add(MaxPool2d { kernel: 2, stride: 2 })
-        .add(Flatten)
-        .add(Linear::new(64, 10, true, 2));
+        .layer(Conv2d::new(1, 8, 3, 1, 1, 0))
+        .layer(Relu)
+        .layer(MaxPool2d { kernel: 2, stride: 2 })
+        .layer(Conv2d::new(8, 16, 3, 1, 1, 1))
+        .layer(Relu)
+        .layer(MaxPool2d { kernel: 2, stride: 2 })
+        .layer(Flatten)
+        .layer(Linear::new(64, 10, true, 2));
     let y = cnn.forward(&Tensor::zeros(&[5, 1, 8, 8])).unwrap();
     assert_eq!(y.shape(), vec![5, 10]);
     assert_eq!(cnn.num_parameters(), 8 * 9 + 8 + 16 * 8 * 9 + 16 + 64 * 10 + 10);

@@ -150,9 +150,7 @@ impl Embedding {
     /// N(0, 1) init, like PyTorch; pass `std` to scale (GPT-2 uses 0.02).
     pub fn new(num: usize, dim: usize, std: f32, seed: u64) -> Embedding {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Embedding {
-            weight: Tensor::param(randn_array(&[num, dim], 0.0, std, &mut rng)),
-        }
+        Embedding { weight: Tensor::param(randn_array(&[num, dim], 0.0, std, &mut rng)) }
     }
 
     /// Looks up ids; the output has shape `ids_shape + [dim]`.
@@ -230,11 +228,7 @@ impl Dropout {
         if !(0.0..1.0).contains(&p) {
             return Err(TensorError::arg("Dropout", format!("p = {p} must be in [0, 1)")));
         }
-        Ok(Dropout {
-            p,
-            training: true,
-            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
-        })
+        Ok(Dropout { p, training: true, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) })
     }
     pub fn is_training(&self) -> bool {
         self.training
@@ -295,7 +289,7 @@ impl Sequential {
         Sequential { layers: Vec::new() }
     }
     /// Builder-style append.
-    pub fn add(mut self, layer: impl Module + 'static) -> Sequential {
+    pub fn layer(mut self, layer: impl Module + 'static) -> Sequential {
         self.layers.push(Box::new(layer));
         self
     }
@@ -310,11 +304,7 @@ impl Module for Sequential {
         Ok(h)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters()))
-            .collect()
+        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters())).collect()
     }
     fn set_training(&mut self, training: bool) {
         for l in &mut self.layers {

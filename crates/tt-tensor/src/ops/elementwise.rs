@@ -47,9 +47,7 @@ fn binary_out(
 ) -> Result<(Array, Vec<usize>, Vec<usize>)> {
     let (sa, sb) = (a.shape(), b.shape());
     let out_shape = broadcast_shape(op, &sa, &sb)?;
-    let _scope = OpScope::begin(op, || {
-        elementwise_info(&[&sa, &sb], out_shape.iter().product(), 1)
-    });
+    let _scope = OpScope::begin(op, || elementwise_info(&[&sa, &sb], out_shape.iter().product(), 1));
     let out = f(&a.data(), &b.data());
     Ok((out, sa, sb))
 }

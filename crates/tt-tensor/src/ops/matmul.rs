@@ -6,9 +6,7 @@ use crate::kernels::gemm;
 use crate::tensor::{Array, Tensor};
 
 fn as2<'a>(a: &'a Array, rows: usize, cols: usize) -> ArrayView2<'a, f32> {
-    a.view()
-        .into_shape_with_order((rows, cols))
-        .expect("contiguous array reshapes to 2-D")
+    a.view().into_shape_with_order((rows, cols)).expect("contiguous array reshapes to 2-D")
 }
 
 fn mm_info(a: &[usize], b: &[usize], m: usize, k: usize, n: usize, batch: usize) -> OpInfo {
@@ -27,7 +25,11 @@ impl Tensor {
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
         let (sa, sb) = (self.shape(), other.shape());
         if sa.len() < 2 || sb.len() < 2 {
-            return Err(TensorError::invalid_shape("matmul", if sa.len() < 2 { &sa } else { &sb }, "needs at least 2 dims"));
+            return Err(TensorError::invalid_shape(
+                "matmul",
+                if sa.len() < 2 { &sa } else { &sb },
+                "needs at least 2 dims",
+            ));
         }
         let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
         let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
@@ -44,7 +46,13 @@ impl Tensor {
                 let _scope = OpScope::begin("matmul", || mm_info(&sa, &sb, m, k, n, batch));
                 let (ad, bd) = (self.data(), other.data());
                 let mut c = Array2::<f32>::zeros((batch * m, n));
-                gemm(1.0, as2(&ad, batch * m, k), bd.view().into_dimensionality::<Ix2>().expect("2-D"), 0.0, c.view_mut());
+                gemm(
+                    1.0,
+                    as2(&ad, batch * m, k),
+                    bd.view().into_dimensionality::<Ix2>().expect("2-D"),
+                    0.0,
+                    c.view_mut(),
+                );
                 c.into_shape_with_order(IxDyn(&out_shape)).expect("sizes agree")
             };
             return Ok(Tensor::from_op(out, &[self, other], "matmul", || {
@@ -90,7 +98,13 @@ impl Tensor {
                     let b3 = bd.view().into_shape_with_order((batch, k, n)).expect("contiguous");
                     let mut ga = ndarray::Array3::<f32>::zeros((batch, m, k));
                     for i in 0..batch {
-                        gemm(1.0, g3.index_axis(Axis(0), i), b3.index_axis(Axis(0), i).t(), 0.0, ga.index_axis_mut(Axis(0), i));
+                        gemm(
+                            1.0,
+                            g3.index_axis(Axis(0), i),
+                            b3.index_axis(Axis(0), i).t(),
+                            0.0,
+                            ga.index_axis_mut(Axis(0), i),
+                        );
                     }
                     ga.into_shape_with_order(IxDyn(&sa)).expect("sizes agree")
                 });
@@ -99,7 +113,13 @@ impl Tensor {
                     let a3 = ad.view().into_shape_with_order((batch, m, k)).expect("contiguous");
                     let mut gb = ndarray::Array3::<f32>::zeros((batch, k, n));
                     for i in 0..batch {
-                        gemm(1.0, a3.index_axis(Axis(0), i).t(), g3.index_axis(Axis(0), i), 0.0, gb.index_axis_mut(Axis(0), i));
+                        gemm(
+                            1.0,
+                            a3.index_axis(Axis(0), i).t(),
+                            g3.index_axis(Axis(0), i),
+                            0.0,
+                            gb.index_axis_mut(Axis(0), i),
+                        );
                     }
                     gb.into_shape_with_order(IxDyn(&sb)).expect("sizes agree")
                 });

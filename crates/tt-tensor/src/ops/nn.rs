@@ -86,10 +86,7 @@ impl Tensor {
                 let mut cols = vec![0.0f32; ckk * hw];
                 let mut dcols = Array2::<f32>::zeros((ckk, hw));
                 for bi in 0..batch {
-                    let g2 = gout
-                        .index_axis(Axis(0), bi)
-                        .into_shape_with_order((c_out, hw))
-                        .expect("contiguous");
+                    let g2 = gout.index_axis(Axis(0), bi).into_shape_with_order((c_out, hw)).expect("contiguous");
                     if w.requires_grad() {
                         im2col(&xs[bi * img..(bi + 1) * img], &g, &mut cols);
                         let cv = ArrayView2::from_shape((ckk, hw), &cols).expect("sized");
@@ -221,7 +218,7 @@ impl Tensor {
         if gamma.shape() != [d] || beta.shape() != [d] {
             return Err(TensorError::shape("layer_norm (gamma/beta vs last dim)", &gamma.shape(), &[d]));
         }
-        let rows = if d == 0 { 0 } else { self.numel() / d };
+        let rows = self.numel().checked_div(d).unwrap_or(0);
         let mut stats = vec![(0.0f32, 0.0f32); rows];
         let out = {
             let _scope = OpScope::begin("layer_norm", || OpInfo {

@@ -7,12 +7,7 @@ use crate::tensor::{Array, Tensor};
 
 fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<()> {
     if axis >= ndim {
-        return Err(TensorError::OutOfRange {
-            op,
-            what: "axis",
-            index: axis,
-            limit: ndim,
-        });
+        return Err(TensorError::OutOfRange { op, what: "axis", index: axis, limit: ndim });
     }
     Ok(())
 }

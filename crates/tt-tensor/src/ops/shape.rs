@@ -6,11 +6,7 @@ use crate::tensor::{Array, Tensor};
 
 fn copy_info(shape: &[usize]) -> OpInfo {
     let n: usize = shape.iter().product();
-    OpInfo {
-        input_shapes: vec![shape.to_vec()],
-        flops: 0,
-        bytes: (n * 8) as u64,
-    }
+    OpInfo { input_shapes: vec![shape.to_vec()], flops: 0, bytes: (n * 8) as u64 }
 }
 
 impl Tensor {
@@ -26,9 +22,7 @@ impl Tensor {
             Array::from_shape_vec(IxDyn(shape), d.iter().copied().collect()).expect("count checked")
         };
         Ok(Tensor::from_op(out, &[self], "reshape", || {
-            Box::new(move |g| {
-                vec![Some(g.to_shape(IxDyn(&old)).expect("same count").into_owned())]
-            })
+            Box::new(move |g| vec![Some(g.to_shape(IxDyn(&old)).expect("same count").into_owned())])
         }))
     }
 
@@ -36,7 +30,8 @@ impl Tensor {
     pub fn permute(&self, axes: &[usize]) -> Result<Tensor> {
         let shape = self.shape();
         let mut seen = vec![false; shape.len()];
-        if axes.len() != shape.len() || axes.iter().any(|&a| a >= shape.len() || std::mem::replace(&mut seen[a], true)) {
+        if axes.len() != shape.len() || axes.iter().any(|&a| a >= shape.len() || std::mem::replace(&mut seen[a], true))
+        {
             return Err(TensorError::arg(
                 "permute",
                 format!("axes {axes:?} are not a permutation of 0..{}", shape.len()),
@@ -59,12 +54,7 @@ impl Tensor {
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
         let n = self.ndim();
         if a >= n || b >= n {
-            return Err(TensorError::OutOfRange {
-                op: "transpose",
-                what: "axis",
-                index: a.max(b),
-                limit: n,
-            });
+            return Err(TensorError::OutOfRange { op: "transpose", what: "axis", index: a.max(b), limit: n });
         }
         let mut axes: Vec<usize> = (0..n).collect();
         axes.swap(a, b);
@@ -75,12 +65,7 @@ impl Tensor {
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         let shape = self.shape();
         if axis >= shape.len() {
-            return Err(TensorError::OutOfRange {
-                op: "narrow",
-                what: "axis",
-                index: axis,
-                limit: shape.len(),
-            });
+            return Err(TensorError::OutOfRange { op: "narrow", what: "axis", index: axis, limit: shape.len() });
         }
         if start + len > shape[axis] {
             return Err(TensorError::OutOfRange {
@@ -92,10 +77,7 @@ impl Tensor {
         }
         let out = {
             let _scope = OpScope::begin("narrow", || copy_info(&shape));
-            self.data()
-                .slice_axis(Axis(axis), Slice::from(start..start + len))
-                .as_standard_layout()
-                .into_owned()
+            self.data().slice_axis(Axis(axis), Slice::from(start..start + len)).as_standard_layout().into_owned()
         };
         Ok(Tensor::from_op(out, &[self], "narrow", || {
             Box::new(move |g| {
@@ -108,23 +90,15 @@ impl Tensor {
 
     /// Joins tensors along an existing axis; all other dims must agree.
     pub fn concat(tensors: &[&Tensor], axis: usize) -> Result<Tensor> {
-        let first = tensors
-            .first()
-            .ok_or_else(|| TensorError::arg("concat", "needs at least one tensor"))?
-            .shape();
+        let first = tensors.first().ok_or_else(|| TensorError::arg("concat", "needs at least one tensor"))?.shape();
         if axis >= first.len() {
-            return Err(TensorError::OutOfRange {
-                op: "concat",
-                what: "axis",
-                index: axis,
-                limit: first.len(),
-            });
+            return Err(TensorError::OutOfRange { op: "concat", what: "axis", index: axis, limit: first.len() });
         }
         let mut sizes = Vec::with_capacity(tensors.len());
         for t in tensors {
             let s = t.shape();
-            let compatible = s.len() == first.len()
-                && s.iter().zip(&first).enumerate().all(|(i, (x, y))| i == axis || x == y);
+            let compatible =
+                s.len() == first.len() && s.iter().zip(&first).enumerate().all(|(i, (x, y))| i == axis || x == y);
             if !compatible {
                 return Err(TensorError::shape("concat", &first, &s));
             }
@@ -153,10 +127,7 @@ impl Tensor {
 
     /// Stacks equal-shape tensors along a new axis.
     pub fn stack(tensors: &[&Tensor], axis: usize) -> Result<Tensor> {
-        let expanded: Vec<Tensor> = tensors
-            .iter()
-            .map(|t| t.unsqueeze(axis))
-            .collect::<Result<_>>()?;
+        let expanded: Vec<Tensor> = tensors.iter().map(|t| t.unsqueeze(axis)).collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = expanded.iter().collect();
         Tensor::concat(&refs, axis)
     }
@@ -165,12 +136,7 @@ impl Tensor {
     pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
         let mut s = self.shape();
         if axis > s.len() {
-            return Err(TensorError::OutOfRange {
-                op: "unsqueeze",
-                what: "axis",
-                index: axis,
-                limit: s.len() + 1,
-            });
+            return Err(TensorError::OutOfRange { op: "unsqueeze", what: "axis", index: axis, limit: s.len() + 1 });
         }
         s.insert(axis, 1);
         self.reshape(&s)
@@ -180,12 +146,7 @@ impl Tensor {
     pub fn flatten_from(&self, start: usize) -> Result<Tensor> {
         let s = self.shape();
         if start >= s.len() {
-            return Err(TensorError::OutOfRange {
-                op: "flatten",
-                what: "start axis",
-                index: start,
-                limit: s.len(),
-            });
+            return Err(TensorError::OutOfRange { op: "flatten", what: "start axis", index: start, limit: s.len() });
         }
         let mut new: Vec<usize> = s[..start].to_vec();
         new.push(s[start..].iter().product());
@@ -200,12 +161,7 @@ impl Tensor {
         }
         let (rows, cols) = (shape[0], shape[1]);
         if let Some(&bad) = ids.iter().find(|&&i| i >= rows) {
-            return Err(TensorError::OutOfRange {
-                op: "index_select_rows",
-                what: "index",
-                index: bad,
-                limit: rows,
-            });
+            return Err(TensorError::OutOfRange { op: "index_select_rows", what: "index", index: bad, limit: rows });
         }
         let out = {
             let _scope = OpScope::begin("embedding", || OpInfo {

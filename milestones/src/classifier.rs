@@ -1,0 +1,158 @@
+//! Shared training loop and checkpointing for the digit classifiers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tt_tensor::data::{ClassificationData, DataLoader, Dataset};
+use tt_tensor::loss::cross_entropy;
+use tt_tensor::optim::{Adam, Optimizer};
+use tt_tensor::serialize::{atomic_write, load_module, save_module};
+use tt_tensor::{no_grad, Module};
+
+use crate::{MilestoneError, Options, Result};
+
+/// Hyper-parameters of one training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+}
+
+/// One epoch's measured numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub train_loss: f32,
+    pub train_accuracy: f32,
+    pub test_accuracy: f32,
+    pub seconds: f64,
+}
+
+/// Fraction of samples whose arg-max prediction equals the label.
+pub fn accuracy(model: &dyn Module, data: &ClassificationData) -> Result<f32> {
+    let loader = DataLoader::new(data, 256, false, 0)?;
+    let mut correct = 0usize;
+    no_grad(|| -> Result<()> {
+        for batch in loader.epoch(0) {
+            let pred = model.forward(&batch.x)?.argmax_axis(1)?;
+            correct += pred.iter().zip(&batch.y).filter(|(p, y)| p == y).count();
+        }
+        Ok(())
+    })?;
+    Ok(correct as f32 / data.len().max(1) as f32)
+}
+
+/// Trains `model` with Adam and cross-entropy, evaluating held-out accuracy after each epoch.
+/// Returns per-epoch stats and the total training wall time in seconds (evaluation excluded).
+pub fn train(
+    model: &mut dyn Module,
+    train: &ClassificationData,
+    test: &ClassificationData,
+    cfg: &TrainConfig,
+    opts: &Options,
+) -> Result<(Vec<EpochStats>, f64)> {
+    let loader = DataLoader::new(train, cfg.batch_size, true, cfg.seed)?;
+    let mut opt = Adam::adamw(model.parameters(), cfg.lr, cfg.weight_decay)?;
+    let bar = if opts.progress {
+        let b = ProgressBar::new((cfg.epochs * loader.num_batches()) as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} epoch {msg} [{bar:30}] {pos}/{len} batches ({elapsed})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut history = Vec::new();
+    let mut train_seconds = 0.0;
+    for epoch in 0..cfg.epochs {
+        bar.set_message(format!("{}/{}", epoch + 1, cfg.epochs));
+        model.set_training(true);
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for batch in loader.epoch(epoch as u64) {
+            opt.zero_grad();
+            let logits = model.forward(&batch.x)?;
+            let loss = cross_entropy(&logits, &batch.y)?;
+            loss.backward()?;
+            opt.step()?;
+            let pred = logits.argmax_axis(1)?;
+            correct += pred.iter().zip(&batch.y).filter(|(p, y)| p == y).count();
+            loss_sum += loss.item()? as f64 * batch.y.len() as f64;
+            seen += batch.y.len();
+            bar.inc(1);
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        train_seconds += seconds;
+        model.set_training(false);
+        let test_accuracy = accuracy(model, test)?;
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            train_loss: (loss_sum / seen as f64) as f32,
+            train_accuracy: correct as f32 / seen as f32,
+            test_accuracy,
+            seconds,
+        };
+        bar.suspend(|| {
+            opts.say(format!(
+                "epoch {:>2}/{}  loss {:.4}  train acc {:5.1}%  test acc {:5.1}%  ({:.2} s)",
+                stats.epoch,
+                cfg.epochs,
+                stats.train_loss,
+                100.0 * stats.train_accuracy,
+                100.0 * stats.test_accuracy,
+                stats.seconds
+            ))
+        });
+        history.push(stats);
+    }
+    bar.finish_and_clear();
+    Ok((history, train_seconds))
+}
+
+/// A saved classifier: weights in `model.safetensors`, this JSON beside it in `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedClassifier {
+    pub kind: String,
+    pub train: TrainConfig,
+    pub test_accuracy: f32,
+    pub train_seconds: f64,
+    pub params: usize,
+}
+
+/// Paths of a cached model.
+pub fn checkpoint_paths(cache_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let dir = cache_dir.join(name);
+    (dir.join("model.safetensors"), dir.join("config.json"))
+}
+
+/// Saves weights and config, each atomically.
+pub fn save(model: &dyn Module, info: &SavedClassifier, cache_dir: &Path) -> Result<PathBuf> {
+    let (weights, config) = checkpoint_paths(cache_dir, &info.kind);
+    let mut meta = HashMap::new();
+    meta.insert("kind".to_string(), info.kind.clone());
+    save_module(model, &weights, Some(meta))?;
+    let json = serde_json::to_vec_pretty(info).map_err(|e| MilestoneError::Other(e.to_string()))?;
+    atomic_write(&config, &json)?;
+    Ok(weights)
+}
+
+/// Loads a cached model's weights into `model` and returns its config; `Ok(None)` if not cached.
+pub fn load(model: &dyn Module, cache_dir: &Path, kind: &str) -> Result<Option<SavedClassifier>> {
+    let (weights, config) = checkpoint_paths(cache_dir, kind);
+    if !weights.exists() || !config.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&config).map_err(|e| MilestoneError::Other(format!("{}: {e}", config.display())))?;
+    let info: SavedClassifier = serde_json::from_slice(&text)
+        .map_err(|e| MilestoneError::Other(format!("{}: corrupt config: {e}", config.display())))?;
+    load_module(model, &weights)?;
+    Ok(Some(info))
+}

@@ -1,0 +1,79 @@
+//! Milestone `cnn_digits` (module 09): a small LeNet-style CNN on the 8×8 UCI digits.
+
+use serde_json::json;
+use tt_tensor::data::{digits, Dataset};
+use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential};
+use tt_tensor::Module;
+
+use crate::classifier::{self, SavedClassifier, TrainConfig};
+use crate::{Options, Result};
+
+pub const NAME: &str = "cnn_digits";
+
+/// conv3×3(1→16) → ReLU → pool2 → conv3×3(16→32) → ReLU → pool2 → 128 → Linear(64) → ReLU → Linear(10).
+pub fn build(seed: u64) -> Sequential {
+    Sequential::new()
+        .layer(Conv2d::new(1, 16, 3, 1, 1, seed))
+        .layer(Relu)
+        .layer(MaxPool2d { kernel: 2, stride: 2 })
+        .layer(Conv2d::new(16, 32, 3, 1, 1, seed + 1))
+        .layer(Relu)
+        .layer(MaxPool2d { kernel: 2, stride: 2 })
+        .layer(Flatten)
+        .layer(Linear::new(128, 64, true, seed + 2))
+        .layer(Relu)
+        .layer(Linear::new(64, 10, true, seed + 3))
+}
+
+pub fn config(quick: bool) -> TrainConfig {
+    TrainConfig { epochs: if quick { 1 } else { 25 }, batch_size: 32, lr: 2e-3, weight_decay: 1e-4, seed: 0 }
+}
+
+/// Loads the cached CNN, or trains and caches it. Returns the model and its saved info.
+pub fn load_or_train(opts: &Options) -> Result<(Sequential, SavedClassifier)> {
+    let model = build(0);
+    if !opts.retrain {
+        if let Some(info) = classifier::load(&model, &opts.cache_dir, NAME)? {
+            return Ok((model, info));
+        }
+    }
+    let out = train(opts)?;
+    Ok((out.0, out.1))
+}
+
+fn train(opts: &Options) -> Result<(Sequential, SavedClassifier, Vec<classifier::EpochStats>)> {
+    let (train, test) = digits::standard_split()?;
+    let (train, test) = (train.with_sample_shape(vec![1, 8, 8])?, test.with_sample_shape(vec![1, 8, 8])?);
+    opts.say(format!(
+        "cnn_digits: UCI handwritten digits as 1×8×8 images, {} train / {} test (stratified, seed 0)",
+        train.len(),
+        test.len()
+    ));
+    let mut model = build(0);
+    opts.say(format!("model: LeNet-style CNN, {} parameters", model.num_parameters()));
+    let cfg = config(opts.quick);
+    let (history, train_seconds) = classifier::train(&mut model, &train, &test, &cfg, opts)?;
+    let test_accuracy = classifier::accuracy(&model, &test)?;
+    let info =
+        SavedClassifier { kind: NAME.into(), train: cfg, test_accuracy, train_seconds, params: model.num_parameters() };
+    let path = classifier::save(&model, &info, &opts.cache_dir)?;
+    opts.say(format!(
+        "held-out accuracy {:.2}% after {:.1} s of training; saved {}",
+        100.0 * test_accuracy,
+        train_seconds,
+        path.display()
+    ));
+    Ok((model, info, history))
+}
+
+pub fn run(opts: &Options) -> Result<serde_json::Value> {
+    let (model, info, history) = train(opts)?;
+    Ok(json!({
+        "milestone": NAME,
+        "test_accuracy": info.test_accuracy,
+        "train_seconds": info.train_seconds,
+        "params": model.num_parameters(),
+        "epochs": history,
+        "checkpoint": classifier::checkpoint_paths(&opts.cache_dir, NAME).0,
+    }))
+}

@@ -1,0 +1,182 @@
+//! `tito`: the course CLI. Thin by design: module tests run through cargo, milestones live in
+//! the `milestones` library. Bad input prints one `tito: error: ...` line and exits non-zero.
+
+mod modules;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use modules::{Counts, CourseModule};
+
+#[derive(Parser)]
+#[command(name = "tito", about = "tinytorch-rs course CLI: module tests, milestones, status")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the tests of course modules (e.g. `tito test 05 09`, `tito test all`).
+    Test {
+        /// Module numbers (01-19) or `all`.
+        #[arg(required = true)]
+        modules: Vec<String>,
+    },
+    /// Run a milestone (e.g. `tito milestone mlp_digits --json`).
+    Milestone {
+        /// Milestone name; omit with --list.
+        name: Option<String>,
+        /// List the milestones.
+        #[arg(long)]
+        list: bool,
+        /// Print a machine-readable JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Retrain models even if a cached one exists.
+        #[arg(long)]
+        retrain: bool,
+        /// Small settings (fewer epochs) for smoke runs.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Show which modules and milestones exist and which models are cached.
+    Status,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tito lives in the workspace").to_path_buf()
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tito: error: {msg}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Test { modules } => match modules::resolve(&modules) {
+            Ok(ms) => run_tests(&ms),
+            Err(e) => fail(e),
+        },
+        Cmd::Milestone { name, list, json, retrain, quick } => {
+            if list {
+                for m in milestones::all() {
+                    println!("{:<14} (module {})  {}", m.name, m.module, m.description);
+                }
+                return ExitCode::SUCCESS;
+            }
+            let Some(name) = name else {
+                return fail("give a milestone name, or --list");
+            };
+            if let Err(e) = milestones::find(&name) {
+                return fail(e);
+            }
+            let opts = milestones::Options { json, retrain, quick, ..Default::default() };
+            match milestones::run(&name, &opts) {
+                Ok(summary) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&summary).expect("JSON values serialize"));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("milestone {name}: {e}")),
+            }
+        }
+        Cmd::Status => status(),
+    }
+}
+
+/// Runs each selected module's test target (one cargo invocation each) and prints a table of the
+/// counts libtest reported.
+fn run_tests(selected: &[CourseModule]) -> ExitCode {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut rows: Vec<(CourseModule, Result<Counts, String>, f64)> = Vec::new();
+    for m in selected {
+        if !m.exists(&root) {
+            let file = m.test_file(&root);
+            let rel = file.strip_prefix(&root).unwrap_or(&file).display().to_string();
+            rows.push((*m, Err(format!("not implemented yet ({rel} not found)")), 0.0));
+            continue;
+        }
+        let target = m.test_target();
+        eprintln!("tito: cargo test -p {} --test {target}", m.package);
+        let start = Instant::now();
+        let out = match Command::new(&cargo)
+            .current_dir(&root)
+            .args(["test", "--color", "never", "-p", m.package, "--test", &target])
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => return fail(format!("could not run cargo: {e}")),
+        };
+        let secs = start.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            // Show what broke: the failing tests' output, or the build error.
+            print!("{stdout}");
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let r = match modules::sum_results(&stdout) {
+            Some(c) => Ok(c),
+            None if out.status.success() => Err("no test result reported".into()),
+            None => Err("build failed (see above)".into()),
+        };
+        rows.push((*m, r, secs));
+    }
+    println!();
+    println!("{:<4} {:<14} {:>7} {:>7} {:>8} {:>8}  status", "mod", "name", "passed", "failed", "ignored", "seconds");
+    let mut ok = true;
+    let (mut tp, mut tf) = (0, 0);
+    for (m, r, secs) in &rows {
+        match r {
+            Ok(c) => {
+                tp += c.passed;
+                tf += c.failed;
+                let pass = c.failed == 0 && c.passed > 0;
+                ok &= pass;
+                let st = if pass { "PASS" } else { "FAIL" };
+                println!(
+                    "{:<4} {:<14} {:>7} {:>7} {:>8} {:>8.1}  {st}",
+                    m.number, m.name, c.passed, c.failed, c.ignored, secs
+                );
+            }
+            Err(e) => {
+                ok = false;
+                println!("{:<4} {:<14} {:>7} {:>7} {:>8} {:>8}  {e}", m.number, m.name, "-", "-", "-", "-");
+            }
+        }
+    }
+    println!("\ntotal: {tp} passed, {tf} failed");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn status() -> ExitCode {
+    let root = workspace_root();
+    println!("course modules:");
+    for m in modules::MODULES {
+        let state = if m.exists(&root) { "present" } else { "not implemented yet" };
+        println!("  {} {:<14} {:<15} {state}", m.number, m.name, m.package);
+    }
+    let cache = milestones::default_cache_dir();
+    println!("\nmilestones (cache: {}):", cache.display());
+    for ms in milestones::all() {
+        let cached = cache.join(ms.name).join("model.safetensors").is_file();
+        println!(
+            "  {:<14} module {}  {}",
+            ms.name,
+            ms.module,
+            if cached { "trained model cached" } else { "no cached model" }
+        );
+    }
+    ExitCode::SUCCESS
+}
