@@ -10,7 +10,9 @@
 
 pub mod classifier;
 pub mod cnn_digits;
+pub mod kv_cache;
 pub mod mlp_digits;
+pub mod transformer;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +26,10 @@ pub enum MilestoneError {
     Unknown(String),
     #[error(transparent)]
     Tensor(#[from] tt_tensor::TensorError),
+    #[error(transparent)]
+    Transformer(#[from] tt_transformer::TransformerError),
+    #[error(transparent)]
+    KvCache(#[from] tt_kvcache::KvError),
     #[error("{0}")]
     Other(String),
 }
@@ -43,11 +49,20 @@ pub struct Options {
     pub cache_dir: PathBuf,
     /// Show progress bars (on stderr).
     pub progress: bool,
+    /// Train the language model on this UTF-8 text file instead of the built-in corpus.
+    pub corpus: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { json: false, retrain: false, quick: false, cache_dir: default_cache_dir(), progress: true }
+        Options {
+            json: false,
+            retrain: false,
+            quick: false,
+            cache_dir: default_cache_dir(),
+            progress: true,
+            corpus: None,
+        }
     }
 }
 
@@ -89,6 +104,19 @@ pub fn all() -> &'static [Milestone] {
             module: "09",
             description: "train a LeNet-style CNN on the UCI digits (8x8 images); held-out accuracy per epoch",
             run: cnn_digits::run,
+        },
+        Milestone {
+            name: "transformer",
+            module: "13",
+            description:
+                "train the default GPT on the built-in Q/A corpus; perplexity and exact-match on unseen questions",
+            run: transformer::run,
+        },
+        Milestone {
+            name: "kv_cache",
+            module: "14",
+            description: "greedy generation with and without the KV cache: same tokens, tok/s, speedup, cache memory",
+            run: kv_cache::run,
         },
     ]
 }

@@ -42,6 +42,9 @@ enum Cmd {
         /// Small settings (fewer epochs) for smoke runs.
         #[arg(long)]
         quick: bool,
+        /// Train the language model on this UTF-8 text file instead of the built-in corpus.
+        #[arg(long, value_name = "FILE")]
+        corpus: Option<std::path::PathBuf>,
     },
     /// Show which modules and milestones exist and which models are cached.
     Status,
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
             Ok(ms) => run_tests(&ms),
             Err(e) => fail(e),
         },
-        Cmd::Milestone { name, list, json, retrain, quick } => {
+        Cmd::Milestone { name, list, json, retrain, quick, corpus } => {
             if list {
                 for m in milestones::all() {
                     println!("{:<14} (module {})  {}", m.name, m.module, m.description);
@@ -76,7 +79,7 @@ fn main() -> ExitCode {
             if let Err(e) = milestones::find(&name) {
                 return fail(e);
             }
-            let opts = milestones::Options { json, retrain, quick, ..Default::default() };
+            let opts = milestones::Options { json, retrain, quick, corpus, ..Default::default() };
             match milestones::run(&name, &opts) {
                 Ok(summary) => {
                     if json {

@@ -10,10 +10,18 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Whether an event is an op's forward computation or its gradient computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Forward,
+    Backward,
+}
+
 /// What an op reports: its name, input shapes, work done and wall time.
 #[derive(Debug, Clone)]
 pub struct OpEvent {
     pub name: &'static str,
+    pub phase: Phase,
     pub input_shapes: Vec<Vec<usize>>,
     /// Floating-point operations, counting a multiply-accumulate as 2.
     pub flops: u64,
@@ -61,12 +69,19 @@ pub struct OpInfo {
 
 /// Times one op; reports on drop if an observer is installed.
 pub struct OpScope {
-    active: Option<(&'static str, OpInfo, Instant)>,
+    active: Option<(&'static str, Phase, OpInfo, Instant)>,
 }
 
 impl OpScope {
+    /// Opens a scope around an op's forward kernel.
     #[inline]
     pub fn begin(name: &'static str, info: impl FnOnce() -> OpInfo) -> OpScope {
+        Self::begin_phase(name, Phase::Forward, info)
+    }
+
+    /// Opens a scope around an op's kernel in the given phase.
+    #[inline]
+    pub fn begin_phase(name: &'static str, phase: Phase, info: impl FnOnce() -> OpInfo) -> OpScope {
         if ACTIVE.load(Ordering::Relaxed) == 0 {
             return OpScope { active: None };
         }
@@ -74,18 +89,19 @@ impl OpScope {
         if !has {
             return OpScope { active: None };
         }
-        OpScope { active: Some((name, info(), Instant::now())) }
+        OpScope { active: Some((name, phase, info(), Instant::now())) }
     }
 }
 
 impl Drop for OpScope {
     fn drop(&mut self) {
-        if let Some((name, info, start)) = self.active.take() {
+        if let Some((name, phase, info, start)) = self.active.take() {
             let duration = start.elapsed();
             let obs = OBSERVER.with(|o| o.borrow().clone());
             if let Some(obs) = obs {
                 obs.on_op(OpEvent {
                     name,
+                    phase,
                     input_shapes: info.input_shapes,
                     flops: info.flops,
                     bytes: info.bytes,

@@ -128,21 +128,47 @@ pub fn col2im(cols: &[f32], g: &ConvGeom, img: &mut [f32]) {
     }
 }
 
-/// tanh-form GELU: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+/// `e^x` without a libm call, so loops over slices vectorize: `x = n·ln2 + r` with `n` rounded
+/// by the 1.5·2²³ trick and `|r| ≤ ln2/2`, `e^r` by its degree-6 Taylor polynomial (truncation
+/// error `r⁷/7! < 1.1e-7` relative), then scaled by `2ⁿ` through the exponent bits.
+/// Over/underflows like `f32::exp`: +∞ above 88.72, 0 below −87.33. Checked against `f32::exp`.
 #[inline]
-pub fn gelu_tanh(x: f32) -> f32 {
-    const C: f32 = 0.797_884_6; // sqrt(2/pi)
-    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+pub fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75; // ln2 split so n·LN2_HI is exact for |n| < 2^9
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let xc = x.clamp(-87.33, 88.72);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = p * scale;
+    if x > 88.72 {
+        f32::INFINITY
+    } else if x < -87.33 {
+        0.0
+    } else {
+        y
+    }
 }
 
-/// Derivative of [`gelu_tanh`].
+/// tanh-form GELU, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, evaluated as the identical
+/// `x·σ(2u)` (since `0.5·(1 + tanh u) = σ(2u)`): one `exp` instead of a slower `tanh`.
+/// For x → −∞, `exp` overflows to +∞ and the result is −0, as the limit requires.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C2: f32 = 2.0 * 0.797_884_6; // 2·sqrt(2/pi)
+    x / (1.0 + exp_fast(-C2 * (x + 0.044715 * x * x * x)))
+}
+
+/// Derivative of [`gelu_tanh`]: `s + x·s·(1 − s)·2u'`, with `s = σ(2u)`, `u' = √(2/π)(1 + 3·0.044715·x²)`.
 #[inline]
 pub fn gelu_tanh_grad(x: f32) -> f32 {
     const C: f32 = 0.797_884_6;
-    let u = C * (x + 0.044715 * x * x * x);
-    let t = u.tanh();
+    let s = 1.0 / (1.0 + exp_fast(-2.0 * C * (x + 0.044715 * x * x * x)));
     let du = C * (1.0 + 3.0 * 0.044715 * x * x);
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+    s + x * s * (1.0 - s) * 2.0 * du
 }
 
 /// Numerically stable softmax of one row, in place (subtracts the row max before exp).
@@ -150,7 +176,7 @@ pub fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp_fast(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -169,4 +195,30 @@ pub fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mu
         out[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
     }
     (mean, rstd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_fast_matches_libm() {
+        let mut worst = 0.0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp_fast(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        // A few ulp (f32 ulp is 1.2e-7 relative).
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert_eq!(exp_fast(0.0), 1.0);
+        assert_eq!(exp_fast(100.0), f32::INFINITY);
+        assert_eq!(exp_fast(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_fast(-100.0), 0.0);
+        assert_eq!(exp_fast(f32::NEG_INFINITY), 0.0);
+        // GELU's x → −∞ limit is −0 and stays finite.
+        assert_eq!(gelu_tanh(-1e30), 0.0);
+        assert_eq!(gelu_tanh(1e3), 1e3);
+    }
 }

@@ -38,4 +38,4 @@ pub mod testing;
 pub use error::{Result, TensorError};
 pub use nn::Module;
 pub use ops::broadcast_shape;
-pub use tensor::{is_grad_enabled, no_grad, randn_array, uniform_array, Array, NoGradGuard, Tensor};
+pub use tensor::{is_grad_enabled, no_grad, randn_array, uniform_array, Array, BackwardFn, NoGradGuard, Tensor};

@@ -18,6 +18,28 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// Cross-entropy from logits `[..., C]` against class indices (one per leading position), averaged.
 /// Fused: log-softmax and the gather in one pass; gradient `(softmax − onehot)/N`.
 pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    weighted_ce(logits, targets, None)
+}
+
+/// Weighted cross-entropy `Σ wᵢ·CEᵢ / Σ wᵢ` (weights ≥ 0, one per target, not all zero).
+/// With all weights equal it is exactly [`cross_entropy`].
+pub fn cross_entropy_weighted(logits: &Tensor, targets: &[usize], weights: &[f32]) -> Result<Tensor> {
+    if weights.len() != targets.len() {
+        return Err(TensorError::arg(
+            "cross_entropy_weighted",
+            format!("{} weights for {} targets", weights.len(), targets.len()),
+        ));
+    }
+    if weights.iter().any(|w| !(*w >= 0.0 && w.is_finite())) || weights.iter().all(|&w| w == 0.0) {
+        return Err(TensorError::arg(
+            "cross_entropy_weighted",
+            "weights must be finite, non-negative and not all zero",
+        ));
+    }
+    weighted_ce(logits, targets, Some(weights))
+}
+
+fn weighted_ce(logits: &Tensor, targets: &[usize], weights: Option<&[f32]>) -> Result<Tensor> {
     let shape = logits.shape();
     let c = *shape.last().ok_or_else(|| TensorError::invalid_shape("cross_entropy", &shape, "needs [..., classes]"))?;
     let n = logits.numel().checked_div(c).unwrap_or(0);
@@ -30,6 +52,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
     if let Some(&bad) = targets.iter().find(|&&t| t >= c) {
         return Err(TensorError::OutOfRange { op: "cross_entropy", what: "target class", index: bad, limit: c });
     }
+    let w = |r: usize| weights.map_or(1.0, |w| w[r]);
+    let norm: f64 = weights.map_or(n as f64, |w| w.iter().map(|&x| x as f64).sum());
     let mut probs = vec![0.0f32; n * c];
     let loss = {
         let _scope = OpScope::begin("cross_entropy", || OpInfo {
@@ -44,22 +68,24 @@ pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
             let row = &xs[r * c..(r + 1) * c];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
-            total += (lse - row[targets[r]]) as f64;
+            total += (w(r) * (lse - row[targets[r]])) as f64;
             let p = &mut probs[r * c..(r + 1) * c];
             p.copy_from_slice(row);
             softmax_row(p);
         }
-        (total / n as f64) as f32
+        (total / norm) as f32
     };
     Ok(Tensor::from_op(Array::from_elem(IxDyn(&[]), loss), &[logits], "cross_entropy", || {
         let targets = targets.to_vec();
+        let weights = weights.map(<[f32]>::to_vec);
         Box::new(move |g| {
-            let gv = *g.iter().next().expect("scalar") / n as f32;
+            let gv = *g.iter().next().expect("scalar") / norm as f32;
             let mut gx = probs.clone();
             for (r, &t) in targets.iter().enumerate() {
                 gx[r * c + t] -= 1.0;
+                let scale = gv * weights.as_ref().map_or(1.0, |w| w[r]);
+                gx[r * c..(r + 1) * c].iter_mut().for_each(|v| *v *= scale);
             }
-            gx.iter_mut().for_each(|v| *v *= gv);
             vec![Some(Array::from_shape_vec(IxDyn(&shape), gx).expect("sized"))]
         })
     }))

@@ -28,7 +28,7 @@ pub type Array = ArrayD<f32>;
 
 /// A gradient function: given d(loss)/d(output), returns d(loss)/d(input) for each input
 /// (`None` for inputs that need no gradient).
-pub(crate) type BackwardFn = Box<dyn Fn(&Array) -> Vec<Option<Array>> + Send + Sync>;
+pub type BackwardFn = Box<dyn Fn(&Array) -> Vec<Option<Array>> + Send + Sync>;
 
 pub(crate) struct Node {
     pub(crate) op: &'static str,
@@ -292,6 +292,18 @@ impl Tensor {
         }
     }
 
+    /// Builds the result of a user-defined differentiable op (the role of `torch.autograd.Function`):
+    /// `output` was computed from `inputs` by the caller's kernel, and `backward` (called only when
+    /// a graph is being recorded) returns the closure mapping d(loss)/d(output) to one gradient per
+    /// input, each of that input's shape. Used for fused kernels whose gradient is derived by hand;
+    /// such an op must have a finite-difference gradient check of its own.
+    pub fn custom_op<F>(name: &'static str, inputs: &[&Tensor], output: Array, backward: F) -> Tensor
+    where
+        F: FnOnce() -> BackwardFn,
+    {
+        Tensor::from_op(output, inputs, name, backward)
+    }
+
     /// Back-propagates from a one-element tensor (d self / d self = 1).
     pub fn backward(&self) -> Result<()> {
         let shape = self.shape();
@@ -326,7 +338,16 @@ impl Tensor {
             let g = if g.is_standard_layout() { g } else { g.as_standard_layout().into_owned() };
             match &t.inner.node {
                 Some(node) => {
-                    let input_grads = (node.backward)(&g);
+                    let input_grads = {
+                        let _scope = crate::hook::OpScope::begin_phase(node.op, crate::hook::Phase::Backward, || {
+                            crate::hook::OpInfo {
+                                input_shapes: node.inputs.iter().map(|i| i.shape()).collect(),
+                                flops: 0,
+                                bytes: 0,
+                            }
+                        });
+                        (node.backward)(&g)
+                    };
                     debug_assert_eq!(input_grads.len(), node.inputs.len(), "op {}", node.op);
                     for (input, ig) in node.inputs.iter().zip(input_grads) {
                         let Some(ig) = ig else { continue };

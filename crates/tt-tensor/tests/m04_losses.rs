@@ -1,6 +1,8 @@
 //! Module 04 — losses: MSE, cross-entropy, binary cross-entropy, KL divergence with temperature.
 
-use tt_tensor::loss::{bce_with_logits, binary_cross_entropy, cross_entropy, kl_div_with_temperature, mse};
+use tt_tensor::loss::{
+    bce_with_logits, binary_cross_entropy, cross_entropy, cross_entropy_weighted, kl_div_with_temperature, mse,
+};
 use tt_tensor::testing::assert_grads;
 use tt_tensor::Tensor;
 
@@ -81,4 +83,25 @@ fn loss_gradients() {
     assert_grads(|i| binary_cross_entropy(&i[0], &yb), &[t(&[0.3, 0.6, 0.8], &[3])], 1e-3, 2e-2);
     let teacher = Tensor::randn(&[2, 4], 0.0, 1.0, 4);
     assert_grads(|i| kl_div_with_temperature(&i[0], &teacher, 3.0), &[Tensor::randn(&[2, 4], 0.0, 1.0, 5)], 1e-3, 1e-2);
+}
+
+#[test]
+fn weighted_cross_entropy() {
+    let logits = Tensor::randn(&[3, 4], 0.0, 1.0, 9);
+    let plain = cross_entropy(&logits, &[0, 2, 3]).unwrap().item().unwrap();
+    let ones = cross_entropy_weighted(&logits, &[0, 2, 3], &[2.0, 2.0, 2.0]).unwrap().item().unwrap();
+    assert!((plain - ones).abs() < 1e-6, "uniform weights are the plain mean");
+    // Zero weight removes a row: equals the plain loss of the remaining rows.
+    let two = cross_entropy(&logits.narrow(0, 0, 2).unwrap(), &[0, 2]).unwrap().item().unwrap();
+    let masked = cross_entropy_weighted(&logits, &[0, 2, 3], &[1.0, 1.0, 0.0]).unwrap().item().unwrap();
+    assert!((two - masked).abs() < 1e-6);
+    assert!(cross_entropy_weighted(&logits, &[0, 2, 3], &[0.0, 0.0, 0.0]).is_err());
+    assert!(cross_entropy_weighted(&logits, &[0, 2, 3], &[1.0, -1.0, 1.0]).is_err());
+    assert!(cross_entropy_weighted(&logits, &[0, 2, 3], &[1.0]).is_err());
+    assert_grads(
+        |i| cross_entropy_weighted(&i[0], &[1, 0, 3], &[0.2, 1.0, 3.0]),
+        std::slice::from_ref(&logits),
+        1e-3,
+        1e-2,
+    );
 }

@@ -57,7 +57,8 @@ impl Tensor {
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
         let (out, sa, sb) = binary_out("add", self, other, |x, y| x + y)?;
         Ok(Tensor::from_op(out, &[self, other], "add", || {
-            Box::new(move |g| vec![Some(sum_to_shape(g, &sa)), Some(sum_to_shape(g, &sb))])
+            let (ra, rb) = (self.requires_grad(), other.requires_grad());
+            Box::new(move |g| vec![ra.then(|| sum_to_shape(g, &sa)), rb.then(|| sum_to_shape(g, &sb))])
         }))
     }
 
@@ -65,7 +66,8 @@ impl Tensor {
     pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
         let (out, sa, sb) = binary_out("sub", self, other, |x, y| x - y)?;
         Ok(Tensor::from_op(out, &[self, other], "sub", || {
-            Box::new(move |g| vec![Some(sum_to_shape(g, &sa)), Some(-sum_to_shape(g, &sb))])
+            let (ra, rb) = (self.requires_grad(), other.requires_grad());
+            Box::new(move |g| vec![ra.then(|| sum_to_shape(g, &sa)), rb.then(|| -sum_to_shape(g, &sb))])
         }))
     }
 

@@ -19,7 +19,7 @@ impl Tensor {
         let out = {
             let _scope = OpScope::begin("reshape", || copy_info(&old));
             let d = self.data();
-            Array::from_shape_vec(IxDyn(shape), d.iter().copied().collect()).expect("count checked")
+            Array::from_shape_vec(IxDyn(shape), d.as_slice().expect("standard layout").to_vec()).expect("count checked")
         };
         Ok(Tensor::from_op(out, &[self], "reshape", || {
             Box::new(move |g| vec![Some(g.to_shape(IxDyn(&old)).expect("same count").into_owned())])

@@ -1,0 +1,68 @@
+//! KV-cache benches on the default GPT shape (d 128, 4 layers, 4 heads, context 640, vocab 48):
+//! - one decode step at context 32, 128 and 512: cached (append one token, attend over the
+//!   cache) vs uncached (re-run the whole context + 1 tokens), same engine and kernels;
+//! - batched cached decode throughput at batch 1, 4 and 16 (context 128).
+//!
+//! The cache is truncated back after each timed step so every iteration sees the same context.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tt_kvcache::{CachedGpt, OverflowPolicy};
+use tt_transformer::{Gpt, GptConfig, PositionEncoding};
+
+fn model() -> Gpt {
+    Gpt::new(GptConfig {
+        vocab_size: 48,
+        d_model: 128,
+        n_layers: 4,
+        n_heads: 4,
+        max_seq_len: 640,
+        mlp_ratio: 4,
+        tie_weights: true,
+        position: PositionEncoding::Learned,
+        seed: 0,
+    })
+    .expect("valid config")
+}
+
+fn bench(c: &mut Criterion) {
+    let m = model();
+    let mut g = c.benchmark_group("decode_step");
+    for &ctx in &[32usize, 128, 512] {
+        let ids: Vec<usize> = (0..ctx + 1).map(|i| (i * 7) % 48).collect();
+        let mut eng = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        eng.prefill(&ids[..ctx], ctx).unwrap();
+        g.bench_with_input(BenchmarkId::new("cached", ctx), &ctx, |b, &ctx| {
+            b.iter(|| {
+                eng.decode_step(&ids[ctx..]).unwrap();
+                eng.truncate(ctx).unwrap();
+            })
+        });
+        let mut full = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        g.bench_with_input(BenchmarkId::new("uncached", ctx), &ctx, |b, &ctx| {
+            b.iter(|| {
+                full.prefill(&ids, ctx + 1).unwrap();
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("batched_decode");
+    let ctx = 128;
+    for &batch in &[1usize, 4, 16] {
+        let ids: Vec<usize> = (0..batch * ctx).map(|i| (i * 5) % 48).collect();
+        let next: Vec<usize> = (0..batch).map(|i| i % 48).collect();
+        let mut eng = CachedGpt::new(&m, batch, OverflowPolicy::Error).unwrap();
+        eng.prefill(&ids, ctx).unwrap();
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
+            b.iter(|| {
+                eng.decode_step(&next).unwrap();
+                eng.truncate(ctx).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,177 @@
+//! Generation without a cache: every step re-runs the model over the whole sequence. This is the
+//! reference path that module 14's KV-cached generation is tested against, so it is kept simple.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tt_tensor::no_grad;
+
+use crate::error::{Result, TransformerError};
+use crate::model::Gpt;
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Arg-max (first maximum on ties).
+    Greedy,
+    /// Sample from softmax(logits / temperature), optionally restricted to the `top_k` most likely
+    /// tokens and then to the smallest set whose probability reaches `top_p` (nucleus sampling).
+    Sample { temperature: f32, top_k: Option<usize>, top_p: Option<f32> },
+}
+
+/// Generation settings.
+#[derive(Debug, Clone)]
+pub struct GenerateConfig {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Seeds the sampler; the same seed gives the same text.
+    pub seed: u64,
+    /// Generation stops after producing any of these (it is included in the output).
+    pub stop_tokens: Vec<usize>,
+}
+
+impl GenerateConfig {
+    pub fn greedy(max_new_tokens: usize) -> GenerateConfig {
+        GenerateConfig { max_new_tokens, sampling: Sampling::Greedy, seed: 0, stop_tokens: Vec::new() }
+    }
+    pub fn with_stop(mut self, tokens: &[usize]) -> GenerateConfig {
+        self.stop_tokens = tokens.to_vec();
+        self
+    }
+}
+
+/// Picks next tokens; owns the seeded generator so a whole generation is reproducible.
+pub struct Sampler {
+    sampling: Sampling,
+    rng: ChaCha8Rng,
+    scratch: Vec<(f32, usize)>,
+}
+
+impl Sampler {
+    pub fn new(sampling: Sampling, seed: u64) -> Result<Sampler> {
+        if let Sampling::Sample { temperature, top_k, top_p } = sampling {
+            if !(temperature > 0.0 && temperature.is_finite()) {
+                return Err(TransformerError::Config(format!("temperature {temperature} must be positive")));
+            }
+            if top_k == Some(0) {
+                return Err(TransformerError::Config("top_k must be at least 1".into()));
+            }
+            if let Some(p) = top_p {
+                if !(p > 0.0 && p <= 1.0) {
+                    return Err(TransformerError::Config(format!("top_p {p} must be in (0, 1]")));
+                }
+            }
+        }
+        Ok(Sampler { sampling, rng: ChaCha8Rng::seed_from_u64(seed), scratch: Vec::new() })
+    }
+
+    /// Chooses a token from one row of logits.
+    pub fn next(&mut self, logits: &[f32]) -> usize {
+        match self.sampling {
+            Sampling::Greedy => argmax(logits),
+            Sampling::Sample { temperature, top_k, top_p } => {
+                let s = &mut self.scratch;
+                s.clear();
+                s.extend(logits.iter().enumerate().map(|(i, &l)| (l / temperature, i)));
+                // Most likely first; ties broken by id so the order is deterministic.
+                s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                if let Some(k) = top_k {
+                    s.truncate(k.min(s.len()));
+                }
+                let max = s[0].0;
+                let mut total = 0.0;
+                for e in s.iter_mut() {
+                    e.0 = (e.0 - max).exp();
+                    total += e.0;
+                }
+                for e in s.iter_mut() {
+                    e.0 /= total;
+                }
+                if let Some(p) = top_p {
+                    let mut cum = 0.0;
+                    let mut keep = s.len();
+                    for (i, e) in s.iter().enumerate() {
+                        cum += e.0;
+                        if cum >= p {
+                            keep = i + 1;
+                            break;
+                        }
+                    }
+                    s.truncate(keep);
+                    let t: f32 = s.iter().map(|e| e.0).sum();
+                    s.iter_mut().for_each(|e| e.0 /= t);
+                }
+                let u: f32 = self.rng.random();
+                let mut cum = 0.0;
+                for e in s.iter() {
+                    cum += e.0;
+                    if u < cum {
+                        return e.1;
+                    }
+                }
+                s.last().expect("at least one candidate").1
+            }
+        }
+    }
+}
+
+/// Index of the first maximum.
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Generates up to `max_new_tokens` after `prompt` by full recomputation. Returns only the new
+/// tokens (a stop token, if hit, is the last one). Errors if the sequence would exceed the
+/// model's context.
+pub fn generate(model: &Gpt, prompt: &[usize], cfg: &GenerateConfig) -> Result<Vec<usize>> {
+    Ok(generate_batch(model, &[prompt.to_vec()], cfg)?.remove(0))
+}
+
+/// Generates for several equal-length prompts at once (one batched forward per step). A sequence
+/// that hit a stop token keeps being computed (so the batch stays rectangular) but its output ends
+/// at the stop token.
+pub fn generate_batch(model: &Gpt, prompts: &[Vec<usize>], cfg: &GenerateConfig) -> Result<Vec<Vec<usize>>> {
+    let b = prompts.len();
+    let t0 = prompts.first().map_or(0, Vec::len);
+    if b == 0 || t0 == 0 || prompts.iter().any(|p| p.len() != t0) {
+        return Err(TransformerError::Config("prompts must be non-empty and of equal length".into()));
+    }
+    let total = t0 + cfg.max_new_tokens;
+    if total > model.config.max_seq_len {
+        return Err(TransformerError::ContextOverflow { position: total - 1, max_seq_len: model.config.max_seq_len });
+    }
+    let mut samplers: Vec<Sampler> =
+        (0..b).map(|i| Sampler::new(cfg.sampling, cfg.seed.wrapping_add(i as u64))).collect::<Result<_>>()?;
+    let mut seqs: Vec<Vec<usize>> = prompts.to_vec();
+    let mut outs: Vec<Vec<usize>> = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let v = model.config.vocab_size;
+    no_grad(|| -> Result<()> {
+        for _ in 0..cfg.max_new_tokens {
+            let len = seqs[0].len();
+            let flat: Vec<usize> = seqs.iter().flatten().copied().collect();
+            let logits = model.forward_ids(&flat, b, len)?;
+            let data = logits.data();
+            let all = data.as_slice().expect("standard layout");
+            for i in 0..b {
+                let row = &all[(i * len + len - 1) * v..(i * len + len) * v];
+                let tok = samplers[i].next(row);
+                seqs[i].push(tok);
+                if !done[i] {
+                    outs[i].push(tok);
+                    done[i] = cfg.stop_tokens.contains(&tok);
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(outs)
+}

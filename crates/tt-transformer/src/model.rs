@@ -1,0 +1,375 @@
+//! Embeddings (module 11), attention (12) and the pre-norm GPT (13).
+//!
+//! ```text
+//! ids ─► tok_emb + pos_emb ─► N × Block ─► ln_f ─► lm_head ─► logits
+//! Block: x + attn(ln1(x)), then x + mlp(ln2(x)); mlp = Linear(d,4d) → GELU → Linear(4d,d)
+//! ```
+//!
+//! Every weight is a public [`Tensor`] so later modules (KV cache, quantization, pruning) can read
+//! or replace it. The forward pass here is the full-recompute reference: it always processes the
+//! whole sequence.
+
+use ndarray::{Array2, IxDyn};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tt_tensor::nn::{prefixed, Embedding, LayerNorm, Linear};
+use tt_tensor::{randn_array, Array, Module, Tensor};
+
+use crate::error::{Result, TransformerError};
+
+/// How positions are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionEncoding {
+    /// A trained `[max_seq_len, d_model]` table (GPT-2).
+    Learned,
+    /// Fixed sin/cos table (Vaswani et al.), not trained.
+    Sinusoidal,
+}
+
+/// Model hyper-parameters (saved as JSON with every checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GptConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub max_seq_len: usize,
+    /// Hidden width of the MLP as a multiple of d_model (4 in GPT-2).
+    pub mlp_ratio: usize,
+    /// Share the token-embedding matrix with the output head.
+    pub tie_weights: bool,
+    pub position: PositionEncoding,
+    pub seed: u64,
+}
+
+impl GptConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TransformerError::Config(m));
+        if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 || self.max_seq_len == 0
+        {
+            return bad(format!("all sizes must be positive: {self:?}"));
+        }
+        if self.d_model % self.n_heads != 0 {
+            return bad(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
+        }
+        if self.mlp_ratio == 0 {
+            return bad("mlp_ratio must be at least 1".into());
+        }
+        Ok(())
+    }
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+}
+
+/// Fixed sinusoidal table: `PE[p, 2i] = sin(p / 10000^{2i/d})`, `PE[p, 2i+1] = cos(...)`.
+pub fn sinusoidal_table(max_len: usize, d: usize) -> Array {
+    let mut t = Array2::<f32>::zeros((max_len, d));
+    for p in 0..max_len {
+        for i in 0..d {
+            let freq = 1.0 / 10000f64.powf((2 * (i / 2)) as f64 / d as f64);
+            let angle = p as f64 * freq;
+            t[[p, i]] = if i % 2 == 0 { angle.sin() } else { angle.cos() } as f32;
+        }
+    }
+    t.into_dyn()
+}
+
+/// Causal multi-head self-attention with a fused QKV projection.
+pub struct CausalSelfAttention {
+    /// `[3·d, d]`: rows `0..d` produce Q, `d..2d` K, `2d..3d` V.
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub n_heads: usize,
+}
+
+/// `[T, T]` additive mask: 0 on and below the diagonal, −∞ above (a position sees only its past).
+pub fn causal_mask(t: usize) -> Tensor {
+    let m = Array2::from_shape_fn((t, t), |(i, j)| if j > i { f32::NEG_INFINITY } else { 0.0 });
+    Tensor::from_array(m.into_dyn())
+}
+
+impl CausalSelfAttention {
+    /// Attention output `[B, T, d]` and the attention probabilities `[B, H, T, T]` (a constant),
+    /// computed by the fused kernel [`crate::attention::causal_attention`].
+    pub fn forward_with_weights(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let s = x.shape();
+        if s.len() != 3 {
+            return Err(TransformerError::Tensor(tt_tensor::TensorError::InvalidShape {
+                op: "attention",
+                shape: s,
+                reason: "expected [batch, seq, d_model]".into(),
+            }));
+        }
+        let qkv = self.qkv.forward(x)?;
+        let (y, probs) = crate::attention::causal_attention(&qkv, self.n_heads)?;
+        Ok((self.proj.forward(&y)?, Tensor::from_array(probs)))
+    }
+
+    /// The same attention composed from basic differentiable ops (reshape, permute, batched matmul,
+    /// additive causal mask, softmax): the straightforward reference the fused kernel is tested
+    /// against.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let s = x.shape();
+        if s.len() != 3 {
+            return Err(TransformerError::Tensor(tt_tensor::TensorError::InvalidShape {
+                op: "attention",
+                shape: s,
+                reason: "expected [batch, seq, d_model]".into(),
+            }));
+        }
+        let (b, t, d) = (s[0], s[1], s[2]);
+        let h = self.n_heads;
+        let dh = d / h;
+        // [B,T,3d] → [B,T,3,H,dh] → [3,B,H,T,dh]
+        let qkv = self.qkv.forward(x)?.reshape(&[b, t, 3, h, dh])?.permute(&[2, 0, 3, 1, 4])?;
+        let q = qkv.narrow(0, 0, 1)?.reshape(&[b, h, t, dh])?;
+        let k = qkv.narrow(0, 1, 1)?.reshape(&[b, h, t, dh])?;
+        let v = qkv.narrow(0, 2, 1)?.reshape(&[b, h, t, dh])?;
+        let scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(1.0 / (dh as f32).sqrt());
+        let att = scores.add(&causal_mask(t))?.softmax(3)?;
+        let y = att.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?;
+        Ok((self.proj.forward(&y)?, att))
+    }
+}
+
+impl Module for CausalSelfAttention {
+    fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        self.forward_with_weights(x).map(|r| r.0).map_err(into_tensor_error)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = prefixed("qkv", self.qkv.named_parameters());
+        v.extend(prefixed("proj", self.proj.named_parameters()));
+        v
+    }
+    fn kind(&self) -> &'static str {
+        "CausalSelfAttention"
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("qkv".into(), &self.qkv), ("proj".into(), &self.proj)]
+    }
+}
+
+fn into_tensor_error(e: TransformerError) -> tt_tensor::TensorError {
+    match e {
+        TransformerError::Tensor(t) => t,
+        other => tt_tensor::TensorError::InvalidArgument { op: "transformer", reason: other.to_string() },
+    }
+}
+
+/// Position-wise feed-forward network.
+pub struct Mlp {
+    pub fc: Linear,
+    pub proj: Linear,
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        self.proj.forward(&self.fc.forward(x)?.gelu())
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = prefixed("fc", self.fc.named_parameters());
+        v.extend(prefixed("proj", self.proj.named_parameters()));
+        v
+    }
+    fn kind(&self) -> &'static str {
+        "Mlp"
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("fc".into(), &self.fc), ("proj".into(), &self.proj)]
+    }
+}
+
+/// One pre-norm transformer block.
+pub struct Block {
+    pub ln1: LayerNorm,
+    pub attn: CausalSelfAttention,
+    pub ln2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// Block output and its attention probabilities.
+    pub fn forward_with_weights(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (a, w) = self.attn.forward_with_weights(&self.ln1.forward(x)?)?;
+        let x = x.add(&a)?;
+        let x = x.add(&self.mlp.forward(&self.ln2.forward(&x)?)?)?;
+        Ok((x, w))
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        self.forward_with_weights(x).map(|r| r.0).map_err(into_tensor_error)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = prefixed("ln1", self.ln1.named_parameters());
+        v.extend(prefixed("attn", self.attn.named_parameters()));
+        v.extend(prefixed("ln2", self.ln2.named_parameters()));
+        v.extend(prefixed("mlp", self.mlp.named_parameters()));
+        v
+    }
+    fn kind(&self) -> &'static str {
+        "Block"
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("ln1".into(), &self.ln1),
+            ("attn".into(), &self.attn),
+            ("ln2".into(), &self.ln2),
+            ("mlp".into(), &self.mlp),
+        ]
+    }
+}
+
+/// The GPT model.
+pub struct Gpt {
+    pub config: GptConfig,
+    pub tok_emb: Embedding,
+    /// Learned table (a parameter) or fixed sinusoidal table (a constant), `[max_seq_len, d]`.
+    pub pos_emb: Tensor,
+    pub blocks: Vec<Block>,
+    pub ln_f: LayerNorm,
+    /// `None` when weights are tied: the head is `tok_emb.weight`.
+    pub lm_head: Option<Linear>,
+}
+
+impl Gpt {
+    /// A freshly initialized model: GPT-2 init, N(0, 0.02) weights, zero biases, residual output
+    /// projections scaled by 1/√(2·n_layers).
+    pub fn new(config: GptConfig) -> Result<Gpt> {
+        config.validate()?;
+        let (d, v, l) = (config.d_model, config.vocab_size, config.n_layers);
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut normal = |shape: &[usize], std: f32| Tensor::param(randn_array(shape, 0.0, std, &mut rng));
+        let zeros = |n: usize| Tensor::param(Array::zeros(IxDyn(&[n])));
+        let resid_std = 0.02 / ((2 * l) as f32).sqrt();
+        let linear = |w: Tensor, n: usize| Linear::from_tensors(w, Some(zeros(n))).expect("shapes built consistently");
+        let tok_emb = Embedding { weight: normal(&[v, d], 0.02) };
+        let pos_emb = match config.position {
+            PositionEncoding::Learned => normal(&[config.max_seq_len, d], 0.01),
+            PositionEncoding::Sinusoidal => Tensor::from_array(sinusoidal_table(config.max_seq_len, d)),
+        };
+        let hidden = config.mlp_ratio * d;
+        let mut blocks = Vec::with_capacity(l);
+        for _ in 0..l {
+            blocks.push(Block {
+                ln1: LayerNorm::new(d),
+                attn: CausalSelfAttention {
+                    qkv: linear(normal(&[3 * d, d], 0.02), 3 * d),
+                    proj: linear(normal(&[d, d], resid_std), d),
+                    n_heads: config.n_heads,
+                },
+                ln2: LayerNorm::new(d),
+                mlp: Mlp {
+                    fc: linear(normal(&[hidden, d], 0.02), hidden),
+                    proj: linear(normal(&[d, hidden], resid_std), d),
+                },
+            });
+        }
+        let lm_head = (!config.tie_weights).then(|| Linear::from_tensors(normal(&[v, d], 0.02), None).expect("shape"));
+        Ok(Gpt { config, tok_emb, pos_emb, blocks, ln_f: LayerNorm::new(d), lm_head })
+    }
+
+    /// Checks ids against the vocabulary and the sequence length against the context.
+    pub fn check_input(&self, ids: &[usize], batch: usize, seq: usize) -> Result<()> {
+        if ids.len() != batch * seq || seq == 0 {
+            return Err(TransformerError::Config(format!("{} ids do not form a [{batch}, {seq}] batch", ids.len())));
+        }
+        if seq > self.config.max_seq_len {
+            return Err(TransformerError::ContextOverflow { position: seq - 1, max_seq_len: self.config.max_seq_len });
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i >= self.config.vocab_size) {
+            return Err(TransformerError::Tokenizer(format!(
+                "id {bad} is outside vocab_size {}",
+                self.config.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Token + position embeddings for positions `start..start+seq`: `[batch, seq, d]`.
+    pub fn embed(&self, ids: &[usize], batch: usize, seq: usize, start: usize) -> Result<Tensor> {
+        let tok = self.tok_emb.forward_ids(ids, &[batch, seq])?;
+        let pos = self.pos_emb.narrow(0, start, seq)?;
+        Ok(tok.add(&pos)?)
+    }
+
+    /// Final layer norm and output head: `[..., d] → [..., vocab]`.
+    pub fn head(&self, h: &Tensor) -> Result<Tensor> {
+        let h = self.ln_f.forward(h)?;
+        Ok(match &self.lm_head {
+            Some(head) => head.forward(&h)?,
+            None => h.linear(&self.tok_emb.weight, None)?,
+        })
+    }
+
+    /// Logits `[batch, seq, vocab]` for a batch of equal-length sequences (row-major ids).
+    pub fn forward_ids(&self, ids: &[usize], batch: usize, seq: usize) -> Result<Tensor> {
+        Ok(self.forward_with_attention(ids, batch, seq)?.0)
+    }
+
+    /// Logits and every layer's attention probabilities `[batch, heads, seq, seq]`.
+    pub fn forward_with_attention(&self, ids: &[usize], batch: usize, seq: usize) -> Result<(Tensor, Vec<Tensor>)> {
+        self.check_input(ids, batch, seq)?;
+        let mut x = self.embed(ids, batch, seq, 0)?;
+        let mut atts = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (y, w) = block.forward_with_weights(&x)?;
+            x = y;
+            atts.push(w);
+        }
+        Ok((self.head(&x)?, atts))
+    }
+
+    /// Non-embedding parameter count (Kaplan et al.'s N).
+    pub fn non_embedding_parameters(&self) -> usize {
+        self.blocks.iter().map(|b| b.num_parameters()).sum::<usize>() + self.ln_f.num_parameters()
+    }
+}
+
+impl Module for Gpt {
+    /// Takes ids stored as f32, shape `[batch, seq]`.
+    fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        let s = x.shape();
+        if s.len() != 2 {
+            return Err(tt_tensor::TensorError::InvalidShape {
+                op: "Gpt",
+                shape: s,
+                reason: "expected [batch, seq] ids".into(),
+            });
+        }
+        let ids: Vec<usize> = x.to_vec().iter().map(|&v| v as usize).collect();
+        self.forward_ids(&ids, s[0], s[1]).map_err(into_tensor_error)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = prefixed("tok_emb", self.tok_emb.named_parameters());
+        if self.config.position == PositionEncoding::Learned {
+            v.push(("pos_emb.weight".into(), self.pos_emb.clone()));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            v.extend(prefixed(&format!("blocks.{i}"), b.named_parameters()));
+        }
+        v.extend(prefixed("ln_f", self.ln_f.named_parameters()));
+        if let Some(h) = &self.lm_head {
+            v.extend(prefixed("lm_head", h.named_parameters()));
+        }
+        v
+    }
+    fn kind(&self) -> &'static str {
+        "Gpt"
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let mut c: Vec<(String, &dyn Module)> = vec![("tok_emb".into(), &self.tok_emb)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            c.push((format!("blocks.{i}"), b));
+        }
+        c.push(("ln_f".into(), &self.ln_f));
+        if let Some(h) = &self.lm_head {
+            c.push(("lm_head".into(), h));
+        }
+        c
+    }
+}

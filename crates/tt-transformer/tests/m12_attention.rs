@@ -1,0 +1,206 @@
+//! Module 12 — attention: causal masking, agreement with a straightforward reference, gradients,
+//! and attention that is not uniform once trained.
+
+mod common;
+
+use tt_tensor::loss::cross_entropy;
+use tt_tensor::optim::{Adam, Optimizer};
+use tt_tensor::testing::assert_grads;
+use tt_tensor::{no_grad, Module, Tensor};
+
+/// Reference attention: explicit loops over batch, head, query and key, using the layer's weights.
+fn reference_attention(
+    x: &[f32],
+    b: usize,
+    t: usize,
+    d: usize,
+    h: usize,
+    attn: &tt_transformer::CausalSelfAttention,
+) -> Vec<f32> {
+    let (wqkv, bqkv) = (attn.qkv.weight.to_vec(), attn.qkv.bias.as_ref().unwrap().to_vec());
+    let (wo, bo) = (attn.proj.weight.to_vec(), attn.proj.bias.as_ref().unwrap().to_vec());
+    let dh = d / h;
+    let lin = |inp: &[f32], w: &[f32], bias: &[f32], out_f: usize| -> Vec<f32> {
+        (0..out_f).map(|o| bias[o] + (0..d).map(|i| inp[i] * w[o * d + i]).sum::<f32>()).collect()
+    };
+    let mut out = vec![0.0; b * t * d];
+    for bi in 0..b {
+        let qkv: Vec<Vec<f32>> =
+            (0..t).map(|ti| lin(&x[(bi * t + ti) * d..(bi * t + ti + 1) * d], &wqkv, &bqkv, 3 * d)).collect();
+        let mut y = vec![0.0; t * d];
+        for hi in 0..h {
+            for qi in 0..t {
+                let q = &qkv[qi][hi * dh..(hi + 1) * dh];
+                let scores: Vec<f32> = (0..=qi)
+                    .map(|ki| {
+                        q.iter().zip(&qkv[ki][d + hi * dh..d + (hi + 1) * dh]).map(|(a, b)| a * b).sum::<f32>()
+                            / (dh as f32).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for j in 0..dh {
+                    y[qi * d + hi * dh + j] = (0..=qi).map(|ki| e[ki] / z * qkv[ki][2 * d + hi * dh + j]).sum();
+                }
+            }
+        }
+        for ti in 0..t {
+            let o = lin(&y[ti * d..(ti + 1) * d], &wo, &bo, d);
+            out[(bi * t + ti) * d..(bi * t + ti + 1) * d].copy_from_slice(&o);
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_reference_loops() {
+    let m = common::tiny(10, 3);
+    let attn = &m.blocks[0].attn;
+    let (b, t, d) = (2, 5, 16);
+    let x = Tensor::randn(&[b, t, d], 0.0, 1.0, 4);
+    let got = no_grad(|| attn.forward(&x)).unwrap().to_vec();
+    let want = reference_attention(&x.to_vec(), b, t, d, 2, attn);
+    for (g, w) in got.iter().zip(&want) {
+        // Same math in a different summation order: f32 rounding only.
+        assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+    }
+}
+
+#[test]
+fn changing_a_later_token_never_changes_earlier_outputs() {
+    let m = common::tiny(10, 5);
+    let a = [1usize, 4, 2, 8, 3, 3, 7];
+    let logits_a = no_grad(|| m.forward_ids(&a, 1, a.len())).unwrap().to_vec();
+    for change_at in 1..a.len() {
+        let mut b = a;
+        b[change_at] = (b[change_at] + 5) % 10;
+        let logits_b = no_grad(|| m.forward_ids(&b, 1, b.len())).unwrap().to_vec();
+        let v = 10;
+        for pos in 0..change_at {
+            assert_eq!(
+                &logits_a[pos * v..(pos + 1) * v],
+                &logits_b[pos * v..(pos + 1) * v],
+                "position {pos} saw token {change_at}"
+            );
+        }
+        assert_ne!(&logits_a[change_at * v..(change_at + 1) * v], &logits_b[change_at * v..(change_at + 1) * v]);
+    }
+}
+
+#[test]
+fn attention_weights_are_causal_distributions() {
+    let m = common::tiny(10, 6);
+    let (_, atts) = no_grad(|| m.forward_with_attention(&[1, 2, 3, 4, 5], 1, 5)).unwrap();
+    assert_eq!(atts.len(), 2);
+    let w = atts[0].to_vec(); // [1, 2, 5, 5]
+    for row in w.chunks(5).enumerate() {
+        let (r, vals) = row;
+        let i = r % 5;
+        assert!((vals.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(vals[i + 1..].iter().all(|&v| v == 0.0), "row {i} attends to the future: {vals:?}");
+    }
+}
+
+#[test]
+fn gradients_through_attention_and_layer_norm() {
+    let m = common::tiny(10, 7);
+    let blk = &m.blocks[0];
+    let x = Tensor::randn(&[1, 4, 16], 0.0, 1.0, 8);
+    assert_grads(|i| blk.attn.forward(&i[0]), std::slice::from_ref(&x), 2e-3, 2e-2);
+    assert_grads(|i| blk.forward(&i[0]), std::slice::from_ref(&x), 2e-3, 2e-2);
+    // With respect to the weights too.
+    let (w, b) = (blk.attn.qkv.weight.detach(), blk.attn.qkv.bias.as_ref().unwrap().detach());
+    assert_grads(
+        |i| x.linear(&i[0], Some(&i[1]))?.reshape(&[1, 4, 48])?.narrow(2, 0, 16)?.softmax(2),
+        &[w, b],
+        2e-3,
+        2e-2,
+    );
+}
+
+/// Sequences `a b a b …` with `a`, `b` drawn per sequence: the next token is always the one
+/// before the current one, which no position-only rule can predict.
+fn alternating(batch: usize, len: usize, seed: u64) -> Vec<usize> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..batch)
+        .flat_map(|_| {
+            let (a, b) = (rng.random_range(0..8), rng.random_range(0..8));
+            (0..len).map(move |i| if i % 2 == 0 { a } else { b })
+        })
+        .collect()
+}
+
+#[test]
+fn trained_attention_is_not_uniform() {
+    let m = common::tiny(8, 9);
+    let (b, t) = (16, 17);
+    let mut opt = Adam::new(m.parameters(), 1e-2, 0.0).unwrap();
+    for step in 0..150 {
+        let s = alternating(b, t, step);
+        let x: Vec<usize> = s.chunks(t).flat_map(|c| c[..t - 1].to_vec()).collect();
+        let y: Vec<usize> = s.chunks(t).flat_map(|c| c[1..].to_vec()).collect();
+        opt.zero_grad();
+        cross_entropy(&m.forward_ids(&x, b, t - 1).unwrap(), &y).unwrap().backward().unwrap();
+        opt.step().unwrap();
+    }
+    // On fresh sequences: per layer, the mean over heads, sequences and late query rows of
+    // (largest weight − 1/(i+1)), i.e. how far above uniform attention the sharpest key is.
+    let s = alternating(8, t - 1, 999);
+    let n = t - 1;
+    let sharpness = |model: &tt_transformer::Gpt| -> Vec<f32> {
+        let (_, atts) = no_grad(|| model.forward_with_attention(&s, 8, n)).unwrap();
+        atts.iter()
+            .map(|a| {
+                let w = a.to_vec();
+                let (mut e, mut c) = (0.0, 0.0);
+                for row_start in (0..8 * 2).map(|bh| bh * n * n) {
+                    for i in 8..n {
+                        let row = &w[row_start + i * n..row_start + (i + 1) * n];
+                        e += row.iter().copied().fold(0.0, f32::max) - 1.0 / (i + 1) as f32;
+                        c += 1.0;
+                    }
+                }
+                e / c
+            })
+            .collect()
+    };
+    let logits = no_grad(|| m.forward_ids(&s, 8, n)).unwrap();
+    let pred = logits.argmax_axis(2).unwrap();
+    let correct =
+        (0..8).flat_map(|q| (1..n).map(move |i| (q, i))).filter(|&(q, i)| pred[[q, i]] == s[q * n + i - 1]).count();
+    assert!(correct as f32 >= 0.95 * (8 * (n - 1)) as f32, "copy task learned: {correct} of {}", 8 * (n - 1));
+    let trained = sharpness(&m);
+    let untrained = sharpness(&common::tiny(8, 9));
+    let best = trained.iter().copied().fold(0.0, f32::max);
+    let base = untrained.iter().copied().fold(0.0, f32::max);
+    assert!(
+        best > 0.15 && best > 4.0 * base,
+        "attention stayed near uniform: trained {trained:?}, untrained {untrained:?}"
+    );
+}
+
+#[test]
+fn fused_attention_matches_composed_reference_and_its_gradients_check() {
+    let m = common::tiny(10, 21);
+    let attn = &m.blocks[1].attn;
+    for &(b, t) in &[(1usize, 1usize), (2, 7), (3, 16)] {
+        let x = Tensor::randn(&[b, t, 16], 0.0, 1.0, 22 + t as u64);
+        let (y1, p1) = no_grad(|| attn.forward_with_weights(&x)).unwrap();
+        let (y2, p2) = no_grad(|| attn.forward_composed(&x)).unwrap();
+        // Same math; GEMM over strided views vs. after copies: f32 rounding only.
+        assert!(tt_tensor::testing::max_abs_diff(&y1.data(), &y2.data()) < 1e-5);
+        assert!(tt_tensor::testing::max_abs_diff(&p1.data(), &p2.data()) < 1e-6);
+        // Gradients of the input agree too.
+        let xg = Tensor::param(x.data().clone());
+        attn.forward_with_weights(&xg).unwrap().0.sum().backward().unwrap();
+        let g1 = xg.grad().unwrap();
+        xg.zero_grad();
+        attn.forward_composed(&xg).unwrap().0.sum().backward().unwrap();
+        assert!(tt_tensor::testing::max_abs_diff(&g1, &xg.grad().unwrap()) < 1e-4);
+    }
+    let qkv = Tensor::randn(&[2, 5, 48], 0.0, 1.0, 30);
+    assert_grads(|i| Ok(tt_transformer::attention::causal_attention(&i[0], 2).unwrap().0), &[qkv], 2e-3, 2e-2);
+    assert!(tt_transformer::attention::causal_attention(&Tensor::zeros(&[2, 5, 47]), 2).is_err());
+}

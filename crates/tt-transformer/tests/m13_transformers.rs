@@ -1,0 +1,242 @@
+//! Module 13 — the GPT: parameter count, training to overfit, checkpoints, generation, corpus.
+
+mod common;
+
+use tt_tensor::loss::cross_entropy;
+use tt_tensor::optim::{Adam, Optimizer};
+use tt_tensor::{no_grad, Module};
+use tt_transformer::corpus;
+use tt_transformer::generate::{generate, GenerateConfig, Sampling};
+use tt_transformer::train::{lr_at, train, TrainConfig, TrainData};
+use tt_transformer::{checkpoint, CharTokenizer, Gpt, Tokenizer, TransformerError};
+
+#[test]
+fn parameter_count_matches_the_formula() {
+    let cfg = common::tiny_config(10, 0);
+    let m = Gpt::new(cfg.clone()).unwrap();
+    let (d, l, v, s) = (16, 2, 10, 32);
+    // per block: 2 LayerNorms (4d) + qkv (3d²+3d) + proj (d²+d) + fc (4d²+4d) + proj (4d²+d) = 12d² + 13d
+    let per_block = 12 * d * d + 13 * d;
+    assert_eq!(m.num_parameters(), v * d + s * d + l * per_block + 2 * d, "tied head adds nothing");
+    assert_eq!(m.non_embedding_parameters(), l * per_block + 2 * d);
+    let mut untied = cfg;
+    untied.tie_weights = false;
+    assert_eq!(Gpt::new(untied).unwrap().num_parameters(), m.num_parameters() + v * d);
+}
+
+#[test]
+fn invalid_configs_and_inputs_are_errors() {
+    let mut cfg = common::tiny_config(10, 0);
+    cfg.n_heads = 3;
+    assert!(matches!(Gpt::new(cfg), Err(TransformerError::Config(_))));
+    let m = common::tiny(10, 0);
+    assert!(m.forward_ids(&[1, 2, 10], 1, 3).is_err(), "id out of vocabulary");
+    assert!(m.forward_ids(&[1, 2, 3], 2, 2).is_err(), "ids do not fill the batch");
+    let long = vec![1; 33];
+    assert!(matches!(m.forward_ids(&long, 1, 33), Err(TransformerError::ContextOverflow { .. })));
+}
+
+#[test]
+fn tiny_model_overfits_one_batch() {
+    let m = common::tiny(12, 1);
+    let x: Vec<usize> = (0..2 * 16).map(|i| (i * 7 + 3) % 12).collect();
+    let y: Vec<usize> = (0..2 * 16).map(|i| (i * 5 + 1) % 12).collect();
+    let mut opt = Adam::new(m.parameters(), 1e-2, 0.0).unwrap();
+    let mut last = f32::MAX;
+    for _ in 0..300 {
+        opt.zero_grad();
+        let loss = cross_entropy(&m.forward_ids(&x, 2, 16).unwrap(), &y).unwrap();
+        last = loss.item().unwrap();
+        loss.backward().unwrap();
+        opt.step().unwrap();
+    }
+    assert!(last < 0.02, "final loss {last}");
+}
+
+#[test]
+fn lr_schedule_warms_up_then_decays() {
+    let cfg = TrainConfig {
+        steps: 100,
+        batch_size: 1,
+        seq_len: 4,
+        lr: 1.0,
+        min_lr: 0.1,
+        warmup_steps: 10,
+        weight_decay: 0.0,
+        grad_clip: 1.0,
+        eval_every: 10,
+        eval_windows: 1,
+        long_every: 0,
+        long_seq_len: 0,
+        data_parallel: 1,
+        seed: 0,
+    };
+    assert!((lr_at(0, &cfg) - 0.1).abs() < 1e-6);
+    assert!((lr_at(9, &cfg) - 1.0).abs() < 1e-6);
+    assert!((lr_at(10, &cfg) - 1.0).abs() < 1e-6);
+    assert!((lr_at(55, &cfg) - 0.55).abs() < 1e-6, "cosine midpoint");
+    assert!((lr_at(100, &cfg) - 0.1).abs() < 1e-6);
+    assert!(lr_at(30, &cfg) > lr_at(60, &cfg));
+}
+
+fn small_train_cfg(steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 4,
+        seq_len: 16,
+        lr: 1e-2,
+        min_lr: 1e-3,
+        warmup_steps: 5,
+        weight_decay: 0.01,
+        grad_clip: 1.0,
+        eval_every: steps,
+        eval_windows: 4,
+        long_every: 0,
+        long_seq_len: 0,
+        data_parallel: 2,
+        seed: 3,
+    }
+}
+
+#[test]
+fn training_is_seeded_and_reduces_validation_loss() {
+    let text = "Q: hello!\nA: hi!\n".repeat(40);
+    let tok = CharTokenizer::from_corpus(&text);
+    let ids: Vec<usize> =
+        tt_transformer::Tokenize::encode(&tok, &text).unwrap().into_iter().map(|t| t as usize).collect();
+    let run = || {
+        let m = common::tiny(tt_transformer::Tokenize::vocab_size(&tok), 4);
+        let before = tt_transformer::train::evaluate_loss(&m, &ids, 16, 4).unwrap();
+        let r = train(&m, &TrainData::plain(ids.clone()), &ids, &small_train_cfg(40), false, |_| {}).unwrap();
+        (before, r, m.tok_emb.weight.to_vec())
+    };
+    let (before, r1, w1) = run();
+    let (_, r2, w2) = run();
+    assert!(r1.final_val_loss < before * 0.5, "{} → {}", before, r1.final_val_loss);
+    assert_eq!(r1.final_val_loss, r2.final_val_loss);
+    assert_eq!(w1, w2, "same seed, same weights");
+    assert!((r1.final_val_perplexity - r1.final_val_loss.exp()).abs() < 1e-4);
+    assert!(r1.tokens_per_second > 0.0 && r1.tokens == 40 * 4 * 16);
+}
+
+#[test]
+fn checkpoint_round_trip_is_bit_exact() {
+    let dir = std::env::temp_dir().join(format!("tt-m13-ck-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tok = Tokenizer::Char(CharTokenizer::from_corpus("abcdefghi"));
+    let m = common::tiny(10, 11);
+    checkpoint::save(&dir, &m, &tok, serde_json::json!({"note": "test"})).unwrap();
+    assert!(checkpoint::exists(&dir));
+    let (m2, tok2, info) = checkpoint::load(&dir).unwrap();
+    assert_eq!(info["note"], "test");
+    assert_eq!(tok2, tok);
+    let ids = [1, 2, 3, 4, 5];
+    let a = no_grad(|| m.forward_ids(&ids, 1, 5)).unwrap().to_vec();
+    let b = no_grad(|| m2.forward_ids(&ids, 1, 5)).unwrap().to_vec();
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+
+    // Truncated weights.
+    let w = dir.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() - 100]).unwrap();
+    let e = checkpoint::load(&dir).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    // Weights of another architecture.
+    let other = Gpt::new(common::tiny_config(10, 0)).unwrap();
+    let mut cfg = other.config.clone();
+    cfg.d_model = 8;
+    tt_tensor::serialize::save_module(&Gpt::new(cfg).unwrap(), &w, None).unwrap();
+    let e = checkpoint::load(&dir).err().unwrap().to_string();
+    assert!(e.contains("mismatched") && e.contains("tok_emb.weight"), "{e}");
+    // Missing files.
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let e = checkpoint::load(&dir).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("missing"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = checkpoint::load(&dir).err().unwrap().to_string();
+    assert!(e.contains("config.json") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn generation_modes() {
+    let m = common::tiny(10, 12);
+    let prompt = [1usize, 2, 3];
+    let g1 = generate(&m, &prompt, &GenerateConfig::greedy(8)).unwrap();
+    let g2 = generate(&m, &prompt, &GenerateConfig::greedy(8)).unwrap();
+    assert_eq!(g1.len(), 8);
+    assert_eq!(g1, g2, "greedy is deterministic");
+    // Greedy equals the arg-max of the full forward at each step.
+    let mut seq = prompt.to_vec();
+    for &tok in &g1 {
+        let logits = no_grad(|| m.forward_ids(&seq, 1, seq.len())).unwrap().to_vec();
+        let last = &logits[(seq.len() - 1) * 10..];
+        assert_eq!(tok, tt_transformer::generate::argmax(last));
+        seq.push(tok);
+    }
+    let sample = |seed, top_k, top_p| {
+        let cfg = GenerateConfig {
+            max_new_tokens: 12,
+            sampling: Sampling::Sample { temperature: 1.5, top_k, top_p },
+            seed,
+            stop_tokens: vec![],
+        };
+        generate(&m, &prompt, &cfg).unwrap()
+    };
+    assert_eq!(sample(1, None, None), sample(1, None, None), "seeded sampling is reproducible");
+    assert_ne!(sample(1, None, None), sample(2, None, None));
+    assert_eq!(
+        sample(5, Some(1), None),
+        generate(&m, &prompt, &GenerateConfig::greedy(12)).unwrap(),
+        "top-k 1 is greedy"
+    );
+    assert_eq!(
+        sample(5, None, Some(1e-6)),
+        generate(&m, &prompt, &GenerateConfig::greedy(12)).unwrap(),
+        "tiny top-p is greedy"
+    );
+    // Stop token ends generation and is included.
+    let stop = g1[2];
+    let s = generate(&m, &prompt, &GenerateConfig::greedy(8).with_stop(&[stop])).unwrap();
+    assert_eq!(s.last(), Some(&stop));
+    assert!(s.len() <= 3);
+    assert!(matches!(
+        generate(&m, &prompt, &GenerateConfig::greedy(30)),
+        Err(TransformerError::ContextOverflow { .. })
+    ));
+    let bad = GenerateConfig {
+        max_new_tokens: 1,
+        sampling: Sampling::Sample { temperature: 0.0, top_k: None, top_p: None },
+        seed: 0,
+        stop_tokens: vec![],
+    };
+    assert!(generate(&m, &prompt, &bad).is_err());
+}
+
+#[test]
+fn corpus_splits_hold_out_questions_not_content() {
+    let c = corpus::generate(0);
+    let again = corpus::generate(0);
+    assert_eq!(c.test, again.test, "deterministic");
+    let train_q: std::collections::HashSet<_> = c.train.iter().map(|p| p.question.as_str()).collect();
+    assert!(c.test.iter().all(|p| !train_q.contains(p.question.as_str())), "test questions unseen in training");
+    assert!(c.val.iter().all(|p| !train_q.contains(p.question.as_str())));
+    // Every test answer is taught in training by some question with the same answer.
+    let train_answers: std::collections::HashSet<_> = c.train.iter().map(|p| p.answer.as_str()).collect();
+    assert!(c.test.iter().all(|p| train_answers.contains(p.answer.as_str())));
+    for cat in ["greeting", "fact", "arithmetic", "reasoning"] {
+        assert!(c.test.iter().any(|p| p.category == cat), "{cat} missing from test");
+    }
+    assert!(c.test.len() >= 300, "{}", c.test.len());
+}
+
+#[test]
+fn annotation_marks_answers_and_question_starts() {
+    let a = corpus::annotate("Q: hi?\nA: yo\nQ: 1+1?\nA: 2\n");
+    let marked: String = a.text.chars().zip(&a.answer_mask).filter(|(_, &m)| m).map(|(c, _)| c).collect();
+    assert_eq!(marked, "yo\n2\n");
+    assert_eq!(a.question_starts, vec![0, 13]);
+    let c = corpus::generate(0);
+    let ann = c.train_annotated(1, 0);
+    assert_eq!(ann.answer_mask.len(), ann.text.chars().count());
+    assert_eq!(ann.question_starts.len(), c.train.len());
+}

@@ -1,0 +1,238 @@
+//! Milestone `transformer` (modules 10–13): train the default GPT on the built-in dialogue corpus
+//! (or on `--corpus FILE`), then report validation perplexity, exact-match accuracy on unseen test
+//! questions, and sample answers. The checkpoint is cached for later milestones.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+use tt_tensor::Module;
+use tt_transformer::corpus::{self, QaCorpus};
+use tt_transformer::eval::exact_match;
+use tt_transformer::train::{evaluate_loss, train, TrainConfig, TrainData, TrainReport};
+use tt_transformer::{checkpoint, CharTokenizer, Gpt, GptConfig, PositionEncoding, Tokenize, Tokenizer};
+
+use crate::{MilestoneError, Options, Result};
+
+pub const NAME: &str = "transformer";
+
+/// Threads used for data-parallel training and evaluation (a fixed shard count, see `TrainConfig`).
+pub const SHARDS: usize = 2;
+
+/// The default model: d_model 128, 4 layers, 4 heads, context 640 (the KV-cache milestone
+/// generates 512 tokens after a prompt), learned positions, tied embeddings.
+pub fn model_config(vocab_size: usize, quick: bool) -> GptConfig {
+    GptConfig {
+        vocab_size,
+        d_model: if quick { 32 } else { 128 },
+        n_layers: if quick { 2 } else { 4 },
+        n_heads: 4,
+        max_seq_len: 640,
+        mlp_ratio: 4,
+        tie_weights: true,
+        position: PositionEncoding::Learned,
+        seed: 0,
+    }
+}
+
+/// Training settings. Windows are 128 tokens (the longest question and its answer fit); every
+/// 40th step trains two 640-token windows so every position of the context is trained.
+pub fn train_config(quick: bool) -> TrainConfig {
+    TrainConfig {
+        steps: if quick { 20 } else { STEPS },
+        batch_size: 8,
+        seq_len: 128,
+        lr: 6e-3,
+        min_lr: 2e-4,
+        warmup_steps: if quick { 2 } else { 60 },
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        eval_every: if quick { 20 } else { 250 },
+        eval_windows: 32,
+        long_every: 40,
+        long_seq_len: 640,
+        data_parallel: SHARDS,
+        seed: 0,
+    }
+}
+
+const STEPS: usize = 1900;
+/// Each training question appears this many times (shuffled) in the training stream.
+const TRAIN_REPEATS: usize = 20;
+
+/// Where the checkpoint of a corpus lives: `<cache>/transformer` for the built-in corpus,
+/// `<cache>/transformer-<file stem>` for `--corpus FILE`.
+pub fn checkpoint_dir(opts: &Options) -> PathBuf {
+    match &opts.corpus {
+        None => opts.cache_dir.join(NAME),
+        Some(f) => {
+            opts.cache_dir.join(format!("{NAME}-{}", f.file_stem().map_or("corpus".into(), |s| s.to_string_lossy())))
+        }
+    }
+}
+
+/// Loss weight of question tokens relative to answer tokens (1.0) on the built-in corpus. The
+/// question's content is random by design; weighting it less puts the gradient on the answers.
+pub const QUESTION_WEIGHT: f32 = 0.1;
+
+/// Text to train on: (train text, validation text, QA corpus if built-in).
+fn load_text(opts: &Options) -> Result<(String, String, Option<QaCorpus>)> {
+    match &opts.corpus {
+        None => {
+            let c = corpus::generate(0);
+            Ok((c.train_annotated(TRAIN_REPEATS, 0).text, c.val_text(), Some(c)))
+        }
+        Some(path) => {
+            let text = read_corpus(path)?;
+            // Last 10% (at a character boundary) is validation.
+            let cut = text.char_indices().nth(text.chars().count() * 9 / 10).map_or(text.len(), |(i, _)| i);
+            Ok((text[..cut].to_string(), text[cut..].to_string(), None))
+        }
+    }
+}
+
+fn read_corpus(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| MilestoneError::Other(format!("--corpus {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| MilestoneError::Other(format!("--corpus {}: not UTF-8 text", path.display())))?;
+    if text.chars().count() < 2000 {
+        return Err(MilestoneError::Other(format!("--corpus {}: need at least 2000 characters", path.display())));
+    }
+    Ok(text)
+}
+
+fn ids(tok: &Tokenizer, text: &str) -> Result<Vec<usize>> {
+    Ok(tok.encode(text)?.into_iter().map(|t| t as usize).collect())
+}
+
+/// Trains a fresh model and saves it. Returns the model, tokenizer and training report.
+fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
+    let (train_text, val_text, qa) = load_text(opts)?;
+    let vocab_text = match &qa {
+        Some(c) => c.all_text(),
+        None => format!("{train_text}{val_text}"),
+    };
+    let tokenizer = Tokenizer::Char(CharTokenizer::from_corpus(&vocab_text));
+    let model = Gpt::new(model_config(tokenizer.vocab_size(), opts.quick))?;
+    let cfg = train_config(opts.quick);
+    opts.say(format!(
+        "training GPT: d_model {}, {} layers, {} heads, context {}, {} parameters, vocab {} (characters)",
+        model.config.d_model,
+        model.config.n_layers,
+        model.config.n_heads,
+        model.config.max_seq_len,
+        model.num_parameters(),
+        tokenizer.vocab_size()
+    ));
+    opts.say(format!(
+        "{} steps of {}×{} tokens (every {}th step two {}-token windows), AdamW lr {} warmup {} cosine to {}, clip {}, {} data-parallel shards",
+        cfg.steps, cfg.batch_size, cfg.seq_len, cfg.long_every, cfg.long_seq_len, cfg.lr, cfg.warmup_steps, cfg.min_lr, cfg.grad_clip, cfg.data_parallel
+    ));
+    let val_ids = ids(&tokenizer, &val_text)?;
+    let data = match &qa {
+        // Character tokens align 1:1 with the annotation: weight answers, start windows at questions.
+        Some(c) => {
+            let ann = c.train_annotated(TRAIN_REPEATS, 0);
+            TrainData {
+                ids: ids(&tokenizer, &ann.text)?,
+                weights: Some(ann.answer_mask.iter().map(|&a| if a { 1.0 } else { QUESTION_WEIGHT }).collect()),
+                starts: Some(ann.question_starts),
+            }
+        }
+        None => TrainData::plain(ids(&tokenizer, &train_text)?),
+    };
+    if qa.is_some() {
+        opts.say(format!(
+            "loss weight 1.0 on answer tokens, {QUESTION_WEIGHT} on the rest; windows start at questions"
+        ));
+    }
+    let report = train(&model, &data, &val_ids, &cfg, opts.progress, |line| opts.say(line))?;
+    let info = json!({ "train": cfg, "report": report, "corpus": opts.corpus });
+    checkpoint::save(&checkpoint_dir(opts), &model, &tokenizer, info)?;
+    Ok((model, tokenizer, report))
+}
+
+/// Loads the cached model for the options' corpus, training it first if absent or `--retrain`.
+/// Returns the model, its tokenizer, the training report and whether it was reused.
+pub fn load_or_train(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport, bool)> {
+    let dir = checkpoint_dir(opts);
+    if !opts.retrain && checkpoint::exists(&dir) {
+        let (model, tok, info) = checkpoint::load(&dir)?;
+        let report: TrainReport = serde_json::from_value(info["report"].clone()).map_err(|e| {
+            MilestoneError::Other(format!("{}: checkpoint info has no training report: {e}", dir.display()))
+        })?;
+        opts.say(format!("reusing checkpoint {} (use --retrain to train again)", dir.display()));
+        return Ok((model, tok, report, true));
+    }
+    let (m, t, r) = train_new(opts)?;
+    Ok((m, t, r, false))
+}
+
+pub fn run(opts: &Options) -> Result<serde_json::Value> {
+    let (model, tokenizer, report, reused) = load_or_train(opts)?;
+    let (_, val_text, qa) = load_text(opts)?;
+    let val_ids = ids(&tokenizer, &val_text)?;
+    let val_loss = evaluate_loss(&model, &val_ids, 128, 48)?;
+    // Loss over full 640-token windows: shows how the model does across its whole context.
+    let val_loss_640 = if val_ids.len() > 641 { Some(evaluate_loss(&model, &val_ids, 640, 4)?) } else { None };
+    opts.say(format!(
+        "trained in {:.1} s ({:.0} tokens/s); validation loss {:.4}, perplexity {:.3} (128-token windows){}",
+        report.train_seconds,
+        report.tokens_per_second,
+        val_loss,
+        val_loss.exp(),
+        val_loss_640.map_or(String::new(), |l| format!("; {:.4} over 640-token windows", l))
+    ));
+    let mut out = json!({
+        "milestone": NAME,
+        "params": model.num_parameters(),
+        "non_embedding_params": model.non_embedding_parameters(),
+        "config": model.config,
+        "val_loss": val_loss,
+        "val_perplexity": val_loss.exp(),
+        "val_loss_ctx640": val_loss_640,
+        "train_seconds": report.train_seconds,
+        "tokens_per_second": report.tokens_per_second,
+        "train_tokens": report.tokens,
+        "reused_checkpoint": reused,
+        "checkpoint": checkpoint_dir(opts),
+        "history": report.history,
+        "test_exact_match": serde_json::Value::Null,
+    });
+    if let Some(c) = qa {
+        let test: Vec<_> = if opts.quick { c.test.iter().step_by(10).cloned().collect() } else { c.test.clone() };
+        let start = Instant::now();
+        let (em, answers) = exact_match(&model, &tokenizer, &test, 48, SHARDS)?;
+        let mut per_cat = serde_json::Map::new();
+        for cat in ["greeting", "fact", "arithmetic", "reasoning"] {
+            let of: Vec<_> = answers.iter().filter(|a| a.category == cat).collect();
+            let acc = of.iter().filter(|a| a.correct).count() as f64 / of.len().max(1) as f64;
+            per_cat.insert(cat.into(), json!({"questions": of.len(), "exact_match": acc}));
+            opts.say(format!("  {cat:<10} {:>4} questions  exact match {:5.1}%", of.len(), 100.0 * acc));
+        }
+        opts.say(format!(
+            "test exact match: {:.1}% of {} unseen questions ({:.1} s, greedy, no KV cache)",
+            100.0 * em,
+            test.len(),
+            start.elapsed().as_secs_f64()
+        ));
+        opts.say("sample answers to test questions:");
+        let samples: Vec<_> = ["greeting", "fact", "arithmetic", "reasoning"]
+            .iter()
+            .flat_map(|cat| answers.iter().filter(move |a| &a.category == cat).take(2))
+            .collect();
+        for a in &samples {
+            opts.say(format!(
+                "  Q: {}\n  A: {}   [{}]",
+                a.question,
+                a.generated,
+                if a.correct { "correct" } else { "expected: " }.to_string() + if a.correct { "" } else { &a.expected }
+            ));
+        }
+        out["test_exact_match"] = json!(em);
+        out["test_questions"] = json!(test.len());
+        out["per_category"] = serde_json::Value::Object(per_cat);
+        out["samples"] = json!(samples);
+    }
+    Ok(out)
+}
