@@ -18,6 +18,7 @@ fn model() -> Gpt {
         mlp_ratio: 4,
         tie_weights: true,
         position: PositionEncoding::Learned,
+        dropout: 0.0,
         seed: 0,
     })
     .expect("valid config")

@@ -31,6 +31,9 @@ pub fn model_config(vocab_size: usize, quick: bool) -> GptConfig {
         mlp_ratio: 4,
         tie_weights: true,
         position: PositionEncoding::Learned,
+        // Residual dropout 0.1 narrowed the train/validation gap but cut exact match from ~0.70
+        // to 0.46 in this 3-minute budget (underfitting), so the default model trains without it.
+        dropout: 0.0,
         seed: 0,
     }
 }
@@ -56,7 +59,7 @@ pub fn train_config(quick: bool) -> TrainConfig {
     }
 }
 
-const STEPS: usize = 1900;
+const STEPS: usize = 1800;
 /// Each training question appears this many times (shuffled) in the training stream.
 const TRAIN_REPEATS: usize = 20;
 

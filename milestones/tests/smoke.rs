@@ -31,3 +31,46 @@ fn cnn_checkpoint_is_reused() {
     assert!(milestones::run("nope", &opts(&dir)).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn transformer_and_kv_cache_quick_runs_report_measured_fields() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-gpt-{}", std::process::id()));
+    let v = milestones::run("transformer", &opts(&dir)).unwrap();
+    for key in ["val_perplexity", "test_exact_match", "train_seconds", "params"] {
+        assert!(v[key].is_number(), "{key} missing: {v}");
+    }
+    let em = v["test_exact_match"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&em));
+    assert!(v["val_perplexity"].as_f64().unwrap() > 1.0);
+    // The KV-cache milestone reuses that checkpoint and checks cached == uncached == reference.
+    let kv = milestones::run("kv_cache", &Options { retrain: false, ..opts(&dir) }).unwrap();
+    assert_eq!(kv["outputs_identical"], true, "{kv}");
+    let rows = kv["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for key in ["tokens", "uncached_tok_s", "cached_tok_s", "speedup"] {
+            assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn transformer_trains_on_a_user_corpus_file() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-corpus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("poem.txt");
+    std::fs::write(&file, "the quick brown fox jumps over the lazy dog. ".repeat(80)).unwrap();
+    let o = Options { corpus: Some(file.clone()), ..opts(&dir) };
+    let v = milestones::run("transformer", &o).unwrap();
+    assert!(v["val_perplexity"].as_f64().unwrap() > 1.0);
+    assert!(v["test_exact_match"].is_null(), "no Q/A test set for a plain text file");
+    assert!(dir.join("transformer-poem").join("config.json").is_file());
+    // Too short or unreadable files are errors that name the file.
+    std::fs::write(&file, "short").unwrap();
+    let e = milestones::run("transformer", &o).unwrap_err().to_string();
+    assert!(e.contains("poem.txt") && e.contains("2000"), "{e}");
+    let missing = Options { corpus: Some(dir.join("nope.txt")), ..opts(&dir) };
+    assert!(milestones::run("transformer", &missing).unwrap_err().to_string().contains("nope.txt"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

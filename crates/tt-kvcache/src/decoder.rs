@@ -7,12 +7,13 @@
 
 use std::time::Instant;
 
-use tt_tensor::kernels::{gelu_tanh, layer_norm_row, softmax_row};
+use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+use tt_tensor::kernels::{gelu_tanh, gemm, layer_norm_row, softmax_row};
 use tt_transformer::generate::{GenerateConfig, Sampler};
 use tt_transformer::{Gpt, TransformerError};
 
 use crate::cache::{KvCache, OverflowPolicy};
-use crate::kernels::{dot, linear_rows};
+use crate::kernels::{dot, linear_rows, GEMM_MIN_ROWS};
 use crate::weights::GptWeights;
 use crate::KvError;
 
@@ -48,7 +49,7 @@ impl Scratch {
         grow(&mut self.hidden, rows * w.hidden);
         grow(&mut self.kbuf, rows * d);
         grow(&mut self.vbuf, rows * d);
-        grow(&mut self.scores, max_keys);
+        grow(&mut self.scores, rows.max(1) * max_keys);
         grow(&mut self.logits, batch * w.vocab);
     }
 }
@@ -161,6 +162,27 @@ impl CachedGpt {
                     let keys = self.cache.keys(l, bi, h);
                     let vals = self.cache.values(l, bi, h);
                     let slots = keys.len() / hd;
+                    if n >= GEMM_MIN_ROWS {
+                        // Many queries (prefill): scores and outputs by GEMM over strided views,
+                        // then the causal mask and softmax row by row.
+                        let sc = &mut s.scores[..n * slots];
+                        let q = ArrayView2::from_shape((n, hd).strides((3 * d, 1)), &s.qkv[bi * n * 3 * d + h * hd..])
+                            .expect("view");
+                        let kv = ArrayView2::from_shape((slots, hd), keys).expect("view");
+                        gemm(scale, q, kv.t(), 0.0, ArrayViewMut2::from_shape((n, slots), &mut *sc).expect("view"));
+                        for t in 0..n {
+                            let visible = slots - n + t + 1;
+                            let row = &mut sc[t * slots..(t + 1) * slots];
+                            softmax_row(&mut row[..visible]);
+                            row[visible..].fill(0.0);
+                        }
+                        let p = ArrayView2::from_shape((n, slots), &*sc).expect("view");
+                        let vv = ArrayView2::from_shape((slots, hd), vals).expect("view");
+                        let out = ArrayViewMut2::from_shape((n, hd).strides((d, 1)), &mut s.att[bi * n * d + h * hd..])
+                            .expect("view");
+                        gemm(1.0, p, vv, 0.0, out);
+                        continue;
+                    }
                     for t in 0..n {
                         let r = bi * n + t;
                         let q = &s.qkv[r * 3 * d + h * hd..r * 3 * d + (h + 1) * hd];

@@ -57,6 +57,7 @@ fn config(vocab: usize, seed: u64, layers: usize) -> GptConfig {
         mlp_ratio: 4,
         tie_weights: true,
         position: PositionEncoding::Learned,
+        dropout: 0.0,
         seed,
     }
 }

@@ -87,3 +87,17 @@ fn no_grad_forward_builds_no_graph() {
     assert!(!y2.requires_grad() && y2.op_name().is_none());
     assert_eq!(y.to_vec(), y2.to_vec());
 }
+
+#[test]
+fn seeded_dropout_op() {
+    let x = Tensor::ones(&[4000]);
+    let a = x.dropout(0.25, 7).unwrap().to_vec();
+    assert_eq!(a, x.dropout(0.25, 7).unwrap().to_vec(), "same seed, same mask");
+    assert_ne!(a, x.dropout(0.25, 8).unwrap().to_vec());
+    let zeros = a.iter().filter(|&&v| v == 0.0).count();
+    assert!((850..1150).contains(&zeros), "{zeros} of 4000 dropped at p = 0.25");
+    assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    assert_eq!(x.dropout(0.0, 1).unwrap().to_vec(), x.to_vec());
+    assert!(x.dropout(1.0, 1).is_err());
+    tt_tensor::testing::assert_grads(|i| i[0].dropout(0.5, 3), &[Tensor::randn(&[3, 4], 0.0, 1.0, 1)], 1e-3, 1e-2);
+}

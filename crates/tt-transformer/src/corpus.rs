@@ -310,7 +310,8 @@ fn contents() -> Vec<Content> {
             }
         }
     }
-    for n in 0..=20usize {
+    // Successor, predecessor and parity over 0–9, the same small numbers as the arithmetic.
+    for n in 0..=9usize {
         add(
             "reasoning",
             vec![
@@ -364,20 +365,24 @@ fn contents() -> Vec<Content> {
             }
         }
     }
-    for (i, name) in NAMES.iter().enumerate() {
-        for a in 1..=4usize {
-            let b = 1 + (i + a) % 4;
-            let thing = THINGS[(i + a) % THINGS.len()];
-            add(
-                "reasoning",
-                vec![
-                    format!("{name} has {a} {thing} and gets {b} more. how many {thing} does {name} have?"),
-                    format!("{name} had {a} {thing}, then found {b} more. how many {thing} now?"),
-                    format!("if {name} has {a} {thing} and buys {b} more, how many {thing} are there?"),
-                    format!("{name} owns {a} {thing} and is given {b} more. how many {thing} does {name} own?"),
-                ],
-                number_word(a + b),
-            );
+    // Word problems: the content is the pair (a, b); each of its eight phrasings tells it as a
+    // different story (name, object, sentence), so a test story is new but its sum is practised.
+    let stories: [fn(&str, usize, &str, usize) -> String; 4] = [
+        |n, a, t, b| format!("{n} has {a} {t} and gets {b} more. how many {t} does {n} have?"),
+        |n, a, t, b| format!("{n} had {a} {t}, then found {b} more. how many {t} now?"),
+        |n, a, t, b| format!("if {n} has {a} {t} and buys {b} more, how many {t} are there?"),
+        |n, a, t, b| format!("{n} owns {a} {t} and is given {b} more. how many {t} does {n} own?"),
+    ];
+    for a in 1..=4usize {
+        for b in 1..=4usize {
+            let phrasings = (0..8)
+                .map(|k| {
+                    let name = NAMES[(a * 4 + b + 3 * k) % NAMES.len()];
+                    let thing = THINGS[(a + b + k) % THINGS.len()];
+                    stories[k % stories.len()](name, a, thing, b)
+                })
+                .collect();
+            add("reasoning", phrasings, number_word(a + b));
         }
     }
     out

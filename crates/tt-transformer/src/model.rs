@@ -41,6 +41,10 @@ pub struct GptConfig {
     /// Share the token-embedding matrix with the output head.
     pub tie_weights: bool,
     pub position: PositionEncoding,
+    /// Residual dropout probability in training (on each block's attention and MLP outputs and on
+    /// the embeddings); 0 disables. Never applied by inference paths.
+    #[serde(default)]
+    pub dropout: f32,
     pub seed: u64,
 }
 
@@ -56,6 +60,9 @@ impl GptConfig {
         }
         if self.mlp_ratio == 0 {
             return bad("mlp_ratio must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
         Ok(())
     }
@@ -190,13 +197,38 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+/// Dropout for one training forward pass: probability and a base seed; each site derives its own.
+#[derive(Debug, Clone, Copy)]
+pub struct DropoutSeed {
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl DropoutSeed {
+    fn apply(self, x: &Tensor, site: u64) -> Result<Tensor> {
+        let s = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ site.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        Ok(x.dropout(self.p, s)?)
+    }
+}
+
 impl Block {
     /// Block output and its attention probabilities.
     pub fn forward_with_weights(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (a, w) = self.attn.forward_with_weights(&self.ln1.forward(x)?)?;
+        self.forward_train(x, None, 0)
+    }
+
+    /// Block forward with optional residual dropout (`site` distinguishes layers).
+    pub fn forward_train(&self, x: &Tensor, dropout: Option<DropoutSeed>, site: u64) -> Result<(Tensor, Tensor)> {
+        let (mut a, w) = self.attn.forward_with_weights(&self.ln1.forward(x)?)?;
+        if let Some(d) = dropout {
+            a = d.apply(&a, 2 * site + 1)?;
+        }
         let x = x.add(&a)?;
-        let x = x.add(&self.mlp.forward(&self.ln2.forward(&x)?)?)?;
-        Ok((x, w))
+        let mut m = self.mlp.forward(&self.ln2.forward(&x)?)?;
+        if let Some(d) = dropout {
+            m = d.apply(&m, 2 * site + 2)?;
+        }
+        Ok((x.add(&m)?, w))
     }
 }
 
@@ -313,11 +345,31 @@ impl Gpt {
 
     /// Logits and every layer's attention probabilities `[batch, heads, seq, seq]`.
     pub fn forward_with_attention(&self, ids: &[usize], batch: usize, seq: usize) -> Result<(Tensor, Vec<Tensor>)> {
+        self.forward_impl(ids, batch, seq, None)
+    }
+
+    /// Training forward: like [`Gpt::forward_ids`] plus residual dropout (`config.dropout`) with
+    /// masks derived from `seed`, so sharded training stays reproducible.
+    pub fn forward_train(&self, ids: &[usize], batch: usize, seq: usize, seed: u64) -> Result<Tensor> {
+        let d = (self.config.dropout > 0.0).then_some(DropoutSeed { p: self.config.dropout, seed });
+        Ok(self.forward_impl(ids, batch, seq, d)?.0)
+    }
+
+    fn forward_impl(
+        &self,
+        ids: &[usize],
+        batch: usize,
+        seq: usize,
+        dropout: Option<DropoutSeed>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_input(ids, batch, seq)?;
         let mut x = self.embed(ids, batch, seq, 0)?;
+        if let Some(d) = dropout {
+            x = d.apply(&x, 0)?;
+        }
         let mut atts = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let (y, w) = block.forward_with_weights(&x)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let (y, w) = block.forward_train(&x, dropout, 1 + l as u64)?;
             x = y;
             atts.push(w);
         }

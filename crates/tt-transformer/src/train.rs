@@ -141,11 +141,18 @@ fn sample_batch(data: &TrainData, batch: usize, seq: usize, rng: &mut ChaCha8Rng
 
 /// Runs forward and backward for a batch split into `shards` equal parts on scoped threads;
 /// returns the mean loss. Each leaf receives exactly one gradient accumulation per shard.
-fn forward_backward_sharded(model: &Gpt, b: &Sampled, batch: usize, seq: usize, shards: usize) -> Result<f32> {
+fn forward_backward_sharded(
+    model: &Gpt,
+    b: &Sampled,
+    batch: usize,
+    seq: usize,
+    shards: usize,
+    seed: u64,
+) -> Result<f32> {
     let per = batch / shards;
     let run = |i: usize| -> Result<f32> {
         let r = i * per * seq..(i + 1) * per * seq;
-        let logits = model.forward_ids(&b.x[r.clone()], per, seq)?;
+        let logits = model.forward_train(&b.x[r.clone()], per, seq, seed.wrapping_add(i as u64))?;
         let loss = match &b.w {
             None => cross_entropy(&logits, &b.y[r])?,
             Some(w) => cross_entropy_weighted(&logits, &b.y[r.clone()], &w[r])?,
@@ -236,7 +243,7 @@ pub fn train(
         opt.set_lr(lr_at(step, cfg));
         opt.zero_grad();
         let shards = if batch % cfg.data_parallel.max(1) == 0 { cfg.data_parallel.max(1) } else { 1 };
-        let l = forward_backward_sharded(model, &sampled, batch, seq, shards)?;
+        let l = forward_backward_sharded(model, &sampled, batch, seq, shards, (cfg.seed << 32) ^ (step as u64 * 1024))?;
         if cfg.grad_clip > 0.0 {
             clip_grad_norm(&params, cfg.grad_clip);
         }

@@ -14,6 +14,7 @@ pub fn tiny_config(vocab: usize, seed: u64) -> GptConfig {
         mlp_ratio: 4,
         tie_weights: true,
         position: PositionEncoding::Learned,
+        dropout: 0.0,
         seed,
     }
 }

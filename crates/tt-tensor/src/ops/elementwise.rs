@@ -167,6 +167,32 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Inverted dropout with a mask drawn from a ChaCha8 generator seeded by `seed`: each element
+    /// is zeroed with probability `p` and the rest scaled by 1/(1−p). The same seed gives the same
+    /// mask, so callers on several threads stay reproducible by deriving seeds, not sharing a
+    /// generator. `p = 0` returns the input unchanged.
+    pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        if !(0.0..1.0).contains(&p) {
+            return Err(TensorError::arg("dropout", format!("p = {p} must be in [0, 1)")));
+        }
+        if p == 0.0 {
+            return Ok(self.clone());
+        }
+        let keep = 1.0 - p;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mask = crate::tensor::Array::from_shape_simple_fn(ndarray::IxDyn(&self.shape()), || {
+            if rng.random::<f32>() < keep {
+                1.0 / keep
+            } else {
+                0.0
+            }
+        });
+        self.mul_const(&mask)
+    }
+}
+
 macro_rules! std_binop {
     ($trait:ident, $method:ident, $fallible:ident) => {
         impl std::ops::$trait<&Tensor> for &Tensor {
