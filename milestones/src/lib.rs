@@ -51,6 +51,8 @@ pub struct Options {
     pub progress: bool,
     /// Train the language model on this UTF-8 text file instead of the built-in corpus.
     pub corpus: Option<PathBuf>,
+    /// Print no human report at all (library callers and tests).
+    pub quiet: bool,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             cache_dir: default_cache_dir(),
             progress: true,
             corpus: None,
+            quiet: false,
         }
     }
 }
@@ -74,6 +77,9 @@ pub fn default_cache_dir() -> PathBuf {
 impl Options {
     /// Writes a line of the human report (stdout normally, stderr in JSON mode).
     pub fn say(&self, line: impl AsRef<str>) {
+        if self.quiet {
+            return;
+        }
         if self.json {
             let _ = writeln!(std::io::stderr(), "{}", line.as_ref());
         } else {

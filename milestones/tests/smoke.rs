@@ -4,7 +4,15 @@
 use milestones::{classifier, cnn_digits, Options};
 
 fn opts(dir: &std::path::Path) -> Options {
-    Options { json: true, retrain: true, quick: true, cache_dir: dir.to_path_buf(), progress: false, corpus: None }
+    Options {
+        json: true,
+        retrain: true,
+        quick: true,
+        cache_dir: dir.to_path_buf(),
+        progress: false,
+        corpus: None,
+        quiet: true,
+    }
 }
 
 #[test]
