@@ -191,6 +191,9 @@ fn number_word(n: usize) -> String {
     n.to_string()
 }
 
+/// A word-problem sentence from (name, a, thing, b).
+type Story = fn(&str, usize, &str, usize) -> String;
+
 fn contents() -> Vec<Content> {
     let mut out = Vec::new();
     let mut add = |category: &'static str, phrasings: Vec<String>, answer: String| {
@@ -367,7 +370,7 @@ fn contents() -> Vec<Content> {
     }
     // Word problems: the content is the pair (a, b); each of its eight phrasings tells it as a
     // different story (name, object, sentence), so a test story is new but its sum is practised.
-    let stories: [fn(&str, usize, &str, usize) -> String; 4] = [
+    let stories: [Story; 4] = [
         |n, a, t, b| format!("{n} has {a} {t} and gets {b} more. how many {t} does {n} have?"),
         |n, a, t, b| format!("{n} had {a} {t}, then found {b} more. how many {t} now?"),
         |n, a, t, b| format!("if {n} has {a} {t} and buys {b} more, how many {t} are there?"),
