@@ -6,22 +6,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tt_tensor::loss::cross_entropy;
 use tt_tensor::optim::{Adam, Optimizer};
 use tt_tensor::{no_grad, Module};
-use tt_transformer::{Gpt, GptConfig, PositionEncoding};
+use tt_transformer::{Gpt, GptConfig};
 
 fn model() -> Gpt {
-    Gpt::new(GptConfig {
-        vocab_size: 48,
-        d_model: 128,
-        n_layers: 4,
-        n_heads: 4,
-        max_seq_len: 640,
-        mlp_ratio: 4,
-        tie_weights: true,
-        position: PositionEncoding::Learned,
-        dropout: 0.0,
-        seed: 0,
-    })
-    .expect("valid config")
+    Gpt::new(GptConfig::default_model(48)).expect("valid config")
 }
 
 fn bench(c: &mut Criterion) {

@@ -49,6 +49,23 @@ pub struct GptConfig {
 }
 
 impl GptConfig {
+    /// The course's default model: d_model 128, 4 layers, 4 heads, context 640 (module 14
+    /// generates 512 tokens after a prompt), MLP 4×, tied head, learned positions, no dropout.
+    pub fn default_model(vocab_size: usize) -> GptConfig {
+        GptConfig {
+            vocab_size,
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            max_seq_len: 640,
+            mlp_ratio: 4,
+            tie_weights: true,
+            position: PositionEncoding::Learned,
+            dropout: 0.0,
+            seed: 0,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TransformerError::Config(m));
         if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 || self.max_seq_len == 0
