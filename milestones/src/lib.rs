@@ -12,6 +12,7 @@ pub mod classifier;
 pub mod cnn_digits;
 pub mod kv_cache;
 pub mod mlp_digits;
+pub mod profile;
 pub mod transformer;
 
 use std::io::Write;
@@ -123,6 +124,12 @@ pub fn all() -> &'static [Milestone] {
             module: "14",
             description: "greedy generation with and without the KV cache: same tokens, tok/s, speedup, cache memory",
             run: kv_cache::run,
+        },
+        Milestone {
+            name: "profile",
+            module: "15",
+            description: "profile the trained CNN and GPT: parameters, FLOPs, memory, latency, per-op table, roofline",
+            run: profile::run,
         },
     ]
 }

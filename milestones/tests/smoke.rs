@@ -82,3 +82,26 @@ fn transformer_trains_on_a_user_corpus_file() {
     assert!(milestones::run("transformer", &missing).unwrap_err().to_string().contains("nope.txt"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn profile_quick_run_reports_the_required_fields() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-prof-{}", std::process::id()));
+    let v = milestones::run("profile", &opts(&dir)).unwrap();
+    for model in ["gpt", "cnn"] {
+        let m = &v[model];
+        assert!(m["params"].as_u64().unwrap() > 0, "{model}");
+        assert!(m["flops_per_forward"].as_u64().unwrap() > 0, "{model}");
+        for k in ["median", "p90", "p99"] {
+            assert!(m["latency_ms"][k].as_f64().unwrap() > 0.0, "{model} {k}");
+        }
+        // The test binary does not install the counting allocator: reported as absent, not zero.
+        assert!(m["peak_heap_bytes"].is_null());
+        let trace: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(m["trace"].as_str().unwrap()).unwrap()).unwrap();
+        assert!(!trace["traceEvents"].as_array().unwrap().is_empty());
+    }
+    assert!(v["machine"]["peak_gflops_1core"].as_f64().unwrap() > 0.0);
+    assert!(v["machine"]["stream_triad_gbs"].as_f64().unwrap() > 0.0);
+    assert!(dir.join("profile").join("report.json").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

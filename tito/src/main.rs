@@ -3,6 +3,10 @@
 
 mod modules;
 
+/// Counts heap use so `tito milestone profile` can report a measured peak.
+#[global_allocator]
+static ALLOC: tt_profile::alloc::CountingAllocator = tt_profile::alloc::CountingAllocator;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;

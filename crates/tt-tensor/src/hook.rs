@@ -29,6 +29,8 @@ pub struct OpEvent {
     pub bytes: u64,
     pub start: Instant,
     pub duration: Duration,
+    /// Dotted path of the layer the op ran in (`"blocks.2"`, `"0"`), empty outside any layer.
+    pub layer: String,
 }
 
 /// Receives op events. Installed per thread with [`set_observer`].
@@ -41,6 +43,19 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static OBSERVER: RefCell<Option<Rc<dyn OpObserver>>> = const { RefCell::new(None) };
+    static LAYERS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `name` pushed on this thread's layer path, so ops inside are attributed to it.
+/// Containers (Sequential, the GPT) call this around each child. Free when nothing observes.
+pub fn layer_scope<R>(name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+    if ACTIVE.load(Ordering::Relaxed) == 0 {
+        return f();
+    }
+    LAYERS.with(|l| l.borrow_mut().push(name()));
+    let out = f();
+    LAYERS.with(|l| l.borrow_mut().pop());
+    out
 }
 
 /// Installs (Some) or removes (None) this thread's observer; returns the previous one.
@@ -99,9 +114,11 @@ impl Drop for OpScope {
             let duration = start.elapsed();
             let obs = OBSERVER.with(|o| o.borrow().clone());
             if let Some(obs) = obs {
+                let layer = LAYERS.with(|l| l.borrow().join("."));
                 obs.on_op(OpEvent {
                     name,
                     phase,
+                    layer,
                     input_shapes: info.input_shapes,
                     flops: info.flops,
                     bytes: info.bytes,

@@ -28,7 +28,7 @@ fn view_mut(buf: &mut [f32], offset: usize, rows: usize, cols: usize, row_stride
 /// heads. Returns the output `[B, T, d]` and the attention probabilities `[B, H, T, T]`.
 pub fn causal_attention(qkv: &Tensor, n_heads: usize) -> Result<(Tensor, Array)> {
     let s = qkv.shape();
-    if s.len() != 3 || s[2] % 3 != 0 || (s[2] / 3) % n_heads.max(1) != 0 || n_heads == 0 {
+    if s.len() != 3 || !s[2].is_multiple_of(3) || !(s[2] / 3).is_multiple_of(n_heads.max(1)) || n_heads == 0 {
         return Err(TensorError::InvalidShape {
             op: "causal_attention",
             shape: s,

@@ -72,7 +72,7 @@ impl GptConfig {
         {
             return bad(format!("all sizes must be positive: {self:?}"));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
         }
         if self.mlp_ratio == 0 {
@@ -380,17 +380,20 @@ impl Gpt {
         dropout: Option<DropoutSeed>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_input(ids, batch, seq)?;
-        let mut x = self.embed(ids, batch, seq, 0)?;
+        let mut x = tt_tensor::hook::layer_scope(|| "embed".into(), || self.embed(ids, batch, seq, 0))?;
         if let Some(d) = dropout {
             x = d.apply(&x, 0)?;
         }
         let mut atts = Vec::with_capacity(self.blocks.len());
         for (l, block) in self.blocks.iter().enumerate() {
-            let (y, w) = block.forward_train(&x, dropout, 1 + l as u64)?;
+            let (y, w) = tt_tensor::hook::layer_scope(
+                || format!("blocks.{l}"),
+                || block.forward_train(&x, dropout, 1 + l as u64),
+            )?;
             x = y;
             atts.push(w);
         }
-        Ok((self.head(&x)?, atts))
+        Ok((tt_tensor::hook::layer_scope(|| "head".into(), || self.head(&x))?, atts))
     }
 
     /// Non-embedding parameter count (Kaplan et al.'s N).

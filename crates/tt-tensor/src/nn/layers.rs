@@ -298,8 +298,8 @@ impl Sequential {
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
-        for layer in &self.layers {
-            h = layer.forward(&h)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = crate::hook::layer_scope(|| i.to_string(), || layer.forward(&h))?;
         }
         Ok(h)
     }

@@ -147,7 +147,8 @@ impl Tensor {
         let out = {
             let _scope = OpScope::begin("linear", || OpInfo {
                 input_shapes: vec![sx.clone(), sw.clone()],
-                flops: 2 * (rows * in_f * out_f) as u64 + if bias.is_some() { (rows * out_f) as u64 } else { 0 },
+                // 2 FLOPs per multiply-accumulate; bias adds are not counted (PyTorch's convention).
+                flops: 2 * (rows * in_f * out_f) as u64,
                 bytes: 4 * (rows * in_f + in_f * out_f + rows * out_f) as u64,
             });
             let (xd, wd) = (self.data(), weight.data());

@@ -1,0 +1,200 @@
+//! Module 15 — profiling: exact parameter and FLOP counts, the op profiler and its trace, the
+//! counting allocator, latency statistics and the roofline model.
+
+use std::sync::Mutex;
+
+use tt_profile::alloc::{measure_peak, snapshot, CountingAllocator};
+use tt_profile::flops;
+use tt_profile::params::count_parameters;
+use tt_profile::profiler::{profile, SortBy};
+use tt_profile::roofline::Roofline;
+use tt_profile::stats::{
+    bootstrap_median_ci, percentile_interpolated, percentile_mlperf, tukey_outliers, LatencyStats,
+};
+use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential};
+use tt_tensor::{no_grad, Module, Tensor};
+use tt_transformer::{Gpt, GptConfig};
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator;
+
+/// The allocator's counters are process-wide: tests in this file run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn linear_parameters_and_flops_are_exact() {
+    let _g = lock();
+    assert_eq!(count_parameters(&Linear::new(10, 5, true, 0)).total, 55);
+    let lin = Linear::new(128, 64, true, 0);
+    for batch in [1usize, 32] {
+        let x = Tensor::zeros(&[batch, 128]);
+        let (_, p) = profile(|| no_grad(|| lin.forward(&x)).unwrap());
+        // 2 FLOPs per MAC, bias adds not counted: 2·128·64 = 16,384 per sample.
+        assert_eq!(p.forward_flops(), 16_384 * batch as u64);
+        assert_eq!(flops::linear(batch, 128, 64), 16_384 * batch as u64);
+    }
+    let r = count_parameters(
+        &Sequential::new().layer(Linear::new(4, 3, true, 0)).layer(Relu).layer(Linear::new(3, 2, false, 1)),
+    );
+    assert_eq!((r.total, r.trainable), (15 + 6, 21));
+    assert_eq!(r.layers.iter().map(|l| (l.layer.as_str(), l.params)).collect::<Vec<_>>(), vec![("0", 15), ("2", 6)]);
+    assert_eq!(r.bytes_by_dtype, vec![("f32".to_string(), 84)]);
+}
+
+#[test]
+fn conv2d_flops_with_stride_and_padding() {
+    let _g = lock();
+    // B=2, C_in=3, C_out=4, 7×7, k=3, stride 2, padding 1 → 4×4 output:
+    // 2·2·4·4·4·3·3·3 = 6,912 FLOPs.
+    assert_eq!(flops::conv2d(2, 3, 4, 7, 7, 3, 2, 1), 6_912);
+    let conv = Conv2d::new(3, 4, 3, 2, 1, 0);
+    let x = Tensor::zeros(&[2, 3, 7, 7]);
+    let (y, p) = profile(|| no_grad(|| conv.forward(&x)).unwrap());
+    assert_eq!(y.shape(), vec![2, 4, 4, 4]);
+    assert_eq!(p.forward_flops(), 6_912);
+}
+
+#[test]
+fn attention_flops_at_two_lengths() {
+    let _g = lock();
+    for (t, want) in [(5usize, 4 * 2 * 2 * 25 * 8 + 5 * 2 * 2 * 25), (16, 4 * 2 * 2 * 256 * 8 + 5 * 2 * 2 * 256)] {
+        // B=2, 2 heads of 8 dims: QKᵀ and A·V each 2·B·h·T²·d_h, softmax 5·B·h·T².
+        let qkv = Tensor::zeros(&[2, t, 48]);
+        let (_, p) = profile(|| no_grad(|| tt_transformer::attention::causal_attention(&qkv, 2)).unwrap());
+        assert_eq!(p.forward_flops(), want as u64, "T = {t}");
+    }
+}
+
+#[test]
+fn whole_cnn_matches_its_formula() {
+    let _g = lock();
+    let cnn = Sequential::new()
+        .layer(Conv2d::new(1, 8, 3, 1, 1, 0))
+        .layer(Relu)
+        .layer(MaxPool2d { kernel: 2, stride: 2 })
+        .layer(Flatten)
+        .layer(Linear::new(8 * 4 * 4, 10, true, 1));
+    let x = Tensor::zeros(&[3, 1, 8, 8]);
+    let (_, p) = profile(|| no_grad(|| cnn.forward(&x)).unwrap());
+    let conv = flops::conv2d(3, 1, 8, 8, 8, 3, 1, 1);
+    let relu = (3 * 8 * 8 * 8) as u64; // 1 op per element
+    let pool = (3 * 8 * 4 * 4 * 4) as u64; // k² comparisons per output
+    let fc = flops::linear(3, 128, 10);
+    assert_eq!(p.forward_flops(), conv + relu + pool + fc);
+    let layers: Vec<String> = p.per_layer().into_iter().map(|l| l.0).collect();
+    assert_eq!(layers, vec!["0", "1", "2", "3", "4"], "ops attributed to Sequential's children");
+}
+
+#[test]
+fn whole_gpt_matches_its_formula_and_kaplan() {
+    let _g = lock();
+    let cfg = GptConfig { vocab_size: 30, d_model: 32, n_layers: 2, max_seq_len: 64, ..GptConfig::default_model(30) };
+    let m = Gpt::new(cfg.clone()).unwrap();
+    let (b, t) = (2, 24);
+    let ids: Vec<usize> = (0..b * t).map(|i| i % 30).collect();
+    let (_, p) = profile(|| no_grad(|| m.forward_ids(&ids, b, t)).unwrap());
+    // The profiler's counts (full-square attention, as computed) equal the analytic table.
+    assert_eq!(p.forward_flops(), flops::total(&flops::gpt_forward(&cfg, b, t, false)));
+    let mut layers: Vec<String> = p.per_layer().into_iter().map(|l| l.0).collect();
+    layers.dedup();
+    assert_eq!(layers, vec!["embed", "blocks.0", "blocks.1", "head"]);
+    // Default model at n_ctx = 128: causal-useful FLOPs per token within 5% of Kaplan's
+    // 2N + 2·n_layer·n_ctx·d_model; the remainder is the head, norms, GELU, softmax and adds.
+    let big = GptConfig::default_model(49);
+    let n_ctx = 128;
+    let ours = flops::total(&flops::gpt_forward(&big, 1, n_ctx, true)) as f64 / n_ctx as f64;
+    let kaplan = flops::kaplan_forward_per_token(&big, n_ctx) as f64;
+    assert!((ours / kaplan - 1.0).abs() < 0.05, "ours {ours} vs Kaplan {kaplan}");
+}
+
+#[test]
+fn profiler_table_and_chrome_trace() {
+    let _g = lock();
+    let m = Sequential::new().layer(Linear::new(8, 8, true, 0)).layer(Relu).layer(Linear::new(8, 2, true, 1));
+    let x = Tensor::randn(&[4, 8], 0.0, 1.0, 2);
+    let (_, p) = profile(|| {
+        let y = m.forward(&x).unwrap();
+        y.sum().backward().unwrap();
+    });
+    let fwd = p.records.iter().filter(|r| !r.backward).count();
+    let bwd = p.records.iter().filter(|r| r.backward).count();
+    assert_eq!((fwd, bwd), (4, 4), "linear, relu, linear, sum — forward and backward");
+    let rows = p.summary(SortBy::Calls);
+    assert_eq!(rows[0].op, "linear");
+    assert_eq!(rows[0].calls, 2);
+    assert!((rows.iter().map(|r| r.percent).sum::<f64>() - 100.0).abs() < 1e-6);
+    assert!(p.table(SortBy::Time).contains("linear (backward)"));
+    let dir = std::env::temp_dir().join(format!("tt-m15-{}", std::process::id()));
+    let path = dir.join("trace.json");
+    p.write_chrome_trace(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    assert_eq!(events.len(), p.records.len(), "one event per recorded op");
+    assert!(events.iter().all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn allocator_counts_a_known_allocation_exactly() {
+    let _g = lock();
+    let before = tt_profile::alloc::thread_snapshot();
+    let (v, peak) = measure_peak(|| vec![7u8; 1 << 20]);
+    assert_eq!(peak, 1 << 20);
+    let during = tt_profile::alloc::thread_snapshot();
+    assert_eq!(during.0 - before.0, 1 << 20);
+    assert_eq!(during.2 - before.2, 1, "one allocation");
+    drop(v);
+    assert_eq!(tt_profile::alloc::thread_snapshot().0, before.0);
+    // Process-wide counters saw it too (other threads may add their own allocations).
+    assert!(snapshot().allocations >= during.2);
+    assert!(tt_profile::alloc::is_installed());
+}
+
+#[test]
+fn percentiles_bootstrap_and_outliers_on_known_data() {
+    let _g = lock();
+    let data: Vec<f64> = (1..=10).map(f64::from).collect();
+    assert_eq!(percentile_interpolated(&data, 0.5), 5.5);
+    assert!((percentile_interpolated(&data, 0.9) - 9.1).abs() < 1e-12);
+    assert_eq!(percentile_interpolated(&data, 0.0), 1.0);
+    assert_eq!(percentile_interpolated(&data, 1.0), 10.0);
+    assert_eq!(percentile_mlperf(&data, 0.5), 6.0, "sorted[⌊10·0.5⌋]");
+    assert_eq!(percentile_mlperf(&data, 0.9), 10.0);
+    assert_eq!(percentile_mlperf(&data, 0.99), 10.0);
+    let mut with_out = data.clone();
+    with_out[9] = 100.0;
+    assert_eq!(tukey_outliers(&with_out), (0, 1));
+    let mut mild = data.clone();
+    mild[9] = 18.0; // Q3 = 7.75, IQR = 4.5: 14.5 < 18 ≤ 21.25
+    assert_eq!(tukey_outliers(&mild), (1, 0));
+    assert_eq!(bootstrap_median_ci(&[3.0; 20], 1000, 0.95, 1), (3.0, 3.0));
+    let (lo, hi) = bootstrap_median_ci(&data, 5000, 0.95, 7);
+    assert!(lo <= 5.5 && 5.5 <= hi && lo >= 1.0 && hi <= 10.0, "({lo}, {hi})");
+    assert_eq!(bootstrap_median_ci(&data, 5000, 0.95, 7), (lo, hi), "seeded");
+    let s = LatencyStats::from_samples(&with_out);
+    assert_eq!((s.n, s.min, s.max, s.median), (10, 1.0, 100.0, 5.5));
+    assert_eq!(s.outliers_severe, 1);
+    assert!((s.mean - 14.5).abs() < 1e-12);
+}
+
+#[test]
+fn roofline_placement() {
+    let _g = lock();
+    let r = Roofline { peak_gflops: 100.0, bandwidth_gbs: 20.0 };
+    assert_eq!(r.ridge(), 5.0);
+    assert_eq!(r.attainable(1.0), 20.0);
+    assert_eq!(r.attainable(50.0), 100.0);
+    let p = r.place(1_000_000, 1_000_000, 1e-4); // I = 1, 10 GFLOP/s achieved
+    assert_eq!(p.bound, "memory-bound");
+    assert!((p.fraction - 0.5).abs() < 1e-9);
+    assert_eq!(r.place(100_000_000, 1_000_000, 1.0).bound, "compute-bound");
+    // The micro-benchmarks run and return physical numbers.
+    let peak = tt_profile::roofline::peak_gflops(1, 20_000);
+    let bw = tt_profile::roofline::stream_triad_gbs(1 << 20, 3);
+    assert!(peak > 0.1 && peak < 10_000.0, "{peak}");
+    assert!(bw > 0.1 && bw < 10_000.0, "{bw}");
+}
