@@ -2,6 +2,7 @@
 //! - `hook_disabled/op_scope`: one `OpScope` open + close with nothing observing (every op pays it);
 //! - `hook_disabled/layer_scope`: one layer scope (containers pay it per child);
 //! - `gpt_forward_128/plain` vs `/profiled`: the forward itself, and with the profiler recording.
+//!
 //! Disabled overhead = (ops × op_scope + layers × layer_scope) / plain forward; the counts per
 //! forward are printed once at start.
 
