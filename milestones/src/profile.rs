@@ -16,16 +16,15 @@ use crate::{cnn_digits, transformer, MilestoneError, Options, Result};
 
 pub const NAME: &str = "profile";
 
-/// Output bytes of every forward op: what a training step keeps alive for backward.
-/// (Each op reports bytes = inputs + output, so output = bytes − inputs.)
-fn activation_bytes(p: &Profile) -> u64 {
-    p.records
-        .iter()
-        .filter(|r| !r.backward)
-        .map(|r| {
-            r.bytes.saturating_sub(4 * r.input_shapes.iter().map(|s| s.iter().product::<usize>() as u64).sum::<u64>())
-        })
-        .sum()
+/// Output bytes of one forward op: each op reports bytes = inputs + output.
+fn output_bytes(r: &tt_profile::profiler::Record) -> u64 {
+    r.bytes.saturating_sub(4 * r.input_shapes.iter().map(|s| s.iter().product::<usize>() as u64).sum::<u64>())
+}
+
+/// Output bytes of the forward ops in `layer` (all layers if `None`): what a training step keeps
+/// alive for backward.
+fn activation_bytes(p: &Profile, layer: Option<&str>) -> u64 {
+    p.records.iter().filter(|r| !r.backward && layer.is_none_or(|l| r.layer == l)).map(output_bytes).sum()
 }
 
 /// Peak heap growth while running `f`, if the counting allocator is installed.
@@ -47,21 +46,19 @@ fn report_model(
     opts.say(format!("parameters: {} ({} trainable, {} bytes f32)", params.total, params.trainable, 4 * params.total));
     let (_, prof) = profile(|| no_grad(|| model.forward(input)).map(|_| ()));
     let fwd_flops = prof.forward_flops();
-    opts.say(format!("{:<22} {:>10} {:>14} {:>12}", "layer", "params", "FLOPs", "time (µs)"));
+    opts.say(format!("{:<22} {:>10} {:>14} {:>16} {:>12}", "layer", "params", "FLOPs", "activations (B)", "time (µs)"));
+    let mut layer_rows = Vec::new();
     for (layer, fl, us) in prof.per_layer() {
         let prefix = format!("{layer}.");
         let p: usize =
             params.layers.iter().filter(|l| l.layer == layer || l.layer.starts_with(&prefix)).map(|l| l.params).sum();
-        opts.say(format!(
-            "{:<22} {:>10} {:>14} {:>12.1}",
-            if layer.is_empty() { "(top level)" } else { &layer },
-            p,
-            fl,
-            us
-        ));
+        let act = activation_bytes(&prof, Some(&layer));
+        let shown = if layer.is_empty() { "(top level)" } else { layer.as_str() };
+        opts.say(format!("{shown:<22} {p:>10} {fl:>14} {act:>16} {us:>12.1}"));
+        layer_rows.push(json!({"layer": layer, "params": p, "flops": fl, "activation_bytes": act, "time_us": us}));
     }
     opts.say(format!("forward FLOPs: {fwd_flops} ({} MACs; 2 FLOPs per MAC, bias adds not counted)", fwd_flops / 2));
-    let act = activation_bytes(&prof);
+    let act = activation_bytes(&prof, None);
     let peak_train = peak_heap(|| {
         let y = model.forward(input).expect("forward ran above");
         std::hint::black_box(&y);
@@ -121,7 +118,7 @@ fn report_model(
         "param_layers": params.layers,
         "flops_per_forward": fwd_flops,
         "macs_per_forward": fwd_flops / 2,
-        "per_layer": prof.per_layer().into_iter().map(|(l, f, us)| json!({"layer": l, "flops": f, "time_us": us})).collect::<Vec<_>>(),
+        "per_layer": layer_rows,
         "activation_bytes_estimate": act,
         "param_bytes": 4 * params.total,
         "peak_heap_bytes": peak_train,

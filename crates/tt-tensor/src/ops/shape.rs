@@ -76,7 +76,12 @@ impl Tensor {
             });
         }
         let out = {
-            let _scope = OpScope::begin("narrow", || copy_info(&shape));
+            // Reads and writes only the slice: bytes from the output shape, inputs as given.
+            let _scope = OpScope::begin("narrow", || {
+                let mut out = shape.clone();
+                out[axis] = len;
+                OpInfo { bytes: (out.iter().product::<usize>() * 8) as u64, ..copy_info(&shape) }
+            });
             self.data().slice_axis(Axis(axis), Slice::from(start..start + len)).as_standard_layout().into_owned()
         };
         Ok(Tensor::from_op(out, &[self], "narrow", || {
