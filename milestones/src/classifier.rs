@@ -156,3 +156,27 @@ pub fn load(model: &dyn Module, cache_dir: &Path, kind: &str) -> Result<Option<S
     load_module(model, &weights)?;
     Ok(Some(info))
 }
+
+/// Trains `model`, measures held-out accuracy, saves it under `kind`, and reports the result.
+/// Returns the saved info and the per-epoch history.
+pub fn train_and_save(
+    kind: &str,
+    model: &mut dyn Module,
+    train_set: &ClassificationData,
+    test_set: &ClassificationData,
+    cfg: TrainConfig,
+    opts: &Options,
+) -> Result<(SavedClassifier, Vec<EpochStats>, PathBuf)> {
+    let (history, train_seconds) = train(model, train_set, test_set, &cfg, opts)?;
+    let test_accuracy = accuracy(model, test_set)?;
+    let info =
+        SavedClassifier { kind: kind.into(), train: cfg, test_accuracy, train_seconds, params: model.num_parameters() };
+    let path = save(model, &info, &opts.cache_dir)?;
+    opts.say(format!(
+        "held-out accuracy {:.2}% after {:.1} s of training; saved {}",
+        100.0 * test_accuracy,
+        train_seconds,
+        path.display()
+    ));
+    Ok((info, history, path))
+}

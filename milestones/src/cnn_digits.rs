@@ -52,17 +52,7 @@ fn train(opts: &Options) -> Result<(Sequential, SavedClassifier, Vec<classifier:
     let mut model = build(0);
     opts.say(format!("model: LeNet-style CNN, {} parameters", model.num_parameters()));
     let cfg = config(opts.quick);
-    let (history, train_seconds) = classifier::train(&mut model, &train, &test, &cfg, opts)?;
-    let test_accuracy = classifier::accuracy(&model, &test)?;
-    let info =
-        SavedClassifier { kind: NAME.into(), train: cfg, test_accuracy, train_seconds, params: model.num_parameters() };
-    let path = classifier::save(&model, &info, &opts.cache_dir)?;
-    opts.say(format!(
-        "held-out accuracy {:.2}% after {:.1} s of training; saved {}",
-        100.0 * test_accuracy,
-        train_seconds,
-        path.display()
-    ));
+    let (info, history, _) = classifier::train_and_save(NAME, &mut model, &train, &test, cfg, opts)?;
     Ok((model, info, history))
 }
 

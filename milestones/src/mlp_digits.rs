@@ -5,7 +5,7 @@ use tt_tensor::data::{digits, Dataset};
 use tt_tensor::nn::{Linear, Relu, Sequential};
 use tt_tensor::Module;
 
-use crate::classifier::{self, SavedClassifier, TrainConfig};
+use crate::classifier::{self, TrainConfig};
 use crate::{Options, Result};
 
 pub const NAME: &str = "mlp_digits";
@@ -29,21 +29,11 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
     let mut model = build(0);
     let cfg = config(opts.quick);
     opts.say(format!("model: Linear(64,128) → ReLU → Linear(128,10), {} parameters", model.num_parameters()));
-    let (history, train_seconds) = classifier::train(&mut model, &train, &test, &cfg, opts)?;
-    let test_accuracy = classifier::accuracy(&model, &test)?;
-    let info =
-        SavedClassifier { kind: NAME.into(), train: cfg, test_accuracy, train_seconds, params: model.num_parameters() };
-    let path = classifier::save(&model, &info, &opts.cache_dir)?;
-    opts.say(format!(
-        "held-out accuracy {:.2}% after {:.1} s of training; saved {}",
-        100.0 * test_accuracy,
-        train_seconds,
-        path.display()
-    ));
+    let (info, history, path) = classifier::train_and_save(NAME, &mut model, &train, &test, cfg, opts)?;
     Ok(json!({
         "milestone": NAME,
-        "test_accuracy": test_accuracy,
-        "train_seconds": train_seconds,
+        "test_accuracy": info.test_accuracy,
+        "train_seconds": info.train_seconds,
         "params": info.params,
         "epochs": history,
         "checkpoint": path,

@@ -141,12 +141,16 @@ impl Profile {
 
     /// The summary as a text table.
     pub fn table(&self, sort: SortBy) -> String {
-        let mut s =
-            format!("{:<26} {:>7} {:>12} {:>7} {:>14} {:>9}\n", "op", "calls", "time (µs)", "%", "FLOPs", "GFLOP/s");
+        // No op runs inside another op's scope, so self time equals total time; both columns are
+        // shown so the table reads like torch.profiler's.
+        let mut s = format!(
+            "{:<26} {:>7} {:>12} {:>12} {:>7} {:>14} {:>9}\n",
+            "op", "calls", "self (µs)", "total (µs)", "%", "FLOPs", "GFLOP/s"
+        );
         for r in self.summary(sort) {
             s += &format!(
-                "{:<26} {:>7} {:>12.1} {:>6.1}% {:>14} {:>9.2}\n",
-                r.op, r.calls, r.total_us, r.percent, r.flops, r.gflops_per_s
+                "{:<26} {:>7} {:>12.1} {:>12.1} {:>6.1}% {:>14} {:>9.2}\n",
+                r.op, r.calls, r.total_us, r.total_us, r.percent, r.flops, r.gflops_per_s
             );
         }
         s
