@@ -9,7 +9,7 @@
 use serde_json::json;
 use tt_kvcache::{generate_cached, generate_uncached, CachedGpt, OverflowPolicy, Trace};
 use tt_transformer::generate::{generate, GenerateConfig};
-use tt_transformer::{Tokenize, Tokenizer};
+use tt_transformer::Tokenize;
 
 use crate::{transformer, MilestoneError, Options, Result};
 
@@ -22,13 +22,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn ids(tok: &Tokenizer, s: &str) -> Result<Vec<usize>> {
-    Ok(tok.encode(s)?.into_iter().map(|t| t as usize).collect())
-}
-
 pub fn run(opts: &Options) -> Result<serde_json::Value> {
     let (model, tokenizer, _, _) = transformer::load_or_train(&Options { corpus: None, ..opts.clone() })?;
-    let prompt = ids(&tokenizer, PROMPT)?;
+    let prompt = tokenizer.encode_ids(PROMPT)?;
     let lengths: &[usize] = if opts.quick { &[16, 32] } else { &[64, 128, 256, 512] };
     let repeats = if opts.quick { 1 } else { 3 };
     opts.say(format!(
@@ -95,14 +91,14 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
             "cache_bytes_allocated": cache.memory_bytes(),
             "identical": identical,
         }));
-        last_text = tokenizer.decode(&cached[0].tokens[0].iter().map(|&t| t as u32).collect::<Vec<_>>())?;
+        last_text = tokenizer.decode_ids(&cached[0].tokens[0])?;
     }
     // The longest generation must also equal tt-transformer's own full-recompute reference.
     let longest = *lengths.last().expect("at least one length");
     let start = std::time::Instant::now();
     let reference = generate(&model, &prompt, &GenerateConfig::greedy(longest))?;
     let reference_tps = longest as f64 / start.elapsed().as_secs_f64();
-    let ref_text = tokenizer.decode(&reference.iter().map(|&t| t as u32).collect::<Vec<_>>())?;
+    let ref_text = tokenizer.decode_ids(&reference)?;
     let reference_identical = ref_text == last_text;
     all_identical &= reference_identical;
     opts.say(format!(

@@ -142,7 +142,7 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
     ));
     let roof = Roofline { peak_gflops: p1, bandwidth_gbs: triad };
 
-    let (cnn, _) = cnn_digits::load_or_train(&Options { json: opts.json, ..opts.clone() })?;
+    let (cnn, _) = cnn_digits::load_or_train(opts)?;
     let cnn_json = report_model("cnn", &cnn, &Tensor::zeros(&[1, 1, 8, 8]), &roof, opts, iters)?;
 
     let (gpt, tok, _, _) = transformer::load_or_train(&Options { corpus: None, ..opts.clone() })?;

@@ -97,10 +97,6 @@ fn read_corpus(path: &Path) -> Result<String> {
     Ok(text)
 }
 
-fn ids(tok: &Tokenizer, text: &str) -> Result<Vec<usize>> {
-    Ok(tok.encode(text)?.into_iter().map(|t| t as usize).collect())
-}
-
 /// Trains a fresh model and saves it. Returns the model, tokenizer and training report.
 fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
     let (train_text, val_text, qa) = load_text(opts)?;
@@ -124,18 +120,18 @@ fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
         "{} steps of {}×{} tokens (every {}th step two {}-token windows), AdamW lr {} warmup {} cosine to {}, clip {}, {} data-parallel shards",
         cfg.steps, cfg.batch_size, cfg.seq_len, cfg.long_every, cfg.long_seq_len, cfg.lr, cfg.warmup_steps, cfg.min_lr, cfg.grad_clip, cfg.data_parallel
     ));
-    let val_ids = ids(&tokenizer, &val_text)?;
+    let val_ids = tokenizer.encode_ids(&val_text)?;
     let data = match &qa {
         // Character tokens align 1:1 with the annotation: weight answers, start windows at questions.
         Some(c) => {
             let ann = c.train_annotated(TRAIN_REPEATS, 0);
             TrainData {
-                ids: ids(&tokenizer, &ann.text)?,
+                ids: tokenizer.encode_ids(&ann.text)?,
                 weights: Some(ann.answer_mask.iter().map(|&a| if a { 1.0 } else { QUESTION_WEIGHT }).collect()),
                 starts: Some(ann.question_starts),
             }
         }
-        None => TrainData::plain(ids(&tokenizer, &train_text)?),
+        None => TrainData::plain(tokenizer.encode_ids(&train_text)?),
     };
     if qa.is_some() {
         opts.say(format!(
@@ -167,7 +163,7 @@ pub fn load_or_train(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport, boo
 pub fn run(opts: &Options) -> Result<serde_json::Value> {
     let (model, tokenizer, report, reused) = load_or_train(opts)?;
     let (_, val_text, qa) = load_text(opts)?;
-    let val_ids = ids(&tokenizer, &val_text)?;
+    let val_ids = tokenizer.encode_ids(&val_text)?;
     let val_loss = evaluate_loss(&model, &val_ids, 128, 48)?;
     // Loss over full 640-token windows: shows how the model does across its whole context.
     let val_loss_640 = if val_ids.len() > 641 { Some(evaluate_loss(&model, &val_ids, 640, 4)?) } else { None };

@@ -171,6 +171,20 @@ pub fn gelu_tanh_grad(x: f32) -> f32 {
     s + x * s * (1.0 - s) * 2.0 * du
 }
 
+/// Index of the first maximum; NaN never wins (0 for an empty or all-NaN input). Takes a slice or
+/// any iterator of `&f32` (e.g. a strided ndarray lane), so no copy is needed.
+pub fn argmax<'a>(v: impl IntoIterator<Item = &'a f32>) -> usize {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &x) in v.into_iter().enumerate() {
+        if x > best_v {
+            best = i;
+            best_v = x;
+        }
+    }
+    best
+}
+
 /// Numerically stable softmax of one row, in place (subtracts the row max before exp).
 pub fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

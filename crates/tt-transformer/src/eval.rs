@@ -20,11 +20,11 @@ pub struct Answer {
 
 /// Greedy-decodes an answer to `prompt` up to the end of the line.
 pub fn answer(model: &Gpt, tokenizer: &Tokenizer, prompt: &str, max_new_tokens: usize) -> Result<String> {
-    let ids: Vec<usize> = tokenizer.encode(prompt)?.into_iter().map(|t| t as usize).collect();
-    let newline: Vec<usize> = tokenizer.encode("\n")?.into_iter().map(|t| t as usize).collect();
+    let ids = tokenizer.encode_ids(prompt)?;
+    let newline = tokenizer.encode_ids("\n")?;
     let cfg = GenerateConfig::greedy(max_new_tokens).with_stop(&newline);
     let out = generate(model, &ids, &cfg)?;
-    let text = tokenizer.decode(&out.iter().map(|&t| t as u32).collect::<Vec<_>>())?;
+    let text = tokenizer.decode_ids(&out)?;
     Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 

@@ -114,16 +114,7 @@ impl Sampler {
     }
 }
 
-/// Index of the first maximum.
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub use tt_tensor::kernels::argmax;
 
 /// Generates up to `max_new_tokens` after `prompt` by full recomputation. Returns only the new
 /// tokens (a stop token, if hit, is the last one). Errors if the sequence would exceed the

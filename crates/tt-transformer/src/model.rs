@@ -163,11 +163,6 @@ impl Module for CausalSelfAttention {
     fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
         self.forward_with_weights(x).map(|r| r.0).map_err(into_tensor_error)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("qkv", self.qkv.named_parameters());
-        v.extend(prefixed("proj", self.proj.named_parameters()));
-        v
-    }
     fn kind(&self) -> &'static str {
         "CausalSelfAttention"
     }
@@ -192,11 +187,6 @@ pub struct Mlp {
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
         self.proj.forward(&self.fc.forward(x)?.gelu())
-    }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("fc", self.fc.named_parameters());
-        v.extend(prefixed("proj", self.proj.named_parameters()));
-        v
     }
     fn kind(&self) -> &'static str {
         "Mlp"
@@ -252,13 +242,6 @@ impl Block {
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
         self.forward_with_weights(x).map(|r| r.0).map_err(into_tensor_error)
-    }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("ln1", self.ln1.named_parameters());
-        v.extend(prefixed("attn", self.attn.named_parameters()));
-        v.extend(prefixed("ln2", self.ln2.named_parameters()));
-        v.extend(prefixed("mlp", self.mlp.named_parameters()));
-        v
     }
     fn kind(&self) -> &'static str {
         "Block"
@@ -416,17 +399,14 @@ impl Module for Gpt {
         let ids: Vec<usize> = x.to_vec().iter().map(|&v| v as usize).collect();
         self.forward_ids(&ids, s[0], s[1]).map_err(into_tensor_error)
     }
+    /// Children's parameters, with the learned position table (owned by the model itself, not by
+    /// a child layer) right after the token embedding.
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("tok_emb", self.tok_emb.named_parameters());
+        let mut v: Vec<(String, Tensor)> =
+            self.children().into_iter().flat_map(|(name, child)| prefixed(&name, child.named_parameters())).collect();
         if self.config.position == PositionEncoding::Learned {
-            v.push(("pos_emb.weight".into(), self.pos_emb.clone()));
-        }
-        for (i, b) in self.blocks.iter().enumerate() {
-            v.extend(prefixed(&format!("blocks.{i}"), b.named_parameters()));
-        }
-        v.extend(prefixed("ln_f", self.ln_f.named_parameters()));
-        if let Some(h) = &self.lm_head {
-            v.extend(prefixed("lm_head", h.named_parameters()));
+            let after_tok = v.iter().take_while(|(n, _)| n.starts_with("tok_emb.")).count();
+            v.insert(after_tok, ("pos_emb.weight".into(), self.pos_emb.clone()));
         }
         v
     }

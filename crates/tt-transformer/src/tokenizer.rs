@@ -20,6 +20,17 @@ pub trait Tokenize {
     fn encode(&self, text: &str) -> Result<Vec<TokenId>>;
     fn decode(&self, ids: &[TokenId]) -> Result<String>;
     fn vocab_size(&self) -> usize;
+
+    /// [`Tokenize::encode`] as the `usize` ids the model takes.
+    fn encode_ids(&self, text: &str) -> Result<Vec<usize>> {
+        Ok(self.encode(text)?.into_iter().map(|t| t as usize).collect())
+    }
+
+    /// [`Tokenize::decode`] of model ids; an id past `u32` is reported like any unknown id.
+    fn decode_ids(&self, ids: &[usize]) -> Result<String> {
+        let ids: Vec<TokenId> = ids.iter().map(|&t| TokenId::try_from(t).unwrap_or(TokenId::MAX)).collect();
+        self.decode(&ids)
+    }
 }
 
 /// One id per character seen in the training text, plus `<unk>` (id 0).

@@ -19,6 +19,15 @@ fn parameter_count_matches_the_formula() {
     let per_block = 12 * d * d + 13 * d;
     assert_eq!(m.num_parameters(), v * d + s * d + l * per_block + 2 * d, "tied head adds nothing");
     assert_eq!(m.non_embedding_parameters(), l * per_block + 2 * d);
+    // State-dict keys (checkpoint format): derived from the children, pinned here.
+    let names: Vec<String> = m.named_parameters().into_iter().map(|p| p.0).collect();
+    assert_eq!(names[..4], ["tok_emb.weight", "pos_emb.weight", "blocks.0.ln1.weight", "blocks.0.ln1.bias"]);
+    assert_eq!(
+        names[4..8],
+        ["blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias"]
+    );
+    assert_eq!(names[names.len() - 2..], ["ln_f.weight", "ln_f.bias"]);
+    assert_eq!(names.len(), 2 + 12 * l + 2, "12 tensors per block: 2 norms and 4 linears, weight and bias each");
     let mut untied = cfg;
     untied.tie_weights = false;
     assert_eq!(Gpt::new(untied).unwrap().num_parameters(), m.num_parameters() + v * d);

@@ -3,7 +3,7 @@ use std::sync::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{prefixed, Module};
+use super::Module;
 use crate::error::{Result, TensorError};
 use crate::tensor::{randn_array, uniform_array, Array, Tensor};
 
@@ -302,9 +302,6 @@ impl Module for Sequential {
             h = crate::hook::layer_scope(|| i.to_string(), || layer.forward(&h))?;
         }
         Ok(h)
-    }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters())).collect()
     }
     fn set_training(&mut self, training: bool) {
         for l in &mut self.layers {

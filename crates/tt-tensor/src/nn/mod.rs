@@ -19,8 +19,10 @@ pub trait Module: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
     /// Parameters with dotted names (`"0.weight"`), in a stable order; the state-dict keys.
+    /// By default, each child's parameters prefixed with the child's name: containers only list
+    /// their [`Module::children`]; leaves that own tensors override this.
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        Vec::new()
+        self.children().into_iter().flat_map(|(name, child)| prefixed(&name, child.named_parameters())).collect()
     }
 
     /// Switches training-only behaviour (dropout) on or off. Containers recurse.

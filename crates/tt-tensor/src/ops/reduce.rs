@@ -3,6 +3,7 @@ use ndarray::{Axis, IxDyn};
 use super::elementwise_info;
 use crate::error::{Result, TensorError};
 use crate::hook::OpScope;
+use crate::kernels::argmax;
 use crate::tensor::{Array, Tensor};
 
 fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<()> {
@@ -10,19 +11,6 @@ fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<()> {
         return Err(TensorError::OutOfRange { op, what: "axis", index: axis, limit: ndim });
     }
     Ok(())
-}
-
-/// Index of the first maximum in an iterator of values (NaN never wins).
-fn argmax_iter<'a>(it: impl Iterator<Item = &'a f32>) -> usize {
-    let mut best = 0;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in it.enumerate() {
-        if v > best_v || i == 0 && !v.is_nan() {
-            best = i;
-            best_v = v;
-        }
-    }
-    best
 }
 
 impl Tensor {
@@ -114,11 +102,11 @@ impl Tensor {
     pub fn argmax_axis(&self, axis: usize) -> Result<ndarray::ArrayD<usize>> {
         let d = self.data();
         check_axis("argmax_axis", axis, d.ndim())?;
-        Ok(d.map_axis(Axis(axis), |lane| argmax_iter(lane.iter())))
+        Ok(d.map_axis(Axis(axis), |lane| argmax(lane.iter())))
     }
 
     /// Flat index of the overall maximum.
     pub fn argmax(&self) -> usize {
-        argmax_iter(self.data().iter())
+        argmax(self.data().iter())
     }
 }
