@@ -187,17 +187,37 @@ impl KvCache {
         Ok(())
     }
 
+    fn check_index(&self, layer: usize, b: usize, h: usize) -> Result<usize, CacheError> {
+        let s = self.shape;
+        if layer >= s.layers {
+            return Err(CacheError::BadLayer { layer, layers: s.layers });
+        }
+        if b >= s.batch || h >= s.heads {
+            return Err(CacheError::Invalid(format!(
+                "sequence {b} / head {h} out of range ({} sequences, {} heads)",
+                s.batch, s.heads
+            )));
+        }
+        Ok(self.block(layer, b, h))
+    }
+
     /// Keys of `layer`, sequence `b`, head `h`: `[slots, head_dim]`, oldest first, including
     /// positions appended this step.
-    pub fn keys(&self, layer: usize, b: usize, h: usize) -> &[f32] {
-        let base = self.block(layer, b, h);
-        &self.k[base..base + self.filled[layer] * self.shape.head_dim]
+    ///
+    /// # Errors
+    /// An index out of range.
+    pub fn keys(&self, layer: usize, b: usize, h: usize) -> Result<&[f32], CacheError> {
+        let base = self.check_index(layer, b, h)?;
+        Ok(&self.k[base..base + self.filled[layer] * self.shape.head_dim])
     }
 
     /// Values, laid out like [`KvCache::keys`].
-    pub fn values(&self, layer: usize, b: usize, h: usize) -> &[f32] {
-        let base = self.block(layer, b, h);
-        &self.v[base..base + self.filled[layer] * self.shape.head_dim]
+    ///
+    /// # Errors
+    /// An index out of range.
+    pub fn values(&self, layer: usize, b: usize, h: usize) -> Result<&[f32], CacheError> {
+        let base = self.check_index(layer, b, h)?;
+        Ok(&self.v[base..base + self.filled[layer] * self.shape.head_dim])
     }
 
     /// Commits `n` positions once every layer has appended them.

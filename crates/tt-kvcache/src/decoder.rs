@@ -1,23 +1,109 @@
 //! KV-cached GPT inference: prefill the prompt in one batched pass, then decode one token per
 //! step, computing Q/K/V only for the new token and attending over the cache.
 //!
-//! The whole forward pass is in [`CachedGpt::forward`], readable top to bottom. All buffers live in
-//! [`Scratch`] and are sized at construction for one token per sequence, so decode steps allocate
-//! nothing; a longer prefill grows them once.
+//! The whole forward pass is in [`CachedGpt::forward_rows`], readable top to bottom. The decoder
+//! **shares** the model's weights: per linear map it holds the layer's own
+//! [`Projection`] (an `Arc`, in whatever format was installed — dense f32 by default, sharing the
+//! weight tensor) and bias tensor; norms and embeddings are the model's own tensors. Layer widths
+//! come from the projections, so a block whose MLP was narrowed by pruning just works.
+//!
+//! All activations live in [`Scratch`] and are sized at construction for one token per sequence,
+//! so decode steps allocate nothing; a longer prefill grows them once. Every op opens a profiler
+//! scope and every block a layer scope, so tt-profile sees a decode step like a forward pass.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
-use tt_tensor::kernels::{gelu_tanh, gemm, layer_norm_row, softmax_row};
-use tt_transformer::generate::{GenerateConfig, Sampler};
+use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
+use tt_tensor::kernels::{attention_head, gelu_tanh, layer_norm_row, Rows};
+use tt_tensor::nn::{LayerNorm, Linear};
+use tt_tensor::projection::{DenseF32, Projection, Workspace};
+use tt_tensor::Tensor;
+use tt_transformer::generate::{GenerateConfig, NextTokenSource, Sampler};
 use tt_transformer::{Gpt, TransformerError};
 
 use crate::cache::{KvCache, OverflowPolicy};
-use crate::kernels::{dot, linear_rows, GEMM_MIN_ROWS};
-use crate::weights::GptWeights;
 use crate::KvError;
 
-/// Reusable activations, `rows × width` each.
+/// One linear map as the decoder runs it: the model layer's projection and bias, shared.
+#[derive(Debug, Clone)]
+struct Proj {
+    p: Arc<dyn Projection>,
+    bias: Option<Tensor>,
+}
+
+impl Proj {
+    fn of(l: &Linear) -> Result<Proj, KvError> {
+        Ok(Proj { p: l.projection()?, bias: l.bias.clone() })
+    }
+    /// (out, in)
+    fn shape(&self) -> (usize, usize) {
+        self.p.shape()
+    }
+    /// `y = x·Wᵀ + b` for `rows` rows, reported to the profiler as `linear`.
+    fn run(&self, x: &[f32], rows: usize, y: &mut [f32], ws: &mut [u8]) {
+        let (out_f, in_f) = self.p.shape();
+        let _op = OpScope::begin("linear", || OpInfo {
+            input_shapes: vec![vec![rows, in_f], vec![out_f, in_f]],
+            flops: 2 * (rows * in_f * out_f) as u64,
+            bytes: (4 * rows * (in_f + out_f) + self.p.storage_bytes()) as u64,
+        });
+        let bias = self.bias.as_ref().map(Tensor::data);
+        let bias = bias.as_ref().map(|b| b.as_slice().expect("tensor data is standard layout"));
+        self.p.forward_rows(&x[..rows * in_f], rows, bias, &mut y[..rows * out_f], ws);
+    }
+}
+
+/// A layer norm's parameters, shared with the model.
+#[derive(Debug, Clone)]
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn of(n: &LayerNorm) -> Norm {
+        Norm { gamma: n.gamma.clone(), beta: n.beta.clone(), eps: n.eps }
+    }
+    /// Normalizes `rows` rows of width `d` from `x` into `out`.
+    fn run(&self, x: &[f32], rows: usize, d: usize, out: &mut [f32]) {
+        let _op = OpScope::begin("layer_norm", || OpInfo {
+            input_shapes: vec![vec![rows, d]],
+            flops: (8 * rows * d) as u64,
+            bytes: (4 * (2 * rows * d + 2 * d)) as u64,
+        });
+        let (g, b) = (self.gamma.data(), self.beta.data());
+        let (g, b) = (g.as_slice().expect("standard layout"), b.as_slice().expect("standard layout"));
+        for r in 0..rows {
+            layer_norm_row(&x[r * d..(r + 1) * d], g, b, self.eps, &mut out[r * d..(r + 1) * d]);
+        }
+    }
+}
+
+/// One transformer block's layers, in the order the forward pass uses them.
+#[derive(Debug, Clone)]
+struct DecoderBlock {
+    ln1: Norm,
+    qkv: Proj,
+    attn_proj: Proj,
+    n_heads: usize,
+    ln2: Norm,
+    fc: Proj,
+    mlp_proj: Proj,
+}
+
+/// Widths the scratch buffers are sized by (the widest block's, for pruned models).
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    d: usize,
+    /// Q/K/V width of one of Q, K or V: `n_heads · head_dim`.
+    attn: usize,
+    hidden: usize,
+    vocab: usize,
+}
+
+/// Reusable activations, `rows × width` each, and the projections' workspace.
 #[derive(Debug, Default)]
 struct Scratch {
     x: Vec<f32>,
@@ -30,6 +116,7 @@ struct Scratch {
     vbuf: Vec<f32>,
     scores: Vec<f32>,
     logits: Vec<f32>,
+    ws: Workspace,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -39,47 +126,164 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 }
 
 impl Scratch {
-    fn ensure(&mut self, rows: usize, w: &GptWeights, batch: usize, max_keys: usize) {
-        let d = w.d_model;
+    /// Grows every buffer for `rows` rows and `queries` query rows per head; never shrinks.
+    fn ensure(&mut self, rows: usize, logit_rows: usize, dims: Dims, max_keys: usize, ws_bytes: usize) {
+        let Dims { d, attn, hidden, vocab } = dims;
         grow(&mut self.x, rows * d);
         grow(&mut self.h, rows * d);
-        grow(&mut self.qkv, rows * 3 * d);
-        grow(&mut self.att, rows * d);
+        grow(&mut self.qkv, rows * 3 * attn);
+        grow(&mut self.att, rows * attn);
         grow(&mut self.tmp, rows * d);
-        grow(&mut self.hidden, rows * w.hidden);
-        grow(&mut self.kbuf, rows * d);
-        grow(&mut self.vbuf, rows * d);
+        grow(&mut self.hidden, rows * hidden);
+        grow(&mut self.kbuf, rows * attn);
+        grow(&mut self.vbuf, rows * attn);
         grow(&mut self.scores, rows.max(1) * max_keys);
-        grow(&mut self.logits, batch * w.vocab);
+        grow(&mut self.logits, logit_rows * vocab);
+        self.ws.ensure(ws_bytes);
     }
 }
 
 /// A GPT with a KV cache for a batch of equal-length sequences.
 pub struct CachedGpt {
-    w: GptWeights,
+    tok_emb: Tensor,
+    pos_emb: Tensor,
+    blocks: Vec<DecoderBlock>,
+    ln_f: Norm,
+    /// The output head: `lm_head`'s projection, or the token embedding when weights are tied.
+    head: Proj,
+    dims: Dims,
+    max_seq_len: usize,
     cache: KvCache,
     batch: usize,
     s: Scratch,
 }
 
 impl CachedGpt {
-    /// Copies the model's weights and preallocates a cache for `batch` sequences.
+    /// Shares the model's layers (no weight is copied) and preallocates a cache for `batch`
+    /// sequences.
+    ///
+    /// # Errors
+    /// A zero batch, a layer whose installed projection is stale, or layer shapes that do not
+    /// chain (`d_model` in and out of every block, `3·n_heads·head_dim` out of `qkv`, the MLP's
+    /// `fc` out equal to its `proj` in). Blocks must agree on heads and head width (one cache).
     pub fn new(model: &Gpt, batch: usize, policy: OverflowPolicy) -> Result<CachedGpt, KvError> {
-        let w = GptWeights::from_model(model);
-        let cache = KvCache::new(w.n_layers(), batch, w.n_heads, w.max_seq_len, w.head_dim(), policy)?;
-        let mut s = Scratch::default();
-        s.ensure(batch, &w, batch, cache.capacity());
-        Ok(CachedGpt { w, cache, batch, s })
+        let c = &model.config;
+        let d = c.d_model;
+        let bad = |m: String| Err(KvError::Input(m));
+        let tok = model.tok_emb.weight.shape();
+        if tok != [c.vocab_size, d] || model.pos_emb.shape() != [c.max_seq_len, d] {
+            return bad(format!(
+                "embeddings {tok:?} / {:?} do not match vocab {} × d_model {d}, context {}",
+                model.pos_emb.shape(),
+                c.vocab_size,
+                c.max_seq_len
+            ));
+        }
+        let mut blocks = Vec::with_capacity(model.blocks.len());
+        let (mut attn, mut hidden, mut heads) = (0, 0, None);
+        for (i, b) in model.blocks.iter().enumerate() {
+            let blk = DecoderBlock {
+                ln1: Norm::of(&b.ln1),
+                qkv: Proj::of(&b.attn.qkv)?,
+                attn_proj: Proj::of(&b.attn.proj)?,
+                n_heads: b.attn.n_heads,
+                ln2: Norm::of(&b.ln2),
+                fc: Proj::of(&b.mlp.fc)?,
+                mlp_proj: Proj::of(&b.mlp.proj)?,
+            };
+            let ((q3, q_in), (p_out, p_in)) = (blk.qkv.shape(), blk.attn_proj.shape());
+            let ((f_out, f_in), (m_out, m_in)) = (blk.fc.shape(), blk.mlp_proj.shape());
+            let a = q3 / 3;
+            let heads_ok = blk.n_heads > 0 && q3 % 3 == 0 && a % blk.n_heads == 0 && a > 0;
+            if !heads_ok || q_in != d || p_out != d || p_in != a || f_in != d || m_out != d || m_in != f_out {
+                return bad(format!(
+                    "blocks.{i}: layer shapes do not chain (d_model {d}, {} heads): qkv {:?}, attn.proj {:?}, mlp.fc {:?}, mlp.proj {:?}",
+                    blk.n_heads,
+                    blk.qkv.shape(),
+                    blk.attn_proj.shape(),
+                    blk.fc.shape(),
+                    blk.mlp_proj.shape()
+                ));
+            }
+            let this = (blk.n_heads, a / blk.n_heads);
+            if *heads.get_or_insert(this) != this {
+                return bad(format!(
+                    "blocks.{i} has {} heads of width {}, block 0 {:?}: one KV cache needs the same in every block",
+                    this.0, this.1, heads
+                ));
+            }
+            for n in [&b.ln1, &b.ln2] {
+                if n.gamma.shape() != [d] || n.beta.shape() != [d] {
+                    return bad(format!("blocks.{i}: a layer norm is not of width d_model {d}"));
+                }
+            }
+            attn = attn.max(a);
+            hidden = hidden.max(f_out);
+            blocks.push(blk);
+        }
+        let Some((n_heads, head_dim)) = heads else {
+            return bad("the model has no blocks".into());
+        };
+        let head = match &model.lm_head {
+            Some(h) => Proj::of(h)?,
+            None => Proj { p: Arc::new(DenseF32::new(model.tok_emb.weight.clone())?), bias: None },
+        };
+        if head.shape() != (c.vocab_size, d) {
+            return bad(format!("lm_head {:?} is not (vocab {}, d_model {d})", head.shape(), c.vocab_size));
+        }
+        let cache = KvCache::new(blocks.len(), batch, n_heads, c.max_seq_len, head_dim, policy)?;
+        let mut engine = CachedGpt {
+            tok_emb: model.tok_emb.weight.clone(),
+            pos_emb: model.pos_emb.clone(),
+            blocks,
+            ln_f: Norm::of(&model.ln_f),
+            head,
+            dims: Dims { d, attn, hidden, vocab: c.vocab_size },
+            max_seq_len: c.max_seq_len,
+            cache,
+            batch,
+            s: Scratch::default(),
+        };
+        engine.ensure_scratch(batch, batch);
+        Ok(engine)
+    }
+
+    fn ensure_scratch(&mut self, rows: usize, logit_rows: usize) {
+        let ws = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.qkv, &b.attn_proj, &b.fc, &b.mlp_proj])
+            .chain([&self.head])
+            .map(|p| p.p.workspace_len(rows))
+            .max()
+            .unwrap_or(0);
+        self.s.ensure(rows, logit_rows, self.dims, self.cache.capacity(), ws);
     }
 
     pub fn cache(&self) -> &KvCache {
         &self.cache
     }
-    pub fn weights(&self) -> &GptWeights {
-        &self.w
-    }
     pub fn batch(&self) -> usize {
         self.batch
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.dims.vocab
+    }
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+    /// Storage format of every projection, `(name, format, bytes)`, in forward order.
+    pub fn projection_formats(&self) -> Vec<(String, &'static str, usize)> {
+        let mut v = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (n, p) in
+                [("attn.qkv", &b.qkv), ("attn.proj", &b.attn_proj), ("mlp.fc", &b.fc), ("mlp.proj", &b.mlp_proj)]
+            {
+                v.push((format!("blocks.{i}.{n}"), p.p.format(), p.p.storage_bytes()));
+            }
+        }
+        v.push(("head".into(), self.head.p.format(), self.head.p.storage_bytes()));
+        v
     }
     /// Starts a new generation (the cache's memory is reused).
     pub fn reset(&mut self) {
@@ -104,128 +308,223 @@ impl CachedGpt {
     }
 
     /// Runs `n` new tokens per sequence through the model, appending their keys and values, and
-    /// returns the logits of each sequence's last new position.
+    /// returns the logits of each sequence's last new position, `[batch, vocab]`.
     pub fn forward(&mut self, ids: &[usize], n: usize) -> Result<&[f32], KvError> {
-        let (b, w) = (self.batch, &self.w);
+        self.forward_rows(ids, n, false)
+    }
+
+    /// Like [`CachedGpt::forward`], but returns the logits after **every** new position,
+    /// `[batch, n, vocab]` (for perplexity).
+    pub fn forward_all(&mut self, ids: &[usize], n: usize) -> Result<&[f32], KvError> {
+        self.forward_rows(ids, n, true)
+    }
+
+    /// The forward pass, top to bottom: embed → per block (attention, MLP) → final norm → head.
+    fn forward_rows(&mut self, ids: &[usize], n: usize, all_logits: bool) -> Result<&[f32], KvError> {
+        let (b, vocab) = (self.batch, self.dims.vocab);
         if n == 0 || ids.len() != b * n {
             return Err(KvError::Input(format!("{} ids do not form a [{b}, {n}] batch", ids.len())));
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i >= w.vocab) {
-            return Err(KvError::Input(format!("id {bad} is outside vocab_size {}", w.vocab)));
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
+            return Err(KvError::Input(format!("id {bad} is outside vocab_size {vocab}")));
         }
         let pos0 = self.cache.position();
-        if pos0 + n > w.max_seq_len {
-            return Err(TransformerError::ContextOverflow { position: pos0 + n - 1, max_seq_len: w.max_seq_len }.into());
+        if pos0 + n > self.max_seq_len {
+            return Err(
+                TransformerError::ContextOverflow { position: pos0 + n - 1, max_seq_len: self.max_seq_len }.into()
+            );
         }
         // A sliding window that would evict inside this chunk: feed it one token at a time.
         if n > 1 && !self.cache.fits(n) && matches!(self.cache.policy(), OverflowPolicy::SlidingWindow(_)) {
+            let mut all = Vec::new();
             for t in 0..n {
                 let col: Vec<usize> = (0..b).map(|i| ids[i * n + t]).collect();
-                self.forward(&col, 1)?;
+                let l = self.forward_rows(&col, 1, false)?;
+                if all_logits {
+                    all.push(l.to_vec());
+                }
             }
-            return Ok(&self.s.logits[..b * self.w.vocab]);
+            if all_logits {
+                // [n][batch, vocab] → [batch, n, vocab]
+                grow(&mut self.s.logits, b * n * vocab);
+                for (t, step) in all.iter().enumerate() {
+                    for i in 0..b {
+                        let dst = (i * n + t) * vocab;
+                        self.s.logits[dst..dst + vocab].copy_from_slice(&step[i * vocab..(i + 1) * vocab]);
+                    }
+                }
+                return Ok(&self.s.logits[..b * n * vocab]);
+            }
+            return Ok(&self.s.logits[..b * vocab]);
         }
         let rows = b * n;
-        let (d, hd, nh) = (w.d_model, w.head_dim(), w.n_heads);
-        self.s.ensure(rows, w, b, self.cache.capacity());
-        let s = &mut self.s;
+        let logit_rows = if all_logits { rows } else { b };
+        self.ensure_scratch(rows, logit_rows);
+        let d = self.dims.d;
+        let CachedGpt { tok_emb, pos_emb, blocks, ln_f, head, cache, s, .. } = self;
 
         // Token + position embedding.
-        for (r, &id) in ids.iter().enumerate() {
-            let p = pos0 + r % n;
-            let xr = &mut s.x[r * d..(r + 1) * d];
-            for j in 0..d {
-                xr[j] = w.tok_emb[id * d + j] + w.pos_emb[p * d + j];
-            }
-        }
-        let scale = 1.0 / (hd as f32).sqrt();
-        for (l, blk) in w.blocks.iter().enumerate() {
-            // Attention sub-block: x += proj(attn(ln1(x))).
-            for r in 0..rows {
-                layer_norm_row(&s.x[r * d..(r + 1) * d], &blk.ln1_g, &blk.ln1_b, w.eps, &mut s.h[r * d..(r + 1) * d]);
-            }
-            linear_rows(&s.h, &blk.wqkv, &blk.bqkv, rows, d, 3 * d, &mut s.qkv);
-            // Gather this chunk's K and V into the cache's [batch, head, n, head_dim] order.
-            for bi in 0..b {
-                for t in 0..n {
-                    let q = &s.qkv[(bi * n + t) * 3 * d..(bi * n + t + 1) * 3 * d];
-                    for h in 0..nh {
-                        let dst = ((bi * nh + h) * n + t) * hd;
-                        s.kbuf[dst..dst + hd].copy_from_slice(&q[d + h * hd..d + (h + 1) * hd]);
-                        s.vbuf[dst..dst + hd].copy_from_slice(&q[2 * d + h * hd..2 * d + (h + 1) * hd]);
+        layer_scope(
+            || "embed".into(),
+            || {
+                let _op = OpScope::begin("embedding", || OpInfo {
+                    input_shapes: vec![vec![b, n]],
+                    flops: (rows * d) as u64,
+                    bytes: (4 * 3 * rows * d) as u64,
+                });
+                let (tok, pos) = (tok_emb.data(), pos_emb.data());
+                let (tok, pos) = (tok.as_slice().expect("standard layout"), pos.as_slice().expect("standard layout"));
+                for (r, &id) in ids.iter().enumerate() {
+                    let p = pos0 + r % n;
+                    let xr = &mut s.x[r * d..(r + 1) * d];
+                    for j in 0..d {
+                        xr[j] = tok[id * d + j] + pos[p * d + j];
                     }
                 }
-            }
-            self.cache.append(l, &s.kbuf[..rows * d], &s.vbuf[..rows * d], n)?;
-            for bi in 0..b {
-                for h in 0..nh {
-                    let keys = self.cache.keys(l, bi, h);
-                    let vals = self.cache.values(l, bi, h);
-                    let slots = keys.len() / hd;
-                    if n >= GEMM_MIN_ROWS {
-                        // Many queries (prefill): scores and outputs by GEMM over strided views,
-                        // then the causal mask and softmax row by row.
-                        let sc = &mut s.scores[..n * slots];
-                        let q = ArrayView2::from_shape((n, hd).strides((3 * d, 1)), &s.qkv[bi * n * 3 * d + h * hd..])
-                            .expect("view");
-                        let kv = ArrayView2::from_shape((slots, hd), keys).expect("view");
-                        gemm(scale, q, kv.t(), 0.0, ArrayViewMut2::from_shape((n, slots), &mut *sc).expect("view"));
-                        for t in 0..n {
-                            let visible = slots - n + t + 1;
-                            let row = &mut sc[t * slots..(t + 1) * slots];
-                            softmax_row(&mut row[..visible]);
-                            row[visible..].fill(0.0);
-                        }
-                        let p = ArrayView2::from_shape((n, slots), &*sc).expect("view");
-                        let vv = ArrayView2::from_shape((slots, hd), vals).expect("view");
-                        let out = ArrayViewMut2::from_shape((n, hd).strides((d, 1)), &mut s.att[bi * n * d + h * hd..])
-                            .expect("view");
-                        gemm(1.0, p, vv, 0.0, out);
-                        continue;
+            },
+        );
+        for (l, blk) in blocks.iter().enumerate() {
+            layer_scope(
+                || format!("blocks.{l}"),
+                || -> Result<(), KvError> {
+                    // Attention sub-block: x += proj(attn(ln1(x))).
+                    blk.ln1.run(&s.x, rows, d, &mut s.h);
+                    blk.qkv.run(&s.h, rows, &mut s.qkv, s.ws.bytes());
+                    attention(cache, l, blk.n_heads, blk.qkv.shape().0 / 3, b, n, s)?;
+                    blk.attn_proj.run(&s.att, rows, &mut s.tmp, s.ws.bytes());
+                    add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
+                    // MLP sub-block: x += proj(gelu(fc(ln2(x)))).
+                    blk.ln2.run(&s.x, rows, d, &mut s.h);
+                    let hidden = blk.fc.shape().0;
+                    blk.fc.run(&s.h, rows, &mut s.hidden, s.ws.bytes());
+                    gelu(&mut s.hidden[..rows * hidden]);
+                    blk.mlp_proj.run(&s.hidden, rows, &mut s.tmp, s.ws.bytes());
+                    add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
+                    Ok(())
+                },
+            )?;
+        }
+        cache.advance(n)?;
+        // Final norm and head: for each sequence's last position, or for every position.
+        layer_scope(
+            || "head".into(),
+            || {
+                if all_logits {
+                    ln_f.run(&s.x, rows, d, &mut s.h);
+                    head.run(&s.h, rows, &mut s.logits, s.ws.bytes());
+                } else {
+                    for bi in 0..b {
+                        let r = bi * n + n - 1;
+                        s.tmp[bi * d..(bi + 1) * d].copy_from_slice(&s.x[r * d..(r + 1) * d]);
                     }
-                    for t in 0..n {
-                        let r = bi * n + t;
-                        let q = &s.qkv[r * 3 * d + h * hd..r * 3 * d + (h + 1) * hd];
-                        // Causal within the chunk: query t sees every slot up to its own.
-                        let visible = slots - n + t + 1;
-                        let sc = &mut s.scores[..visible];
-                        for (j, sj) in sc.iter_mut().enumerate() {
-                            *sj = dot(q, &keys[j * hd..(j + 1) * hd]) * scale;
-                        }
-                        softmax_row(sc);
-                        let out = &mut s.att[r * d + h * hd..r * d + (h + 1) * hd];
-                        out.fill(0.0);
-                        for (j, &p) in sc.iter().enumerate() {
-                            for (o, &vv) in out.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                                *o += p * vv;
-                            }
-                        }
-                    }
+                    ln_f.run(&s.tmp, b, d, &mut s.h);
+                    head.run(&s.h, b, &mut s.logits, s.ws.bytes());
                 }
+            },
+        );
+        Ok(&s.logits[..logit_rows * vocab])
+    }
+}
+
+/// `x += t`, reported as `add`.
+fn add_residual(x: &mut [f32], t: &[f32]) {
+    let _op = OpScope::begin("add", || OpInfo {
+        input_shapes: vec![vec![x.len()], vec![t.len()]],
+        flops: x.len() as u64,
+        bytes: (4 * 3 * x.len()) as u64,
+    });
+    x.iter_mut().zip(t).for_each(|(x, t)| *x += t);
+}
+
+/// GELU in place, reported as `gelu`.
+fn gelu(h: &mut [f32]) {
+    let _op = OpScope::begin("gelu", || OpInfo {
+        input_shapes: vec![vec![h.len()]],
+        flops: (10 * h.len()) as u64,
+        bytes: (4 * 2 * h.len()) as u64,
+    });
+    h.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+}
+
+/// Appends this chunk's keys and values to layer `l` of the cache, then runs every (sequence,
+/// head) of `n` new queries over the cached positions, writing `s.att` (`rows × attn`).
+fn attention(
+    cache: &mut KvCache,
+    l: usize,
+    nh: usize,
+    attn: usize,
+    b: usize,
+    n: usize,
+    s: &mut Scratch,
+) -> Result<(), KvError> {
+    let hd = attn / nh;
+    let slots_after = (cache.len() + n).min(cache.capacity());
+    let _op = OpScope::begin("attention", || OpInfo {
+        input_shapes: vec![vec![b, n, 3 * attn]],
+        // Scores and P·V over every visible slot (4·hd per score) plus the softmax.
+        flops: ((4 * hd + 5) * b * nh * n * slots_after) as u64,
+        bytes: (4 * (b * n * 4 * attn + 2 * b * nh * slots_after * hd)) as u64,
+    });
+    // Gather this chunk's K and V into the cache's [batch, head, n, head_dim] order.
+    for bi in 0..b {
+        for t in 0..n {
+            let q = &s.qkv[(bi * n + t) * 3 * attn..(bi * n + t + 1) * 3 * attn];
+            for h in 0..nh {
+                let dst = ((bi * nh + h) * n + t) * hd;
+                s.kbuf[dst..dst + hd].copy_from_slice(&q[attn + h * hd..attn + (h + 1) * hd]);
+                s.vbuf[dst..dst + hd].copy_from_slice(&q[2 * attn + h * hd..2 * attn + (h + 1) * hd]);
             }
-            linear_rows(&s.att, &blk.wo, &blk.bo, rows, d, d, &mut s.tmp);
-            s.x[..rows * d].iter_mut().zip(&s.tmp[..rows * d]).for_each(|(x, t)| *x += t);
-            // MLP sub-block: x += proj(gelu(fc(ln2(x)))).
-            for r in 0..rows {
-                layer_norm_row(&s.x[r * d..(r + 1) * d], &blk.ln2_g, &blk.ln2_b, w.eps, &mut s.h[r * d..(r + 1) * d]);
-            }
-            linear_rows(&s.h, &blk.wfc, &blk.bfc, rows, d, w.hidden, &mut s.hidden);
-            s.hidden[..rows * w.hidden].iter_mut().for_each(|v| *v = gelu_tanh(*v));
-            linear_rows(&s.hidden, &blk.wproj, &blk.bproj, rows, w.hidden, d, &mut s.tmp);
-            s.x[..rows * d].iter_mut().zip(&s.tmp[..rows * d]).for_each(|(x, t)| *x += t);
         }
-        self.cache.advance(n)?;
-        // Final norm and head for each sequence's last position only.
-        for bi in 0..b {
-            let r = bi * n + n - 1;
-            layer_norm_row(&s.x[r * d..(r + 1) * d], &w.lnf_g, &w.lnf_b, w.eps, &mut s.h[..d]);
-            let hrow = &s.h[..d];
-            let lg = &mut s.logits[bi * w.vocab..(bi + 1) * w.vocab];
-            for (o, out) in lg.iter_mut().enumerate() {
-                *out = dot(&w.head[o * d..(o + 1) * d], hrow);
-            }
+    }
+    let rows = b * n;
+    cache.append(l, &s.kbuf[..rows * attn], &s.vbuf[..rows * attn], n)?;
+    let scale = 1.0 / (hd as f32).sqrt();
+    for bi in 0..b {
+        for h in 0..nh {
+            let (keys, vals) = (cache.keys(l, bi, h)?, cache.values(l, bi, h)?);
+            let slots = keys.len() / hd;
+            let q = Rows { data: &s.qkv[bi * n * 3 * attn + h * hd..], rows: n, cols: hd, stride: 3 * attn };
+            let k = Rows { data: keys, rows: slots, cols: hd, stride: hd };
+            let v = Rows { data: vals, rows: slots, cols: hd, stride: hd };
+            attention_head(q, k, v, scale, &mut s.scores, &mut s.att[bi * n * attn + h * hd..], attn);
         }
-        Ok(&s.logits[..b * w.vocab])
+    }
+    Ok(())
+}
+
+fn engine_error(e: KvError) -> TransformerError {
+    match e {
+        KvError::Model(t) => t,
+        other => TransformerError::Engine(Box::new(other)),
+    }
+}
+
+/// A batch-1 engine scores one sequence for evaluation (exact match, perplexity) with its own
+/// weights and kernels.
+impl NextTokenSource for CachedGpt {
+    fn vocab_size(&self) -> usize {
+        self.dims.vocab
+    }
+    fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+    fn reset(&mut self) {
+        self.cache.reset();
+    }
+    fn append(&mut self, ids: &[usize]) -> tt_transformer::Result<&[f32]> {
+        if self.batch != 1 {
+            return Err(engine_error(KvError::Input(format!("a next-token source needs batch 1, not {}", self.batch))));
+        }
+        self.forward(ids, ids.len()).map_err(engine_error)
+    }
+    fn append_all(&mut self, ids: &[usize], out: &mut Vec<f32>) -> tt_transformer::Result<()> {
+        if self.batch != 1 {
+            return Err(engine_error(KvError::Input(format!("a next-token source needs batch 1, not {}", self.batch))));
+        }
+        let l = self.forward_all(ids, ids.len()).map_err(engine_error)?;
+        out.clear();
+        out.extend_from_slice(l);
+        Ok(())
     }
 }
 
@@ -278,7 +577,7 @@ fn run_generation(
 ) -> Result<Trace, KvError> {
     let b = engine.batch;
     let n = check_prompts(prompts, b)?;
-    let v = engine.w.vocab;
+    let v = engine.dims.vocab;
     let mut samplers: Vec<Sampler> =
         (0..b).map(|i| Sampler::new(cfg.sampling, cfg.seed.wrapping_add(i as u64))).collect::<Result<_, _>>()?;
     let mut seqs: Vec<usize> = Vec::with_capacity(b * (n + cfg.max_new_tokens));

@@ -8,7 +8,9 @@
 //!
 //! - [`KvCache`]: preallocated `[layer][batch][head][slot][dim]` storage with `append`, `advance`,
 //!   `reset`, an overflow policy (error or sliding window) and `memory_bytes() = 2·L·B·H·S·D·4`.
-//! - [`CachedGpt`]: prefill + allocation-free decode steps over plain-array weights.
+//! - [`CachedGpt`]: prefill + allocation-free decode steps. It shares the model's layers: each
+//!   linear map is the layer's own [`tt_tensor::Projection`], in whatever weight format was
+//!   installed through the seam (dense f32 by default); this crate knows no format but the trait.
 //! - [`generate_cached`] / [`generate_uncached`]: the same generation with and without reuse,
 //!   on the same kernels, for honest speed comparisons.
 //!
@@ -17,12 +19,9 @@
 
 pub mod cache;
 pub mod decoder;
-pub mod kernels;
-pub mod weights;
 
 pub use cache::{CacheError, CacheShape, KvCache, OverflowPolicy};
 pub use decoder::{generate_cached, generate_uncached, CachedGpt, Trace};
-pub use weights::GptWeights;
 
 use thiserror::Error;
 
@@ -33,6 +32,8 @@ pub enum KvError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Model(#[from] tt_transformer::TransformerError),
+    #[error(transparent)]
+    Tensor(#[from] tt_tensor::TensorError),
     #[error("input: {0}")]
     Input(String),
 }

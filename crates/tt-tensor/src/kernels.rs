@@ -4,7 +4,7 @@
 //! use, and that performance modules replace layer by layer. All matrix products go through
 //! `matrixmultiply::sgemm`; no op runs a scalar triple loop.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
 
 /// `C = alpha * A·B + beta * C` on 2-D views of any strides (transposes are free: pass `.t()`).
 pub fn gemm(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
@@ -50,6 +50,179 @@ pub fn matmul2(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));
     gemm(1.0, a, b, 0.0, c.view_mut());
     c
+}
+
+/// Dot product with 8 independent accumulators so the compiler can vectorize the reduction
+/// (a single accumulator forces one sequential add chain).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Rows at or above which a matrix product uses GEMM (packing pays off) instead of dot products.
+pub const GEMM_MIN_ROWS: usize = 8;
+
+/// `y[r, :] = x[r, :]·Wᵀ + b` for `rows` rows; `w` is `[out, in]` row-major, `b` `[out]` or none.
+/// Few rows (decode): each weight row is loaded once and dotted with every input row.
+/// Many rows (prefill): one GEMM. The dense f32 [`Projection`](crate::projection::Projection).
+///
+/// # Panics
+/// If a slice is shorter than its stated size.
+pub fn linear_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, rows: usize, in_f: usize, out_f: usize, y: &mut [f32]) {
+    assert!(x.len() >= rows * in_f && w.len() >= out_f * in_f && y.len() >= rows * out_f, "linear_rows sizes");
+    assert!(b.is_none_or(|b| b.len() == out_f), "linear_rows bias length");
+    if rows >= GEMM_MIN_ROWS {
+        let xv = ArrayView2::from_shape((rows, in_f), &x[..rows * in_f]).expect("sized above");
+        let wv = ArrayView2::from_shape((out_f, in_f), &w[..out_f * in_f]).expect("sized above");
+        let beta = match b {
+            Some(b) => {
+                for r in 0..rows {
+                    y[r * out_f..(r + 1) * out_f].copy_from_slice(b);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        let yv = ArrayViewMut2::from_shape((rows, out_f), &mut y[..rows * out_f]).expect("sized above");
+        gemm(1.0, xv, wv.t(), beta, yv);
+        return;
+    }
+    for o in 0..out_f {
+        let wr = &w[o * in_f..(o + 1) * in_f];
+        let bo = b.map_or(0.0, |b| b[o]);
+        for r in 0..rows {
+            y[r * out_f + o] = dot(wr, &x[r * in_f..(r + 1) * in_f]) + bo;
+        }
+    }
+}
+
+/// Reference for [`linear_rows`]: straightforward sums in index order.
+pub fn linear_rows_reference(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+) -> Vec<f32> {
+    let mut y = vec![0.0; rows * out_f];
+    for r in 0..rows {
+        for o in 0..out_f {
+            let mut s = b.map_or(0.0, |b| b[o]);
+            for i in 0..in_f {
+                s += x[r * in_f + i] * w[o * in_f + i];
+            }
+            y[r * out_f + o] = s;
+        }
+    }
+    y
+}
+
+/// `rows` rows of `cols` floats, `stride` floats apart, starting at `data[0]` (a head's slice of
+/// a packed QKV buffer has stride `3·d`; a KV-cache block has stride `head_dim`).
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.stride..i * self.stride + self.cols]
+    }
+    fn view(&self) -> ArrayView2<'a, f32> {
+        ArrayView2::from_shape((self.rows, self.cols).strides((self.stride, 1)), self.data).expect("rows inside data")
+    }
+}
+
+/// One causal attention head: `n` queries that are the **last `n`** of `slots` positions attend
+/// to the keys at and before their own position. Writes the probabilities `[n, slots]` (row `t`
+/// is `softmax(scale·q_t·Kᵀ)` over its `slots − n + t + 1` visible keys, zeros after) into
+/// `probs`, and `P·V` into `out` (`n` rows of `head_dim`, `out_stride` apart).
+///
+/// The one kernel behind both tt-transformer's fused attention (`n = slots`, the whole
+/// sequence) and the KV-cached decoder (`n` new tokens over the cache). Many queries use GEMM
+/// over strided views; few use one dot product per key.
+///
+/// # Panics
+/// If shapes disagree (`q.cols = k.cols = v.cols`, `k.rows = v.rows = slots ≥ n = q.rows`) or a
+/// buffer is short.
+pub fn attention_head(q: Rows, k: Rows, v: Rows, scale: f32, probs: &mut [f32], out: &mut [f32], out_stride: usize) {
+    let (n, slots, hd) = (q.rows, k.rows, q.cols);
+    assert!(k.cols == hd && v.cols == hd && v.rows == slots && n <= slots, "attention_head shapes");
+    assert!(probs.len() >= n * slots && (n == 0 || out.len() >= (n - 1) * out_stride + hd), "attention_head buffers");
+    let probs = &mut probs[..n * slots];
+    if n >= GEMM_MIN_ROWS {
+        gemm(scale, q.view(), k.view().t(), 0.0, ArrayViewMut2::from_shape((n, slots), &mut *probs).expect("sized"));
+        for t in 0..n {
+            let visible = slots - n + t + 1;
+            let row = &mut probs[t * slots..(t + 1) * slots];
+            softmax_row(&mut row[..visible]);
+            row[visible..].fill(0.0);
+        }
+        let o = ArrayViewMut2::from_shape((n, hd).strides((out_stride, 1)), out).expect("out inside buffer");
+        gemm(1.0, ArrayView2::from_shape((n, slots), &*probs).expect("sized"), v.view(), 0.0, o);
+        return;
+    }
+    for t in 0..n {
+        let qt = q.row(t);
+        let visible = slots - n + t + 1;
+        let row = &mut probs[t * slots..(t + 1) * slots];
+        for (j, sj) in row[..visible].iter_mut().enumerate() {
+            *sj = dot(qt, k.row(j)) * scale;
+        }
+        softmax_row(&mut row[..visible]);
+        row[visible..].fill(0.0);
+        let o = &mut out[t * out_stride..t * out_stride + hd];
+        o.fill(0.0);
+        for (j, &p) in row[..visible].iter().enumerate() {
+            for (oi, &vv) in o.iter_mut().zip(v.row(j)) {
+                *oi += p * vv;
+            }
+        }
+    }
+}
+
+/// Reference for [`attention_head`]: scores, causal softmax and `P·V` by index-order sums in f64.
+pub fn attention_head_reference(q: Rows, k: Rows, v: Rows, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let (n, slots, hd) = (q.rows, k.rows, q.cols);
+    let mut probs = vec![0.0f32; n * slots];
+    let mut out = vec![0.0f32; n * hd];
+    for t in 0..n {
+        let visible = slots - n + t + 1;
+        let s: Vec<f64> = (0..visible)
+            .map(|j| scale as f64 * (0..hd).map(|i| q.row(t)[i] as f64 * k.row(j)[i] as f64).sum::<f64>())
+            .collect();
+        let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
+        let mut acc = vec![0.0f64; hd];
+        for j in 0..visible {
+            let p = (s[j] - max).exp() / total;
+            probs[t * slots + j] = p as f32;
+            for i in 0..hd {
+                acc[i] += p * v.row(j)[i] as f64;
+            }
+        }
+        for i in 0..hd {
+            out[t * hd + i] = acc[i] as f32;
+        }
+    }
+    (probs, out)
 }
 
 /// Output size of a convolution or pooling window along one axis.

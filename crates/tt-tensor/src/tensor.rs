@@ -41,6 +41,9 @@ struct Inner {
     data: RwLock<Array>,
     grad: Mutex<Option<Array>>,
     requires_grad: AtomicBool,
+    /// Bumped on every write access, so derived state (an installed projection) can tell when the
+    /// values it was built from have changed.
+    version: AtomicU64,
     node: Option<Node>,
 }
 
@@ -116,6 +119,7 @@ impl Tensor {
                 data: RwLock::new(data),
                 grad: Mutex::new(None),
                 requires_grad: AtomicBool::new(requires_grad),
+                version: AtomicU64::new(0),
                 node,
             }),
         }
@@ -192,7 +196,15 @@ impl Tensor {
     /// Write access to the underlying array, for optimizers and weight surgery. Writing through it
     /// must keep the shape (use [`Tensor::set_data`] to change values wholesale).
     pub fn data_mut(&self) -> RwLockWriteGuard<'_, Array> {
-        self.inner.data.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
+        self.inner.version.fetch_add(1, Ordering::Relaxed);
+        guard
+    }
+
+    /// How many times the values were opened for writing ([`Tensor::data_mut`], [`Tensor::set_data`],
+    /// optimizer steps). Equal versions of the same tensor ([`Tensor::id`]) mean unchanged values.
+    pub fn version(&self) -> u64 {
+        self.inner.version.load(Ordering::Relaxed)
     }
 
     /// Replaces the values; the new array must have the same shape.

@@ -3,15 +3,15 @@
 //! The composed version (reshape → permute → split → `QKᵀ` → mask → softmax → `·V` → permute) is
 //! kept in [`crate::CausalSelfAttention::forward_composed`] as the reference; this kernel computes
 //! the same thing without the copies: per (sequence, head) it reads Q, K, V as strided views of the
-//! `[B, T, 3d]` projection, runs two GEMMs and a row softmax over the causal prefix only, and
-//! writes straight into the `[B, T, d]` output.
+//! `[B, T, 3d]` projection and runs [`attention_head`] (the same kernel the KV-cached decoder
+//! uses), writing straight into the `[B, T, d]` output.
 //!
 //! Backward, with `P` the saved probabilities and `dO` the output gradient of one head:
 //! `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √d_h`, `dQ = dS·K`, `dK = dSᵀ·Q`, `dV = Pᵀ·dO`.
 
 use ndarray::{ArrayView2, ArrayViewMut2, IxDyn, ShapeBuilder};
 use tt_tensor::hook::{OpInfo, OpScope};
-use tt_tensor::kernels::{gemm, softmax_row};
+use tt_tensor::kernels::{attention_head, gemm, Rows};
 use tt_tensor::{Array, Tensor, TensorError};
 
 use crate::error::Result;
@@ -52,18 +52,11 @@ pub fn causal_attention(qkv: &Tensor, n_heads: usize) -> Result<(Tensor, Array)>
         let x = data.as_slice().expect("standard layout");
         for bi in 0..b {
             let base = bi * t * 3 * d;
+            let rows = |offset: usize| Rows { data: &x[base + offset..], rows: t, cols: dh, stride: 3 * d };
             for hi in 0..h {
                 let p = &mut probs[(bi * h + hi) * t * t..(bi * h + hi + 1) * t * t];
-                let q = view(x, base + hi * dh, t, dh, 3 * d);
-                let k = view(x, base + d + hi * dh, t, dh, 3 * d);
-                gemm(scale, q, k.t(), 0.0, view_mut(p, 0, t, t, t));
-                for i in 0..t {
-                    let row = &mut p[i * t..(i + 1) * t];
-                    softmax_row(&mut row[..=i]);
-                    row[i + 1..].fill(0.0);
-                }
-                let v = view(x, base + 2 * d + hi * dh, t, dh, 3 * d);
-                gemm(1.0, view(p, 0, t, t, t), v, 0.0, view_mut(&mut out, bi * t * d + hi * dh, t, dh, d));
+                let o = &mut out[bi * t * d + hi * dh..];
+                attention_head(rows(hi * dh), rows(d + hi * dh), rows(2 * d + hi * dh), scale, p, o, d);
             }
         }
     }

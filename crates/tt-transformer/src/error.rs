@@ -20,6 +20,9 @@ pub enum TransformerError {
     Checkpoint { path: String, reason: String },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// An error from an inference engine used as a next-token source (e.g. a KV-cached decoder).
+    #[error("engine: {0}")]
+    Engine(Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T, E = TransformerError> = std::result::Result<T, E>;

@@ -116,6 +116,125 @@ impl Sampler {
 
 pub use tt_tensor::kernels::argmax;
 
+/// Anything that scores the next token of one growing sequence: the tensor model by full
+/// recomputation ([`FullRecompute`]) or a KV-cached decoder (tt-kvcache's `CachedGpt`, with
+/// whatever weight formats it holds). Evaluation takes one, so a quantized or pruned engine is
+/// measured by itself, not by its dense twin.
+pub trait NextTokenSource {
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence it can score.
+    fn max_seq_len(&self) -> usize;
+    /// Forgets the current sequence.
+    fn reset(&mut self);
+    /// Appends `ids` to the current sequence and returns the next-token logits after its last
+    /// position, `[vocab]`.
+    ///
+    /// # Errors
+    /// Empty `ids`, an id outside the vocabulary, or a sequence longer than [`Self::max_seq_len`].
+    fn append(&mut self, ids: &[usize]) -> Result<&[f32]>;
+    /// Like [`Self::append`], but returns the logits after **each** appended position,
+    /// `[ids.len(), vocab]` (for perplexity). By default one position at a time.
+    ///
+    /// # Errors
+    /// As [`Self::append`].
+    fn append_all(&mut self, ids: &[usize], out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        for &id in ids {
+            let l = self.append(&[id])?;
+            out.extend_from_slice(l);
+        }
+        Ok(())
+    }
+}
+
+/// The tensor [`Gpt`] as a [`NextTokenSource`]: every call re-runs the whole sequence (no cache).
+/// The reference that cached engines are compared with.
+pub struct FullRecompute<'a> {
+    model: &'a Gpt,
+    ids: Vec<usize>,
+    logits: Vec<f32>,
+}
+
+impl<'a> FullRecompute<'a> {
+    pub fn new(model: &'a Gpt) -> FullRecompute<'a> {
+        FullRecompute { model, ids: Vec::new(), logits: Vec::new() }
+    }
+
+    /// Appends `ids` and leaves the logits of the last `keep` positions in `self.logits`.
+    fn run(&mut self, ids: &[usize], keep: usize) -> Result<()> {
+        if ids.is_empty() {
+            return Err(TransformerError::Config("append needs at least one id".into()));
+        }
+        let len = self.ids.len() + ids.len();
+        // Check before growing: a rejected append leaves the sequence unchanged.
+        let mut all = self.ids.clone();
+        all.extend_from_slice(ids);
+        self.model.check_input(&all, 1, len)?;
+        let logits = no_grad(|| self.model.forward_ids(&all, 1, len))?;
+        let v = self.model.config.vocab_size;
+        let data = logits.data();
+        let flat = data.as_slice().expect("standard layout");
+        self.logits.clear();
+        self.logits.extend_from_slice(&flat[(len - keep) * v..]);
+        self.ids = all;
+        Ok(())
+    }
+}
+
+impl NextTokenSource for FullRecompute<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+    fn max_seq_len(&self) -> usize {
+        self.model.config.max_seq_len
+    }
+    fn reset(&mut self) {
+        self.ids.clear();
+    }
+    fn append(&mut self, ids: &[usize]) -> Result<&[f32]> {
+        self.run(ids, 1)?;
+        Ok(&self.logits)
+    }
+    fn append_all(&mut self, ids: &[usize], out: &mut Vec<f32>) -> Result<()> {
+        self.run(ids, ids.len())?;
+        out.clear();
+        out.extend_from_slice(&self.logits);
+        Ok(())
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt` from any [`NextTokenSource`] (it is reset
+/// first). Returns only the new tokens; a stop token, if hit, is the last one. The sampler is
+/// seeded with `cfg.seed`, as in [`generate`], so equal logits give equal text.
+///
+/// # Errors
+/// An empty prompt, a prompt plus `max_new_tokens` longer than the source's context (checked
+/// before anything runs), invalid sampling settings, or the source's own errors.
+pub fn generate_with(source: &mut dyn NextTokenSource, prompt: &[usize], cfg: &GenerateConfig) -> Result<Vec<usize>> {
+    if prompt.is_empty() {
+        return Err(TransformerError::Config("the prompt is empty".into()));
+    }
+    // The same rule as [`generate_batch`]: prompt and new tokens must fit the context.
+    let total = prompt.len().saturating_add(cfg.max_new_tokens);
+    if total > source.max_seq_len() {
+        return Err(TransformerError::ContextOverflow { position: total - 1, max_seq_len: source.max_seq_len() });
+    }
+    let mut sampler = Sampler::new(cfg.sampling, cfg.seed)?;
+    let mut out = Vec::with_capacity(cfg.max_new_tokens);
+    source.reset();
+    if cfg.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut tok = sampler.next(source.append(prompt)?);
+    loop {
+        out.push(tok);
+        if out.len() == cfg.max_new_tokens || cfg.stop_tokens.contains(&tok) {
+            return Ok(out);
+        }
+        tok = sampler.next(source.append(&[tok])?);
+    }
+}
+
 /// Generates up to `max_new_tokens` after `prompt` by full recomputation. Returns only the new
 /// tokens (a stop token, if hit, is the last one). Errors if the sequence would exceed the
 /// model's context.

@@ -169,6 +169,9 @@ impl Module for CausalSelfAttention {
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("qkv".into(), &self.qkv), ("proj".into(), &self.proj)]
     }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![("qkv".into(), &mut self.qkv), ("proj".into(), &mut self.proj)]
+    }
 }
 
 fn into_tensor_error(e: TransformerError) -> tt_tensor::TensorError {
@@ -193,6 +196,9 @@ impl Module for Mlp {
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("fc".into(), &self.fc), ("proj".into(), &self.proj)]
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![("fc".into(), &mut self.fc), ("proj".into(), &mut self.proj)]
     }
 }
 
@@ -252,6 +258,14 @@ impl Module for Block {
             ("attn".into(), &self.attn),
             ("ln2".into(), &self.ln2),
             ("mlp".into(), &self.mlp),
+        ]
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("ln1".into(), &mut self.ln1),
+            ("attn".into(), &mut self.attn),
+            ("ln2".into(), &mut self.ln2),
+            ("mlp".into(), &mut self.mlp),
         ]
     }
 }
@@ -420,6 +434,17 @@ impl Module for Gpt {
         }
         c.push(("ln_f".into(), &self.ln_f));
         if let Some(h) = &self.lm_head {
+            c.push(("lm_head".into(), h));
+        }
+        c
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let mut c: Vec<(String, &mut dyn Module)> = vec![("tok_emb".into(), &mut self.tok_emb)];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            c.push((format!("blocks.{i}"), b));
+        }
+        c.push(("ln_f".into(), &mut self.ln_f));
+        if let Some(h) = &mut self.lm_head {
             c.push(("lm_head".into(), h));
         }
         c

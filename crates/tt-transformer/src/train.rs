@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tt_tensor::loss::{cross_entropy, cross_entropy_weighted};
 use tt_tensor::optim::{clip_grad_norm, Adam, Optimizer};
-use tt_tensor::{no_grad, Module};
+use tt_tensor::{no_grad, Module, Tensor};
 
 use crate::error::{Result, TransformerError};
 use crate::model::Gpt;
@@ -40,6 +40,84 @@ pub struct TrainConfig {
     /// count, so a seed gives the same model on any machine.
     pub data_parallel: usize,
     pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Checks every setting before anything is allocated or trained.
+    ///
+    /// # Errors
+    /// A zero count or size, a learning rate or decay that is not finite and non-negative (the
+    /// peak rate must be positive), or a batch that does not split into `data_parallel` shards.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TransformerError::Config(m));
+        for (name, v) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("seq_len", self.seq_len),
+            ("eval_every", self.eval_every),
+            ("eval_windows", self.eval_windows),
+            ("data_parallel", self.data_parallel),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.long_every > 0 && self.long_seq_len == 0 {
+            return bad("long_seq_len must be at least 1 when long_every is set".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("lr {} must be a positive finite number", self.lr));
+        }
+        for (name, v) in [("min_lr", self.min_lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} {v} must be a finite number ≥ 0"));
+            }
+        }
+        if self.min_lr > self.lr {
+            return bad(format!("min_lr {} exceeds lr {}", self.min_lr, self.lr));
+        }
+        Ok(())
+    }
+}
+
+/// What a custom loss sees for one shard of a batch: the logits `[batch, seq, vocab]` (in the
+/// graph) and the token windows they came from.
+#[derive(Debug, Clone, Copy)]
+pub struct LossInput<'a> {
+    pub logits: &'a Tensor,
+    pub inputs: &'a [usize],
+    pub targets: &'a [usize],
+    /// Per-target loss weights, when the data has them.
+    pub weights: Option<&'a [f32]>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+/// The standard loss: next-token cross-entropy, weighted when the data carries weights.
+///
+/// # Errors
+/// Shape mismatches between logits and targets.
+pub fn default_loss(input: &LossInput) -> Result<Tensor> {
+    Ok(match input.weights {
+        None => cross_entropy(input.logits, input.targets)?,
+        Some(w) => cross_entropy_weighted(input.logits, input.targets, w)?,
+    })
+}
+
+/// A replacement loss (distillation against a teacher's logits, a regularizer, …). Runs on the
+/// data-parallel shard threads, hence `Sync`.
+pub type LossFn<'a> = dyn Fn(&LossInput) -> Result<Tensor> + Sync + 'a;
+
+/// A callback after every optimizer step, with the step index (re-apply pruning masks, update
+/// quantization-aware observers, …). Returning an error stops training with it.
+pub type AfterStepFn<'a> = dyn FnMut(usize, &Gpt) -> Result<()> + 'a;
+
+/// Extension points of [`train_with_hooks`]: what techniques change without copying the loop.
+#[derive(Default)]
+pub struct TrainHooks<'a> {
+    /// Replaces [`default_loss`].
+    pub loss: Option<&'a LossFn<'a>>,
+    pub after_step: Option<&'a mut AfterStepFn<'a>>,
 }
 
 /// Learning rate at `step`: linear warmup to `lr`, then cosine decay to `min_lr` at `steps`.
@@ -148,15 +226,20 @@ fn forward_backward_sharded(
     seq: usize,
     shards: usize,
     seed: u64,
+    loss_fn: &LossFn,
 ) -> Result<f32> {
     let per = batch / shards;
     let run = |i: usize| -> Result<f32> {
         let r = i * per * seq..(i + 1) * per * seq;
         let logits = model.forward_train(&b.x[r.clone()], per, seq, seed.wrapping_add(i as u64))?;
-        let loss = match &b.w {
-            None => cross_entropy(&logits, &b.y[r])?,
-            Some(w) => cross_entropy_weighted(&logits, &b.y[r.clone()], &w[r])?,
-        };
+        let loss = loss_fn(&LossInput {
+            logits: &logits,
+            inputs: &b.x[r.clone()],
+            targets: &b.y[r.clone()],
+            weights: b.w.as_ref().map(|w| &w[r]),
+            batch: per,
+            seq,
+        })?;
         let value = loss.item()?;
         loss.mul_scalar(1.0 / shards as f32).backward()?;
         Ok(value)
@@ -206,14 +289,36 @@ pub fn evaluate_loss(model: &Gpt, ids: &[usize], seq: usize, windows: usize) -> 
 }
 
 /// Trains `model` in place on token streams; `log` receives one line per validation.
+///
+/// # Errors
+/// An invalid config ([`TrainConfig::validate`]), windows longer than the model's context, too
+/// little data, or a diverged (non-finite) loss.
 pub fn train(
     model: &Gpt,
     data: &TrainData,
     val_ids: &[usize],
     cfg: &TrainConfig,
     progress: bool,
+    log: impl FnMut(&str),
+) -> Result<TrainReport> {
+    train_with_hooks(model, data, val_ids, cfg, TrainHooks::default(), progress, log)
+}
+
+/// [`train`] with a replacement loss and an after-step callback (see [`TrainHooks`]).
+///
+/// # Errors
+/// As [`train`], plus any error a hook returns.
+pub fn train_with_hooks(
+    model: &Gpt,
+    data: &TrainData,
+    val_ids: &[usize],
+    cfg: &TrainConfig,
+    mut hooks: TrainHooks,
+    progress: bool,
     mut log: impl FnMut(&str),
 ) -> Result<TrainReport> {
+    cfg.validate()?;
+    let loss_fn: &LossFn = hooks.loss.unwrap_or(&default_loss);
     let max_window = cfg.seq_len.max(if cfg.long_every > 0 { cfg.long_seq_len } else { 0 });
     if max_window > model.config.max_seq_len {
         return Err(TransformerError::Config(format!(
@@ -243,11 +348,15 @@ pub fn train(
         opt.set_lr(lr_at(step, cfg));
         opt.zero_grad();
         let shards = if batch % cfg.data_parallel.max(1) == 0 { cfg.data_parallel.max(1) } else { 1 };
-        let l = forward_backward_sharded(model, &sampled, batch, seq, shards, (cfg.seed << 32) ^ (step as u64 * 1024))?;
+        let seed = (cfg.seed << 32) ^ (step as u64 * 1024);
+        let l = forward_backward_sharded(model, &sampled, batch, seq, shards, seed, loss_fn)?;
         if cfg.grad_clip > 0.0 {
             clip_grad_norm(&params, cfg.grad_clip);
         }
         opt.step()?;
+        if let Some(after) = hooks.after_step.as_mut() {
+            after(step, model)?;
+        }
         tokens += batch * seq;
         if !l.is_finite() {
             return Err(TransformerError::Config(format!("training diverged at step {step} (loss {l})")));
@@ -272,7 +381,8 @@ pub fn train(
     }
     bar.finish_and_clear();
     let train_seconds = start.elapsed().as_secs_f64();
-    let last = history.last().cloned().expect("at least one evaluation");
+    // validate() guarantees steps ≥ 1, and the last step always evaluates.
+    let last = history.last().cloned().expect("the last step evaluates");
     Ok(TrainReport {
         steps: cfg.steps,
         tokens,

@@ -1,16 +1,23 @@
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::Module;
 use crate::error::{Result, TensorError};
+use crate::projection::{records_graph, DenseF32, InstalledProjection, Projection};
 use crate::tensor::{randn_array, uniform_array, Array, Tensor};
 
 /// Fully connected layer `y = x·Wᵀ + b`, `W` stored `[out, in]`.
+///
+/// It may carry a [`Projection`] — the same matrix in another storage format (packed, int8,
+/// sparse, low-rank). With no graph being recorded, `forward` runs the projection; while
+/// recording, it uses the dense `weight`, which installing set equal to the projection's
+/// `to_dense()`: checkpoints, gradient checks and evaluation all see one function.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    projection: Option<InstalledProjection>,
 }
 
 impl Linear {
@@ -20,7 +27,7 @@ impl Linear {
         let bound = 1.0 / (in_features.max(1) as f32).sqrt();
         let weight = Tensor::param(uniform_array(&[out_features, in_features], -bound, bound, &mut rng));
         let bias = bias.then(|| Tensor::param(uniform_array(&[out_features], -bound, bound, &mut rng)));
-        Linear { weight, bias }
+        Linear { weight, bias, projection: None }
     }
 
     /// Wraps existing tensors (weight `[out, in]`, bias `[out]`).
@@ -34,7 +41,7 @@ impl Linear {
                 return Err(TensorError::shape("Linear::from_tensors (bias)", &b.shape(), &[s[0]]));
             }
         }
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias, projection: None })
     }
 
     pub fn in_features(&self) -> usize {
@@ -43,11 +50,47 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.weight.shape()[0]
     }
+
+    /// Installs `p` as this layer's weight format and sets `weight` to `p.to_dense()`.
+    ///
+    /// # Errors
+    /// If `p.shape()` is not `(out_features, in_features)`.
+    pub fn set_projection(&mut self, p: Arc<dyn Projection>) -> Result<()> {
+        self.projection = Some(InstalledProjection::install("Linear::set_projection", &self.weight, p)?);
+        Ok(())
+    }
+
+    /// Removes the installed projection (the dense weight stays as it is) and returns it.
+    pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
+        self.projection.take().map(|i| i.projection().clone())
+    }
+
+    /// The installed projection, if any (it may be stale: see [`Linear::projection`]).
+    pub fn installed_projection(&self) -> Option<&Arc<dyn Projection>> {
+        self.projection.as_ref().map(InstalledProjection::projection)
+    }
+
+    /// The projection this layer computes with: the installed one, or else a [`DenseF32`] that
+    /// **shares** `weight` (no copy). What the KV-cached decoder holds.
+    ///
+    /// # Errors
+    /// If `weight` was written after the installed projection was built from it.
+    pub fn projection(&self) -> Result<Arc<dyn Projection>> {
+        match &self.projection {
+            Some(i) => Ok(i.current("Linear", &self.weight)?.clone()),
+            None => Ok(Arc::new(DenseF32::new(self.weight.clone())?)),
+        }
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.linear(&self.weight, self.bias.as_ref())
+        match &self.projection {
+            Some(i) if !records_graph(&[Some(x), Some(&self.weight), self.bias.as_ref()]) => {
+                x.project(i.current("Linear", &self.weight)?.as_ref(), self.bias.as_ref())
+            }
+            _ => x.linear(&self.weight, self.bias.as_ref()),
+        }
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];
@@ -59,14 +102,25 @@ impl Module for Linear {
     fn kind(&self) -> &'static str {
         "Linear"
     }
+    fn as_linear(&self) -> Option<&Linear> {
+        Some(self)
+    }
+    fn as_linear_mut(&mut self) -> Option<&mut Linear> {
+        Some(self)
+    }
 }
 
 /// 2-D convolution, weight `[C_out, C_in, k, k]`.
+///
+/// Reaches the projection seam through im2col: its weight is a `[C_out, C_in·k·k]` matrix applied
+/// to one row of unfolded patch values per output pixel. An installed [`Projection`] of that shape
+/// runs when no graph is recorded, exactly as for [`Linear`].
 pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub stride: usize,
     pub padding: usize,
+    projection: Option<InstalledProjection>,
 }
 
 impl Conv2d {
@@ -79,13 +133,46 @@ impl Conv2d {
             bias: Some(Tensor::param(uniform_array(&[c_out], -bound, bound, &mut rng))),
             stride,
             padding,
+            projection: None,
         }
+    }
+
+    /// The weight as the `[C_out, C_in·k·k]` matrix a projection replaces: `(rows, cols)`.
+    pub fn matrix_shape(&self) -> (usize, usize) {
+        let s = self.weight.shape();
+        (s[0], s[1..].iter().product())
+    }
+
+    /// Installs `p` (shape [`Conv2d::matrix_shape`]) and sets `weight` to its `to_dense()`.
+    ///
+    /// # Errors
+    /// If `p.shape()` is not [`Conv2d::matrix_shape`].
+    pub fn set_projection(&mut self, p: Arc<dyn Projection>) -> Result<()> {
+        self.projection = Some(InstalledProjection::install("Conv2d::set_projection", &self.weight, p)?);
+        Ok(())
+    }
+
+    /// Removes the installed projection (the dense weight stays as it is) and returns it.
+    pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
+        self.projection.take().map(|i| i.projection().clone())
+    }
+
+    /// The installed projection, if any.
+    pub fn installed_projection(&self) -> Option<&Arc<dyn Projection>> {
+        self.projection.as_ref().map(InstalledProjection::projection)
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding)
+        match &self.projection {
+            Some(i) if !records_graph(&[Some(x), Some(&self.weight), self.bias.as_ref()]) => {
+                let s = self.weight.shape();
+                let p = i.current("Conv2d", &self.weight)?;
+                x.conv2d_projected(p.as_ref(), (s[2], s[3]), self.bias.as_ref(), self.stride, self.padding)
+            }
+            _ => x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding),
+        }
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];
@@ -96,6 +183,9 @@ impl Module for Conv2d {
     }
     fn kind(&self) -> &'static str {
         "Conv2d"
+    }
+    fn as_conv2d_mut(&mut self) -> Option<&mut Conv2d> {
+        Some(self)
     }
 }
 
@@ -313,5 +403,8 @@ impl Module for Sequential {
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         self.layers.iter().enumerate().map(|(i, l)| (i.to_string(), l.as_ref())).collect()
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        self.layers.iter_mut().enumerate().map(|(i, l)| (i.to_string(), l.as_mut() as &mut dyn Module)).collect()
     }
 }

@@ -36,6 +36,27 @@ pub trait Module: Send + Sync {
         Vec::new()
     }
 
+    /// The same sub-layers as [`Module::children`], with the same names in the same order,
+    /// mutably: how [`map_linears`] reaches every layer without naming model fields.
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        Vec::new()
+    }
+
+    /// `Some` if this layer is a [`Linear`].
+    fn as_linear(&self) -> Option<&Linear> {
+        None
+    }
+
+    /// `Some` if this layer is a [`Linear`].
+    fn as_linear_mut(&mut self) -> Option<&mut Linear> {
+        None
+    }
+
+    /// `Some` if this layer is a [`Conv2d`].
+    fn as_conv2d_mut(&mut self) -> Option<&mut Conv2d> {
+        None
+    }
+
     /// All parameters, unnamed.
     fn parameters(&self) -> Vec<Tensor> {
         self.named_parameters().into_iter().map(|(_, t)| t).collect()
@@ -45,6 +66,92 @@ pub trait Module: Send + Sync {
     fn num_parameters(&self) -> usize {
         self.parameters().iter().map(|p| p.numel()).sum()
     }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Calls `f` on every layer of the tree below `m` (not `m` itself), depth first, in
+/// [`Module::children`] order, with its dotted path (`"blocks.2.mlp.fc"`). Stops at the first error.
+pub fn walk_mut(m: &mut dyn Module, f: &mut dyn FnMut(&str, &mut dyn Module) -> Result<()>) -> Result<()> {
+    fn go(m: &mut dyn Module, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Module) -> Result<()>) -> Result<()> {
+        for (name, child) in m.children_mut() {
+            let path = join(prefix, &name);
+            f(&path, &mut *child)?;
+            go(child, &path, f)?;
+        }
+        Ok(())
+    }
+    go(m, "", f)
+}
+
+/// Calls `f` on every [`Linear`] below `m` with its state-dict path (`"blocks.0.attn.qkv"`), so a
+/// quantizer or pruner can install a projection or change weights without knowing the model's
+/// fields. Returns how many layers were visited.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tt_tensor::nn::{map_linears, Linear, Relu, Sequential};
+/// use tt_tensor::projection::DenseF32;
+/// let mut mlp = Sequential::new().layer(Linear::new(4, 8, true, 0)).layer(Relu).layer(Linear::new(8, 2, true, 1));
+/// let n = map_linears(&mut mlp, |name, l| {
+///     assert!(name == "0" || name == "2");
+///     let copy = DenseF32::from_array(l.projection()?.to_dense());
+///     l.set_projection(Arc::new(copy))
+/// })
+/// .unwrap();
+/// assert_eq!(n, 2);
+/// ```
+///
+/// # Errors
+/// The first error `f` returns.
+pub fn map_linears(m: &mut dyn Module, mut f: impl FnMut(&str, &mut Linear) -> Result<()>) -> Result<usize> {
+    let mut n = 0;
+    walk_mut(m, &mut |name, layer| match layer.as_linear_mut() {
+        Some(l) => {
+            n += 1;
+            f(name, l)
+        }
+        None => Ok(()),
+    })?;
+    Ok(n)
+}
+
+/// Like [`map_linears`] for every [`Conv2d`] (whose weight is a `[C_out, C_in·k·k]` projection).
+///
+/// # Errors
+/// The first error `f` returns.
+pub fn map_conv2ds(m: &mut dyn Module, mut f: impl FnMut(&str, &mut Conv2d) -> Result<()>) -> Result<usize> {
+    let mut n = 0;
+    walk_mut(m, &mut |name, layer| match layer.as_conv2d_mut() {
+        Some(c) => {
+            n += 1;
+            f(name, c)
+        }
+        None => Ok(()),
+    })?;
+    Ok(n)
+}
+
+/// Every [`Linear`] below `m` with its path, read-only (the decoder, reports).
+pub fn linears(m: &dyn Module) -> Vec<(String, &Linear)> {
+    fn go<'a>(m: &'a dyn Module, prefix: &str, out: &mut Vec<(String, &'a Linear)>) {
+        for (name, child) in m.children() {
+            let path = join(prefix, &name);
+            if let Some(l) = child.as_linear() {
+                out.push((path.clone(), l));
+            }
+            go(child, &path, out);
+        }
+    }
+    let mut out = Vec::new();
+    go(m, "", &mut out);
+    out
 }
 
 /// Prefixes each name with `prefix.`.

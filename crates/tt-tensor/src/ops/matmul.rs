@@ -3,6 +3,7 @@ use ndarray::{Array2, ArrayView2, Axis, Ix2, IxDyn};
 use crate::error::{Result, TensorError};
 use crate::hook::{OpInfo, OpScope};
 use crate::kernels::gemm;
+use crate::projection::Projection;
 use crate::tensor::{Array, Tensor};
 
 fn as2<'a>(a: &'a Array, rows: usize, cols: usize) -> ArrayView2<'a, f32> {
@@ -187,5 +188,53 @@ impl Tensor {
                 grads
             })
         }))
+    }
+
+    /// `x·Wᵀ + b` through a [`Projection`] — the weight in any storage format — for inference.
+    /// Reported to the profiler as `linear` (same FLOP count), with the projection's real storage
+    /// bytes. Records no graph.
+    ///
+    /// # Errors
+    /// A last dim that is not the projection's input width, a bias that is not `[out]`, or an
+    /// input that requires grad while a graph is being recorded (a projection has no backward:
+    /// train through the dense weight).
+    pub fn project(&self, p: &dyn Projection, bias: Option<&Tensor>) -> Result<Tensor> {
+        let sx = self.shape();
+        let (out_f, in_f) = p.shape();
+        if sx.is_empty() || sx[sx.len() - 1] != in_f {
+            return Err(TensorError::shape("project (input vs projection [out,in])", &sx, &[out_f, in_f]));
+        }
+        if crate::projection::records_graph(&[Some(self), bias]) {
+            return Err(TensorError::arg(
+                "project",
+                "a projection is inference-only; call it under no_grad or on inputs that need no gradient",
+            ));
+        }
+        if let Some(b) = bias {
+            if b.shape() != [out_f] {
+                return Err(TensorError::shape("project (bias vs out features)", &b.shape(), &[out_f]));
+            }
+        }
+        let rows: usize = sx[..sx.len() - 1].iter().product();
+        let mut out_shape = sx[..sx.len() - 1].to_vec();
+        out_shape.push(out_f);
+        let _scope = OpScope::begin("linear", || OpInfo {
+            input_shapes: vec![sx.clone(), vec![out_f, in_f]],
+            flops: 2 * (rows * in_f * out_f) as u64,
+            bytes: (4 * (rows * in_f + rows * out_f) + p.storage_bytes()) as u64,
+        });
+        let xd = self.data();
+        let bd = bias.map(|b| b.data());
+        let mut y = vec![0.0f32; rows * out_f];
+        let mut ws = vec![0u8; p.workspace_len(rows)];
+        crate::projection::project(
+            p,
+            xd.as_slice().expect("standard layout"),
+            rows,
+            bd.as_ref().map(|b| b.as_slice().expect("standard layout")),
+            &mut y,
+            &mut ws,
+        )?;
+        Ok(Tensor::from_array(Array::from_shape_vec(IxDyn(&out_shape), y).expect("sized")))
     }
 }

@@ -5,6 +5,7 @@ use ndarray::{Array2, ArrayView2, Axis, IxDyn};
 use crate::error::{Result, TensorError};
 use crate::hook::{OpInfo, OpScope};
 use crate::kernels::{col2im, conv_out_size, gemm, im2col, layer_norm_row, ConvGeom};
+use crate::projection::Projection;
 use crate::tensor::{Array, Tensor};
 
 fn geom(op: &'static str, x: &[usize], kh: usize, kw: usize, stride: usize, padding: usize) -> Result<ConvGeom> {
@@ -108,6 +109,69 @@ impl Tensor {
                 grads
             })
         }))
+    }
+
+    /// 2-D convolution through a [`Projection`] of the weight as a `[C_out, C_in·kh·kw]` matrix,
+    /// for inference: each image is unfolded into one row per output pixel (the transpose of
+    /// [`im2col`]'s columns) and those rows are projected. Reported as `conv2d`. Records no graph.
+    ///
+    /// # Errors
+    /// As [`Tensor::conv2d`], plus a projection whose input width is not `C_in·kh·kw`, or an
+    /// input that requires grad while a graph is being recorded.
+    pub fn conv2d_projected(
+        &self,
+        p: &dyn Projection,
+        kernel: (usize, usize),
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        let sx = self.shape();
+        let g = geom("conv2d", &sx, kernel.0, kernel.1, stride, padding)?;
+        let (c_out, ckk) = p.shape();
+        if ckk != g.c_in * g.kh * g.kw {
+            return Err(TensorError::shape("conv2d (projection [C_out, C_in·kh·kw] vs input)", &sx, &[c_out, ckk]));
+        }
+        if crate::projection::records_graph(&[Some(self), bias]) {
+            return Err(TensorError::arg("conv2d", "a projection is inference-only; call it under no_grad"));
+        }
+        if let Some(b) = bias {
+            if b.shape() != [c_out] {
+                return Err(TensorError::shape("conv2d (bias)", &b.shape(), &[c_out]));
+            }
+        }
+        let (batch, hw) = (sx[0], g.h_out * g.w_out);
+        let _scope = OpScope::begin("conv2d", || OpInfo {
+            input_shapes: vec![sx.clone(), vec![c_out, g.c_in, g.kh, g.kw]],
+            flops: 2 * (batch * c_out * hw * ckk) as u64,
+            bytes: (4 * (sx.iter().product::<usize>() + batch * c_out * hw) + p.storage_bytes()) as u64,
+        });
+        let xd = self.data();
+        let xs = xd.as_slice().expect("standard layout");
+        let bd = bias.map(|b| b.data());
+        let bs = bd.as_ref().map(|b| b.as_slice().expect("standard layout"));
+        let mut out = vec![0.0f32; batch * c_out * hw];
+        let mut cols = vec![0.0f32; ckk * hw];
+        let mut patches = vec![0.0f32; hw * ckk];
+        let mut y = vec![0.0f32; hw * c_out];
+        let mut ws = vec![0u8; p.workspace_len(hw)];
+        let img = g.c_in * g.h * g.w;
+        for bi in 0..batch {
+            im2col(&xs[bi * img..(bi + 1) * img], &g, &mut cols);
+            for r in 0..ckk {
+                for px in 0..hw {
+                    patches[px * ckk + r] = cols[r * hw + px];
+                }
+            }
+            crate::projection::project(p, &patches, hw, bs, &mut y, &mut ws)?;
+            let ob = &mut out[bi * c_out * hw..(bi + 1) * c_out * hw];
+            for px in 0..hw {
+                for c in 0..c_out {
+                    ob[c * hw + px] = y[px * c_out + c];
+                }
+            }
+        }
+        Ok(Tensor::from_array(Array::from_shape_vec(IxDyn(&[batch, c_out, g.h_out, g.w_out]), out).expect("sized")))
     }
 
     /// Max pooling over `k×k` windows with the given stride (no padding).

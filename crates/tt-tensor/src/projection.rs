@@ -1,0 +1,279 @@
+//! The seam every weight format plugs into: a linear map `y = x·Wᵀ + b` whose `W` is stored some
+//! way — dense f32 (here, the reference), packed f32 (tt-accel), int8 (tt-quant), sparse or low-rank
+//! (tt-compress).
+//!
+//! A [`Projection`] owns its storage and knows how to multiply rows by it; everything around it
+//! (the layer's bias, the model's structure, the decoder's loop) stays the same whatever the
+//! format. [`Linear`](crate::nn::Linear) and [`Conv2d`](crate::nn::Conv2d) can carry one (see
+//! [`Linear::set_projection`](crate::nn::Linear::set_projection)); the KV-cached decoder holds the
+//! model layers' own projections, so a quantized or pruned layer decodes without a second model.
+//!
+//! What this module deliberately does not do: choose kernels by CPU features or pack weights —
+//! that is tt-accel's job, behind this same trait.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tt_tensor::projection::{DenseF32, Projection, Workspace};
+//! use tt_tensor::Tensor;
+//! // W = [[1, 2], [3, 4]] stored [out, in]; y = x·Wᵀ + b for one row x = [1, 1].
+//! let w = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+//! let p: Arc<dyn Projection> = Arc::new(DenseF32::new(w).unwrap());
+//! let mut ws = Workspace::default();
+//! ws.ensure(p.workspace_len(1));
+//! let mut y = [0.0f32; 2];
+//! p.forward_rows(&[1.0, 1.0], 1, Some(&[0.5, 0.5]), &mut y, ws.bytes());
+//! assert_eq!(y, [3.5, 7.5]);
+//! assert_eq!((p.shape(), p.format(), p.storage_bytes()), ((2, 2), "f32", 16));
+//! ```
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use ndarray::{Array2, Ix2};
+
+use crate::error::{Result, TensorError};
+use crate::kernels::linear_rows;
+use crate::tensor::Tensor;
+
+/// A linear map `x ↦ x·Wᵀ (+ b)` with `W` of shape `(out, in)`, stored in some format.
+///
+/// Contract, which [`check_projection`] tests for any implementation:
+/// - `forward_rows` computes `y[r, o] = Σ_i x[r, i]·W[o, i] + bias[o]` for `r < rows`, where
+///   `W = to_dense()`, to the format's stated accuracy (exact for f32 formats up to summation
+///   order).
+/// - It allocates nothing: scratch memory comes from the caller's `ws`, at least
+///   `workspace_len(rows)` bytes (no alignment is promised; align inside with
+///   `<[u8]>::align_to_mut` and ask for the slack in `workspace_len`).
+/// - `storage_bytes` counts the real bytes of the stored weight (codes, scales, indices), not
+///   of the dense equivalent.
+pub trait Projection: Send + Sync + Debug {
+    /// `(out_features, in_features)`.
+    fn shape(&self) -> (usize, usize);
+
+    /// Workspace bytes `forward_rows` needs for `rows` rows; the caller preallocates them.
+    fn workspace_len(&self, _rows: usize) -> usize {
+        0
+    }
+
+    /// `y[r, :] = x[r, :]·Wᵀ + bias` for `rows` rows; `x` is `rows × in`, `y` is `rows × out`,
+    /// both row-major (longer slices are fine: only the prefix is used).
+    ///
+    /// # Panics
+    /// May panic if a slice is shorter than stated above; [`project`] checks them first.
+    fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8]);
+
+    /// The matrix this projection applies, `[out, in]` (dequantized / densified): the reference.
+    fn to_dense(&self) -> Array2<f32>;
+
+    /// Bytes the stored weight occupies.
+    fn storage_bytes(&self) -> usize;
+
+    /// Short name of the storage format: `"f32"`, `"f32-packed"`, `"int8/ch"`, `"csr"`, ….
+    fn format(&self) -> &'static str;
+}
+
+/// [`Projection::forward_rows`] with every length checked first: the safe public entry point.
+///
+/// # Errors
+/// A slice shorter than `rows` rows of its width, a bias of the wrong length, or a workspace
+/// smaller than [`Projection::workspace_len`].
+pub fn project(
+    p: &dyn Projection,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [u8],
+) -> Result<()> {
+    let (out_f, in_f) = p.shape();
+    let need = |what: &str, have: usize, want: Option<usize>| match want {
+        Some(w) if have >= w => Ok(()),
+        _ => Err(TensorError::arg(
+            "project",
+            format!(
+                "{what} has {have} elements; {rows} rows of the {}×{} '{}' projection need more",
+                out_f,
+                in_f,
+                p.format()
+            ),
+        )),
+    };
+    need("input", x.len(), rows.checked_mul(in_f))?;
+    need("output", y.len(), rows.checked_mul(out_f))?;
+    need("workspace", ws.len(), Some(p.workspace_len(rows)))?;
+    if let Some(b) = bias {
+        if b.len() != out_f {
+            return Err(TensorError::shape("project (bias vs out features)", &[b.len()], &[out_f]));
+        }
+    }
+    p.forward_rows(x, rows, bias, y, ws);
+    Ok(())
+}
+
+/// Scratch bytes for projections, sized once ([`Workspace::ensure`]) and reused for every call.
+#[derive(Debug, Default, Clone)]
+pub struct Workspace {
+    buf: Vec<u8>,
+}
+
+impl Workspace {
+    /// Grows to at least `len` bytes (never shrinks); allocates only when it grows.
+    pub fn ensure(&mut self, len: usize) {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+    }
+    /// The whole buffer.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+/// The reference format: the dense f32 matrix of a weight [`Tensor`], **shared** with it (the
+/// projection holds the tensor's handle, not a copy), so training updates are seen at once.
+///
+/// Few rows (decode) use one dot product per output and row, reading each weight row once; many
+/// rows (prefill, batches) use GEMM — see [`crate::kernels::linear_rows`].
+#[derive(Debug, Clone)]
+pub struct DenseF32 {
+    weight: Tensor,
+    shape: (usize, usize),
+}
+
+impl DenseF32 {
+    /// Shares `weight` (`[out, in]`).
+    ///
+    /// # Errors
+    /// If `weight` is not 2-D.
+    pub fn new(weight: Tensor) -> Result<DenseF32> {
+        let s = weight.shape();
+        if s.len() != 2 {
+            return Err(TensorError::invalid_shape("DenseF32", &s, "weight must be [out, in]"));
+        }
+        Ok(DenseF32 { shape: (s[0], s[1]), weight })
+    }
+
+    /// A projection owning a copy of `w`.
+    pub fn from_array(w: Array2<f32>) -> DenseF32 {
+        let shape = w.dim();
+        DenseF32 { weight: Tensor::from_array(w.into_dyn()), shape }
+    }
+
+    /// The shared weight tensor.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Projection for DenseF32 {
+    fn shape(&self) -> (usize, usize) {
+        self.shape
+    }
+    fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
+        let w = self.weight.data();
+        let (out_f, in_f) = self.shape;
+        linear_rows(x, w.as_slice().expect("tensor data is standard layout"), bias, rows, in_f, out_f, y);
+    }
+    fn to_dense(&self) -> Array2<f32> {
+        self.weight.data().clone().into_dimensionality::<Ix2>().expect("checked 2-D at construction")
+    }
+    fn storage_bytes(&self) -> usize {
+        4 * self.shape.0 * self.shape.1
+    }
+    fn format(&self) -> &'static str {
+        "f32"
+    }
+}
+
+/// Runs `p` on a few random rows and compares with `to_dense()` in f64: the maximum absolute
+/// difference. Implementations of new formats call this in their tests.
+pub fn check_projection(p: &dyn Projection, rows: usize, seed: u64) -> Result<f32> {
+    let (out_f, in_f) = p.shape();
+    let x = crate::tensor::randn_array(
+        &[rows, in_f],
+        0.0,
+        1.0,
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed),
+    );
+    let x = x.as_slice().expect("fresh array").to_vec();
+    let bias: Vec<f32> = (0..out_f).map(|o| 0.01 * o as f32).collect();
+    let mut y = vec![0.0; rows * out_f];
+    let mut ws = Workspace::default();
+    ws.ensure(p.workspace_len(rows));
+    project(p, &x, rows, Some(&bias), &mut y, ws.bytes())?;
+    let w = p.to_dense();
+    let mut worst = 0.0f32;
+    for r in 0..rows {
+        for o in 0..out_f {
+            let want: f64 = bias[o] as f64 + (0..in_f).map(|i| x[r * in_f + i] as f64 * w[[o, i]] as f64).sum::<f64>();
+            worst = worst.max((y[r * out_f + o] as f64 - want).abs() as f32);
+        }
+    }
+    Ok(worst)
+}
+
+/// A projection installed in a layer, with the weight state it was installed over.
+///
+/// Installing sets the layer's dense weight to `to_dense()`, so checkpoints, gradients and
+/// evaluation see one function. If the weight is written afterwards (an optimizer step, a loaded
+/// checkpoint, a replaced tensor), the projection no longer matches it: using it then is an error
+/// rather than a silently different model.
+#[derive(Debug, Clone)]
+pub(crate) struct InstalledProjection {
+    projection: Arc<dyn Projection>,
+    weight_id: u64,
+    weight_version: u64,
+}
+
+impl InstalledProjection {
+    /// Installs `p` over `weight`, whose values become `p.to_dense()` reshaped to `weight`'s shape.
+    pub(crate) fn install(op: &'static str, weight: &Tensor, p: Arc<dyn Projection>) -> Result<InstalledProjection> {
+        let shape = weight.shape();
+        let rows = shape.first().copied().unwrap_or(0);
+        let cols: usize = shape.iter().skip(1).product();
+        if p.shape() != (rows, cols) {
+            return Err(TensorError::arg(
+                op,
+                format!(
+                    "a '{}' projection of shape {:?} does not fit weight {shape:?} (needs ({rows}, {cols}))",
+                    p.format(),
+                    p.shape()
+                ),
+            ));
+        }
+        let dense = p.to_dense();
+        if dense.dim() != (rows, cols) {
+            return Err(TensorError::arg(
+                op,
+                format!("to_dense() of a '{}' projection has shape {:?}, not its shape()", p.format(), dense.dim()),
+            ));
+        }
+        let dense =
+            dense.into_shape_with_order(ndarray::IxDyn(&shape)).map_err(|e| TensorError::arg(op, e.to_string()))?;
+        weight.set_data(dense)?;
+        Ok(InstalledProjection { projection: p, weight_id: weight.id(), weight_version: weight.version() })
+    }
+
+    /// The projection, if `weight` is still the tensor it was installed over, unchanged.
+    pub(crate) fn current(&self, op: &'static str, weight: &Tensor) -> Result<&Arc<dyn Projection>> {
+        if weight.id() != self.weight_id || weight.version() != self.weight_version {
+            return Err(TensorError::arg(
+                op,
+                format!(
+                    "the weight changed after a '{}' projection was installed (training step, loaded checkpoint or replaced tensor); install it again or clear it",
+                    self.projection.format()
+                ),
+            ));
+        }
+        Ok(&self.projection)
+    }
+
+    pub(crate) fn projection(&self) -> &Arc<dyn Projection> {
+        &self.projection
+    }
+}
+
+/// Whether an op over these inputs records a graph (then the dense weight must be used).
+pub(crate) fn records_graph(inputs: &[Option<&Tensor>]) -> bool {
+    crate::is_grad_enabled() && inputs.iter().flatten().any(|t| t.requires_grad())
+}
