@@ -338,3 +338,151 @@ fn projection_kernel_matches_reference() {
         }
     }
 }
+
+// ---- The seam: the decoder shares the model's layers, in any weight format ----
+
+mod seam {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    use super::{check_every_step, config, max_diff, reference_last, trained, TOL};
+    use tt_kvcache::{CachedGpt, OverflowPolicy};
+    use tt_tensor::hook::{set_observer, OpEvent, OpObserver};
+    use tt_tensor::nn::{map_linears, Linear};
+    use tt_tensor::testing::TransposedF64;
+    use tt_tensor::Tensor;
+    use tt_transformer::corpus::QaPair;
+    use tt_transformer::eval::{exact_match, exact_match_with, next_token_loss};
+    use tt_transformer::generate::FullRecompute;
+    use tt_transformer::{CharTokenizer, Gpt, Tokenizer};
+
+    /// Keeps the rows `keep` of `fc` and the matching input columns of `proj` in one block:
+    /// what structured pruning of MLP hidden units does.
+    fn narrow_mlp(m: &mut Gpt, block: usize, keep: &[usize]) {
+        let mlp = &mut m.blocks[block].mlp;
+        let (fw, fb, pw) =
+            (mlp.fc.weight.data().clone(), mlp.fc.bias.as_ref().unwrap().to_vec(), mlp.proj.weight.data().clone());
+        let d = fw.shape()[1];
+        let fc_w: Vec<f32> = keep.iter().flat_map(|&r| (0..d).map(move |c| (r, c))).map(|(r, c)| fw[[r, c]]).collect();
+        let fc_b: Vec<f32> = keep.iter().map(|&r| fb[r]).collect();
+        let proj_w: Vec<f32> =
+            (0..d).flat_map(|o| keep.iter().map(move |&r| (o, r))).map(|(o, r)| pw[[o, r]]).collect();
+        let h = keep.len();
+        let param = |v: Vec<f32>, shape: &[usize]| Tensor::param(ndarray::ArrayD::from_shape_vec(shape, v).unwrap());
+        mlp.fc = Linear::from_tensors(param(fc_w, &[h, d]), Some(param(fc_b, &[h]))).unwrap();
+        mlp.proj = Linear::from_tensors(param(proj_w, &[d, h]), mlp.proj.bias.clone()).unwrap();
+    }
+
+    #[test]
+    fn a_block_with_a_narrowed_mlp_decodes_like_the_tensor_model() {
+        let mut m = trained(9);
+        // 128 → 96 hidden units in block 1 (every fourth unit dropped); block 0 keeps 128.
+        let keep: Vec<usize> = (0..128).filter(|i| i % 4 != 1).collect();
+        narrow_mlp(&mut m, 1, &keep);
+        assert_eq!(m.blocks[1].mlp.fc.out_features(), 96);
+        assert_eq!(m.blocks[0].mlp.fc.out_features(), 128);
+        for (batch, prompt) in [(1, 1), (1, 9), (4, 3)] {
+            check_every_step(&m, batch, prompt);
+        }
+    }
+
+    #[test]
+    fn the_decoder_runs_installed_projections_and_shares_weights() {
+        let mut m = trained(10);
+        map_linears(&mut m, |_, l| l.set_projection(Arc::new(TransposedF64::of(l.projection()?.as_ref())))).unwrap();
+        let eng = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        let formats = eng.projection_formats();
+        assert_eq!(formats.len(), 4 * 2 + 1);
+        assert!(formats[..8].iter().all(|f| f.1 == "f64-transposed") && formats[8].1 == "f32", "{formats:?}");
+        drop(eng);
+        check_every_step(&m, 1, 4);
+        // A deliberately wrong projection in one layer shows up in the decoder's logits.
+        let mut wrong = trained(10);
+        let fc = &mut wrong.blocks[1].mlp.fc;
+        fc.set_projection(Arc::new(TransposedF64::wrong(fc.projection().unwrap().as_ref(), 0.05))).unwrap();
+        let mut eng = CachedGpt::new(&wrong, 1, OverflowPolicy::Error).unwrap();
+        let seq = vec![1usize, 5, 9, 2];
+        let got = eng.prefill(&seq, 4).unwrap().to_vec();
+        assert!(max_diff(&got, &reference_last(&trained(10), &[seq])) > 1e-3);
+        // Dense layers are shared, not copied: a weight edited after construction is seen.
+        let m = trained(11);
+        let mut eng = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        m.blocks[0].mlp.fc.weight.data_mut().mapv_inplace(|v| v * 0.5);
+        let seq = vec![3usize, 1, 4, 1, 5];
+        let got = eng.prefill(&seq, 5).unwrap().to_vec();
+        assert!(max_diff(&got, &reference_last(&m, &[seq])) <= TOL);
+    }
+
+    #[test]
+    fn inconsistent_layer_shapes_are_errors_naming_the_block() {
+        let mut m = Gpt::new(config(12, 0, 2)).unwrap();
+        m.blocks[1].mlp.proj = Linear::new(100, 32, true, 0); // fc gives 128, proj wants 100
+        let err = CachedGpt::new(&m, 1, OverflowPolicy::Error).err().unwrap().to_string();
+        assert!(err.contains("blocks.1") && err.contains("mlp.proj"), "{err}");
+        assert!(CachedGpt::new(&Gpt::new(config(12, 0, 2)).unwrap(), 0, OverflowPolicy::Error).is_err());
+    }
+
+    #[derive(Default)]
+    struct Events(RefCell<Vec<(String, &'static str)>>);
+    impl OpObserver for Events {
+        fn on_op(&self, e: OpEvent) {
+            self.0.borrow_mut().push((e.layer, e.name));
+        }
+    }
+
+    #[test]
+    fn a_decode_step_reports_ops_and_layers_to_the_profiler() {
+        let m = trained(12);
+        let mut eng = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        eng.prefill(&[1, 2, 3], 3).unwrap();
+        let events = Rc::new(Events::default());
+        set_observer(Some(events.clone()));
+        eng.decode_step(&[4]).unwrap();
+        set_observer(None);
+        let ev = events.0.borrow();
+        let count = |layer: &str, op: &str| ev.iter().filter(|e| e.0 == layer && e.1 == op).count();
+        for l in ["blocks.0", "blocks.1"] {
+            assert_eq!(
+                (count(l, "layer_norm"), count(l, "linear"), count(l, "attention"), count(l, "gelu"), count(l, "add")),
+                (2, 4, 1, 1, 2),
+                "{l}: {ev:?}"
+            );
+        }
+        assert_eq!((count("embed", "embedding"), count("head", "layer_norm"), count("head", "linear")), (1, 1, 1));
+    }
+
+    fn qa() -> (Tokenizer, Vec<QaPair>) {
+        let pairs: Vec<QaPair> = ["hi", "what is 2 plus 2?", "who are you?", "say yes", "count to three"]
+            .iter()
+            .map(|q| QaPair { category: "test".into(), question: q.to_string(), answer: "yes".into() })
+            .collect();
+        let text: String = pairs.iter().map(|p| format!("{}{}\n", p.prompt(), p.answer)).collect();
+        (Tokenizer::Char(CharTokenizer::from_corpus(&text)), pairs)
+    }
+
+    #[test]
+    fn quality_is_measured_on_the_engine_that_runs() {
+        let (tok, pairs) = qa();
+        let mut cfg = config(tt_transformer::Tokenize::vocab_size(&tok), 3, 2);
+        cfg.max_seq_len = 64;
+        let m = Gpt::new(cfg).unwrap();
+        let (em_tensor, a_tensor) = exact_match(&m, &tok, &pairs, 12, 2).unwrap();
+        let (em_cached, a_cached) =
+            exact_match_with(|| Ok(CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap()), &tok, &pairs, 12, 2)
+                .unwrap();
+        assert_eq!(em_tensor, em_cached);
+        let gen = |a: &[tt_transformer::eval::Answer]| a.iter().map(|x| x.generated.clone()).collect::<Vec<_>>();
+        assert_eq!(gen(&a_tensor), gen(&a_cached), "the same answers, token for token");
+        let ids: Vec<usize> = (0..300).map(|i| (i * 5 + i / 7) % m.config.vocab_size).collect();
+        let full = next_token_loss(&mut FullRecompute::new(&m), &ids, 40, 4).unwrap();
+        let cached = next_token_loss(&mut CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap(), &ids, 40, 4).unwrap();
+        assert!((full - cached).abs() < 1e-4, "{full} vs {cached}");
+        // An engine whose projections are wrong is scored as it is, not as its dense twin.
+        let mut bad = Gpt::new(m.config.clone()).unwrap();
+        map_linears(&mut bad, |_, l| l.set_projection(Arc::new(TransposedF64::wrong(l.projection()?.as_ref(), 0.5))))
+            .unwrap();
+        let worse = next_token_loss(&mut CachedGpt::new(&bad, 1, OverflowPolicy::Error).unwrap(), &ids, 40, 4).unwrap();
+        assert!((worse - full).abs() > 1e-3, "{worse} vs {full}");
+    }
+}

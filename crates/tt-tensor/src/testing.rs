@@ -95,3 +95,66 @@ mod tests {
         assert!(!bad.worst.is_empty());
     }
 }
+
+/// A [`Projection`](crate::Projection) for seam tests: the weight stored **transposed**
+/// (`[in, out]`) in **f64**, inputs widened to f64 in the caller's workspace — a different layout,
+/// arithmetic and workspace use from [`DenseF32`](crate::projection::DenseF32), so a model that
+/// still computes the same function through it shows the seam works, not a shortcut.
+/// [`TransposedF64::wrong`] adds a deliberate error to output 0, for tests that must fail.
+#[derive(Debug, Clone)]
+pub struct TransposedF64 {
+    wt: Vec<f64>,
+    out_f: usize,
+    in_f: usize,
+    error: f64,
+}
+
+impl TransposedF64 {
+    /// The same matrix as `p`.
+    pub fn of(p: &dyn crate::Projection) -> TransposedF64 {
+        Self::wrong(p, 0.0)
+    }
+    /// The same matrix as `p`, but `error` is added to output 0 of every row.
+    pub fn wrong(p: &dyn crate::Projection, error: f32) -> TransposedF64 {
+        let w = p.to_dense();
+        let (out_f, in_f) = w.dim();
+        TransposedF64 { wt: w.t().iter().map(|&v| v as f64).collect(), out_f, in_f, error: error as f64 }
+    }
+}
+
+impl crate::Projection for TransposedF64 {
+    fn shape(&self) -> (usize, usize) {
+        (self.out_f, self.in_f)
+    }
+    fn workspace_len(&self, rows: usize) -> usize {
+        // Slack for aligning the f64 view inside an unaligned byte buffer.
+        8 * rows * self.in_f + 8
+    }
+    fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8]) {
+        // SAFETY: every bit pattern is a valid f64, and align_to_mut only hands out the aligned
+        // middle part of the buffer.
+        let (_, xs, _) = unsafe { ws.align_to_mut::<f64>() };
+        let (n, o) = (self.in_f, self.out_f);
+        for (dst, &v) in xs[..rows * n].iter_mut().zip(&x[..rows * n]) {
+            *dst = v as f64;
+        }
+        for r in 0..rows {
+            for j in 0..o {
+                let mut s = bias.map_or(0.0, |b| b[j] as f64);
+                for i in 0..n {
+                    s += xs[r * n + i] * self.wt[i * o + j];
+                }
+                y[r * o + j] = (s + if j == 0 { self.error } else { 0.0 }) as f32;
+            }
+        }
+    }
+    fn to_dense(&self) -> ndarray::Array2<f32> {
+        ndarray::Array2::from_shape_fn((self.out_f, self.in_f), |(j, i)| self.wt[i * self.out_f + j] as f32)
+    }
+    fn storage_bytes(&self) -> usize {
+        8 * self.wt.len()
+    }
+    fn format(&self) -> &'static str {
+        "f64-transposed"
+    }
+}

@@ -101,3 +101,159 @@ fn seeded_dropout_op() {
     assert!(x.dropout(1.0, 1).is_err());
     tt_tensor::testing::assert_grads(|i| i[0].dropout(0.5, 3), &[Tensor::randn(&[3, 4], 0.0, 1.0, 1)], 1e-3, 1e-2);
 }
+
+// ---- The projection seam: any weight format behind Linear and Conv2d ----
+
+mod seam {
+    use std::sync::Arc;
+
+    use tt_tensor::nn::{
+        linears, map_conv2ds, map_linears, walk_mut, Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential,
+    };
+    use tt_tensor::optim::{Optimizer, Sgd};
+    use tt_tensor::projection::{check_projection, project, DenseF32, Projection, Workspace};
+    use tt_tensor::testing::TransposedF64;
+    use tt_tensor::{no_grad, Module, Tensor};
+
+    /// The digits MLP (milestone `mlp_digits`).
+    fn mlp() -> Sequential {
+        Sequential::new().layer(Linear::new(64, 128, true, 0)).layer(Relu).layer(Linear::new(128, 10, true, 1))
+    }
+
+    /// The digits CNN (milestone `cnn_digits`).
+    fn cnn() -> Sequential {
+        Sequential::new()
+            .layer(Conv2d::new(1, 16, 3, 1, 1, 0))
+            .layer(Relu)
+            .layer(MaxPool2d { kernel: 2, stride: 2 })
+            .layer(Conv2d::new(16, 32, 3, 1, 1, 1))
+            .layer(Relu)
+            .layer(MaxPool2d { kernel: 2, stride: 2 })
+            .layer(Flatten)
+            .layer(Linear::new(128, 64, true, 2))
+            .layer(Relu)
+            .layer(Linear::new(64, 10, true, 3))
+    }
+
+    /// Installs `TransposedF64` (with `error` on output 0) in every Linear and Conv2d, by name only.
+    fn install(m: &mut dyn Module, error: f32) -> (usize, usize) {
+        let lin =
+            map_linears(m, |_, l| l.set_projection(Arc::new(TransposedF64::wrong(l.projection()?.as_ref(), error))))
+                .unwrap();
+        let conv = map_conv2ds(m, |_, c| {
+            let dense = DenseF32::from_array(c.weight.data().clone().into_shape_with_order(c.matrix_shape()).unwrap());
+            c.set_projection(Arc::new(TransposedF64::wrong(&dense, error)))
+        })
+        .unwrap();
+        (lin, conv)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        a.to_vec().iter().zip(b.to_vec()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn mlp_and_cnn_compute_the_same_function_through_another_format() {
+        for (name, build, x) in [
+            ("mlp", mlp as fn() -> Sequential, Tensor::randn(&[5, 64], 0.0, 1.0, 3)),
+            ("cnn", cnn, Tensor::randn(&[3, 1, 8, 8], 0.0, 1.0, 4)),
+        ] {
+            let plain = build();
+            let mut seamed = build();
+            let counts = install(&mut seamed, 0.0);
+            assert_eq!(counts, if name == "mlp" { (2, 0) } else { (2, 2) }, "{name}: layers reached by name");
+            let (want, got) = no_grad(|| (plain.forward(&x).unwrap(), seamed.forward(&x).unwrap()));
+            // f64 vs f32 accumulation over ≤ 144 terms of O(1) values: ~1e-6; 1e-5 is the stated bound.
+            let diff = max_diff(&want, &got);
+            assert!(diff <= 1e-5, "{name}: {diff}");
+            // The same check catches a projection that is off by 1e-3 in one output.
+            let mut wrong = build();
+            install(&mut wrong, 1e-3);
+            let diff = max_diff(&want, &no_grad(|| wrong.forward(&x).unwrap()));
+            assert!(diff > 1e-4, "{name}: a wrong projection went unnoticed ({diff})");
+        }
+    }
+
+    #[test]
+    fn installed_projection_runs_only_without_a_graph_and_keeps_weight_equal() {
+        let mut m = mlp();
+        install(&mut m, 1e-3);
+        let x = Tensor::randn(&[2, 64], 0.0, 1.0, 5);
+        // With a graph (training), the dense weight runs: the deliberate error is absent.
+        let trained = m.forward(&x).unwrap();
+        assert!(trained.requires_grad());
+        let plain = no_grad(|| mlp().forward(&x).unwrap());
+        assert!(max_diff(&trained, &plain) <= 1e-5);
+        // Weight equals the projection's to_dense (the f64 copy of the f32 weights is exact).
+        let l = m.children()[0].1.as_linear().unwrap();
+        let p = l.installed_projection().unwrap();
+        assert_eq!((p.format(), p.storage_bytes()), ("f64-transposed", 8 * 64 * 128));
+        assert_eq!(l.weight.to_vec(), p.to_dense().iter().copied().collect::<Vec<f32>>());
+    }
+
+    #[test]
+    fn a_stale_projection_is_an_error_not_a_silently_different_model() {
+        let mut m = mlp();
+        install(&mut m, 0.0);
+        let x = Tensor::randn(&[2, 64], 0.0, 1.0, 6);
+        let loss = m.forward(&x).unwrap().sum();
+        loss.backward().unwrap();
+        Sgd::new(m.parameters(), 0.1, 0.0, 0.0).unwrap().step().unwrap();
+        let err = no_grad(|| m.forward(&x)).unwrap_err().to_string();
+        assert!(err.contains("changed after") && err.contains("f64-transposed"), "{err}");
+        // Clearing falls back to the (trained) dense weight.
+        map_linears(&mut m, |_, l| {
+            l.clear_projection();
+            Ok(())
+        })
+        .unwrap();
+        assert!(no_grad(|| m.forward(&x)).is_ok());
+    }
+
+    #[test]
+    fn shapes_are_checked_at_install_and_at_call() {
+        let mut l = Linear::new(4, 3, true, 0);
+        let wrong = DenseF32::from_array(ndarray::Array2::zeros((4, 3)));
+        let err = l.set_projection(Arc::new(wrong)).unwrap_err().to_string();
+        assert!(err.contains("(4, 3)") && err.contains("(3, 4)"), "{err}");
+        let p = l.projection().unwrap();
+        let mut y = [0.0f32; 3];
+        assert!(project(p.as_ref(), &[1.0; 3], 1, None, &mut y, &mut []).is_err(), "short input");
+        assert!(project(p.as_ref(), &[1.0; 8], 2, None, &mut y, &mut []).is_err(), "short output");
+        assert!(project(p.as_ref(), &[1.0; 4], 1, Some(&[0.0; 2]), &mut y, &mut []).is_err(), "bias length");
+        let t = TransposedF64::of(p.as_ref());
+        assert!(project(&t, &[1.0; 4], 1, None, &mut y, &mut [0u8; 8]).is_err(), "workspace too small");
+        let mut ws = Workspace::default();
+        ws.ensure(t.workspace_len(1));
+        project(&t, &[1.0; 4], 1, None, &mut y, ws.bytes()).unwrap();
+        // Any implementation can be checked against its own to_dense().
+        assert!(check_projection(&t, 5, 0).unwrap() < 1e-5);
+        assert!(check_projection(p.as_ref(), 9, 0).unwrap() < 1e-5);
+        assert!(check_projection(&TransposedF64::wrong(p.as_ref(), 1e-2), 3, 0).unwrap() > 5e-3);
+    }
+
+    #[test]
+    fn the_default_projection_shares_the_weight() {
+        let l = Linear::new(6, 2, false, 0);
+        let p = l.projection().unwrap();
+        assert_eq!(p.format(), "f32");
+        l.weight.set_data(ndarray::Array2::<f32>::ones((2, 6)).into_dyn()).unwrap();
+        let mut y = [0.0f32; 2];
+        project(p.as_ref(), &[1.0; 6], 1, None, &mut y, &mut []).unwrap();
+        assert_eq!(y, [6.0, 6.0], "the projection sees the new weight: shared, not copied");
+    }
+
+    #[test]
+    fn children_mut_names_match_children() {
+        let mut m = cnn();
+        let read: Vec<String> = m.children().into_iter().map(|c| c.0).collect();
+        let mut walked = Vec::new();
+        walk_mut(&mut m, &mut |name, _| {
+            walked.push(name.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read, walked);
+        assert_eq!(linears(&m).into_iter().map(|l| l.0).collect::<Vec<_>>(), ["7", "9"]);
+    }
+}

@@ -270,3 +270,166 @@ fn dropout_only_in_training_forward() {
     bad.dropout = 1.0;
     assert!(Gpt::new(bad).is_err());
 }
+
+// ---- The seam: weight formats reach the GPT by name; training hooks; evaluation on any source ----
+
+mod seam {
+    use std::sync::Arc;
+
+    use super::{common, small_train_cfg};
+    use tt_tensor::nn::{map_linears, walk_mut};
+    use tt_tensor::testing::TransposedF64;
+    use tt_tensor::{no_grad, Module};
+    use tt_transformer::eval::next_token_loss;
+    use tt_transformer::generate::{generate, generate_with, FullRecompute, GenerateConfig};
+    use tt_transformer::train::{default_loss, evaluate_loss, train, train_with_hooks, TrainData, TrainHooks};
+    use tt_transformer::{Gpt, TransformerError};
+
+    fn logits(m: &Gpt, ids: &[usize]) -> Vec<f32> {
+        no_grad(|| m.forward_ids(ids, 2, ids.len() / 2)).unwrap().to_vec()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn gpt_computes_the_same_logits_through_another_weight_format() {
+        for tie in [true, false] {
+            let mut cfg = common::tiny_config(11, 2);
+            cfg.tie_weights = tie;
+            let plain = Gpt::new(cfg.clone()).unwrap();
+            let ids: Vec<usize> = (0..2 * 9).map(|i| (i * 7 + 3) % 11).collect();
+            let want = logits(&plain, &ids);
+            for (error, should_match) in [(0.0, true), (1e-3, false)] {
+                let mut m = Gpt::new(cfg.clone()).unwrap();
+                let mut names = Vec::new();
+                let n = map_linears(&mut m, |name, l| {
+                    names.push(name.to_string());
+                    l.set_projection(Arc::new(TransposedF64::wrong(l.projection()?.as_ref(), error)))
+                })
+                .unwrap();
+                assert_eq!(n, 4 * cfg.n_layers + usize::from(!tie));
+                assert_eq!(
+                    names[..4],
+                    ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc", "blocks.0.mlp.proj"]
+                );
+                let diff = max_diff(&logits(&m, &ids), &want);
+                // f64 vs f32 sums through 2 blocks: ~1e-6 on O(1) logits.
+                assert_eq!(diff <= 1e-5, should_match, "tie {tie}, error {error}: max |Δ| {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn gpt_children_mut_walks_the_state_dict_tree() {
+        let mut m = common::tiny(10, 0);
+        let mut walked = Vec::new();
+        walk_mut(&mut m, &mut |name, _| {
+            walked.push(name.to_string());
+            Ok(())
+        })
+        .unwrap();
+        // Every parameter's owner (its name minus ".weight"/".bias") is a walked layer.
+        for (p, _) in m.named_parameters() {
+            let owner = &p[..p.rfind('.').unwrap()];
+            assert!(owner == "pos_emb" || walked.iter().any(|w| w == owner), "{p} not reachable");
+        }
+        assert_eq!(walked.len(), 1 + 2 * (1 + 4 + 2 + 2) + 1);
+    }
+
+    #[test]
+    fn full_recompute_source_matches_generate_and_evaluate_loss() {
+        let m = common::tiny(13, 5);
+        let prompt = [1, 4, 2];
+        let cfg = GenerateConfig::greedy(12).with_stop(&[7]);
+        assert_eq!(
+            generate_with(&mut FullRecompute::new(&m), &prompt, &cfg).unwrap(),
+            generate(&m, &prompt, &cfg).unwrap()
+        );
+        let ids: Vec<usize> = (0..200).map(|i| (i * i + 3) % 13).collect();
+        let a = evaluate_loss(&m, &ids, 16, 5).unwrap();
+        let b = next_token_loss(&mut FullRecompute::new(&m), &ids, 16, 5).unwrap();
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        // Context is checked before anything runs.
+        let long = GenerateConfig::greedy(40);
+        assert!(matches!(
+            generate_with(&mut FullRecompute::new(&m), &prompt, &long),
+            Err(TransformerError::ContextOverflow { .. })
+        ));
+        assert!(next_token_loss(&mut FullRecompute::new(&m), &ids, 40, 1).is_err());
+    }
+
+    fn data() -> (TrainData, Vec<usize>) {
+        let ids: Vec<usize> = (0..400).map(|i| [1, 2, 3, 2, 5, 1, 4][i % 7]).collect();
+        (TrainData::plain(ids.clone()), ids)
+    }
+
+    #[test]
+    fn training_hooks_replace_the_loss_and_run_after_each_step() {
+        let (data, ids) = data();
+        let cfg = small_train_cfg(12);
+        let plain = common::tiny(6, 1);
+        train(&plain, &data, &ids, &cfg, false, |_| {}).unwrap();
+        // A loss hook that is the default loss gives the very same model.
+        let hooked = common::tiny(6, 1);
+        let loss = |i: &tt_transformer::train::LossInput| default_loss(i);
+        let hooks = TrainHooks { loss: Some(&loss), after_step: None };
+        train_with_hooks(&hooked, &data, &ids, &cfg, hooks, false, |_| {}).unwrap();
+        assert_eq!(plain.tok_emb.weight.to_vec(), hooked.tok_emb.weight.to_vec());
+        // An after-step hook runs once per step and can hold a weight at zero (a pruning mask).
+        let masked = common::tiny(6, 1);
+        let mut steps = Vec::new();
+        let mut after = |step: usize, m: &Gpt| -> tt_transformer::Result<()> {
+            steps.push(step);
+            m.blocks[0].mlp.fc.weight.data_mut()[[0, 0]] = 0.0;
+            Ok(())
+        };
+        let hooks = TrainHooks { loss: None, after_step: Some(&mut after) };
+        train_with_hooks(&masked, &data, &ids, &cfg, hooks, false, |_| {}).unwrap();
+        assert_eq!(steps, (0..12).collect::<Vec<_>>());
+        assert_eq!(masked.blocks[0].mlp.fc.weight.data()[[0, 0]], 0.0);
+        // A different loss gives a different model; a failing hook stops training with its error.
+        let scaled = common::tiny(6, 1);
+        let loss2 = |i: &tt_transformer::train::LossInput| Ok(default_loss(i)?.mul_scalar(3.0));
+        train_with_hooks(
+            &scaled,
+            &data,
+            &ids,
+            &cfg,
+            TrainHooks { loss: Some(&loss2), after_step: None },
+            false,
+            |_| {},
+        )
+        .unwrap();
+        assert_ne!(plain.tok_emb.weight.to_vec(), scaled.tok_emb.weight.to_vec());
+        let mut fail =
+            |_: usize, _: &Gpt| -> tt_transformer::Result<()> { Err(TransformerError::Config("stop".into())) };
+        let r = train_with_hooks(
+            &common::tiny(6, 1),
+            &data,
+            &ids,
+            &cfg,
+            TrainHooks { loss: None, after_step: Some(&mut fail) },
+            false,
+            |_| {},
+        );
+        assert!(matches!(r, Err(TransformerError::Config(m)) if m == "stop"));
+    }
+
+    #[test]
+    fn invalid_training_configs_are_errors_before_training() {
+        let (data, ids) = data();
+        let m = common::tiny(6, 1);
+        for (what, cfg) in [
+            ("steps", tt_transformer::train::TrainConfig { steps: 0, ..small_train_cfg(1) }),
+            ("lr", tt_transformer::train::TrainConfig { lr: f32::NAN, ..small_train_cfg(1) }),
+            ("lr", tt_transformer::train::TrainConfig { lr: -1.0, ..small_train_cfg(1) }),
+            ("batch_size", tt_transformer::train::TrainConfig { batch_size: 0, ..small_train_cfg(1) }),
+            ("eval_every", tt_transformer::train::TrainConfig { eval_every: 0, ..small_train_cfg(1) }),
+        ] {
+            let err = train(&m, &data, &ids, &cfg, false, |_| {}).unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+    }
+}
