@@ -110,9 +110,18 @@ pub fn walk_mut(m: &mut dyn Module, f: &mut dyn FnMut(&str, &mut dyn Module) -> 
 ///
 /// # Errors
 /// The first error `f` returns.
-pub fn map_linears(m: &mut dyn Module, mut f: impl FnMut(&str, &mut Linear) -> Result<()>) -> Result<usize> {
+pub fn map_linears(m: &mut dyn Module, f: impl FnMut(&str, &mut Linear) -> Result<()>) -> Result<usize> {
+    map_layers(m, |l| l.as_linear_mut(), f)
+}
+
+/// Calls `f` on every layer below `m` that `pick` selects; returns how many there were.
+fn map_layers<T: ?Sized>(
+    m: &mut dyn Module,
+    pick: fn(&mut dyn Module) -> Option<&mut T>,
+    mut f: impl FnMut(&str, &mut T) -> Result<()>,
+) -> Result<usize> {
     let mut n = 0;
-    walk_mut(m, &mut |name, layer| match layer.as_linear_mut() {
+    walk_mut(m, &mut |name, layer| match pick(layer) {
         Some(l) => {
             n += 1;
             f(name, l)
@@ -126,16 +135,8 @@ pub fn map_linears(m: &mut dyn Module, mut f: impl FnMut(&str, &mut Linear) -> R
 ///
 /// # Errors
 /// The first error `f` returns.
-pub fn map_conv2ds(m: &mut dyn Module, mut f: impl FnMut(&str, &mut Conv2d) -> Result<()>) -> Result<usize> {
-    let mut n = 0;
-    walk_mut(m, &mut |name, layer| match layer.as_conv2d_mut() {
-        Some(c) => {
-            n += 1;
-            f(name, c)
-        }
-        None => Ok(()),
-    })?;
-    Ok(n)
+pub fn map_conv2ds(m: &mut dyn Module, f: impl FnMut(&str, &mut Conv2d) -> Result<()>) -> Result<usize> {
+    map_layers(m, |l| l.as_conv2d_mut(), f)
 }
 
 /// Every [`Linear`] below `m` with its path, read-only (the decoder, reports).
