@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use tt_tensor::data::{ClassificationData, DataLoader, Dataset};
 use tt_tensor::loss::cross_entropy;
 use tt_tensor::optim::{Adam, Optimizer};
-use tt_tensor::serialize::{atomic_write, load_module, save_module};
+use tt_tensor::serialize::{
+    load_state_dict, load_unit, parse_safetensors, save_unit, to_safetensors_bytes, unit_exists,
+};
 use tt_tensor::{no_grad, Module};
 
 use crate::{MilestoneError, Options, Result};
@@ -127,33 +129,36 @@ pub struct SavedClassifier {
     pub params: usize,
 }
 
-/// Paths of a cached model.
-pub fn checkpoint_paths(cache_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let dir = cache_dir.join(name);
-    (dir.join("model.safetensors"), dir.join("config.json"))
+/// Directory of a cached classifier: one checkpoint unit (see `tt_tensor::serialize::save_unit`)
+/// with `model.safetensors` and `config.json`, under the options' cache key (`--quick` models
+/// live apart, so a quick run never replaces a full one).
+pub fn checkpoint_dir(opts: &Options, name: &str) -> PathBuf {
+    opts.cache_dir.join(opts.cache_key(name))
 }
 
-/// Saves weights and config, each atomically.
-pub fn save(model: &dyn Module, info: &SavedClassifier, cache_dir: &Path) -> Result<PathBuf> {
-    let (weights, config) = checkpoint_paths(cache_dir, &info.kind);
+const PARTS: [&str; 2] = ["model.safetensors", "config.json"];
+
+/// Saves weights and config as one unit: an interruption leaves the previous checkpoint intact.
+pub fn save(model: &dyn Module, info: &SavedClassifier, dir: &Path) -> Result<PathBuf> {
     let mut meta = HashMap::new();
     meta.insert("kind".to_string(), info.kind.clone());
-    save_module(model, &weights, Some(meta))?;
+    let weights = to_safetensors_bytes(&model.named_parameters(), Some(meta))?;
     let json = serde_json::to_vec_pretty(info).map_err(|e| MilestoneError::Other(e.to_string()))?;
-    atomic_write(&config, &json)?;
-    Ok(weights)
+    save_unit(dir, &[(PARTS[0], &weights), (PARTS[1], &json)])?;
+    Ok(dir.to_path_buf())
 }
 
 /// Loads a cached model's weights into `model` and returns its config; `Ok(None)` if not cached.
-pub fn load(model: &dyn Module, cache_dir: &Path, kind: &str) -> Result<Option<SavedClassifier>> {
-    let (weights, config) = checkpoint_paths(cache_dir, kind);
-    if !weights.exists() || !config.exists() {
+/// Every file is checked against the manifest's checksums; non-finite weights are an error.
+pub fn load(model: &dyn Module, dir: &Path) -> Result<Option<SavedClassifier>> {
+    if !unit_exists(dir) {
         return Ok(None);
     }
-    let text = std::fs::read(&config).map_err(|e| MilestoneError::Other(format!("{}: {e}", config.display())))?;
-    let info: SavedClassifier = serde_json::from_slice(&text)
-        .map_err(|e| MilestoneError::Other(format!("{}: corrupt config: {e}", config.display())))?;
-    load_module(model, &weights)?;
+    let parts = load_unit(dir, &PARTS)?;
+    let info: SavedClassifier = serde_json::from_slice(&parts[1])
+        .map_err(|e| MilestoneError::Other(format!("{}: corrupt config: {e}", dir.display())))?;
+    let (state, _) = parse_safetensors(&parts[0], &dir.join(PARTS[0]).display().to_string())?;
+    load_state_dict(model, state)?;
     Ok(Some(info))
 }
 
@@ -171,7 +176,7 @@ pub fn train_and_save(
     let test_accuracy = accuracy(model, test_set)?;
     let info =
         SavedClassifier { kind: kind.into(), train: cfg, test_accuracy, train_seconds, params: model.num_parameters() };
-    let path = save(model, &info, &opts.cache_dir)?;
+    let path = save(model, &info, &checkpoint_dir(opts, kind))?;
     opts.say(format!(
         "held-out accuracy {:.2}% after {:.1} s of training; saved {}",
         100.0 * test_accuracy,

@@ -33,7 +33,7 @@ pub fn config(quick: bool) -> TrainConfig {
 pub fn load_or_train(opts: &Options) -> Result<(Sequential, SavedClassifier)> {
     let model = build(0);
     if !opts.retrain {
-        if let Some(info) = classifier::load(&model, &opts.cache_dir, NAME)? {
+        if let Some(info) = classifier::load(&model, &classifier::checkpoint_dir(opts, NAME))? {
             return Ok((model, info));
         }
     }
@@ -64,6 +64,6 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
         "train_seconds": info.train_seconds,
         "params": model.num_parameters(),
         "epochs": history,
-        "checkpoint": classifier::checkpoint_paths(&opts.cache_dir, NAME).0,
+        "checkpoint": classifier::checkpoint_dir(opts, NAME),
     }))
 }

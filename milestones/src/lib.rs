@@ -70,12 +70,60 @@ impl Default for Options {
     }
 }
 
-/// `$TT_CACHE_DIR`, else `.tt-cache` in the current directory.
+/// `$TT_CACHE_DIR`, else `.tt-cache` at the workspace root (the same from any subdirectory).
 pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("TT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".tt-cache"))
+    match std::env::var_os("TT_CACHE_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map_or_else(|| PathBuf::from(".tt-cache"), |root| root.join(".tt-cache")),
+    }
+}
+
+/// Whether a published model checkpoint named `key` is in `cache`.
+pub fn is_cached(cache: &std::path::Path, key: &str) -> bool {
+    tt_tensor::serialize::unit_exists(&cache.join(key))
+}
+
+/// Options a milestone may use beyond `--json` and `--quick` (which all take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses {
+    /// `--retrain`: it loads a cached model that could be retrained.
+    pub retrain: bool,
+    /// `--corpus`: it trains or loads the language model of a user corpus.
+    pub corpus: bool,
 }
 
 impl Options {
+    /// Cache key of a model: `base`, or `base-quick` for the small `--quick` settings, so a quick
+    /// run never replaces a full-size model.
+    pub fn cache_key(&self, base: &str) -> String {
+        if self.quick {
+            format!("{base}-quick")
+        } else {
+            base.to_string()
+        }
+    }
+
+    /// Creates the cache directory and proves it writable, before any training starts.
+    ///
+    /// # Errors
+    /// A path that is a file, or a directory that cannot be created or written; the error names it.
+    pub fn prepare_cache_dir(&self) -> Result<()> {
+        let dir = &self.cache_dir;
+        let err = |e: std::io::Error| {
+            MilestoneError::Other(format!(
+                "cache directory {} is not usable (set TT_CACHE_DIR to another): {e}",
+                dir.display()
+            ))
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"ok").map_err(err)?;
+        std::fs::remove_file(&probe).map_err(err)?;
+        Ok(())
+    }
+
     /// Writes a line of the human report (stdout normally, stderr in JSON mode).
     pub fn say(&self, line: impl AsRef<str>) {
         if self.quiet {
@@ -94,6 +142,7 @@ pub struct Milestone {
     pub name: &'static str,
     pub module: &'static str,
     pub description: &'static str,
+    pub uses: Uses,
     pub run: fn(&Options) -> Result<serde_json::Value>,
 }
 
@@ -102,18 +151,21 @@ pub fn all() -> &'static [Milestone] {
     &[
         Milestone {
             name: "mlp_digits",
+            uses: Uses { retrain: false, corpus: false },
             module: "07",
             description: "train an MLP on the UCI handwritten digits; held-out accuracy per epoch",
             run: mlp_digits::run,
         },
         Milestone {
             name: "cnn_digits",
+            uses: Uses { retrain: false, corpus: false },
             module: "09",
             description: "train a LeNet-style CNN on the UCI digits (8x8 images); held-out accuracy per epoch",
             run: cnn_digits::run,
         },
         Milestone {
             name: "transformer",
+            uses: Uses { retrain: true, corpus: true },
             module: "13",
             description:
                 "train the default GPT on the built-in Q/A corpus; perplexity and exact-match on unseen questions",
@@ -121,12 +173,14 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "kv_cache",
+            uses: Uses { retrain: true, corpus: false },
             module: "14",
             description: "greedy generation with and without the KV cache: same tokens, tok/s, speedup, cache memory",
             run: kv_cache::run,
         },
         Milestone {
             name: "profile",
+            uses: Uses { retrain: true, corpus: false },
             module: "15",
             description: "profile the trained CNN and GPT: parameters, FLOPs, memory, latency, per-op table, roofline",
             run: profile::run,
@@ -139,7 +193,22 @@ pub fn find(name: &str) -> Result<&'static Milestone> {
     all().iter().find(|m| m.name == name).ok_or_else(|| MilestoneError::Unknown(name.to_string()))
 }
 
-/// Runs a milestone by name.
+/// Runs a milestone by name, after rejecting options it does not use and checking the cache
+/// directory.
+///
+/// # Errors
+/// An unknown name, an option the milestone does not use, an unusable cache directory, or the
+/// milestone's own errors.
 pub fn run(name: &str, opts: &Options) -> Result<serde_json::Value> {
-    (find(name)?.run)(opts)
+    let m = find(name)?;
+    let unused =
+        |flag: &str| Err(MilestoneError::Other(format!("milestone {name} does not use {flag} (it would be ignored)")));
+    if opts.retrain && !m.uses.retrain {
+        return unused("--retrain (it always trains)");
+    }
+    if opts.corpus.is_some() && !m.uses.corpus {
+        return unused("--corpus");
+    }
+    opts.prepare_cache_dir()?;
+    (m.run)(opts)
 }

@@ -57,15 +57,20 @@ const STEPS: usize = 1800;
 const TRAIN_REPEATS: usize = 20;
 
 /// Where the checkpoint of a corpus lives: `<cache>/transformer` for the built-in corpus,
-/// `<cache>/transformer-<file stem>` for `--corpus FILE`.
-pub fn checkpoint_dir(opts: &Options) -> PathBuf {
-    match &opts.corpus {
-        None => opts.cache_dir.join(NAME),
+/// `<cache>/transformer-corpus-<SHA-256 prefix of the file's contents>` for `--corpus FILE` (two
+/// files with the same name never share a model), with `-quick` appended for `--quick` models.
+pub fn checkpoint_dir(opts: &Options) -> Result<PathBuf> {
+    Ok(match &opts.corpus {
+        None => opts.cache_dir.join(opts.cache_key(NAME)),
         Some(f) => {
-            opts.cache_dir.join(format!("{NAME}-{}", f.file_stem().map_or("corpus".into(), |s| s.to_string_lossy())))
+            let sha = tt_tensor::serialize::sha256_hex(read_corpus(f)?.as_bytes());
+            opts.cache_dir.join(opts.cache_key(&format!("{NAME}-corpus-{}", &sha[..16])))
         }
-    }
+    })
 }
+
+/// The largest `--corpus` file read (a corpus this size would take days to train on here).
+pub const MAX_CORPUS_BYTES: u64 = 64 << 20;
 
 /// Loss weight of question tokens relative to answer tokens (1.0) on the built-in corpus. The
 /// question's content is random by design; weighting it less puts the gradient on the answers.
@@ -88,7 +93,15 @@ fn load_text(opts: &Options) -> Result<(String, String, Option<QaCorpus>)> {
 }
 
 fn read_corpus(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| MilestoneError::Other(format!("--corpus {}: {e}", path.display())))?;
+    use std::io::Read;
+    let err = |e: String| MilestoneError::Other(format!("--corpus {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::new();
+    // `take` bounds the read even for endless files (/dev/zero) whose metadata says 0 bytes.
+    file.take(MAX_CORPUS_BYTES + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CORPUS_BYTES {
+        return Err(err(format!("larger than the {} MiB limit", MAX_CORPUS_BYTES >> 20)));
+    }
     let text = String::from_utf8(bytes)
         .map_err(|_| MilestoneError::Other(format!("--corpus {}: not UTF-8 text", path.display())))?;
     if text.chars().count() < 2000 {
@@ -140,14 +153,14 @@ fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
     }
     let report = train(&model, &data, &val_ids, &cfg, opts.progress, |line| opts.say(line))?;
     let info = json!({ "train": cfg, "report": report, "corpus": opts.corpus });
-    checkpoint::save(&checkpoint_dir(opts), &model, &tokenizer, info)?;
+    checkpoint::save(&checkpoint_dir(opts)?, &model, &tokenizer, info)?;
     Ok((model, tokenizer, report))
 }
 
 /// Loads the cached model for the options' corpus, training it first if absent or `--retrain`.
 /// Returns the model, its tokenizer, the training report and whether it was reused.
 pub fn load_or_train(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport, bool)> {
-    let dir = checkpoint_dir(opts);
+    let dir = checkpoint_dir(opts)?;
     if !opts.retrain && checkpoint::exists(&dir) {
         let (model, tok, info) = checkpoint::load(&dir)?;
         let report: TrainReport = serde_json::from_value(info["report"].clone()).map_err(|e| {
@@ -187,7 +200,7 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
         "tokens_per_second": report.tokens_per_second,
         "train_tokens": report.tokens,
         "reused_checkpoint": reused,
-        "checkpoint": checkpoint_dir(opts),
+        "checkpoint": checkpoint_dir(opts)?,
         "history": report.history,
         "test_exact_match": serde_json::Value::Null,
     });

@@ -6,7 +6,7 @@ use milestones::{classifier, cnn_digits, Options};
 fn opts(dir: &std::path::Path) -> Options {
     Options {
         json: true,
-        retrain: true,
+        retrain: false,
         quick: true,
         cache_dir: dir.to_path_buf(),
         progress: false,
@@ -31,7 +31,7 @@ fn mlp_digits_quick_run_reports_measured_accuracy() {
 fn cnn_checkpoint_is_reused() {
     let dir = std::env::temp_dir().join(format!("tt-ms-cnn-{}", std::process::id()));
     let v = milestones::run("cnn_digits", &opts(&dir)).unwrap();
-    let (model, info) = cnn_digits::load_or_train(&Options { retrain: false, ..opts(&dir) }).unwrap();
+    let (model, info) = cnn_digits::load_or_train(&opts(&dir)).unwrap();
     assert_eq!(info.test_accuracy as f64, v["test_accuracy"].as_f64().unwrap() as f32 as f64);
     let (_, test) = tt_tensor::data::digits::standard_split().unwrap();
     let acc = classifier::accuracy(&model, &test.with_sample_shape(vec![1, 8, 8]).unwrap()).unwrap();
@@ -51,7 +51,7 @@ fn transformer_and_kv_cache_quick_runs_report_measured_fields() {
     assert!((0.0..=1.0).contains(&em));
     assert!(v["val_perplexity"].as_f64().unwrap() > 1.0);
     // The KV-cache milestone reuses that checkpoint and checks cached == uncached == reference.
-    let kv = milestones::run("kv_cache", &Options { retrain: false, ..opts(&dir) }).unwrap();
+    let kv = milestones::run("kv_cache", &opts(&dir)).unwrap();
     assert_eq!(kv["outputs_identical"], true, "{kv}");
     let rows = kv["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -73,7 +73,14 @@ fn transformer_trains_on_a_user_corpus_file() {
     let v = milestones::run("transformer", &o).unwrap();
     assert!(v["val_perplexity"].as_f64().unwrap() > 1.0);
     assert!(v["test_exact_match"].is_null(), "no Q/A test set for a plain text file");
-    assert!(dir.join("transformer-poem").join("config.json").is_file());
+    let ck = milestones::transformer::checkpoint_dir(&o).unwrap();
+    assert!(tt_tensor::serialize::unit_exists(&ck), "{}", ck.display());
+    // The same name with other contents is another model.
+    let other = dir.join("sub");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("poem.txt"), "a different poem, of other words entirely. ".repeat(80)).unwrap();
+    let o2 = Options { corpus: Some(other.join("poem.txt")), ..opts(&dir) };
+    assert_ne!(milestones::transformer::checkpoint_dir(&o2).unwrap(), ck);
     // Too short or unreadable files are errors that name the file.
     std::fs::write(&file, "short").unwrap();
     let e = milestones::run("transformer", &o).unwrap_err().to_string();
@@ -104,4 +111,42 @@ fn profile_quick_run_reports_the_required_fields() {
     assert!(v["machine"]["stream_triad_gbs"].as_f64().unwrap() > 0.0);
     assert!(dir.join("profile").join("report.json").is_file());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn options_are_checked_before_any_training() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-opts-{}", std::process::id()));
+    // A flag the milestone does not use.
+    let o = Options { corpus: Some(dir.join("x.txt")), ..opts(&dir) };
+    let e = milestones::run("mlp_digits", &o).unwrap_err().to_string();
+    assert!(e.contains("does not use --corpus"), "{e}");
+    let e = milestones::run("cnn_digits", &Options { retrain: true, ..opts(&dir) }).unwrap_err().to_string();
+    assert!(e.contains("--retrain"), "{e}");
+    // A cache directory that is a file: named, before training.
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let start = std::time::Instant::now();
+    let e = milestones::run("mlp_digits", &Options { cache_dir: file.clone(), ..opts(&dir) }).unwrap_err().to_string();
+    assert!(e.contains(&file.display().to_string()) && e.contains("cache directory"), "{e}");
+    assert!(start.elapsed().as_secs_f64() < 1.0, "failed before training");
+    // An endless corpus is cut off at the cap instead of filling memory.
+    if std::path::Path::new("/dev/zero").exists() {
+        let o = Options { corpus: Some("/dev/zero".into()), ..opts(&dir) };
+        let e = milestones::run("transformer", &o).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_quick_run_never_replaces_the_full_model() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-quickkey-{}", std::process::id()));
+    let quick = opts(&dir);
+    let full = Options { quick: false, ..opts(&dir) };
+    assert_ne!(classifier::checkpoint_dir(&quick, "cnn_digits"), classifier::checkpoint_dir(&full, "cnn_digits"));
+    assert_ne!(
+        milestones::transformer::checkpoint_dir(&quick).unwrap(),
+        milestones::transformer::checkpoint_dir(&full).unwrap()
+    );
 }

@@ -177,7 +177,7 @@ fn status() -> ExitCode {
     let cache = milestones::default_cache_dir();
     println!("\nmilestones (cache: {}):", cache.display());
     for ms in milestones::all() {
-        let cached = cache.join(ms.name).join("model.safetensors").is_file();
+        let cached = milestones::is_cached(&cache, ms.name);
         println!(
             "  {:<14} module {}  {}",
             ms.name,

@@ -1,8 +1,18 @@
-//! State dicts in safetensors format, and atomic file writes.
+//! State dicts in safetensors format, atomic file writes, and checkpoint units.
+//!
+//! A **checkpoint unit** is a directory whose files (weights, config, tokenizer…) are published
+//! together: each file is written under a content-addressed name (`model.<sha>.safetensors`),
+//! then `manifest.json` — naming every file with its SHA-256 and size — replaces the previous one
+//! with a single atomic rename. An interruption at any point leaves the previous manifest and the
+//! files it names untouched, so the previous checkpoint stays loadable; loading verifies every
+//! checksum, so a flipped bit or an edited file is an error rather than a different model.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use ndarray::IxDyn;
 use safetensors::tensor::TensorView;
@@ -74,17 +84,38 @@ pub fn save_safetensors(
 }
 
 /// Loads every f32 tensor of a safetensors file, in file order, plus its metadata.
-/// A missing, truncated or corrupt file is an error naming the path and the problem.
+/// A missing, truncated or corrupt file, a non-F32 tensor or a non-finite value is an error
+/// naming the path and the problem.
 pub fn load_safetensors(path: &Path) -> Result<(StateDict, Metadata)> {
     let bytes = std::fs::read(path).map_err(|e| TensorError::File {
         path: path.display().to_string(),
         reason: if e.kind() == std::io::ErrorKind::NotFound { "file not found".into() } else { e.to_string() },
     })?;
-    let file_err = |reason: String| TensorError::File { path: path.display().to_string(), reason };
+    parse_safetensors(&bytes, &path.display().to_string())
+}
+
+/// Names and shapes of the tensors in safetensors `bytes`, from the header alone (nothing is
+/// copied): what a loader checks against its config before allocating a model.
+///
+/// # Errors
+/// A corrupt or truncated header (`label` names the file in the message).
+pub fn safetensors_shapes(bytes: &[u8], label: &str) -> Result<Vec<(String, Vec<usize>)>> {
+    let file_err = |reason: String| TensorError::File { path: label.to_string(), reason };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
+    let mut v: Vec<(String, Vec<usize>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// [`load_safetensors`] from bytes in memory; `label` names them in errors.
+///
+/// # Errors
+/// As [`load_safetensors`].
+pub fn parse_safetensors(bytes: &[u8], label: &str) -> Result<(StateDict, Metadata)> {
+    let file_err = |reason: String| TensorError::File { path: label.to_string(), reason };
     let (_, meta) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
-    let st =
-        SafeTensors::deserialize(&bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
+        SafeTensors::read_metadata(bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| file_err(format!("corrupt or truncated safetensors: {e}")))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
@@ -92,6 +123,9 @@ pub fn load_safetensors(path: &Path) -> Result<(StateDict, Metadata)> {
         }
         let vals: Vec<f32> =
             view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+            return Err(file_err(format!("tensor {name} holds a non-finite value ({}) at flat index {i}", vals[i])));
+        }
         let arr =
             Array::from_shape_vec(IxDyn(view.shape()), vals).map_err(|e| file_err(format!("tensor {name}: {e}")))?;
         out.push((name, arr));
@@ -139,4 +173,166 @@ pub fn load_module(module: &dyn Module, path: &Path) -> Result<HashMap<String, S
     load_state_dict(module, state)
         .map_err(|e| TensorError::File { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(meta)
+}
+
+/// File name of a checkpoint unit's manifest.
+pub const MANIFEST: &str = "manifest.json";
+const FORMAT: &str = "tinytorch-rs checkpoint unit 1";
+/// A manifest larger than this is not ours (ours are a few hundred bytes).
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    files: BTreeMap<String, ManifestEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ManifestEntry {
+    /// The content-addressed file that holds this part.
+    file: String,
+    sha256: String,
+    bytes: u64,
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `model.safetensors` + hash → `model.<hash16>.safetensors`.
+fn stored_name(name: &str, sha: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}.{}.{ext}", &sha[..16]),
+        None => format!("{name}.{}", &sha[..16]),
+    }
+}
+
+/// Whether `file` looks like a content-addressed part written by [`save_unit`].
+fn is_stored_part(file: &str) -> bool {
+    file.split('.').any(|p| p.len() == 16 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn unit_err(dir: &Path, reason: impl Into<String>) -> TensorError {
+    TensorError::File { path: dir.display().to_string(), reason: reason.into() }
+}
+
+/// Saves `parts` (logical name → bytes) as one checkpoint unit in `dir` (see the module docs).
+/// Parts of earlier saves that the new manifest no longer names are removed afterwards.
+///
+/// # Errors
+/// An invalid part name (it must be a plain file name other than the manifest's) or any I/O
+/// failure; the previous checkpoint in `dir`, if any, is then still intact.
+pub fn save_unit(dir: &Path, parts: &[(&str, &[u8])]) -> Result<()> {
+    save_unit_impl(dir, parts, usize::MAX)
+}
+
+/// For tests of interrupted saves: writes only the first `parts_written` parts, then fails as a
+/// crash would, before the manifest is published.
+#[doc(hidden)]
+pub fn save_unit_interrupted(dir: &Path, parts: &[(&str, &[u8])], parts_written: usize) -> Result<()> {
+    save_unit_impl(dir, parts, parts_written)
+}
+
+fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Result<()> {
+    let mut files = BTreeMap::new();
+    for (i, (name, bytes)) in parts.iter().enumerate() {
+        let plain = !name.is_empty() && *name != MANIFEST && !name.contains(['/', '\\']) && !name.starts_with('.');
+        if !plain || files.contains_key(*name) {
+            return Err(unit_err(dir, format!("part name {name:?} is not a plain, unique file name")));
+        }
+        if i == stop_after {
+            return Err(unit_err(dir, format!("save interrupted after {i} of {} parts", parts.len())));
+        }
+        let sha = sha256_hex(bytes);
+        let file = stored_name(name, &sha);
+        atomic_write(&dir.join(&file), bytes)?;
+        files.insert(name.to_string(), ManifestEntry { file, sha256: sha, bytes: bytes.len() as u64 });
+    }
+    if stop_after < usize::MAX && stop_after >= parts.len() {
+        return Err(unit_err(dir, "save interrupted before the manifest was published"));
+    }
+    let manifest = Manifest { format: FORMAT.into(), files };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| unit_err(dir, e.to_string()))?;
+    atomic_write(&dir.join(MANIFEST), &json)?;
+    // Published. Old generations are garbage now; failing to remove one is harmless.
+    let live: Vec<&str> = manifest.files.values().map(|e| e.file.as_str()).collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if is_stored_part(&name) && !name.starts_with('.') && !live.contains(&name.as_str()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds a published checkpoint unit (a manifest).
+pub fn unit_exists(dir: &Path) -> bool {
+    dir.join(MANIFEST).is_file()
+}
+
+/// Reads the parts `names` of the checkpoint unit in `dir`, verifying each file's size and
+/// SHA-256 against the manifest before returning its bytes (in the order of `names`).
+///
+/// # Errors
+/// A missing or corrupt manifest, a part the manifest does not name, a manifest entry that is not
+/// a plain file name in `dir`, a missing file, or a size or checksum mismatch; each names the file.
+pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+    let mpath = dir.join(MANIFEST);
+    let manifest: Manifest = {
+        let bytes = read_capped(&mpath, MAX_MANIFEST_BYTES)?;
+        serde_json::from_slice(&bytes).map_err(|e| unit_err(&mpath, format!("corrupt manifest: {e}")))?
+    };
+    if manifest.format != FORMAT {
+        return Err(unit_err(&mpath, format!("unknown format {:?} (expected {FORMAT:?})", manifest.format)));
+    }
+    names
+        .iter()
+        .map(|name| {
+            let e = manifest.files.get(*name).ok_or_else(|| {
+                unit_err(&mpath, format!("names no part {name:?} (it has {:?})", manifest.files.keys()))
+            })?;
+            let plain = !e.file.is_empty() && !e.file.contains(['/', '\\']) && e.file != ".." && e.file != ".";
+            if !plain {
+                return Err(unit_err(&mpath, format!("part {name:?} points outside the checkpoint: {:?}", e.file)));
+            }
+            let path = dir.join(&e.file);
+            let bytes = read_capped(&path, e.bytes)?;
+            if bytes.len() as u64 != e.bytes {
+                return Err(unit_err(
+                    &path,
+                    format!("truncated: {} bytes, the manifest says {}", bytes.len(), e.bytes),
+                ));
+            }
+            let sha = sha256_hex(&bytes);
+            if sha != e.sha256 {
+                return Err(unit_err(
+                    &path,
+                    format!("checksum mismatch: SHA-256 {sha}, the manifest says {} (corrupted or edited)", e.sha256),
+                ));
+            }
+            Ok(bytes)
+        })
+        .collect()
+}
+
+/// Reads at most `limit` bytes of `path`, failing if the file is larger (checked on the metadata
+/// first, so a huge or endless file is never read into memory).
+fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let err = |reason: String| unit_err(path, reason);
+    let f = std::fs::File::open(path).map_err(|e| {
+        err(if e.kind() == std::io::ErrorKind::NotFound { "missing (file not found)".into() } else { e.to_string() })
+    })?;
+    let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
+    if len > limit {
+        return Err(err(format!("{len} bytes, more than the {limit} expected")));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(limit + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > limit {
+        return Err(err(format!("grew past the {limit} bytes expected while being read")));
+    }
+    Ok(bytes)
 }

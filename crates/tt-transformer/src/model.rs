@@ -66,23 +66,84 @@ impl GptConfig {
         }
     }
 
+    /// Hard caps: no course model comes near them, and they bound what a config alone (a
+    /// sinusoidal table, a KV cache) can make the program allocate.
+    pub const MAX_SEQ_LEN: usize = 1 << 16;
+    pub const MAX_D_MODEL: usize = 1 << 14;
+    pub const MAX_LAYERS: usize = 1 << 10;
+    pub const MAX_VOCAB: usize = 1 << 22;
+    pub const MAX_MLP_RATIO: usize = 64;
+    /// At most 2³¹ parameters (8 GiB of f32).
+    pub const MAX_PARAMETERS: usize = 1 << 31;
+
+    /// Checks the config before anything is allocated: positive sizes under the hard caps,
+    /// `n_heads` dividing `d_model`, dropout in [0, 1), and a parameter count that fits.
+    ///
+    /// # Errors
+    /// [`TransformerError::Config`] naming the field and its value.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TransformerError::Config(m));
-        if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 || self.max_seq_len == 0
-        {
-            return bad(format!("all sizes must be positive: {self:?}"));
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, Self::MAX_VOCAB),
+            ("d_model", self.d_model, Self::MAX_D_MODEL),
+            ("n_layers", self.n_layers, Self::MAX_LAYERS),
+            ("n_heads", self.n_heads, self.d_model.max(1)),
+            ("max_seq_len", self.max_seq_len, Self::MAX_SEQ_LEN),
+            ("mlp_ratio", self.mlp_ratio, Self::MAX_MLP_RATIO),
+        ] {
+            if v == 0 || v > max {
+                return bad(format!("{name} = {v} must be in 1..={max}"));
+            }
         }
         if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
         }
-        if self.mlp_ratio == 0 {
-            return bad("mlp_ratio must be at least 1".into());
-        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
+        let total: usize = self.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        if total > Self::MAX_PARAMETERS {
+            return bad(format!("{total} parameters exceed the cap of {}", Self::MAX_PARAMETERS));
+        }
         Ok(())
     }
+
+    /// State-dict names and shapes of the model this config builds, in
+    /// [`Module::named_parameters`] order, computed without allocating the model: what a loader
+    /// compares a weights file against before building anything. (Sizes are capped by
+    /// [`GptConfig::validate`]'s per-field limits, so the products cannot overflow.)
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, v, h) = (self.d_model, self.vocab_size, self.mlp_ratio * self.d_model);
+        let mut out = vec![("tok_emb.weight".to_string(), vec![v, d])];
+        if self.position == PositionEncoding::Learned {
+            out.push(("pos_emb.weight".into(), vec![self.max_seq_len, d]));
+        }
+        for l in 0..self.n_layers {
+            for (name, shape) in [
+                ("ln1.weight", vec![d]),
+                ("ln1.bias", vec![d]),
+                ("attn.qkv.weight", vec![3 * d, d]),
+                ("attn.qkv.bias", vec![3 * d]),
+                ("attn.proj.weight", vec![d, d]),
+                ("attn.proj.bias", vec![d]),
+                ("ln2.weight", vec![d]),
+                ("ln2.bias", vec![d]),
+                ("mlp.fc.weight", vec![h, d]),
+                ("mlp.fc.bias", vec![h]),
+                ("mlp.proj.weight", vec![d, h]),
+                ("mlp.proj.bias", vec![d]),
+            ] {
+                out.push((format!("blocks.{l}.{name}"), shape));
+            }
+        }
+        out.push(("ln_f.weight".into(), vec![d]));
+        out.push(("ln_f.bias".into(), vec![d]));
+        if !self.tie_weights {
+            out.push(("lm_head.weight".into(), vec![v, d]));
+        }
+        out
+    }
+
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
     }
@@ -410,7 +471,16 @@ impl Module for Gpt {
                 reason: "expected [batch, seq] ids".into(),
             });
         }
-        let ids: Vec<usize> = x.to_vec().iter().map(|&v| v as usize).collect();
+        let mut ids = Vec::with_capacity(x.numel());
+        for v in x.to_vec() {
+            if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < self.config.vocab_size) {
+                return Err(tt_tensor::TensorError::InvalidArgument {
+                    op: "Gpt",
+                    reason: format!("id {v} is not an integer in 0..{}", self.config.vocab_size),
+                });
+            }
+            ids.push(v as usize);
+        }
         self.forward_ids(&ids, s[0], s[1]).map_err(into_tensor_error)
     }
     /// Children's parameters, with the learned position table (owned by the model itself, not by

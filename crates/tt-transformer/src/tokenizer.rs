@@ -60,9 +60,27 @@ impl CharTokenizer {
         CharTokenizer { chars, index }
     }
 
-    /// Rebuilds the lookup table after deserialization.
-    pub fn rebuild(self) -> CharTokenizer {
-        Self::from_chars(self.chars)
+    /// Checks a deserialized vocabulary and rebuilds its lookup table.
+    ///
+    /// # Errors
+    /// An empty vocabulary, id 0 that is not `<unk>` (U+FFFD), or a character listed twice (two
+    /// ids for one character would decode and encode differently).
+    pub fn rebuild(self) -> Result<CharTokenizer> {
+        let bad = |m: String| Err(TransformerError::Tokenizer(m));
+        if self.chars.first() != Some(&char::REPLACEMENT_CHARACTER) {
+            return bad("id 0 must be <unk> (U+FFFD)".into());
+        }
+        if self.chars.len() > 1 << 22 {
+            return bad(format!("{} characters exceed the cap of {}", self.chars.len(), 1 << 22));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.chars.len());
+        for (id, &c) in self.chars.iter().enumerate() {
+            if !seen.insert(c) {
+                return bad(format!("character {c:?} (id {id}) appears twice in the vocabulary"));
+            }
+        }
+        let t = Self::from_chars(self.chars);
+        Ok(t)
     }
 
     /// Id of a known character.
@@ -173,9 +191,38 @@ impl BpeTokenizer {
         BpeTokenizer { merges, ranks, vocab }
     }
 
-    /// Rebuilds lookup tables after deserialization.
-    pub fn rebuild(self) -> BpeTokenizer {
-        Self::from_merges(self.merges)
+    /// Longest piece one id may decode to, and the most merges, accepted from a file: a hostile
+    /// merge list can double a piece's length with every merge.
+    pub const MAX_PIECE_BYTES: usize = 1 << 16;
+    pub const MAX_MERGES: usize = 1 << 20;
+
+    /// Checks a deserialized merge list and rebuilds the lookup tables.
+    ///
+    /// # Errors
+    /// A merge naming an id that does not exist yet (merge `r` may use ids below `256 + r`), a
+    /// repeated merge, too many merges, or a piece longer than [`BpeTokenizer::MAX_PIECE_BYTES`].
+    pub fn rebuild(self) -> Result<BpeTokenizer> {
+        let bad = |m: String| Err(TransformerError::Tokenizer(m));
+        if self.merges.len() > Self::MAX_MERGES {
+            return bad(format!("{} merges exceed the cap of {}", self.merges.len(), Self::MAX_MERGES));
+        }
+        let mut len: Vec<usize> = vec![1; 256];
+        let mut seen = std::collections::HashSet::new();
+        for (r, &(a, b)) in self.merges.iter().enumerate() {
+            let next = 256 + r;
+            if a as usize >= next || b as usize >= next {
+                return bad(format!("merge {r} ({a}, {b}) names an id that does not exist yet (ids below {next})"));
+            }
+            if !seen.insert((a, b)) {
+                return bad(format!("merge {r} ({a}, {b}) repeats an earlier merge"));
+            }
+            let l = len[a as usize] + len[b as usize];
+            if l > Self::MAX_PIECE_BYTES {
+                return bad(format!("merge {r} makes a piece of {l} bytes, over the cap of {}", Self::MAX_PIECE_BYTES));
+            }
+            len.push(l);
+        }
+        Ok(Self::from_merges(self.merges))
     }
 
     pub fn num_merges(&self) -> usize {
@@ -244,12 +291,25 @@ pub enum Tokenizer {
 }
 
 impl Tokenizer {
-    /// Restores lookup tables after deserialization.
-    pub fn rebuild(self) -> Tokenizer {
-        match self {
-            Tokenizer::Char(t) => Tokenizer::Char(t.rebuild()),
-            Tokenizer::Bpe(t) => Tokenizer::Bpe(t.rebuild()),
-        }
+    /// Checks a deserialized tokenizer and restores its lookup tables (see each kind's `rebuild`).
+    ///
+    /// # Errors
+    /// An inconsistent vocabulary or merge list.
+    pub fn rebuild(self) -> Result<Tokenizer> {
+        Ok(match self {
+            Tokenizer::Char(t) => Tokenizer::Char(t.rebuild()?),
+            Tokenizer::Bpe(t) => Tokenizer::Bpe(t.rebuild()?),
+        })
+    }
+
+    /// Parses and checks a saved `tokenizer.json`.
+    ///
+    /// # Errors
+    /// Malformed JSON or an inconsistent vocabulary ([`Tokenizer::rebuild`]).
+    pub fn from_json(bytes: &[u8]) -> Result<Tokenizer> {
+        let t: Tokenizer = serde_json::from_slice(bytes)
+            .map_err(|e| TransformerError::Tokenizer(format!("corrupt tokenizer: {e}")))?;
+        t.rebuild()
     }
 }
 

@@ -57,7 +57,7 @@ fn bpe_training_is_deterministic_and_serializes() {
     let sample = "the rat sat on the cat.";
     assert!(a.encode(sample).unwrap().len() < sample.len());
     let json = serde_json::to_string(&Tokenizer::Bpe(a.clone())).unwrap();
-    let back: Tokenizer = serde_json::from_str::<Tokenizer>(&json).unwrap().rebuild();
+    let back: Tokenizer = serde_json::from_str::<Tokenizer>(&json).unwrap().rebuild().unwrap();
     assert_eq!(back.encode(sample).unwrap(), a.encode(sample).unwrap());
     // Too little text to find repeated pairs: training stops early instead of inventing merges.
     assert_eq!(BpeTokenizer::train("ab", 10).num_merges(), 0);
@@ -67,7 +67,7 @@ fn bpe_training_is_deterministic_and_serializes() {
 fn char_tokenizer_serializes() {
     let tok = Tokenizer::Char(CharTokenizer::from_corpus("hello world"));
     let json = serde_json::to_string(&tok).unwrap();
-    let back = serde_json::from_str::<Tokenizer>(&json).unwrap().rebuild();
+    let back = serde_json::from_str::<Tokenizer>(&json).unwrap().rebuild().unwrap();
     assert_eq!(back.encode("low").unwrap(), tok.encode("low").unwrap());
     assert!(back.encode("xyz").is_err());
 }

@@ -128,6 +128,12 @@ fn training_is_seeded_and_reduces_validation_loss() {
     assert!(r1.tokens_per_second > 0.0 && r1.tokens == 40 * 4 * 16);
 }
 
+/// Path of a checkpoint part's content-addressed file, from the manifest.
+fn stored(dir: &std::path::Path, part: &str) -> std::path::PathBuf {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    dir.join(m["files"][part]["file"].as_str().unwrap())
+}
+
 #[test]
 fn checkpoint_round_trip_is_bit_exact() {
     let dir = std::env::temp_dir().join(format!("tt-m13-ck-{}", std::process::id()));
@@ -145,25 +151,103 @@ fn checkpoint_round_trip_is_bit_exact() {
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 
     // Truncated weights.
-    let w = dir.join("model.safetensors");
+    let w = stored(&dir, "model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() - 100]).unwrap();
     let e = checkpoint::load(&dir).err().unwrap().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
-    // Weights of another architecture.
-    let other = Gpt::new(common::tiny_config(10, 0)).unwrap();
-    let mut cfg = other.config.clone();
-    cfg.d_model = 8;
-    tt_tensor::serialize::save_module(&Gpt::new(cfg).unwrap(), &w, None).unwrap();
+    assert!(e.contains("model.") && e.contains("truncated"), "{e}");
+    // One flipped bit.
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x10;
+    std::fs::write(&w, &flipped).unwrap();
     let e = checkpoint::load(&dir).err().unwrap().to_string();
-    assert!(e.contains("mismatched") && e.contains("tok_emb.weight"), "{e}");
+    assert!(e.contains("checksum mismatch"), "{e}");
+    std::fs::write(&w, &bytes).unwrap();
+    // An edited config (n_heads changes no weight shape, so only the checksum can tell).
+    let c = stored(&dir, "config.json");
+    let text = std::fs::read_to_string(&c).unwrap();
+    std::fs::write(&c, text.replace("\"n_heads\": 2", "\"n_heads\": 4")).unwrap();
+    let e = checkpoint::load(&dir).err().unwrap().to_string();
+    assert!(e.contains("config.") && e.contains("checksum mismatch"), "{e}");
+    std::fs::write(&c, &text).unwrap();
+    checkpoint::load(&dir).unwrap();
     // Missing files.
-    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(stored(&dir, "tokenizer.json")).unwrap();
     let e = checkpoint::load(&dir).err().unwrap().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("missing"), "{e}");
+    assert!(e.contains("tokenizer.") && e.contains("missing"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     let e = checkpoint::load(&dir).err().unwrap().to_string();
-    assert!(e.contains("config.json") && e.contains("missing"), "{e}");
+    assert!(e.contains("manifest.json") && e.contains("missing"), "{e}");
+    assert!(!checkpoint::exists(&dir));
+}
+
+#[test]
+fn an_interrupted_save_leaves_the_previous_checkpoint_loadable() {
+    let dir = std::env::temp_dir().join(format!("tt-m13-int-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tok = Tokenizer::Char(CharTokenizer::from_corpus("abcdefghi"));
+    let old = common::tiny(10, 1);
+    checkpoint::save(&dir, &old, &tok, serde_json::json!("old")).unwrap();
+    let new = common::tiny(10, 2);
+    for parts_written in 0..=3 {
+        let e = checkpoint::save_interrupted(&dir, &new, &tok, parts_written).unwrap_err().to_string();
+        assert!(e.contains("interrupted"), "{e}");
+        let (m, _, info) = checkpoint::load(&dir).unwrap();
+        assert_eq!(info, "old", "after {parts_written} parts");
+        assert_eq!(m.tok_emb.weight.to_vec(), old.tok_emb.weight.to_vec());
+    }
+    // A complete save replaces it and removes the old generation's files.
+    checkpoint::save(&dir, &new, &tok, serde_json::json!("new")).unwrap();
+    assert_eq!(checkpoint::load(&dir).unwrap().2, "new");
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 4, "three parts and the manifest");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hostile_checkpoint_parts_are_errors_before_allocation() {
+    let dir = std::path::Path::new("ck");
+    let tok = Tokenizer::Char(CharTokenizer::from_corpus("abcdefghi"));
+    let m = common::tiny(10, 3);
+    let weights = tt_tensor::serialize::to_safetensors_bytes(&m.named_parameters(), None).unwrap();
+    let tok_json = serde_json::to_vec(&tok).unwrap();
+    let config = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = serde_json::json!({"model": m.config, "info": null});
+        edit(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let load = |w: &[u8], t: &[u8], c: &[u8]| checkpoint::from_parts(w, t, c, dir).err().map(|e| e.to_string());
+    assert_eq!(load(&weights, &tok_json, &config(&|_| ())), None);
+    // Sizes a file cannot justify: rejected by the caps or by the weights' shapes, never allocated.
+    for (field, value, expect) in [
+        ("max_seq_len", 1_000_000_000u64, "max_seq_len"),
+        ("n_layers", 1_000_000_000, "n_layers"),
+        ("d_model", 1 << 40, "d_model"),
+        ("n_layers", 3, "blocks.2"),
+        ("max_seq_len", 64, "pos_emb.weight"),
+        ("n_heads", 3, "n_heads 3"),
+    ] {
+        let e = load(&weights, &tok_json, &config(&|v| v["model"][field] = value.into())).unwrap();
+        assert!(e.contains("config") && e.contains(expect), "{field} = {value}: {e}");
+    }
+    // A non-finite weight.
+    let nan = tt_tensor::Tensor::from_array(ndarray::ArrayD::from_elem(vec![10, 16], f32::NAN));
+    let mut params = m.named_parameters();
+    params[0].1 = nan;
+    let bad = tt_tensor::serialize::to_safetensors_bytes(&params, None).unwrap();
+    let e = load(&bad, &tok_json, &config(&|_| ())).unwrap();
+    assert!(e.contains("non-finite") && e.contains("tok_emb.weight"), "{e}");
+    // Tokenizers: a repeated character; a BPE merge naming an id that does not exist yet; a
+    // merge list whose pieces double in length at every merge.
+    let swapped = String::from_utf8(tok_json.clone()).unwrap().replacen("\"c\"", "\"b\"", 1);
+    let e = load(&weights, swapped.as_bytes(), &config(&|_| ())).unwrap();
+    assert!(e.contains("appears twice"), "{e}");
+    let bpe = br#"{"kind":"bpe","merges":[[97,98],[300,97]]}"#;
+    assert!(tt_transformer::Tokenizer::from_json(bpe).unwrap_err().to_string().contains("does not exist yet"));
+    let doubling: Vec<[u32; 2]> = (0..40).map(|r| if r == 0 { [97, 97] } else { [255 + r, 255 + r] }).collect();
+    let json = serde_json::to_vec(&serde_json::json!({"kind": "bpe", "merges": doubling})).unwrap();
+    assert!(tt_transformer::Tokenizer::from_json(&json).unwrap_err().to_string().contains("over the cap"));
 }
 
 #[test]
