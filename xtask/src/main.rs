@@ -1,5 +1,9 @@
 //! `cargo xtask ci`: runs the same checks as `.ci/run` (fmt, clippy, tests), stopping at the first
-//! failure. `cargo xtask bench`: runs the criterion benches.
+//! failure. `cargo xtask bench`: runs the criterion benches. `cargo xtask fuzz [--iterations N]
+//! [--seed S] [--mem-mb M] [--jobs J]`: mutation fuzzing of the checkpoint loader and tokenizers
+//! (see `fuzz.rs`); `cargo xtask fuzz-one --target T --seed S --iter I` replays one iteration.
+
+mod fuzz;
 
 use std::process::{Command, ExitCode};
 
@@ -13,7 +17,14 @@ fn run(args: &[&str]) -> bool {
 }
 
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().cloned().unwrap_or_default();
+    match task.as_str() {
+        "fuzz" => return fuzz::orchestrate(&args[1..]),
+        "fuzz-worker" => return fuzz::worker(&args[1..]),
+        "fuzz-one" => return fuzz::one(&args[1..]),
+        _ => {}
+    }
     let steps: &[&[&str]] = match task.as_str() {
         "ci" => &[
             &["fmt", "--all", "--check"],
@@ -22,7 +33,7 @@ fn main() -> ExitCode {
         ],
         "bench" => &[&["bench", "-p", "tt-benches"]],
         _ => {
-            eprintln!("xtask: error: unknown task '{task}' (known: ci, bench)");
+            eprintln!("xtask: error: unknown task '{task}' (known: ci, bench, fuzz, fuzz-one)");
             return ExitCode::from(2);
         }
     };

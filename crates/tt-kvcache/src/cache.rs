@@ -58,7 +58,14 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// Largest K (and V) buffer accepted, in floats: 2³² (16 GiB each).
+    pub const MAX_ELEMENTS: usize = 1 << 32;
+
     /// Allocates the whole cache up front: `2·L·B·H·S·D` floats.
+    ///
+    /// # Errors
+    /// A zero dimension, a window larger than `max_seq_len`, or a size over
+    /// [`KvCache::MAX_ELEMENTS`] (checked before allocating).
     pub fn new(
         layers: usize,
         batch: usize,
@@ -81,7 +88,16 @@ impl KvCache {
                 return Err(CacheError::Invalid(format!("window {w} exceeds max_seq_len {max_seq_len}")));
             }
         }
-        let n = layers * batch * heads * capacity * head_dim;
+        let n = [layers, batch, heads, capacity, head_dim]
+            .iter()
+            .try_fold(1usize, |acc, &x| acc.checked_mul(x))
+            .filter(|&n| n <= Self::MAX_ELEMENTS)
+            .ok_or_else(|| {
+                CacheError::Invalid(format!(
+                    "layers {layers} × batch {batch} × heads {heads} × capacity {capacity} × head_dim {head_dim} exceeds {} floats per buffer",
+                    Self::MAX_ELEMENTS
+                ))
+            })?;
         Ok(KvCache {
             shape: CacheShape { layers, batch, heads, capacity, head_dim },
             policy,

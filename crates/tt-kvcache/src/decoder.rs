@@ -577,6 +577,12 @@ fn run_generation(
 ) -> Result<Trace, KvError> {
     let b = engine.batch;
     let n = check_prompts(prompts, b)?;
+    // Checked before anything is allocated for the new tokens (a typo of 2^40 must not try to
+    // reserve terabytes): the same rule as tt-transformer's reference generation.
+    let total = n.saturating_add(cfg.max_new_tokens);
+    if total > engine.max_seq_len {
+        return Err(TransformerError::ContextOverflow { position: total - 1, max_seq_len: engine.max_seq_len }.into());
+    }
     let v = engine.dims.vocab;
     let mut samplers: Vec<Sampler> =
         (0..b).map(|i| Sampler::new(cfg.sampling, cfg.seed.wrapping_add(i as u64))).collect::<Result<_, _>>()?;

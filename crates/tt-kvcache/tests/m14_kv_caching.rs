@@ -230,6 +230,13 @@ fn overflow_is_an_error_naming_position_and_capacity() {
     ));
     assert!(eng.decode_step(&[10]).is_err(), "id outside vocab");
     assert!(eng.decode_step(&[1, 2]).is_err(), "wrong batch");
+    // A generation longer than the context is reported up front, not by allocating for it.
+    let huge = GenerateConfig::greedy(1 << 40);
+    assert!(matches!(
+        generate_cached(&mut eng, &[vec![1, 2]], &huge),
+        Err(KvError::Model(TransformerError::ContextOverflow { max_seq_len: 40, .. }))
+    ));
+    assert!(KvCache::new(1 << 20, 1 << 20, 1 << 20, 40, 1 << 20, OverflowPolicy::Error).is_err(), "overflowing size");
 }
 
 #[test]

@@ -18,6 +18,10 @@ use crate::error::{Result, TransformerError};
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{Tokenize, Tokenizer};
 
+/// Largest weight magnitude accepted. Trained weights of these models are O(1)–O(10); a flipped
+/// exponent bit makes values like 1e38 that are finite but overflow the forward pass to inf/NaN.
+pub const MAX_ABS_WEIGHT: f32 = 1e4;
+
 /// The parts of a GPT checkpoint unit.
 pub const PARTS: [&str; 3] = ["model.safetensors", "tokenizer.json", "config.json"];
 
@@ -93,7 +97,7 @@ pub fn load(dir: &Path) -> Result<(Gpt, Tokenizer, serde_json::Value)> {
 /// # Errors
 /// A corrupt config or tokenizer, a config outside [`GptConfig::validate`]'s limits, a tokenizer
 /// whose size differs from `vocab_size`, a weights file whose tensor names or shapes differ from
-/// the config's, or a non-finite weight.
+/// the config's, or a non-finite weight or one beyond [`MAX_ABS_WEIGHT`].
 pub fn from_parts(
     weights: &[u8],
     tokenizer: &[u8],
@@ -132,6 +136,14 @@ pub fn from_parts(
         return Err(ck_err(&w_path, format!("mismatched with config.json: {}", diff.join("; "))));
     }
     let (state, _) = parse_safetensors(weights, &label).map_err(|e| ck_err(&w_path, e.to_string()))?;
+    for (name, a) in &state {
+        if let Some(v) = a.iter().find(|v| v.abs() > MAX_ABS_WEIGHT) {
+            return Err(ck_err(
+                &w_path,
+                format!("tensor {name} holds {v}, beyond ±{MAX_ABS_WEIGHT} (a corrupted exponent?)"),
+            ));
+        }
+    }
     let model = Gpt::new(cfg.model)?;
     load_state_dict(&model, state).map_err(|e| ck_err(&w_path, format!("mismatched with config.json: {e}")))?;
     Ok((model, tokenizer, cfg.info))

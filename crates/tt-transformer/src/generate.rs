@@ -251,7 +251,7 @@ pub fn generate_batch(model: &Gpt, prompts: &[Vec<usize>], cfg: &GenerateConfig)
     if b == 0 || t0 == 0 || prompts.iter().any(|p| p.len() != t0) {
         return Err(TransformerError::Config("prompts must be non-empty and of equal length".into()));
     }
-    let total = t0 + cfg.max_new_tokens;
+    let total = t0.saturating_add(cfg.max_new_tokens);
     if total > model.config.max_seq_len {
         return Err(TransformerError::ContextOverflow { position: total - 1, max_seq_len: model.config.max_seq_len });
     }
