@@ -81,8 +81,8 @@ pub struct Corpus {
     checkpoints: Vec<[Vec<u8>; 3]>,
     tokenizers: Vec<Vec<u8>>,
     texts: Vec<String>,
-    /// A published checkpoint unit to mutate the manifest of (per worker).
-    unit_dir: Option<PathBuf>,
+    /// A published checkpoint unit to mutate the manifest of (per worker), and its manifest.
+    unit_dir: Option<(PathBuf, Vec<u8>)>,
 }
 
 const TEXT: &str = "Q: what is 3 plus 4?\nA: 7\nQ: hello there, who are you?\nA: a tiny model. Ünïcödé ok?\n";
@@ -121,7 +121,8 @@ impl Corpus {
         let unit_dir = unit_dir.map(|d| {
             let model = Gpt::new(tiny_config(toks[0].vocab_size())).expect("valid");
             checkpoint::save(d, &model, &toks[0], serde_json::Value::Null).expect("writable temp dir");
-            d.to_path_buf()
+            let manifest = std::fs::read(d.join(tt_tensor::serialize::MANIFEST)).expect("just written");
+            (d.to_path_buf(), manifest)
         });
         let texts = vec![TEXT.to_string(), "hello".into(), String::new(), "Q: 🙂 \u{0}\u{FFFD} é".into()];
         Corpus { checkpoints, tokenizers, texts, unit_dir }
@@ -257,13 +258,12 @@ pub fn run_one(corpus: &Corpus, target: Target, seed: u64, i: u64) -> Outcome {
             _ => Outcome::Ok,
         },
         Target::Checkpoint => {
-            if let (Some(dir), true) = (&corpus.unit_dir, rng.random_bool(0.02)) {
+            if let (Some((dir, good)), true) = (&corpus.unit_dir, rng.random_bool(0.02)) {
+                // The file is rewritten from the pristine copy every time, so an iteration that
+                // panics cannot change what later ones see.
                 let path = dir.join(tt_tensor::serialize::MANIFEST);
-                let good = std::fs::read(&path).expect("manifest written at start");
-                std::fs::write(&path, mutate(&good, &mut rng)).expect("temp dir writable");
-                let r = checkpoint::load(dir);
-                std::fs::write(&path, &good).expect("temp dir writable");
-                return if r.is_ok() { Outcome::Ok } else { Outcome::Err };
+                std::fs::write(&path, mutate(good, &mut rng)).expect("temp dir writable");
+                return if checkpoint::load(dir).is_ok() { Outcome::Ok } else { Outcome::Err };
             }
             let base = &corpus.checkpoints[rng.random_range(0..corpus.checkpoints.len())];
             let mut parts = base.clone();

@@ -330,7 +330,7 @@ fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
         return Err(err(format!("{len} bytes, more than the {limit} expected")));
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    f.take(limit + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+    f.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
     if bytes.len() as u64 > limit {
         return Err(err(format!("grew past the {limit} bytes expected while being read")));
     }

@@ -197,6 +197,21 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_loadable() {
         assert_eq!(info, "old", "after {parts_written} parts");
         assert_eq!(m.tok_emb.weight.to_vec(), old.tok_emb.weight.to_vec());
     }
+    // Hostile manifests: a size past u64, a path out of the directory. Errors, not panics.
+    let mpath = dir.join("manifest.json");
+    let good = std::fs::read_to_string(&mpath).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let size = m["files"]["config.json"]["bytes"].to_string();
+    let file = m["files"]["config.json"]["file"].as_str().unwrap().to_string();
+    for (from, to, expect) in [
+        (format!("\"bytes\": {size}"), "\"bytes\": 18446744073709551615".to_string(), "config"),
+        (file.clone(), "../../etc/passwd".to_string(), "outside the checkpoint"),
+    ] {
+        std::fs::write(&mpath, good.replacen(&from, &to, 1)).unwrap();
+        let e = checkpoint::load(&dir).err().unwrap().to_string();
+        assert!(e.contains(expect), "{e}");
+    }
+    std::fs::write(&mpath, &good).unwrap();
     // A complete save replaces it and removes the old generation's files.
     checkpoint::save(&dir, &new, &tok, serde_json::json!("new")).unwrap();
     assert_eq!(checkpoint::load(&dir).unwrap().2, "new");
