@@ -150,3 +150,12 @@ fn a_quick_run_never_replaces_the_full_model() {
         milestones::transformer::checkpoint_dir(&full).unwrap()
     );
 }
+
+#[test]
+fn the_default_cache_does_not_depend_on_the_current_directory() {
+    if std::env::var_os("TT_CACHE_DIR").is_none() {
+        let d = milestones::default_cache_dir();
+        assert!(d.is_absolute() && d.ends_with(".tt-cache"), "{}", d.display());
+        assert!(d.parent().unwrap().join("Cargo.toml").is_file(), "at the workspace root: {}", d.display());
+    }
+}

@@ -41,3 +41,17 @@ fn status_lists_all_nineteen_modules() {
     assert_eq!(code, 0);
     assert!(out.contains("01 tensor") && out.contains("19 benchmarking"), "{out}");
 }
+
+#[test]
+fn a_flag_the_milestone_does_not_use_is_rejected_before_training() {
+    let dir = std::env::temp_dir().join(format!("tt-cli-flags-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_tito"))
+        .args(["milestone", "mlp_digits", "--corpus", "whatever.txt"])
+        .env("TT_CACHE_DIR", &dir)
+        .output()
+        .expect("tito runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("does not use --corpus") && !err.contains("panicked"), "{err}");
+    assert!(!dir.exists(), "nothing was trained or cached");
+}

@@ -183,6 +183,18 @@ fn checkpoint_round_trip_is_bit_exact() {
 }
 
 #[test]
+fn gpt_module_forward_rejects_ids_that_are_not_vocabulary_integers() {
+    let m = common::tiny(10, 0);
+    for bad in [-1.0f32, 0.5, 10.0, f32::NAN] {
+        let x = tt_tensor::Tensor::from_vec(vec![1.0, bad], &[1, 2]).unwrap();
+        let e = m.forward(&x).unwrap_err().to_string();
+        assert!(e.contains("is not an integer in 0..10"), "{bad}: {e}");
+    }
+    let ok = tt_tensor::Tensor::from_vec(vec![1.0, 9.0], &[1, 2]).unwrap();
+    assert_eq!(m.forward(&ok).unwrap().shape(), vec![1, 2, 10]);
+}
+
+#[test]
 fn an_interrupted_save_leaves_the_previous_checkpoint_loadable() {
     let dir = std::env::temp_dir().join(format!("tt-m13-int-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
