@@ -197,7 +197,10 @@ macro_rules! std_binop {
     ($trait:ident, $method:ident, $fallible:ident) => {
         impl std::ops::$trait<&Tensor> for &Tensor {
             type Output = Tensor;
-            /// Panics on a shape mismatch; use the named method for a `Result`.
+            /// Operator convenience; the checked form is the named method (`Tensor::add`, ...).
+            ///
+            /// # Panics
+            /// If the shapes do not broadcast.
             fn $method(self, rhs: &Tensor) -> Tensor {
                 Tensor::$fallible(self, rhs).unwrap_or_else(|e| panic!("{e}"))
             }
