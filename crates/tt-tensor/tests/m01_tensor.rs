@@ -275,3 +275,29 @@ mod bad_input {
         assert_eq!(w.grad().unwrap().len(), 3);
     }
 }
+
+mod bad_input_joins {
+    use tt_tensor::{Tensor, TensorError};
+
+    #[test]
+    fn broadcasting_and_concat_of_empty_inputs_cannot_overflow() {
+        let a = Tensor::zeros(&[1 << 40, 1, 0]);
+        let b = Tensor::zeros(&[1, 1 << 40, 0]);
+        for (op, e) in [("add", a.add(&b).unwrap_err()), ("mul", a.mul(&b).unwrap_err())] {
+            assert!(matches!(e, TensorError::InvalidShape { op: o, .. } if o == op), "{e}");
+            assert!(e.to_string().contains("overflows"), "{e}");
+        }
+        // Each part is representable (2⁶⁰ rows of nothing); four of them are not.
+        let c = Tensor::zeros(&[1 << 60, 0]);
+        let e = Tensor::concat(&[&c, &c, &c, &c], 0).unwrap_err();
+        assert!(
+            matches!(e, TensorError::InvalidShape { op: "concat", .. }) && e.to_string().contains("overflows"),
+            "{e}"
+        );
+        // Nine of the largest representable parts: the sum itself overflows usize.
+        let d = Tensor::zeros(&[(1 << 61) - 1, 0]);
+        let e = Tensor::concat(&[&d; 9], 0).unwrap_err();
+        assert!(e.to_string().contains("overflow usize"), "{e}");
+        assert_eq!(Tensor::concat(&[&Tensor::ones(&[2]), &Tensor::ones(&[3])], 0).unwrap().shape(), vec![5]);
+    }
+}

@@ -108,6 +108,12 @@ impl Tensor {
             }
             sizes.push(s[axis]);
         }
+        // Empty inputs can still add up to an output whose size overflows: check before joining.
+        let mut out_shape = first.clone();
+        out_shape[axis] = sizes.iter().try_fold(0usize, |acc, &n| acc.checked_add(n)).ok_or_else(|| {
+            TensorError::invalid_shape("concat", &first, format!("sizes {sizes:?} along axis {axis} overflow usize"))
+        })?;
+        checked_numel("concat", &out_shape)?;
         let out = {
             let guards: Vec<_> = tensors.iter().map(|t| t.data()).collect();
             let views: Vec<_> = guards.iter().map(|g| g.view()).collect();
