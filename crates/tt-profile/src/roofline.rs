@@ -169,7 +169,8 @@ pub fn stream_triad_gbs(n: usize, runs: usize) -> Result<f64> {
     Ok(best)
 }
 
-/// Measured machine limits.
+/// Measured machine limits. Both must be positive and finite: [`Roofline::place`] checks;
+/// [`Roofline::ridge`] and [`Roofline::attainable`] are plain formulas (inf/NaN otherwise).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Roofline {
     pub peak_gflops: f64,
