@@ -605,7 +605,7 @@ fn run_generation(
             engine.decode_step(&next)?
         };
         for i in 0..b {
-            next[i] = samplers[i].next(&logits[i * v..(i + 1) * v]);
+            next[i] = samplers[i].next(&logits[i * v..(i + 1) * v])?;
         }
         step_seconds.push(start.elapsed().as_secs_f64());
         for i in 0..b {

@@ -7,14 +7,37 @@
 //! lower triangle, `T(T+1)/2` query–key pairs), which is what Kaplan et al.'s formula assumes.
 
 use serde::Serialize;
+use tt_tensor::kernels::conv_out_size;
+use tt_tensor::{Result, TensorError};
 use tt_transformer::GptConfig;
 
+fn overflow(op: &'static str, what: &str) -> TensorError {
+    TensorError::InvalidArgument { op, reason: format!("{what} overflows u64") }
+}
+
+/// Product in u64, or an error naming `op` and `what` on overflow (never wraps).
+fn prod(op: &'static str, what: &str, xs: &[u64]) -> Result<u64> {
+    xs.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x)).ok_or_else(|| overflow(op, what))
+}
+
+/// Sum in u64, or an error naming `op` and `what` on overflow.
+fn sum(op: &'static str, what: &str, xs: &[u64]) -> Result<u64> {
+    xs.iter().try_fold(0u64, |acc, &x| acc.checked_add(x)).ok_or_else(|| overflow(op, what))
+}
+
 /// `[rows, in] · Wᵀ` with `W` `[out, in]`.
-pub fn linear(rows: usize, in_f: usize, out_f: usize) -> u64 {
-    2 * (rows * in_f * out_f) as u64
+///
+/// # Errors
+/// If the count overflows u64.
+pub fn linear(rows: usize, in_f: usize, out_f: usize) -> Result<u64> {
+    prod("flops::linear", "2·rows·in·out", &[2, rows as u64, in_f as u64, out_f as u64])
 }
 
 /// Conv2d: `2·B·C_out·H_out·W_out·(C_in/groups)·k_h·k_w`, `H_out = ⌊(H + 2p − k)/s⌋ + 1`.
+///
+/// # Errors
+/// `k` or `stride` of 0, a kernel larger than the padded input (or a padded size that
+/// overflows), or a count that overflows u64.
 pub fn conv2d(
     batch: usize,
     c_in: usize,
@@ -24,15 +47,25 @@ pub fn conv2d(
     k: usize,
     stride: usize,
     padding: usize,
-) -> u64 {
-    let ho = (h + 2 * padding - k) / stride + 1;
-    let wo = (w + 2 * padding - k) / stride + 1;
-    2 * (batch * c_out * ho * wo * c_in * k * k) as u64
+) -> Result<u64> {
+    const OP: &str = "flops::conv2d";
+    let bad = |reason: String| TensorError::InvalidArgument { op: OP, reason };
+    if k == 0 {
+        return Err(bad("kernel 0 must be at least 1".into()));
+    }
+    if stride == 0 {
+        return Err(bad("stride 0 must be at least 1".into()));
+    }
+    let (Some(ho), Some(wo)) = (conv_out_size(h, k, stride, padding), conv_out_size(w, k, stride, padding)) else {
+        return Err(bad(format!("kernel {k} with padding {padding} does not fit a {h}x{w} input")));
+    };
+    let dims = [2, batch, c_out, ho, wo, c_in, k, k].map(|x| x as u64);
+    prod(OP, "2·B·C_out·H_out·W_out·C_in·k·k", &dims)
 }
 
 /// `QKᵀ` plus `A·V` for `pairs` query–key pairs per (batch, head).
-fn attention_pairs(batch: usize, heads: usize, pairs: usize, head_dim: usize) -> u64 {
-    2 * 2 * (batch * heads * pairs * head_dim) as u64
+fn attention_pairs(batch: u64, heads: u64, pairs: u64, head_dim: u64) -> Result<u64> {
+    prod("flops::gpt_forward", "attention FLOPs", &[2, 2, batch, heads, pairs, head_dim])
 }
 
 /// One row of a FLOP table.
@@ -47,38 +80,78 @@ fn row(part: &str, flops: u64, is_mac: bool) -> FlopRow {
     FlopRow { part: part.into(), flops, macs: if is_mac { flops / 2 } else { 0 } }
 }
 
+fn check_config(op: &'static str, cfg: &GptConfig) -> Result<()> {
+    cfg.validate().map_err(|e| TensorError::InvalidArgument { op, reason: e.to_string() })
+}
+
 /// FLOPs of one GPT forward over `batch × seq` tokens, by part. `causal_useful` selects the
 /// attention convention (see the module docs).
-pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: bool) -> Vec<FlopRow> {
-    let (d, l, h, v) = (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.vocab_size);
-    let hidden = cfg.mlp_ratio * d;
-    let rows = batch * seq;
-    let pairs = if causal_useful { seq * (seq + 1) / 2 } else { seq * seq };
-    let attention = attention_pairs(batch, h, pairs, d / h);
-    let elem = (rows * d) as u64;
-    vec![
-        row("attention projections (qkv, out)", l as u64 * (linear(rows, d, 3 * d) + linear(rows, d, d)), true),
-        row("mlp (fc, proj)", l as u64 * (linear(rows, d, hidden) + linear(rows, hidden, d)), true),
+///
+/// # Errors
+/// An invalid config (e.g. `n_heads` of 0), or a count that overflows u64.
+pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: bool) -> Result<Vec<FlopRow>> {
+    const OP: &str = "flops::gpt_forward";
+    check_config(OP, cfg)?;
+    let u = |x: usize| x as u64;
+    let (d, l, h, v) = (u(cfg.d_model), u(cfg.n_layers), u(cfg.n_heads), u(cfg.vocab_size));
+    let (batch, seq) = (u(batch), u(seq));
+    let p = |what: &str, xs: &[u64]| prod(OP, what, xs);
+    let s = |what: &str, xs: &[u64]| sum(OP, what, xs);
+    let lin = |rows: u64, i: u64, o: u64| p("linear FLOPs", &[2, rows, i, o]);
+    let hidden = p("mlp hidden width", &[u(cfg.mlp_ratio), d])?;
+    let d3 = p("3·d_model", &[3, d])?;
+    let rows = p("batch·seq", &[batch, seq])?;
+    // seq·(seq+1)/2 without overflowing where the result fits.
+    let pairs = if causal_useful {
+        if seq % 2 == 0 {
+            p("causal pairs", &[seq / 2, seq + 1])?
+        } else {
+            p("causal pairs", &[seq, seq.div_ceil(2)])?
+        }
+    } else {
+        p("attention pairs", &[seq, seq])?
+    };
+    let attention = attention_pairs(batch, h, pairs, d / h)?;
+    let elem = p("rows·d_model", &[rows, d])?;
+    let norms = p("2·n_layers + 1", &[2, l])?.checked_add(1).ok_or_else(|| overflow(OP, "2·n_layers + 1"))?;
+    Ok(vec![
         row(
-            if causal_useful { "attention QKᵀ + A·V (causal)" } else { "attention QKᵀ + A·V (full square)" },
-            l as u64 * attention,
+            "attention projections (qkv, out)",
+            p("attention projections", &[l, s("attention projections", &[lin(rows, d, d3)?, lin(rows, d, d)?])?])?,
             true,
         ),
-        row("attention softmax", l as u64 * 5 * (batch * h * seq * seq) as u64, false),
-        row("layer norms", 5 * elem * (2 * l + 1) as u64, false),
-        row("gelu", l as u64 * (rows * hidden) as u64, false),
-        row("residual + position adds", elem * (2 * l + 1) as u64, false),
-        row("lm head", linear(rows, d, v), true),
-    ]
+        row("mlp (fc, proj)", p("mlp", &[l, s("mlp", &[lin(rows, d, hidden)?, lin(rows, hidden, d)?])?])?, true),
+        row(
+            if causal_useful { "attention QKᵀ + A·V (causal)" } else { "attention QKᵀ + A·V (full square)" },
+            p("attention", &[l, attention])?,
+            true,
+        ),
+        row("attention softmax", p("attention softmax", &[l, 5, batch, h, seq, seq])?, false),
+        row("layer norms", p("layer norms", &[5, elem, norms])?, false),
+        row("gelu", p("gelu", &[l, rows, hidden])?, false),
+        row("residual + position adds", p("residual adds", &[elem, norms])?, false),
+        row("lm head", lin(rows, d, v)?, true),
+    ])
 }
 
 /// Kaplan et al. (2020): forward ≈ `2N + 2·n_layer·n_ctx·d_model` FLOPs per token, with
 /// `N = 12·n_layer·d_model²` non-embedding parameters (for d_attn = d_model, d_ff = 4·d_model).
-pub fn kaplan_forward_per_token(cfg: &GptConfig, n_ctx: usize) -> u64 {
+///
+/// # Errors
+/// An invalid config, or a count that overflows u64.
+pub fn kaplan_forward_per_token(cfg: &GptConfig, n_ctx: usize) -> Result<u64> {
+    const OP: &str = "flops::kaplan_forward_per_token";
+    check_config(OP, cfg)?;
     let (d, l) = (cfg.d_model as u64, cfg.n_layers as u64);
-    2 * 12 * l * d * d + 2 * l * n_ctx as u64 * d
+    let params = prod(OP, "2·12·n_layer·d_model²", &[2, 12, l, d, d])?;
+    let ctx = prod(OP, "2·n_layer·n_ctx·d_model", &[2, l, n_ctx as u64, d])?;
+    sum(OP, "forward FLOPs per token", &[params, ctx])
 }
 
-pub fn total(rows: &[FlopRow]) -> u64 {
-    rows.iter().map(|r| r.flops).sum()
+/// Sum of the rows' FLOPs.
+///
+/// # Errors
+/// If the sum overflows u64.
+pub fn total(rows: &[FlopRow]) -> Result<u64> {
+    sum("flops::total", "total FLOPs", &rows.iter().map(|r| r.flops).collect::<Vec<_>>())
 }

@@ -6,6 +6,11 @@
 use std::time::Instant;
 
 use serde::Serialize;
+use tt_tensor::{Result, TensorError};
+
+fn arg(op: &'static str, reason: String) -> TensorError {
+    TensorError::InvalidArgument { op, reason }
+}
 
 /// Portable fallback: 16 independent scalar multiply-add chains.
 fn fma_portable(iters: usize, seed: f32) -> f32 {
@@ -100,8 +105,22 @@ fn run_fma(iters: usize, seed: f32) -> f32 {
 }
 
 /// Peak f32 GFLOP/s on `threads` threads (best of 5 runs of ~`iters` iterations each).
-pub fn peak_gflops(threads: usize, iters: usize) -> f64 {
-    let flops_per_thread = (iters * flops_per_iter()) as f64;
+///
+/// # Errors
+/// `threads` or `iters` of 0 (nothing would be measured), or an iteration count whose FLOPs
+/// overflow.
+pub fn peak_gflops(threads: usize, iters: usize) -> Result<f64> {
+    const OP: &str = "peak_gflops";
+    if threads == 0 {
+        return Err(arg(OP, "threads 0 must be at least 1".into()));
+    }
+    if iters == 0 {
+        return Err(arg(OP, "iters 0 must be at least 1".into()));
+    }
+    let per_thread = iters
+        .checked_mul(flops_per_iter())
+        .ok_or_else(|| arg(OP, format!("iters {iters} overflows the FLOP count")))?;
+    let flops_per_thread = per_thread as f64;
     let mut best = 0.0f64;
     for _ in 0..5 {
         let start = Instant::now();
@@ -113,18 +132,32 @@ pub fn peak_gflops(threads: usize, iters: usize) -> f64 {
         std::hint::black_box(sink);
         best = best.max(threads as f64 * flops_per_thread / secs / 1e9);
     }
-    best
+    Ok(best)
 }
 
 /// STREAM triad `a = b + s·c` over `n` f32 elements per array on one thread: best of `runs`,
 /// counting 12 bytes per element (two reads, one write; STREAM does not count write-allocate).
-pub fn stream_triad_gbs(n: usize, runs: usize) -> f64 {
+///
+/// # Errors
+/// `n` or `runs` of 0, or an `n` whose three arrays' byte count overflows (checked before
+/// allocating).
+pub fn stream_triad_gbs(n: usize, runs: usize) -> Result<f64> {
+    const OP: &str = "stream_triad_gbs";
+    if n == 0 {
+        return Err(arg(OP, "n 0 must be at least 1".into()));
+    }
+    if runs == 0 {
+        return Err(arg(OP, "runs 0 must be at least 1".into()));
+    }
+    if n.checked_mul(12).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(arg(OP, format!("n {n} overflows the arrays' byte count")));
+    }
     let b = vec![1.0f32; n];
     let c = vec![2.0f32; n];
     let mut a = vec![0.0f32; n];
     let s = 3.0f32;
     let mut best = 0.0f64;
-    for _ in 0..runs.max(1) {
+    for _ in 0..runs {
         let start = Instant::now();
         for ((ai, bi), ci) in a.iter_mut().zip(&b).zip(&c) {
             *ai = bi + s * ci;
@@ -133,10 +166,11 @@ pub fn stream_triad_gbs(n: usize, runs: usize) -> f64 {
         std::hint::black_box(&a);
         best = best.max((12 * n) as f64 / secs / 1e9);
     }
-    best
+    Ok(best)
 }
 
-/// Measured machine limits.
+/// Measured machine limits. Both must be positive and finite: [`Roofline::place`] checks;
+/// [`Roofline::ridge`] and [`Roofline::attainable`] are plain formulas (inf/NaN otherwise).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Roofline {
     pub peak_gflops: f64,
@@ -161,17 +195,29 @@ impl Roofline {
     pub fn attainable(&self, intensity: f64) -> f64 {
         self.peak_gflops.min(intensity * self.bandwidth_gbs)
     }
-    /// Places an op that did `flops` over `bytes` in `seconds`.
-    pub fn place(&self, flops: u64, bytes: u64, seconds: f64) -> Placement {
+    /// Places an op that did `flops` over `bytes` in `seconds` (`bytes` of 0 counts as 1).
+    ///
+    /// # Errors
+    /// A roof whose peak or bandwidth is not positive and finite, or `seconds` that are not
+    /// positive and finite.
+    pub fn place(&self, flops: u64, bytes: u64, seconds: f64) -> Result<Placement> {
+        const OP: &str = "Roofline::place";
+        for (name, v) in
+            [("peak_gflops", self.peak_gflops), ("bandwidth_gbs", self.bandwidth_gbs), ("seconds", seconds)]
+        {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(arg(OP, format!("{name} {v} must be positive and finite")));
+            }
+        }
         let intensity = flops as f64 / bytes.max(1) as f64;
         let attainable = self.attainable(intensity);
         let achieved = flops as f64 / seconds.max(1e-12) / 1e9;
-        Placement {
+        Ok(Placement {
             intensity,
             attainable_gflops: attainable,
             achieved_gflops: achieved,
             fraction: achieved / attainable.max(1e-12),
             bound: if intensity < self.ridge() { "memory-bound" } else { "compute-bound" },
-        }
+        })
     }
 }

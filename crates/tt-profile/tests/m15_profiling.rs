@@ -35,7 +35,7 @@ fn linear_parameters_and_flops_are_exact() {
         let (_, p) = profile(|| no_grad(|| lin.forward(&x)).unwrap());
         // 2 FLOPs per MAC, bias adds not counted: 2·128·64 = 16,384 per sample.
         assert_eq!(p.forward_flops(), 16_384 * batch as u64);
-        assert_eq!(flops::linear(batch, 128, 64), 16_384 * batch as u64);
+        assert_eq!(flops::linear(batch, 128, 64).unwrap(), 16_384 * batch as u64);
     }
     let r = count_parameters(
         &Sequential::new().layer(Linear::new(4, 3, true, 0)).layer(Relu).layer(Linear::new(3, 2, false, 1)),
@@ -50,7 +50,7 @@ fn conv2d_flops_with_stride_and_padding() {
     let _g = lock();
     // B=2, C_in=3, C_out=4, 7×7, k=3, stride 2, padding 1 → 4×4 output:
     // 2·2·4·4·4·3·3·3 = 6,912 FLOPs.
-    assert_eq!(flops::conv2d(2, 3, 4, 7, 7, 3, 2, 1), 6_912);
+    assert_eq!(flops::conv2d(2, 3, 4, 7, 7, 3, 2, 1).unwrap(), 6_912);
     let conv = Conv2d::new(3, 4, 3, 2, 1, 0);
     let x = Tensor::zeros(&[2, 3, 7, 7]);
     let (y, p) = profile(|| no_grad(|| conv.forward(&x)).unwrap());
@@ -80,10 +80,10 @@ fn whole_cnn_matches_its_formula() {
         .layer(Linear::new(8 * 4 * 4, 10, true, 1));
     let x = Tensor::zeros(&[3, 1, 8, 8]);
     let (_, p) = profile(|| no_grad(|| cnn.forward(&x)).unwrap());
-    let conv = flops::conv2d(3, 1, 8, 8, 8, 3, 1, 1);
+    let conv = flops::conv2d(3, 1, 8, 8, 8, 3, 1, 1).unwrap();
     let relu = (3 * 8 * 8 * 8) as u64; // 1 op per element
     let pool = (3 * 8 * 4 * 4 * 4) as u64; // k² comparisons per output
-    let fc = flops::linear(3, 128, 10);
+    let fc = flops::linear(3, 128, 10).unwrap();
     assert_eq!(p.forward_flops(), conv + relu + pool + fc);
     let layers: Vec<String> = p.per_layer().into_iter().map(|l| l.0).collect();
     assert_eq!(layers, vec!["0", "1", "2", "3", "4"], "ops attributed to Sequential's children");
@@ -98,7 +98,7 @@ fn whole_gpt_matches_its_formula_and_kaplan() {
     let ids: Vec<usize> = (0..b * t).map(|i| i % 30).collect();
     let (_, p) = profile(|| no_grad(|| m.forward_ids(&ids, b, t)).unwrap());
     // The profiler's counts (full-square attention, as computed) equal the analytic table.
-    assert_eq!(p.forward_flops(), flops::total(&flops::gpt_forward(&cfg, b, t, false)));
+    assert_eq!(p.forward_flops(), flops::total(&flops::gpt_forward(&cfg, b, t, false).unwrap()).unwrap());
     let mut layers: Vec<String> = p.per_layer().into_iter().map(|l| l.0).collect();
     layers.dedup();
     assert_eq!(layers, vec!["embed", "blocks.0", "blocks.1", "head"]);
@@ -106,8 +106,8 @@ fn whole_gpt_matches_its_formula_and_kaplan() {
     // 2N + 2·n_layer·n_ctx·d_model; the remainder is the head, norms, GELU, softmax and adds.
     let big = GptConfig::default_model(49);
     let n_ctx = 128;
-    let ours = flops::total(&flops::gpt_forward(&big, 1, n_ctx, true)) as f64 / n_ctx as f64;
-    let kaplan = flops::kaplan_forward_per_token(&big, n_ctx) as f64;
+    let ours = flops::total(&flops::gpt_forward(&big, 1, n_ctx, true).unwrap()).unwrap() as f64 / n_ctx as f64;
+    let kaplan = flops::kaplan_forward_per_token(&big, n_ctx).unwrap() as f64;
     assert!((ours / kaplan - 1.0).abs() < 0.05, "ours {ours} vs Kaplan {kaplan}");
 }
 
@@ -158,24 +158,24 @@ fn allocator_counts_a_known_allocation_exactly() {
 fn percentiles_bootstrap_and_outliers_on_known_data() {
     let _g = lock();
     let data: Vec<f64> = (1..=10).map(f64::from).collect();
-    assert_eq!(percentile_interpolated(&data, 0.5), 5.5);
-    assert!((percentile_interpolated(&data, 0.9) - 9.1).abs() < 1e-12);
-    assert_eq!(percentile_interpolated(&data, 0.0), 1.0);
-    assert_eq!(percentile_interpolated(&data, 1.0), 10.0);
-    assert_eq!(percentile_mlperf(&data, 0.5), 6.0, "sorted[⌊10·0.5⌋]");
-    assert_eq!(percentile_mlperf(&data, 0.9), 10.0);
-    assert_eq!(percentile_mlperf(&data, 0.99), 10.0);
+    assert_eq!(percentile_interpolated(&data, 0.5).unwrap(), 5.5);
+    assert!((percentile_interpolated(&data, 0.9).unwrap() - 9.1).abs() < 1e-12);
+    assert_eq!(percentile_interpolated(&data, 0.0).unwrap(), 1.0);
+    assert_eq!(percentile_interpolated(&data, 1.0).unwrap(), 10.0);
+    assert_eq!(percentile_mlperf(&data, 0.5).unwrap(), 6.0, "sorted[⌊10·0.5⌋]");
+    assert_eq!(percentile_mlperf(&data, 0.9).unwrap(), 10.0);
+    assert_eq!(percentile_mlperf(&data, 0.99).unwrap(), 10.0);
     let mut with_out = data.clone();
     with_out[9] = 100.0;
-    assert_eq!(tukey_outliers(&with_out), (0, 1));
+    assert_eq!(tukey_outliers(&with_out).unwrap(), (0, 1));
     let mut mild = data.clone();
     mild[9] = 18.0; // Q3 = 7.75, IQR = 4.5: 14.5 < 18 ≤ 21.25
-    assert_eq!(tukey_outliers(&mild), (1, 0));
-    assert_eq!(bootstrap_median_ci(&[3.0; 20], 1000, 0.95, 1), (3.0, 3.0));
-    let (lo, hi) = bootstrap_median_ci(&data, 5000, 0.95, 7);
+    assert_eq!(tukey_outliers(&mild).unwrap(), (1, 0));
+    assert_eq!(bootstrap_median_ci(&[3.0; 20], 1000, 0.95, 1).unwrap(), (3.0, 3.0));
+    let (lo, hi) = bootstrap_median_ci(&data, 5000, 0.95, 7).unwrap();
     assert!(lo <= 5.5 && 5.5 <= hi && lo >= 1.0 && hi <= 10.0, "({lo}, {hi})");
-    assert_eq!(bootstrap_median_ci(&data, 5000, 0.95, 7), (lo, hi), "seeded");
-    let s = LatencyStats::from_samples(&with_out);
+    assert_eq!(bootstrap_median_ci(&data, 5000, 0.95, 7).unwrap(), (lo, hi), "seeded");
+    let s = LatencyStats::from_samples(&with_out).unwrap();
     assert_eq!((s.n, s.min, s.max, s.median), (10, 1.0, 100.0, 5.5));
     assert_eq!(s.outliers_severe, 1);
     assert!((s.mean - 14.5).abs() < 1e-12);
@@ -188,13 +188,119 @@ fn roofline_placement() {
     assert_eq!(r.ridge(), 5.0);
     assert_eq!(r.attainable(1.0), 20.0);
     assert_eq!(r.attainable(50.0), 100.0);
-    let p = r.place(1_000_000, 1_000_000, 1e-4); // I = 1, 10 GFLOP/s achieved
+    let p = r.place(1_000_000, 1_000_000, 1e-4).unwrap(); // I = 1, 10 GFLOP/s achieved
     assert_eq!(p.bound, "memory-bound");
     assert!((p.fraction - 0.5).abs() < 1e-9);
-    assert_eq!(r.place(100_000_000, 1_000_000, 1.0).bound, "compute-bound");
+    assert_eq!(r.place(100_000_000, 1_000_000, 1.0).unwrap().bound, "compute-bound");
     // The micro-benchmarks run and return physical numbers.
-    let peak = tt_profile::roofline::peak_gflops(1, 20_000);
-    let bw = tt_profile::roofline::stream_triad_gbs(1 << 20, 3);
+    let peak = tt_profile::roofline::peak_gflops(1, 20_000).unwrap();
+    let bw = tt_profile::roofline::stream_triad_gbs(1 << 20, 3).unwrap();
     assert!(peak > 0.1 && peak < 10_000.0, "{peak}");
     assert!(bw > 0.1 && bw < 10_000.0, "{bw}");
+}
+
+/// Empty, NaN, unsorted or out-of-range inputs to the statistics, FLOP counters and roofline:
+/// named errors, never a panic, a wrapped count or a silently clamped value.
+mod bad_input {
+    use tt_profile::flops;
+    use tt_profile::roofline::{peak_gflops, stream_triad_gbs, Roofline};
+    use tt_profile::stats::{
+        bootstrap_median_ci, measure_latency, percentile_interpolated, percentile_mlperf, tukey_outliers, LatencyStats,
+    };
+    use tt_tensor::TensorError;
+    use tt_transformer::GptConfig;
+
+    fn says(e: &TensorError, op: &str, what: &str) -> bool {
+        matches!(e, TensorError::InvalidArgument { op: o, .. } if *o == op) && e.to_string().contains(what)
+    }
+
+    #[test]
+    fn statistics_of_no_samples() {
+        assert!(says(&bootstrap_median_ci(&[], 100, 0.95, 0).unwrap_err(), "bootstrap_median_ci", "no samples"));
+        assert!(says(&percentile_interpolated(&[], 0.5).unwrap_err(), "percentile_interpolated", "no samples"));
+        assert!(says(&percentile_mlperf(&[], 0.5).unwrap_err(), "percentile_mlperf", "no samples"));
+        assert!(says(&tukey_outliers(&[]).unwrap_err(), "tukey_outliers", "no samples"));
+        assert!(says(&LatencyStats::from_samples(&[]).unwrap_err(), "LatencyStats::from_samples", "no samples"));
+    }
+
+    #[test]
+    fn percentiles_reject_bad_p_nan_and_unsorted_samples() {
+        let data = [1.0, 2.0, 3.0];
+        for p in [f64::NAN, -0.1, 1.5] {
+            assert!(says(&percentile_interpolated(&data, p).unwrap_err(), "percentile_interpolated", "p "));
+            assert!(says(&percentile_mlperf(&data, p).unwrap_err(), "percentile_mlperf", "p "));
+        }
+        let e = percentile_interpolated(&[3.0, 1.0, 2.0], 0.5).unwrap_err();
+        assert!(says(&e, "percentile_interpolated", "not sorted"), "{e}");
+        let e = tukey_outliers(&[1.0, f64::NAN]).unwrap_err();
+        assert!(says(&e, "tukey_outliers", "sorted[1] is NaN"), "{e}");
+    }
+
+    #[test]
+    fn bootstrap_and_latency_reject_bad_arguments() {
+        let data = [1.0, 2.0, 3.0];
+        assert!(says(&bootstrap_median_ci(&data, 0, 0.95, 0).unwrap_err(), "bootstrap_median_ci", "resamples 0"));
+        for c in [0.0, 1.0, f64::NAN, 95.0] {
+            assert!(says(&bootstrap_median_ci(&data, 10, c, 0).unwrap_err(), "bootstrap_median_ci", "confidence"));
+        }
+        let e = bootstrap_median_ci(&[1.0, f64::INFINITY], 10, 0.95, 0).unwrap_err();
+        assert!(says(&e, "bootstrap_median_ci", "samples[1] = inf"), "{e}");
+        let e = LatencyStats::from_samples(&[1.0, f64::NAN]).unwrap_err();
+        assert!(says(&e, "LatencyStats::from_samples", "samples[1] = NaN"), "{e}");
+        let mut calls = 0;
+        let e = measure_latency(3, 0, || calls += 1).unwrap_err();
+        assert!(says(&e, "measure_latency", "iterations 0"), "{e}");
+        assert_eq!(calls, 0, "checked before running anything");
+        assert_eq!(measure_latency(0, 2, || {}).unwrap().n, 2);
+    }
+
+    #[test]
+    fn flop_counts_reject_degenerate_geometry_and_overflow() {
+        assert!(says(&flops::conv2d(1, 1, 1, 4, 4, 0, 1, 0).unwrap_err(), "flops::conv2d", "kernel 0"));
+        assert!(says(&flops::conv2d(1, 1, 1, 4, 4, 3, 0, 0).unwrap_err(), "flops::conv2d", "stride 0"));
+        // k > h + 2p used to underflow.
+        assert!(says(&flops::conv2d(1, 1, 1, 2, 2, 5, 1, 1).unwrap_err(), "flops::conv2d", "does not fit"));
+        assert!(says(&flops::conv2d(1, 1, 1, 2, 2, 3, 1, usize::MAX).unwrap_err(), "flops::conv2d", "does not fit"));
+        assert!(says(&flops::linear(1 << 32, 1 << 32, 2).unwrap_err(), "flops::linear", "overflows"));
+        let bad_heads = GptConfig { n_heads: 0, ..GptConfig::default_model(10) };
+        let e = flops::gpt_forward(&bad_heads, 1, 8, false).unwrap_err();
+        assert!(says(&e, "flops::gpt_forward", "positive"), "{e}");
+        assert!(says(
+            &flops::kaplan_forward_per_token(&bad_heads, 8).unwrap_err(),
+            "flops::kaplan_forward_per_token",
+            ""
+        ));
+        let cfg = GptConfig::default_model(10);
+        let e = flops::gpt_forward(&cfg, usize::MAX, usize::MAX, true).unwrap_err();
+        assert!(says(&e, "flops::gpt_forward", "overflows"), "{e}");
+        assert!(says(
+            &flops::kaplan_forward_per_token(&cfg, usize::MAX).unwrap_err(),
+            "flops::kaplan_forward_per_token",
+            "overflows"
+        ));
+        let rows = vec![flops::FlopRow { part: "a".into(), flops: u64::MAX, macs: 0 }; 2];
+        assert!(says(&flops::total(&rows).unwrap_err(), "flops::total", "overflows"));
+        // Odd and even causal lengths agree with T(T+1)/2.
+        for t in [7usize, 8] {
+            let useful = flops::gpt_forward(&cfg, 1, t, true).unwrap();
+            let full = flops::gpt_forward(&cfg, 1, t, false).unwrap();
+            assert_eq!(useful[2].flops * (t * t) as u64, full[2].flops * (t * (t + 1) / 2) as u64);
+        }
+    }
+
+    #[test]
+    fn roofline_rejects_nothing_to_measure_and_bad_times() {
+        assert!(says(&peak_gflops(0, 10).unwrap_err(), "peak_gflops", "threads 0"));
+        assert!(says(&peak_gflops(1, 0).unwrap_err(), "peak_gflops", "iters 0"));
+        assert!(says(&peak_gflops(1, usize::MAX).unwrap_err(), "peak_gflops", "overflows"));
+        assert!(says(&stream_triad_gbs(0, 3).unwrap_err(), "stream_triad_gbs", "n 0"));
+        assert!(says(&stream_triad_gbs(16, 0).unwrap_err(), "stream_triad_gbs", "runs 0"));
+        assert!(says(&stream_triad_gbs(usize::MAX / 4, 1).unwrap_err(), "stream_triad_gbs", "overflows"));
+        let r = Roofline { peak_gflops: 100.0, bandwidth_gbs: 20.0 };
+        for s in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(says(&r.place(1, 1, s).unwrap_err(), "Roofline::place", "seconds"));
+        }
+        let flat = Roofline { peak_gflops: 100.0, bandwidth_gbs: 0.0 };
+        assert!(says(&flat.place(1, 1, 1.0).unwrap_err(), "Roofline::place", "bandwidth_gbs 0"));
+    }
 }

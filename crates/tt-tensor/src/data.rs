@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Result, TensorError};
-use crate::tensor::Tensor;
+use crate::tensor::{checked_numel, Tensor};
 
 /// A labelled dataset with fixed-shape samples.
 pub trait Dataset {
@@ -17,6 +17,10 @@ pub trait Dataset {
     /// Shape of one sample (without the batch dim).
     fn sample_shape(&self) -> &[usize];
     /// Writes sample `i`'s features into `out` (length = product of `sample_shape`), returns its label.
+    ///
+    /// # Panics
+    /// Implementations may panic if `i >= len()` or `out` is not one sample long; [`DataLoader`]
+    /// only calls it with valid arguments.
     fn get_into(&self, i: usize, out: &mut [f32]) -> usize;
 }
 
@@ -30,9 +34,12 @@ pub struct ClassificationData {
 }
 
 impl ClassificationData {
+    /// # Errors
+    /// A sample shape whose size overflows, features that do not split into `labels.len()`
+    /// samples of that shape, or a label `>= num_classes`.
     pub fn new(features: Vec<f32>, shape: Vec<usize>, labels: Vec<usize>, num_classes: usize) -> Result<Self> {
-        let per: usize = shape.iter().product();
-        if per * labels.len() != features.len() {
+        let per = checked_numel("ClassificationData::new", &shape)?;
+        if per.checked_mul(labels.len()) != Some(features.len()) {
             return Err(TensorError::InvalidArgument {
                 op: "ClassificationData::new",
                 reason: format!(
@@ -56,22 +63,36 @@ impl ClassificationData {
         &self.labels
     }
     /// Picks samples by index (used for splits).
-    pub fn subset(&self, idx: &[usize]) -> ClassificationData {
+    ///
+    /// # Errors
+    /// An index `>= len()`.
+    pub fn subset(&self, idx: &[usize]) -> Result<ClassificationData> {
+        if let Some(&bad) = idx.iter().find(|&&i| i >= self.labels.len()) {
+            return Err(TensorError::OutOfRange {
+                op: "ClassificationData::subset",
+                what: "sample index",
+                index: bad,
+                limit: self.labels.len(),
+            });
+        }
         let per: usize = self.shape.iter().product();
         let mut features = Vec::with_capacity(idx.len() * per);
         for &i in idx {
             features.extend_from_slice(&self.features[i * per..(i + 1) * per]);
         }
-        ClassificationData {
+        Ok(ClassificationData {
             features,
             shape: self.shape.clone(),
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             num_classes: self.num_classes,
-        }
+        })
     }
     /// Same data viewed with another per-sample shape of equal size (e.g. `[64]` → `[1, 8, 8]`).
+    ///
+    /// # Errors
+    /// A shape of another size (or whose size overflows).
     pub fn with_sample_shape(mut self, shape: Vec<usize>) -> Result<Self> {
-        if shape.iter().product::<usize>() != self.shape.iter().product::<usize>() {
+        if checked_numel("with_sample_shape", &shape)? != self.shape.iter().product::<usize>() {
             return Err(TensorError::shape("with_sample_shape", &self.shape, &shape));
         }
         self.shape = shape;
@@ -86,8 +107,13 @@ impl Dataset for ClassificationData {
     fn sample_shape(&self) -> &[usize] {
         &self.shape
     }
+    /// # Panics
+    /// If `i >= len()` or `out` is not one sample long (which would read another sample's
+    /// features silently).
     fn get_into(&self, i: usize, out: &mut [f32]) -> usize {
-        let per = out.len();
+        let per: usize = self.shape.iter().product();
+        assert!(i < self.labels.len(), "get_into: sample index {i} out of range for {} samples", self.labels.len());
+        assert_eq!(out.len(), per, "get_into: output holds {} values but a sample has {per}", out.len());
         out.copy_from_slice(&self.features[i * per..(i + 1) * per]);
         self.labels[i]
     }
@@ -104,18 +130,33 @@ pub struct Batch {
 /// so any epoch's order can be reproduced on its own.
 pub struct DataLoader<'a, D: Dataset> {
     dataset: &'a D,
-    pub batch_size: usize,
+    /// Private so it cannot be set to 0 after construction (see [`DataLoader::batch_size`]).
+    batch_size: usize,
     pub shuffle: bool,
     pub seed: u64,
     pub drop_last: bool,
 }
 
 impl<'a, D: Dataset> DataLoader<'a, D> {
+    /// # Errors
+    /// A `batch_size` of 0, an empty dataset (an epoch would silently train on nothing), or a
+    /// batch `[batch_size, ...sample_shape]` whose size overflows.
     pub fn new(dataset: &'a D, batch_size: usize, shuffle: bool, seed: u64) -> Result<Self> {
         if batch_size == 0 {
-            return Err(TensorError::arg("DataLoader", "batch_size must be at least 1"));
+            return Err(TensorError::arg("DataLoader", "batch_size 0 must be at least 1"));
         }
+        if dataset.is_empty() {
+            return Err(TensorError::arg("DataLoader", "dataset is empty (length 0)"));
+        }
+        let mut batch_shape = vec![batch_size.min(dataset.len())];
+        batch_shape.extend_from_slice(dataset.sample_shape());
+        checked_numel("DataLoader", &batch_shape)?;
         Ok(DataLoader { dataset, batch_size, shuffle, seed, drop_last: false })
+    }
+
+    /// Samples per batch (the last batch may be smaller unless `drop_last`).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     /// Number of batches per epoch.
@@ -182,7 +223,17 @@ pub mod digits {
 
     /// Stratified split: in every class, `test_fraction` of its samples (rounded) go to the test
     /// set, chosen by a generator seeded with `seed`. Returns (train, test).
-    pub fn split(data: &ClassificationData, test_fraction: f32, seed: u64) -> (ClassificationData, ClassificationData) {
+    ///
+    /// # Errors
+    /// A `test_fraction` outside [0, 1] (NaN included).
+    pub fn split(
+        data: &ClassificationData,
+        test_fraction: f32,
+        seed: u64,
+    ) -> Result<(ClassificationData, ClassificationData)> {
+        if !(0.0..=1.0).contains(&test_fraction) {
+            return Err(TensorError::arg("digits::split", format!("test_fraction {test_fraction} must be in [0, 1]")));
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (mut train, mut test) = (Vec::new(), Vec::new());
         for class in 0..data.num_classes {
@@ -194,11 +245,11 @@ pub mod digits {
         }
         train.sort_unstable();
         test.sort_unstable();
-        (data.subset(&train), data.subset(&test))
+        Ok((data.subset(&train)?, data.subset(&test)?))
     }
 
     /// The project's fixed split: 20% test, seed 0.
     pub fn standard_split() -> Result<(ClassificationData, ClassificationData)> {
-        Ok(split(&load()?, 0.2, 0))
+        split(&load()?, 0.2, 0)
     }
 }

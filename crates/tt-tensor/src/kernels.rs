@@ -7,6 +7,10 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
 
 /// `C = alpha * A·B + beta * C` on 2-D views of any strides (transposes are free: pass `.t()`).
+///
+/// # Panics
+/// If the inner dimensions differ or `c` is not `[a.rows, b.cols]` (the tensor ops check shapes
+/// and return errors before calling it).
 pub fn gemm(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
@@ -54,9 +58,12 @@ pub fn matmul2(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 
 /// Dot product with 8 independent accumulators so the compiler can vectorize the reduction
 /// (a single accumulator forces one sequential add chain).
+///
+/// # Panics
+/// If the lengths differ (zipping would otherwise drop the tail silently in release builds).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len(), "dot: slice lengths differ");
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -225,10 +232,12 @@ pub fn attention_head_reference(q: Rows, k: Rows, v: Rows, scale: f32) -> (Vec<f
     (probs, out)
 }
 
-/// Output size of a convolution or pooling window along one axis.
+/// Output size of a convolution or pooling window along one axis; `None` when there is none
+/// (a kernel or stride of 0, a kernel larger than the padded input, or a padded size that
+/// overflows `usize`).
 pub fn conv_out_size(input: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
-    let padded = input + 2 * padding;
-    if stride == 0 || padded < kernel {
+    let padded = padding.checked_mul(2).and_then(|p| input.checked_add(p))?;
+    if stride == 0 || kernel == 0 || padded < kernel {
         return None;
     }
     Some((padded - kernel) / stride + 1)
@@ -249,6 +258,9 @@ pub struct ConvGeom {
 }
 
 /// Unfolds one image `[c_in, h, w]` into columns `[c_in*kh*kw, h_out*w_out]` (zero padding).
+///
+/// # Panics
+/// If `img` or `cols` is shorter than `g` says.
 pub fn im2col(img: &[f32], g: &ConvGeom, cols: &mut [f32]) {
     let hw_out = g.h_out * g.w_out;
     debug_assert_eq!(cols.len(), g.c_in * g.kh * g.kw * hw_out);
@@ -276,6 +288,9 @@ pub fn im2col(img: &[f32], g: &ConvGeom, cols: &mut [f32]) {
 }
 
 /// Adjoint of [`im2col`]: scatters-adds columns back into an image gradient `[c_in, h, w]`.
+///
+/// # Panics
+/// If `cols` or `img` is shorter than `g` says.
 pub fn col2im(cols: &[f32], g: &ConvGeom, img: &mut [f32]) {
     let hw_out = g.h_out * g.w_out;
     for c in 0..g.c_in {
@@ -373,6 +388,9 @@ pub fn softmax_row(row: &mut [f32]) {
 }
 
 /// Layer normalization of one row with affine parameters; returns (mean, 1/std).
+///
+/// # Panics
+/// If `gamma`, `beta` or `out` is shorter than `x`.
 pub fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = x.iter().sum::<f32>() / n;

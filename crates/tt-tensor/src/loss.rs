@@ -7,22 +7,51 @@ use crate::hook::{OpInfo, OpScope};
 use crate::kernels::softmax_row;
 use crate::tensor::{Array, Tensor};
 
+/// An average over no elements is 0/0: an empty batch is an error, not a NaN (or 0) loss.
+fn check_nonempty(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.numel() == 0 {
+        return Err(TensorError::invalid_shape(op, &t.shape(), "empty input: the mean of no losses is undefined"));
+    }
+    Ok(())
+}
+
+/// Every value of `t` (named `what`) in [0, 1]; NaN is rejected too.
+fn check_unit_interval(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
+    let d = t.data();
+    if let Some((i, v)) = d.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
+        return Err(TensorError::arg(op, format!("{what}[{i}] = {v} is outside [0, 1]")));
+    }
+    Ok(())
+}
+
 /// Mean squared error `mean((pred − target)²)`.
+///
+/// # Errors
+/// Shapes that differ, or empty inputs.
 pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     if pred.shape() != target.shape() {
         return Err(TensorError::shape("mse", &pred.shape(), &target.shape()));
     }
+    check_nonempty("mse", pred)?;
     Ok(pred.sub(target)?.pow(2.0).mean())
 }
 
 /// Cross-entropy from logits `[..., C]` against class indices (one per leading position), averaged.
 /// Fused: log-softmax and the gather in one pass; gradient `(softmax − onehot)/N`.
+///
+/// # Errors
+/// 0-d logits, an empty batch, a number of targets that is not the number of rows, or a target
+/// class `>= C`.
 pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
     weighted_ce(logits, targets, None)
 }
 
 /// Weighted cross-entropy `Σ wᵢ·CEᵢ / Σ wᵢ` (weights ≥ 0, one per target, not all zero).
 /// With all weights equal it is exactly [`cross_entropy`].
+///
+/// # Errors
+/// As [`cross_entropy`], plus a number of weights that is not the number of targets, a weight
+/// that is negative or not finite, weights that are all zero, or whose sum overflows f32.
 pub fn cross_entropy_weighted(logits: &Tensor, targets: &[usize], weights: &[f32]) -> Result<Tensor> {
     if weights.len() != targets.len() {
         return Err(TensorError::arg(
@@ -30,11 +59,19 @@ pub fn cross_entropy_weighted(logits: &Tensor, targets: &[usize], weights: &[f32
             format!("{} weights for {} targets", weights.len(), targets.len()),
         ));
     }
-    if weights.iter().any(|w| !(*w >= 0.0 && w.is_finite())) || weights.iter().all(|&w| w == 0.0) {
+    if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !(**w >= 0.0 && w.is_finite())) {
         return Err(TensorError::arg(
             "cross_entropy_weighted",
-            "weights must be finite, non-negative and not all zero",
+            format!("weights[{i}] = {w}: weights must be finite and non-negative"),
         ));
+    }
+    let sum: f64 = weights.iter().map(|&w| w as f64).sum();
+    if !weights.is_empty() && sum == 0.0 {
+        return Err(TensorError::arg("cross_entropy_weighted", "weights are all zero"));
+    }
+    // The gradient scales by 1/Σw in f32.
+    if sum as f32 == f32::INFINITY {
+        return Err(TensorError::arg("cross_entropy_weighted", format!("sum of weights {sum} overflows f32")));
     }
     weighted_ce(logits, targets, Some(weights))
 }
@@ -43,7 +80,14 @@ fn weighted_ce(logits: &Tensor, targets: &[usize], weights: Option<&[f32]>) -> R
     let shape = logits.shape();
     let c = *shape.last().ok_or_else(|| TensorError::invalid_shape("cross_entropy", &shape, "needs [..., classes]"))?;
     let n = logits.numel().checked_div(c).unwrap_or(0);
-    if n != targets.len() || n == 0 {
+    if n == 0 {
+        return Err(TensorError::invalid_shape(
+            "cross_entropy",
+            &shape,
+            "empty batch: no rows (or no classes) to score",
+        ));
+    }
+    if n != targets.len() {
         return Err(TensorError::InvalidArgument {
             op: "cross_entropy",
             reason: format!("logits {shape:?} hold {n} rows but {} targets were given", targets.len()),
@@ -93,10 +137,16 @@ fn weighted_ce(logits: &Tensor, targets: &[usize], weights: Option<&[f32]>) -> R
 
 /// Binary cross-entropy on probabilities in (0, 1); inputs are clamped to [1e-7, 1 − 1e-7]
 /// so log(0) cannot occur. Prefer [`bce_with_logits`] when you have logits.
+///
+/// # Errors
+/// Shapes that differ, empty inputs, or a probability or target outside [0, 1] (NaN included).
 pub fn binary_cross_entropy(probs: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if probs.shape() != targets.shape() {
         return Err(TensorError::shape("binary_cross_entropy", &probs.shape(), &targets.shape()));
     }
+    check_nonempty("binary_cross_entropy", probs)?;
+    check_unit_interval("binary_cross_entropy", "probs", probs)?;
+    check_unit_interval("binary_cross_entropy", "targets", targets)?;
     let eps = 1e-7;
     let p = probs.unary(
         "clamp",
@@ -117,10 +167,15 @@ pub fn binary_cross_entropy(probs: &Tensor, targets: &Tensor) -> Result<Tensor> 
 }
 
 /// Binary cross-entropy on logits, stable form `max(x,0) − x·t + log(1 + e^{−|x|})`.
+///
+/// # Errors
+/// Shapes that differ, empty inputs, or a target outside [0, 1] (NaN included).
 pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if logits.shape() != targets.shape() {
         return Err(TensorError::shape("bce_with_logits", &logits.shape(), &targets.shape()));
     }
+    check_nonempty("bce_with_logits", logits)?;
+    check_unit_interval("bce_with_logits", "targets", targets)?;
     let softplus_neg_abs = logits.unary(
         "log1p_exp_neg_abs",
         3,
@@ -136,13 +191,25 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 /// KL(p_teacher(T) ‖ p_student(T)) with `p(T) = softmax(z/T)` over the last axis, averaged over
 /// rows ("batchmean"). The teacher is a constant. Distillation multiplies this by T² (Hinton et al.).
+///
+/// # Errors
+/// Shapes that differ, 0-d or empty logits, or a temperature that is not positive and finite
+/// or so small that 1/T overflows.
 pub fn kl_div_with_temperature(student_logits: &Tensor, teacher_logits: &Tensor, temperature: f32) -> Result<Tensor> {
     if student_logits.shape() != teacher_logits.shape() {
         return Err(TensorError::shape("kl_div", &student_logits.shape(), &teacher_logits.shape()));
     }
-    if temperature <= 0.0 || !temperature.is_finite() {
-        return Err(TensorError::arg("kl_div", format!("temperature {temperature} must be positive")));
+    // 1/T is what scales the logits: a subnormal T passes `T > 0` but makes it +inf.
+    if !(temperature > 0.0 && temperature.is_finite() && (1.0 / temperature).is_finite()) {
+        return Err(TensorError::arg(
+            "kl_div",
+            format!("temperature {temperature} must be positive and finite with a finite 1/temperature"),
+        ));
     }
+    if student_logits.ndim() == 0 {
+        return Err(TensorError::invalid_shape("kl_div", &[], "needs logits [..., classes]"));
+    }
+    check_nonempty("kl_div", student_logits)?;
     let shape = student_logits.shape();
     let axis = shape.len() - 1;
     let rows = (student_logits.numel() / shape[axis].max(1)).max(1) as f32;

@@ -13,12 +13,24 @@ pub trait Optimizer {
     /// Clears every parameter's gradient.
     fn zero_grad(&self);
     fn lr(&self) -> f32;
-    fn set_lr(&mut self, lr: f32);
+    /// Sets the learning rate (schedules call it every step).
+    ///
+    /// # Errors
+    /// A learning rate that is negative or not finite (the old one is kept).
+    fn set_lr(&mut self, lr: f32) -> Result<()>;
 }
 
 fn check_lr(op: &'static str, lr: f32) -> Result<()> {
     if !(lr >= 0.0 && lr.is_finite()) {
         return Err(TensorError::arg(op, format!("learning rate {lr} must be finite and >= 0")));
+    }
+    Ok(())
+}
+
+/// A hyperparameter that must be finite and at least 0 (momentum, weight decay).
+fn check_non_negative(op: &'static str, name: &str, v: f32) -> Result<()> {
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(TensorError::arg(op, format!("{name} {v} must be finite and >= 0")));
     }
     Ok(())
 }
@@ -33,15 +45,28 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// # Errors
+    /// A learning rate, momentum or weight decay that is negative or not finite.
     pub fn new(params: Vec<Tensor>, lr: f32, momentum: f32, weight_decay: f32) -> Result<Sgd> {
-        check_lr("Sgd", lr)?;
         let n = params.len();
-        Ok(Sgd { params, lr, momentum, weight_decay, velocity: vec![None; n] })
+        let sgd = Sgd { params, lr, momentum, weight_decay, velocity: vec![None; n] };
+        sgd.check()?;
+        Ok(sgd)
+    }
+
+    /// The public hyperparameter fields may have been edited since construction.
+    fn check(&self) -> Result<()> {
+        check_lr("Sgd", self.lr)?;
+        check_non_negative("Sgd", "momentum", self.momentum)?;
+        check_non_negative("Sgd", "weight_decay", self.weight_decay)
     }
 }
 
 impl Optimizer for Sgd {
+    /// # Errors
+    /// Hyperparameters made invalid through the public fields (nothing is updated then).
     fn step(&mut self) -> Result<()> {
+        self.check()?;
         for (p, vel) in self.params.iter().zip(self.velocity.iter_mut()) {
             let Some(g) = p.grad() else { continue };
             let mut w = p.data_mut();
@@ -66,8 +91,10 @@ impl Optimizer for Sgd {
     fn lr(&self) -> f32 {
         self.lr
     }
-    fn set_lr(&mut self, lr: f32) {
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        check_lr("Sgd::set_lr", lr)?;
         self.lr = lr;
+        Ok(())
     }
 }
 
@@ -96,9 +123,8 @@ impl Adam {
         Self::build(params, lr, weight_decay, true)
     }
     fn build(params: Vec<Tensor>, lr: f32, weight_decay: f32, decoupled: bool) -> Result<Adam> {
-        check_lr("Adam", lr)?;
         let n = params.len();
-        Ok(Adam {
+        let adam = Adam {
             params,
             lr,
             beta1: 0.9,
@@ -109,19 +135,43 @@ impl Adam {
             t: 0,
             m: vec![None; n],
             v: vec![None; n],
-        })
+        };
+        adam.check()?;
+        Ok(adam)
     }
-    /// Sets (β1, β2).
+    /// Sets (β1, β2). They are checked (each in [0, 1)) by [`Optimizer::step`], which errors
+    /// before updating anything.
     pub fn with_betas(mut self, beta1: f32, beta2: f32) -> Adam {
         self.beta1 = beta1;
         self.beta2 = beta2;
         self
     }
+
+    /// The public hyperparameter fields may have been edited since construction.
+    fn check(&self) -> Result<()> {
+        check_lr("Adam", self.lr)?;
+        check_non_negative("Adam", "weight_decay", self.weight_decay)?;
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(TensorError::arg("Adam", format!("{name} {b} must be in [0, 1)")));
+            }
+        }
+        // eps = 0 would give 0/0 = NaN for a weight whose gradients have all been 0.
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(TensorError::arg("Adam", format!("eps {} must be finite and > 0", self.eps)));
+        }
+        Ok(())
+    }
 }
 
 impl Optimizer for Adam {
+    /// # Errors
+    /// Hyperparameters made invalid through the public fields or [`Adam::with_betas`] (nothing
+    /// is updated then).
     fn step(&mut self) -> Result<()> {
-        self.t += 1;
+        self.check()?;
+        // Saturating: after 2³¹ steps β^t has long been 0, and a wrapped t would be negative.
+        self.t = self.t.saturating_add(1);
         let (b1, b2, eps, lr, wd) = (self.beta1, self.beta2, self.eps, self.lr, self.weight_decay);
         let bc1 = 1.0 - b1.powi(self.t);
         let bc2 = 1.0 - b2.powi(self.t);
@@ -150,14 +200,23 @@ impl Optimizer for Adam {
     fn lr(&self) -> f32 {
         self.lr
     }
-    fn set_lr(&mut self, lr: f32) {
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        check_lr("Adam::set_lr", lr)?;
         self.lr = lr;
+        Ok(())
     }
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm before
-/// clipping (as `torch.nn.utils.clip_grad_norm_` does).
-pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
+/// clipping (as `torch.nn.utils.clip_grad_norm_` does). `max_norm = +inf` only measures the norm.
+/// A non-finite gradient gives a non-finite norm and nothing is scaled.
+///
+/// # Errors
+/// A `max_norm` that is NaN or not positive (nothing is scaled then).
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> Result<f32> {
+    if max_norm.is_nan() || max_norm <= 0.0 {
+        return Err(TensorError::arg("clip_grad_norm", format!("max_norm {max_norm} must be > 0")));
+    }
     let total: f64 = params
         .iter()
         .map(|p| p.with_grad(|g| g.map_or(0.0, |g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())))
@@ -167,9 +226,9 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
         let scale = max_norm / (norm + 1e-6);
         for p in params {
             if let Some(g) = p.grad() {
-                p.set_grad(Some(g.mapv(|x| x * scale)));
+                p.set_grad(Some(g.mapv(|x| x * scale)))?;
             }
         }
     }
-    norm
+    Ok(norm)
 }

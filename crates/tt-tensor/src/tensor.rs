@@ -135,9 +135,12 @@ impl Tensor {
         Tensor::make(data, true, None)
     }
 
-    /// Builds a tensor from a flat vector and a shape; errors if the sizes disagree.
+    /// Builds a tensor from a flat vector and a shape.
+    ///
+    /// # Errors
+    /// If the shape's element count overflows or differs from `data.len()`.
     pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = checked_numel("from_vec", shape)?;
         if n != data.len() {
             return Err(TensorError::invalid_shape(
                 "from_vec",
@@ -154,33 +157,114 @@ impl Tensor {
         Tensor::from_array(Array::from_elem(IxDyn(&[]), v))
     }
 
+    /// All zeros. The checked form is [`Tensor::try_zeros`].
+    ///
+    /// # Panics
+    /// If the shape's element count overflows (more than `isize::MAX` bytes of f32).
     pub fn zeros(shape: &[usize]) -> Tensor {
-        Tensor::from_array(Array::zeros(IxDyn(shape)))
+        Tensor::try_zeros(shape).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// All zeros.
+    ///
+    /// # Errors
+    /// If the shape's element count overflows (more than `isize::MAX` bytes of f32).
+    pub fn try_zeros(shape: &[usize]) -> Result<Tensor> {
+        checked_numel("zeros", shape)?;
+        Ok(Tensor::from_array(Array::zeros(IxDyn(shape))))
+    }
+
+    /// All ones. The checked form is [`Tensor::try_ones`].
+    ///
+    /// # Panics
+    /// If the shape's element count overflows (more than `isize::MAX` bytes of f32).
     pub fn ones(shape: &[usize]) -> Tensor {
-        Tensor::from_array(Array::ones(IxDyn(shape)))
+        Tensor::try_ones(shape).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// All ones.
+    ///
+    /// # Errors
+    /// If the shape's element count overflows (more than `isize::MAX` bytes of f32).
+    pub fn try_ones(shape: &[usize]) -> Result<Tensor> {
+        checked_numel("ones", shape)?;
+        Ok(Tensor::from_array(Array::ones(IxDyn(shape))))
+    }
+
+    /// Every element `v`. The checked form is [`Tensor::try_full`].
+    ///
+    /// # Panics
+    /// If the shape's element count overflows (more than `isize::MAX` bytes of f32).
     pub fn full(shape: &[usize], v: f32) -> Tensor {
-        Tensor::from_array(Array::from_elem(IxDyn(shape), v))
+        Tensor::try_full(shape, v).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `[0, 1, ..., n-1]` as f32.
+    /// Every element `v` (any value, NaN included: this is a fill, not a hyperparameter).
+    ///
+    /// # Errors
+    /// If the shape's element count overflows (more than `isize::MAX` bytes of f32).
+    pub fn try_full(shape: &[usize], v: f32) -> Result<Tensor> {
+        checked_numel("full", shape)?;
+        Ok(Tensor::from_array(Array::from_elem(IxDyn(shape), v)))
+    }
+
+    /// `[0, 1, ..., n-1]` as f32 (exact up to 2²⁴). The checked form is [`Tensor::try_arange`].
+    ///
+    /// # Panics
+    /// If `n` f32 values overflow `isize::MAX` bytes.
     pub fn arange(n: usize) -> Tensor {
-        Tensor::from_array(Array::from_shape_fn(IxDyn(&[n]), |i| i[0] as f32))
+        Tensor::try_arange(n).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `[0, 1, ..., n-1]` as f32 (exact up to 2²⁴).
+    ///
+    /// # Errors
+    /// If `n` f32 values overflow `isize::MAX` bytes.
+    pub fn try_arange(n: usize) -> Result<Tensor> {
+        checked_numel("arange", &[n])?;
+        Ok(Tensor::from_array(Array::from_shape_fn(IxDyn(&[n]), |i| i[0] as f32)))
+    }
+
+    /// Samples from N(mean, std²) with a ChaCha8 generator seeded by `seed`. The checked form is
+    /// [`Tensor::try_randn`].
+    ///
+    /// # Panics
+    /// On the arguments [`Tensor::try_randn`] rejects.
+    pub fn randn(shape: &[usize], mean: f32, std: f32, seed: u64) -> Tensor {
+        Tensor::try_randn(shape, mean, std, seed).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Samples from N(mean, std²) with a ChaCha8 generator seeded by `seed`.
-    pub fn randn(shape: &[usize], mean: f32, std: f32, seed: u64) -> Tensor {
+    ///
+    /// # Errors
+    /// A non-finite `mean`, a `std` that is negative or not finite, or a shape whose element
+    /// count overflows.
+    pub fn try_randn(shape: &[usize], mean: f32, std: f32, seed: u64) -> Result<Tensor> {
+        check_normal("randn", mean, std)?;
+        checked_numel("randn", shape)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Tensor::from_array(randn_array(shape, mean, std, &mut rng))
+        Ok(Tensor::from_array(randn_array(shape, mean, std, &mut rng)))
+    }
+
+    /// Samples from U[low, high) with a ChaCha8 generator seeded by `seed`. The checked form is
+    /// [`Tensor::try_rand_uniform`].
+    ///
+    /// # Panics
+    /// On the arguments [`Tensor::try_rand_uniform`] rejects.
+    pub fn rand_uniform(shape: &[usize], low: f32, high: f32, seed: u64) -> Tensor {
+        Tensor::try_rand_uniform(shape, low, high, seed).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Samples from U[low, high) with a ChaCha8 generator seeded by `seed`.
-    pub fn rand_uniform(shape: &[usize], low: f32, high: f32, seed: u64) -> Tensor {
+    ///
+    /// # Errors
+    /// Bounds that are not finite, `low >= high`, a range `high − low` that overflows, or a shape
+    /// whose element count overflows.
+    pub fn try_rand_uniform(shape: &[usize], low: f32, high: f32, seed: u64) -> Result<Tensor> {
+        check_uniform("rand_uniform", low, high)?;
+        checked_numel("rand_uniform", shape)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Tensor::from_array(uniform_array(shape, low, high, &mut rng))
+        Ok(Tensor::from_array(uniform_array(shape, low, high, &mut rng)))
     }
 
     /// Unique id of this tensor node (stable for its lifetime).
@@ -278,8 +362,18 @@ impl Tensor {
     }
 
     /// Replaces the stored gradient (gradient surgery such as clipping).
-    pub fn set_grad(&self, g: Option<Array>) {
+    ///
+    /// # Errors
+    /// If the new gradient's shape is not this tensor's (the gradient is left unchanged).
+    pub fn set_grad(&self, g: Option<Array>) -> Result<()> {
+        if let Some(g) = &g {
+            let shape = self.shape();
+            if g.shape() != shape.as_slice() {
+                return Err(TensorError::shape("set_grad (tensor vs gradient)", &shape, g.shape()));
+            }
+        }
         *self.inner.grad.lock().unwrap_or_else(|e| e.into_inner()) = g;
+        Ok(())
     }
 
     fn accumulate_grad(&self, g: Array) {
@@ -360,13 +454,29 @@ impl Tensor {
                         });
                         (node.backward)(&g)
                     };
-                    debug_assert_eq!(input_grads.len(), node.inputs.len(), "op {}", node.op);
-                    for (input, ig) in node.inputs.iter().zip(input_grads) {
+                    // Built-in ops always agree; a custom op's backward may not, and a wrong count or
+                    // shape would otherwise be dropped or broadcast silently.
+                    if input_grads.len() != node.inputs.len() {
+                        return Err(TensorError::Autograd(format!(
+                            "backward of op {} returned {} gradients for {} inputs",
+                            node.op,
+                            input_grads.len(),
+                            node.inputs.len()
+                        )));
+                    }
+                    for (i, (input, ig)) in node.inputs.iter().zip(input_grads).enumerate() {
                         let Some(ig) = ig else { continue };
                         if !input.requires_grad() {
                             continue;
                         }
-                        debug_assert_eq!(ig.shape(), input.data().shape(), "grad shape of {}", node.op);
+                        if ig.shape() != input.data().shape() {
+                            return Err(TensorError::Autograd(format!(
+                                "backward of op {} returned a gradient of shape {:?} for input {i} of shape {:?}",
+                                node.op,
+                                ig.shape(),
+                                input.shape()
+                            )));
+                        }
                         match grads.get_mut(&input.id()) {
                             Some(acc) => *acc += &ig,
                             None => {
@@ -407,7 +517,43 @@ impl Tensor {
     }
 }
 
+/// Element count of `shape`, or an error naming `op` when it overflows: the product of the
+/// non-zero dims (what ndarray requires to fit) times the size of an f32 must fit in `isize`.
+/// Found before anything is allocated.
+pub(crate) fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    let nonzero = shape.iter().filter(|&&d| d != 0).try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match nonzero.and_then(|n| n.checked_mul(std::mem::size_of::<f32>())) {
+        Some(bytes) if bytes <= isize::MAX as usize => {
+            Ok(if shape.contains(&0) { 0 } else { bytes / std::mem::size_of::<f32>() })
+        }
+        _ => Err(TensorError::invalid_shape(op, shape, "element count overflows (more than isize::MAX bytes of f32)")),
+    }
+}
+
+/// `mean` finite, `std` finite and non-negative.
+pub(crate) fn check_normal(op: &'static str, mean: f32, std: f32) -> Result<()> {
+    if !mean.is_finite() {
+        return Err(TensorError::arg(op, format!("mean {mean} must be finite")));
+    }
+    if !(std >= 0.0 && std.is_finite()) {
+        return Err(TensorError::arg(op, format!("std {std} must be finite and >= 0")));
+    }
+    Ok(())
+}
+
+/// `low < high`, both finite, and `high − low` finite (the sampler scales by it).
+pub(crate) fn check_uniform(op: &'static str, low: f32, high: f32) -> Result<()> {
+    if !(low.is_finite() && high.is_finite() && low < high && (high - low).is_finite()) {
+        return Err(TensorError::arg(op, format!("bounds low {low}, high {high} must be finite with low < high")));
+    }
+    Ok(())
+}
+
 /// N(mean, std²) samples as an array, from a caller-owned generator.
+///
+/// # Panics
+/// If the shape's element count overflows (ndarray's check). [`Tensor::try_randn`] validates its
+/// arguments first.
 pub fn randn_array(shape: &[usize], mean: f32, std: f32, rng: &mut impl Rng) -> Array {
     Array::from_shape_simple_fn(IxDyn(shape), || {
         let z: f32 = StandardNormal.sample(rng);
@@ -416,6 +562,10 @@ pub fn randn_array(shape: &[usize], mean: f32, std: f32, rng: &mut impl Rng) -> 
 }
 
 /// U[low, high) samples as an array, from a caller-owned generator.
+///
+/// # Panics
+/// If `low >= high` or a bound is not finite (the generator's check), or the shape's element
+/// count overflows. [`Tensor::try_rand_uniform`] validates its arguments first.
 pub fn uniform_array(shape: &[usize], low: f32, high: f32, rng: &mut impl Rng) -> Array {
     Array::from_shape_simple_fn(IxDyn(shape), || rng.random_range(low..high))
 }

@@ -55,7 +55,7 @@ fn layer_norm_normalizes_rows() {
 
 #[test]
 fn embedding_lookup() {
-    let e = Embedding::new(5, 3, 1.0, 0);
+    let e = Embedding::new(5, 3, 1.0, 0).unwrap();
     let table = e.weight.to_vec();
     let out = e.forward_ids(&[4, 0], &[1, 2]).unwrap();
     assert_eq!(out.shape(), vec![1, 2, 3]);
@@ -255,5 +255,75 @@ mod seam {
         .unwrap();
         assert_eq!(read, walked);
         assert_eq!(linears(&m).into_iter().map(|l| l.0).collect::<Vec<_>>(), ["7", "9"]);
+    }
+}
+
+/// Hostile constructor arguments and edited public fields of the layers: named errors.
+mod bad_input {
+    use tt_tensor::nn::{Dropout, Embedding, LayerNorm};
+    use tt_tensor::{Module, Tensor, TensorError};
+
+    #[test]
+    fn dropout_p_nan_or_out_of_range() {
+        for p in [f32::NAN, -0.1, 1.0, f32::INFINITY] {
+            let e = Dropout::new(p, 0).err().expect("rejected");
+            assert!(
+                matches!(e, TensorError::InvalidArgument { op: "Dropout", .. }) && e.to_string().contains("p = "),
+                "{e}"
+            );
+            let e = Tensor::ones(&[4]).dropout(p, 0).unwrap_err();
+            assert!(matches!(e, TensorError::InvalidArgument { op: "dropout", .. }), "{e}");
+        }
+        // `p` is a public field: an edited NaN used to zero every element silently.
+        let mut d = Dropout::new(0.5, 0).unwrap();
+        d.p = f32::NAN;
+        let e = d.forward(&Tensor::ones(&[8])).unwrap_err();
+        assert!(e.to_string().contains("p = NaN"), "{e}");
+        d.set_training(false);
+        assert!(d.forward(&Tensor::ones(&[8])).is_err(), "checked in eval mode too");
+    }
+
+    #[test]
+    fn embedding_rejects_bad_std_sizes_and_ids() {
+        for std in [f32::NAN, -1.0, f32::INFINITY] {
+            let e = Embedding::new(4, 2, std, 0).err().expect("rejected");
+            assert!(
+                matches!(e, TensorError::InvalidArgument { op: "Embedding::new", .. }) && e.to_string().contains("std"),
+                "{e}"
+            );
+        }
+        let e = Embedding::new(usize::MAX, 2, 1.0, 0).err().expect("rejected");
+        assert!(matches!(e, TensorError::InvalidShape { op: "Embedding::new", .. }), "{e}");
+        let emb = Embedding::new(4, 2, 1.0, 0).unwrap();
+        let e = emb.forward_ids(&[], &[1 << 32, 1 << 32]).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        // A huge id as f32 used to saturate to usize::MAX in the message.
+        let e = emb.forward(&Tensor::from_vec(vec![1e30], &[1]).unwrap()).unwrap_err();
+        assert!(
+            matches!(e, TensorError::InvalidArgument { op: "Embedding", .. })
+                && e.to_string().contains("out of range for 4 rows"),
+            "{e}"
+        );
+        for bad in [f32::NAN, f32::INFINITY, -1.0] {
+            assert!(emb.forward(&Tensor::from_vec(vec![bad], &[1]).unwrap()).is_err(), "{bad}");
+        }
+        assert_eq!(emb.forward(&Tensor::from_vec(vec![3.0], &[1]).unwrap()).unwrap().shape(), vec![1, 2]);
+    }
+
+    #[test]
+    fn layer_norm_rejects_bad_eps_and_sizes() {
+        let mut ln = LayerNorm::new(3);
+        for eps in [f32::NAN, -1e-5, f32::INFINITY] {
+            ln.eps = eps;
+            let e = ln.forward(&Tensor::ones(&[2, 3])).unwrap_err();
+            assert!(
+                matches!(e, TensorError::InvalidArgument { op: "layer_norm", .. }) && e.to_string().contains("eps"),
+                "{e}"
+            );
+        }
+        ln.eps = 0.0;
+        assert!(ln.forward(&Tensor::randn(&[2, 3], 0.0, 1.0, 0)).is_ok(), "eps = 0 is allowed, as in PyTorch");
+        let e = LayerNorm::try_new(usize::MAX).err().expect("rejected");
+        assert!(matches!(e, TensorError::InvalidShape { op: "LayerNorm::new", .. }), "{e}");
     }
 }

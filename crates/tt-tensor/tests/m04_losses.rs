@@ -105,3 +105,99 @@ fn weighted_cross_entropy() {
         1e-2,
     );
 }
+
+/// Bad targets, empty batches, bad weights and temperatures: named errors, not NaN or 0 losses.
+mod bad_input {
+    use super::t;
+    use tt_tensor::loss::{
+        bce_with_logits, binary_cross_entropy, cross_entropy, cross_entropy_weighted, kl_div_with_temperature, mse,
+    };
+    use tt_tensor::{Tensor, TensorError};
+
+    #[test]
+    fn cross_entropy_targets_batches_and_lengths() {
+        let logits = t(&[1.0, 2.0, 3.0, 1.0, 0.0, -1.0], &[2, 3]);
+        let e = cross_entropy(&logits, &[0, 3]).unwrap_err();
+        assert!(matches!(e, TensorError::OutOfRange { op: "cross_entropy", index: 3, limit: 3, .. }), "{e}");
+        assert!(e.to_string().contains("target class"), "{e}");
+        let e = cross_entropy(&logits, &[0]).unwrap_err();
+        assert!(
+            matches!(e, TensorError::InvalidArgument { op: "cross_entropy", .. })
+                && e.to_string().contains("1 targets"),
+            "{e}"
+        );
+        for empty in [Tensor::zeros(&[0, 3]), Tensor::zeros(&[2, 0])] {
+            let e = cross_entropy(&empty, &[]).unwrap_err();
+            assert!(
+                matches!(e, TensorError::InvalidShape { op: "cross_entropy", .. }) && e.to_string().contains("empty"),
+                "{e}"
+            );
+        }
+        assert!(matches!(cross_entropy(&Tensor::scalar(1.0), &[0]).unwrap_err(), TensorError::InvalidShape { .. }));
+    }
+
+    #[test]
+    fn weighted_cross_entropy_names_the_bad_weight() {
+        let logits = t(&[1.0, 2.0, 3.0, 1.0, 0.0, -1.0], &[2, 3]);
+        let e = cross_entropy_weighted(&logits, &[0, 1], &[1.0, f32::NAN]).unwrap_err();
+        assert!(matches!(e, TensorError::InvalidArgument { op: "cross_entropy_weighted", .. }), "{e}");
+        assert!(e.to_string().contains("weights[1] = NaN"), "{e}");
+        let e = cross_entropy_weighted(&logits, &[0, 1], &[f32::INFINITY, 1.0]).unwrap_err();
+        assert!(e.to_string().contains("weights[0] = inf"), "{e}");
+        let e = cross_entropy_weighted(&logits, &[0, 1], &[0.0, 0.0]).unwrap_err();
+        assert!(e.to_string().contains("all zero"), "{e}");
+        let e = cross_entropy_weighted(&logits, &[0, 1], &[3e38, 3e38]).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        let e = cross_entropy_weighted(&Tensor::zeros(&[0, 3]), &[], &[]).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn empty_inputs_are_errors_not_zero_losses() {
+        let z = Tensor::zeros(&[0]);
+        for (op, e) in [
+            ("mse", mse(&z, &z).unwrap_err()),
+            ("binary_cross_entropy", binary_cross_entropy(&z, &z).unwrap_err()),
+            ("bce_with_logits", bce_with_logits(&z, &z).unwrap_err()),
+            ("kl_div", kl_div_with_temperature(&Tensor::zeros(&[0, 3]), &Tensor::zeros(&[0, 3]), 1.0).unwrap_err()),
+        ] {
+            assert!(
+                matches!(e, TensorError::InvalidShape { op: o, .. } if o == op) && e.to_string().contains("empty"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn binary_cross_entropy_values_outside_the_unit_interval() {
+        let ok = t(&[0.5, 0.5], &[2]);
+        let e = binary_cross_entropy(&ok, &t(&[2.0, 0.0], &[2])).unwrap_err();
+        assert!(matches!(e, TensorError::InvalidArgument { op: "binary_cross_entropy", .. }), "{e}");
+        assert!(e.to_string().contains("targets[0] = 2"), "{e}");
+        let e = binary_cross_entropy(&t(&[0.5, f32::NAN], &[2]), &ok).unwrap_err();
+        assert!(e.to_string().contains("probs[1] = NaN"), "{e}");
+        let e = bce_with_logits(&t(&[10.0, -3.0], &[2]), &t(&[0.0, -1.0], &[2])).unwrap_err();
+        assert!(
+            matches!(e, TensorError::InvalidArgument { op: "bce_with_logits", .. })
+                && e.to_string().contains("targets[1] = -1"),
+            "{e}"
+        );
+        assert!(bce_with_logits(&t(&[10.0, -3.0], &[2]), &t(&[0.25, 1.0], &[2])).is_ok(), "soft labels are fine");
+    }
+
+    #[test]
+    fn kl_temperature_and_rank() {
+        let s = t(&[1.0, 2.0], &[1, 2]);
+        for temp in [0.0, -1.0, f32::NAN, f32::INFINITY, 1e-45] {
+            let e = kl_div_with_temperature(&s, &s, temp).unwrap_err();
+            assert!(
+                matches!(e, TensorError::InvalidArgument { op: "kl_div", .. }) && e.to_string().contains("temperature"),
+                "{temp}: {e}"
+            );
+        }
+        // 0-d logits: `ndim − 1` used to underflow.
+        let e = kl_div_with_temperature(&Tensor::scalar(1.0), &Tensor::scalar(1.0), 1.0).unwrap_err();
+        assert!(matches!(e, TensorError::InvalidShape { op: "kl_div", .. }), "{e}");
+        assert!(kl_div_with_temperature(&s, &s, 2.0).unwrap().item().unwrap().abs() < 1e-6);
+    }
+}

@@ -121,3 +121,34 @@ fn deep_chain_does_not_overflow_the_stack() {
     h.sum().backward().unwrap();
     assert_eq!(x.grad().unwrap()[[0]], 1.0);
 }
+
+/// A user-defined op whose backward breaks the contract: an autograd error, not a silent
+/// broadcast or a dropped gradient in release builds.
+mod bad_custom_ops {
+    use tt_tensor::{Array, Tensor, TensorError};
+
+    fn leaf() -> Tensor {
+        Tensor::param(ndarray::Array::ones(ndarray::IxDyn(&[3])))
+    }
+
+    #[test]
+    fn wrong_gradient_shape_is_an_error() {
+        let x = leaf();
+        let y = Tensor::custom_op("bad_shape", &[&x], x.data().clone(), || {
+            Box::new(|_g: &Array| vec![Some(Array::ones(ndarray::IxDyn(&[1])))])
+        });
+        let e = y.sum().backward().unwrap_err();
+        assert!(matches!(e, TensorError::Autograd(_)), "{e}");
+        assert!(e.to_string().contains("bad_shape") && e.to_string().contains("[1]"), "{e}");
+    }
+
+    #[test]
+    fn wrong_gradient_count_is_an_error() {
+        let x = leaf();
+        let y = Tensor::custom_op("bad_count", &[&x], x.data().clone(), || {
+            Box::new(|_g: &Array| Vec::<Option<Array>>::new())
+        });
+        let e = y.sum().backward().unwrap_err();
+        assert!(e.to_string().contains("bad_count") && e.to_string().contains("0 gradients for 1 inputs"), "{e}");
+    }
+}

@@ -75,3 +75,72 @@ fn stratified_split_is_fixed_and_balanced() {
     assert_eq!(img.sample_shape(), &[1, 8, 8]);
     assert!(train.with_sample_shape(vec![3, 8]).is_err());
 }
+
+/// Zero batch sizes, empty datasets, out-of-range indices and fractions: named errors.
+mod bad_input {
+    use super::toy;
+    use tt_tensor::data::{digits, ClassificationData, DataLoader, Dataset};
+    use tt_tensor::TensorError;
+
+    #[test]
+    fn loader_rejects_zero_batches_and_empty_datasets() {
+        let d = toy(5);
+        let e = DataLoader::new(&d, 0, false, 0).err().unwrap();
+        assert!(
+            matches!(e, TensorError::InvalidArgument { op: "DataLoader", .. })
+                && e.to_string().contains("batch_size 0"),
+            "{e}"
+        );
+        let empty = ClassificationData::new(vec![], vec![2], vec![], 3).unwrap();
+        let e = DataLoader::new(&empty, 4, true, 0).err().unwrap();
+        assert!(
+            matches!(e, TensorError::InvalidArgument { op: "DataLoader", .. }) && e.to_string().contains("empty"),
+            "{e}"
+        );
+        assert_eq!(DataLoader::new(&d, 4, false, 0).unwrap().batch_size(), 4);
+    }
+
+    #[test]
+    fn dataset_sizes_that_overflow() {
+        // 2³²·2³² features per sample times 0 labels wraps to 0 in release builds.
+        let e = ClassificationData::new(vec![], vec![1 << 32, 1 << 32], vec![], 1).unwrap_err();
+        assert!(
+            matches!(e, TensorError::InvalidShape { op: "ClassificationData::new", .. })
+                && e.to_string().contains("overflows"),
+            "{e}"
+        );
+        let e = ClassificationData::new(vec![0.0; 4], vec![2], vec![0, 0, 0], 1).unwrap_err();
+        assert!(e.to_string().contains("do not split into 3 samples"), "{e}");
+        let e = toy(2).with_sample_shape(vec![1 << 32, 1 << 32]).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+    }
+
+    #[test]
+    fn subset_and_split_reject_bad_indices_and_fractions() {
+        let d = toy(5);
+        let e = d.subset(&[0, 5]).unwrap_err();
+        assert!(
+            matches!(e, TensorError::OutOfRange { op: "ClassificationData::subset", index: 5, limit: 5, .. }),
+            "{e}"
+        );
+        assert_eq!(d.subset(&[4, 0]).unwrap().labels(), &[1, 0]);
+        for f in [f32::NAN, -0.1, 1.5] {
+            let e = digits::split(&d, f, 0).err().unwrap();
+            assert!(
+                matches!(e, TensorError::InvalidArgument { op: "digits::split", .. })
+                    && e.to_string().contains("test_fraction"),
+                "{e}"
+            );
+        }
+        let (train, test) = digits::split(&d, 1.0, 0).unwrap();
+        assert_eq!((train.len(), test.len()), (0, 5));
+    }
+
+    #[test]
+    #[should_panic(expected = "output holds 3 values but a sample has 2")]
+    fn get_into_with_a_wrong_buffer_panics_instead_of_reading_another_sample() {
+        let d = toy(5);
+        let mut out = [0.0; 3];
+        d.get_into(0, &mut out);
+    }
+}

@@ -92,3 +92,50 @@ fn small_cnn_shapes() {
     assert_eq!(y.shape(), vec![5, 10]);
     assert_eq!(cnn.num_parameters(), 8 * 9 + 8 + 16 * 8 * 9 + 16 + 64 * 10 + 10);
 }
+
+/// Degenerate pooling and convolution geometry: named errors before anything is allocated.
+mod bad_geometry {
+    use tt_tensor::nn::{AvgPool2d, MaxPool2d};
+    use tt_tensor::{Module, Tensor, TensorError};
+
+    fn says(e: &TensorError, op: &str, what: &str) -> bool {
+        matches!(e, TensorError::InvalidArgument { op: o, .. } if *o == op) && e.to_string().contains(what)
+    }
+
+    #[test]
+    fn pooling_kernel_or_stride_zero() {
+        // Kernel 0 used to run and then panic in backward (an index past the input).
+        let x = Tensor::param(ndarray::Array::ones(ndarray::IxDyn(&[1, 1, 4, 4])));
+        assert!(says(&x.max_pool2d(0, 1).unwrap_err(), "max_pool2d", "kernel 0x0"));
+        assert!(says(&x.avg_pool2d(0, 1).unwrap_err(), "avg_pool2d", "kernel 0x0"));
+        assert!(says(&x.max_pool2d(2, 0).unwrap_err(), "max_pool2d", "stride 0"));
+        assert!(says(&x.avg_pool2d(2, 0).unwrap_err(), "avg_pool2d", "stride 0"));
+        assert!(says(&MaxPool2d { kernel: 0, stride: 2 }.forward(&x).unwrap_err(), "max_pool2d", "kernel"));
+        assert!(says(&AvgPool2d { kernel: 2, stride: 0 }.forward(&x).unwrap_err(), "avg_pool2d", "stride"));
+        let e = x.max_pool2d(5, 1).unwrap_err();
+        assert!(
+            matches!(e, TensorError::InvalidShape { op: "max_pool2d", .. }) && e.to_string().contains("does not fit"),
+            "{e}"
+        );
+        let y = x.max_pool2d(2, 2).unwrap();
+        y.sum().backward().unwrap();
+        assert_eq!(x.grad().unwrap().sum(), 4.0);
+    }
+
+    #[test]
+    fn conv_stride_padding_and_kernel() {
+        let x = Tensor::ones(&[1, 1, 3, 3]);
+        let w = Tensor::ones(&[1, 1, 2, 2]);
+        assert!(says(&x.conv2d(&w, None, 0, 0).unwrap_err(), "conv2d", "stride 0"));
+        assert!(says(&x.conv2d(&Tensor::ones(&[1, 1, 0, 2]), None, 1, 0).unwrap_err(), "conv2d", "kernel 0x2"));
+        // `h + 2·padding` used to overflow (a panic in debug, a wrapped size in release).
+        assert!(says(&x.conv2d(&w, None, 1, usize::MAX / 2 + 1).unwrap_err(), "conv2d", "padding"));
+        // A padding that fits usize but makes the im2col buffer / output overflow.
+        let e = x.conv2d(&w, None, 1, 1 << 31).unwrap_err();
+        assert!(
+            matches!(e, TensorError::InvalidShape { op: "conv2d", .. }) && e.to_string().contains("overflows"),
+            "{e}"
+        );
+        assert_eq!(x.conv2d(&w, None, 1, 1).unwrap().shape(), vec![1, 1, 4, 4]);
+    }
+}

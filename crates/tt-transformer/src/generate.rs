@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tt_tensor::no_grad;
+use tt_tensor::{no_grad, TensorError};
 
 use crate::error::{Result, TransformerError};
 use crate::model::Gpt;
@@ -64,14 +64,26 @@ impl Sampler {
         Ok(Sampler { sampling, rng: ChaCha8Rng::seed_from_u64(seed), scratch: Vec::new() })
     }
 
-    /// Chooses a token from one row of logits.
-    pub fn next(&mut self, logits: &[f32]) -> usize {
-        match self.sampling {
+    /// Chooses a token from one row of logits. `-inf` logits (masked tokens) are never chosen.
+    ///
+    /// # Errors
+    /// Empty logits, a NaN or `+inf` logit, or logits that are all `-inf` (no token can be chosen).
+    pub fn next(&mut self, logits: &[f32]) -> Result<usize> {
+        check_logits(logits)?;
+        Ok(match self.sampling {
             Sampling::Greedy => argmax(logits),
             Sampling::Sample { temperature, top_k, top_p } => {
                 let s = &mut self.scratch;
                 s.clear();
                 s.extend(logits.iter().enumerate().map(|(i, &l)| (l / temperature, i)));
+                // A tiny temperature can push finite logits to ±inf, and inf − inf = NaN would then
+                // pick the least likely token. Only then, scale the gaps to the largest logit
+                // instead: (l − max)/T ≤ 0 cannot overflow upwards and the top token gets 0.
+                let top = s.iter().fold(f32::NEG_INFINITY, |m, e| m.max(e.0));
+                if !top.is_finite() {
+                    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    s.iter_mut().for_each(|e| e.0 = (logits[e.1] - max) / temperature);
+                }
                 // Most likely first; ties broken by id so the order is deterministic.
                 s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 if let Some(k) = top_k {
@@ -102,16 +114,34 @@ impl Sampler {
                 }
                 let u: f32 = self.rng.random();
                 let mut cum = 0.0;
+                let mut pick = None;
                 for e in s.iter() {
                     cum += e.0;
                     if u < cum {
-                        return e.1;
+                        pick = Some(e.1);
+                        break;
                     }
                 }
-                s.last().expect("at least one candidate").1
+                // Rounding can leave the cumulative sum just under u: take the last candidate.
+                pick.unwrap_or_else(|| s.last().expect("check_logits: at least one candidate").1)
             }
-        }
+        })
     }
+}
+
+/// Logits a token can be chosen from: at least one, none NaN or `+inf`, not all `-inf`.
+fn check_logits(logits: &[f32]) -> Result<()> {
+    let bad = |reason: String| TransformerError::Tensor(TensorError::InvalidArgument { op: "Sampler::next", reason });
+    if logits.is_empty() {
+        return Err(bad("logits are empty (a vocabulary of 0 tokens)".into()));
+    }
+    if let Some((i, l)) = logits.iter().enumerate().find(|(_, l)| l.is_nan() || **l == f32::INFINITY) {
+        return Err(bad(format!("logits[{i}] = {l}: logits must not be NaN or +inf")));
+    }
+    if logits.iter().all(|&l| l == f32::NEG_INFINITY) {
+        return Err(bad(format!("all {} logits are -inf: no token can be chosen", logits.len())));
+    }
+    Ok(())
 }
 
 pub use tt_tensor::kernels::argmax;
@@ -225,13 +255,13 @@ pub fn generate_with(source: &mut dyn NextTokenSource, prompt: &[usize], cfg: &G
     if cfg.max_new_tokens == 0 {
         return Ok(out);
     }
-    let mut tok = sampler.next(source.append(prompt)?);
+    let mut tok = sampler.next(source.append(prompt)?)?;
     loop {
         out.push(tok);
         if out.len() == cfg.max_new_tokens || cfg.stop_tokens.contains(&tok) {
             return Ok(out);
         }
-        tok = sampler.next(source.append(&[tok])?);
+        tok = sampler.next(source.append(&[tok])?)?;
     }
 }
 
@@ -270,7 +300,7 @@ pub fn generate_batch(model: &Gpt, prompts: &[Vec<usize>], cfg: &GenerateConfig)
             let all = data.as_slice().expect("standard layout");
             for i in 0..b {
                 let row = &all[(i * len + len - 1) * v..(i * len + len) * v];
-                let tok = samplers[i].next(row);
+                let tok = samplers[i].next(row)?;
                 seqs[i].push(tok);
                 if !done[i] {
                     outs[i].push(tok);

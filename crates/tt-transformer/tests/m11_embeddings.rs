@@ -65,3 +65,83 @@ fn embedding_gradients() {
         1e-2,
     );
 }
+
+/// The sampler at its boundary: empty, NaN or +inf logits are named errors; tiny temperatures
+/// pick the most likely token instead of overflowing to inf − inf = NaN.
+mod sampler_hardening {
+    use tt_tensor::TensorError;
+    use tt_transformer::generate::{Sampler, Sampling};
+    use tt_transformer::TransformerError;
+
+    fn sample(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Sampling {
+        Sampling::Sample { temperature, top_k, top_p }
+    }
+
+    fn modes() -> Vec<Sampling> {
+        vec![Sampling::Greedy, sample(1.0, None, None), sample(0.7, Some(2), Some(0.9))]
+    }
+
+    fn says(e: &TransformerError, what: &str) -> bool {
+        matches!(e, TransformerError::Tensor(TensorError::InvalidArgument { op: "Sampler::next", .. }))
+            && e.to_string().contains(what)
+    }
+
+    #[test]
+    fn empty_nan_and_infinite_logits_are_errors() {
+        for mode in modes() {
+            let mut s = Sampler::new(mode, 0).unwrap();
+            let e = s.next(&[]).unwrap_err();
+            assert!(says(&e, "logits are empty"), "{mode:?}: {e}");
+            let e = s.next(&[0.5, f32::NAN, 1.0]).unwrap_err();
+            assert!(says(&e, "logits[1] = NaN"), "{mode:?}: {e}");
+            let e = s.next(&[0.5, 1.0, f32::INFINITY]).unwrap_err();
+            assert!(says(&e, "logits[2] = inf"), "{mode:?}: {e}");
+            let e = s.next(&[f32::NEG_INFINITY; 3]).unwrap_err();
+            assert!(says(&e, "all 3 logits are -inf"), "{mode:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn masked_tokens_are_never_chosen() {
+        let logits = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, 0.0];
+        for mode in modes() {
+            let mut s = Sampler::new(mode, 3).unwrap();
+            for _ in 0..200 {
+                let t = s.next(&logits).unwrap();
+                assert!(t == 1 || t == 3, "{mode:?} picked masked token {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_temperature_picks_the_most_likely_token() {
+        // 1e-38 passes validation; logits / T used to overflow to +inf, and inf − inf = NaN made
+        // every comparison false, so the least likely token was returned.
+        for temperature in [1e-38, 1e-45, f32::MIN_POSITIVE] {
+            for (logits, best) in [([1.0, 5.0, 3.0], 1), ([-10.0, -5.0, -7.0], 1), ([2.0, -1e30, 1.9], 0)] {
+                for (k, p) in [(None, None), (Some(2), None), (None, Some(0.5))] {
+                    let mut s = Sampler::new(sample(temperature, k, p), 9).unwrap();
+                    for _ in 0..20 {
+                        assert_eq!(s.next(&logits).unwrap(), best, "T = {temperature}, logits {logits:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_sampling_is_seeded_and_uses_every_likely_token() {
+        let logits = [1.0, 1.2, 0.8, -3.0];
+        let draw = |seed| {
+            let mut s = Sampler::new(sample(1.0, None, None), seed).unwrap();
+            (0..300).map(|_| s.next(&logits).unwrap()).collect::<Vec<_>>()
+        };
+        let a = draw(5);
+        assert_eq!(a, draw(5), "same seed, same tokens");
+        for t in 0..3 {
+            assert!(a.contains(&t), "token {t} never drawn");
+        }
+        let mut g = Sampler::new(Sampling::Greedy, 0).unwrap();
+        assert_eq!(g.next(&logits).unwrap(), 1);
+    }
+}

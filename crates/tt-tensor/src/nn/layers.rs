@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use super::Module;
 use crate::error::{Result, TensorError};
 use crate::projection::{records_graph, DenseF32, InstalledProjection, Projection};
-use crate::tensor::{randn_array, uniform_array, Array, Tensor};
+use crate::tensor::{check_normal, checked_numel, randn_array, uniform_array, Array, Tensor};
 
 /// Fully connected layer `y = x·Wᵀ + b`, `W` stored `[out, in]`.
 ///
@@ -237,15 +237,24 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// N(0, 1) init, like PyTorch; pass `std` to scale (GPT-2 uses 0.02).
-    pub fn new(num: usize, dim: usize, std: f32, seed: u64) -> Embedding {
+    /// N(0, std²) init (PyTorch uses std 1; GPT-2 0.02).
+    ///
+    /// # Errors
+    /// A `std` that is negative or not finite, or a table `[num, dim]` whose size overflows.
+    pub fn new(num: usize, dim: usize, std: f32, seed: u64) -> Result<Embedding> {
+        check_normal("Embedding::new", 0.0, std)?;
+        checked_numel("Embedding::new", &[num, dim])?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Embedding { weight: Tensor::param(randn_array(&[num, dim], 0.0, std, &mut rng)) }
+        Ok(Embedding { weight: Tensor::param(randn_array(&[num, dim], 0.0, std, &mut rng)) })
     }
 
     /// Looks up ids; the output has shape `ids_shape + [dim]`.
+    ///
+    /// # Errors
+    /// An `ids_shape` that does not hold `ids.len()` ids (or whose size overflows), or an id
+    /// outside the table.
     pub fn forward_ids(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Tensor> {
-        if ids_shape.iter().product::<usize>() != ids.len() {
+        if checked_numel("Embedding", ids_shape)? != ids.len() {
             return Err(TensorError::invalid_shape("Embedding", ids_shape, format!("does not hold {} ids", ids.len())));
         }
         let rows = self.weight.index_select_rows(ids)?;
@@ -259,10 +268,15 @@ impl Module for Embedding {
     /// Takes ids stored as f32 (non-negative integers); errors on anything else.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let vals = x.to_vec();
+        let rows = self.weight.shape()[0];
         let mut ids = Vec::with_capacity(vals.len());
         for v in vals {
             if v < 0.0 || v.fract() != 0.0 {
                 return Err(TensorError::arg("Embedding", format!("id {v} is not a non-negative integer")));
+            }
+            // Checked as a float: `as usize` would saturate a huge id and report the wrong value.
+            if f64::from(v) >= rows as f64 {
+                return Err(TensorError::arg("Embedding", format!("id {v} out of range for {rows} rows")));
             }
             ids.push(v as usize);
         }
@@ -284,16 +298,31 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// `gamma = 1`, `beta = 0`, `eps = 1e-5`. The checked form is [`LayerNorm::try_new`].
+    ///
+    /// # Panics
+    /// If `dim` f32 values overflow `isize::MAX` bytes.
     pub fn new(dim: usize) -> LayerNorm {
-        LayerNorm {
+        LayerNorm::try_new(dim).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `gamma = 1`, `beta = 0`, `eps = 1e-5`.
+    ///
+    /// # Errors
+    /// If `dim` f32 values overflow `isize::MAX` bytes.
+    pub fn try_new(dim: usize) -> Result<LayerNorm> {
+        checked_numel("LayerNorm::new", &[dim])?;
+        Ok(LayerNorm {
             gamma: Tensor::param(Array::ones(ndarray::IxDyn(&[dim]))),
             beta: Tensor::param(Array::zeros(ndarray::IxDyn(&[dim]))),
             eps: 1e-5,
-        }
+        })
     }
 }
 
 impl Module for LayerNorm {
+    /// # Errors
+    /// As [`Tensor::layer_norm`], e.g. an `eps` set to NaN or a negative value.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm(&self.gamma, &self.beta, self.eps)
     }
@@ -313,11 +342,18 @@ pub struct Dropout {
     rng: Mutex<ChaCha8Rng>,
 }
 
+fn check_dropout_p(p: f32) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(TensorError::arg("Dropout", format!("p = {p} must be in [0, 1)")));
+    }
+    Ok(())
+}
+
 impl Dropout {
+    /// # Errors
+    /// A `p` outside [0, 1) (NaN included).
     pub fn new(p: f32, seed: u64) -> Result<Dropout> {
-        if !(0.0..1.0).contains(&p) {
-            return Err(TensorError::arg("Dropout", format!("p = {p} must be in [0, 1)")));
-        }
+        check_dropout_p(p)?;
         Ok(Dropout { p, training: true, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) })
     }
     pub fn is_training(&self) -> bool {
@@ -326,7 +362,11 @@ impl Dropout {
 }
 
 impl Module for Dropout {
+    /// # Errors
+    /// A `p` set outside [0, 1) through the public field (checked in eval mode too).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // `p` is public: NaN or 1 would otherwise zero every element silently.
+        check_dropout_p(self.p)?;
         if !self.training || self.p == 0.0 {
             return Ok(x.clone());
         }

@@ -3,9 +3,13 @@ use ndarray::Axis;
 use super::elementwise_info;
 use crate::error::{Result, TensorError};
 use crate::hook::OpScope;
-use crate::tensor::{Array, Tensor};
+use crate::tensor::{checked_numel, Array, Tensor};
 
 /// NumPy broadcasting: align trailing dims; each pair must be equal or one of them 1.
+///
+/// # Errors
+/// Dims that do not broadcast, or a result whose size overflows (empty inputs such as
+/// `[2⁴⁰, 1, 0]` and `[1, 2⁴⁰, 0]` can ask for one).
 pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
@@ -19,6 +23,7 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
             _ => return Err(TensorError::shape(op, a, b)),
         };
     }
+    checked_numel(op, &out)?;
     Ok(out)
 }
 
@@ -197,7 +202,10 @@ macro_rules! std_binop {
     ($trait:ident, $method:ident, $fallible:ident) => {
         impl std::ops::$trait<&Tensor> for &Tensor {
             type Output = Tensor;
-            /// Panics on a shape mismatch; use the named method for a `Result`.
+            /// Operator convenience; the checked form is the named method (`Tensor::add`, ...).
+            ///
+            /// # Panics
+            /// If the shapes do not broadcast.
             fn $method(self, rhs: &Tensor) -> Tensor {
                 Tensor::$fallible(self, rhs).unwrap_or_else(|e| panic!("{e}"))
             }

@@ -4,17 +4,20 @@ use crate::error::{Result, TensorError};
 use crate::hook::{OpInfo, OpScope};
 use crate::kernels::gemm;
 use crate::projection::Projection;
-use crate::tensor::{Array, Tensor};
+use crate::tensor::{checked_numel, Array, Tensor};
 
 fn as2<'a>(a: &'a Array, rows: usize, cols: usize) -> ArrayView2<'a, f32> {
     a.view().into_shape_with_order((rows, cols)).expect("contiguous array reshapes to 2-D")
 }
 
 fn mm_info(a: &[usize], b: &[usize], m: usize, k: usize, n: usize, batch: usize) -> OpInfo {
+    // Saturating u64 arithmetic: the counts of an empty product with huge dims must not wrap.
+    let prod = |xs: &[usize]| xs.iter().fold(1u64, |acc, &x| acc.saturating_mul(x as u64));
+    let b_elems = if b.len() > 2 { prod(&[batch, k, n]) } else { prod(&[k, n]) };
     OpInfo {
         input_shapes: vec![a.to_vec(), b.to_vec()],
-        flops: 2 * (batch * m * k * n) as u64,
-        bytes: 4 * (batch * (m * k + m * n) + if b.len() > 2 { batch * k * n } else { k * n }) as u64,
+        flops: 2u64.saturating_mul(prod(&[batch, m, k, n])),
+        bytes: 4u64.saturating_mul(prod(&[batch, m, k]).saturating_add(prod(&[batch, m, n])).saturating_add(b_elems)),
     }
 }
 
@@ -41,6 +44,8 @@ impl Tensor {
         let batch: usize = lead_a.iter().product();
         let mut out_shape = lead_a.to_vec();
         out_shape.extend([m, n]);
+        // Empty inputs can still ask for a huge output: check it before allocating.
+        checked_numel("matmul", &out_shape)?;
         if sb.len() == 2 {
             // Fold all leading dims of A into the row dimension: one large GEMM.
             let out = {
@@ -145,6 +150,8 @@ impl Tensor {
         let rows: usize = sx[..sx.len() - 1].iter().product();
         let mut out_shape = sx[..sx.len() - 1].to_vec();
         out_shape.push(out_f);
+        // Empty inputs can still ask for a huge output: check it before allocating.
+        checked_numel("linear", &out_shape)?;
         let out = {
             let _scope = OpScope::begin("linear", || OpInfo {
                 input_shapes: vec![sx.clone(), sw.clone()],

@@ -6,13 +6,24 @@ use crate::error::{Result, TensorError};
 use crate::hook::{OpInfo, OpScope};
 use crate::kernels::{col2im, conv_out_size, gemm, im2col, layer_norm_row, ConvGeom};
 use crate::projection::Projection;
-use crate::tensor::{Array, Tensor};
+use crate::tensor::{checked_numel, Array, Tensor};
 
+/// Validates a window geometry (kernel and stride at least 1, padding that does not overflow, a
+/// window that fits the padded input) before anything is allocated.
 fn geom(op: &'static str, x: &[usize], kh: usize, kw: usize, stride: usize, padding: usize) -> Result<ConvGeom> {
     if x.len() != 4 {
         return Err(TensorError::invalid_shape(op, x, "expected [batch, channels, height, width]"));
     }
+    if kh == 0 || kw == 0 {
+        return Err(TensorError::arg(op, format!("kernel {kh}x{kw} must be at least 1x1")));
+    }
+    if stride == 0 {
+        return Err(TensorError::arg(op, "stride 0 must be at least 1"));
+    }
     let (c_in, h, w) = (x[1], x[2], x[3]);
+    if padding.checked_mul(2).and_then(|p| h.max(w).checked_add(p)).is_none() {
+        return Err(TensorError::arg(op, format!("padding {padding} overflows the padded input size")));
+    }
     let (Some(h_out), Some(w_out)) = (conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding))
     else {
         return Err(TensorError::invalid_shape(
@@ -21,6 +32,8 @@ fn geom(op: &'static str, x: &[usize], kh: usize, kw: usize, stride: usize, padd
             format!("kernel {kh}x{kw} with stride {stride}, padding {padding} does not fit"),
         ));
     };
+    // The im2col buffer [c_in·kh·kw, h_out·w_out] and one output plane must be addressable.
+    checked_numel(op, &[c_in, kh, kw, h_out, w_out])?;
     Ok(ConvGeom { c_in, h, w, kh, kw, stride, padding, h_out, w_out })
 }
 
@@ -43,6 +56,7 @@ impl Tensor {
             }
         }
         let batch = sx[0];
+        checked_numel("conv2d", &[batch, c_out, g.h_out, g.w_out])?;
         let ckk = g.c_in * g.kh * g.kw;
         let hw = g.h_out * g.w_out;
         let out = {
@@ -141,6 +155,7 @@ impl Tensor {
             }
         }
         let (batch, hw) = (sx[0], g.h_out * g.w_out);
+        checked_numel("conv2d", &[batch, c_out, g.h_out, g.w_out])?;
         let _scope = OpScope::begin("conv2d", || OpInfo {
             input_shapes: vec![sx.clone(), vec![c_out, g.c_in, g.kh, g.kw]],
             flops: 2 * (batch * c_out * hw * ckk) as u64,
@@ -175,6 +190,9 @@ impl Tensor {
     }
 
     /// Max pooling over `k×k` windows with the given stride (no padding).
+    ///
+    /// # Errors
+    /// An input that is not `[B, C, H, W]`, `k` or `stride` of 0, or a window larger than the input.
     pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Tensor> {
         let sx = self.shape();
         let g = geom("max_pool2d", &sx, k, k, stride, 0)?;
@@ -225,6 +243,9 @@ impl Tensor {
     }
 
     /// Average pooling over `k×k` windows with the given stride (no padding).
+    ///
+    /// # Errors
+    /// An input that is not `[B, C, H, W]`, `k` or `stride` of 0, or a window larger than the input.
     pub fn avg_pool2d(&self, k: usize, stride: usize) -> Result<Tensor> {
         let sx = self.shape();
         let g = geom("avg_pool2d", &sx, k, k, stride, 0)?;
@@ -276,7 +297,14 @@ impl Tensor {
     }
 
     /// Layer normalization over the last dimension with affine `gamma`, `beta` of that size.
+    ///
+    /// # Errors
+    /// A 0-d input, `gamma`/`beta` not of the last dim's size, or an `eps` that is negative or
+    /// not finite.
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        if !(eps >= 0.0 && eps.is_finite()) {
+            return Err(TensorError::arg("layer_norm", format!("eps {eps} must be finite and >= 0")));
+        }
         let sx = self.shape();
         let d = *sx.last().ok_or_else(|| TensorError::invalid_shape("layer_norm", &sx, "needs at least 1 dim"))?;
         if gamma.shape() != [d] || beta.shape() != [d] {

@@ -13,6 +13,15 @@ fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<()> {
     Ok(())
 }
 
+/// A maximum (or its index) over a size-0 axis does not exist.
+fn check_nonempty_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<()> {
+    check_axis(op, axis, shape.len())?;
+    if shape[axis] == 0 {
+        return Err(TensorError::invalid_shape(op, shape, format!("axis {axis} has size 0: no maximum")));
+    }
+    Ok(())
+}
+
 impl Tensor {
     /// Sum of all elements (a 0-d tensor).
     pub fn sum(&self) -> Tensor {
@@ -30,9 +39,10 @@ impl Tensor {
         })
     }
 
-    /// Mean of all elements (a 0-d tensor).
+    /// Mean of all elements (a 0-d tensor). The mean of an empty tensor is NaN (0/0), as in
+    /// PyTorch and NumPy.
     pub fn mean(&self) -> Tensor {
-        let n = self.numel().max(1) as f32;
+        let n = self.numel() as f32;
         self.sum().mul_scalar(1.0 / n)
     }
 
@@ -59,18 +69,21 @@ impl Tensor {
         }))
     }
 
-    /// Mean along `axis`.
+    /// Mean along `axis`. Over a size-0 axis every mean is NaN (0/0), as in PyTorch and NumPy.
     pub fn mean_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
         let shape = self.shape();
         check_axis("mean_axis", axis, shape.len())?;
-        let n = shape[axis].max(1) as f32;
+        let n = shape[axis] as f32;
         Ok(self.sum_axis(axis, keepdim)?.mul_scalar(1.0 / n))
     }
 
     /// Maximum along `axis`; the gradient flows to the first maximal element.
+    ///
+    /// # Errors
+    /// An axis out of range or of size 0.
     pub fn max_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
         let shape = self.shape();
-        check_axis("max_axis", axis, shape.len())?;
+        check_nonempty_axis("max_axis", &shape, axis)?;
         let idx = self.argmax_axis(axis)?;
         let out = {
             let d = self.data();
@@ -93,20 +106,38 @@ impl Tensor {
         }))
     }
 
-    /// Largest element overall (no gradient; use [`Tensor::max_axis`] for one).
-    pub fn max_value(&self) -> f32 {
-        self.data().iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    /// Largest element overall, NaN ignored (no gradient; use [`Tensor::max_axis`] for one).
+    ///
+    /// # Errors
+    /// An empty tensor (it has no maximum).
+    pub fn max_value(&self) -> Result<f32> {
+        let d = self.data();
+        if d.is_empty() {
+            return Err(TensorError::invalid_shape("max_value", d.shape(), "empty tensor has no maximum"));
+        }
+        Ok(d.iter().copied().fold(f32::NEG_INFINITY, f32::max))
     }
 
-    /// Index of the maximum along `axis` (first one on ties); shape is the input without `axis`.
+    /// Index of the maximum along `axis` (first one on ties, NaN never wins); shape is the input
+    /// without `axis`.
+    ///
+    /// # Errors
+    /// An axis out of range or of size 0.
     pub fn argmax_axis(&self, axis: usize) -> Result<ndarray::ArrayD<usize>> {
         let d = self.data();
-        check_axis("argmax_axis", axis, d.ndim())?;
+        check_nonempty_axis("argmax_axis", d.shape(), axis)?;
         Ok(d.map_axis(Axis(axis), |lane| argmax(lane.iter())))
     }
 
-    /// Flat index of the overall maximum.
-    pub fn argmax(&self) -> usize {
-        argmax(self.data().iter())
+    /// Flat index of the overall maximum (first one on ties, NaN never wins).
+    ///
+    /// # Errors
+    /// An empty tensor (index 0 would not exist).
+    pub fn argmax(&self) -> Result<usize> {
+        let d = self.data();
+        if d.is_empty() {
+            return Err(TensorError::invalid_shape("argmax", d.shape(), "empty tensor has no maximum"));
+        }
+        Ok(argmax(d.iter()))
     }
 }

@@ -2,7 +2,7 @@ use ndarray::{Axis, IxDyn, Slice};
 
 use crate::error::{Result, TensorError};
 use crate::hook::{OpInfo, OpScope};
-use crate::tensor::{Array, Tensor};
+use crate::tensor::{checked_numel, Array, Tensor};
 
 fn copy_info(shape: &[usize]) -> OpInfo {
     let n: usize = shape.iter().product();
@@ -13,7 +13,7 @@ impl Tensor {
     /// Same values, new shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let old = self.shape();
-        if old.iter().product::<usize>() != shape.iter().product::<usize>() {
+        if old.iter().product::<usize>() != checked_numel("reshape", shape)? {
             return Err(TensorError::shape("reshape", &old, shape));
         }
         let out = {
@@ -67,13 +67,12 @@ impl Tensor {
         if axis >= shape.len() {
             return Err(TensorError::OutOfRange { op: "narrow", what: "axis", index: axis, limit: shape.len() });
         }
-        if start + len > shape[axis] {
-            return Err(TensorError::OutOfRange {
-                op: "narrow",
-                what: "end index",
-                index: start + len,
-                limit: shape[axis],
-            });
+        // Checked: `start + len` must not wrap to a small end in release builds.
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| TensorError::arg("narrow", format!("start {start} + len {len} overflows usize")))?;
+        if end > shape[axis] {
+            return Err(TensorError::OutOfRange { op: "narrow", what: "end index", index: end, limit: shape[axis] });
         }
         let out = {
             // Reads and writes only the slice: bytes from the output shape, inputs as given.
@@ -109,6 +108,12 @@ impl Tensor {
             }
             sizes.push(s[axis]);
         }
+        // Empty inputs can still add up to an output whose size overflows: check before joining.
+        let mut out_shape = first.clone();
+        out_shape[axis] = sizes.iter().try_fold(0usize, |acc, &n| acc.checked_add(n)).ok_or_else(|| {
+            TensorError::invalid_shape("concat", &first, format!("sizes {sizes:?} along axis {axis} overflow usize"))
+        })?;
+        checked_numel("concat", &out_shape)?;
         let out = {
             let guards: Vec<_> = tensors.iter().map(|t| t.data()).collect();
             let views: Vec<_> = guards.iter().map(|g| g.view()).collect();
@@ -132,6 +137,10 @@ impl Tensor {
 
     /// Stacks equal-shape tensors along a new axis.
     pub fn stack(tensors: &[&Tensor], axis: usize) -> Result<Tensor> {
+        let first = tensors.first().ok_or_else(|| TensorError::arg("stack", "needs at least one tensor"))?;
+        if axis > first.ndim() {
+            return Err(TensorError::OutOfRange { op: "stack", what: "axis", index: axis, limit: first.ndim() + 1 });
+        }
         let expanded: Vec<Tensor> = tensors.iter().map(|t| t.unsqueeze(axis)).collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = expanded.iter().collect();
         Tensor::concat(&refs, axis)
@@ -168,6 +177,7 @@ impl Tensor {
         if let Some(&bad) = ids.iter().find(|&&i| i >= rows) {
             return Err(TensorError::OutOfRange { op: "index_select_rows", what: "index", index: bad, limit: rows });
         }
+        checked_numel("index_select_rows", &[ids.len(), cols])?;
         let out = {
             let _scope = OpScope::begin("embedding", || OpInfo {
                 input_shapes: vec![shape.clone(), vec![ids.len()]],
