@@ -77,7 +77,7 @@ fn report_model(
     let lat = measure_latency(10, iters, || {
         let y = no_grad(|| model.forward(input)).expect("forward ran above");
         std::hint::black_box(&y);
-    });
+    })?;
     opts.say(format!(
         "latency over {} runs (ms): median {:.4} [95% CI {:.4}–{:.4}], mean {:.4} ± {:.4}, min {:.4}, p90 {:.4}, p99 {:.4}, max {:.4}; outliers {} mild / {} severe (labelled, kept)",
         lat.n, lat.median, lat.median_ci95.0, lat.median_ci95.1, lat.mean, lat.std, lat.min, lat.p90, lat.p99, lat.max, lat.outliers_mild, lat.outliers_severe
@@ -95,10 +95,11 @@ fn report_model(
     let mut ops = Vec::new();
     for s in prof.summary(SortBy::Time) {
         let bytes: u64 = prof.records.iter().filter(|r| !r.backward && r.name == s.op).map(|r| r.bytes).sum();
-        if s.flops == 0 || bytes == 0 {
+        // An op too fast for the clock (0 µs) has no measurable rate to place.
+        if s.flops == 0 || bytes == 0 || s.total_us <= 0.0 {
             continue;
         }
-        let pl = roof.place(s.flops, bytes, s.total_us / 1e6);
+        let pl = roof.place(s.flops, bytes, s.total_us / 1e6)?;
         opts.say(format!(
             "  {:<16} intensity {:>7.2} FLOP/B  attainable {:>7.1}  achieved {:>7.2} GFLOP/s ({:>5.1}%)  {}",
             s.op,
@@ -132,9 +133,9 @@ fn report_model(
 pub fn run(opts: &Options) -> Result<serde_json::Value> {
     let (iters, peak_iters, triad_n) = if opts.quick { (10, 200_000, 1 << 20) } else { (100, 4_000_000, 1 << 25) };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let p1 = peak_gflops(1, peak_iters);
-    let pall = peak_gflops(threads, peak_iters);
-    let triad = stream_triad_gbs(triad_n, 5);
+    let p1 = peak_gflops(1, peak_iters)?;
+    let pall = peak_gflops(threads, peak_iters)?;
+    let triad = stream_triad_gbs(triad_n, 5)?;
     opts.say(format!(
         "machine: peak f32 {p1:.1} GFLOP/s on 1 core, {pall:.1} on {threads} ({}); STREAM triad {triad:.1} GB/s (1 thread, 3 × {} MiB arrays)",
         simd_level(),
@@ -155,16 +156,16 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
     let n_ctx = prompt.len().min(128);
     let ids = Tensor::from_vec(prompt[..n_ctx].to_vec(), &[1, n_ctx])?;
     let mut gpt_json = report_model("gpt", &gpt, &ids, &roof, opts, iters)?;
-    let computed = flops::gpt_forward(&gpt.config, 1, n_ctx, false);
-    let useful = flops::gpt_forward(&gpt.config, 1, n_ctx, true);
-    let kaplan = flops::kaplan_forward_per_token(&gpt.config, n_ctx) * n_ctx as u64;
+    let computed = flops::gpt_forward(&gpt.config, 1, n_ctx, false)?;
+    let useful = flops::gpt_forward(&gpt.config, 1, n_ctx, true)?;
+    let kaplan = flops::kaplan_forward_per_token(&gpt.config, n_ctx)? * n_ctx as u64;
     opts.say(format!(
         "GPT forward over {n_ctx} tokens, analytic (computed = full attention square; useful = causal triangle):"
     ));
     for (c, u) in computed.iter().zip(&useful) {
         opts.say(format!("  {:<36} {:>12} {:>12}", c.part, c.flops, u.flops));
     }
-    let (tc, tu) = (flops::total(&computed), flops::total(&useful));
+    let (tc, tu) = (flops::total(&computed)?, flops::total(&useful)?);
     opts.say(format!(
         "  total computed {tc} (profiler measured {}), useful {tu}; Kaplan 2N + 2·n_layer·n_ctx·d = {kaplan} → useful/Kaplan = {:.3}",
         gpt_json["flops_per_forward"],

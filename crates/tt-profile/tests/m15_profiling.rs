@@ -264,7 +264,7 @@ mod bad_input {
         assert!(says(&flops::linear(1 << 32, 1 << 32, 2).unwrap_err(), "flops::linear", "overflows"));
         let bad_heads = GptConfig { n_heads: 0, ..GptConfig::default_model(10) };
         let e = flops::gpt_forward(&bad_heads, 1, 8, false).unwrap_err();
-        assert!(says(&e, "flops::gpt_forward", "positive"), "{e}");
+        assert!(says(&e, "flops::gpt_forward", "n_heads = 0"), "{e}");
         assert!(says(
             &flops::kaplan_forward_per_token(&bad_heads, 8).unwrap_err(),
             "flops::kaplan_forward_per_token",

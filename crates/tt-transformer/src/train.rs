@@ -345,13 +345,13 @@ pub fn train_with_hooks(
         let (batch, seq) =
             if long { (cfg.data_parallel.max(1), cfg.long_seq_len) } else { (cfg.batch_size, cfg.seq_len) };
         let sampled = sample_batch(data, batch, seq, &mut rng);
-        opt.set_lr(lr_at(step, cfg));
+        opt.set_lr(lr_at(step, cfg))?;
         opt.zero_grad();
         let shards = if batch % cfg.data_parallel.max(1) == 0 { cfg.data_parallel.max(1) } else { 1 };
         let seed = (cfg.seed << 32) ^ (step as u64 * 1024);
         let l = forward_backward_sharded(model, &sampled, batch, seq, shards, seed, loss_fn)?;
         if cfg.grad_clip > 0.0 {
-            clip_grad_norm(&params, cfg.grad_clip);
+            clip_grad_norm(&params, cfg.grad_clip)?;
         }
         opt.step()?;
         if let Some(after) = hooks.after_step.as_mut() {
