@@ -156,6 +156,8 @@ pub struct CachedGpt {
     cache: KvCache,
     batch: usize,
     s: Scratch,
+    /// (rows, logit rows) the scratch buffers are sized for.
+    ensured: (usize, usize),
 }
 
 impl CachedGpt {
@@ -243,12 +245,18 @@ impl CachedGpt {
             cache,
             batch,
             s: Scratch::default(),
+            ensured: (0, 0),
         };
         engine.ensure_scratch(batch, batch);
         Ok(engine)
     }
 
     fn ensure_scratch(&mut self, rows: usize, logit_rows: usize) {
+        if rows <= self.ensured.0 && logit_rows <= self.ensured.1 {
+            return;
+        }
+        self.ensured = (rows.max(self.ensured.0), logit_rows.max(self.ensured.1));
+        let (rows, logit_rows) = self.ensured;
         let ws = self
             .blocks
             .iter()
