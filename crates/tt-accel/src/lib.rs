@@ -1,0 +1,24 @@
+//! # tt-accel
+//!
+//! Course module 16: making the same math fast on this CPU, one measured step at a time.
+//!
+//! - [`dispatch`]: run-time CPU feature detection (AVX-512F, AVX2+FMA, scalar), chosen once, with
+//!   a way to force a lower level so tests run every path on one machine.
+//! - [`gemm`]: the GEMM ladder — naive → loop-reordered → cache-blocked → packed panels with a
+//!   register-blocked SIMD microkernel → multi-threaded — every rung tested equal to the naive one.
+//! - [`fused`]: fused row kernels (layer norm, online softmax, bias + GELU, decode attention),
+//!   each beside the unfused chain it replaces.
+//! - [`packed`]: [`PackedF32`](packed::PackedF32), a `tt_tensor::Projection` whose weights are
+//!   packed once for decode-shaped (few-row) products; installed through the seam
+//!   (`map_linears`), it accelerates the existing decoder — there is no second decoder.
+//!
+//! What it deliberately does not do: own a model, a decoder or a training loop; quantize
+//! (tt-quant) or prune (tt-compress). All `unsafe` and `#[target_feature]` code of the f32 kernels
+//! lives here, each block with a `// SAFETY:` note naming its invariant.
+
+pub mod dispatch;
+pub mod fused;
+pub mod gemm;
+pub mod packed;
+
+pub use dispatch::{detected, level, with_level, Level};

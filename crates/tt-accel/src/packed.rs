@@ -1,0 +1,1 @@
+//! The packed decode projection (see the crate docs).
