@@ -1,1 +1,327 @@
-//! The packed decode projection (see the crate docs).
+//! [`PackedF32`]: a linear map whose weights are packed once, at construction, for few-row
+//! (decode-shaped) products — the `Projection` tt-accel installs through the seam.
+//!
+//! ## Why pack
+//! At one row, `y = x·Wᵀ` is a matrix–vector product: every weight is used once, so the kernel
+//! must stream the weights at memory speed and do nothing else. The dense `[out, in]` layout
+//! gives one dot product per output (a horizontal reduction each, 8 lanes at best); general GEMM
+//! libraries repack W on every call, which at one row costs more than the product itself.
+//!
+//! Packed layout: output rows are grouped in **panels of 16** (one AVX-512 register of outputs),
+//! and inside a panel the weights are stored input-major:
+//!
+//! ```text
+//! packed[(panel·in + i)·16 + lane] = W[panel·16 + lane, i]      (zero past the last output)
+//! ```
+//!
+//! so for each input element `x[i]` the kernel loads 16 contiguous weights and does one FMA with
+//! `x[i]` broadcast: no reductions, unit-stride loads, the whole matrix read exactly once per call
+//! for up to 4 input rows at a time (a 4-row × 4-panel register tile: 16 accumulators, each
+//! weight vector reused by 4 rows). Many rows (prefill) reuse the same tile, so one kernel serves
+//! decode and prefill.
+//!
+//! The level (AVX-512 / AVX2 / scalar) is chosen once, when the projection is built
+//! ([`crate::dispatch::level`] at that moment); the layout is the same at every level.
+
+use ndarray::Array2;
+use tt_tensor::Projection;
+
+use crate::dispatch::{self, Level};
+
+/// Output rows per panel.
+pub const PANEL: usize = 16;
+/// Input rows handled per pass over the weights.
+const ROWS: usize = 4;
+/// Panels handled together (independent accumulators hide the FMA latency).
+const GROUP: usize = 4;
+
+/// Weights packed in 16-output panels (see the module docs).
+#[derive(Debug, Clone)]
+pub struct PackedF32 {
+    packed: Vec<f32>,
+    out_f: usize,
+    in_f: usize,
+    level: Level,
+}
+
+impl PackedF32 {
+    /// Packs `w` (`[out, in]`) for the current dispatch level.
+    pub fn new(w: &Array2<f32>) -> PackedF32 {
+        Self::with_level(w, dispatch::level())
+    }
+
+    /// Packs the matrix of any projection (its `to_dense()`).
+    pub fn pack(p: &dyn Projection) -> PackedF32 {
+        Self::new(&p.to_dense())
+    }
+
+    /// Packs `w` for `level` (clamped to what the CPU runs).
+    pub fn with_level(w: &Array2<f32>, level: Level) -> PackedF32 {
+        let (out_f, in_f) = w.dim();
+        let panels = out_f.div_ceil(PANEL);
+        let mut packed = vec![0.0f32; panels * in_f * PANEL];
+        for (o, row) in w.outer_iter().enumerate() {
+            let (panel, lane) = (o / PANEL, o % PANEL);
+            for (i, &v) in row.iter().enumerate() {
+                packed[(panel * in_f + i) * PANEL + lane] = v;
+            }
+        }
+        // Never above what the CPU has: the SIMD kernels are only called at a level it supports.
+        PackedF32 { packed, out_f, in_f, level: level.min(dispatch::detected()) }
+    }
+
+    /// The level this projection's kernel runs at.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+}
+
+impl Projection for PackedF32 {
+    fn shape(&self) -> (usize, usize) {
+        (self.out_f, self.in_f)
+    }
+
+    fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
+        let (out_f, in_f) = (self.out_f, self.in_f);
+        assert!(x.len() >= rows * in_f && y.len() >= rows * out_f, "PackedF32::forward_rows sizes");
+        assert!(bias.is_none_or(|b| b.len() == out_f), "PackedF32::forward_rows bias length");
+        let mut r0 = 0;
+        while r0 < rows {
+            let r = (rows - r0).min(ROWS);
+            let xs = &x[r0 * in_f..(r0 + r) * in_f];
+            let ys = &mut y[r0 * out_f..(r0 + r) * out_f];
+            match self.level {
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx512 => {
+                    // SAFETY: `self.level` is at most `dispatch::detected()` (clamped in
+                    // `with_level`), so the CPU has AVX-512F; the kernel reads only inside
+                    // `xs`, `self.packed` and `bias` and writes only inside `ys`, whose sizes
+                    // were checked above.
+                    unsafe { avx512::rows(&self.packed, xs, r, in_f, out_f, bias, ys) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx2 => {
+                    // SAFETY: as above, with AVX2 + FMA.
+                    unsafe { avx2::rows(&self.packed, xs, r, in_f, out_f, bias, ys) }
+                }
+                _ => scalar_rows(&self.packed, xs, r, in_f, out_f, bias, ys),
+            }
+            r0 += r;
+        }
+    }
+
+    fn to_dense(&self) -> Array2<f32> {
+        Array2::from_shape_fn((self.out_f, self.in_f), |(o, i)| {
+            self.packed[((o / PANEL) * self.in_f + i) * PANEL + o % PANEL]
+        })
+    }
+
+    fn storage_bytes(&self) -> usize {
+        4 * self.packed.len()
+    }
+
+    fn format(&self) -> &'static str {
+        "f32-packed"
+    }
+}
+
+/// The portable kernel over the packed layout: for each panel, 16 accumulators per row.
+/// Also the reference for the SIMD kernels' summation order (index order over `i`).
+fn scalar_rows(packed: &[f32], x: &[f32], rows: usize, in_f: usize, out_f: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    for panel in 0..out_f.div_ceil(PANEL) {
+        let w = &packed[panel * in_f * PANEL..(panel + 1) * in_f * PANEL];
+        let lanes = (out_f - panel * PANEL).min(PANEL);
+        for r in 0..rows {
+            let mut acc = [0.0f32; PANEL];
+            let xr = &x[r * in_f..(r + 1) * in_f];
+            for (i, &xi) in xr.iter().enumerate() {
+                for (a, &wv) in acc.iter_mut().zip(&w[i * PANEL..(i + 1) * PANEL]) {
+                    *a += xi * wv;
+                }
+            }
+            for l in 0..lanes {
+                let o = panel * PANEL + l;
+                y[r * out_f + o] = acc[l] + bias.map_or(0.0, |b| b[o]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, PANEL};
+
+    /// `rows` (1..=4) rows against every panel; panels in groups of up to 4.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `x` holds `rows × in_f`, `y` `rows × out_f`, `packed`
+    /// `ceil(out_f/16) × in_f × 16` floats, `bias` (if any) `out_f`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows(
+        packed: &[f32],
+        x: &[f32],
+        rows: usize,
+        in_f: usize,
+        out_f: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let panels = out_f.div_ceil(PANEL);
+        let mut p0 = 0;
+        while p0 < panels {
+            let g = (panels - p0).min(GROUP);
+            // SAFETY: forwarded contract; `p0 + g ≤ panels`.
+            unsafe {
+                match (rows, g) {
+                    (1, 4) => tile::<1, 4>(packed, x, in_f, out_f, p0, bias, y),
+                    (2, 4) => tile::<2, 4>(packed, x, in_f, out_f, p0, bias, y),
+                    (3, 4) => tile::<3, 4>(packed, x, in_f, out_f, p0, bias, y),
+                    (4, 4) => tile::<4, 4>(packed, x, in_f, out_f, p0, bias, y),
+                    (1, _) => tile::<1, 1>(packed, x, in_f, out_f, p0, bias, y),
+                    (2, _) => tile::<2, 1>(packed, x, in_f, out_f, p0, bias, y),
+                    (3, _) => tile::<3, 1>(packed, x, in_f, out_f, p0, bias, y),
+                    _ => tile::<4, 1>(packed, x, in_f, out_f, p0, bias, y),
+                }
+            }
+            p0 += if g == GROUP { GROUP } else { 1 };
+        }
+    }
+
+    /// An R-row × G-panel register tile: R·G accumulators of 16 outputs.
+    ///
+    /// # Safety
+    /// As [`rows`], with `p0 + G ≤ ceil(out_f / 16)` and `x` holding at least `R` rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const G: usize>(
+        packed: &[f32],
+        x: &[f32],
+        in_f: usize,
+        out_f: usize,
+        p0: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); G]; R];
+        let w = packed.as_ptr();
+        let xp = x.as_ptr();
+        for i in 0..in_f {
+            let mut wv = [_mm512_setzero_ps(); G];
+            for (g, v) in wv.iter_mut().enumerate() {
+                // SAFETY: (p0 + g) < panels and i < in_f, so the 16 floats at this offset lie
+                // inside `packed`.
+                *v = unsafe { _mm512_loadu_ps(w.add(((p0 + g) * in_f + i) * PANEL)) };
+            }
+            for r in 0..R {
+                // SAFETY: r < R ≤ rows and i < in_f: inside `x`.
+                let xb = _mm512_set1_ps(unsafe { *xp.add(r * in_f + i) });
+                for g in 0..G {
+                    acc[r][g] = _mm512_fmadd_ps(xb, wv[g], acc[r][g]);
+                }
+            }
+        }
+        for r in 0..R {
+            for g in 0..G {
+                let o0 = (p0 + g) * PANEL;
+                let lanes = (out_f - o0).min(PANEL);
+                let mask: __mmask16 = if lanes == PANEL { 0xffff } else { (1u16 << lanes) - 1 };
+                let mut v = acc[r][g];
+                if let Some(b) = bias {
+                    // SAFETY: the mask covers only outputs < out_f, inside `b`.
+                    v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, b.as_ptr().add(o0)) });
+                }
+                // SAFETY: masked to outputs < out_f of row r, inside `y`.
+                unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(r * out_f + o0), mask, v) };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::PANEL;
+
+    /// `rows` (1..=4) rows against every panel, each 16-output panel as two 8-lane halves.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; sizes as in the AVX-512 kernel.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows(
+        packed: &[f32],
+        x: &[f32],
+        rows: usize,
+        in_f: usize,
+        out_f: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        for panel in 0..out_f.div_ceil(PANEL) {
+            // SAFETY: forwarded contract; panel < panels.
+            unsafe {
+                match rows {
+                    1 => tile::<1>(packed, x, in_f, out_f, panel, bias, y),
+                    2 => tile::<2>(packed, x, in_f, out_f, panel, bias, y),
+                    3 => tile::<3>(packed, x, in_f, out_f, panel, bias, y),
+                    _ => tile::<4>(packed, x, in_f, out_f, panel, bias, y),
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`rows`], for one panel < panels and `x` holding at least `R` rows.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize>(
+        packed: &[f32],
+        x: &[f32],
+        in_f: usize,
+        out_f: usize,
+        panel: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let w = packed.as_ptr();
+        for i in 0..in_f {
+            // SAFETY: panel < panels, i < in_f: both halves lie inside `packed`.
+            let (w0, w1) = unsafe {
+                let p = w.add((panel * in_f + i) * PANEL);
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            };
+            for r in 0..R {
+                // SAFETY: r < R ≤ rows, i < in_f: inside `x`.
+                let xb = _mm256_set1_ps(unsafe { *x.get_unchecked(r * in_f + i) });
+                acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+            }
+        }
+        let o0 = panel * PANEL;
+        let lanes = (out_f - o0).min(PANEL);
+        for r in 0..R {
+            let mut buf = [0.0f32; PANEL];
+            // SAFETY: `buf` holds 16 floats.
+            unsafe {
+                _mm256_storeu_ps(buf.as_mut_ptr(), acc[r][0]);
+                _mm256_storeu_ps(buf.as_mut_ptr().add(8), acc[r][1]);
+            }
+            for l in 0..lanes {
+                y[r * out_f + o0 + l] = buf[l] + bias.map_or(0.0, |b| b[o0 + l]);
+            }
+        }
+    }
+}
+
+/// Installs a [`PackedF32`] copy of every `Linear` below `m` (through `map_linears`: no model
+/// field is named). Returns how many layers were packed.
+///
+/// # Errors
+/// The first layer whose weight no longer matches an installed projection.
+pub fn pack_linears(m: &mut dyn tt_tensor::Module) -> tt_tensor::Result<usize> {
+    tt_tensor::nn::map_linears(m, |_, l| {
+        let packed = PackedF32::pack(l.projection()?.as_ref());
+        l.set_projection(std::sync::Arc::new(packed))
+    })
+}

@@ -1,0 +1,60 @@
+//! The packed decode projection against the dense reference, at every level.
+//!
+//! Tolerance: both sum `in` products of values in [-1, 1) in index order, the SIMD kernels with
+//! fused multiply-adds (one rounding per step instead of two): differences grow like √in·ε·|terms|
+//! — ~1e-6 at in = 512. 1e-5 is the stated bound; a wrong layout or a missed tail moves outputs by
+//! O(0.1).
+
+use std::sync::Arc;
+
+use tt_accel::dispatch::{available, with_level, Level};
+use tt_accel::packed::PackedF32;
+use tt_tensor::kernels::linear_rows_reference;
+use tt_tensor::projection::{check_projection, project, Projection, Workspace};
+
+use crate::common::{max_diff, random, ODD_SIZES};
+
+fn matrix(out_f: usize, in_f: usize, seed: u64) -> ndarray::Array2<f32> {
+    ndarray::Array2::from_shape_vec((out_f, in_f), random(out_f * in_f, seed)).unwrap()
+}
+
+#[test]
+fn packed_projection_equals_the_dense_reference_at_every_level() {
+    for level in available() {
+        for &out_f in &[1, 7, 16, 17, 33, 64, 65, 129] {
+            for &in_f in &ODD_SIZES {
+                let w = matrix(out_f, in_f, (out_f * 1000 + in_f) as u64);
+                let p = PackedF32::with_level(&w, level);
+                assert_eq!(p.level(), level);
+                assert_eq!(p.to_dense(), w, "packing round-trips exactly");
+                for rows in [1, 2, 3, 4, 5, 9] {
+                    let x = random(rows * in_f, 7);
+                    let b = random(out_f, 8);
+                    for bias in [Some(&b[..]), None] {
+                        let mut y = vec![f32::NAN; rows * out_f];
+                        project(&p, &x, rows, bias, &mut y, &mut []).unwrap();
+                        let want = linear_rows_reference(&x, w.as_slice().unwrap(), bias, rows, in_f, out_f);
+                        let d = max_diff(&y, &want);
+                        assert!(d <= 1e-5, "{level}: {rows}×{in_f}→{out_f}: {d}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_projection_reports_its_real_storage_and_level() {
+    let w = matrix(17, 9, 1);
+    let p = PackedF32::with_level(&w, Level::Avx512);
+    // Two panels of 16 outputs, padded: 32 × 9 floats.
+    assert_eq!((p.shape(), p.format(), p.storage_bytes()), ((17, 9), "f32-packed", 4 * 32 * 9));
+    assert!(check_projection(&p, 6, 3).unwrap() < 1e-5);
+    let forced = with_level(Level::Scalar, |_| PackedF32::new(&w));
+    assert_eq!(forced.level(), Level::Scalar, "built under a lowered level, it keeps it");
+    let mut ws = Workspace::default();
+    ws.ensure(p.workspace_len(3));
+    let arc: Arc<dyn Projection> = Arc::new(p);
+    let mut y = vec![0.0; 17];
+    assert!(project(arc.as_ref(), &[0.0; 8], 1, None, &mut y, ws.bytes()).is_err(), "short input is an error");
+}
