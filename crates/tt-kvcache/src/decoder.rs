@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
-use tt_tensor::kernels::{attention_head, gelu_tanh, layer_norm_row, Rows};
+use tt_tensor::kernels::{attention_head, RowKernels, Rows};
 use tt_tensor::nn::{LayerNorm, Linear};
 use tt_tensor::projection::{DenseF32, Projection, Workspace};
 use tt_tensor::Tensor;
@@ -67,7 +67,7 @@ impl Norm {
         Norm { gamma: n.gamma.clone(), beta: n.beta.clone(), eps: n.eps }
     }
     /// Normalizes `rows` rows of width `d` from `x` into `out`.
-    fn run(&self, x: &[f32], rows: usize, d: usize, out: &mut [f32]) {
+    fn run(&self, k: &RowKernels, x: &[f32], rows: usize, d: usize, out: &mut [f32]) {
         let _op = OpScope::begin("layer_norm", || OpInfo {
             input_shapes: vec![vec![rows, d]],
             flops: (8 * rows * d) as u64,
@@ -76,7 +76,7 @@ impl Norm {
         let (g, b) = (self.gamma.data(), self.beta.data());
         let (g, b) = (g.as_slice().expect("standard layout"), b.as_slice().expect("standard layout"));
         for r in 0..rows {
-            layer_norm_row(&x[r * d..(r + 1) * d], g, b, self.eps, &mut out[r * d..(r + 1) * d]);
+            (k.layer_norm)(&x[r * d..(r + 1) * d], g, b, self.eps, &mut out[r * d..(r + 1) * d]);
         }
     }
 }
@@ -158,6 +158,8 @@ pub struct CachedGpt {
     s: Scratch,
     /// (rows, logit rows) the scratch buffers are sized for.
     ensured: (usize, usize),
+    /// Layer norm, GELU and one-query attention (see [`CachedGpt::set_row_kernels`]).
+    kernels: RowKernels,
 }
 
 impl CachedGpt {
@@ -246,6 +248,7 @@ impl CachedGpt {
             batch,
             s: Scratch::default(),
             ensured: (0, 0),
+            kernels: RowKernels::reference(),
         };
         engine.ensure_scratch(batch, batch);
         Ok(engine)
@@ -266,6 +269,17 @@ impl CachedGpt {
             .max()
             .unwrap_or(0);
         self.s.ensure(rows, logit_rows, self.dims, self.cache.capacity(), ws);
+    }
+
+    /// Replaces the row kernels (layer norm, GELU, one-query attention) — e.g. tt-accel's fused
+    /// SIMD set. Projections come from the model's layers; these are the rest of the loop.
+    pub fn set_row_kernels(&mut self, kernels: RowKernels) {
+        self.kernels = kernels;
+    }
+
+    /// The row kernels in use.
+    pub fn row_kernels(&self) -> &RowKernels {
+        &self.kernels
     }
 
     pub fn cache(&self) -> &KvCache {
@@ -369,7 +383,8 @@ impl CachedGpt {
         let logit_rows = if all_logits { rows } else { b };
         self.ensure_scratch(rows, logit_rows);
         let d = self.dims.d;
-        let CachedGpt { tok_emb, pos_emb, blocks, ln_f, head, cache, s, .. } = self;
+        let CachedGpt { tok_emb, pos_emb, blocks, ln_f, head, cache, s, kernels, .. } = self;
+        let k = &*kernels;
 
         // Token + position embedding.
         layer_scope(
@@ -396,16 +411,16 @@ impl CachedGpt {
                 || format!("blocks.{l}"),
                 || -> Result<(), KvError> {
                     // Attention sub-block: x += proj(attn(ln1(x))).
-                    blk.ln1.run(&s.x, rows, d, &mut s.h);
+                    blk.ln1.run(k, &s.x, rows, d, &mut s.h);
                     blk.qkv.run(&s.h, rows, &mut s.qkv, s.ws.bytes());
-                    attention(cache, l, blk.n_heads, blk.qkv.shape().0 / 3, b, n, s)?;
+                    attention(k, cache, l, blk.n_heads, blk.qkv.shape().0 / 3, b, n, s)?;
                     blk.attn_proj.run(&s.att, rows, &mut s.tmp, s.ws.bytes());
                     add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
                     // MLP sub-block: x += proj(gelu(fc(ln2(x)))).
-                    blk.ln2.run(&s.x, rows, d, &mut s.h);
+                    blk.ln2.run(k, &s.x, rows, d, &mut s.h);
                     let hidden = blk.fc.shape().0;
                     blk.fc.run(&s.h, rows, &mut s.hidden, s.ws.bytes());
-                    gelu(&mut s.hidden[..rows * hidden]);
+                    gelu(k, &mut s.hidden[..rows * hidden]);
                     blk.mlp_proj.run(&s.hidden, rows, &mut s.tmp, s.ws.bytes());
                     add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
                     Ok(())
@@ -418,14 +433,14 @@ impl CachedGpt {
             || "head".into(),
             || {
                 if all_logits {
-                    ln_f.run(&s.x, rows, d, &mut s.h);
+                    ln_f.run(k, &s.x, rows, d, &mut s.h);
                     head.run(&s.h, rows, &mut s.logits, s.ws.bytes());
                 } else {
                     for bi in 0..b {
                         let r = bi * n + n - 1;
                         s.tmp[bi * d..(bi + 1) * d].copy_from_slice(&s.x[r * d..(r + 1) * d]);
                     }
-                    ln_f.run(&s.tmp, b, d, &mut s.h);
+                    ln_f.run(k, &s.tmp, b, d, &mut s.h);
                     head.run(&s.h, b, &mut s.logits, s.ws.bytes());
                 }
             },
@@ -445,18 +460,19 @@ fn add_residual(x: &mut [f32], t: &[f32]) {
 }
 
 /// GELU in place, reported as `gelu`.
-fn gelu(h: &mut [f32]) {
+fn gelu(k: &RowKernels, h: &mut [f32]) {
     let _op = OpScope::begin("gelu", || OpInfo {
         input_shapes: vec![vec![h.len()]],
         flops: (10 * h.len()) as u64,
         bytes: (4 * 2 * h.len()) as u64,
     });
-    h.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+    (k.gelu)(h);
 }
 
 /// Appends this chunk's keys and values to layer `l` of the cache, then runs every (sequence,
 /// head) of `n` new queries over the cached positions, writing `s.att` (`rows × attn`).
 fn attention(
+    k: &RowKernels,
     cache: &mut KvCache,
     l: usize,
     nh: usize,
@@ -491,10 +507,25 @@ fn attention(
         for h in 0..nh {
             let (keys, vals) = (cache.keys(l, bi, h)?, cache.values(l, bi, h)?);
             let slots = keys.len() / hd;
-            let q = Rows { data: &s.qkv[bi * n * 3 * attn + h * hd..], rows: n, cols: hd, stride: 3 * attn };
-            let k = Rows { data: keys, rows: slots, cols: hd, stride: hd };
+            let q0 = bi * n * 3 * attn + h * hd;
+            let out = &mut s.att[bi * n * attn + h * hd..];
+            if n == 1 {
+                // A decode step: one query per head, the engine's row kernel.
+                (k.decode_attention)(
+                    &s.qkv[q0..q0 + hd],
+                    keys,
+                    vals,
+                    hd,
+                    scale,
+                    &mut s.scores[..slots],
+                    &mut out[..hd],
+                );
+                continue;
+            }
+            let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride: 3 * attn };
+            let kr = Rows { data: keys, rows: slots, cols: hd, stride: hd };
             let v = Rows { data: vals, rows: slots, cols: hd, stride: hd };
-            attention_head(q, k, v, scale, &mut s.scores, &mut s.att[bi * n * attn + h * hd..], attn);
+            attention_head(q, kr, v, scale, &mut s.scores, out, attn);
         }
     }
     Ok(())

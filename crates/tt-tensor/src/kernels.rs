@@ -205,6 +205,55 @@ pub fn attention_head(q: Rows, k: Rows, v: Rows, scale: f32, probs: &mut [f32], 
     }
 }
 
+/// The row kernels an inference loop runs between its projections, chosen once when the engine
+/// is built — the second half of the seam (projections are the first): tt-accel supplies fused
+/// SIMD versions, the decoder never names them. Plain function pointers: no allocation, no
+/// dynamic state, one indirect call per row.
+#[derive(Debug, Clone, Copy)]
+pub struct RowKernels {
+    /// Short name for reports (`"reference"`, `"fused-avx512"`, …).
+    pub name: &'static str,
+    /// `out = (x − mean)/√(var + eps)·gamma + beta` over one row.
+    pub layer_norm: LayerNormFn,
+    /// GELU (tanh form) in place over a slice.
+    pub gelu: fn(h: &mut [f32]),
+    /// One query `q` (`head_dim`) against `keys`/`values` (`[slots, head_dim]`, contiguous):
+    /// `out = softmax(scale·q·Kᵀ)·V`. `scores` has room for `slots` floats (a kernel may use it).
+    pub decode_attention: DecodeAttentionFn,
+}
+
+/// `(x, gamma, beta, eps, out)`: see [`RowKernels::layer_norm`].
+pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]);
+/// `(q, keys, values, head_dim, scale, scores, out)`: see [`RowKernels::decode_attention`].
+pub type DecodeAttentionFn =
+    fn(q: &[f32], keys: &[f32], values: &[f32], head_dim: usize, scale: f32, scores: &mut [f32], out: &mut [f32]);
+
+impl RowKernels {
+    /// The plain kernels of this module.
+    pub fn reference() -> RowKernels {
+        RowKernels {
+            name: "reference",
+            layer_norm: |x, g, b, eps, out| {
+                layer_norm_row(x, g, b, eps, out);
+            },
+            gelu: |h| h.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+            decode_attention: |q, keys, values, hd, scale, scores, out| {
+                let slots = keys.len() / hd;
+                let rows = |data| Rows { data, rows: slots, cols: hd, stride: hd };
+                attention_head(
+                    Rows { data: q, rows: 1, cols: hd, stride: hd },
+                    rows(keys),
+                    rows(values),
+                    scale,
+                    scores,
+                    out,
+                    hd,
+                );
+            },
+        }
+    }
+}
+
 /// Reference for [`attention_head`]: scores, causal softmax and `P·V` by index-order sums in f64.
 pub fn attention_head_reference(q: Rows, k: Rows, v: Rows, scale: f32) -> (Vec<f32>, Vec<f32>) {
     let (n, slots, hd) = (q.rows, k.rows, q.cols);
