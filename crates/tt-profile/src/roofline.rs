@@ -221,3 +221,130 @@ impl Roofline {
         })
     }
 }
+
+/// Sums `data` with 64 independent lanes (4 × 16): wide enough that loads, not adds, limit it.
+fn read_sum_portable(data: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 64];
+    let chunks = data.chunks_exact(64);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// AVX-512 read kernel: 4 independent 512-bit accumulators, 64 floats per iteration.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn read_sum_avx512(data: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let chunks = data.chunks_exact(64);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `c` holds 64 floats; 16·k + 16 ≤ 64.
+            *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(c.as_ptr().add(16 * k)) });
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(s) + tail
+}
+
+fn read_sum(data: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { read_sum_avx512(data) };
+    }
+    read_sum_portable(data)
+}
+
+/// Read-only bandwidth (GB/s, 1 thread) over a working set of `bytes`: the array is summed
+/// repeatedly (at least ~64 MiB of reads per run, so small sets are timed over many passes);
+/// the best of `runs`. Sizes that fit a cache level measure that level.
+///
+/// # Errors
+/// `bytes` < 256 or `runs` of 0.
+pub fn read_bandwidth_gbs(bytes: usize, runs: usize) -> Result<f64> {
+    const OP: &str = "read_bandwidth_gbs";
+    if bytes < 256 {
+        return Err(arg(OP, format!("bytes {bytes} must be at least 256")));
+    }
+    if runs == 0 {
+        return Err(arg(OP, "runs 0 must be at least 1".into()));
+    }
+    let n = bytes / 4;
+    let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let passes = (64 << 20) / bytes + 1;
+    std::hint::black_box(read_sum(&data)); // warm: bring the set into its cache level
+    let mut best = 0.0f64;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut s = 0.0f32;
+        for _ in 0..passes {
+            s += read_sum(std::hint::black_box(&data));
+        }
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((passes * n * 4) as f64 / secs / 1e9);
+    }
+    Ok(best)
+}
+
+/// Read bandwidth of each level of the memory hierarchy, measured with working sets chosen for
+/// this machine's sizes (`../shared/reference/machine.md`: L1d 48 KiB, L2 2 MiB, L3 large).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemoryLevels {
+    /// 32 KiB working set.
+    pub l1_read_gbs: f64,
+    /// 1 MiB.
+    pub l2_read_gbs: f64,
+    /// 8 MiB.
+    pub l3_read_gbs: f64,
+    /// 256 MiB (64 MiB in quick mode).
+    pub dram_read_gbs: f64,
+}
+
+impl MemoryLevels {
+    /// Working-set sizes measured: L1, L2, L3, DRAM.
+    pub const SIZES: [usize; 4] = [32 << 10, 1 << 20, 8 << 20, 256 << 20];
+
+    /// Measures every level (a few seconds; `quick` uses a 64 MiB DRAM set and fewer runs).
+    ///
+    /// # Errors
+    /// Never for these sizes; kept fallible like the other measurements.
+    pub fn measure(quick: bool) -> Result<MemoryLevels> {
+        let runs = if quick { 2 } else { 5 };
+        let dram = if quick { 64 << 20 } else { Self::SIZES[3] };
+        Ok(MemoryLevels {
+            l1_read_gbs: read_bandwidth_gbs(Self::SIZES[0], runs)?,
+            l2_read_gbs: read_bandwidth_gbs(Self::SIZES[1], runs)?,
+            l3_read_gbs: read_bandwidth_gbs(Self::SIZES[2], runs)?,
+            dram_read_gbs: read_bandwidth_gbs(dram, runs.min(3))?,
+        })
+    }
+
+    /// The read bandwidth of the smallest level a working set of `bytes` fits in (half of each
+    /// cache, leaving room for everything else that lives there: L1 24 KiB, L2 1 MiB, L3 32 MiB).
+    pub fn for_working_set(&self, bytes: usize) -> (&'static str, f64) {
+        if bytes <= 24 << 10 {
+            ("L1", self.l1_read_gbs)
+        } else if bytes <= 1 << 20 {
+            ("L2", self.l2_read_gbs)
+        } else if bytes <= 32 << 20 {
+            ("L3", self.l3_read_gbs)
+        } else {
+            ("DRAM", self.dram_read_gbs)
+        }
+    }
+
+    /// Upper bound on decode tokens/s when each token must read `bytes_per_token` (weights plus
+    /// the KV cache it attends over) from the level that working set fits in.
+    pub fn decode_bound_tok_s(&self, bytes_per_token: usize) -> (&'static str, f64) {
+        let (level, gbs) = self.for_working_set(bytes_per_token);
+        (level, gbs * 1e9 / bytes_per_token.max(1) as f64)
+    }
+}

@@ -304,3 +304,22 @@ mod bad_input {
         assert!(says(&flat.place(1, 1, 1.0).unwrap_err(), "Roofline::place", "bandwidth_gbs 0"));
     }
 }
+
+mod memory_levels {
+    use tt_profile::roofline::{read_bandwidth_gbs, MemoryLevels};
+
+    #[test]
+    fn read_bandwidth_is_measured_and_levels_are_placed_by_working_set() {
+        assert!(read_bandwidth_gbs(64 << 10, 1).unwrap() > 0.0);
+        assert!(read_bandwidth_gbs(16, 1).is_err() && read_bandwidth_gbs(1 << 20, 0).is_err());
+        let m = MemoryLevels { l1_read_gbs: 300.0, l2_read_gbs: 100.0, l3_read_gbs: 25.0, dram_read_gbs: 14.0 };
+        assert_eq!(m.for_working_set(16 << 10).0, "L1");
+        assert_eq!(m.for_working_set(800 << 10).0, "L2");
+        assert_eq!(m.for_working_set(3 << 20).0, "L3");
+        assert_eq!(m.for_working_set(1 << 30).0, "DRAM");
+        // 3.15 MB of weights + 0.1 MB of cache per token from L3 at 25 GB/s: ~7,700 tok/s.
+        let (level, tok_s) = m.decode_bound_tok_s(3_250_000);
+        assert_eq!(level, "L3");
+        assert!((tok_s - 25e9 / 3.25e6).abs() < 1e-6);
+    }
+}
