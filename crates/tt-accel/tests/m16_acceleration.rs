@@ -6,6 +6,8 @@
 
 #[path = "m16/common.rs"]
 mod common;
+#[path = "m16/decoder.rs"]
+mod decoder;
 #[path = "m16/dispatch.rs"]
 mod dispatch;
 #[path = "m16/packed.rs"]
