@@ -8,6 +8,7 @@
 //! Trained models are cached under [`Options::cache_dir`] (default `.tt-cache/`, override with the
 //! `TT_CACHE_DIR` environment variable) so later milestones reuse them; `--retrain` forces training.
 
+pub mod acceleration;
 pub mod classifier;
 pub mod cnn_digits;
 pub mod kv_cache;
@@ -184,6 +185,13 @@ pub fn all() -> &'static [Milestone] {
             module: "15",
             description: "profile the trained CNN and GPT: parameters, FLOPs, memory, latency, per-op table, roofline",
             run: profile::run,
+        },
+        Milestone {
+            name: "acceleration",
+            module: "16",
+            uses: Uses { retrain: true, corpus: false },
+            description: "measured machine limits, packed decode projections vs matrixmultiply, the accelerated decoder vs the reference",
+            run: acceleration::run,
         },
     ]
 }

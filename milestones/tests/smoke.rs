@@ -159,3 +159,20 @@ fn the_default_cache_does_not_depend_on_the_current_directory() {
         assert!(d.parent().unwrap().join("Cargo.toml").is_file(), "at the workspace root: {}", d.display());
     }
 }
+
+#[test]
+fn acceleration_quick_run_reports_measured_fields() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-accel-{}", std::process::id()));
+    let v = milestones::run("acceleration", &opts(&dir)).unwrap();
+    for k in ["peak_gflops_1core", "l2_read_gbs", "l3_read_gbs", "dram_read_gbs"] {
+        assert!(v["machine"][k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    for row in v["gemv"].as_array().unwrap() {
+        assert!(row["packed_gflops"].as_f64().unwrap() > 0.0 && row["speedup"].as_f64().unwrap() > 0.0);
+    }
+    let d = &v["decode"];
+    assert_eq!(d["identical_tokens"], true, "{d}");
+    assert!(d["accelerated_tok_s"].as_f64().unwrap() > 0.0 && d["roofline_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(d["max_abs_logit_diff"].as_f64().unwrap() <= 1e-4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
