@@ -11,6 +11,8 @@
 //! - [`packed`]: [`PackedF32`](packed::PackedF32), a `tt_tensor::Projection` whose weights are
 //!   packed once for decode-shaped (few-row) products; installed through the seam
 //!   (`map_linears`), it accelerates the existing decoder — there is no second decoder.
+//! - [`team`]: persistent threads with sub-microsecond hand-off, to split one decode-step
+//!   projection across cores.
 //!
 //! What it deliberately does not do: own a model, a decoder or a training loop; quantize
 //! (tt-quant) or prune (tt-compress). All `unsafe` and `#[target_feature]` code of the f32 kernels
@@ -20,5 +22,6 @@ pub mod dispatch;
 pub mod fused;
 pub mod gemm;
 pub mod packed;
+pub mod team;
 
 pub use dispatch::{detected, level, with_level, Level};

@@ -23,10 +23,14 @@
 //! The level (AVX-512 / AVX2 / scalar) is chosen once, when the projection is built
 //! ([`crate::dispatch::level`] at that moment); the layout is the same at every level.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use ndarray::Array2;
 use tt_tensor::Projection;
 
 use crate::dispatch::{self, Level};
+use crate::team::{share, Team};
 
 /// Output rows per panel.
 pub const PANEL: usize = 16;
@@ -42,6 +46,9 @@ pub struct PackedF32 {
     out_f: usize,
     in_f: usize,
     level: Level,
+    /// When set, the panels are split across the team's members (each streams its share of the
+    /// weights; on this machine two shares of the default model fit the two cores' L2 caches).
+    team: Option<Arc<Team>>,
 }
 
 impl PackedF32 {
@@ -67,12 +74,60 @@ impl PackedF32 {
             }
         }
         // Never above what the CPU has: the SIMD kernels are only called at a level it supports.
-        PackedF32 { packed, out_f, in_f, level: level.min(dispatch::detected()) }
+        PackedF32 { packed, out_f, in_f, level: level.min(dispatch::detected()), team: None }
+    }
+
+    /// Splits every call's panels across `team` (see [`Team`]); the results are bit-identical
+    /// to one thread's, since each output is computed by exactly one member the same way.
+    pub fn with_team(mut self, team: Arc<Team>) -> PackedF32 {
+        self.team = Some(team);
+        self
     }
 
     /// The level this projection's kernel runs at.
     pub fn level(&self) -> Level {
         self.level
+    }
+}
+
+/// The output buffer shared by team members, each writing only its own panels' outputs.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: members write disjoint elements (their own panel range) and the caller waits for all of
+// them before the buffer's borrow ends.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl PackedF32 {
+    /// Outputs of panels `range` for all `rows`, four rows at a time.
+    ///
+    /// # Safety
+    /// `x` holds `rows × in`, `out` points to `rows × out` writable floats of which no other
+    /// thread writes the columns of `range`, `bias` (if any) holds `out` floats.
+    unsafe fn panels(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, out: OutPtr, range: Range<usize>) {
+        let (out_f, in_f) = (self.out_f, self.in_f);
+        let mut r0 = 0;
+        while r0 < rows {
+            let r = (rows - r0).min(ROWS);
+            let xs = &x[r0 * in_f..(r0 + r) * in_f];
+            // SAFETY: row r0 starts inside the `rows × out` buffer.
+            let y = unsafe { out.0.add(r0 * out_f) };
+            let p = range.clone();
+            match self.level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `self.level` ≤ `dispatch::detected()` (clamped at construction), so the
+                // CPU has AVX-512F; reads stay in `xs`, `packed`, `bias`; writes in rows r0..r0+r,
+                // columns of `p` (forwarded contract).
+                Level::Avx512 => unsafe { avx512::rows(&self.packed, xs, r, in_f, out_f, bias, y, p) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above, with AVX2 + FMA.
+                Level::Avx2 => unsafe { avx2::rows(&self.packed, xs, r, in_f, out_f, bias, y, p) },
+                // SAFETY: as above (portable code).
+                _ => unsafe { scalar_rows(&self.packed, xs, r, in_f, out_f, bias, y, p) },
+            }
+            r0 += r;
+        }
     }
 }
 
@@ -85,28 +140,20 @@ impl Projection for PackedF32 {
         let (out_f, in_f) = (self.out_f, self.in_f);
         assert!(x.len() >= rows * in_f && y.len() >= rows * out_f, "PackedF32::forward_rows sizes");
         assert!(bias.is_none_or(|b| b.len() == out_f), "PackedF32::forward_rows bias length");
-        let mut r0 = 0;
-        while r0 < rows {
-            let r = (rows - r0).min(ROWS);
-            let xs = &x[r0 * in_f..(r0 + r) * in_f];
-            let ys = &mut y[r0 * out_f..(r0 + r) * out_f];
-            match self.level {
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx512 => {
-                    // SAFETY: `self.level` is at most `dispatch::detected()` (clamped in
-                    // `with_level`), so the CPU has AVX-512F; the kernel reads only inside
-                    // `xs`, `self.packed` and `bias` and writes only inside `ys`, whose sizes
-                    // were checked above.
-                    unsafe { avx512::rows(&self.packed, xs, r, in_f, out_f, bias, ys) }
-                }
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx2 => {
-                    // SAFETY: as above, with AVX2 + FMA.
-                    unsafe { avx2::rows(&self.packed, xs, r, in_f, out_f, bias, ys) }
-                }
-                _ => scalar_rows(&self.packed, xs, r, in_f, out_f, bias, ys),
+        let panels = out_f.div_ceil(PANEL);
+        let out = OutPtr(y.as_mut_ptr());
+        match &self.team {
+            Some(team) if team.size() > 1 && panels > 1 => {
+                let members = team.size().min(panels);
+                team.run(&|i| {
+                    if i < members {
+                        // SAFETY: sizes checked above; members write disjoint panel ranges.
+                        unsafe { self.panels(x, rows, bias, out, share(panels, members, i)) }
+                    }
+                });
             }
-            r0 += r;
+            // SAFETY: sizes checked above; the whole range on this thread.
+            _ => unsafe { self.panels(x, rows, bias, out, 0..panels) },
         }
     }
 
@@ -127,8 +174,20 @@ impl Projection for PackedF32 {
 
 /// The portable kernel over the packed layout: for each panel, 16 accumulators per row.
 /// Also the reference for the SIMD kernels' summation order (index order over `i`).
-fn scalar_rows(packed: &[f32], x: &[f32], rows: usize, in_f: usize, out_f: usize, bias: Option<&[f32]>, y: &mut [f32]) {
-    for panel in 0..out_f.div_ceil(PANEL) {
+///
+/// # Safety
+/// `y` points to `rows × out_f` writable floats; only the columns of `panels` are written.
+unsafe fn scalar_rows(
+    packed: &[f32],
+    x: &[f32],
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+    bias: Option<&[f32]>,
+    y: *mut f32,
+    panels: Range<usize>,
+) {
+    for panel in panels {
         let w = &packed[panel * in_f * PANEL..(panel + 1) * in_f * PANEL];
         let lanes = (out_f - panel * PANEL).min(PANEL);
         for r in 0..rows {
@@ -141,7 +200,8 @@ fn scalar_rows(packed: &[f32], x: &[f32], rows: usize, in_f: usize, out_f: usize
             }
             for l in 0..lanes {
                 let o = panel * PANEL + l;
-                y[r * out_f + o] = acc[l] + bias.map_or(0.0, |b| b[o]);
+                // SAFETY: r < rows and o < out_f (forwarded contract).
+                unsafe { *y.add(r * out_f + o) = acc[l] + bias.map_or(0.0, |b| b[o]) };
             }
         }
     }
@@ -150,13 +210,15 @@ fn scalar_rows(packed: &[f32], x: &[f32], rows: usize, in_f: usize, out_f: usize
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     use super::{GROUP, PANEL};
 
-    /// `rows` (1..=4) rows against every panel; panels in groups of up to 4.
+    /// `rows` (1..=4) rows against the panels of `panels`, in groups of up to 4.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `x` holds `rows × in_f`, `y` `rows × out_f`, `packed`
+    /// The CPU must support AVX-512F; `x` holds `rows × in_f`, `y` points to `rows × out_f`
+    /// writable floats (only the columns of `panels` are written), `packed` holds
     /// `ceil(out_f/16) × in_f × 16` floats, `bias` (if any) `out_f`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn rows(
@@ -166,12 +228,12 @@ mod avx512 {
         in_f: usize,
         out_f: usize,
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: *mut f32,
+        panels: Range<usize>,
     ) {
-        let panels = out_f.div_ceil(PANEL);
-        let mut p0 = 0;
-        while p0 < panels {
-            let g = (panels - p0).min(GROUP);
+        let mut p0 = panels.start;
+        while p0 < panels.end {
+            let g = (panels.end - p0).min(GROUP);
             // SAFETY: forwarded contract; `p0 + g ≤ panels`.
             unsafe {
                 match (rows, g) {
@@ -201,7 +263,7 @@ mod avx512 {
         out_f: usize,
         p0: usize,
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: *mut f32,
     ) {
         let mut acc = [[_mm512_setzero_ps(); G]; R];
         let w = packed.as_ptr();
@@ -232,7 +294,7 @@ mod avx512 {
                     v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, b.as_ptr().add(o0)) });
                 }
                 // SAFETY: masked to outputs < out_f of row r, inside `y`.
-                unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(r * out_f + o0), mask, v) };
+                unsafe { _mm512_mask_storeu_ps(y.add(r * out_f + o0), mask, v) };
             }
         }
     }
@@ -241,10 +303,11 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     use super::PANEL;
 
-    /// `rows` (1..=4) rows against every panel, each 16-output panel as two 8-lane halves.
+    /// `rows` (1..=4) rows against the panels of `panels`, each as two 8-lane halves.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; sizes as in the AVX-512 kernel.
@@ -256,9 +319,10 @@ mod avx2 {
         in_f: usize,
         out_f: usize,
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: *mut f32,
+        panels: Range<usize>,
     ) {
-        for panel in 0..out_f.div_ceil(PANEL) {
+        for panel in panels {
             // SAFETY: forwarded contract; panel < panels.
             unsafe {
                 match rows {
@@ -281,7 +345,7 @@ mod avx2 {
         out_f: usize,
         panel: usize,
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: *mut f32,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let w = packed.as_ptr();
@@ -308,7 +372,8 @@ mod avx2 {
                 _mm256_storeu_ps(buf.as_mut_ptr().add(8), acc[r][1]);
             }
             for l in 0..lanes {
-                y[r * out_f + o0 + l] = buf[l] + bias.map_or(0.0, |b| b[o0 + l]);
+                // SAFETY: r < rows, o0 + l < out_f (forwarded contract).
+                unsafe { *y.add(r * out_f + o0 + l) = buf[l] + bias.map_or(0.0, |b| b[o0 + l]) };
             }
         }
     }
@@ -320,8 +385,19 @@ mod avx2 {
 /// # Errors
 /// The first layer whose weight no longer matches an installed projection.
 pub fn pack_linears(m: &mut dyn tt_tensor::Module) -> tt_tensor::Result<usize> {
+    pack_linears_with(m, None)
+}
+
+/// [`pack_linears`], each projection split across `team` when given.
+///
+/// # Errors
+/// As [`pack_linears`].
+pub fn pack_linears_with(m: &mut dyn tt_tensor::Module, team: Option<Arc<Team>>) -> tt_tensor::Result<usize> {
     tt_tensor::nn::map_linears(m, |_, l| {
-        let packed = PackedF32::pack(l.projection()?.as_ref());
-        l.set_projection(std::sync::Arc::new(packed))
+        let mut packed = PackedF32::pack(l.projection()?.as_ref());
+        if let Some(t) = &team {
+            packed = packed.with_team(Arc::clone(t));
+        }
+        l.set_projection(Arc::new(packed))
     })
 }

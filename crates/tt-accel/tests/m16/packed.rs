@@ -58,3 +58,34 @@ fn packed_projection_reports_its_real_storage_and_level() {
     let mut y = vec![0.0; 17];
     assert!(project(arc.as_ref(), &[0.0; 8], 1, None, &mut y, ws.bytes()).is_err(), "short input is an error");
 }
+
+#[test]
+fn a_team_split_is_bit_identical_to_one_thread() {
+    use tt_accel::team::{share, Team};
+    let team = Arc::new(Team::new(2));
+    assert_eq!(team.size(), 2);
+    for level in available() {
+        for &(out_f, in_f) in &[(17usize, 33usize), (129, 7), (512, 128), (16, 5)] {
+            let w = matrix(out_f, in_f, 11);
+            let one = PackedF32::with_level(&w, level);
+            let two = PackedF32::with_level(&w, level).with_team(Arc::clone(&team));
+            for rows in [1, 3, 6] {
+                let x = random(rows * in_f, 3);
+                let b = random(out_f, 4);
+                let (mut y1, mut y2) = (vec![0.0; rows * out_f], vec![f32::NAN; rows * out_f]);
+                project(&one, &x, rows, Some(&b), &mut y1, &mut []).unwrap();
+                project(&two, &x, rows, Some(&b), &mut y2, &mut []).unwrap();
+                assert_eq!(y1, y2, "{level} {rows}×{in_f}→{out_f}");
+            }
+        }
+    }
+    // Every member runs exactly its share; shares cover the range without overlap.
+    let hits: Vec<std::sync::atomic::AtomicUsize> = (0..10).map(|_| Default::default()).collect();
+    let t3 = Team::new(3);
+    t3.run(&|i| {
+        for j in share(10, 3, i) {
+            hits[j].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(hits.iter().all(|h| h.load(std::sync::atomic::Ordering::Relaxed) == 1));
+}

@@ -1,0 +1,157 @@
+//! [`Team`]: a few persistent threads that run one small job together, with a synchronization
+//! cost of a fraction of a microsecond — what splitting a single decode-step projection across
+//! cores needs (a rayon scope or a thread spawn per projection costs several microseconds, about
+//! as much as the projection itself).
+//!
+//! Protocol: the caller publishes a job and bumps a generation counter; each worker spins on the
+//! counter (yielding after a while, so an idle team does not hold the cores), runs its share,
+//! and bumps a done counter; the caller runs share 0 itself and then waits for the done count.
+//! Shares must be independent (disjoint outputs).
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// The job: called once per member with its index `0..size`.
+type Job = dyn Fn(usize) + Sync;
+
+struct Shared {
+    generation: AtomicU64,
+    done: AtomicUsize,
+    stop: AtomicBool,
+    /// Set when a member's share panicked (the caller then panics too, after all are done).
+    panicked: AtomicBool,
+    /// The current job, valid between a generation bump and the done count reaching the number
+    /// of workers (the caller keeps it alive and does not return before then).
+    job: UnsafeCell<*const Job>,
+}
+
+// SAFETY: `job` is written only by the caller of `run` while no worker reads it (before the
+// generation bump, after every worker has finished the previous generation), and read by workers
+// only between the bump (Release/Acquire) and their done increment.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the raw pointer is only dereferenced under that protocol.
+unsafe impl Send for Shared {}
+
+/// Persistent helper threads; the caller thread is member 0.
+pub struct Team {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serializes `run` calls from different threads (one job at a time).
+    lock: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Team {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Team").field("size", &self.size()).finish()
+    }
+}
+
+impl Team {
+    /// A team of `size` members: the caller plus `size − 1` threads (`size` 0 counts as 1).
+    pub fn new(size: usize) -> Team {
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+            job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
+        });
+        let workers = (1..size.max(1))
+            .map(|id| {
+                let s = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("tt-accel-team-{id}"))
+                    .spawn(move || worker(&s, id))
+                    .expect("spawning a team thread")
+            })
+            .collect();
+        Team { shared, workers, lock: std::sync::Mutex::new(()) }
+    }
+
+    /// Members, the caller included.
+    pub fn size(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `job(i)` for every member `i` (0 on the calling thread) and returns when all are done.
+    pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+        if self.workers.is_empty() {
+            job(0);
+            return;
+        }
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        s.done.store(0, Ordering::Relaxed);
+        // SAFETY: every worker finished the previous generation (we waited for `done`), so none
+        // reads `job` now. The pointer's lifetime is erased; it is dereferenced only before we
+        // return below, while `job` is still borrowed.
+        unsafe {
+            *s.job.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(job as *const _);
+        }
+        s.generation.fetch_add(1, Ordering::Release);
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
+        let mut spins = 0u32;
+        while s.done.load(Ordering::Acquire) < self.workers.len() {
+            spin(&mut spins);
+        }
+        // Only now, with every share finished, may a panic leave this frame (the job is borrowed).
+        if let Err(p) = mine {
+            std::panic::resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a tt-accel team member's share of the job panicked");
+        }
+    }
+}
+
+fn spin(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 1 << 14 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+fn worker(s: &Shared, id: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0u32;
+        let g = loop {
+            let g = s.generation.load(Ordering::Acquire);
+            if g != seen || s.stop.load(Ordering::Relaxed) {
+                break g;
+            }
+            spin(&mut spins);
+        };
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        seen = g;
+        // SAFETY: the Acquire load saw the caller's Release bump, after which `job` points to a
+        // live job until we increment `done`.
+        let job = unsafe { &**s.job.get() };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(id))).is_err() {
+            s.panicked.store(true, Ordering::Relaxed);
+        }
+        s.done.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Splits `0..n` into `parts` contiguous ranges of near-equal size; range `i`.
+pub fn share(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    (n * i / parts)..(n * (i + 1) / parts)
+}
