@@ -4,7 +4,8 @@
 //! as much as the projection itself).
 //!
 //! Protocol: the caller publishes a job and bumps a generation counter; each worker spins on the
-//! counter (yielding after a while, so an idle team does not hold the cores), runs its share,
+//! counter for a short while (tens of microseconds — the gap between two projections of a decode
+//! step), then sleeps on a condition variable so an idle team holds no core; it runs its share
 //! and bumps a done counter; the caller runs share 0 itself and then waits for the done count.
 //! Shares must be independent (disjoint outputs).
 
@@ -20,6 +21,10 @@ struct Shared {
     generation: AtomicU64,
     done: AtomicUsize,
     stop: AtomicBool,
+    /// Workers asleep on `wake` (the caller notifies only when some are).
+    sleepers: AtomicUsize,
+    wake_lock: std::sync::Mutex<()>,
+    wake: std::sync::Condvar,
     /// Set when a member's share panicked (the caller then panics too, after all are done).
     panicked: AtomicBool,
     /// The current job, valid between a generation bump and the done count reaching the number
@@ -55,6 +60,9 @@ impl Team {
             generation: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            wake_lock: std::sync::Mutex::new(()),
+            wake: std::sync::Condvar::new(),
             panicked: AtomicBool::new(false),
             job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
         });
@@ -90,7 +98,7 @@ impl Team {
         unsafe {
             *s.job.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(job as *const _);
         }
-        s.generation.fetch_add(1, Ordering::Release);
+        s.bump();
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < self.workers.len() {
@@ -115,17 +123,46 @@ fn spin(spins: &mut u32) {
     }
 }
 
+/// Spin iterations a worker waits for the next job before it sleeps (~20–50 µs here).
+const SPIN_BEFORE_SLEEP: u32 = 1 << 13;
+
+impl Shared {
+    /// Publishes a new generation and wakes sleeping workers. SeqCst on the counter and on
+    /// `sleepers` (here and in `wait`) orders them: either the worker sees the new generation
+    /// before sleeping, or this thread sees the sleeper and notifies it under the lock.
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+    }
+
+    /// Waits until the generation differs from `seen` (or the team stops); returns it.
+    fn wait(&self, seen: u64) -> u64 {
+        for _ in 0..SPIN_BEFORE_SLEEP {
+            let g = self.generation.load(Ordering::Acquire);
+            if g != seen || self.stop.load(Ordering::Relaxed) {
+                return g;
+            }
+            std::hint::spin_loop();
+        }
+        let mut guard = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut g = self.generation.load(Ordering::SeqCst);
+        while g == seen && !self.stop.load(Ordering::SeqCst) {
+            guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            g = self.generation.load(Ordering::SeqCst);
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        g
+    }
+}
+
 fn worker(s: &Shared, id: usize) {
     let mut seen = 0u64;
     loop {
-        let mut spins = 0u32;
-        let g = loop {
-            let g = s.generation.load(Ordering::Acquire);
-            if g != seen || s.stop.load(Ordering::Relaxed) {
-                break g;
-            }
-            spin(&mut spins);
-        };
+        let g = s.wait(seen);
         if s.stop.load(Ordering::Relaxed) {
             return;
         }
@@ -142,8 +179,8 @@ fn worker(s: &Shared, id: usize) {
 
 impl Drop for Team {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.generation.fetch_add(1, Ordering::Release);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.bump();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

@@ -89,3 +89,18 @@ fn a_team_split_is_bit_identical_to_one_thread() {
     });
     assert!(hits.iter().all(|h| h.load(std::sync::atomic::Ordering::Relaxed) == 1));
 }
+
+#[test]
+fn an_idle_team_sleeps_and_wakes_for_the_next_job() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let team = tt_accel::team::Team::new(2);
+    let n = AtomicUsize::new(0);
+    for pause_ms in [0u64, 5, 0, 20] {
+        // Long enough pauses put the worker to sleep; the next job must still reach it.
+        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        team.run(&|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    assert_eq!(n.load(Ordering::Relaxed), 8, "two members ran each of four jobs");
+}
