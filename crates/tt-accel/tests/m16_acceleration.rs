@@ -10,5 +10,7 @@ mod common;
 mod decoder;
 #[path = "m16/dispatch.rs"]
 mod dispatch;
+#[path = "m16/gemm.rs"]
+mod gemm;
 #[path = "m16/packed.rs"]
 mod packed;

@@ -1,0 +1,53 @@
+//! Rung 5: the packed algorithm of rung 4 on `threads` rayon workers.
+//!
+//! Per KC×NC panel of B, two parallel phases on a dedicated pool:
+//! 1. the workers pack B̃ together (each KC×NR micro-panel is independent);
+//! 2. the m rows are cut into `threads` contiguous ranges of whole MR-row panels (sizes differ
+//!    by at most one panel) and each worker runs loops 3–1 on its range: it packs its own Ã
+//!    blocks — into its own core's L2, which is private per core on this machine — and calls the
+//!    same microkernel on the shared B̃.
+//!
+//! Splitting rows rather than columns means B̃ is packed once and shared (read-only), and each
+//! worker writes a disjoint set of C rows (safe `split_at_mut`, no locks). Each element of C is
+//! computed by one worker, with the same KC partition and kernel as rung 4, hence bit-identical
+//! results for any thread count. The end of each phase is the only synchronization: two
+//! fork-joins per KC block (12 at 1024³).
+//!
+//! Pools are built once per thread count and kept for the life of the process (starting
+//! threads per call would cost tens of microseconds, several percent of a 512³ product). The
+//! dispatch level is resolved on the calling thread and handed to the workers as a kernel
+//! token, so a [`with_level`](crate::dispatch::with_level) override on the caller applies to
+//! the workers too.
+
+use super::packed_simd;
+use super::{invalid, Args};
+use crate::dispatch::Level;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use tt_tensor::TensorError;
+
+/// The most workers rung 5 accepts.
+pub const MAX_THREADS: usize = 256;
+
+pub(super) fn threaded(level: Level, threads: usize, x: Args<'_>) -> Result<(), TensorError> {
+    let pool = pool(threads)?;
+    packed_simd::run(level, Some((&pool, threads)), x);
+    Ok(())
+}
+
+/// The pool with exactly `threads` workers, built on first use.
+fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>, TensorError> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&threads) {
+        return Ok(Arc::clone(p));
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tt-gemm-{i}"))
+        .build()
+        .map_err(|e| invalid(format!("could not start {threads} threads: {e}")))?;
+    let p = Arc::new(p);
+    pools.insert(threads, Arc::clone(&p));
+    Ok(p)
+}
