@@ -8,3 +8,5 @@
 mod common;
 #[path = "m16/dispatch.rs"]
 mod dispatch;
+#[path = "m16/fused.rs"]
+mod fused;
