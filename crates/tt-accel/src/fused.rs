@@ -1,1 +1,1023 @@
-//! Fused row kernels (see the crate docs). Filled in by the fused-kernels work.
+//! Fused row kernels: layer norm, softmax, bias + GELU and one-query decode attention, each
+//! written once per dispatch level (AVX-512F, AVX2 + FMA, scalar) beside the unfused chain of
+//! `tt_tensor::kernels` calls it replaces ([`unfused`]).
+//!
+//! # What is fused, and what it saves
+//!
+//! "Pass" below means one sweep over the row (or, for attention, over the `slots`-long score
+//! buffer). Every unfused pass re-reads data the previous pass just wrote; a fused kernel keeps
+//! the intermediate in registers instead.
+//!
+//! | kernel | unfused chain | its passes | fused | its passes |
+//! |---|---|---|---|---|
+//! | [`layer_norm`] | `layer_norm_row`: mean, then variance, then normalize | read x ×3, γ, β; write out | Σx and Σx² together, then normalize | read x ×2, γ, β; write out |
+//! | [`softmax`] | `softmax_row`: max, then exp + sum (writes e), then scale | read ×3, write ×2 | online max and sum (running max `m`, sum `s` rescaled when `m` grows), then `exp(x − m)/s` | read ×2, write ×1 |
+//! | [`bias_gelu`] | `y += b` pass, then `gelu_tanh` pass | read y ×2, write y ×2 | bias added to the value in a register, GELU applied, stored once | read y ×1, write y ×1 |
+//! | [`decode_attention`] | `attention_head` with n = 1: scores `q·kⱼ` into a `slots` buffer, softmax over it (3 passes), `P·V` | K and V once, the score buffer written 3× and read 4× | one pass over the cache: per block of keys, scores in registers, online softmax, `out` rescaled and accumulated | K and V once, no score buffer |
+//!
+//! Honest accounting: at the model's sizes every row fits in L1, so the saved passes are L1
+//! traffic, and most of the speed comes from doing the surviving passes in SIMD (the reference
+//! kernels' sequential `f32` sums cannot be vectorized without reordering them, and their `exp`
+//! runs one lane at a time). Fusion is what makes that SIMD pay: the online softmax needs no
+//! stored exponentials, and decode attention streams K and V once with no buffer whose size
+//! grows with the context.
+//!
+//! # Numerics (and the tolerances the tests use)
+//!
+//! - **Layer norm** accumulates Σx and Σx² in **f64** lanes in one pass; `var = Σx²/n − mean²`.
+//!   The squares of f32 values are exact in f64 and a row of ≤ 4096 terms sums with relative
+//!   error ≤ 4096·2⁻⁵³ ≈ 5e-13, so even the cancellation in `E[x²] − mean²` (which amplifies
+//!   that error by `1 + mean²/var`) leaves < 1e-6 for any row with `|mean| ≤ 1000·std`. An
+//!   all-f32 one-pass sum would lose `(mean/std)²·n·2⁻²⁴`; Welford would be exact enough but
+//!   needs a division per element and a merge per lane. Converting to f64 costs a few
+//!   instructions per 16 values and keeps this kernel at least as accurate as the two-pass
+//!   f32 reference. Agreement with the reference: 2e-6 at n ≤ 512 (the reference's own
+//!   sequential f32 sums drift like √n ulp).
+//! - **Exp** ([`exp_fast`]'s range reduction and degree-6 polynomial, vectorized): the same
+//!   constants, the same clamping to `[−87.33, 88.72]`, the same `+∞`/`0` outside it and NaN
+//!   propagation; `n` is rounded by the same `1.5·2²³` trick, so only the polynomial's FMA
+//!   rounding differs — a few ulp (≤ 4e-7 relative), tested directly.
+//! - **Softmax** and **attention** sum in a different order (per lane, per block, rescaled);
+//!   softmax results agree with an f64 softmax to 1.5e-6 relative (`softmax_row` itself drifts
+//!   by ~√n ulp), attention with `attention_head` to 2e-6 absolute (outputs are convex
+//!   combinations of V rows).
+//!
+//! # Dispatch and `unsafe`
+//!
+//! Each public kernel has a dispatching form (`softmax(..)`, level from [`dispatch::level`]) and
+//! an `_at(level, ..)` form that lets a caller hoist the level out of a loop (and tests force
+//! each path). The requested level is clamped to [`dispatch::level`], so an `#[target_feature]`
+//! function is never called on a CPU that lacks the feature. The unsafe code is of two kinds,
+//! each block with a `// SAFETY:` note: calling a `#[target_feature]` function (sound because
+//! of that clamp), and raw SIMD loads and stores (sound because the index is checked against
+//! the slice length; partial vectors use masked loads and stores, which touch only the enabled
+//! lanes).
+
+use crate::dispatch::{self, Level};
+use tt_tensor::kernels::exp_fast;
+use tt_tensor::{Result, TensorError};
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points
+// ---------------------------------------------------------------------------------------------
+
+/// Layer normalization of one row, `out = (x − mean)/√(var + eps)·γ + β`, returning
+/// `(mean, 1/√(var + eps))` like [`tt_tensor::kernels::layer_norm_row`], at the dispatched level.
+///
+/// Fused: one pass computes Σx and Σx² (in f64 lanes, see the module docs), one pass normalizes.
+///
+/// # Errors
+/// `InvalidShape` for an empty row, `ShapeMismatch` if `gamma`, `beta` or `out` differs in length
+/// from `x`, `InvalidArgument` unless `eps` is positive and finite (it is what keeps a
+/// constant row finite).
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) -> Result<(f32, f32)> {
+    layer_norm_at(dispatch::level(), x, gamma, beta, eps, out)
+}
+
+/// [`layer_norm`] at `level` (clamped to [`dispatch::level`]).
+///
+/// # Errors
+/// As [`layer_norm`].
+pub fn layer_norm_at(
+    level: Level,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) -> Result<(f32, f32)> {
+    check_layer_norm("fused::layer_norm", x, gamma, beta, eps, out)?;
+    Ok(match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F.
+        Level::Avx512 => unsafe { avx512::layer_norm(x, gamma, beta, eps, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX2 and FMA.
+        Level::Avx2 => unsafe { avx2::layer_norm(x, gamma, beta, eps, out) },
+        _ => scalar::layer_norm(x, gamma, beta, eps, out),
+    })
+}
+
+/// Softmax of one row in place, at the dispatched level.
+///
+/// Fused: one pass keeps a running maximum `m` and a running sum `s` of `exp(x − m)` (when `m`
+/// grows, `s` is multiplied by `exp(m_old − m_new)`), per SIMD lane and per block of values so
+/// the rescale costs one `exp` per block; a second pass writes `exp(x − m)/s`. Entries of `−∞`
+/// get probability 0; logits of any finite magnitude are safe (nothing is exponentiated above 0).
+/// An empty row is left as is.
+///
+/// # Errors
+/// `InvalidArgument` (row unchanged) if the row contains NaN or `+∞`, or every entry is `−∞` —
+/// softmax is undefined there (the unfused `softmax_row` would fill the row with NaN).
+pub fn softmax(row: &mut [f32]) -> Result<()> {
+    softmax_at(dispatch::level(), row)
+}
+
+/// [`softmax`] at `level` (clamped to [`dispatch::level`]).
+///
+/// # Errors
+/// As [`softmax`].
+pub fn softmax_at(level: Level, row: &mut [f32]) -> Result<()> {
+    if row.is_empty() {
+        return Ok(());
+    }
+    let level = level.min(dispatch::level());
+    let (max, sum) = match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F.
+        Level::Avx512 => unsafe { avx512::softmax_stats(row) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX2 and FMA.
+        Level::Avx2 => unsafe { avx2::softmax_stats(row) },
+        _ => scalar::softmax_stats(row),
+    };
+    // Every term is exp(≤ 0) ≤ 1 and the maximum contributes exactly 1, so a valid row has
+    // 1 ≤ sum ≤ len. NaN or +∞ inputs make it NaN; an all −∞ row leaves it 0.
+    if sum.is_nan() || sum <= 0.0 {
+        return Err(TensorError::InvalidArgument {
+            op: "fused::softmax",
+            reason: "row contains NaN or +inf, or only -inf: softmax is undefined".into(),
+        });
+    }
+    let inv = 1.0 / sum;
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, AVX-512F is available.
+        Level::Avx512 => unsafe { avx512::softmax_write(row, max, inv) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, AVX2 and FMA are available.
+        Level::Avx2 => unsafe { avx2::softmax_write(row, max, inv) },
+        _ => scalar::softmax_write(row, max, inv),
+    }
+    Ok(())
+}
+
+/// The GEMM epilogue `y[r, j] = gelu_tanh(y[r, j] + bias[j])` over `y` = rows × `bias.len()`,
+/// at the dispatched level.
+///
+/// Fused: each value is loaded once, gets its bias and the tanh-form GELU (`x·σ(2u)`, with the
+/// vectorized [`exp_fast`]) in registers, and is stored once.
+///
+/// # Errors
+/// `InvalidShape` if `y` is not a whole number of rows of `bias.len()` (an empty `bias` is only
+/// valid with an empty `y`).
+pub fn bias_gelu(y: &mut [f32], bias: &[f32]) -> Result<()> {
+    bias_gelu_at(dispatch::level(), y, bias)
+}
+
+/// [`bias_gelu`] at `level` (clamped to [`dispatch::level`]).
+///
+/// # Errors
+/// As [`bias_gelu`].
+pub fn bias_gelu_at(level: Level, y: &mut [f32], bias: &[f32]) -> Result<()> {
+    check_bias_gelu("fused::bias_gelu", y, bias)?;
+    if y.is_empty() {
+        return Ok(());
+    }
+    match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F.
+        Level::Avx512 => unsafe { avx512::bias_gelu(y, bias) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX2 and FMA.
+        Level::Avx2 => unsafe { avx2::bias_gelu(y, bias) },
+        _ => scalar::bias_gelu(y, bias),
+    }
+    Ok(())
+}
+
+/// One decode step of one attention head: the query `q` (`head_dim` floats) attends to all
+/// `slots` cached positions; `keys` and `values` are `[slots, head_dim]` row-major, as the KV
+/// cache stores them (`slots = keys.len() / head_dim`). Writes `softmax(scale·q·Kᵀ)·V` into
+/// `out` (`head_dim` floats). At the dispatched level.
+///
+/// Fused: one pass over the cache in blocks of 16 keys (8 at AVX2): the block's scores stay in
+/// registers, the running maximum `m` and sum `l` are updated online, `out` is rescaled by
+/// `exp(m_old − m_new)` once per block and accumulates `pⱼ·vⱼ`; it is divided by `l` at the end.
+/// No `slots`-long probability buffer exists. Non-finite inputs propagate to `out`, as in
+/// `attention_head`.
+///
+/// # Errors
+/// `InvalidShape` for an empty `q` or cache, or `keys` not a whole number of `head_dim` rows;
+/// `ShapeMismatch` if `values` and `keys` or `out` and `q` differ in length; `InvalidArgument`
+/// if `scale` is not finite.
+pub fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) -> Result<()> {
+    decode_attention_at(dispatch::level(), q, keys, values, scale, out)
+}
+
+/// [`decode_attention`] at `level` (clamped to [`dispatch::level`]).
+///
+/// # Errors
+/// As [`decode_attention`].
+pub fn decode_attention_at(
+    level: Level,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    check_decode_attention("fused::decode_attention", q, keys, values, scale, out)?;
+    match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F.
+        Level::Avx512 => unsafe { avx512::decode_attention(q, keys, values, scale, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX2 and FMA.
+        Level::Avx2 => unsafe { avx2::decode_attention(q, keys, values, scale, out) },
+        _ => scalar::decode_attention(q, keys, values, scale, out),
+    }
+    Ok(())
+}
+
+/// The unfused chains the fused kernels replace: the `tt_tensor::kernels` reference kernels
+/// called one after another, with their intermediate buffers. Same validation and errors as
+/// the fused forms, so tests and benches compare like with like.
+pub mod unfused {
+    use super::{check_bias_gelu, check_decode_attention, check_layer_norm};
+    use tt_tensor::kernels::{attention_head, gelu_tanh, layer_norm_row, softmax_row, Rows};
+    use tt_tensor::{Result, TensorError};
+
+    /// [`layer_norm_row`]: a mean pass, a variance pass, a normalize pass.
+    ///
+    /// # Errors
+    /// As [`super::layer_norm`].
+    pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) -> Result<(f32, f32)> {
+        check_layer_norm("unfused::layer_norm", x, gamma, beta, eps, out)?;
+        Ok(layer_norm_row(x, gamma, beta, eps, out))
+    }
+
+    /// [`softmax_row`]: a max pass, an exp + sum pass that stores the exponentials, a scale
+    /// pass. A row with NaN, `+∞` or only `−∞` entries comes out NaN (no error).
+    pub fn softmax(row: &mut [f32]) {
+        softmax_row(row);
+    }
+
+    /// A bias-add pass over `y` (rows × `bias.len()`), then a [`gelu_tanh`] pass.
+    ///
+    /// # Errors
+    /// As [`super::bias_gelu`].
+    pub fn bias_gelu(y: &mut [f32], bias: &[f32]) -> Result<()> {
+        check_bias_gelu("unfused::bias_gelu", y, bias)?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        for row in y.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+        for v in y.iter_mut() {
+            *v = gelu_tanh(*v);
+        }
+        Ok(())
+    }
+
+    /// [`attention_head`] with one query over `slots = keys.len() / q.len()` cached rows, as the
+    /// KV-cached decoder calls it: scores into `probs` (which needs `slots` floats), softmax
+    /// over them, then `P·V` into `out`.
+    ///
+    /// # Errors
+    /// As [`super::decode_attention`], and `ShapeMismatch` if `probs` is shorter than `slots`.
+    pub fn decode_attention(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        probs: &mut [f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let op = "unfused::decode_attention";
+        check_decode_attention(op, q, keys, values, scale, out)?;
+        let hd = q.len();
+        let slots = keys.len() / hd;
+        if probs.len() < slots {
+            return Err(TensorError::ShapeMismatch { op, lhs: vec![probs.len()], rhs: vec![slots] });
+        }
+        let rows = |data, rows| Rows { data, rows, cols: hd, stride: hd };
+        attention_head(rows(q, 1), rows(keys, slots), rows(values, slots), scale, probs, out, hd);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation (shared by the fused and unfused forms)
+// ---------------------------------------------------------------------------------------------
+
+fn mismatch(op: &'static str, lhs: usize, rhs: usize) -> TensorError {
+    TensorError::ShapeMismatch { op, lhs: vec![lhs], rhs: vec![rhs] }
+}
+
+fn invalid_shape(op: &'static str, shape: &[usize], reason: &str) -> TensorError {
+    TensorError::InvalidShape { op, shape: shape.to_vec(), reason: reason.into() }
+}
+
+fn check_layer_norm(op: &'static str, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &[f32]) -> Result<()> {
+    if x.is_empty() {
+        return Err(invalid_shape(op, &[0], "empty row"));
+    }
+    for len in [gamma.len(), beta.len(), out.len()] {
+        if len != x.len() {
+            return Err(mismatch(op, x.len(), len));
+        }
+    }
+    if !eps.is_finite() || eps <= 0.0 {
+        return Err(TensorError::InvalidArgument { op, reason: format!("eps must be positive and finite, got {eps}") });
+    }
+    Ok(())
+}
+
+fn check_bias_gelu(op: &'static str, y: &[f32], bias: &[f32]) -> Result<()> {
+    let w = bias.len();
+    // `is_multiple_of(0)` holds only for 0: an empty bias fits only an empty `y`.
+    if !y.len().is_multiple_of(w) {
+        return Err(invalid_shape(op, &[y.len()], &format!("not a whole number of rows of width {w}")));
+    }
+    Ok(())
+}
+
+fn check_decode_attention(
+    op: &'static str,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    out: &[f32],
+) -> Result<()> {
+    let hd = q.len();
+    if hd == 0 {
+        return Err(invalid_shape(op, &[0], "empty query (head_dim 0)"));
+    }
+    if out.len() != hd {
+        return Err(mismatch(op, hd, out.len()));
+    }
+    if values.len() != keys.len() {
+        return Err(mismatch(op, keys.len(), values.len()));
+    }
+    if keys.is_empty() || !keys.len().is_multiple_of(hd) {
+        return Err(invalid_shape(
+            op,
+            &[keys.len()],
+            &format!("the cache must hold at least one whole row of head_dim {hd}"),
+        ));
+    }
+    if !scale.is_finite() {
+        return Err(TensorError::InvalidArgument { op, reason: format!("scale must be finite, got {scale}") });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared numerics
+// ---------------------------------------------------------------------------------------------
+
+/// The constants of [`exp_fast`], so every level evaluates the same range reduction and the
+/// same polynomial (see its docs for the derivation).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod expc {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_145_75;
+    pub const LN2_LO: f32 = 1.428_606_8e-6;
+    /// 1.5·2²³: adding and subtracting it rounds to an integer.
+    pub const ROUND: f32 = 12_582_912.0;
+    /// Above this `exp` is +∞ (input clamped here).
+    pub const HI: f32 = 88.72;
+    /// Below this `exp` is 0 (input clamped here).
+    pub const LO: f32 = -87.33;
+    /// Taylor coefficients of `e^r`, highest degree first (Horner order).
+    pub const POLY: [f32; 7] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+    /// `2·√(2/π)` and the cubic coefficient of the tanh-form GELU, as in `gelu_tanh`.
+    pub const GELU_C2: f32 = 2.0 * 0.797_884_6;
+    pub const GELU_CUBIC: f32 = 0.044715;
+}
+
+/// `(mean, 1/√(var + eps))` from f64 sums of `x` and `x²` over `n` values. The variance is
+/// clamped at 0 (rounding can leave `E[x²] − mean²` a hair negative for a constant row).
+#[inline]
+fn finish_stats(s1: f64, s2: f64, n: usize, eps: f32) -> (f32, f32) {
+    let n = n as f64;
+    let mean = s1 / n;
+    let var = (s2 / n - mean * mean).max(0.0);
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// Keys per block in the scalar decode attention (the SIMD levels use one vector's lanes).
+const SCALAR_BLOCK: usize = 16;
+
+/// `x = exp(x)` elementwise with `level`'s exponential (clamped to [`dispatch::level`]): the
+/// vectorized [`exp_fast`] the fused kernels use, exposed so tests can compare it with the scalar
+/// one directly.
+#[doc(hidden)]
+pub fn exp_at(level: Level, x: &mut [f32]) {
+    match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F.
+        Level::Avx512 => unsafe { avx512::exp_slice(x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX2 and FMA.
+        Level::Avx2 => unsafe { avx2::exp_slice(x) },
+        _ => x.iter_mut().for_each(|v| *v = exp_fast(*v)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar level: the same fused algorithms, one lane at a time
+// ---------------------------------------------------------------------------------------------
+
+mod scalar {
+    use super::{finish_stats, SCALAR_BLOCK};
+    use tt_tensor::kernels::{dot, exp_fast, gelu_tanh};
+
+    pub(super) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
+        // Four independent f64 accumulator pairs so the adds overlap.
+        let (mut s1, mut s2) = ([0.0f64; 4], [0.0f64; 4]);
+        let chunks = x.chunks_exact(4);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..4 {
+                let v = c[l] as f64;
+                s1[l] += v;
+                s2[l] += v * v;
+            }
+        }
+        for &v in rest {
+            s1[0] += v as f64;
+            s2[0] += v as f64 * v as f64;
+        }
+        let sum = |s: [f64; 4]| (s[0] + s[1]) + (s[2] + s[3]);
+        let (mean, rstd) = finish_stats(sum(s1), sum(s2), x.len(), eps);
+        for i in 0..x.len() {
+            out[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
+        }
+        (mean, rstd)
+    }
+
+    /// Online `(max, Σ exp(x − max))` in blocks of 16: one rescale `exp` per block.
+    pub(super) fn softmax_stats(row: &[f32]) -> (f32, f32) {
+        // A finite start so `m_old − m_new` is never `−∞ − (−∞)`; −∞ entries never raise it.
+        let (mut m, mut s) = (-f32::MAX, 0.0f32);
+        for block in row.chunks(16) {
+            let bm = block.iter().fold(m, |a, &b| a.max(b));
+            let e: f32 = block.iter().map(|&x| exp_fast(x - bm)).sum();
+            s = s * exp_fast(m - bm) + e;
+            m = bm;
+        }
+        (m, s)
+    }
+
+    pub(super) fn softmax_write(row: &mut [f32], max: f32, inv: f32) {
+        for v in row.iter_mut() {
+            *v = exp_fast(*v - max) * inv;
+        }
+    }
+
+    pub(super) fn bias_gelu(y: &mut [f32], bias: &[f32]) {
+        for row in y.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = gelu_tanh(*v + b);
+            }
+        }
+    }
+
+    pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let slots = keys.len() / hd;
+        out.fill(0.0);
+        let (mut m, mut l) = (-f32::MAX, 0.0f32);
+        let mut p = [0.0f32; SCALAR_BLOCK];
+        for j0 in (0..slots).step_by(SCALAR_BLOCK) {
+            let nb = SCALAR_BLOCK.min(slots - j0);
+            let mut bm = m;
+            for t in 0..nb {
+                let j = j0 + t;
+                p[t] = dot(q, &keys[j * hd..(j + 1) * hd]) * scale;
+                bm = bm.max(p[t]);
+            }
+            let alpha = exp_fast(m - bm);
+            let mut bs = 0.0;
+            for pt in &mut p[..nb] {
+                *pt = exp_fast(*pt - bm);
+                bs += *pt;
+            }
+            l = l * alpha + bs;
+            out.iter_mut().for_each(|o| *o *= alpha);
+            for t in 0..nb {
+                let j = j0 + t;
+                for (o, &v) in out.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                    *o += p[t] * v;
+                }
+            }
+            m = bm;
+        }
+        let inv = 1.0 / l;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512F level: 16 lanes, masked loads and stores for partial vectors
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::expc::*;
+    use super::finish_stats;
+    use std::arch::x86_64::*;
+    use tt_tensor::kernels::exp_fast;
+
+    const L: usize = 16;
+
+    /// Mask of the first `min(rem, 16)` lanes.
+    #[inline]
+    fn mask(rem: usize) -> __mmask16 {
+        if rem >= L {
+            0xFFFF
+        } else {
+            ((1u32 << rem) - 1) as __mmask16
+        }
+    }
+
+    /// [`exp_fast`] on 16 lanes: same clamp, same rounding of `n`, same polynomial (evaluated
+    /// with FMA), same `+∞` above 88.72 and `0` below −87.33; NaN stays NaN (`max`/`min` return
+    /// their second operand when one is NaN, so `x` goes second).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn exp(x: __m512) -> __m512 {
+        let (hi, lo) = (_mm512_set1_ps(HI), _mm512_set1_ps(LO));
+        let xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+        let round = _mm512_set1_ps(ROUND);
+        let n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)), round), round);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), xc));
+        let mut p = _mm512_set1_ps(POLY[0]);
+        for c in &POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        // 2ⁿ through the exponent bits; n ∈ [−126, 128] after the clamp.
+        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        )));
+        let y = _mm512_mul_ps(p, two_n);
+        let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, hi), y, _mm512_set1_ps(f32::INFINITY));
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo), y, _mm512_setzero_ps())
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp_slice(x: &mut [f32]) {
+        let (n, p) = (x.len(), x.as_mut_ptr());
+        for i in (0..n).step_by(L) {
+            let k = mask(n - i);
+            // SAFETY: i < n and `k` enables only lanes i..min(i + 16, n), all inside `x`.
+            unsafe { _mm512_mask_storeu_ps(p.add(i), k, exp(_mm512_maskz_loadu_ps(k, p.add(i)))) };
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
+        let n = x.len();
+        let px = x.as_ptr();
+        // Pass 1: Σx and Σx² in f64, two 8-lane halves per 16 values.
+        let (mut s1a, mut s1b) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        let (mut s2a, mut s2b) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        for i in (0..n).step_by(L) {
+            // SAFETY: i < n and the mask enables only lanes inside `x`; the rest read as 0,
+            // which adds nothing to either sum.
+            let v = unsafe { _mm512_maskz_loadu_ps(mask(n - i), px.add(i)) };
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+            s1a = _mm512_add_pd(s1a, lo);
+            s2a = _mm512_fmadd_pd(lo, lo, s2a);
+            s1b = _mm512_add_pd(s1b, hi);
+            s2b = _mm512_fmadd_pd(hi, hi, s2b);
+        }
+        let s1 = _mm512_reduce_add_pd(_mm512_add_pd(s1a, s1b));
+        let s2 = _mm512_reduce_add_pd(_mm512_add_pd(s2a, s2b));
+        let (mean, rstd) = finish_stats(s1, s2, n, eps);
+        // Pass 2: out = (x − mean)·rstd·γ + β.
+        let (mv, rv) = (_mm512_set1_ps(mean), _mm512_set1_ps(rstd));
+        let (pg, pb, po) = (gamma.as_ptr(), beta.as_ptr(), out.as_mut_ptr());
+        for i in (0..n).step_by(L) {
+            let k = mask(n - i);
+            // SAFETY: `gamma`, `beta` and `out` have length n (checked by the caller); i < n and
+            // `k` enables only lanes below n.
+            unsafe {
+                let xv = _mm512_maskz_loadu_ps(k, px.add(i));
+                let t = _mm512_mul_ps(_mm512_sub_ps(xv, mv), rv);
+                let y = _mm512_fmadd_ps(t, _mm512_maskz_loadu_ps(k, pg.add(i)), _mm512_maskz_loadu_ps(k, pb.add(i)));
+                _mm512_mask_storeu_ps(po.add(i), k, y);
+            }
+        }
+        (mean, rstd)
+    }
+
+    /// Per-lane running `(m, s)`; four vectors (64 values) share one rescale.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn softmax_stats(row: &[f32]) -> (f32, f32) {
+        let n = row.len();
+        let p = row.as_ptr();
+        // Finite start so `m − m_new` is never `−∞ − (−∞)`; padding lanes are −∞ (weight 0).
+        let mut m = _mm512_set1_ps(-f32::MAX);
+        let mut s = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 4 * L <= n {
+            // SAFETY: i + 64 ≤ n, so the four loads read row[i..i + 64].
+            let (x0, x1, x2, x3) = unsafe {
+                (
+                    _mm512_loadu_ps(p.add(i)),
+                    _mm512_loadu_ps(p.add(i + L)),
+                    _mm512_loadu_ps(p.add(i + 2 * L)),
+                    _mm512_loadu_ps(p.add(i + 3 * L)),
+                )
+            };
+            let mn = _mm512_max_ps(m, _mm512_max_ps(_mm512_max_ps(x0, x1), _mm512_max_ps(x2, x3)));
+            let e01 = _mm512_add_ps(exp(_mm512_sub_ps(x0, mn)), exp(_mm512_sub_ps(x1, mn)));
+            let e23 = _mm512_add_ps(exp(_mm512_sub_ps(x2, mn)), exp(_mm512_sub_ps(x3, mn)));
+            s = _mm512_fmadd_ps(s, exp(_mm512_sub_ps(m, mn)), _mm512_add_ps(e01, e23));
+            m = mn;
+            i += 4 * L;
+        }
+        while i < n {
+            // SAFETY: i < n and the mask enables only lanes inside `row`; the others are −∞.
+            let x = unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), mask(n - i), p.add(i)) };
+            let mn = _mm512_max_ps(m, x);
+            s = _mm512_fmadd_ps(s, exp(_mm512_sub_ps(m, mn)), exp(_mm512_sub_ps(x, mn)));
+            m = mn;
+            i += L;
+        }
+        let max = _mm512_reduce_max_ps(m);
+        let sum = _mm512_reduce_add_ps(_mm512_mul_ps(s, exp(_mm512_sub_ps(m, _mm512_set1_ps(max)))));
+        (max, sum)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn softmax_write(row: &mut [f32], max: f32, inv: f32) {
+        let (n, p) = (row.len(), row.as_mut_ptr());
+        let (mv, iv) = (_mm512_set1_ps(max), _mm512_set1_ps(inv));
+        for i in (0..n).step_by(L) {
+            let k = mask(n - i);
+            // SAFETY: i < n and `k` enables only lanes inside `row`.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(k, p.add(i));
+                _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(exp(_mm512_sub_ps(x, mv)), iv));
+            }
+        }
+    }
+
+    /// `gelu_tanh` on 16 lanes: `x / (1 + exp(−2√(2/π)·(x + 0.044715·x³)))`, the argument
+    /// computed in the scalar kernel's operation order.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn gelu(x: __m512) -> __m512 {
+        let x3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(GELU_CUBIC), x), x), x);
+        let e = exp(_mm512_mul_ps(_mm512_set1_ps(-GELU_C2), _mm512_add_ps(x, x3)));
+        _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn bias_gelu(y: &mut [f32], bias: &[f32]) {
+        let w = bias.len();
+        let pb = bias.as_ptr();
+        for row in y.chunks_exact_mut(w) {
+            let py = row.as_mut_ptr();
+            for j in (0..w).step_by(L) {
+                let k = mask(w - j);
+                // SAFETY: `row` and `bias` have length w; j < w and `k` enables only lanes below w.
+                unsafe {
+                    let x = _mm512_add_ps(_mm512_maskz_loadu_ps(k, py.add(j)), _mm512_maskz_loadu_ps(k, pb.add(j)));
+                    _mm512_mask_storeu_ps(py.add(j), k, gelu(x));
+                }
+            }
+        }
+    }
+
+    /// Blocks of 16 keys: 16 scores in one vector, one `exp` for their weights, one rescale of
+    /// `out` per block; `out` (head_dim floats, in L1) is the accumulator.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let slots = keys.len() / hd;
+        out.fill(0.0);
+        let (pq, pk, pv, po) = (q.as_ptr(), keys.as_ptr(), values.as_ptr(), out.as_mut_ptr());
+        let (mut m, mut l) = (-f32::MAX, 0.0f32);
+        let mut tile = [0.0f32; L];
+        for j0 in (0..slots).step_by(L) {
+            let nb = L.min(slots - j0);
+            for (t, st) in tile[..nb].iter_mut().enumerate() {
+                let row = (j0 + t) * hd;
+                let mut acc = _mm512_setzero_ps();
+                for c in (0..hd).step_by(L) {
+                    let k = mask(hd - c);
+                    // SAFETY: c < hd and `k` enables lanes below hd: inside `q` (length hd) and
+                    // inside key row j0 + t < slots of `keys` (length slots·hd).
+                    acc = unsafe {
+                        _mm512_fmadd_ps(
+                            _mm512_maskz_loadu_ps(k, pq.add(c)),
+                            _mm512_maskz_loadu_ps(k, pk.add(row + c)),
+                            acc,
+                        )
+                    };
+                }
+                *st = _mm512_reduce_add_ps(acc) * scale;
+            }
+            // SAFETY: `tile` holds 16 floats; lanes ≥ nb read as −∞ (weight 0).
+            let sv = unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), mask(nb), tile.as_ptr()) };
+            let bm = m.max(_mm512_reduce_max_ps(sv));
+            let alpha = exp_fast(m - bm);
+            let pv_block = exp(_mm512_sub_ps(sv, _mm512_set1_ps(bm)));
+            l = l * alpha + _mm512_reduce_add_ps(pv_block);
+            // SAFETY: `tile` holds 16 floats.
+            unsafe { _mm512_storeu_ps(tile.as_mut_ptr(), pv_block) };
+            let av = _mm512_set1_ps(alpha);
+            for c in (0..hd).step_by(L) {
+                let k = mask(hd - c);
+                // SAFETY: c < hd and `k` enables lanes below hd: inside `out` (length hd) and
+                // inside value row j0 + t < slots of `values` (length slots·hd).
+                unsafe {
+                    let mut o = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), av);
+                    for (t, &pt) in tile[..nb].iter().enumerate() {
+                        let vr = _mm512_maskz_loadu_ps(k, pv.add((j0 + t) * hd + c));
+                        o = _mm512_fmadd_ps(_mm512_set1_ps(pt), vr, o);
+                    }
+                    _mm512_mask_storeu_ps(po.add(c), k, o);
+                }
+            }
+            m = bm;
+        }
+        let inv = _mm512_set1_ps(1.0 / l);
+        for c in (0..hd).step_by(L) {
+            let k = mask(hd - c);
+            // SAFETY: c < hd and `k` enables only lanes inside `out`.
+            unsafe { _mm512_mask_storeu_ps(po.add(c), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), inv)) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA level: 8 lanes, `maskload`/`maskstore` for partial vectors
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::expc::*;
+    use super::finish_stats;
+    use std::arch::x86_64::*;
+    use tt_tensor::kernels::exp_fast;
+
+    const L: usize = 8;
+
+    /// Lane mask (all-ones in the first `min(rem, 8)` 32-bit lanes) for `maskload`/`maskstore`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn mask(rem: usize) -> __m256i {
+        let rem = rem.min(L) as i32;
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hmax(v: __m256) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum_pd(v: __m256d) -> f64 {
+        let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
+        _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+    }
+
+    /// [`exp_fast`] on 8 lanes; see the AVX-512 version.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn exp(x: __m256) -> __m256 {
+        let (hi, lo) = (_mm256_set1_ps(HI), _mm256_set1_ps(LO));
+        let xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+        let round = _mm256_set1_ps(ROUND);
+        let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)), round), round);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc));
+        let mut p = _mm256_set1_ps(POLY[0]);
+        for c in &POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
+        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        let y = _mm256_mul_ps(p, two_n);
+        let y = _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, hi));
+        _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_slice(x: &mut [f32]) {
+        let (n, p) = (x.len(), x.as_mut_ptr());
+        for i in (0..n).step_by(L) {
+            let k = mask(n - i);
+            // SAFETY: i < n and `k` enables only lanes i..min(i + 8, n), all inside `x`.
+            unsafe { _mm256_maskstore_ps(p.add(i), k, exp(_mm256_maskload_ps(p.add(i), k))) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
+        let n = x.len();
+        let px = x.as_ptr();
+        let (mut s1a, mut s1b) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let (mut s2a, mut s2b) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        for i in (0..n).step_by(L) {
+            // SAFETY: i < n and the mask enables only lanes inside `x`; the rest read as 0.
+            let v = unsafe { _mm256_maskload_ps(px.add(i), mask(n - i)) };
+            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+            s1a = _mm256_add_pd(s1a, lo);
+            s2a = _mm256_fmadd_pd(lo, lo, s2a);
+            s1b = _mm256_add_pd(s1b, hi);
+            s2b = _mm256_fmadd_pd(hi, hi, s2b);
+        }
+        let s1 = hsum_pd(_mm256_add_pd(s1a, s1b));
+        let s2 = hsum_pd(_mm256_add_pd(s2a, s2b));
+        let (mean, rstd) = finish_stats(s1, s2, n, eps);
+        let (mv, rv) = (_mm256_set1_ps(mean), _mm256_set1_ps(rstd));
+        let (pg, pb, po) = (gamma.as_ptr(), beta.as_ptr(), out.as_mut_ptr());
+        for i in (0..n).step_by(L) {
+            let k = mask(n - i);
+            // SAFETY: `gamma`, `beta` and `out` have length n (checked by the caller); i < n and
+            // `k` enables only lanes below n.
+            unsafe {
+                let t = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(px.add(i), k), mv), rv);
+                let y = _mm256_fmadd_ps(t, _mm256_maskload_ps(pg.add(i), k), _mm256_maskload_ps(pb.add(i), k));
+                _mm256_maskstore_ps(po.add(i), k, y);
+            }
+        }
+        (mean, rstd)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn softmax_stats(row: &[f32]) -> (f32, f32) {
+        let n = row.len();
+        let p = row.as_ptr();
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut m = _mm256_set1_ps(-f32::MAX);
+        let mut s = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 4 * L <= n {
+            // SAFETY: i + 32 ≤ n, so the four loads read row[i..i + 32].
+            let (x0, x1, x2, x3) = unsafe {
+                (
+                    _mm256_loadu_ps(p.add(i)),
+                    _mm256_loadu_ps(p.add(i + L)),
+                    _mm256_loadu_ps(p.add(i + 2 * L)),
+                    _mm256_loadu_ps(p.add(i + 3 * L)),
+                )
+            };
+            let mn = _mm256_max_ps(m, _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3)));
+            let e01 = _mm256_add_ps(exp(_mm256_sub_ps(x0, mn)), exp(_mm256_sub_ps(x1, mn)));
+            let e23 = _mm256_add_ps(exp(_mm256_sub_ps(x2, mn)), exp(_mm256_sub_ps(x3, mn)));
+            s = _mm256_fmadd_ps(s, exp(_mm256_sub_ps(m, mn)), _mm256_add_ps(e01, e23));
+            m = mn;
+            i += 4 * L;
+        }
+        while i < n {
+            let k = mask(n - i);
+            // SAFETY: i < n and `k` enables only lanes inside `row`; the others become −∞.
+            let x = unsafe { _mm256_blendv_ps(neg_inf, _mm256_maskload_ps(p.add(i), k), _mm256_castsi256_ps(k)) };
+            let mn = _mm256_max_ps(m, x);
+            s = _mm256_fmadd_ps(s, exp(_mm256_sub_ps(m, mn)), exp(_mm256_sub_ps(x, mn)));
+            m = mn;
+            i += L;
+        }
+        let max = hmax(m);
+        let sum = hsum(_mm256_mul_ps(s, exp(_mm256_sub_ps(m, _mm256_set1_ps(max)))));
+        (max, sum)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn softmax_write(row: &mut [f32], max: f32, inv: f32) {
+        let (n, p) = (row.len(), row.as_mut_ptr());
+        let (mv, iv) = (_mm256_set1_ps(max), _mm256_set1_ps(inv));
+        let mut i = 0;
+        while i + L <= n {
+            // SAFETY: i + 8 ≤ n.
+            unsafe {
+                let x = _mm256_loadu_ps(p.add(i));
+                _mm256_storeu_ps(p.add(i), _mm256_mul_ps(exp(_mm256_sub_ps(x, mv)), iv));
+            }
+            i += L;
+        }
+        if i < n {
+            let k = mask(n - i);
+            // SAFETY: i < n and `k` enables only lanes inside `row`.
+            unsafe {
+                let x = _mm256_maskload_ps(p.add(i), k);
+                _mm256_maskstore_ps(p.add(i), k, _mm256_mul_ps(exp(_mm256_sub_ps(x, mv)), iv));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn gelu(x: __m256) -> __m256 {
+        let x3 = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_CUBIC), x), x), x);
+        let e = exp(_mm256_mul_ps(_mm256_set1_ps(-GELU_C2), _mm256_add_ps(x, x3)));
+        _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn bias_gelu(y: &mut [f32], bias: &[f32]) {
+        let w = bias.len();
+        let pb = bias.as_ptr();
+        for row in y.chunks_exact_mut(w) {
+            let py = row.as_mut_ptr();
+            let mut j = 0;
+            while j + L <= w {
+                // SAFETY: `row` and `bias` have length w and j + 8 ≤ w.
+                unsafe {
+                    let x = _mm256_add_ps(_mm256_loadu_ps(py.add(j)), _mm256_loadu_ps(pb.add(j)));
+                    _mm256_storeu_ps(py.add(j), gelu(x));
+                }
+                j += L;
+            }
+            if j < w {
+                let k = mask(w - j);
+                // SAFETY: j < w and `k` enables only lanes below w.
+                unsafe {
+                    let x = _mm256_add_ps(_mm256_maskload_ps(py.add(j), k), _mm256_maskload_ps(pb.add(j), k));
+                    _mm256_maskstore_ps(py.add(j), k, gelu(x));
+                }
+            }
+        }
+    }
+
+    /// Blocks of 8 keys; see the AVX-512 version.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let slots = keys.len() / hd;
+        out.fill(0.0);
+        let (pq, pk, pv, po) = (q.as_ptr(), keys.as_ptr(), values.as_ptr(), out.as_mut_ptr());
+        let (mut m, mut l) = (-f32::MAX, 0.0f32);
+        let mut tile = [0.0f32; L];
+        for j0 in (0..slots).step_by(L) {
+            let nb = L.min(slots - j0);
+            for (t, st) in tile[..nb].iter_mut().enumerate() {
+                let row = (j0 + t) * hd;
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..hd).step_by(L) {
+                    let k = mask(hd - c);
+                    // SAFETY: c < hd and `k` enables lanes below hd: inside `q` (length hd) and
+                    // inside key row j0 + t < slots of `keys` (length slots·hd).
+                    acc = unsafe {
+                        _mm256_fmadd_ps(_mm256_maskload_ps(pq.add(c), k), _mm256_maskload_ps(pk.add(row + c), k), acc)
+                    };
+                }
+                *st = hsum(acc) * scale;
+            }
+            let kb = mask(nb);
+            // SAFETY: `tile` holds 8 floats; lanes ≥ nb become −∞ (weight 0).
+            let sv = unsafe {
+                _mm256_blendv_ps(
+                    _mm256_set1_ps(f32::NEG_INFINITY),
+                    _mm256_loadu_ps(tile.as_ptr()),
+                    _mm256_castsi256_ps(kb),
+                )
+            };
+            let bm = m.max(hmax(sv));
+            let alpha = exp_fast(m - bm);
+            let pv_block = exp(_mm256_sub_ps(sv, _mm256_set1_ps(bm)));
+            l = l * alpha + hsum(pv_block);
+            // SAFETY: `tile` holds 8 floats.
+            unsafe { _mm256_storeu_ps(tile.as_mut_ptr(), pv_block) };
+            let av = _mm256_set1_ps(alpha);
+            for c in (0..hd).step_by(L) {
+                let k = mask(hd - c);
+                // SAFETY: c < hd and `k` enables lanes below hd: inside `out` (length hd) and
+                // inside value row j0 + t < slots of `values` (length slots·hd).
+                unsafe {
+                    let mut o = _mm256_mul_ps(_mm256_maskload_ps(po.add(c), k), av);
+                    for (t, &pt) in tile[..nb].iter().enumerate() {
+                        let vr = _mm256_maskload_ps(pv.add((j0 + t) * hd + c), k);
+                        o = _mm256_fmadd_ps(_mm256_set1_ps(pt), vr, o);
+                    }
+                    _mm256_maskstore_ps(po.add(c), k, o);
+                }
+            }
+            m = bm;
+        }
+        let inv = _mm256_set1_ps(1.0 / l);
+        for c in (0..hd).step_by(L) {
+            let k = mask(hd - c);
+            // SAFETY: c < hd and `k` enables only lanes inside `out`.
+            unsafe { _mm256_maskstore_ps(po.add(c), k, _mm256_mul_ps(_mm256_maskload_ps(po.add(c), k), inv)) };
+        }
+    }
+}

@@ -14,3 +14,5 @@ mod dispatch;
 mod gemm;
 #[path = "m16/packed.rs"]
 mod packed;
+#[path = "m16/fused.rs"]
+mod fused;
