@@ -186,6 +186,43 @@ pub fn bias_gelu_at(level: Level, y: &mut [f32], bias: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// GELU (tanh form) in place, at the dispatched level: the activation alone, for callers whose
+/// projection already added the bias. Same vectorized `exp` as [`bias_gelu`].
+pub fn gelu(y: &mut [f32]) {
+    gelu_at(dispatch::level(), y)
+}
+
+/// [`gelu`] at `level` (clamped to [`dispatch::level`]).
+pub fn gelu_at(level: Level, y: &mut [f32]) {
+    match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F.
+        Level::Avx512 => unsafe { avx512::gelu_slice(y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX2 and FMA.
+        Level::Avx2 => unsafe { avx2::gelu_slice(y) },
+        _ => scalar::gelu_slice(y),
+    }
+}
+
+/// The fused kernels as the decoder's row-kernel table (`CachedGpt::set_row_kernels`). Each
+/// call dispatches at the calling thread's level. The decoder passes rows of the widths it
+/// validated when it was built, so the kernels' length checks cannot fail there.
+pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
+    tt_tensor::kernels::RowKernels {
+        name: "fused",
+        layer_norm: |x, g, b, eps, out| {
+            // Impossible by construction in the decoder (equal widths); reported loudly if not.
+            layer_norm(x, g, b, eps, out).expect("layer norm row widths agree");
+        },
+        gelu,
+        decode_attention: |q, keys, values, _hd, scale, _scores, out| {
+            // As above: the cache's rows are head_dim wide and out is one head.
+            decode_attention(q, keys, values, scale, out).expect("attention head widths agree");
+        },
+    }
+}
+
 /// One decode step of one attention head: the query `q` (`head_dim` floats) attends to all
 /// `slots` cached positions; `keys` and `values` are `[slots, head_dim]` row-major, as the KV
 /// cache stores them (`slots = keys.len() / head_dim`). Writes `softmax(scale·q·Kᵀ)·V` into
@@ -479,6 +516,10 @@ mod scalar {
         }
     }
 
+    pub(super) fn gelu_slice(y: &mut [f32]) {
+        y.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+    }
+
     pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
         let hd = q.len();
         let slots = keys.len() / hd;
@@ -687,6 +728,19 @@ mod avx512 {
                     _mm512_mask_storeu_ps(py.add(j), k, gelu(x));
                 }
             }
+        }
+    }
+
+    /// GELU in place over a whole slice (no bias): the decoder's activation after `fc`, whose
+    /// projection already added the bias.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn gelu_slice(y: &mut [f32]) {
+        let n = y.len();
+        let py = y.as_mut_ptr();
+        for j in (0..n).step_by(L) {
+            let k = mask(n - j);
+            // SAFETY: j < n and `k` enables only lanes below n.
+            unsafe { _mm512_mask_storeu_ps(py.add(j), k, gelu(_mm512_maskz_loadu_ps(k, py.add(j)))) };
         }
     }
 
@@ -955,6 +1009,24 @@ mod avx2 {
                     _mm256_maskstore_ps(py.add(j), k, gelu(x));
                 }
             }
+        }
+    }
+
+    /// GELU in place over a whole slice (no bias).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn gelu_slice(y: &mut [f32]) {
+        let n = y.len();
+        let py = y.as_mut_ptr();
+        let mut j = 0;
+        while j + L <= n {
+            // SAFETY: j + 8 ≤ n.
+            unsafe { _mm256_storeu_ps(py.add(j), gelu(_mm256_loadu_ps(py.add(j)))) };
+            j += L;
+        }
+        if j < n {
+            let k = mask(n - j);
+            // SAFETY: j < n and `k` enables only lanes below n.
+            unsafe { _mm256_maskstore_ps(py.add(j), k, gelu(_mm256_maskload_ps(py.add(j), k))) };
         }
     }
 

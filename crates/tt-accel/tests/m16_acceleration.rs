@@ -10,9 +10,9 @@ mod common;
 mod decoder;
 #[path = "m16/dispatch.rs"]
 mod dispatch;
+#[path = "m16/fused.rs"]
+mod fused;
 #[path = "m16/gemm.rs"]
 mod gemm;
 #[path = "m16/packed.rs"]
 mod packed;
-#[path = "m16/fused.rs"]
-mod fused;

@@ -40,11 +40,20 @@ fn trained() -> Gpt {
 #[test]
 fn packed_decoder_matches_the_reference_decoder_at_every_step_and_level() {
     for level in available() {
+        with_level(level, |_| check_level(level));
+    }
+}
+
+/// Packed projections and the fused row kernels, both at `level` (the thread's level).
+fn check_level(level: tt_accel::Level) {
+    {
         let mut m = trained();
         let mut reference = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
-        let n = with_level(level, |_| pack_linears(&mut m)).unwrap();
+        let n = pack_linears(&mut m).unwrap();
         assert_eq!(n, 8);
         let mut fast = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        fast.set_row_kernels(tt_accel::fused::row_kernels());
+        assert_eq!(fast.row_kernels().name, "fused");
         assert!(fast.projection_formats()[..8].iter().all(|f| f.1 == "f32-packed"));
         let prompt = [1usize, 5, 9, 2];
         let mut a = reference.prefill(&prompt, 4).unwrap().to_vec();

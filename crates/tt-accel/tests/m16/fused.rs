@@ -417,3 +417,18 @@ fn decode_attention_rejects_bad_shapes() {
     let mut probs = vec![0.0; 2];
     assert!(unfused::decode_attention(&q, &k, &v, 0.5, &mut probs, &mut out).is_err());
 }
+
+#[test]
+fn gelu_without_bias_matches_the_reference_at_every_level() {
+    for level in tt_accel::dispatch::available() {
+        for &n in &[1usize, 7, 17, 33, 129, 512] {
+            let x: Vec<f32> = crate::common::random(n, n as u64).iter().map(|v| v * 6.0).collect();
+            let mut y = x.clone();
+            tt_accel::fused::gelu_at(level, &mut y);
+            let want: Vec<f32> = x.iter().map(|&v| tt_tensor::kernels::gelu_tanh(v)).collect();
+            // The same range reduction and polynomial as exp_fast, vectorized: a few ulp.
+            let d = crate::common::max_diff(&y, &want);
+            assert!(d <= 1e-6 * 6.0, "{level} n {n}: {d}");
+        }
+    }
+}
