@@ -10,6 +10,8 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+use tt_accel::fused;
+use tt_accel::gemm::{gemm, Rung};
 use tt_accel::packed::{pack_linears, pack_linears_with, PackedF32};
 use tt_accel::team::Team;
 use tt_kvcache::{generate_cached, CachedGpt, OverflowPolicy, Trace};
@@ -81,6 +83,167 @@ fn gemv_rows(opts: &Options, peak: f64) -> Vec<Value> {
     rows
 }
 
+/// The GEMM ladder at square sizes: every rung (the slow scalar ones only at small n) and
+/// matrixmultiply, GFLOP/s and % of the measured 1-core peak.
+fn ladder(opts: &Options, peak: f64) -> Result<Vec<Value>> {
+    let sizes: &[usize] = if opts.quick { &[64, 128] } else { &[128, 256, 512, 1024] };
+    let samples = if opts.quick { 2 } else { 5 };
+    opts.say(format!("\nGEMM ladder, C = A·B square n×n×n (GFLOP/s, median of {samples}; % of the 1-core peak):"));
+    opts.say(format!("{:>6} {:<16} {:>7} {:>10} {:>9}", "n", "rung", "threads", "GFLOP/s", "% peak"));
+    let mut rows = Vec::new();
+    let level = tt_accel::level();
+    for &n in sizes {
+        let a = tt_tensor::Tensor::randn(&[n * n], 0.0, 1.0, 1).to_vec();
+        let b = tt_tensor::Tensor::randn(&[n * n], 0.0, 1.0, 2).to_vec();
+        let mut c = vec![0.0f32; n * n];
+        let flops = 2.0 * (n as f64).powi(3);
+        let mut cases: Vec<(&str, usize)> = Vec::new();
+        if n <= 256 {
+            cases.extend([("naive", 1), ("reordered", 1)]);
+        }
+        cases.extend([("blocked", 1), ("packed_simd", 1), ("threaded", 2), ("matrixmultiply", 1)]);
+        for (name, threads) in cases {
+            let secs = if name == "matrixmultiply" {
+                time_per_call(samples, || {
+                    let av = ArrayView2::from_shape((n, n), &a).expect("sized");
+                    let bv = ArrayView2::from_shape((n, n), &b).expect("sized");
+                    tt_tensor::kernels::gemm(
+                        1.0,
+                        av,
+                        bv,
+                        0.0,
+                        ArrayViewMut2::from_shape((n, n), &mut c).expect("sized"),
+                    );
+                })
+            } else {
+                let rung = Rung::parse(name).ok_or_else(|| MilestoneError::Other(format!("no rung {name}")))?;
+                gemm(rung, level, threads, &a, n, &b, n, &mut c, n, n, n, n)?;
+                time_per_call(samples, || {
+                    let _ = gemm(rung, level, threads, &a, n, &b, n, &mut c, n, n, n, n);
+                })
+            };
+            let g = flops / secs / 1e9;
+            opts.say(format!("{n:>6} {name:<16} {threads:>7} {g:>10.1} {:>8.0}%", 100.0 * g / peak));
+            rows.push(json!({"n": n, "rung": name, "threads": threads, "gflops": g, "pct_of_peak": 100.0 * g / peak}));
+        }
+    }
+    Ok(rows)
+}
+
+/// Each fused kernel beside the unfused chain it replaces, on decoder-shaped data.
+fn fusion(opts: &Options) -> Result<Vec<Value>> {
+    let samples = if opts.quick { 3 } else { 9 };
+    opts.say(format!("\nfused kernels vs their unfused chains (µs per call, median of {samples}):"));
+    opts.say(format!("{:<18} {:<22} {:>12} {:>10} {:>8}", "op", "shape", "unfused µs", "fused µs", "speedup"));
+    let r = |n: usize, seed: u64| tt_tensor::Tensor::randn(&[n], 0.0, 1.0, seed).to_vec();
+    let mut rows = Vec::new();
+    let mut report = |op: &str, shape: String, u: f64, f: f64| {
+        opts.say(format!("{op:<18} {shape:<22} {:>12.2} {:>10.2} {:>7.2}x", u * 1e6, f * 1e6, u / f));
+        rows.push(json!({"op": op, "shape": shape, "unfused_us": u * 1e6, "fused_us": f * 1e6, "speedup": u / f}));
+    };
+    // Layer norm: 64 rows of 128.
+    let (x, g, b) = (r(64 * 128, 1), r(128, 2), r(128, 3));
+    let mut out = vec![0.0f32; 64 * 128];
+    let ln = |f: fn(&[f32], &[f32], &[f32], f32, &mut [f32]) -> tt_tensor::Result<(f32, f32)>, out: &mut [f32]| {
+        for (xr, or) in x.chunks_exact(128).zip(out.chunks_exact_mut(128)) {
+            let _ = f(xr, &g, &b, 1e-5, or);
+        }
+    };
+    let u = time_per_call(samples, || ln(fused::unfused::layer_norm, &mut out));
+    let f = time_per_call(samples, || ln(fused::layer_norm, &mut out));
+    report("layer_norm", "64 rows × 128".into(), u, f);
+    // Softmax: 16 rows of 640.
+    let logits = r(16 * 640, 4);
+    let mut buf = logits.clone();
+    let u = time_per_call(samples, || {
+        buf.copy_from_slice(&logits);
+        buf.chunks_exact_mut(640).for_each(fused::unfused::softmax);
+    });
+    let f = time_per_call(samples, || {
+        buf.copy_from_slice(&logits);
+        buf.chunks_exact_mut(640).for_each(|row| {
+            let _ = fused::softmax(row);
+        });
+    });
+    report("softmax", "16 rows × 640".into(), u, f);
+    // Bias + GELU: 64 rows of 512.
+    let (h, bias) = (r(64 * 512, 5), r(512, 6));
+    let mut y = h.clone();
+    let u = time_per_call(samples, || {
+        y.copy_from_slice(&h);
+        let _ = fused::unfused::bias_gelu(&mut y, &bias);
+    });
+    let f = time_per_call(samples, || {
+        y.copy_from_slice(&h);
+        let _ = fused::bias_gelu(&mut y, &bias);
+    });
+    report("bias_gelu", "64 rows × 512".into(), u, f);
+    // Decode attention: one query, head_dim 32, 640 cached positions.
+    let (q, keys, values) = (r(32, 7), r(640 * 32, 8), r(640 * 32, 9));
+    let (mut probs, mut o) = (vec![0.0f32; 640], vec![0.0f32; 32]);
+    let scale = 1.0 / 32f32.sqrt();
+    let u = time_per_call(samples, || {
+        let _ = fused::unfused::decode_attention(&q, &keys, &values, scale, &mut probs, &mut o);
+    });
+    let f = time_per_call(samples, || {
+        let _ = fused::decode_attention(&q, &keys, &values, scale, &mut o);
+    });
+    report("decode_attention", "head 32, 640 slots".into(), u, f);
+    Ok(rows)
+}
+
+/// An SVG chart of the ladder: GFLOP/s against n per rung, with the measured peak as a line.
+fn ladder_chart(path: &std::path::Path, rows: &[Value], peak: f64) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let max_n = rows.iter().filter_map(|r| r["n"].as_f64()).fold(1.0, f64::max);
+    let top = rows.iter().filter_map(|r| r["gflops"].as_f64()).fold(peak, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("GEMM ladder on this machine (1 core unless threaded)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(0f64..max_n * 1.05, 0f64..top)
+        .map_err(|e| err(e.to_string()))?;
+    chart.configure_mesh().x_desc("n (square n×n×n)").y_desc("GFLOP/s").draw().map_err(|e| err(e.to_string()))?;
+    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, rung) in ["naive", "reordered", "blocked", "packed_simd", "threaded", "matrixmultiply"].iter().enumerate() {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r["rung"] == *rung)
+            .filter_map(|r| Some((r["n"].as_f64()?, r["gflops"].as_f64()?)))
+            .collect();
+        let color = palette[i];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(*rung)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    chart
+        .draw_series(LineSeries::new(vec![(0.0, peak), (max_n * 1.05, peak)], BLACK.mix(0.4)))
+        .map_err(|e| err(e.to_string()))?
+        .label(format!("measured 1-core peak {peak:.0}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.4)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
 /// Greedy generation of `n` tokens on each engine, interleaved, `repeats` times.
 fn decode_runs(engines: &mut [&mut CachedGpt], prompt: &[usize], n: usize, repeats: usize) -> Result<Vec<Vec<Trace>>> {
     let cfg = GenerateConfig::greedy(n);
@@ -105,7 +268,12 @@ pub fn run(opts: &Options) -> Result<Value> {
         mem.dram_read_gbs,
         tt_accel::level()
     ));
+    let gemm_rows = ladder(opts, peak)?;
+    let chart = opts.cache_dir.join(NAME).join("gemm_ladder.svg");
+    ladder_chart(&chart, &gemm_rows, peak)?;
+    opts.say(format!("chart: {}", chart.display()));
     let gemv = gemv_rows(opts, peak);
+    let fusion_rows = fusion(opts)?;
 
     // The decoder: the same CachedGpt, reference layers vs packed layers installed by name.
     let (mut model, tokenizer, _, _) = transformer::load_or_train(&Options { corpus: None, ..opts.clone() })?;
@@ -115,6 +283,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     let mut reference = CachedGpt::new(&model, 1, OverflowPolicy::Error)?;
     let packed_layers = pack_linears(&mut model)?;
     let mut accelerated = CachedGpt::new(&model, 1, OverflowPolicy::Error)?;
+    accelerated.set_row_kernels(fused::row_kernels());
     // The same packed layers split over two cores by output panels (a second model copy holds
     // them, so the one-thread engine above keeps its own).
     let team = Arc::new(Team::new(2));
@@ -122,6 +291,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         transformer::load_or_train(&Options { corpus: None, retrain: false, quiet: true, ..opts.clone() })?;
     pack_linears_with(&mut model2, Some(Arc::clone(&team)))?;
     let mut two_threads = CachedGpt::new(&model2, 1, OverflowPolicy::Error)?;
+    two_threads.set_row_kernels(fused::row_kernels());
     let sync_us = 1e6 * time_per_call(9, || team.run(&|_| {}));
     // Logits at every step, both engines fed the reference's greedy tokens.
     let mut worst = 0.0f32;
@@ -151,7 +321,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     ));
     opts.say(format!("  reference kernels (dense f32, dot products): {ref_tps:>8.0} tok/s"));
     opts.say(format!(
-        "  packed projections ({packed_layers} layers via map_linears): {acc_tps:>8.0} tok/s  ({:.2}x)",
+        "  packed projections ({packed_layers} layers via map_linears) + fused row kernels: {acc_tps:>8.0} tok/s  ({:.2}x)",
         acc_tps / ref_tps
     ));
     opts.say(format!(
@@ -185,7 +355,10 @@ pub fn run(opts: &Options) -> Result<Value> {
             "dram_read_gbs": mem.dram_read_gbs,
             "dispatch_level": tt_accel::level().name(),
         },
+        "gemm": gemm_rows,
+        "gemm_chart": chart,
         "gemv": gemv,
+        "fusion": fusion_rows,
         "decode": {
             "tokens": tokens,
             "reference_tok_s": ref_tps,
