@@ -130,6 +130,8 @@ fn ladder(opts: &Options, peak: f64) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+type LayerNormFn = fn(&[f32], &[f32], &[f32], f32, &mut [f32]) -> tt_tensor::Result<(f32, f32)>;
+
 /// Each fused kernel beside the unfused chain it replaces, on decoder-shaped data.
 fn fusion(opts: &Options) -> Result<Vec<Value>> {
     let samples = if opts.quick { 3 } else { 9 };
@@ -144,7 +146,7 @@ fn fusion(opts: &Options) -> Result<Vec<Value>> {
     // Layer norm: 64 rows of 128.
     let (x, g, b) = (r(64 * 128, 1), r(128, 2), r(128, 3));
     let mut out = vec![0.0f32; 64 * 128];
-    let ln = |f: fn(&[f32], &[f32], &[f32], f32, &mut [f32]) -> tt_tensor::Result<(f32, f32)>, out: &mut [f32]| {
+    let ln = |f: LayerNormFn, out: &mut [f32]| {
         for (xr, or) in x.chunks_exact(128).zip(out.chunks_exact_mut(128)) {
             let _ = f(xr, &g, &b, 1e-5, or);
         }
