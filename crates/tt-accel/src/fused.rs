@@ -20,7 +20,9 @@
 //! kernels' sequential `f32` sums cannot be vectorized without reordering them, and their `exp`
 //! runs one lane at a time). Fusion is what makes that SIMD pay: the online softmax needs no
 //! stored exponentials, and decode attention streams K and V once with no buffer whose size
-//! grows with the context.
+//! grows with the context. The converse holds too: at the scalar level the online softmax
+//! computes each `exp` twice (once for the sum, once for the output) and is no faster than the
+//! unfused chain; it is there for correctness on any CPU, not for speed.
 //!
 //! # Numerics (and the tolerances the tests use)
 //!
@@ -28,7 +30,8 @@
 //!   The squares of f32 values are exact in f64 and a row of ≤ 4096 terms sums with relative
 //!   error ≤ 4096·2⁻⁵³ ≈ 5e-13, so even the cancellation in `E[x²] − mean²` (which amplifies
 //!   that error by `1 + mean²/var`) leaves < 1e-6 for any row with `|mean| ≤ 1000·std`. An
-//!   all-f32 one-pass sum would lose `(mean/std)²·n·2⁻²⁴`; Welford would be exact enough but
+//!   all-f32 one-pass sum could lose `(1 + mean²/var)·n·2⁻²⁴` of the variance (fine for
+//!   zero-mean O(1) rows, not for offset ones); Welford would be exact enough but
 //!   needs a division per element and a merge per lane. Converting to f64 costs a few
 //!   instructions per 16 values and keeps this kernel at least as accurate as the two-pass
 //!   f32 reference. Agreement with the reference: 2e-6 at n ≤ 512 (the reference's own
@@ -36,7 +39,7 @@
 //! - **Exp** ([`exp_fast`]'s range reduction and degree-6 polynomial, vectorized): the same
 //!   constants, the same clamping to `[−87.33, 88.72]`, the same `+∞`/`0` outside it and NaN
 //!   propagation; `n` is rounded by the same `1.5·2²³` trick, so only the polynomial's FMA
-//!   rounding differs — a few ulp (≤ 4e-7 relative), tested directly.
+//!   rounding differs — a few ulp (≤ 3e-7 relative), tested directly.
 //! - **Softmax** and **attention** sum in a different order (per lane, per block, rescaled);
 //!   softmax results agree with an f64 softmax to 1.5e-6 relative (`softmax_row` itself drifts
 //!   by ~√n ulp), attention with `attention_head` to 2e-6 absolute (outputs are convex
@@ -493,10 +496,23 @@ mod scalar {
     pub(super) fn softmax_stats(row: &[f32]) -> (f32, f32) {
         // A finite start so `m_old − m_new` is never `−∞ − (−∞)`; −∞ entries never raise it.
         let (mut m, mut s) = (-f32::MAX, 0.0f32);
+        let mut e = [0.0f32; 16];
         for block in row.chunks(16) {
             let bm = block.iter().fold(m, |a, &b| a.max(b));
-            let e: f32 = block.iter().map(|&x| exp_fast(x - bm)).sum();
-            s = s * exp_fast(m - bm) + e;
+            // The exponentials into a fixed array (a loop the compiler can vectorize), then
+            // summed as a tree; a running `sum += exp(..)` would serialize on the add.
+            e.fill(0.0);
+            for (ei, &x) in e.iter_mut().zip(block) {
+                *ei = exp_fast(x - bm);
+            }
+            let mut w = 16;
+            while w > 1 {
+                w /= 2;
+                for i in 0..w {
+                    e[i] += e[i + w];
+                }
+            }
+            s = s * exp_fast(m - bm) + e[0];
             m = bm;
         }
         (m, s)
@@ -744,8 +760,54 @@ mod avx512 {
         }
     }
 
-    /// Blocks of 16 keys: 16 scores in one vector, one `exp` for their weights, one rescale of
-    /// `out` per block; `out` (head_dim floats, in L1) is the accumulator.
+    /// `permutex2var` indices for one level of [`sum_lanes_16`]: two vectors holding `16/g` keys
+    /// of `g` partial sums each become one vector holding `32/g` keys of `g/2` partial sums
+    /// (the first half of each key's lanes with `hi = false`, the second half with `hi = true`;
+    /// the two are added). Keys stay in order: those of the first vector, then the second's.
+    const fn tree_index(g: usize, hi: bool) -> [i32; 16] {
+        let (half, per) = (g / 2, 16 / g);
+        let mut idx = [0i32; 16];
+        let mut o = 0;
+        while o < 16 {
+            let (key, lane) = (o / half, o % half + if hi { half } else { 0 });
+            // Bit 4 of an index selects the second source vector.
+            idx[o] = if key < per { key * g + lane } else { 16 + (key - per) * g + lane } as i32;
+            o += 1;
+        }
+        idx
+    }
+    const TREE: [[[i32; 16]; 2]; 4] = [
+        [tree_index(16, false), tree_index(16, true)],
+        [tree_index(8, false), tree_index(8, true)],
+        [tree_index(4, false), tree_index(4, true)],
+        [tree_index(2, false), tree_index(2, true)],
+    ];
+
+    /// Lane `t` of the result is the sum of the 16 lanes of `v[t]`: 16 horizontal sums in four
+    /// levels of two-source permutes and adds (15 vector adds, 30 permutes) instead of 16
+    /// separate reductions (64 shuffles and adds).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn sum_lanes_16(mut v: [__m512; 16]) -> __m512 {
+        let mut n = 16;
+        for level in &TREE {
+            // SAFETY: each index table holds 16 i32.
+            let (lo, hi) = unsafe { (_mm512_loadu_epi32(level[0].as_ptr()), _mm512_loadu_epi32(level[1].as_ptr())) };
+            for i in 0..n / 2 {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                v[i] = _mm512_add_ps(_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b));
+            }
+            n /= 2;
+        }
+        v[0]
+    }
+
+    /// Blocks of 16 keys, one pass. Per block: the 16 scores `q·kⱼ` are accumulated as 16-lane
+    /// partial sums (one register per key, each `q` chunk loaded once) and reduced together
+    /// into one vector ([`sum_lanes_16`]); one vector `exp` gives their weights; `out`
+    /// (head_dim floats, in L1, the accumulator) is rescaled once and accumulates `pⱼ·vⱼ` in
+    /// four independent FMA chains. In a last, partial block the missing keys re-read the last
+    /// key's row (in bounds) and get score −∞, so weight exactly 0.
     #[target_feature(enable = "avx512f")]
     pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
         let hd = q.len();
@@ -756,42 +818,45 @@ mod avx512 {
         let mut tile = [0.0f32; L];
         for j0 in (0..slots).step_by(L) {
             let nb = L.min(slots - j0);
-            for (t, st) in tile[..nb].iter_mut().enumerate() {
-                let row = (j0 + t) * hd;
-                let mut acc = _mm512_setzero_ps();
-                for c in (0..hd).step_by(L) {
-                    let k = mask(hd - c);
-                    // SAFETY: c < hd and `k` enables lanes below hd: inside `q` (length hd) and
-                    // inside key row j0 + t < slots of `keys` (length slots·hd).
-                    acc = unsafe {
-                        _mm512_fmadd_ps(
-                            _mm512_maskz_loadu_ps(k, pq.add(c)),
-                            _mm512_maskz_loadu_ps(k, pk.add(row + c)),
-                            acc,
-                        )
-                    };
+            // Offsets of the block's K and V rows, all < slots·hd.
+            let rows: [usize; L] = std::array::from_fn(|t| (j0 + t.min(nb - 1)) * hd);
+            let mut acc = [_mm512_setzero_ps(); L];
+            for c in (0..hd).step_by(L) {
+                let k = mask(hd - c);
+                // SAFETY: c < hd and `k` enables lanes below hd, so these read inside `q`
+                // (length hd) and inside rows[t]/hd < slots of `keys` (length slots·hd).
+                unsafe {
+                    let qc = _mm512_maskz_loadu_ps(k, pq.add(c));
+                    for t in 0..L {
+                        acc[t] = _mm512_fmadd_ps(qc, _mm512_maskz_loadu_ps(k, pk.add(rows[t] + c)), acc[t]);
+                    }
                 }
-                *st = _mm512_reduce_add_ps(acc) * scale;
             }
-            // SAFETY: `tile` holds 16 floats; lanes ≥ nb read as −∞ (weight 0).
-            let sv = unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), mask(nb), tile.as_ptr()) };
+            let scores = _mm512_mul_ps(sum_lanes_16(acc), _mm512_set1_ps(scale));
+            let sv = _mm512_mask_blend_ps(mask(nb), _mm512_set1_ps(f32::NEG_INFINITY), scores);
             let bm = m.max(_mm512_reduce_max_ps(sv));
             let alpha = exp_fast(m - bm);
-            let pv_block = exp(_mm512_sub_ps(sv, _mm512_set1_ps(bm)));
-            l = l * alpha + _mm512_reduce_add_ps(pv_block);
+            let weights = exp(_mm512_sub_ps(sv, _mm512_set1_ps(bm)));
+            l = l * alpha + _mm512_reduce_add_ps(weights);
             // SAFETY: `tile` holds 16 floats.
-            unsafe { _mm512_storeu_ps(tile.as_mut_ptr(), pv_block) };
+            unsafe { _mm512_storeu_ps(tile.as_mut_ptr(), weights) };
             let av = _mm512_set1_ps(alpha);
             for c in (0..hd).step_by(L) {
                 let k = mask(hd - c);
-                // SAFETY: c < hd and `k` enables lanes below hd: inside `out` (length hd) and
-                // inside value row j0 + t < slots of `values` (length slots·hd).
+                // SAFETY: c < hd and `k` enables lanes below hd, so these touch only `out`
+                // (length hd) and rows[t]/hd < slots of `values` (length slots·hd).
                 unsafe {
-                    let mut o = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), av);
-                    for (t, &pt) in tile[..nb].iter().enumerate() {
-                        let vr = _mm512_maskz_loadu_ps(k, pv.add((j0 + t) * hd + c));
-                        o = _mm512_fmadd_ps(_mm512_set1_ps(pt), vr, o);
+                    let mut o = [
+                        _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), av),
+                        _mm512_setzero_ps(),
+                        _mm512_setzero_ps(),
+                        _mm512_setzero_ps(),
+                    ];
+                    for t in 0..L {
+                        let vr = _mm512_maskz_loadu_ps(k, pv.add(rows[t] + c));
+                        o[t % 4] = _mm512_fmadd_ps(_mm512_set1_ps(tile[t]), vr, o[t % 4]);
                     }
+                    let o = _mm512_add_ps(_mm512_add_ps(o[0], o[1]), _mm512_add_ps(o[2], o[3]));
                     _mm512_mask_storeu_ps(po.add(c), k, o);
                 }
             }
@@ -1030,7 +1095,23 @@ mod avx2 {
         }
     }
 
-    /// Blocks of 8 keys; see the AVX-512 version.
+    /// Lane `t` of the result is the sum of the 8 lanes of `v[t]`: three levels of `hadd` and
+    /// one cross-half add (6 `hadd`s, 2 permutes, 1 add) instead of 8 separate reductions.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn sum_lanes_8(v: [__m256; 8]) -> __m256 {
+        // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
+        let t0 = _mm256_hadd_ps(v[0], v[1]);
+        let t1 = _mm256_hadd_ps(v[2], v[3]);
+        let t2 = _mm256_hadd_ps(v[4], v[5]);
+        let t3 = _mm256_hadd_ps(v[6], v[7]);
+        // [v0₀₋₃, v1₀₋₃, v2₀₋₃, v3₀₋₃ | v0₄₋₇, v1₄₋₇, v2₄₋₇, v3₄₋₇], and likewise for v4..v7.
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1))
+    }
+
+    /// Blocks of 8 keys, one register of partial sums per key; see the AVX-512 version.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
         let hd = q.len();
@@ -1041,45 +1122,46 @@ mod avx2 {
         let mut tile = [0.0f32; L];
         for j0 in (0..slots).step_by(L) {
             let nb = L.min(slots - j0);
-            for (t, st) in tile[..nb].iter_mut().enumerate() {
-                let row = (j0 + t) * hd;
-                let mut acc = _mm256_setzero_ps();
-                for c in (0..hd).step_by(L) {
-                    let k = mask(hd - c);
-                    // SAFETY: c < hd and `k` enables lanes below hd: inside `q` (length hd) and
-                    // inside key row j0 + t < slots of `keys` (length slots·hd).
-                    acc = unsafe {
-                        _mm256_fmadd_ps(_mm256_maskload_ps(pq.add(c), k), _mm256_maskload_ps(pk.add(row + c), k), acc)
-                    };
+            // Offsets of the block's K and V rows, all < slots·hd (a partial block repeats its
+            // last key, which then gets score −∞ and weight 0).
+            let rows: [usize; L] = std::array::from_fn(|t| (j0 + t.min(nb - 1)) * hd);
+            let mut acc = [_mm256_setzero_ps(); L];
+            for c in (0..hd).step_by(L) {
+                let k = mask(hd - c);
+                // SAFETY: c < hd and `k` enables lanes below hd, so these read inside `q`
+                // (length hd) and inside rows[t]/hd < slots of `keys` (length slots·hd).
+                unsafe {
+                    let qc = _mm256_maskload_ps(pq.add(c), k);
+                    for t in 0..L {
+                        acc[t] = _mm256_fmadd_ps(qc, _mm256_maskload_ps(pk.add(rows[t] + c), k), acc[t]);
+                    }
                 }
-                *st = hsum(acc) * scale;
             }
-            let kb = mask(nb);
-            // SAFETY: `tile` holds 8 floats; lanes ≥ nb become −∞ (weight 0).
-            let sv = unsafe {
-                _mm256_blendv_ps(
-                    _mm256_set1_ps(f32::NEG_INFINITY),
-                    _mm256_loadu_ps(tile.as_ptr()),
-                    _mm256_castsi256_ps(kb),
-                )
-            };
+            let scores = _mm256_mul_ps(sum_lanes_8(acc), _mm256_set1_ps(scale));
+            let sv = _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), scores, _mm256_castsi256_ps(mask(nb)));
             let bm = m.max(hmax(sv));
             let alpha = exp_fast(m - bm);
-            let pv_block = exp(_mm256_sub_ps(sv, _mm256_set1_ps(bm)));
-            l = l * alpha + hsum(pv_block);
+            let weights = exp(_mm256_sub_ps(sv, _mm256_set1_ps(bm)));
+            l = l * alpha + hsum(weights);
             // SAFETY: `tile` holds 8 floats.
-            unsafe { _mm256_storeu_ps(tile.as_mut_ptr(), pv_block) };
+            unsafe { _mm256_storeu_ps(tile.as_mut_ptr(), weights) };
             let av = _mm256_set1_ps(alpha);
             for c in (0..hd).step_by(L) {
                 let k = mask(hd - c);
-                // SAFETY: c < hd and `k` enables lanes below hd: inside `out` (length hd) and
-                // inside value row j0 + t < slots of `values` (length slots·hd).
+                // SAFETY: c < hd and `k` enables lanes below hd, so these touch only `out`
+                // (length hd) and rows[t]/hd < slots of `values` (length slots·hd).
                 unsafe {
-                    let mut o = _mm256_mul_ps(_mm256_maskload_ps(po.add(c), k), av);
-                    for (t, &pt) in tile[..nb].iter().enumerate() {
-                        let vr = _mm256_maskload_ps(pv.add((j0 + t) * hd + c), k);
-                        o = _mm256_fmadd_ps(_mm256_set1_ps(pt), vr, o);
+                    let mut o = [
+                        _mm256_mul_ps(_mm256_maskload_ps(po.add(c), k), av),
+                        _mm256_setzero_ps(),
+                        _mm256_setzero_ps(),
+                        _mm256_setzero_ps(),
+                    ];
+                    for t in 0..L {
+                        let vr = _mm256_maskload_ps(pv.add(rows[t] + c), k);
+                        o[t % 4] = _mm256_fmadd_ps(_mm256_set1_ps(tile[t]), vr, o[t % 4]);
                     }
+                    let o = _mm256_add_ps(_mm256_add_ps(o[0], o[1]), _mm256_add_ps(o[2], o[3]));
                     _mm256_maskstore_ps(po.add(c), k, o);
                 }
             }
