@@ -29,7 +29,7 @@
 //!    (4 MiB at n = 1024), which no longer fits in L2, so it is bandwidth-bound.
 //! 3. **blocked** ([`blocked`]): the reordered loop, run tile by tile so that a
 //!    tile of B is read from cache many times before it is evicted. Tile sizes come from this
-//!    machine's caches (L1d 48 KiB, L2 1 MiB per core): a `BLOCK_KC × BLOCK_NC` tile of B fills
+//!    machine's caches (L1d 48 KiB, L2 1 MiB per core; see [`kernels::L1D_BYTES`]): a `BLOCK_KC × BLOCK_NC` tile of B fills
 //!    half of L1 and is reused by every row of an `BLOCK_MC`-row block of A, whose
 //!    `BLOCK_MC × BLOCK_KC` block (plus the C rows it updates) stays in L2 while the tile of B
 //!    walks along n. The inner loops are still the scalar `c += a·b` of rung 2: what changes is
@@ -44,15 +44,18 @@
 //!    KC×NR panels, A into MR×KC panels, contiguous and 64-byte aligned — no strides, no TLB
 //!    misses, no cache-set conflicts from power-of-two `lda`, and zero padding at the edges so the
 //!    microkernel always computes a full tile (edge tiles are then copied out partially).
-//!    KC is chosen so a KC×NR panel of B fills half of L1 (it is reused by every MR-row panel of
-//!    A); MC so the packed MC×KC block of A fills half of L2 (reused by every NR panel of B);
-//!    NC so the packed KC×NC panel of B is a few MiB of the shared L3. One microkernel per
-//!    dispatch level: AVX-512 12×32, AVX2 6×16, scalar 4×8 (plain loops).
-//! 5. **threaded** ([`threaded`]): rung 4 on a dedicated rayon pool. For each
-//!    KC×NC panel the workers pack B together (NR panels are independent), then each worker takes
-//!    a contiguous range of MR-row panels of C, packs its own A blocks into its own L2 and runs
-//!    the same microkernel. Each element of C is computed by exactly one worker with the same KC
-//!    partition and the same microkernel, so the result is **bit-identical** to rung 4.
+//!    Block sizes come from the caches (see [`Blocking::derive`]): KC so one MR×KC panel of A
+//!    fills half of L1 (it is reused by every NR panel of B), NC so the packed KC×NC panel of B
+//!    fills half of L2 (reused by every MR panel of A), MC so the packed MC×KC block of A takes a
+//!    few MiB of the shared L3 (reused by every NC panel). At AVX-512: KC = 512, NC = 256,
+//!    MC = 2040. One microkernel per dispatch level: AVX-512 12×32, AVX2 6×16, scalar 4×8
+//!    (plain loops).
+//! 5. **threaded** ([`threaded`]): rung 4 on a dedicated rayon pool. For each KC×NC panel the
+//!    workers pack B̃ together (disjoint groups of NR panels), then each worker takes a
+//!    contiguous range of MR-row panels of C, packs its own panels of Ã and runs the same
+//!    microkernel against the shared B̃ (which each core pulls into its own, private L2). Each
+//!    element of C is computed by exactly one worker with the same KC partition and the same
+//!    microkernel, so the result is **bit-identical** to rung 4.
 //!
 //! Every rung is also callable through one entry point, [`gemm`], which checks the arguments
 //! (returning an error naming the bad one) so a sweep can iterate over [`Rung::ALL`].

@@ -25,6 +25,10 @@
 //! leaves 6 of 32 registers for B and broadcasts (the compiler folds the broadcast into the FMA's
 //! memory operand); 6×16 is the same arithmetic for AVX2's 16 registers.
 //!
+//! Each kernel type also owns its packers (`pack_a`, `pack_b`), compiled with its instruction
+//! set; the AVX-512 one packs full A panels with an in-register 16×16 transpose. The plain
+//! `pack_a_panel` / `pack_b_panels` are the references they are unit-tested against.
+//!
 //! Safety design: each SIMD kernel is a zero-sized token type that can only be constructed
 //! (`new`) when [`dispatch::detected`] reports its instruction set, so holding a token *is* the
 //! proof that its `#[target_feature]` function may run; the drivers are generic over the token
@@ -39,7 +43,7 @@ pub const L1D_BYTES: usize = 48 * 1024;
 /// Per-core L2 (1 MiB per core as reported by sysfs on the course machine; a 2 MiB L2 only
 /// makes these blocks fit more comfortably).
 pub const L2_BYTES: usize = 1024 * 1024;
-/// The share of the (shared, slower) L3 that one packed KC×NC panel of B may take.
+/// The share of the (shared, slower) L3 that one packed MC×KC block of A may take.
 pub const L3_SHARE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The block sizes of the packed algorithm for one microkernel shape.
@@ -58,17 +62,21 @@ pub struct Blocking {
 }
 
 impl Blocking {
-    /// Derives the block sizes for an MR×NR microkernel from the cache sizes:
-    /// - `kc`: the KC×NR micro-panel of B that a run of microkernel calls reuses takes half of
-    ///   L1, leaving the other half for the MR×KC panels of A streaming past it and the C tile;
-    /// - `mc`: the packed MC×KC block of A, reused by every NR panel of B, takes half of L2
-    ///   (rounded down to a multiple of MR);
-    /// - `nc`: the packed KC×NC panel of B, reused by every MC block, takes [`L3_SHARE_BYTES`]
-    ///   (rounded down to a multiple of NR).
+    /// Derives the block sizes for an MR×NR microkernel (which broadcasts A and loads rows of B)
+    /// from the cache sizes:
+    /// - `kc`: the MR×KC micro-panel of A that one row of microkernel calls reuses takes half of
+    ///   L1 (the other half for the KC×NR micro-panels of B streaming past it from L2, and C);
+    /// - `nc`: the packed KC×NC panel of B, reused by every MR-row panel of A, takes half of L2
+    ///   (rounded down to a multiple of NR);
+    /// - `mc`: the packed MC×KC block of A, reused by every NC panel of B, takes
+    ///   [`L3_SHARE_BYTES`] (rounded down to a multiple of MR).
+    ///
+    /// (This is BLIS's analytical model with the roles of its A and B swapped, since row-major
+    /// `C = A·B` is column-major `Cᵀ = Bᵀ·Aᵀ`.)
     pub const fn derive(mr: usize, nr: usize) -> Blocking {
-        let kc = L1D_BYTES / 2 / (nr * 4);
-        let mc = L2_BYTES / 2 / (kc * 4) / mr * mr;
-        let nc = L3_SHARE_BYTES / (kc * 4) / nr * nr;
+        let kc = L1D_BYTES / 2 / (mr * 4);
+        let nc = L2_BYTES / 2 / (kc * 4) / nr * nr;
+        let mc = L3_SHARE_BYTES / (kc * 4) / mr * mr;
         Blocking { mr, nr, kc, mc, nc }
     }
 
@@ -82,10 +90,10 @@ impl Blocking {
     }
 }
 
-// AVX-512 12×32: kc = 24 KiB / 128 B = 192, mc = 512 KiB / 768 B = 682 → 672, nc = 5440.
+// AVX-512 12×32: kc = 24 KiB / 48 B = 512, nc = 512 KiB / 2 KiB = 256, mc = 4 MiB / 2 KiB → 2040.
 const _: () = {
     let b = Blocking::derive(12, 32);
-    assert!(b.kc == 192 && b.mc == 672 && b.nc == 5440);
+    assert!(b.kc == 512 && b.nc == 256 && b.mc == 2040);
 };
 
 /// A microkernel: computes one MR×NR tile of C (see the module docs).
@@ -105,14 +113,17 @@ pub(crate) trait MicroKernel: Copy + Send + Sync {
     /// panel `dst[p·MR + r] = A[row0 + r][p0 + p]`, zero for `r ≥ rows`.
     fn pack_a(self, dst: &mut [f32], a: &[f32], lda: usize, row0: usize, rows: usize, p0: usize, kc: usize);
 
-    /// Packs rows `p0..p0 + kc`, columns `col0..col0 + cols` (`cols ≤ NR`) of B into one KC×NR
-    /// panel `dst[p·NR + j] = B[p0 + p][col0 + j]`, zero for `j ≥ cols`.
+    /// Packs rows `p0..p0 + kc`, columns `col0..col0 + cols` of B into `ceil(cols / NR)`
+    /// consecutive KC×NR panels: panel `q` holds `dst[q·KC·NR + p·NR + j] = B[p0 + p][col0 + q·NR
+    /// + j]`, zero past column `cols`.
     fn pack_b(self, dst: &mut [f32], b: &[f32], ldb: usize, p0: usize, kc: usize, col0: usize, cols: usize);
 }
 
 /// [`MicroKernel::pack_a`] for a kernel with `MR` rows. A full panel reads its MR rows in
 /// chunks of 16 columns (MR short sequential streams) and writes the transposed chunk
-/// contiguously.
+/// contiguously. Inlined into each SIMD kernel's `#[target_feature]` packer so it is compiled
+/// with that level's vectors.
+#[inline(always)]
 fn pack_a_panel<const MR: usize>(
     dst: &mut [f32],
     a: &[f32],
@@ -149,8 +160,11 @@ fn pack_a_panel<const MR: usize>(
     }
 }
 
-/// [`MicroKernel::pack_b`] for a kernel with `NR` columns: one contiguous copy per row of B.
-fn pack_b_panel<const NR: usize>(
+/// [`MicroKernel::pack_b`] for a kernel with `NR` columns. Walks B row by row — each row's
+/// `cols` values are one contiguous read, scattered into the panels — rather than panel by
+/// panel, which would stride down B touching a new page per row for every panel.
+#[inline(always)]
+fn pack_b_panels<const NR: usize>(
     dst: &mut [f32],
     b: &[f32],
     ldb: usize,
@@ -159,11 +173,22 @@ fn pack_b_panel<const NR: usize>(
     col0: usize,
     cols: usize,
 ) {
-    let (steps, _) = dst[..kc * NR].as_chunks_mut::<NR>();
-    for (p, step) in steps.iter_mut().enumerate() {
+    let panels = cols.div_ceil(NR);
+    let dst = &mut dst[..panels * kc * NR];
+    for p in 0..kc {
         let start = (p0 + p) * ldb + col0;
-        step[..cols].copy_from_slice(&b[start..start + cols]);
-        step[cols..].fill(0.0);
+        let src = &b[start..start + cols];
+        let (full, rest) = src.as_chunks::<NR>();
+        for (panel, s) in dst.chunks_exact_mut(kc * NR).zip(full) {
+            let (steps, _) = panel.as_chunks_mut::<NR>();
+            steps[p] = *s;
+        }
+        if !rest.is_empty() {
+            let panel = &mut dst[(panels - 1) * kc * NR..];
+            let step = &mut panel[p * NR..(p + 1) * NR];
+            step[..rest.len()].copy_from_slice(rest);
+            step[rest.len()..].fill(0.0);
+        }
     }
 }
 
@@ -208,7 +233,7 @@ impl MicroKernel for Scalar4x8 {
     }
 
     fn pack_b(self, dst: &mut [f32], b: &[f32], ldb: usize, p0: usize, kc: usize, col0: usize, cols: usize) {
-        pack_b_panel::<8>(dst, b, ldb, p0, kc, col0, cols)
+        pack_b_panels::<8>(dst, b, ldb, p0, kc, col0, cols)
     }
 
     fn tile(self, kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, mr: usize, nr: usize, overwrite: bool) {
@@ -231,7 +256,7 @@ pub(crate) use x86::{Avx2_6x16, Avx512_12x32};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{dispatch, pack_a_panel, pack_b_panel, store_partial, Blocking, Level, MicroKernel};
+    use super::{dispatch, pack_a_panel, pack_b_panels, store_partial, Blocking, Level, MicroKernel};
     use std::arch::x86_64::*;
 
     /// The AVX2 + FMA 6×16 kernel. Constructible only where the CPU has AVX2 and FMA.
@@ -256,11 +281,13 @@ mod x86 {
         }
 
         fn pack_a(self, dst: &mut [f32], a: &[f32], lda: usize, row0: usize, rows: usize, p0: usize, kc: usize) {
-            pack_a_panel::<6>(dst, a, lda, row0, rows, p0, kc)
+            // SAFETY: `self` proves AVX2 + FMA are available (see `tile`).
+            unsafe { avx2_pack_a(dst, a, lda, row0, rows, p0, kc) }
         }
 
         fn pack_b(self, dst: &mut [f32], b: &[f32], ldb: usize, p0: usize, kc: usize, col0: usize, cols: usize) {
-            pack_b_panel::<16>(dst, b, ldb, p0, kc, col0, cols)
+            // SAFETY: `self` proves AVX2 + FMA are available (see `tile`).
+            unsafe { avx2_pack_b(dst, b, ldb, p0, kc, col0, cols) }
         }
 
         fn tile(
@@ -278,6 +305,16 @@ mod x86 {
             // (the features `avx2_6x16` enables).
             unsafe { avx2_6x16(kc, a, b, c, ldc, mr, nr, overwrite) }
         }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_pack_a(dst: &mut [f32], a: &[f32], lda: usize, row0: usize, rows: usize, p0: usize, kc: usize) {
+        pack_a_panel::<6>(dst, a, lda, row0, rows, p0, kc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_pack_b(dst: &mut [f32], b: &[f32], ldb: usize, p0: usize, kc: usize, col0: usize, cols: usize) {
+        pack_b_panels::<16>(dst, b, ldb, p0, kc, col0, cols)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -355,11 +392,13 @@ mod x86 {
         }
 
         fn pack_a(self, dst: &mut [f32], a: &[f32], lda: usize, row0: usize, rows: usize, p0: usize, kc: usize) {
-            pack_a_panel::<12>(dst, a, lda, row0, rows, p0, kc)
+            // SAFETY: `self` proves AVX-512F, AVX2 and FMA are available (see `tile`).
+            unsafe { avx512_pack_a(dst, a, lda, row0, rows, p0, kc) }
         }
 
         fn pack_b(self, dst: &mut [f32], b: &[f32], ldb: usize, p0: usize, kc: usize, col0: usize, cols: usize) {
-            pack_b_panel::<32>(dst, b, ldb, p0, kc, col0, cols)
+            // SAFETY: `self` proves AVX-512F, AVX2 and FMA are available (see `tile`).
+            unsafe { avx512_pack_b(dst, b, ldb, p0, kc, col0, cols) }
         }
 
         fn tile(
@@ -377,6 +416,73 @@ mod x86 {
             // AVX2 and FMA (the features `avx512_12x32` enables).
             unsafe { avx512_12x32(kc, a, b, c, ldc, mr, nr, overwrite) }
         }
+    }
+
+    /// Packs one 12×KC panel of A. Full panels go 16 columns at a time through a 16×16
+    /// in-register transpose (the 12 rows plus 4 zero rows): 12 loads, 48 shuffles and 16
+    /// masked 12-lane stores per 192 values, instead of 192 scalar loads and stores. Partial
+    /// panels and the last `kc % 16` columns use [`pack_a_panel`], the reference it is tested
+    /// against.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512_pack_a(dst: &mut [f32], a: &[f32], lda: usize, row0: usize, rows: usize, p0: usize, kc: usize) {
+        const MR: usize = 12;
+        if rows < MR || kc < 16 {
+            return pack_a_panel::<MR>(dst, a, lda, row0, rows, p0, kc);
+        }
+        let dst = &mut dst[..kc * MR];
+        let src: [&[f32]; MR] = std::array::from_fn(|r| &a[(row0 + r) * lda + p0..(row0 + r) * lda + p0 + kc]);
+        let full = kc / 16 * 16;
+        for q in (0..full).step_by(16) {
+            // r[i] = row i, columns q..q+16 (rows 12..16 are zero).
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (ri, row) in r.iter_mut().zip(&src) {
+                let chunk = &row[q..q + 16];
+                // SAFETY: `chunk` holds 16 elements, exactly what the load reads.
+                *ri = unsafe { _mm512_loadu_ps(chunk.as_ptr()) };
+            }
+            // Stage 1, within 128-bit lanes: t = interleaved pairs of rows, then
+            // c[4g + s] lane l = rows 4g..4g+4 of column 4l + s.
+            let mut c = [_mm512_setzero_ps(); 16];
+            for g in 0..3 {
+                let t0 = _mm512_unpacklo_ps(r[4 * g], r[4 * g + 1]);
+                let t1 = _mm512_unpackhi_ps(r[4 * g], r[4 * g + 1]);
+                let t2 = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+                let t3 = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+                c[4 * g] = _mm512_shuffle_ps::<0x44>(t0, t2);
+                c[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
+                c[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
+                c[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
+            }
+            // Stage 2, across lanes: gather lane l of the four row groups into column 4l + s.
+            for s in 0..4 {
+                let u0 = _mm512_shuffle_f32x4::<0x88>(c[s], c[4 + s]);
+                let u1 = _mm512_shuffle_f32x4::<0xDD>(c[s], c[4 + s]);
+                let u2 = _mm512_shuffle_f32x4::<0x88>(c[8 + s], c[12 + s]);
+                let u3 = _mm512_shuffle_f32x4::<0xDD>(c[8 + s], c[12 + s]);
+                let cols = [
+                    (s, _mm512_shuffle_f32x4::<0x88>(u0, u2)),
+                    (8 + s, _mm512_shuffle_f32x4::<0xDD>(u0, u2)),
+                    (4 + s, _mm512_shuffle_f32x4::<0x88>(u1, u3)),
+                    (12 + s, _mm512_shuffle_f32x4::<0xDD>(u1, u3)),
+                ];
+                for (p, v) in cols {
+                    let out = &mut dst[(q + p) * MR..(q + p + 1) * MR];
+                    // SAFETY: the mask writes lanes 0..12 only, and `out` holds 12 elements.
+                    unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr(), 0x0FFF, v) };
+                }
+            }
+        }
+        let (steps, _) = dst.as_chunks_mut::<MR>();
+        for (p, step) in steps.iter_mut().enumerate().skip(full) {
+            for r in 0..MR {
+                step[r] = src[r][p];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512_pack_b(dst: &mut [f32], b: &[f32], ldb: usize, p0: usize, kc: usize, col0: usize, cols: usize) {
+        pack_b_panels::<32>(dst, b, ldb, p0, kc, col0, cols)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -438,6 +544,63 @@ mod x86 {
                 }
             }
             store_partial(&tile, c, ldc, mr, nr, overwrite);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(len: usize) -> Vec<f32> {
+        (0..len).map(|i| i as f32 + 0.5).collect()
+    }
+
+    /// Every kernel's packers against the plain reference packers, on partial and full panels,
+    /// short and long (non-multiple-of-16) depths, with a row stride.
+    fn check_packers<K: MicroKernel>(kern: K) {
+        let lda = 1100;
+        let a = ramp(40 * lda);
+        for rows in [1, K::MR - 1, K::MR] {
+            for kc in [1, 15, 16, 17, 47, 512, 515] {
+                let mut got = vec![f32::NAN; kc * K::MR];
+                let mut want = vec![f32::NAN; kc * K::MR];
+                kern.pack_a(&mut got, &a, lda, 3, rows, 7, kc);
+                for (p, step) in want.chunks_exact_mut(K::MR).enumerate() {
+                    for (r, x) in step.iter_mut().enumerate() {
+                        *x = if r < rows { a[(3 + r) * lda + 7 + p] } else { 0.0 };
+                    }
+                }
+                assert_eq!(got, want, "pack_a rows={rows} kc={kc}");
+            }
+        }
+        let ldb = 300;
+        let b = ramp(600 * ldb);
+        for cols in [1, K::NR - 1, K::NR, 3 * K::NR + 5] {
+            let kc = 37;
+            let panels = cols.div_ceil(K::NR);
+            let mut got = vec![f32::NAN; panels * kc * K::NR];
+            kern.pack_b(&mut got, &b, ldb, 5, kc, 9, cols);
+            for (idx, &x) in got.iter().enumerate() {
+                let (q, p, j) = (idx / (kc * K::NR), idx / K::NR % kc, idx % K::NR);
+                let col = q * K::NR + j;
+                let want = if col < cols { b[(5 + p) * ldb + 9 + col] } else { 0.0 };
+                assert_eq!(x, want, "pack_b cols={cols} at {idx}");
+            }
+        }
+    }
+
+    #[test]
+    fn packers_match_the_reference_at_every_level() {
+        check_packers(Scalar4x8);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(k) = Avx2_6x16::new() {
+                check_packers(k);
+            }
+            if let Some(k) = Avx512_12x32::new() {
+                check_packers(k);
+            }
         }
     }
 }

@@ -1,20 +1,22 @@
 //! Rung 4 (and the engine of rung 5): the BLIS/Goto packed algorithm around a microkernel.
 //!
 //! ```text
-//! for jc in 0..n step NC                     // 5th loop
-//!   for each KC block [p0, p1) of 0..k       // 4th loop: pack B[p0..p1, jc..jc+NC] → B̃ (KC×NR panels)
-//!     for ic in 0..m step MC                 // 3rd loop: pack A[ic..ic+MC, p0..p1] → Ã (MR×KC panels)
-//!       for jr in 0..NC step NR              // 2nd loop: one KC×NR panel of B̃ — stays in L1
-//!         for ir in 0..MC step MR            // 1st loop: one MR×KC panel of Ã — streamed from L2
+//! for ic in 0..m step MC                     // Ã: MC×KC block of A — in L3
+//!   for each KC block [p0, p1) of 0..k       //   pack A[ic..ic+MC, p0..p1] → Ã (MR×KC panels)
+//!     for jc in 0..n step NC                 // B̃: KC×NC panel of B — in L2
+//!       pack B[p0..p1, jc..jc+NC] → B̃ (KC×NR panels)
+//!       for ir in 0..MC step MR              // one MR×KC panel of Ã — stays in L1 ...
+//!         for jr in 0..NC step NR            // ... while the KC×NR panels of B̃ stream from L2
 //!           microkernel: C[ic+ir.., jc+jr..] (=|+=) Ã panel · B̃ panel   (MR×NR in registers)
 //! ```
 //!
 //! The block sizes ([`Blocking`](super::kernels::Blocking)) put each packed operand in the cache
-//! level whose reuse it needs: the B̃ micro-panel in L1 (reused by MC/MR microkernel calls), Ã
-//! in L2 (reused by NC/NR micro-panels), B̃ in L3. The k range is cut into
-//! `ceil(k / KC)` blocks of (almost) equal depth rather than KC, KC, …, remainder, so no block is
-//! so shallow that its packing and C updates dominate. The first block overwrites C and later
-//! ones add to it, so C needs no zeroing pass.
+//! level whose reuse it needs: an Ã micro-panel in L1 (reused by NC/NR microkernel calls), B̃ in
+//! L2 (reused by MC/MR micro-panels of A), Ã in L3 (reused by n/NC panels of B). Each operand is
+//! packed once per use of the block: A once in all, B once per MC block of rows (once in all for
+//! m ≤ MC). The k range is cut into `ceil(k / KC)` blocks of (almost) equal depth rather than KC,
+//! KC, …, remainder, so no block is so shallow that its packing and C updates dominate. The first
+//! block overwrites C and later ones add to it, so C needs no zeroing pass.
 //!
 //! Edges: panels are packed with zeros past the last row/column, so the microkernel always runs
 //! a full MR×NR tile and writes back only the valid corner. Packing buffers are per thread,
@@ -23,8 +25,8 @@
 //!
 //! Value of each C element: `Σ over KC blocks in order of (Σ_p in block, in order, of a·b in one
 //! register lane)`, added to C block by block. It depends only on the level (kernel), k and the
-//! KC partition — not on where the tile sits, which MC block it is in, or which thread runs it;
-//! that is why rung 5 is bit-identical to this one.
+//! KC partition — not on where the tile sits, which MC or NC block it is in, or which thread runs
+//! it; that is why rung 5 is bit-identical to this one.
 
 use super::kernels::{MicroKernel, Scalar4x8};
 use super::{zero_rows, Args};
@@ -59,122 +61,143 @@ pub(super) fn run(level: Level, pool: Option<(&rayon::ThreadPool, usize)>, x: Ar
 }
 
 fn drive<K: MicroKernel>(kern: K, pool: Option<(&rayon::ThreadPool, usize)>, x: Args<'_>) {
+    if x.m == 0 || x.n == 0 {
+        return;
+    }
+    if x.k == 0 {
+        zero_rows(x.c, x.ldc, x.m, x.n);
+        return;
+    }
+    match pool {
+        None => loops(kern, 1, x),
+        // The whole loop nest runs inside the pool, so the phases below fork and join there.
+        Some((pool, workers)) => pool.install(|| loops(kern, workers, x)),
+    }
+}
+
+/// The five loops. With `workers > 1` (inside a pool) each B̃ packing step is split over groups
+/// of NR panels and each macrokernel over MR-row panels; with 1 nothing touches rayon.
+fn loops<K: MicroKernel>(kern: K, workers: usize, x: Args<'_>) {
     let Args { a, lda, b, ldb, c, ldc, m, k, n } = x;
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        zero_rows(c, ldc, m, n);
-        return;
-    }
+    let (mr, nr) = (K::MR, K::NR);
     let bl = kern.blocking();
     let k_blocks = k.div_ceil(bl.kc);
     let kc_max = k.div_ceil(k_blocks);
-    let nc_max = bl.nc.min(n).next_multiple_of(K::NR);
-    with_buffer(&PACKED_B, kc_max * nc_max, |b_buf| {
-        for jc in (0..n).step_by(bl.nc) {
-            let nc = bl.nc.min(n - jc);
-            for q in 0..k_blocks {
-                let (p0, p1) = (q * k / k_blocks, (q + 1) * k / k_blocks);
-                let kc = p1 - p0;
-                let b_pack = &mut b_buf[..nc.div_ceil(K::NR) * kc * K::NR];
-                let block = Block { p0, kc, jc, nc, overwrite: q == 0 };
-                let pack_b = |(jp, dst): (usize, &mut [f32])| {
-                    let col0 = jc + jp * K::NR;
-                    kern.pack_b(dst, b, ldb, p0, kc, col0, K::NR.min(jc + nc - col0));
-                };
-                match pool {
-                    None => {
-                        b_pack.chunks_exact_mut(kc * K::NR).enumerate().for_each(pack_b);
-                        row_range(kern, a, lda, b_pack, c, ldc, 0, m, block);
+    let mc_max = bl.mc.min(m.next_multiple_of(mr));
+    let nc_max = bl.nc.min(n.next_multiple_of(nr));
+    with_buffer(&PACKED_A, mc_max * kc_max, |a_buf| {
+        with_buffer(&PACKED_B, kc_max * nc_max, |b_buf| {
+            for ic in (0..m).step_by(bl.mc) {
+                let mc = bl.mc.min(m - ic);
+                let c_rows = &mut c[ic * ldc..];
+                // Row ranges of the workers within this MC block, in whole MR-row panels.
+                let cuts = row_cuts(mc, mr, workers);
+                for q in 0..k_blocks {
+                    let (p0, p1) = (q * k / k_blocks, (q + 1) * k / k_blocks);
+                    let kc = p1 - p0;
+                    let a_pack = &mut a_buf[..mc.div_ceil(mr) * kc * mr];
+                    for jc in (0..n).step_by(bl.nc) {
+                        let nc = bl.nc.min(n - jc);
+                        let b_pack = &mut b_buf[..nc.div_ceil(nr) * kc * nr];
+                        // Ã is packed panel by panel during the first NC panel, each MR×KC panel
+                        // just before its first use (so it is still in L1), and reused after.
+                        let blk =
+                            Block { kc, jc, nc, overwrite: q == 0, pack_a: (jc == 0).then_some((a, lda, ic, p0)) };
+                        if workers > 1 {
+                            // Each worker packs a contiguous group of NR panels, row by row.
+                            let group = nc.div_ceil(nr).div_ceil(workers) * nr;
+                            b_pack.par_chunks_mut(group * kc).enumerate().for_each(|(g, dst)| {
+                                let j = jc + g * group;
+                                kern.pack_b(dst, b, ldb, p0, kc, j, group.min(jc + nc - j));
+                            });
+                            let b_pack = &*b_pack;
+                            let c_parts = split_at_rows(&mut *c_rows, &cuts, ldc);
+                            let a_parts = split_at_rows(&mut *a_pack, &cuts, kc);
+                            let parts: Vec<_> = cuts.iter().zip(c_parts).zip(a_parts).collect();
+                            parts.into_par_iter().for_each(|((&(r0, r1), c_part), a_part)| {
+                                macro_kernel(kern, a_part, b_pack, c_part, ldc, r0, r1 - r0, blk);
+                            });
+                        } else {
+                            kern.pack_b(b_pack, b, ldb, p0, kc, jc, nc);
+                            macro_kernel(kern, a_pack, b_pack, c_rows, ldc, 0, mc, blk);
+                        }
                     }
-                    Some((pool, workers)) => pool.install(|| {
-                        b_pack.par_chunks_exact_mut(kc * K::NR).enumerate().for_each(pack_b);
-                        let b_pack = &*b_pack;
-                        split_rows(c, ldc, m, K::MR, workers).into_par_iter().for_each(|(r0, rows, c_part)| {
-                            row_range(kern, a, lda, b_pack, c_part, ldc, r0, rows, block);
-                        });
-                    }),
                 }
             }
-        }
+        })
     });
 }
 
-/// The part of the product one KC×NC panel of B̃ contributes.
+/// What one macrokernel call covers: a KC-deep slice of k and the columns `jc..jc + nc`.
 #[derive(Clone, Copy)]
-struct Block {
-    p0: usize,
+struct Block<'a> {
     kc: usize,
     jc: usize,
     nc: usize,
     overwrite: bool,
+    /// `Some((a, lda, ic, p0))`: pack each Ã panel from A (block rows start at `ic`, columns at
+    /// `p0`) before using it; `None`: the panels were packed by an earlier NC panel.
+    pack_a: Option<(&'a [f32], usize, usize, usize)>,
 }
 
-/// Splits the m rows of C into at most `workers` contiguous ranges of whole MR-row panels, as
-/// equal as possible, each with the disjoint part of `c` that holds it (its row 0 is row `r0`).
-fn split_rows(c: &mut [f32], ldc: usize, m: usize, mr: usize, workers: usize) -> Vec<(usize, usize, &mut [f32])> {
-    let panels = m.div_ceil(mr);
-    let workers = workers.clamp(1, panels);
-    let mut parts = Vec::with_capacity(workers);
-    let mut rest = c;
-    let mut r0 = 0;
-    for w in 0..workers {
-        let r1 = ((w + 1) * panels / workers * mr).min(m);
-        if w + 1 < workers {
-            // r1 < m here, and `rest` starts at row r0 and holds ≥ (m − r0 − 1)·ldc + n elements.
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut((r1 - r0) * ldc);
-            parts.push((r0, r1 - r0, head));
-            rest = tail;
-        } else {
-            parts.push((r0, r1 - r0, std::mem::take(&mut rest)));
-        }
-        r0 = r1;
-    }
-    parts
-}
-
-/// Loops 3 to 1 for rows `r0..r0 + rows` of C (`c` starts at row `r0`): pack each MC block of A
-/// into this thread's Ã, then sweep the B̃ panels × Ã panels with the microkernel.
-fn row_range<K: MicroKernel>(
+/// Loops 2 and 1 for the rows `r0..r0 + rows` of the current MC block (`a_pack` holds exactly
+/// their Ã panels and `c` starts at row `r0`): every MR-row panel of Ã against every NR-column
+/// panel of B̃. The A panel stays in L1 across the inner loop.
+fn macro_kernel<K: MicroKernel>(
     kern: K,
-    a: &[f32],
-    lda: usize,
+    a_pack: &mut [f32],
     b_pack: &[f32],
     c: &mut [f32],
     ldc: usize,
     r0: usize,
     rows: usize,
-    blk: Block,
+    blk: Block<'_>,
 ) {
-    let bl = kern.blocking();
-    let Block { p0, kc, jc, nc, overwrite } = blk;
-    let mc_max = bl.mc.min(rows.next_multiple_of(K::MR));
-    with_buffer(&PACKED_A, mc_max * kc, |a_buf| {
-        for ic in (0..rows).step_by(bl.mc) {
-            let mc = bl.mc.min(rows - ic);
-            let a_pack = &mut a_buf[..mc.div_ceil(K::MR) * kc * K::MR];
-            for (ip, dst) in a_pack.chunks_exact_mut(kc * K::MR).enumerate() {
-                let i = ic + ip * K::MR;
-                kern.pack_a(dst, a, lda, r0 + i, K::MR.min(rows - i), p0, kc);
-            }
-            for (jp, b_panel) in b_pack.chunks_exact(kc * K::NR).enumerate() {
-                let j = jc + jp * K::NR;
-                let nr = K::NR.min(jc + nc - j);
-                for (ip, a_panel) in a_pack.chunks_exact(kc * K::MR).enumerate() {
-                    let i = ic + ip * K::MR;
-                    let mr = K::MR.min(rows - i);
-                    kern.tile(kc, a_panel, b_panel, &mut c[i * ldc + j..], ldc, mr, nr, overwrite);
-                }
-            }
+    let Block { kc, jc, nc, overwrite, pack_a } = blk;
+    for (ip, a_panel) in a_pack.chunks_exact_mut(kc * K::MR).enumerate() {
+        let i = ip * K::MR;
+        let mr = K::MR.min(rows - i);
+        if let Some((a, lda, ic, p0)) = pack_a {
+            kern.pack_a(a_panel, a, lda, ic + r0 + i, mr, p0, kc);
         }
-    });
+        for (jp, b_panel) in b_pack.chunks_exact(kc * K::NR).enumerate() {
+            let j = jc + jp * K::NR;
+            let nr = K::NR.min(jc + nc - j);
+            kern.tile(kc, a_panel, b_panel, &mut c[i * ldc + j..], ldc, mr, nr, overwrite);
+        }
+    }
+}
+
+/// Cuts `rows` rows into at most `workers` contiguous ranges `(r0, r1)` of whole MR-row panels
+/// (the last may end in a partial panel), sizes differing by at most one panel.
+fn row_cuts(rows: usize, mr: usize, workers: usize) -> Vec<(usize, usize)> {
+    let panels = rows.div_ceil(mr);
+    let workers = workers.clamp(1, panels.max(1));
+    (0..workers).map(|w| ((w * panels / workers * mr).min(rows), ((w + 1) * panels / workers * mr).min(rows))).collect()
+}
+
+/// Splits `s`, a matrix with row stride `ld` starting at row 0, into the disjoint parts holding
+/// each range of `cuts` (each part starts at its range's first row; the last takes the rest).
+fn split_at_rows<'s>(s: &'s mut [f32], cuts: &[(usize, usize)], ld: usize) -> Vec<&'s mut [f32]> {
+    let mut parts = Vec::with_capacity(cuts.len());
+    let mut rest = s;
+    for (w, &(r0, r1)) in cuts.iter().enumerate() {
+        if w + 1 < cuts.len() {
+            // r1 is a row before the last, so `rest` (from row r0) holds at least (r1 − r0)·ld.
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut((r1 - r0) * ld);
+            parts.push(head);
+            rest = tail;
+        } else {
+            parts.push(std::mem::take(&mut rest));
+        }
+    }
+    parts
 }
 
 thread_local! {
     /// This thread's packed Ã (MC×KC).
     static PACKED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// This thread's packed B̃ (KC×NC), shared read-only with the workers in rung 5.
+    /// This thread's packed B̃ (KC×NC).
     static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 

@@ -164,6 +164,24 @@ fn packed_rungs_cross_an_nc_panel() {
 }
 
 #[test]
+fn packed_rungs_cross_every_block_boundary_at_once() {
+    // Two MC blocks, two KC blocks and two NC panels, all with ragged edges, at each level's own
+    // blocking: Ã panels packed during the first NC panel are reused by the second, and the
+    // second KC block adds to C.
+    for (s, level) in available().into_iter().enumerate() {
+        let bl = Blocking::for_level(level);
+        let p = Problem::new(bl.mc + bl.mr + 1, bl.kc + 1, bl.nc + bl.nr + 1, 270 + s as u64);
+        let reference = p.naive();
+        with_level(level, |level| {
+            for (rung, threads) in [(Rung::PackedSimd, 1), (Rung::Threaded, 2), (Rung::Threaded, 3)] {
+                let got = p.run(rung, level, threads);
+                p.assert_agrees(&format!("{rung} ({threads} threads) at {level}"), &got, &reference);
+            }
+        });
+    }
+}
+
+#[test]
 fn packed_and_threaded_match_naive_at_512_cubed() {
     let p = Problem::new(512, 512, 512, 300);
     let reference = p.naive();
