@@ -224,7 +224,7 @@ fn ladder_chart(path: &std::path::Path, rows: &[Value], peak: f64) -> Result<()>
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
-            .label(*rung)
+            .label(if *rung == "threaded" { "threaded (2 threads)" } else { rung })
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
