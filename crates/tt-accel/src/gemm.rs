@@ -25,15 +25,18 @@
 //!    `c[i][..] += a[i][p] · b[p][..]`. The inner loop now walks a row of B and a row of C with
 //!    unit stride: every byte of every cache line fetched is used, the hardware prefetcher sees
 //!    two sequential streams, and the compiler vectorizes the loop (a scalar times a vector plus
-//!    a vector). Typically 5–20× faster than naive; but each row of C re-reads **all of B**
-//!    (4 MiB at n = 1024), which no longer fits in L2, so it is bandwidth-bound.
+//!    a vector): ~10× faster than naive here. But each row of C re-reads **all of B** (4 MiB at
+//!    n = 1024), which does not fit in L2, so it leans on L3 bandwidth — and once B outgrows L3,
+//!    on DRAM.
 //! 3. **blocked** ([`blocked`]): the reordered loop, run tile by tile so that a
 //!    tile of B is read from cache many times before it is evicted. Tile sizes come from this
 //!    machine's caches (L1d 48 KiB, L2 1 MiB per core; see [`kernels::L1D_BYTES`]): a `BLOCK_KC × BLOCK_NC` tile of B fills
 //!    half of L1 and is reused by every row of an `BLOCK_MC`-row block of A, whose
 //!    `BLOCK_MC × BLOCK_KC` block (plus the C rows it updates) stays in L2 while the tile of B
 //!    walks along n. The inner loops are still the scalar `c += a·b` of rung 2: what changes is
-//!    where the loads come from (L1 instead of L3/DRAM), not how many there are.
+//!    where the loads come from (L1 instead of L3/DRAM), not how many there are — so on a CPU
+//!    whose L3 holds all of B it is no faster than rung 2 (measured: equal up to n = 2048, 1.5×
+//!    at n = 3072; see [`blocked`]'s source docs).
 //! 4. **packed_simd** ([`packed_simd`] and [`kernels`]): the
 //!    BLIS/Goto algorithm. Rung 3 still loads and stores C for every multiply-add (2 memory
 //!    operations per FMA); the fix is a **register-blocked microkernel** that keeps an MR×NR tile
