@@ -17,53 +17,58 @@
 //! | [`Rung::PackedSimd`] | BLIS 5 loops + microkernel | registers, SIMD, FMA, no cache conflicts |
 //! | [`Rung::Threaded`] | the same, rows split over workers | the second core |
 //!
-//! 1. **naive** (`i → j → p`, [`naive`]): `c[i][j] = Σ_p a[i][p]·b[p][j]`. The
-//!    inner loop walks *down a column of B*: every iteration jumps `ldb` floats, touches a new
-//!    cache line and uses 4 of its 64 bytes, and cannot be vectorized. At n ≥ 512 a column of B
-//!    is n cache lines — it no longer survives in L1 between two `j`, so almost every load misses.
-//! 2. **reordered** (`i → p → j`, [`reordered`]): the same multiply-adds, with the two inner loops swapped:
-//!    `c[i][..] += a[i][p] · b[p][..]`. The inner loop now walks a row of B and a row of C with
-//!    unit stride: every byte of every cache line fetched is used, the hardware prefetcher sees
-//!    two sequential streams, and the compiler vectorizes the loop (a scalar times a vector plus
-//!    a vector). Typically 5–20× faster than naive; but each row of C re-reads **all of B**
-//!    (4 MiB at n = 1024), which no longer fits in L2, so it is bandwidth-bound.
-//! 3. **blocked** ([`blocked`]): the reordered loop, run tile by tile so that a
-//!    tile of B is read from cache many times before it is evicted. Tile sizes come from this
-//!    machine's caches (L1d 48 KiB, L2 1 MiB per core; see [`kernels::L1D_BYTES`]): a `BLOCK_KC × BLOCK_NC` tile of B fills
-//!    half of L1 and is reused by every row of an `BLOCK_MC`-row block of A, whose
+//! 1. **naive** (`i → j → p`, [`naive`]): `c[i][j] = Σ_p a[i][p]·b[p][j]`. The inner loop walks
+//!    *down a column of B*: every iteration jumps `ldb` floats, touches a new cache line and uses 4
+//!    of its 64 bytes, and cannot be vectorized. At n ≥ 512 a column of B is n cache lines — it no
+//!    longer survives in L1 between two `j`, so almost every load misses.
+//! 2. **reordered** (`i → p → j`, [`reordered`]): the same multiply-adds, with the two inner loops
+//!    swapped: `c[i][..] += a[i][p] · b[p][..]`. The inner loop now walks a row of B and a row of C
+//!    with unit stride: every byte of every cache line fetched is used, the hardware prefetcher
+//!    sees two sequential streams, and the compiler vectorizes the loop (a scalar times a vector
+//!    plus a vector): ~10× faster than naive here. But each row of C re-reads **all of B** (4 MiB
+//!    at n = 1024), which does not fit in L2, so it leans on L3 bandwidth — and once B outgrows L3,
+//!    on DRAM.
+//! 3. **blocked** ([`blocked`]): the reordered loop, run tile by tile so that a tile of B is read
+//!    from cache many times before it is evicted. Tile sizes come from this machine's caches (L1d
+//!    48 KiB, L2 1 MiB per core; see [`kernels::L1D_BYTES`]): a `BLOCK_KC × BLOCK_NC` = 48×128 tile
+//!    of B fills half of L1 and is reused by every row of a `BLOCK_MC` = 64-row block of A, whose
 //!    `BLOCK_MC × BLOCK_KC` block (plus the C rows it updates) stays in L2 while the tile of B
 //!    walks along n. The inner loops are still the scalar `c += a·b` of rung 2: what changes is
-//!    where the loads come from (L1 instead of L3/DRAM), not how many there are.
-//! 4. **packed_simd** ([`packed_simd`] and [`kernels`]): the
-//!    BLIS/Goto algorithm. Rung 3 still loads and stores C for every multiply-add (2 memory
-//!    operations per FMA); the fix is a **register-blocked microkernel** that keeps an MR×NR tile
-//!    of C in vector registers for a whole KC-long dot product, so each step loads one row of NR
-//!    B values and broadcasts MR A values to do MR·NR multiply-adds (AVX-512: 12×32 = 24 zmm
-//!    accumulators, 24 FMAs per 2 loads + 12 broadcasts). To feed it at full speed both operands
-//!    are **packed** once per block into the exact order the microkernel reads them: B into
-//!    KC×NR panels, A into MR×KC panels, contiguous and 64-byte aligned — no strides, no TLB
-//!    misses, no cache-set conflicts from power-of-two `lda`, and zero padding at the edges so the
-//!    microkernel always computes a full tile (edge tiles are then copied out partially).
-//!    Block sizes come from the caches (see [`Blocking::derive`]): KC so one MR×KC panel of A
-//!    fills half of L1 (it is reused by every NR panel of B), NC so the packed KC×NC panel of B
-//!    fills half of L2 (reused by every MR panel of A), MC so the packed MC×KC block of A takes a
-//!    few MiB of the shared L3 (reused by every NC panel). At AVX-512: KC = 512, NC = 256,
-//!    MC = 2040. One microkernel per dispatch level: AVX-512 12×32, AVX2 6×16, scalar 4×8
-//!    (plain loops).
+//!    where the loads come from (L1 instead of L3/DRAM), not how many there are — so on a CPU whose
+//!    L3 holds all of B it is no faster than rung 2 (measured: equal up to n = 2048, 1.5× at n =
+//!    3072; see [`blocked`]'s source docs).
+//! 4. **packed_simd** ([`packed_simd`] and [`kernels`]): the BLIS/Goto algorithm. Rung 3 still
+//!    loads and stores C for every multiply-add (plus a load of B: 3 memory operations per
+//!    multiply-add); the fix is a
+//!    **register-blocked microkernel** that keeps an MR×NR tile of C in vector registers for a
+//!    whole KC-long dot product, so each step loads one row of NR B values and broadcasts MR A
+//!    values to do MR·NR multiply-adds (AVX-512: 12×32 = 24 zmm accumulators, 24 FMAs per 2 loads +
+//!    12 broadcasts). To feed it at full speed both operands are **packed** once per block into the
+//!    exact order the microkernel reads them: B into KC×NR panels, A into MR×KC panels, contiguous
+//!    and 64-byte aligned — no strides, few TLB misses, no cache-set conflicts from power-of-two
+//!    `lda`, and zero padding at the edges so the microkernel always computes a full tile (edge
+//!    tiles are then copied out partially). Block sizes come from the caches (see
+//!    [`Blocking::derive`]): KC so one MR×KC panel of A fills half of L1 (it is reused by every NR
+//!    panel of B), NC so the packed KC×NC panel of B fills half of L2 (reused by every MR panel of
+//!    A), MC so the packed MC×KC block of A takes a few MiB of the shared L3 (reused by every NC
+//!    panel). At AVX-512: KC = 512, NC = 256, MC = 2040. One microkernel per dispatch level:
+//!    AVX-512 12×32, AVX2 6×16, scalar 4×8 (plain loops).
 //! 5. **threaded** ([`threaded`]): rung 4 on a dedicated rayon pool. For each KC×NC panel the
-//!    workers pack B̃ together (disjoint groups of NR panels), then each worker takes a
-//!    contiguous range of MR-row panels of C, packs its own panels of Ã and runs the same
-//!    microkernel against the shared B̃ (which each core pulls into its own, private L2). Each
-//!    element of C is computed by exactly one worker with the same KC partition and the same
-//!    microkernel, so the result is **bit-identical** to rung 4.
+//!    workers pack B̃ together (disjoint groups of NR panels), then each worker takes a contiguous
+//!    range of MR-row panels of C, packs its own panels of Ã and runs the same microkernel against
+//!    the shared B̃ (which each core pulls into its own, private L2). Each element of C is computed
+//!    by exactly one worker with the same KC partition and the same microkernel, so the result is
+//!    **bit-identical** to rung 4.
 //!
 //! Every rung is also callable through one entry point, [`gemm`], which checks the arguments
 //! (returning an error naming the bad one) so a sweep can iterate over [`Rung::ALL`].
 //!
 //! # Numerical agreement between rungs
-//! The rungs sum the same k products in different orders (rung 4 sums in KC-long register
-//! chunks, with FMA — one rounding per step instead of two — at the SIMD levels), so they agree
-//! to f32 rounding, not bit for bit: |Δ| ≲ k·ε·max|a|·max|b| with ε = 2⁻²⁴. Within one dispatch
+//! Rungs 1–3 add the k products of each element to zero in increasing `p`, one rounding each, so
+//! they are bit-identical. Rung 4 sums in KC-long chunks in a register lane, with FMA (one rounding
+//! per step instead of two) at the SIMD levels, so it agrees with them to f32 rounding: any
+//! summation order satisfies |ĉ − c| ≤ γ_k·(|A|·|B|)_ij with γ_k = k·u/(1 − k·u), u = 2⁻²⁴, so two
+//! rungs differ by at most 2·γ_k·(|A|·|B|)_ij — the bound the tests check. Within one dispatch
 //! level, `packed_simd` and `threaded` (any thread count) are bit-identical.
 
 mod blocked;

@@ -2,16 +2,23 @@
 //!
 //! Per KC×NC panel of B, two parallel phases on a dedicated pool:
 //! 1. the workers pack B̃ together (each KC×NR micro-panel is independent);
-//! 2. the m rows are cut into `threads` contiguous ranges of whole MR-row panels (sizes differ
-//!    by at most one panel) and each worker runs loops 3–1 on its range: it packs its own Ã
-//!    blocks — into its own core's L2, which is private per core on this machine — and calls the
-//!    same microkernel on the shared B̃.
+//! 2. the rows of the MC block are cut into `threads` contiguous ranges of whole MR-row panels
+//!    (sizes differ by at most one panel) and each worker runs loops 2–1 on its range: it packs
+//!    its own panels of Ã (during the first NC panel, into its own disjoint part of the shared
+//!    buffer) and calls the same microkernel on the shared B̃, which each core reads into its
+//!    own private L2.
 //!
 //! Splitting rows rather than columns means B̃ is packed once and shared (read-only), and each
 //! worker writes a disjoint set of C rows (safe `split_at_mut`, no locks). Each element of C is
 //! computed by one worker, with the same KC partition and kernel as rung 4, hence bit-identical
 //! results for any thread count. The end of each phase is the only synchronization: two
-//! fork-joins per KC block (12 at 1024³).
+//! fork-joins per KC×NC panel of B (16 at 1024³: 2 KC blocks × 4 NC panels).
+//!
+//! Cost and gain, measured on the course machine (2 cores; rough, shared): handing the work to
+//! the pool and joining costs a few tens of µs per product (thread wake-ups, one fork-join per
+//! B̃ panel), so at 128³ (20 µs on one core) two threads are *slower* than one; at 256³ they
+//! are ~1.8× faster, at 512³ ~1.87× and at 1024³ ~1.99×. With `threads = 1` the caller runs the
+//! product itself, exactly rung 4.
 //!
 //! Pools are built once per thread count and kept for the life of the process (starting
 //! threads per call would cost tens of microseconds, several percent of a 512³ product). The
@@ -30,6 +37,11 @@ use tt_tensor::TensorError;
 pub const MAX_THREADS: usize = 256;
 
 pub(super) fn threaded(level: Level, threads: usize, x: Args<'_>) -> Result<(), TensorError> {
+    if threads == 1 {
+        // One worker: let the caller be it; a pool would only add a cross-thread wake-up.
+        packed_simd::run(level, None, x);
+        return Ok(());
+    }
     let pool = pool(threads)?;
     packed_simd::run(level, Some((&pool, threads)), x);
     Ok(())
