@@ -295,12 +295,13 @@ pub fn read_bandwidth_gbs(bytes: usize, runs: usize) -> Result<f64> {
 }
 
 /// Read bandwidth of each level of the memory hierarchy, measured with working sets chosen for
-/// this machine's sizes (`../shared/reference/machine.md`: L1d 48 KiB, L2 2 MiB, L3 large).
+/// this machine's caches (per core: L1d 48 KiB, L2 1 MiB; L3 32 MiB shared — `lscpu` reports the
+/// totals over both cores).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct MemoryLevels {
     /// 32 KiB working set.
     pub l1_read_gbs: f64,
-    /// 1 MiB.
+    /// 512 KiB.
     pub l2_read_gbs: f64,
     /// 8 MiB.
     pub l3_read_gbs: f64,
@@ -310,7 +311,7 @@ pub struct MemoryLevels {
 
 impl MemoryLevels {
     /// Working-set sizes measured: L1, L2, L3, DRAM.
-    pub const SIZES: [usize; 4] = [32 << 10, 1 << 20, 8 << 20, 256 << 20];
+    pub const SIZES: [usize; 4] = [32 << 10, 512 << 10, 8 << 20, 256 << 20];
 
     /// Measures every level (a few seconds; `quick` uses a 64 MiB DRAM set and fewer runs).
     ///
@@ -328,13 +329,13 @@ impl MemoryLevels {
     }
 
     /// The read bandwidth of the smallest level a working set of `bytes` fits in (half of each
-    /// cache, leaving room for everything else that lives there: L1 24 KiB, L2 1 MiB, L3 32 MiB).
+    /// cache, leaving room for everything else that lives there: L1 24 KiB, L2 512 KiB, L3 16 MiB).
     pub fn for_working_set(&self, bytes: usize) -> (&'static str, f64) {
         if bytes <= 24 << 10 {
             ("L1", self.l1_read_gbs)
-        } else if bytes <= 1 << 20 {
+        } else if bytes <= 512 << 10 {
             ("L2", self.l2_read_gbs)
-        } else if bytes <= 32 << 20 {
+        } else if bytes <= 16 << 20 {
             ("L3", self.l3_read_gbs)
         } else {
             ("DRAM", self.dram_read_gbs)

@@ -314,7 +314,8 @@ mod memory_levels {
         assert!(read_bandwidth_gbs(16, 1).is_err() && read_bandwidth_gbs(1 << 20, 0).is_err());
         let m = MemoryLevels { l1_read_gbs: 300.0, l2_read_gbs: 100.0, l3_read_gbs: 25.0, dram_read_gbs: 14.0 };
         assert_eq!(m.for_working_set(16 << 10).0, "L1");
-        assert_eq!(m.for_working_set(800 << 10).0, "L2");
+        assert_eq!(m.for_working_set(400 << 10).0, "L2");
+        assert_eq!(m.for_working_set(800 << 10).0, "L3");
         assert_eq!(m.for_working_set(3 << 20).0, "L3");
         assert_eq!(m.for_working_set(1 << 30).0, "DRAM");
         // 3.15 MB of weights + 0.1 MB of cache per token from L3 at 25 GB/s: ~7,700 tok/s.
