@@ -288,7 +288,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     accelerated.set_row_kernels(fused::row_kernels());
     // The same packed layers split over two cores by output panels (a second model copy holds
     // them, so the one-thread engine above keeps its own).
-    let team = Arc::new(Team::new(2));
+    let team = Arc::new(Team::new(2).map_err(|e| MilestoneError::Other(format!("cannot start a thread: {e}")))?);
     let (mut model2, _, _, _) =
         transformer::load_or_train(&Options { corpus: None, retrain: false, quiet: true, ..opts.clone() })?;
     pack_linears_with(&mut model2, Some(Arc::clone(&team)))?;

@@ -138,6 +138,8 @@ impl Projection for PackedF32 {
 
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
         let (out_f, in_f) = (self.out_f, self.in_f);
+        // The trait's documented `# Panics`: `tt_tensor::projection::project` checks these and
+        // returns an error first; the kernels below write through raw pointers, so check anyway.
         assert!(x.len() >= rows * in_f && y.len() >= rows * out_f, "PackedF32::forward_rows sizes");
         assert!(bias.is_none_or(|b| b.len() == out_f), "PackedF32::forward_rows bias length");
         let panels = out_f.div_ceil(PANEL);

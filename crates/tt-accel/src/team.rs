@@ -55,7 +55,10 @@ impl std::fmt::Debug for Team {
 
 impl Team {
     /// A team of `size` members: the caller plus `size − 1` threads (`size` 0 counts as 1).
-    pub fn new(size: usize) -> Team {
+    ///
+    /// # Errors
+    /// The operating system refused to start a thread (the ones already started are stopped).
+    pub fn new(size: usize) -> std::io::Result<Team> {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -66,16 +69,15 @@ impl Team {
             panicked: AtomicBool::new(false),
             job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
         });
-        let workers = (1..size.max(1))
-            .map(|id| {
-                let s = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("tt-accel-team-{id}"))
-                    .spawn(move || worker(&s, id))
-                    .expect("spawning a team thread")
-            })
-            .collect();
-        Team { shared, workers, lock: std::sync::Mutex::new(()) }
+        let mut team = Team { shared, workers: Vec::new(), lock: std::sync::Mutex::new(()) };
+        for id in 1..size.max(1) {
+            let s = Arc::clone(&team.shared);
+            // On error `team` drops here, which stops the workers already started.
+            let handle =
+                std::thread::Builder::new().name(format!("tt-accel-team-{id}")).spawn(move || worker(&s, id))?;
+            team.workers.push(handle);
+        }
+        Ok(team)
     }
 
     /// Members, the caller included.
@@ -108,6 +110,8 @@ impl Team {
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
+        // A share panicking is a bug in the job (a kernel), not bad input: re-raise it on the
+        // caller's thread, like a panic inside a rayon scope.
         if s.panicked.swap(false, Ordering::Relaxed) {
             panic!("a tt-accel team member's share of the job panicked");
         }

@@ -49,6 +49,7 @@ impl Proj {
             bytes: (4 * rows * (in_f + out_f) + self.p.storage_bytes()) as u64,
         });
         let bias = self.bias.as_ref().map(Tensor::data);
+        // Tensor data is always standard layout (tt-tensor's invariant), so as_slice succeeds.
         let bias = bias.as_ref().map(|b| b.as_slice().expect("tensor data is standard layout"));
         self.p.forward_rows(&x[..rows * in_f], rows, bias, &mut y[..rows * out_f], ws);
     }

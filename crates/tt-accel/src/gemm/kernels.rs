@@ -139,6 +139,7 @@ fn pack_a_panel<const MR: usize>(
         const CH: usize = 16;
         let full = kc / CH * CH;
         for (q, out) in steps[..full].chunks_exact_mut(CH).enumerate() {
+            // `[..CH]` has exactly CH elements, so the conversion to `&[f32; CH]` cannot fail.
             let chunk: [&[f32; CH]; MR] = std::array::from_fn(|r| src[r][q * CH..][..CH].try_into().unwrap());
             for (p, step) in out.iter_mut().enumerate() {
                 for r in 0..MR {

@@ -62,7 +62,7 @@ fn packed_projection_reports_its_real_storage_and_level() {
 #[test]
 fn a_team_split_is_bit_identical_to_one_thread() {
     use tt_accel::team::{share, Team};
-    let team = Arc::new(Team::new(2));
+    let team = Arc::new(Team::new(2).unwrap());
     assert_eq!(team.size(), 2);
     for level in available() {
         for &(out_f, in_f) in &[(17usize, 33usize), (129, 7), (512, 128), (16, 5)] {
@@ -81,7 +81,7 @@ fn a_team_split_is_bit_identical_to_one_thread() {
     }
     // Every member runs exactly its share; shares cover the range without overlap.
     let hits: Vec<std::sync::atomic::AtomicUsize> = (0..10).map(|_| Default::default()).collect();
-    let t3 = Team::new(3);
+    let t3 = Team::new(3).unwrap();
     t3.run(&|i| {
         for j in share(10, 3, i) {
             hits[j].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -93,7 +93,7 @@ fn a_team_split_is_bit_identical_to_one_thread() {
 #[test]
 fn an_idle_team_sleeps_and_wakes_for_the_next_job() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let team = tt_accel::team::Team::new(2);
+    let team = tt_accel::team::Team::new(2).unwrap();
     let n = AtomicUsize::new(0);
     for pause_ms in [0u64, 5, 0, 20] {
         // Long enough pauses put the worker to sleep; the next job must still reach it.
