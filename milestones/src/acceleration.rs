@@ -288,12 +288,17 @@ pub fn run(opts: &Options) -> Result<Value> {
     accelerated.set_row_kernels(fused::row_kernels());
     // The same packed layers split over two cores by output panels (a second model copy holds
     // them, so the one-thread engine above keeps its own).
-    let team = Arc::new(Team::new(2).map_err(|e| MilestoneError::Other(format!("cannot start a thread: {e}")))?);
+    // The process-wide team (one member per core, at most 2) serves both the projections and the
+    // heads-parallel attention, so no more threads than cores spin.
+    let team = match tt_accel::team::global() {
+        Some(t) => t,
+        None => Arc::new(Team::new(1).map_err(|e| MilestoneError::Other(format!("cannot start a thread: {e}")))?),
+    };
     let (mut model2, _, _, _) =
         transformer::load_or_train(&Options { corpus: None, retrain: false, quiet: true, ..opts.clone() })?;
     pack_linears_with(&mut model2, Some(Arc::clone(&team)))?;
     let mut two_threads = CachedGpt::new(&model2, 1, OverflowPolicy::Error)?;
-    two_threads.set_row_kernels(fused::row_kernels());
+    two_threads.set_row_kernels(fused::row_kernels_threaded());
     let sync_us = 1e6 * time_per_call(9, || team.run(&|_| {}));
     // Logits at every step, both engines fed the reference's greedy tokens.
     let mut worst = 0.0f32;
@@ -310,7 +315,9 @@ pub fn run(opts: &Options) -> Result<Value> {
     let identical = runs.iter().flatten().all(|t| t.tokens == runs[0][0].tokens);
     let tok_s = |ts: &[Trace]| median(ts.iter().map(|t| t.tokens_per_second(1)).collect());
     let (ref_tps, acc_tps, two_tps) = (tok_s(&runs[0]), tok_s(&runs[1]), tok_s(&runs[2]));
-    let syncs_per_token = accelerated.projection_formats().iter().filter(|f| f.1 == "f32-packed").count();
+    // One hand-off per packed projection and one per layer's attention.
+    let syncs_per_token = accelerated.projection_formats().iter().filter(|f| f.1 == "f32-packed").count()
+        + accelerated.cache().shape().layers;
     // Bytes one decode step reads: every projection's storage, the output head, and the KV
     // cache at the middle of the generation.
     let weight_bytes: usize = accelerated.projection_formats().iter().map(|f| f.2).sum();
@@ -338,7 +345,8 @@ pub fn run(opts: &Options) -> Result<Value> {
         if identical { "yes" } else { "NO" }
     ));
     opts.say(format!(
-        "  packed projections split over 2 cores (attention, norms and the rest on one): {two_tps:>8.0} tok/s  ({:.2}x one thread); team hand-off {sync_us:.2} µs × {syncs_per_token} projections = {:.1} µs per token",
+        "  over {} cores (projections by output panels, attention by heads; norms and the rest on one): {two_tps:>8.0} tok/s  ({:.2}x one thread); team hand-off {sync_us:.2} µs × {syncs_per_token} per token = {:.1} µs",
+        team.size(),
         two_tps / acc_tps,
         sync_us * syncs_per_token as f64
     ));

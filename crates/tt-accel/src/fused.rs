@@ -223,7 +223,75 @@ pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
             // As above: the cache's rows are head_dim wide and out is one head.
             decode_attention(q, keys, values, scale, out).expect("attention head widths agree");
         },
+        decode_attention_heads: None,
     }
+}
+
+/// [`row_kernels`] with one-query attention split by heads across [`crate::team::global`]'s
+/// members (one hand-off per layer instead of per head). Each head is computed by one member
+/// exactly as [`decode_attention`] would, so results equal the one-thread table's bit for bit.
+pub fn row_kernels_threaded() -> tt_tensor::kernels::RowKernels {
+    tt_tensor::kernels::RowKernels {
+        name: "fused-threaded",
+        decode_attention_heads: Some(attention_heads_on_team),
+        ..row_kernels()
+    }
+}
+
+/// Output buffer shared by team members that write disjoint heads.
+#[derive(Clone, Copy)]
+struct HeadsOut(*mut f32, usize);
+// SAFETY: each member writes only the `head_dim` floats of its own heads, and `Team::run` returns
+// only after every member is done, while the buffer is still borrowed.
+unsafe impl Send for HeadsOut {}
+// SAFETY: as above.
+unsafe impl Sync for HeadsOut {}
+
+impl HeadsOut {
+    /// Head `h`'s output.
+    ///
+    /// # Safety
+    /// `h·hd + hd` ≤ the buffer's length, and no one else uses these floats meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn head(&self, h: usize, hd: usize) -> &mut [f32] {
+        debug_assert!(h * hd + hd <= self.1);
+        // SAFETY: forwarded contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(h * hd), hd) }
+    }
+}
+
+fn attention_heads_on_team(job: &tt_tensor::kernels::HeadsJob, out: &mut [f32]) {
+    let (hd, nh) = (job.head_dim, job.heads);
+    assert!(out.len() >= nh * hd && job.q.len() >= nh * hd, "attention heads: buffers hold every head");
+    let head = |h: usize, o: &mut [f32]| {
+        let kv = h * job.head_stride..h * job.head_stride + job.slots * hd;
+        // The decoder passes heads of the widths it validated, so the checks cannot fail.
+        decode_attention(&job.q[h * hd..(h + 1) * hd], &job.keys[kv.clone()], &job.values[kv], job.scale, o)
+            .expect("attention head widths agree");
+    };
+    let team = crate::team::global();
+    let Some(team) = team.filter(|t| t.size() > 1 && nh > 1) else {
+        for (h, o) in out.chunks_exact_mut(hd).take(nh).enumerate() {
+            head(h, o);
+        }
+        return;
+    };
+    let members = team.size().min(nh);
+    let ptr = HeadsOut(out.as_mut_ptr(), out.len());
+    let level = dispatch::level();
+    team.run(&|i| {
+        if i >= members {
+            return;
+        }
+        // Workers run at the caller's level, so every head is computed the same way.
+        crate::dispatch::with_level(level, |_| {
+            for h in crate::team::share(nh, members, i) {
+                // SAFETY: h < heads, so the head's floats lie inside the buffer (checked above),
+                // and no other member writes head h.
+                head(h, unsafe { ptr.head(h, hd) });
+            }
+        });
+    });
 }
 
 /// One decode step of one attention head: the query `q` (`head_dim` floats) attends to all

@@ -217,6 +217,20 @@ impl KvCache {
         Ok(self.block(layer, b, h))
     }
 
+    /// Keys and values of every head of `layer`, sequence `b`, for kernels that take all heads
+    /// at once: slices starting at head 0's block, head `h`'s `[slots, head_dim]` rows at offset
+    /// `h · head_stride`. Returns `(keys, values, head_stride, slots)`.
+    ///
+    /// # Errors
+    /// An index out of range.
+    pub fn heads(&self, layer: usize, b: usize) -> Result<(&[f32], &[f32], usize, usize), CacheError> {
+        let base = self.check_index(layer, b, 0)?;
+        let s = self.shape;
+        let (stride, slots) = (s.capacity * s.head_dim, self.filled[layer]);
+        let end = base + (s.heads - 1) * stride + slots * s.head_dim;
+        Ok((&self.k[base..end], &self.v[base..end], stride, slots))
+    }
+
     /// Keys of `layer`, sequence `b`, head `h`: `[slots, head_dim]`, oldest first, including
     /// positions appended this step.
     ///

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
-use tt_tensor::kernels::{attention_head, RowKernels, Rows};
+use tt_tensor::kernels::{attention_head, HeadsJob, RowKernels, Rows};
 use tt_tensor::nn::{LayerNorm, Linear};
 use tt_tensor::projection::{DenseF32, Projection, Workspace};
 use tt_tensor::Tensor;
@@ -504,6 +504,16 @@ fn attention(
     let rows = b * n;
     cache.append(l, &s.kbuf[..rows * attn], &s.vbuf[..rows * attn], n)?;
     let scale = 1.0 / (hd as f32).sqrt();
+    if let (1, Some(all_heads)) = (n, k.decode_attention_heads) {
+        // A decode step with a kernel that takes every head at once (e.g. split across cores).
+        for bi in 0..b {
+            let (keys, values, head_stride, slots) = cache.heads(l, bi)?;
+            let q = &s.qkv[bi * 3 * attn..bi * 3 * attn + attn];
+            let job = HeadsJob { q, keys, values, heads: nh, head_dim: hd, head_stride, slots, scale };
+            all_heads(&job, &mut s.att[bi * attn..(bi + 1) * attn]);
+        }
+        return Ok(());
+    }
     for bi in 0..b {
         for h in 0..nh {
             let (keys, vals) = (cache.keys(l, bi, h)?, cache.values(l, bi, h)?);

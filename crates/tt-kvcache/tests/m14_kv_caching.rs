@@ -493,3 +493,58 @@ mod seam {
         assert!((worse - full).abs() > 1e-3, "{worse} vs {full}");
     }
 }
+
+mod all_heads {
+    use super::{max_diff, trained};
+    use tt_kvcache::{CachedGpt, KvCache, OverflowPolicy};
+    use tt_tensor::kernels::{HeadsJob, RowKernels};
+
+    /// A heads kernel written plainly: head by head through the reference one-query kernel.
+    fn heads_one_by_one(job: &HeadsJob, out: &mut [f32]) {
+        let r = RowKernels::reference();
+        let hd = job.head_dim;
+        let mut scores = vec![0.0; job.slots];
+        for h in 0..job.heads {
+            let kv = h * job.head_stride..h * job.head_stride + job.slots * hd;
+            (r.decode_attention)(
+                &job.q[h * hd..(h + 1) * hd],
+                &job.keys[kv.clone()],
+                &job.values[kv],
+                hd,
+                job.scale,
+                &mut scores,
+                &mut out[h * hd..(h + 1) * hd],
+            );
+        }
+    }
+
+    #[test]
+    fn a_kernel_taking_all_heads_sees_the_same_cache_rows() {
+        let m = trained(13);
+        for batch in [1, 3] {
+            let mut plain = CachedGpt::new(&m, batch, OverflowPolicy::Error).unwrap();
+            let mut all = CachedGpt::new(&m, batch, OverflowPolicy::Error).unwrap();
+            all.set_row_kernels(RowKernels {
+                decode_attention_heads: Some(heads_one_by_one),
+                ..RowKernels::reference()
+            });
+            let prompt: Vec<usize> = (0..batch * 5).map(|i| (i * 7 + 1) % 12).collect();
+            let (a, b) = (plain.prefill(&prompt, 5).unwrap().to_vec(), all.prefill(&prompt, 5).unwrap().to_vec());
+            assert_eq!(a, b);
+            for step in 0..20 {
+                let next: Vec<usize> = (0..batch).map(|i| (step * 5 + i) % 12).collect();
+                let a = plain.decode_step(&next).unwrap().to_vec();
+                let b = all.decode_step(&next).unwrap().to_vec();
+                assert!(max_diff(&a, &b) == 0.0, "batch {batch}, step {step}");
+            }
+        }
+        // The layout the kernel relies on.
+        let mut c = KvCache::new(1, 2, 3, 4, 2, OverflowPolicy::Error).unwrap();
+        let k: Vec<f32> = (0..2 * 3 * 2).map(|i| i as f32).collect();
+        c.append(0, &k, &k, 1).unwrap();
+        let (keys, _, stride, slots) = c.heads(0, 1).unwrap();
+        assert_eq!((stride, slots), (4 * 2, 1));
+        assert_eq!(&keys[2 * stride..2 * stride + 2], c.keys(0, 1, 2).unwrap());
+        assert!(c.heads(0, 2).is_err());
+    }
+}

@@ -220,7 +220,28 @@ pub struct RowKernels {
     /// One query `q` (`head_dim`) against `keys`/`values` (`[slots, head_dim]`, contiguous):
     /// `out = softmax(scale·q·Kᵀ)·V`. `scores` has room for `slots` floats (a kernel may use it).
     pub decode_attention: DecodeAttentionFn,
+    /// Optionally, every head of one decode step at once (a kernel that splits heads across
+    /// cores); `None` runs [`RowKernels::decode_attention`] head by head.
+    pub decode_attention_heads: Option<DecodeHeadsFn>,
 }
+
+/// All heads of one query position: `q` holds `heads` queries of `head_dim` side by side; head
+/// `h`'s `slots` cached keys and values start at `h · head_stride` in `keys` / `values`; head `h`'s
+/// output goes to `out[h·head_dim..]`.
+#[derive(Debug)]
+pub struct HeadsJob<'a> {
+    pub q: &'a [f32],
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub heads: usize,
+    pub head_dim: usize,
+    pub head_stride: usize,
+    pub slots: usize,
+    pub scale: f32,
+}
+
+/// See [`RowKernels::decode_attention_heads`].
+pub type DecodeHeadsFn = fn(job: &HeadsJob, out: &mut [f32]);
 
 /// `(x, gamma, beta, eps, out)`: see [`RowKernels::layer_norm`].
 pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]);
@@ -250,6 +271,7 @@ impl RowKernels {
                     hd,
                 );
             },
+            decode_attention_heads: None,
         }
     }
 }

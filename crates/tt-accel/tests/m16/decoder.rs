@@ -71,3 +71,31 @@ fn check_level(level: tt_accel::Level) {
         assert_eq!(ta, tb, "{level}: greedy tokens");
     }
 }
+
+/// Two threads — projections split by panels and attention split by heads over the global team —
+/// give the one-thread accelerated decoder's logits bit for bit, at every level.
+#[test]
+fn the_two_thread_decoder_equals_the_one_thread_decoder_bit_for_bit() {
+    let Some(team) = tt_accel::team::global() else {
+        eprintln!("one core: nothing to split");
+        return;
+    };
+    for level in available() {
+        with_level(level, |_| {
+            let (mut one, mut two) = (trained(), trained());
+            pack_linears(&mut one).unwrap();
+            tt_accel::packed::pack_linears_with(&mut two, Some(team.clone())).unwrap();
+            let mut e1 = CachedGpt::new(&one, 1, OverflowPolicy::Error).unwrap();
+            let mut e2 = CachedGpt::new(&two, 1, OverflowPolicy::Error).unwrap();
+            e1.set_row_kernels(tt_accel::fused::row_kernels());
+            e2.set_row_kernels(tt_accel::fused::row_kernels_threaded());
+            let mut a = e1.prefill(&[1, 5, 9], 3).unwrap().to_vec();
+            let mut b = e2.prefill(&[1, 5, 9], 3).unwrap().to_vec();
+            for step in 0..40 {
+                assert_eq!(a, b, "{level}: step {step}");
+                a = e1.decode_step(&[step % 12]).unwrap().to_vec();
+                b = e2.decode_step(&[step % 12]).unwrap().to_vec();
+            }
+        });
+    }
+}
