@@ -42,6 +42,16 @@ pub struct CacheShape {
     pub head_dim: usize,
 }
 
+/// Every head's cached rows of one (layer, sequence): slices starting at head 0's block; head
+/// `h`'s `[slots, head_dim]` keys (and values) start at `h · head_stride`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadRows<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub head_stride: usize,
+    pub slots: usize,
+}
+
 /// A preallocated KV cache for all layers of a batch of equal-length sequences.
 #[derive(Debug, Clone)]
 pub struct KvCache {
@@ -218,17 +228,16 @@ impl KvCache {
     }
 
     /// Keys and values of every head of `layer`, sequence `b`, for kernels that take all heads
-    /// at once: slices starting at head 0's block, head `h`'s `[slots, head_dim]` rows at offset
-    /// `h · head_stride`. Returns `(keys, values, head_stride, slots)`.
+    /// at once (see [`HeadRows`]).
     ///
     /// # Errors
     /// An index out of range.
-    pub fn heads(&self, layer: usize, b: usize) -> Result<(&[f32], &[f32], usize, usize), CacheError> {
+    pub fn heads(&self, layer: usize, b: usize) -> Result<HeadRows<'_>, CacheError> {
         let base = self.check_index(layer, b, 0)?;
         let s = self.shape;
-        let (stride, slots) = (s.capacity * s.head_dim, self.filled[layer]);
-        let end = base + (s.heads - 1) * stride + slots * s.head_dim;
-        Ok((&self.k[base..end], &self.v[base..end], stride, slots))
+        let (head_stride, slots) = (s.capacity * s.head_dim, self.filled[layer]);
+        let end = base + (s.heads - 1) * head_stride + slots * s.head_dim;
+        Ok(HeadRows { keys: &self.k[base..end], values: &self.v[base..end], head_stride, slots })
     }
 
     /// Keys of `layer`, sequence `b`, head `h`: `[slots, head_dim]`, oldest first, including

@@ -507,9 +507,18 @@ fn attention(
     if let (1, Some(all_heads)) = (n, k.decode_attention_heads) {
         // A decode step with a kernel that takes every head at once (e.g. split across cores).
         for bi in 0..b {
-            let (keys, values, head_stride, slots) = cache.heads(l, bi)?;
+            let r = cache.heads(l, bi)?;
             let q = &s.qkv[bi * 3 * attn..bi * 3 * attn + attn];
-            let job = HeadsJob { q, keys, values, heads: nh, head_dim: hd, head_stride, slots, scale };
+            let job = HeadsJob {
+                q,
+                keys: r.keys,
+                values: r.values,
+                heads: nh,
+                head_dim: hd,
+                head_stride: r.head_stride,
+                slots: r.slots,
+                scale,
+            };
             all_heads(&job, &mut s.att[bi * attn..(bi + 1) * attn]);
         }
         return Ok(());

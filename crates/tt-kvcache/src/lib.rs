@@ -20,7 +20,7 @@
 pub mod cache;
 pub mod decoder;
 
-pub use cache::{CacheError, CacheShape, KvCache, OverflowPolicy};
+pub use cache::{CacheError, CacheShape, HeadRows, KvCache, OverflowPolicy};
 pub use decoder::{generate_cached, generate_uncached, CachedGpt, Trace};
 
 use thiserror::Error;

@@ -542,9 +542,9 @@ mod all_heads {
         let mut c = KvCache::new(1, 2, 3, 4, 2, OverflowPolicy::Error).unwrap();
         let k: Vec<f32> = (0..2 * 3 * 2).map(|i| i as f32).collect();
         c.append(0, &k, &k, 1).unwrap();
-        let (keys, _, stride, slots) = c.heads(0, 1).unwrap();
-        assert_eq!((stride, slots), (4 * 2, 1));
-        assert_eq!(&keys[2 * stride..2 * stride + 2], c.keys(0, 1, 2).unwrap());
+        let r = c.heads(0, 1).unwrap();
+        assert_eq!((r.head_stride, r.slots), (4 * 2, 1));
+        assert_eq!(&r.keys[2 * r.head_stride..2 * r.head_stride + 2], c.keys(0, 1, 2).unwrap());
         assert!(c.heads(0, 2).is_err());
     }
 }
