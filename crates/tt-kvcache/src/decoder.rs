@@ -1,13 +1,13 @@
 //! KV-cached GPT inference: prefill the prompt in one batched pass, then decode one token per
 //! step, computing Q/K/V only for the new token and attending over the cache.
 //!
-//! The whole forward pass is in [`CachedGpt::forward_rows`], readable top to bottom. The decoder
+//! The whole forward pass is in `CachedGpt::forward_rows`, readable top to bottom. The decoder
 //! **shares** the model's weights: per linear map it holds the layer's own
 //! [`Projection`] (an `Arc`, in whatever format was installed — dense f32 by default, sharing the
 //! weight tensor) and bias tensor; norms and embeddings are the model's own tensors. Layer widths
 //! come from the projections, so a block whose MLP was narrowed by pruning just works.
 //!
-//! All activations live in [`Scratch`] and are sized at construction for one token per sequence,
+//! All activations live in `Scratch` and are sized at construction for one token per sequence,
 //! so decode steps allocate nothing; a longer prefill grows them once. Every op opens a profiler
 //! scope and every block a layer scope, so tt-profile sees a decode step like a forward pass.
 
