@@ -310,6 +310,41 @@ pub fn run(opts: &Options) -> Result<Value> {
         a = reference.decode_step(&[next])?.to_vec();
         b = accelerated.decode_step(&[next])?.to_vec();
     }
+    // Where a step's time goes: 64 accelerated decode steps at mid-generation under the op
+    // profiler (recording adds a little time per op; read the shares, not the absolute µs).
+    let mid = tokens / 2;
+    accelerated.prefill(&prompt, prompt.len())?;
+    let mut next = prompt[prompt.len() - 1];
+    for _ in 0..mid {
+        next = tt_tensor::kernels::argmax(accelerated.decode_step(&[next])?);
+    }
+    let (r, prof) = tt_profile::profiler::profile(|| -> Result<()> {
+        for _ in 0..64 {
+            next = tt_tensor::kernels::argmax(accelerated.decode_step(&[next])?);
+        }
+        Ok(())
+    });
+    r?;
+    let breakdown: Vec<Value> = prof
+        .summary(tt_profile::profiler::SortBy::Time)
+        .iter()
+        .map(|o| json!({"op": o.op, "us_per_step": o.total_us / 64.0, "percent": o.percent}))
+        .collect();
+    let in_ops: f64 = prof.summary(tt_profile::profiler::SortBy::Time).iter().map(|o| o.total_us).sum();
+    opts.say(format!(
+        "\naccelerated decode step at position {}, under the op profiler ({:.1} µs per step wall, {:.1} in ops):",
+        prompt.len() + mid,
+        prof.wall_us / 64.0,
+        in_ops / 64.0
+    ));
+    for o in &breakdown {
+        opts.say(format!(
+            "  {:<12} {:>7.2} µs  {:>5.1}%",
+            o["op"].as_str().unwrap_or(""),
+            o["us_per_step"].as_f64().unwrap_or(0.0),
+            o["percent"].as_f64().unwrap_or(0.0)
+        ));
+    }
     let repeats = if opts.quick { 1 } else { 3 };
     let runs = decode_runs(&mut [&mut reference, &mut accelerated, &mut two_threads], &prompt, tokens, repeats)?;
     let identical = runs.iter().flatten().all(|t| t.tokens == runs[0][0].tokens);
@@ -380,6 +415,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "bytes_per_token": weight_bytes + kv_bytes,
             "identical_tokens": identical,
             "max_abs_logit_diff": worst,
+            "step_breakdown": breakdown,
         },
     }))
 }
