@@ -262,6 +262,8 @@ impl HeadsOut {
 
 fn attention_heads_on_team(job: &tt_tensor::kernels::HeadsJob, out: &mut [f32]) {
     let (hd, nh) = (job.head_dim, job.heads);
+    // Impossible by construction in the decoder (its q row and output row are heads·head_dim
+    // wide); checked because the members below write through a raw pointer.
     assert!(out.len() >= nh * hd && job.q.len() >= nh * hd, "attention heads: buffers hold every head");
     let head = |h: usize, o: &mut [f32]| {
         let kv = h * job.head_stride..h * job.head_stride + job.slots * hd;

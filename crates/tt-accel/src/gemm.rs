@@ -17,18 +17,18 @@
 //! | [`Rung::PackedSimd`] | BLIS 5 loops + microkernel | registers, SIMD, FMA, no cache conflicts |
 //! | [`Rung::Threaded`] | the same, rows split over workers | the second core |
 //!
-//! 1. **naive** (`i → j → p`, [`naive`]): `c[i][j] = Σ_p a[i][p]·b[p][j]`. The inner loop walks
+//! 1. **naive** (`i → j → p`, [`Rung::Naive`]): `c[i][j] = Σ_p a[i][p]·b[p][j]`. The inner loop walks
 //!    *down a column of B*: every iteration jumps `ldb` floats, touches a new cache line and uses 4
 //!    of its 64 bytes, and cannot be vectorized. At n ≥ 512 a column of B is n cache lines — it no
 //!    longer survives in L1 between two `j`, so almost every load misses.
-//! 2. **reordered** (`i → p → j`, [`reordered`]): the same multiply-adds, with the two inner loops
+//! 2. **reordered** (`i → p → j`, [`Rung::Reordered`]): the same multiply-adds, with the two inner loops
 //!    swapped: `c[i][..] += a[i][p] · b[p][..]`. The inner loop now walks a row of B and a row of C
 //!    with unit stride: every byte of every cache line fetched is used, the hardware prefetcher
 //!    sees two sequential streams, and the compiler vectorizes the loop (a scalar times a vector
 //!    plus a vector): ~10× faster than naive here. But each row of C re-reads **all of B** (4 MiB
 //!    at n = 1024), which does not fit in L2, so it leans on L3 bandwidth — and once B outgrows L3,
 //!    on DRAM.
-//! 3. **blocked** ([`blocked`]): the reordered loop, run tile by tile so that a tile of B is read
+//! 3. **blocked** ([`Rung::Blocked`]): the reordered loop, run tile by tile so that a tile of B is read
 //!    from cache many times before it is evicted. Tile sizes come from this machine's caches (L1d
 //!    48 KiB, L2 1 MiB per core; see [`kernels::L1D_BYTES`]): a `BLOCK_KC × BLOCK_NC` = 48×128 tile
 //!    of B fills half of L1 and is reused by every row of a `BLOCK_MC` = 64-row block of A, whose
@@ -36,8 +36,8 @@
 //!    walks along n. The inner loops are still the scalar `c += a·b` of rung 2: what changes is
 //!    where the loads come from (L1 instead of L3/DRAM), not how many there are — so on a CPU whose
 //!    L3 holds all of B it is no faster than rung 2 (measured: equal up to n = 2048, 1.5× at n =
-//!    3072; see [`blocked`]'s source docs).
-//! 4. **packed_simd** ([`packed_simd`] and [`kernels`]): the BLIS/Goto algorithm. Rung 3 still
+//!    3072; see [`Rung::Blocked`]'s source docs).
+//! 4. **packed_simd** ([`Rung::PackedSimd`] and [`kernels`]): the BLIS/Goto algorithm. Rung 3 still
 //!    loads and stores C for every multiply-add (plus a load of B: 3 memory operations per
 //!    multiply-add); the fix is a
 //!    **register-blocked microkernel** that keeps an MR×NR tile of C in vector registers for a
@@ -53,7 +53,7 @@
 //!    A), MC so the packed MC×KC block of A takes a few MiB of the shared L3 (reused by every NC
 //!    panel). At AVX-512: KC = 512, NC = 256, MC = 2040. One microkernel per dispatch level:
 //!    AVX-512 12×32, AVX2 6×16, scalar 4×8 (plain loops).
-//! 5. **threaded** ([`threaded`]): rung 4 on a dedicated rayon pool. For each KC×NC panel the
+//! 5. **threaded** ([`Rung::Threaded`]): rung 4 on a dedicated rayon pool. For each KC×NC panel the
 //!    workers pack B̃ together (disjoint groups of NR panels), then each worker takes a contiguous
 //!    range of MR-row panels of C, packs its own panels of Ã and runs the same microkernel against
 //!    the shared B̃ (which each core pulls into its own, private L2). Each element of C is computed
@@ -174,82 +174,6 @@ pub fn gemm(
         Rung::Threaded => threaded::threaded(level, threads, args)?,
     }
     Ok(level)
-}
-
-/// [`gemm`] with [`Rung::Naive`].
-pub fn naive(
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<(), TensorError> {
-    gemm(Rung::Naive, Level::Scalar, 1, a, lda, b, ldb, c, ldc, m, k, n).map(drop)
-}
-
-/// [`gemm`] with [`Rung::Reordered`].
-pub fn reordered(
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<(), TensorError> {
-    gemm(Rung::Reordered, Level::Scalar, 1, a, lda, b, ldb, c, ldc, m, k, n).map(drop)
-}
-
-/// [`gemm`] with [`Rung::Blocked`].
-pub fn blocked(
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<(), TensorError> {
-    gemm(Rung::Blocked, Level::Scalar, 1, a, lda, b, ldb, c, ldc, m, k, n).map(drop)
-}
-
-/// [`gemm`] with [`Rung::PackedSimd`] at the current [`dispatch::level()`].
-pub fn packed_simd(
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<(), TensorError> {
-    gemm(Rung::PackedSimd, dispatch::level(), 1, a, lda, b, ldb, c, ldc, m, k, n).map(drop)
-}
-
-/// [`gemm`] with [`Rung::Threaded`] on `threads` workers at the current [`dispatch::level()`].
-pub fn threaded(
-    threads: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<(), TensorError> {
-    gemm(Rung::Threaded, dispatch::level(), threads, a, lda, b, ldb, c, ldc, m, k, n).map(drop)
 }
 
 /// The checked operands of one product, passed from [`gemm`] to the rung implementations.

@@ -314,8 +314,8 @@ fn bad_arguments_are_errors_naming_the_argument() {
     assert!(err(Rung::Threaded, MAX_THREADS + 1, &a, k, &b, n, m * n, n).contains("threads"));
     // The per-rung helpers check too.
     let mut c = vec![0.0f32; m * n];
-    assert!(gemm::packed_simd(&a, k, &b, n, &mut c, n, m, k + 1, n).is_err());
-    assert!(gemm::threaded(2, &a, k, &b, n, &mut c[..1], n, m, k, n).is_err());
+    assert!(gemm::gemm(Rung::PackedSimd, Level::Avx512, 1, &a, k, &b, n, &mut c, n, m, k + 1, n).is_err());
+    assert!(gemm::gemm(Rung::Threaded, Level::Avx512, 2, &a, k, &b, n, &mut c[..1], n, m, k, n).is_err());
 }
 
 #[test]
