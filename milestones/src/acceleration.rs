@@ -291,7 +291,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     // The process-wide team (one member per core, at most 2) serves both the projections and the
     // heads-parallel attention, so no more threads than cores spin.
     let team = match tt_accel::team::global() {
-        Some(t) => t,
+        Some(t) => Arc::clone(t),
         None => Arc::new(Team::new(1).map_err(|e| MilestoneError::Other(format!("cannot start a thread: {e}")))?),
     };
     let (mut model2, _, _, _) =

@@ -200,12 +200,12 @@ pub fn share(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
 /// A process-wide team with one member per core (at most 2 on this machine; `None` on a
 /// single core or if a thread cannot start), created on first use. The packed projections and the
 /// heads-parallel attention of one decoder share it, so no more threads than cores spin.
-pub fn global() -> Option<Arc<Team>> {
+pub fn global() -> Option<&'static Arc<Team>> {
     static GLOBAL: std::sync::OnceLock<Option<Arc<Team>>> = std::sync::OnceLock::new();
     GLOBAL
         .get_or_init(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
             (cores > 1).then(|| Team::new(cores).ok().map(Arc::new)).flatten()
         })
-        .clone()
+        .as_ref()
 }
