@@ -1,0 +1,40 @@
+//! The crate's error type.
+
+use thiserror::Error;
+use tt_tensor::TensorError;
+
+/// Everything that can go wrong at tt-quant's public boundary.
+#[derive(Debug, Error)]
+pub enum QuantError {
+    /// An argument outside its domain (a NaN range, a group size of 0, a matrix too wide for
+    /// int32 accumulation, …).
+    #[error("invalid argument to {op}: {reason}")]
+    InvalidArgument { op: &'static str, reason: String },
+    /// Something this crate does not implement (said instead of approximated).
+    #[error("not implemented: {0}")]
+    Unsupported(String),
+    /// An error from tt-tensor (shapes, layers, checkpoints).
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = QuantError> = std::result::Result<T, E>;
+
+impl QuantError {
+    pub(crate) fn arg(op: &'static str, reason: impl Into<String>) -> Self {
+        QuantError::InvalidArgument { op, reason: reason.into() }
+    }
+}
+
+/// Lets quantizers run inside tt-tensor's visitors (`map_linears`), whose callbacks return
+/// `tt_tensor::Result`.
+impl From<QuantError> for TensorError {
+    fn from(e: QuantError) -> TensorError {
+        match e {
+            QuantError::Tensor(t) => t,
+            QuantError::InvalidArgument { op, reason } => TensorError::InvalidArgument { op, reason },
+            QuantError::Unsupported(what) => TensorError::InvalidArgument { op: "tt-quant", reason: format!("not implemented: {what}") },
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Integer matrix products: `acc[r, o] = Σ_i a[r, i]·w[o, i]` with `a` in u8, `w` in i8 and the
+//! sum in i32 — exact, so every SIMD path must equal the scalar reference bit for bit.
+//!
+//! ## Layout
+//! Weights are packed once ([`PackedI8::new`]) in panels of 16 outputs and groups of 4 inputs:
+//!
+//! ```text
+//! packed[((panel·K4 + k)·16 + lane)·4 + j] = W[panel·16 + lane, 4k + j]     (0 past the edges)
+//! ```
+//!
+//! so one 64-byte load holds 4 consecutive inputs of 16 outputs — exactly the operand of
+//! AVX-512 VNNI's `vpdpbusd`, which multiplies 4 u8·i8 pairs per 32-bit lane and adds them to
+//! the lane's i32 accumulator. Broadcasting 4 activation bytes of one row against that load
+//! advances 16 outputs by 4 inputs in one instruction; a tile of up to 12 rows × 2 panels keeps
+//! 24 accumulators in registers (each weight load serves up to 12 rows, each activation
+//! broadcast 2–4 panels). Activations are rows of `K4·4` bytes (zero-padded).
+//!
+//! ## Levels ([`IntLevel`], from tt-accel's dispatch)
+//! - **AVX-512 VNNI**: `vpdpbusd` — no intermediate saturation, so exact for all codes.
+//! - **AVX2**: without VNNI, the usual `vpmaddubsw` would saturate its 16-bit pair sums
+//!   (255·127·2 > 32767) and be wrong for large codes; so this path widens both operands to 16
+//!   bits (`vpmovzxbw` / `vpmovsxbw`) and multiplies pairs with `vpmaddwd` into i32 — exact, at
+//!   half the work per instruction.
+//! - **Scalar**: the reference; index order, wrapping i32 adds (which never wrap: see [`MAX_K`]).
+
+use crate::error::{QuantError, Result};
+
+/// Outputs per panel (one 512-bit register of i32).
+pub const PANEL: usize = 16;
+
+/// The widest input dimension whose dot products cannot overflow i32 even after the zero-point
+/// corrections: `|Σ (a − Z_a)(w − Z_w)| ≤ K·255·255 < 2³¹`.
+pub const MAX_K: usize = (i32::MAX as usize) / (255 * 255);
+
+/// An integer kernel level, ordered `Scalar < Avx2 < Avx512Vnni`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IntLevel {
+    /// Portable Rust; the reference.
+    Scalar,
+    /// AVX2: 16-bit widening and `vpmaddwd`.
+    Avx2,
+    /// AVX-512 VNNI: `vpdpbusd`.
+    Avx512Vnni,
+}
+
+impl IntLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            IntLevel::Scalar => "scalar",
+            IntLevel::Avx2 => "avx2",
+            IntLevel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// The integer level for a tt-accel level: AVX-512 runs VNNI only where the CPU has it
+    /// (otherwise the AVX2 path), so forcing tt-accel's level forces this one too.
+    pub fn for_level(l: tt_accel::Level) -> IntLevel {
+        match l {
+            tt_accel::Level::Avx512 if vnni_detected() => IntLevel::Avx512Vnni,
+            tt_accel::Level::Avx512 | tt_accel::Level::Avx2 => IntLevel::Avx2,
+            tt_accel::Level::Scalar => IntLevel::Scalar,
+        }
+    }
+
+    /// The level the current thread's tt-accel level maps to.
+    pub fn current() -> IntLevel {
+        IntLevel::for_level(tt_accel::level())
+    }
+
+    /// Every integer level this machine can run (what the tests iterate over).
+    pub fn available() -> Vec<IntLevel> {
+        let mut v: Vec<IntLevel> = tt_accel::dispatch::available().into_iter().map(IntLevel::for_level).collect();
+        v.dedup();
+        v
+    }
+}
+
+impl std::fmt::Display for IntLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn vnni_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// An int8 `[out, in]` matrix packed for the kernels (see the module docs).
+#[derive(Debug, Clone)]
+pub struct PackedI8 {
+    packed: Vec<i8>,
+    out_f: usize,
+    in_f: usize,
+    k4: usize,
+}
+
+impl PackedI8 {
+    /// Packs row-major codes `w` of an `[out_f, in_f]` matrix.
+    ///
+    /// # Errors
+    /// `w.len() != out_f·in_f`, or `in_f > MAX_K` (its sums could overflow i32).
+    pub fn new(w: &[i8], out_f: usize, in_f: usize) -> Result<PackedI8> {
+        if out_f.checked_mul(in_f) != Some(w.len()) {
+            return Err(QuantError::arg("PackedI8::new", format!("{} codes for a {out_f}×{in_f} matrix", w.len())));
+        }
+        if in_f > MAX_K {
+            return Err(QuantError::arg(
+                "PackedI8::new",
+                format!("{in_f} inputs: int32 accumulation is exact only up to {MAX_K} inputs"),
+            ));
+        }
+        let (panels, k4) = (out_f.div_ceil(PANEL), in_f.div_ceil(4));
+        let mut packed = vec![0i8; panels * k4 * PANEL * 4];
+        for o in 0..out_f {
+            let (panel, lane) = (o / PANEL, o % PANEL);
+            for i in 0..in_f {
+                packed[((panel * k4 + i / 4) * PANEL + lane) * 4 + i % 4] = w[o * in_f + i];
+            }
+        }
+        Ok(PackedI8 { packed, out_f, in_f, k4 })
+    }
+
+    /// `(out, in)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.out_f, self.in_f)
+    }
+
+    /// Bytes per activation row: `in` rounded up to a multiple of 4.
+    pub fn row_bytes(&self) -> usize {
+        self.k4 * 4
+    }
+
+    /// Accumulator columns per row: `out` rounded up to a multiple of 16.
+    pub fn acc_cols(&self) -> usize {
+        self.out_f.div_ceil(PANEL) * PANEL
+    }
+
+    /// Bytes of the packed codes (padding included).
+    pub fn bytes(&self) -> usize {
+        self.packed.len()
+    }
+
+    /// The code of `W[o, i]`.
+    pub fn code(&self, o: usize, i: usize) -> i8 {
+        self.packed[(((o / PANEL) * self.k4 + i / 4) * PANEL + o % PANEL) * 4 + i % 4]
+    }
+
+    /// `acc[r·acc_cols + o] = Σ_i a[r·row_bytes + i]·W[o, i]` for `r < rows`, at `level`
+    /// (clamped to what the CPU runs). Padding bytes of `a` must be 0 (or are multiplied by 0
+    /// weights: the result is the same); columns past `out` are written with 0.
+    ///
+    /// # Errors
+    /// `a` shorter than `rows·row_bytes()` or `acc` shorter than `rows·acc_cols()`.
+    pub fn matmul(&self, level: IntLevel, a: &[u8], rows: usize, acc: &mut [i32]) -> Result<()> {
+        let need = |have: usize, per: usize| rows.checked_mul(per).is_some_and(|n| have >= n);
+        if !need(a.len(), self.row_bytes()) || !need(acc.len(), self.acc_cols()) {
+            return Err(QuantError::arg(
+                "PackedI8::matmul",
+                format!(
+                    "{rows} rows need {}·{rows} activation bytes and {}·{rows} accumulators; got {} and {}",
+                    self.row_bytes(),
+                    self.acc_cols(),
+                    a.len(),
+                    acc.len()
+                ),
+            ));
+        }
+        // SAFETY: lengths checked above.
+        unsafe { self.matmul_unchecked(level, a, rows, acc) };
+        Ok(())
+    }
+
+    /// [`PackedI8::matmul`] without the length checks.
+    ///
+    /// # Safety
+    /// `a.len() ≥ rows·row_bytes()` and `acc.len() ≥ rows·acc_cols()`.
+    pub(crate) unsafe fn matmul_unchecked(&self, level: IntLevel, a: &[u8], rows: usize, acc: &mut [i32]) {
+        let level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level is clamped to what the CPU supports (VNNI detected); lengths are
+            // the caller's contract.
+            IntLevel::Avx512Vnni => unsafe { vnni::matmul(self, a, rows, acc) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, with AVX2.
+            IntLevel::Avx2 => unsafe { avx2::matmul(self, a, rows, acc) },
+            _ => scalar_matmul(self, a, rows, acc),
+        }
+    }
+}
+
+/// The scalar kernel over the packed layout: per row and panel, 16 accumulators summed in input
+/// order.
+fn scalar_matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
+    let (kb, cols) = (w.row_bytes(), w.acc_cols());
+    for r in 0..rows {
+        let ar = &a[r * kb..(r + 1) * kb];
+        for panel in 0..cols / PANEL {
+            let mut sum = [0i32; PANEL];
+            for k in 0..w.k4 {
+                let wk = &w.packed[(panel * w.k4 + k) * PANEL * 4..][..PANEL * 4];
+                let ak = &ar[k * 4..k * 4 + 4];
+                for (lane, s) in sum.iter_mut().enumerate() {
+                    for j in 0..4 {
+                        *s = s.wrapping_add(ak[j] as i32 * wk[lane * 4 + j] as i32);
+                    }
+                }
+            }
+            acc[r * cols + panel * PANEL..][..PANEL].copy_from_slice(&sum);
+        }
+    }
+}
+
+/// The plainest possible reference over unpacked row-major codes: `acc[r, o] = Σ_i a[r, i]·w[o, i]`
+/// (`a` is `rows × in`, unpadded). What the tests compare every level with.
+pub fn matmul_reference(a: &[u8], w: &[i8], rows: usize, in_f: usize, out_f: usize) -> Vec<i32> {
+    let mut acc = vec![0i32; rows * out_f];
+    for r in 0..rows {
+        for o in 0..out_f {
+            acc[r * out_f + o] = (0..in_f).map(|i| a[r * in_f + i] as i32 * w[o * in_f + i] as i32).sum();
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{PackedI8, PANEL};
+
+    /// Rows per tile.
+    const MR: usize = 12;
+
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512 VNNI; `a` and `acc` as in `PackedI8::matmul_unchecked`.
+    pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
+        let mut r0 = 0;
+        while r0 < rows {
+            let r = (rows - r0).min(MR);
+            // SAFETY: rows r0..r0 + r lie inside `a` and `acc` (caller's contract); CPU features
+            // forwarded.
+            unsafe {
+                let (ap, cp) = (a.as_ptr().add(r0 * w.row_bytes()), acc.as_mut_ptr().add(r0 * w.acc_cols()));
+                // Few rows: more panels per tile, for independent accumulation chains (a GEMV
+                // streams the weights once; 4 chains hide vpdpbusd's latency).
+                match r {
+                    1 => panels::<1, 4>(w, ap, cp),
+                    2 => panels::<2, 4>(w, ap, cp),
+                    3 => panels::<3, 4>(w, ap, cp),
+                    4 => panels::<4, 4>(w, ap, cp),
+                    5 => panels::<5, 4>(w, ap, cp),
+                    6 => panels::<6, 4>(w, ap, cp),
+                    7 => panels::<7, 3>(w, ap, cp),
+                    8 => panels::<8, 3>(w, ap, cp),
+                    9 => panels::<9, 2>(w, ap, cp),
+                    10 => panels::<10, 2>(w, ap, cp),
+                    11 => panels::<11, 2>(w, ap, cp),
+                    _ => panels::<12, 2>(w, ap, cp),
+                }
+            }
+            r0 += r;
+        }
+    }
+
+    /// All panels for `R` rows, `P` panels at a time, then one at a time.
+    ///
+    /// # Safety
+    /// `a` holds `R` rows of `row_bytes`, `acc` `R` rows of `acc_cols`; VNNI available.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn panels<const R: usize, const P: usize>(w: &PackedI8, a: *const u8, acc: *mut i32) {
+        let panels = w.acc_cols() / PANEL;
+        let mut p = 0;
+        while p + P <= panels {
+            // SAFETY: panels p..p + P exist; forwarded contract.
+            unsafe { tile::<R, P>(w, a, acc, p) };
+            p += P;
+        }
+        while p < panels {
+            // SAFETY: as above.
+            unsafe { tile::<R, 1>(w, a, acc, p) };
+            p += 1;
+        }
+    }
+
+    /// One `R × P` register tile over the whole input dimension.
+    ///
+    /// # Safety
+    /// As [`panels`], with `p0 + P ≤ panels`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn tile<const R: usize, const P: usize>(w: &PackedI8, a: *const u8, acc: *mut i32, p0: usize) {
+        let (k4, kb, cols) = (w.k4, w.row_bytes(), w.acc_cols());
+        let base = w.packed.as_ptr();
+        let mut s = [[_mm512_setzero_si512(); P]; R];
+        for k in 0..k4 {
+            let mut wv = [_mm512_setzero_si512(); P];
+            for (p, v) in wv.iter_mut().enumerate() {
+                // SAFETY: panel p0 + p < panels and k < k4: 64 bytes inside `packed`.
+                *v = unsafe { _mm512_loadu_si512(base.add(((p0 + p) * k4 + k) * PANEL * 4) as *const _) };
+            }
+            for (r, row) in s.iter_mut().enumerate() {
+                // SAFETY: row r < R, bytes 4k..4k + 4 < row_bytes: inside `a`.
+                let four = unsafe { (a.add(r * kb + k * 4) as *const i32).read_unaligned() };
+                let av = _mm512_set1_epi32(four);
+                for (acc_rp, &wp) in row.iter_mut().zip(&wv) {
+                    *acc_rp = _mm512_dpbusd_epi32(*acc_rp, av, wp);
+                }
+            }
+        }
+        for (r, row) in s.iter().enumerate() {
+            for (p, v) in row.iter().enumerate() {
+                // SAFETY: row r, columns (p0 + p)·16 .. +16 ≤ acc_cols: inside `acc`.
+                unsafe { _mm512_storeu_si512(acc.add(r * cols + (p0 + p) * PANEL) as *mut _, *v) };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{PackedI8, PANEL};
+
+    /// # Safety
+    /// The CPU has AVX2; `a` and `acc` as in `PackedI8::matmul_unchecked`.
+    pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
+        let mut r0 = 0;
+        while r0 < rows {
+            let r = (rows - r0).min(2);
+            for panel in 0..w.acc_cols() / PANEL {
+                // SAFETY: rows r0..r0 + r lie inside `a` and `acc`; panel < panels; AVX2 present.
+                unsafe {
+                    let (ap, cp) = (a.as_ptr().add(r0 * w.row_bytes()), acc.as_mut_ptr().add(r0 * w.acc_cols()));
+                    if r == 2 {
+                        tile::<2>(w, ap, cp, panel)
+                    } else {
+                        tile::<1>(w, ap, cp, panel)
+                    }
+                }
+            }
+            r0 += r;
+        }
+    }
+
+    /// `R` rows × one panel. Each 16-byte quarter of a 64-byte group (4 outputs × 4 inputs) is
+    /// widened to 16 i16; the row's 4 activation bytes, widened and repeated, multiply it with
+    /// `vpmaddwd`, giving 2 partial sums per output, added at the end.
+    ///
+    /// # Safety
+    /// `a` holds `R` rows of `row_bytes`, `acc` `R` rows of `acc_cols`; panel < panels; AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile<const R: usize>(w: &PackedI8, a: *const u8, acc: *mut i32, panel: usize) {
+        let (k4, kb, cols) = (w.k4, w.row_bytes(), w.acc_cols());
+        let base = w.packed.as_ptr();
+        let mut s = [[_mm256_setzero_si256(); 4]; R];
+        for k in 0..k4 {
+            let mut av = [_mm256_setzero_si256(); R];
+            for (r, v) in av.iter_mut().enumerate() {
+                // SAFETY: row r < R, bytes 4k..4k + 4 inside `a`.
+                let four = unsafe { (a.add(r * kb + k * 4) as *const i32).read_unaligned() };
+                *v = _mm256_cvtepu8_epi16(_mm_set1_epi32(four));
+            }
+            // SAFETY: panel < panels and k < k4: 64 bytes inside `packed`.
+            let wp = unsafe { base.add((panel * k4 + k) * PANEL * 4) };
+            for q in 0..4 {
+                // SAFETY: quarter q of the 64-byte group.
+                let w16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(wp.add(q * 16) as *const _) });
+                for r in 0..R {
+                    s[r][q] = _mm256_add_epi32(s[r][q], _mm256_madd_epi16(w16, av[r]));
+                }
+            }
+        }
+        for (r, row) in s.iter().enumerate() {
+            let mut buf = [0i32; 2 * PANEL];
+            for (q, v) in row.iter().enumerate() {
+                // SAFETY: `buf` holds 4 × 8 i32.
+                unsafe { _mm256_storeu_si256(buf.as_mut_ptr().add(q * 8) as *mut _, *v) };
+            }
+            for l in 0..PANEL {
+                // SAFETY: row r, column panel·16 + l < acc_cols: inside `acc`.
+                unsafe { *acc.add(r * cols + panel * PANEL + l) = buf[2 * l].wrapping_add(buf[2 * l + 1]) };
+            }
+        }
+    }
+}

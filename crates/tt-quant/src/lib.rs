@@ -1,0 +1,44 @@
+//! # tt-quant
+//!
+//! Course module 17: FP32 → INT8 for real — weights stored as `i8` with f32 scales, products
+//! computed in integers, bytes counted as they are stored.
+//!
+//! - [`scheme`]: the affine map `r = S·(q − Z)`, affine and symmetric schemes, per-tensor /
+//!   per-channel / per-group parameters, [`QuantizedMatrix`] (codes + scales).
+//! - [`observer`]: MinMax, MovingAverageMinMax, Histogram (L2-optimal range) and Percentile
+//!   observers that choose an activation range from calibration data.
+//! - [`kernels`]: the integer product `Σ u8·i8 → i32` over weights packed once, with AVX-512
+//!   VNNI, AVX2 and scalar paths chosen at run time (through tt-accel's dispatch level), each
+//!   exactly equal to the scalar reference.
+//! - [`linear`]: [`Int8Linear`], a `tt_tensor::Projection` (activations quantized per row into
+//!   the workspace, integer product, zero points folded in), and [`quantize_dynamic`], which
+//!   installs it in every `Linear` and `Conv2d` of a model by name — the model, the KV-cached
+//!   decoder and the evaluation code stay as they are.
+//!
+//! What it deliberately does not do: own a model or a decoder, or approximate what it does not
+//! implement (per-group weights in the integer kernel are an error, not a silent fallback).
+//!
+//! ```
+//! use ndarray::array;
+//! use tt_quant::{Activations, Int8Linear, WeightConfig};
+//! use tt_tensor::projection::{project, Projection, Workspace};
+//! let w = array![[0.5f32, -1.0, 0.25, 1.0], [1.0, 0.0, -0.5, 0.75]];
+//! let q = Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();
+//! let (x, mut y, mut ws) = ([1.0f32, 2.0, -1.0, 0.5], [0.0f32; 2], Workspace::default());
+//! ws.ensure(q.workspace_len(1));
+//! project(&q, &x, 1, None, &mut y, ws.bytes()).unwrap();
+//! // Exact: 0.5 − 2 − 0.25 + 0.5 = −1.25 and 1 + 0.5 + 0.375 = 1.875; int8 is close.
+//! assert!((y[0] + 1.25).abs() < 0.02 && (y[1] - 1.875).abs() < 0.02);
+//! assert!(q.storage_bytes() < 4 * 8); // 8 codes, 2 scales, 2 code sums vs 32 bytes of f32
+//! ```
+
+pub mod error;
+pub mod kernels;
+pub mod linear;
+pub mod observer;
+pub mod scheme;
+
+pub use error::{QuantError, Result};
+pub use kernels::{IntLevel, PackedI8};
+pub use linear::{quantize_dynamic, quantize_layers, Activations, Int8Linear, WeightConfig};
+pub use scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};

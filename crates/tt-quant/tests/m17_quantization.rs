@@ -1,0 +1,17 @@
+//! Module 17 — quantization: the math on known values and as properties, the observers on known
+//! data, every integer kernel exactly equal to the scalar reference at every level, the int8
+//! projection against the float formula, and int8 models through the seam (tensor model and
+//! KV-cached decoder).
+//!
+//! Each part lives in its own file under `tests/m17/`.
+
+#[path = "m17/kernels.rs"]
+mod kernels;
+#[path = "m17/linear.rs"]
+mod linear;
+#[path = "m17/models.rs"]
+mod models;
+#[path = "m17/observer.rs"]
+mod observer;
+#[path = "m17/scheme.rs"]
+mod scheme;
