@@ -14,6 +14,7 @@ pub mod cnn_digits;
 pub mod kv_cache;
 pub mod mlp_digits;
 pub mod profile;
+pub mod quantization;
 pub mod transformer;
 
 use std::io::Write;
@@ -192,6 +193,13 @@ pub fn all() -> &'static [Milestone] {
             uses: Uses { retrain: true, corpus: false },
             description: "measured machine limits, packed decode projections vs matrixmultiply, the accelerated decoder vs the reference",
             run: acceleration::run,
+        },
+        Milestone {
+            name: "quantization",
+            module: "17",
+            uses: Uses { retrain: true, corpus: false },
+            description: "int8 weights and integer kernels: MLP, CNN and GPT under each scheme (quality, bytes, latency), int8 vs f32 GEMM and decode",
+            run: quantization::run,
         },
     ]
 }

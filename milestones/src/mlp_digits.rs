@@ -5,7 +5,7 @@ use tt_tensor::data::{digits, Dataset};
 use tt_tensor::nn::{Linear, Relu, Sequential};
 use tt_tensor::Module;
 
-use crate::classifier::{self, TrainConfig};
+use crate::classifier::{self, SavedClassifier, TrainConfig};
 use crate::{Options, Result};
 
 pub const NAME: &str = "mlp_digits";
@@ -17,6 +17,20 @@ pub fn build(seed: u64) -> Sequential {
 
 pub fn config(quick: bool) -> TrainConfig {
     TrainConfig { epochs: if quick { 2 } else { 30 }, batch_size: 32, lr: 2e-3, weight_decay: 1e-4, seed: 0 }
+}
+
+/// Loads the cached MLP, or trains and caches it. Returns the model and its saved info.
+pub fn load_or_train(opts: &Options) -> Result<(Sequential, SavedClassifier)> {
+    let model = build(0);
+    if !opts.retrain {
+        if let Some(info) = classifier::load(&model, &classifier::checkpoint_dir(opts, NAME))? {
+            return Ok((model, info));
+        }
+    }
+    let (train, test) = digits::standard_split()?;
+    let mut model = build(0);
+    let (info, _, _) = classifier::train_and_save(NAME, &mut model, &train, &test, config(opts.quick), opts)?;
+    Ok((model, info))
 }
 
 pub fn run(opts: &Options) -> Result<serde_json::Value> {

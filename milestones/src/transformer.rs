@@ -77,7 +77,7 @@ pub const MAX_CORPUS_BYTES: u64 = 64 << 20;
 pub const QUESTION_WEIGHT: f32 = 0.1;
 
 /// Text to train on: (train text, validation text, QA corpus if built-in).
-fn load_text(opts: &Options) -> Result<(String, String, Option<QaCorpus>)> {
+pub fn load_text(opts: &Options) -> Result<(String, String, Option<QaCorpus>)> {
     match &opts.corpus {
         None => {
             let c = corpus::generate(0);

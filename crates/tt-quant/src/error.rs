@@ -34,7 +34,9 @@ impl From<QuantError> for TensorError {
         match e {
             QuantError::Tensor(t) => t,
             QuantError::InvalidArgument { op, reason } => TensorError::InvalidArgument { op, reason },
-            QuantError::Unsupported(what) => TensorError::InvalidArgument { op: "tt-quant", reason: format!("not implemented: {what}") },
+            QuantError::Unsupported(what) => {
+                TensorError::InvalidArgument { op: "tt-quant", reason: format!("not implemented: {what}") }
+            }
         }
     }
 }

@@ -239,6 +239,28 @@ mod vnni {
     /// Rows per tile.
     const MR: usize = 12;
 
+    /// 16 independent `vpdpbusd` chains, `iters` rounds (the peak measurement).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512 VNNI.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn peak_loop(iters: usize) -> i32 {
+        // Opaque operands: the compiler cannot fold the chains (and nothing is stored per round).
+        let a = _mm512_set1_epi32(std::hint::black_box(0x0101_0101));
+        let b = _mm512_set1_epi32(std::hint::black_box(0x0102_0304));
+        let mut acc = [_mm512_setzero_si512(); 16];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, a, b);
+            }
+        }
+        let mut t = _mm512_setzero_si512();
+        for v in acc {
+            t = _mm512_add_epi32(t, v);
+        }
+        _mm512_reduce_add_epi32(t)
+    }
+
     /// # Safety
     /// The CPU has AVX-512F and AVX-512 VNNI; `a` and `acc` as in `PackedI8::matmul_unchecked`.
     pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
@@ -390,4 +412,22 @@ mod avx2 {
             }
         }
     }
+}
+
+/// Measured int8 multiply-accumulate peak of one core, in GOP/s (2 ops per MAC): `iters` rounds
+/// of 16 independent register-resident `vpdpbusd` (AVX-512 VNNI). `None` where the CPU has no
+/// VNNI. What the int8 GEMM is measured against.
+pub fn vnni_peak_gops(iters: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if vnni_detected() {
+        let start = std::time::Instant::now();
+        // SAFETY: VNNI detected just above.
+        let sink = unsafe { vnni::peak_loop(iters) };
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(sink);
+        // 16 instructions × 16 lanes × 4 MACs × 2 ops per round.
+        return Some(iters as f64 * 16.0 * 16.0 * 4.0 * 2.0 / secs.max(1e-12) / 1e9);
+    }
+    let _ = iters;
+    None
 }

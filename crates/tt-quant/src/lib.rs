@@ -14,6 +14,9 @@
 //!   the workspace, integer product, zero points folded in), and [`quantize_dynamic`], which
 //!   installs it in every `Linear` and `Conv2d` of a model by name — the model, the KV-cached
 //!   decoder and the evaluation code stay as they are.
+//! - [`calibrate`]: static quantization's calibration — an observer per layer watches its
+//!   inputs on representative data (attached through the seam), then the frozen `(S, Z)` go to
+//!   [`quantize_layers`].
 //!
 //! What it deliberately does not do: own a model or a decoder, or approximate what it does not
 //! implement (per-group weights in the integer kernel are an error, not a silent fallback).
@@ -29,16 +32,19 @@
 //! project(&q, &x, 1, None, &mut y, ws.bytes()).unwrap();
 //! // Exact: 0.5 − 2 − 0.25 + 0.5 = −1.25 and 1 + 0.5 + 0.375 = 1.875; int8 is close.
 //! assert!((y[0] + 1.25).abs() < 0.02 && (y[1] - 1.875).abs() < 0.02);
-//! assert!(q.storage_bytes() < 4 * 8); // 8 codes, 2 scales, 2 code sums vs 32 bytes of f32
+//! assert_eq!(q.weight().storage_bytes(), 8 + 2 * 4); // 8 i8 codes + 2 f32 scales, vs 32 bytes of f32
 //! ```
 
+pub mod calibrate;
 pub mod error;
 pub mod kernels;
 pub mod linear;
 pub mod observer;
+mod rowops;
 pub mod scheme;
 
+pub use calibrate::{calibrate, Calibration};
 pub use error::{QuantError, Result};
 pub use kernels::{IntLevel, PackedI8};
-pub use linear::{quantize_dynamic, quantize_layers, Activations, Int8Linear, WeightConfig};
+pub use linear::{quantize_dynamic, quantize_layers, Activations, Int8Linear, QuantizedLayer, WeightConfig};
 pub use scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};

@@ -8,7 +8,8 @@
 //!    `Σ (a − Z_a)(w − Z_w) = acc − Z_a·Σw − Z_w·(Σa − K·Z_a)`, and scale back:
 //!    `y = (S_a·S_w[o])·t + b[o]`.
 //!
-//! Steps 1 and 3 are the same code at every level, and step 2 is exact, so the outputs are
+//! Steps 1 and 3 perform the same IEEE operations in the same order at every level (scalar, or
+//! AVX-512 at the VNNI level: see `rowops`), and step 2 is exact, so the outputs are
 //! bit-identical at every level (tested). Against the float formula on the dequantized operands,
 //! `Σ S_a(a − Z_a)·S_w(w − Z_w) + b`, they agree to f32 rounding of the final scaling (tested).
 //!
@@ -20,7 +21,8 @@ use tt_tensor::Projection;
 
 use crate::error::{QuantError, Result};
 use crate::kernels::{IntLevel, PackedI8};
-use crate::scheme::{finite_range, Granularity, QParams, QRange, QuantizedMatrix, Scheme};
+use crate::rowops;
+use crate::scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};
 
 /// How the inputs of an int8 layer are quantized.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,9 +42,11 @@ pub struct WeightConfig {
 
 impl WeightConfig {
     /// PyTorch's default for weights: symmetric, per output channel.
-    pub const PER_CHANNEL: WeightConfig = WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerChannel };
+    pub const PER_CHANNEL: WeightConfig =
+        WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerChannel };
     /// One symmetric scale for the whole matrix.
-    pub const PER_TENSOR: WeightConfig = WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerTensor };
+    pub const PER_TENSOR: WeightConfig =
+        WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerTensor };
 }
 
 /// An int8 weight with integer kernels (see the module docs).
@@ -92,17 +96,21 @@ impl Int8Linear {
             Granularity::PerChannel => weight.params.clone(),
             Granularity::PerGroup(g) => {
                 return Err(QuantError::Unsupported(format!(
-                    "per-group ({g}) weights in the integer kernel, which keeps one scale per output row; use per-channel"
-                )))
+                "per-group ({g}) weights in the integer kernel, which keeps one scale per output row; use per-channel"
+            )))
             }
         };
         if let Activations::Static(p) = activations {
             if !(p.scale.is_finite() && p.scale > 0.0 && (0..=255).contains(&p.zero_point)) {
-                return Err(QuantError::arg("Int8Linear", format!("static activation parameters {p:?} are not a u8 affine map")));
+                return Err(QuantError::arg(
+                    "Int8Linear",
+                    format!("static activation parameters {p:?} are not a u8 affine map"),
+                ));
             }
         }
         let packed = PackedI8::new(&weight.codes, out_f, in_f)?;
-        let code_sums = (0..out_f).map(|o| weight.codes[o * in_f..(o + 1) * in_f].iter().map(|&c| c as i32).sum()).collect();
+        let code_sums =
+            (0..out_f).map(|o| weight.codes[o * in_f..(o + 1) * in_f].iter().map(|&c| c as i32).sum()).collect();
         let zero_points =
             (weight.scheme == Scheme::Affine).then(|| per_out.iter().map(|p| p.zero_point).collect::<Vec<_>>());
         Ok(Int8Linear {
@@ -118,7 +126,7 @@ impl Int8Linear {
 
     /// Runs the kernels at `level` (clamped to what the CPU has) instead of the current one.
     pub fn with_level(mut self, level: IntLevel) -> Int8Linear {
-        self.level = level;
+        self.level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
         self
     }
 
@@ -152,16 +160,17 @@ impl Int8Linear {
     }
 
     fn quantize_row(&self, x: &[f32], out: &mut [u8]) -> RowQ {
-        let finite = x.iter().all(|v| v.is_finite());
+        let simd = self.level == IntLevel::Avx512Vnni;
+        let (finite, lo, hi) = rowops::row_stats(x, simd);
         let p = match self.activations {
             Activations::Static(p) => p,
-            Activations::Dynamic => {
-                let (lo, hi) = finite_range(x);
-                // A finite, ordered range cannot fail.
+            // A finite, ordered range cannot fail; a non-finite row's codes are never used.
+            Activations::Dynamic if finite => {
                 QParams::from_range(lo, hi, Scheme::Affine, QRange::U8).unwrap_or(QParams { scale: 1.0, zero_point: 0 })
             }
+            Activations::Dynamic => QParams { scale: 1.0, zero_point: 0 },
         };
-        RowQ { scale: p.scale, zero_point: p.zero_point, code_sum: quantize_row_u8(x, p, out), finite }
+        RowQ { scale: p.scale, zero_point: p.zero_point, code_sum: rowops::quantize_row(x, p, out, simd), finite }
     }
 
     fn layout(&self, rows: usize) -> (usize, usize, usize) {
@@ -170,26 +179,6 @@ impl Int8Linear {
         let rowq = rows * 16;
         (acc, rowq, rows * self.packed.row_bytes())
     }
-}
-
-/// Quantizes one row to u8 with `p`: `clamp(round_half_even(x / S) + Z, 0, 255)`, computed as
-/// `x·(1/S)` in f32 (one rounding more than [`QParams::quantize`], so a value exactly between two
-/// codes may land on either); returns the sum of the codes. Padding past `x.len()` is set to 0.
-pub fn quantize_row_u8(x: &[f32], p: QParams, out: &mut [u8]) -> i32 {
-    // Adding and subtracting 1.5·2²³ rounds a value of magnitude < 2²² to an integer, ties to
-    // even, in the default rounding mode — the same as `round_ties_even`, and it vectorizes.
-    const MAGIC: f32 = 12_582_912.0;
-    let (inv, z) = (1.0 / p.scale, p.zero_point as f32);
-    let mut sum = 0i32;
-    for (o, &v) in out.iter_mut().zip(x) {
-        let t = (v * inv).clamp(-1024.0, 1024.0);
-        let q = ((t + MAGIC) - MAGIC + z).clamp(0.0, 255.0) as u8;
-        *o = q;
-        sum += q as i32;
-    }
-    let n = x.len().min(out.len());
-    out[n..].fill(0);
-    sum
 }
 
 impl Projection for Int8Linear {
@@ -224,6 +213,14 @@ impl Projection for Int8Linear {
         }
         // SAFETY: `a` holds rows × row_bytes, `acc` at least rows × acc_cols (workspace_len).
         unsafe { self.packed.matmul_unchecked(self.level, a, rows, acc) };
+        let epilogue = rowops::Epilogue {
+            code_sums: &self.code_sums,
+            zero_points: self.zero_points.as_deref(),
+            scales: &self.scales,
+            bias,
+            in_f,
+        };
+        let simd = self.level == IntLevel::Avx512Vnni;
         for r in 0..rows {
             let [s, z, sum, finite] = rq[r];
             let yr = &mut y[r * out_f..(r + 1) * out_f];
@@ -232,8 +229,7 @@ impl Projection for Int8Linear {
                 continue;
             }
             let (sa, za, asum) = (f32::from_bits(s), z as i32, sum as i32);
-            let accr = &acc[r * cols..r * cols + out_f];
-            epilogue(accr, &self.code_sums, self.zero_points.as_deref(), &self.scales, sa, za, asum, in_f, bias, yr);
+            epilogue.row(&acc[r * cols..r * cols + out_f], sa, za, asum, yr, simd);
         }
     }
 
@@ -261,50 +257,34 @@ impl Projection for Int8Linear {
     }
 }
 
-/// Zero-point correction and scaling of one row (the same code at every kernel level): wrapping
-/// i32 arithmetic is exact here because the true sum fits i32 (`MAX_K`), and the f32 steps are
-/// a multiply and an add, never contracted into an FMA by Rust.
-#[allow(clippy::too_many_arguments)]
-fn epilogue(
-    acc: &[i32],
-    code_sums: &[i32],
-    zero_points: Option<&[i32]>,
-    scales: &[f32],
-    sa: f32,
-    za: i32,
-    asum: i32,
-    in_f: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let row_term = asum.wrapping_sub((in_f as i32).wrapping_mul(za));
-    for o in 0..y.len() {
-        let mut t = acc[o].wrapping_sub(za.wrapping_mul(code_sums[o]));
-        if let Some(zw) = zero_points {
-            t = t.wrapping_sub(zw[o].wrapping_mul(row_term));
-        }
-        let v = t as f32 * (sa * scales[o]);
-        y[o] = match bias {
-            Some(b) => v + b[o],
-            None => v,
-        };
-    }
+/// One layer as quantized: its name, format, shape and bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLayer {
+    pub name: String,
+    pub format: &'static str,
+    /// `(out, in)` of the layer's matrix.
+    pub shape: (usize, usize),
+    /// Bytes of the quantized weight as stored: codes, scales, zero points.
+    pub weight_bytes: usize,
+    /// Bytes the layer holds in memory ([`Projection::storage_bytes`]: packed codes with their
+    /// padding, scales, and the per-output code sums the kernel keeps).
+    pub storage_bytes: usize,
 }
 
 /// Installs a dynamic [`Int8Linear`] in every `Linear` below `m` and every `Conv2d` (through
 /// im2col: its `[C_out, C_in·k·k]` matrix), by name through tt-tensor's visitors — no model field
-/// is named. Returns how many layers were quantized. What stays f32: everything that is not a
-/// `Linear` or `Conv2d` (embeddings — so the GPT's tied output head —, layer norms, biases).
+/// is named. Returns the quantized layers. What stays f32: everything that is not a `Linear` or
+/// `Conv2d` — embeddings (so the GPT's tied output head), layer norms, biases.
 ///
 /// # Errors
 /// A layer whose weight no longer matches its installed projection, or one `Int8Linear::new`
 /// rejects.
-pub fn quantize_dynamic(m: &mut dyn tt_tensor::Module, cfg: WeightConfig) -> tt_tensor::Result<usize> {
+pub fn quantize_dynamic(m: &mut dyn tt_tensor::Module, cfg: WeightConfig) -> tt_tensor::Result<Vec<QuantizedLayer>> {
     quantize_layers(m, cfg, &mut |_| Ok(Activations::Dynamic))
 }
 
 /// [`quantize_dynamic`] with the activation quantization of each layer chosen by `act(name)`
-/// (static calibration passes its frozen parameters this way).
+/// (static quantization passes a [`crate::calibrate::Calibration`]'s frozen parameters this way).
 ///
 /// # Errors
 /// As [`quantize_dynamic`], and any error `act` returns.
@@ -312,16 +292,28 @@ pub fn quantize_layers(
     m: &mut dyn tt_tensor::Module,
     cfg: WeightConfig,
     act: &mut dyn FnMut(&str) -> Result<Activations>,
-) -> tt_tensor::Result<usize> {
-    let linears = tt_tensor::nn::map_linears(m, |name, l| {
+) -> tt_tensor::Result<Vec<QuantizedLayer>> {
+    let mut done = Vec::new();
+    let mut install = |name: &str, w: &Array2<f32>| -> tt_tensor::Result<std::sync::Arc<Int8Linear>> {
+        let q = std::sync::Arc::new(Int8Linear::new(w, cfg, act(name)?)?);
+        done.push(QuantizedLayer {
+            name: name.to_string(),
+            format: q.format(),
+            shape: q.shape(),
+            weight_bytes: q.weight().storage_bytes(),
+            storage_bytes: q.storage_bytes(),
+        });
+        Ok(q)
+    };
+    tt_tensor::nn::map_linears(m, |name, l| {
         let w = l.projection()?.to_dense();
-        l.set_projection(std::sync::Arc::new(Int8Linear::new(&w, cfg, act(name)?)?))
+        l.set_projection(install(name, &w)?)
     })?;
-    let convs = tt_tensor::nn::map_conv2ds(m, |name, c| {
+    tt_tensor::nn::map_conv2ds(m, |name, c| {
         let w = conv_matrix(c)?;
-        c.set_projection(std::sync::Arc::new(Int8Linear::new(&w, cfg, act(name)?)?))
+        c.set_projection(install(name, &w)?)
     })?;
-    Ok(linears + convs)
+    Ok(done)
 }
 
 /// A convolution's weight as its `[C_out, C_in·k·k]` matrix (from its installed projection if it

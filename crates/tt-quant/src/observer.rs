@@ -22,9 +22,9 @@ pub trait Observer: Send + std::fmt::Debug {
     /// # Errors
     /// If nothing was observed yet.
     fn qparams(&self, scheme: Scheme, range: QRange) -> Result<QParams> {
-        let (lo, hi) = self
-            .range()
-            .ok_or_else(|| QuantError::arg("Observer::qparams", format!("the {} observer has seen no values", self.name())))?;
+        let (lo, hi) = self.range().ok_or_else(|| {
+            QuantError::arg("Observer::qparams", format!("the {} observer has seen no values", self.name()))
+        })?;
         QParams::from_range(lo, hi, scheme, range)
     }
 }
@@ -62,7 +62,10 @@ impl MovingAverageMinMax {
     /// `c` outside `(0, 1]`.
     pub fn new(c: f32) -> Result<MovingAverageMinMax> {
         if !(c > 0.0 && c <= 1.0) {
-            return Err(QuantError::arg("MovingAverageMinMax::new", format!("averaging constant {c} must be in (0, 1]")));
+            return Err(QuantError::arg(
+                "MovingAverageMinMax::new",
+                format!("averaging constant {c} must be in (0, 1]"),
+            ));
         }
         Ok(MovingAverageMinMax { c, seen: None })
     }
@@ -126,7 +129,10 @@ impl Histogram {
     /// Fewer than 2 bins or levels.
     pub fn new(bins: usize, levels: usize) -> Result<Histogram> {
         if bins < 2 || levels < 2 {
-            return Err(QuantError::arg("Histogram::new", format!("{bins} bins and {levels} levels: both must be ≥ 2")));
+            return Err(QuantError::arg(
+                "Histogram::new",
+                format!("{bins} bins and {levels} levels: both must be ≥ 2"),
+            ));
         }
         Ok(Histogram { counts: vec![0.0; bins], lo: 0.0, hi: 0.0, seen: false, pick: Pick::MinL2 { levels } })
     }
@@ -137,7 +143,10 @@ impl Histogram {
     /// Fewer than 2 bins, or `p` outside `(0.5, 1]`.
     pub fn percentile(bins: usize, p: f64) -> Result<Histogram> {
         if bins < 2 || !(p > 0.5 && p <= 1.0) {
-            return Err(QuantError::arg("Histogram::percentile", format!("{bins} bins, p = {p}: need ≥ 2 bins and p in (0.5, 1]")));
+            return Err(QuantError::arg(
+                "Histogram::percentile",
+                format!("{bins} bins, p = {p}: need ≥ 2 bins and p in (0.5, 1]"),
+            ));
         }
         Ok(Histogram { counts: vec![0.0; bins], lo: 0.0, hi: 0.0, seen: false, pick: Pick::Percentile(p) })
     }

@@ -91,7 +91,10 @@ impl QParams {
     /// A bound that is NaN or infinite, or `min > max`.
     pub fn from_range(min: f32, max: f32, scheme: Scheme, range: QRange) -> Result<QParams> {
         if !min.is_finite() || !max.is_finite() || min > max {
-            return Err(QuantError::arg("QParams::from_range", format!("range [{min}, {max}] is not a finite, ordered range")));
+            return Err(QuantError::arg(
+                "QParams::from_range",
+                format!("range [{min}, {max}] is not a finite, ordered range"),
+            ));
         }
         let (lo, hi) = ((min as f64).min(0.0), (max as f64).max(0.0));
         let (scale, zero_point) = match scheme {
@@ -184,13 +187,16 @@ impl QuantizedMatrix {
         let w = w.as_standard_layout();
         let data = w.as_slice().expect("standard layout");
         let group = Self::group_len(granularity, rows, cols);
-        // Every group is a contiguous run of the row-major data except per-tensor (all of it).
+        // Every group is a contiguous run of the row-major data; per-tensor is one run of all.
         let mut params = Vec::new();
         let mut codes = vec![0i8; rows * cols];
         let runs: Vec<std::ops::Range<usize>> = match granularity {
-            Granularity::PerTensor => vec![0..rows * cols],
+            Granularity::PerTensor => std::iter::once(0..rows * cols).collect(),
             _ => (0..rows)
-                .flat_map(|r| (0..cols.div_ceil(group.max(1))).map(move |g| r * cols + g * group..r * cols + ((g + 1) * group).min(cols)))
+                .flat_map(|r| {
+                    (0..cols.div_ceil(group.max(1)))
+                        .map(move |g| r * cols + g * group..r * cols + ((g + 1) * group).min(cols))
+                })
                 .collect(),
         };
         for run in runs {

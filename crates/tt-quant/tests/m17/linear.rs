@@ -40,7 +40,9 @@ const STATIC: Activations = Activations::Static(QParams { scale: 6.0 / 255.0, ze
 
 #[test]
 fn outputs_are_bit_identical_at_every_level() {
-    for (i, &(n, in_f, out_f)) in [(1usize, 7usize, 17usize), (3, 33, 50), (13, 128, 64), (25, 129, 33)].iter().enumerate() {
+    for (i, &(n, in_f, out_f)) in
+        [(1usize, 7usize, 17usize), (3, 33, 50), (13, 128, 64), (25, 129, 33)].iter().enumerate()
+    {
         let w = matrix(out_f, in_f, i as u64);
         let x = rows(n, in_f, 100 + i as u64);
         let bias: Vec<f32> = (0..out_f).map(|o| 0.1 * o as f32 - 1.0).collect();
@@ -141,10 +143,18 @@ fn weights_are_four_times_smaller_and_formats_are_named() {
 #[test]
 fn unsupported_and_invalid_settings_are_errors() {
     let w = matrix(4, 8, 0);
-    let e = Int8Linear::new(&w, WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(4) }, Activations::Dynamic)
-        .unwrap_err();
+    let e = Int8Linear::new(
+        &w,
+        WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(4) },
+        Activations::Dynamic,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("not implemented"), "{e}");
-    for bad in [QParams { scale: 0.0, zero_point: 0 }, QParams { scale: 1.0, zero_point: 300 }, QParams { scale: f32::NAN, zero_point: 0 }] {
+    for bad in [
+        QParams { scale: 0.0, zero_point: 0 },
+        QParams { scale: 1.0, zero_point: 300 },
+        QParams { scale: f32::NAN, zero_point: 0 },
+    ] {
         assert!(Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Static(bad)).is_err(), "{bad:?}");
     }
     let q = Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();

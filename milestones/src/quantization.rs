@@ -1,0 +1,379 @@
+//! Milestone `quantization` (module 17): every scheme side by side on the digits MLP, the digits
+//! CNN and the GPT — quality measured on the quantized engine itself, real bytes, measured
+//! latency — plus the int8 GEMM against tt-accel's f32 GEMM and the int8 decode against the f32
+//! decode, all in one run.
+//!
+//! Schemes: `fp32`; `dynamic_per_tensor` and `dynamic_per_channel` (symmetric int8 weights,
+//! activations quantized per row at run time); `static_minmax` and `static_histogram`
+//! (per-channel weights, activation `(S, Z)` frozen from calibration on training data). QAT and
+//! the int8 KV cache are not implemented yet: they are reported as such, never estimated.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tt_accel::fused;
+use tt_accel::gemm::{gemm, Rung};
+use tt_accel::packed::pack_linears;
+use tt_kvcache::{generate_cached, CachedGpt, OverflowPolicy};
+use tt_profile::roofline::{peak_gflops, MemoryLevels};
+use tt_quant::kernels::{vnni_peak_gops, IntLevel, PackedI8};
+use tt_quant::observer::{Histogram, MinMax, Observer};
+use tt_quant::{calibrate, quantize_dynamic, quantize_layers, Activations, Int8Linear, QuantizedLayer, WeightConfig};
+use tt_tensor::data::{digits, ClassificationData, DataLoader};
+use tt_tensor::nn::Sequential;
+use tt_tensor::projection::{Projection, Workspace};
+use tt_tensor::{no_grad, Module, Tensor};
+use tt_transformer::eval::{exact_match_with, next_token_loss};
+use tt_transformer::generate::GenerateConfig;
+use tt_transformer::{Gpt, Tokenize, TransformerError};
+
+use crate::acceleration::time_per_call;
+use crate::{classifier, cnn_digits, mlp_digits, transformer, MilestoneError, Options, Result};
+
+pub const NAME: &str = "quantization";
+
+const PROMPT: &str = "Q: what is 3 plus 4?\nA:";
+
+const SCHEMES: [&str; 5] = ["fp32", "dynamic_per_tensor", "dynamic_per_channel", "static_minmax", "static_histogram"];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn other(e: impl std::fmt::Display) -> MilestoneError {
+    MilestoneError::Other(e.to_string())
+}
+
+/// An observer for a static scheme.
+fn observer(scheme: &str) -> Box<dyn Observer> {
+    match scheme {
+        // 2048 bins and 255 levels are valid arguments.
+        "static_histogram" => Box::new(Histogram::new(2048, 255).expect("valid histogram settings")),
+        _ => Box::new(MinMax::default()),
+    }
+}
+
+/// Quantizes `m` by `scheme` (calibrating a static scheme with `run`); the quantized layers.
+fn apply(
+    m: &mut dyn Module,
+    scheme: &str,
+    run: &mut dyn FnMut(&dyn Module) -> tt_quant::Result<()>,
+) -> Result<Vec<QuantizedLayer>> {
+    Ok(match scheme {
+        "fp32" => Vec::new(),
+        "dynamic_per_tensor" => quantize_dynamic(m, WeightConfig::PER_TENSOR)?,
+        "dynamic_per_channel" => quantize_dynamic(m, WeightConfig::PER_CHANNEL)?,
+        _ => {
+            let cal = calibrate(m, &|| observer(scheme), run).map_err(other)?;
+            quantize_layers(m, WeightConfig::PER_CHANNEL, &mut |name| Ok(Activations::Static(cal.qparams(name)?)))?
+        }
+    })
+}
+
+/// Weight bytes and whole-model bytes: quantized layers as stored, everything else in f32. For
+/// fp32 the weights are those of the same layers a quantizer replaces (every Linear and Conv2d).
+fn bytes(m: &mut dyn Module, layers: &[QuantizedLayer]) -> Result<(usize, usize)> {
+    let all = 4 * m.num_parameters();
+    if layers.is_empty() {
+        let mut w = 0;
+        tt_tensor::nn::map_linears(m, |_, l| {
+            w += 4 * l.in_features() * l.out_features();
+            Ok(())
+        })?;
+        tt_tensor::nn::map_conv2ds(m, |_, c| {
+            w += 4 * c.matrix_shape().0 * c.matrix_shape().1;
+            Ok(())
+        })?;
+        return Ok((w, all));
+    }
+    let q: usize = layers.iter().map(|l| l.weight_bytes).sum();
+    let f32_equiv: usize = layers.iter().map(|l| 4 * l.shape.0 * l.shape.1).sum();
+    Ok((q, all - f32_equiv + q))
+}
+
+fn accuracy(model: &dyn Module, data: &ClassificationData) -> Result<f32> {
+    classifier::accuracy(model, data)
+}
+
+/// The digits MLP or CNN under every scheme.
+fn classifier_rows(opts: &Options, name: &str) -> Result<Vec<Value>> {
+    let (train, test) = digits::standard_split()?;
+    let (train, test) = if name == "cnn" {
+        (train.with_sample_shape(vec![1, 8, 8])?, test.with_sample_shape(vec![1, 8, 8])?)
+    } else {
+        (train, test)
+    };
+    let quiet = Options { quiet: true, ..opts.clone() };
+    let load = || -> Result<Sequential> {
+        Ok(if name == "cnn" { cnn_digits::load_or_train(&quiet)?.0 } else { mlp_digits::load_or_train(&quiet)?.0 })
+    };
+    // Calibration: the first 512 training samples (the test set is never seen before scoring).
+    let calib: Vec<Tensor> = DataLoader::new(&train, 256, false, 0)?.epoch(0).take(2).map(|b| b.x).collect();
+    // Latency: one batch of 256 test samples.
+    let batch =
+        DataLoader::new(&test, 256, false, 0)?.epoch(0).next().map(|b| b.x).ok_or_else(|| other("empty test set"))?;
+    let samples = if opts.quick { 3 } else { 9 };
+    let mut rows = Vec::new();
+    for scheme in SCHEMES {
+        let mut m = load()?;
+        let layers = apply(&mut m, scheme, &mut |m| {
+            for x in &calib {
+                m.forward(x)?;
+            }
+            Ok(())
+        })?;
+        let quality = accuracy(&m, &test)?;
+        let (weight_bytes, model_bytes) = bytes(&mut m, &layers)?;
+        let us = 1e6 * time_per_call(samples, || drop(no_grad(|| m.forward(&batch)))) / batch.shape()[0] as f64;
+        rows.push(json!({
+            "model": name, "scheme": scheme, "metric": "test_accuracy", "quality": quality,
+            "weight_bytes": weight_bytes, "model_bytes": model_bytes,
+            "latency": us, "latency_unit": "us_per_sample_batch256",
+            "formats": layers.iter().map(|l| l.format).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(rows)
+}
+
+fn engine(m: &Gpt) -> std::result::Result<CachedGpt, TransformerError> {
+    let mut e = CachedGpt::new(m, 1, OverflowPolicy::Error).map_err(|e| TransformerError::Config(e.to_string()))?;
+    e.set_row_kernels(fused::row_kernels());
+    Ok(e)
+}
+
+/// The trained GPT under every scheme: exact match and validation perplexity scored by the
+/// quantized decoder itself, and greedy decode tok/s at `tokens` (all engines in one run,
+/// interleaved). fp32 is tt-accel's packed f32 decoder (the fastest f32 engine here); every
+/// engine uses the same fused row kernels, so only the weight format differs.
+fn gpt_rows(opts: &Options, mem: &MemoryLevels) -> Result<(Vec<Value>, Value)> {
+    let quiet = Options { quiet: true, corpus: None, ..opts.clone() };
+    let (_, tokenizer, _, _) = transformer::load_or_train(&Options { corpus: None, ..opts.clone() })?;
+    let (train_text, val_text, qa) = transformer::load_text(&quiet)?;
+    let qa = qa.ok_or_else(|| other("the built-in corpus has questions"))?;
+    let test: Vec<_> = if opts.quick { qa.test.iter().step_by(10).cloned().collect() } else { qa.test.clone() };
+    let val_ids = tokenizer.encode_ids(&val_text)?;
+    let calib_ids = tokenizer.encode_ids(&train_text[..train_text.len().min(8192)])?;
+    let prompt = tokenizer.encode_ids(PROMPT)?;
+    let windows = if opts.quick { 8 } else { 48 };
+    let mut models = Vec::new();
+    let mut rows = Vec::new();
+    for scheme in SCHEMES {
+        let (mut m, _, _, _) = transformer::load_or_train(&quiet)?;
+        let layers = apply(&mut m, scheme, &mut |md| {
+            // Four 128-token windows of training text through the tensor model.
+            for w in calib_ids.chunks(128).take(4).filter(|w| w.len() == 128) {
+                let x = Tensor::from_vec(w.iter().map(|&i| i as f32).collect(), &[1, 128])?;
+                md.forward(&x)?;
+            }
+            Ok(())
+        })?;
+        if scheme == "fp32" {
+            pack_linears(&mut m)?;
+        }
+        let start = Instant::now();
+        let (em, _) = exact_match_with(|| engine(&m), &tokenizer, &test, 48, 2)?;
+        let ppl = next_token_loss(&mut engine(&m)?, &val_ids, 128, windows)?.exp();
+        let (weight_bytes, model_bytes) = bytes(&mut m, &layers)?;
+        opts.say(format!(
+            "  gpt {scheme:<20} exact match {:5.1}%  val ppl {ppl:.3}  weights {weight_bytes:>9} B  ({:.1} s)",
+            100.0 * em,
+            start.elapsed().as_secs_f64()
+        ));
+        rows.push(json!({
+            "model": "gpt", "scheme": scheme, "metric": "test_exact_match", "quality": em,
+            "val_perplexity": ppl, "weight_bytes": weight_bytes, "model_bytes": model_bytes,
+            "formats": layers.iter().map(|l| l.format).collect::<Vec<_>>(),
+        }));
+        models.push(m);
+    }
+    // Decode speed: every engine, greedy, interleaved, median of `repeats`.
+    let tokens = if opts.quick { 64 } else { 512 };
+    let tokens = tokens.min(models[0].config.max_seq_len - prompt.len());
+    let mut engines = models.iter().map(engine).collect::<std::result::Result<Vec<_>, _>>()?;
+    let cfg = GenerateConfig::greedy(tokens);
+    let repeats = if opts.quick { 1 } else { 3 };
+    let mut tps = vec![Vec::new(); engines.len()];
+    let mut texts = vec![Vec::new(); engines.len()];
+    for _ in 0..repeats {
+        for (i, e) in engines.iter_mut().enumerate() {
+            let t = generate_cached(e, std::slice::from_ref(&prompt), &cfg)?;
+            tps[i].push(t.tokens_per_second(1));
+            texts[i] = t.tokens;
+        }
+    }
+    let tps: Vec<f64> = tps.into_iter().map(median).collect();
+    opts.say(format!(
+        "\n  decode, greedy {tokens} tokens after a {}-token prompt, batch 1, one thread (median of {repeats}):",
+        prompt.len()
+    ));
+    for (i, row) in rows.iter_mut().enumerate() {
+        let weights: usize = engines[i].projection_formats().iter().map(|f| f.2).sum();
+        let s = engines[i].cache().shape();
+        let kv = 2 * s.layers * s.heads * s.head_dim * 4 * (prompt.len() + tokens / 2);
+        let (level, roof) = mem.decode_bound_tok_s(weights + kv);
+        opts.say(format!(
+            "  {:<20} {:>8.0} tok/s ({:.2}x fp32)  {} B read per token ({} weights + {} KV) → {level} bound {roof:.0} tok/s ({:.0}%)",
+            SCHEMES[i],
+            tps[i],
+            tps[i] / tps[0],
+            weights + kv,
+            weights,
+            kv,
+            100.0 * tps[i] / roof
+        ));
+        row["latency"] = json!(tps[i]);
+        row["latency_unit"] = json!("decode_tok_s");
+        row["same_tokens_as_fp32"] = json!(texts[i] == texts[0]);
+        row["roofline_level"] = json!(level);
+        row["roofline_tok_s"] = json!(roof);
+    }
+    let best = 2; // dynamic per-channel: PyTorch's default weight scheme
+    let decode = json!({
+        "tokens": tokens,
+        "fp32_tok_s": tps[0],
+        "int8_tok_s": tps[best],
+        "int8_scheme": SCHEMES[best],
+        "speedup": tps[best] / tps[0],
+        "fp32_exact_match": rows[0]["quality"],
+        "int8_exact_match": rows[best]["quality"],
+        "int8_kv_tok_s": Value::Null,
+        "int8_kv_exact_match": Value::Null,
+        "int8_kv": "not implemented yet",
+    });
+    Ok((rows, decode))
+}
+
+/// int8 GEMM (`PackedI8`, u8 activations ready) and the whole int8 projection (quantizing 512
+/// rows, the product, the epilogue) against tt-accel's packed f32 GEMM, n = 512.
+fn gemm_row(opts: &Options) -> Result<Value> {
+    let n = 512;
+    let samples = if opts.quick { 3 } else { 9 };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut c = vec![0.0f32; n * n];
+    let level = tt_accel::level();
+    let f32_s = time_per_call(samples, || {
+        // Sizes are consistent by construction.
+        let _ = gemm(Rung::PackedSimd, level, 1, &a, n, &b, n, &mut c, n, n, n, n);
+    });
+    let codes: Vec<i8> = (0..n * n).map(|_| rng.random::<i8>()).collect();
+    let au8: Vec<u8> = (0..n * n).map(|_| rng.random::<u8>()).collect();
+    let packed = PackedI8::new(&codes, n, n).map_err(other)?;
+    let mut acc = vec![0i32; n * packed.acc_cols()];
+    let il = IntLevel::current();
+    let i8_s = time_per_call(samples, || {
+        let _ = packed.matmul(il, &au8, n, &mut acc);
+    });
+    let w = ndarray::Array2::from_shape_vec((n, n), b.clone()).map_err(other)?;
+    let proj = Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Dynamic).map_err(other)?;
+    let mut ws = Workspace::default();
+    ws.ensure(proj.workspace_len(n));
+    let proj_s = time_per_call(samples, || proj.forward_rows(&a, n, None, &mut c, ws.bytes()));
+    let ops = 2.0 * (n * n * n) as f64;
+    let (f32_gflops, int8_gops, proj_gops) = (ops / f32_s / 1e9, ops / i8_s / 1e9, ops / proj_s / 1e9);
+    let vnni_peak = vnni_peak_gops(if opts.quick { 2_000_000 } else { 20_000_000 });
+    opts.say(format!(
+        "GEMM n = {n}: f32 packed_simd {f32_gflops:.1} GFLOP/s; int8 ({il}) {int8_gops:.1} GOP/s = {:.2}x{}; whole int8 projection (quantize 512 rows + product + epilogue) {proj_gops:.1} GOP/s = {:.2}x",
+        int8_gops / f32_gflops,
+        vnni_peak.map_or(String::new(), |p| format!(" ({:.0}% of the measured VNNI peak {p:.0} GOP/s)", 100.0 * int8_gops / p)),
+        proj_gops / f32_gflops
+    ));
+    Ok(json!({
+        "n": n, "int8_gops": int8_gops, "f32_gflops": f32_gflops, "speedup": int8_gops / f32_gflops,
+        "int8_projection_gops": proj_gops, "projection_speedup": proj_gops / f32_gflops,
+        "int8_level": il.name(), "vnni_peak_gops": vnni_peak,
+    }))
+}
+
+/// Accuracy against bytes for every model and scheme, as an SVG.
+fn chart(path: &std::path::Path, rows: &[Value]) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let max_kb = rows.iter().filter_map(|r| r["weight_bytes"].as_f64()).fold(1.0, f64::max) / 1024.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("quality vs weight bytes (each model: fp32 and int8 schemes)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d((1f64..max_kb * 1.5).log_scale(), 0f64..1.0)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("weight bytes (KiB, log)")
+        .y_desc("accuracy / exact match")
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (model, color) in [("mlp", RED), ("cnn", BLUE), ("gpt", GREEN)] {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r["model"] == model)
+            .filter_map(|r| Some((r["weight_bytes"].as_f64()? / 1024.0, r["quality"].as_f64()?)))
+            .collect();
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| err(e.to_string()))?
+            .label(model)
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+pub fn run(opts: &Options) -> Result<Value> {
+    let peak = peak_gflops(1, if opts.quick { 200_000 } else { 4_000_000 })?;
+    let mem = MemoryLevels::measure(opts.quick)?;
+    opts.say(format!(
+        "machine (measured now, 1 core): f32 FMA peak {peak:.1} GFLOP/s; read bandwidth L2 {:.0}, L3 {:.0} GB/s; integer kernels at {}",
+        mem.l2_read_gbs,
+        mem.l3_read_gbs,
+        IntLevel::current()
+    ));
+    let gemm = gemm_row(opts)?;
+    let mut rows = Vec::new();
+    for name in ["mlp", "cnn"] {
+        let r = classifier_rows(opts, name)?;
+        opts.say(format!("\n{name} (held-out UCI digits accuracy; latency µs per sample at batch 256):"));
+        for row in &r {
+            opts.say(format!(
+                "  {:<20} accuracy {:6.2}%  weights {:>7} B  model {:>7} B  {:>6.2} µs/sample",
+                row["scheme"].as_str().unwrap_or(""),
+                100.0 * row["quality"].as_f64().unwrap_or(0.0),
+                row["weight_bytes"],
+                row["model_bytes"],
+                row["latency"].as_f64().unwrap_or(0.0)
+            ));
+        }
+        rows.extend(r);
+    }
+    opts.say("\ngpt (exact match on unseen questions and validation perplexity, scored by each quantized decoder):");
+    let (gpt, decode) = gpt_rows(opts, &mem)?;
+    rows.extend(gpt);
+    opts.say("\n  stays f32 in every int8 model: biases, layer norms, embeddings (the GPT's tied output head), attention and softmax; QAT: not implemented yet");
+    let path = opts.cache_dir.join(NAME).join("quality_vs_bytes.svg");
+    chart(&path, &rows)?;
+    opts.say(format!("chart: {}", path.display()));
+    Ok(json!({
+        "milestone": NAME,
+        "machine": {"peak_gflops_1core": peak, "l2_read_gbs": mem.l2_read_gbs, "l3_read_gbs": mem.l3_read_gbs},
+        "gemm": gemm,
+        "models": rows,
+        "decode": decode,
+        "chart": path,
+        "not_implemented": ["qat", "int8_kv_cache"],
+    }))
+}
