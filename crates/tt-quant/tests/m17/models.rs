@@ -51,7 +51,7 @@ fn an_int8_mlp_and_cnn_stay_close_to_fp32_and_train_on_f32_weights() {
         let loss = cross_entropy(&m.forward(&x).unwrap(), &vec![1usize; x.shape()[0]]).unwrap();
         loss.backward().unwrap();
         opt.step().unwrap();
-        let e = no_grad(|| m.forward(&x)).err().expect("stale projection is an error");
+        let Err(e) = no_grad(|| m.forward(&x)) else { panic!("{name}: a stale projection must be an error") };
         assert!(e.to_string().contains("int8-dyn/ch"), "{name}: {e}");
     }
 }
