@@ -246,6 +246,49 @@ fn ladder_chart(path: &std::path::Path, rows: &[Value], peak: f64) -> Result<()>
     Ok(())
 }
 
+/// Where a decode step's time goes: `engine` decodes greedily to `mid` tokens after `prompt`,
+/// then 64 more steps under the op profiler (recording adds a little time per op: read the
+/// shares, not the absolute µs). Prints the table under `label` and returns its rows.
+pub fn step_breakdown(
+    opts: &Options,
+    engine: &mut CachedGpt,
+    prompt: &[usize],
+    mid: usize,
+    label: &str,
+) -> Result<Vec<Value>> {
+    engine.prefill(prompt, prompt.len())?;
+    let mut next = prompt[prompt.len() - 1];
+    for _ in 0..mid {
+        next = tt_tensor::kernels::argmax(engine.decode_step(&[next])?);
+    }
+    let (r, prof) = tt_profile::profiler::profile(|| -> Result<()> {
+        for _ in 0..64 {
+            next = tt_tensor::kernels::argmax(engine.decode_step(&[next])?);
+        }
+        Ok(())
+    });
+    r?;
+    let summary = prof.summary(tt_profile::profiler::SortBy::Time);
+    let breakdown: Vec<Value> =
+        summary.iter().map(|o| json!({"op": o.op, "us_per_step": o.total_us / 64.0, "percent": o.percent})).collect();
+    let in_ops: f64 = summary.iter().map(|o| o.total_us).sum();
+    opts.say(format!(
+        "\n{label} decode step at position {}, under the op profiler ({:.1} µs per step wall, {:.1} in ops):",
+        prompt.len() + mid,
+        prof.wall_us / 64.0,
+        in_ops / 64.0
+    ));
+    for o in &breakdown {
+        opts.say(format!(
+            "  {:<12} {:>7.2} µs  {:>5.1}%",
+            o["op"].as_str().unwrap_or(""),
+            o["us_per_step"].as_f64().unwrap_or(0.0),
+            o["percent"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    Ok(breakdown)
+}
+
 /// Greedy generation of `n` tokens on each engine, interleaved, `repeats` times.
 fn decode_runs(engines: &mut [&mut CachedGpt], prompt: &[usize], n: usize, repeats: usize) -> Result<Vec<Vec<Trace>>> {
     let cfg = GenerateConfig::greedy(n);
@@ -310,41 +353,9 @@ pub fn run(opts: &Options) -> Result<Value> {
         a = reference.decode_step(&[next])?.to_vec();
         b = accelerated.decode_step(&[next])?.to_vec();
     }
-    // Where a step's time goes: 64 accelerated decode steps at mid-generation under the op
-    // profiler (recording adds a little time per op; read the shares, not the absolute µs).
+    // Where a step's time goes: 64 accelerated decode steps at mid-generation.
     let mid = tokens / 2;
-    accelerated.prefill(&prompt, prompt.len())?;
-    let mut next = prompt[prompt.len() - 1];
-    for _ in 0..mid {
-        next = tt_tensor::kernels::argmax(accelerated.decode_step(&[next])?);
-    }
-    let (r, prof) = tt_profile::profiler::profile(|| -> Result<()> {
-        for _ in 0..64 {
-            next = tt_tensor::kernels::argmax(accelerated.decode_step(&[next])?);
-        }
-        Ok(())
-    });
-    r?;
-    let breakdown: Vec<Value> = prof
-        .summary(tt_profile::profiler::SortBy::Time)
-        .iter()
-        .map(|o| json!({"op": o.op, "us_per_step": o.total_us / 64.0, "percent": o.percent}))
-        .collect();
-    let in_ops: f64 = prof.summary(tt_profile::profiler::SortBy::Time).iter().map(|o| o.total_us).sum();
-    opts.say(format!(
-        "\naccelerated decode step at position {}, under the op profiler ({:.1} µs per step wall, {:.1} in ops):",
-        prompt.len() + mid,
-        prof.wall_us / 64.0,
-        in_ops / 64.0
-    ));
-    for o in &breakdown {
-        opts.say(format!(
-            "  {:<12} {:>7.2} µs  {:>5.1}%",
-            o["op"].as_str().unwrap_or(""),
-            o["us_per_step"].as_f64().unwrap_or(0.0),
-            o["percent"].as_f64().unwrap_or(0.0)
-        ));
-    }
+    let breakdown = step_breakdown(opts, &mut accelerated, &prompt, mid, "accelerated")?;
     let repeats = if opts.quick { 1 } else { 3 };
     let runs = decode_runs(&mut [&mut reference, &mut accelerated, &mut two_threads], &prompt, tokens, repeats)?;
     let identical = runs.iter().flatten().all(|t| t.tokens == runs[0][0].tokens);

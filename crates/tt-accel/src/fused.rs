@@ -224,6 +224,10 @@ pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
             decode_attention(q, keys, values, scale, out).expect("attention head widths agree");
         },
         decode_attention_heads: None,
+        decode_attention_q8: |q, kv, scale, _scores, out| {
+            // As above: the cache's rows are head_dim wide and out is one head.
+            decode_attention_q8(q, kv, scale, out).expect("attention head widths agree");
+        },
     }
 }
 
@@ -336,6 +340,58 @@ pub fn decode_attention_at(
         // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX2 and FMA.
         Level::Avx2 => unsafe { avx2::decode_attention(q, keys, values, scale, out) },
         _ => scalar::decode_attention(q, keys, values, scale, out),
+    }
+    Ok(())
+}
+
+/// [`decode_attention`] over an int8 KV cache: each key row `k_j = d_kⱼ·codes` and value row
+/// likewise (see `tt_tensor::kernels::Q8Head`), dequantized on the fly inside the same one-pass
+/// online softmax: the codes are widened to f32 as they are loaded, `d_kⱼ` multiplies the block's
+/// scores and `d_vⱼ` its weights. Reads `head_dim + 4` bytes per row instead of `4·head_dim`.
+///
+/// # Errors
+/// As [`decode_attention`], for codes instead of floats (and scale vectors of `slots` entries).
+pub fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) -> Result<()> {
+    decode_attention_q8_at(dispatch::level(), q, kv, scale, out)
+}
+
+/// [`decode_attention_q8`] at `level` (clamped to [`dispatch::level`]). The AVX2 level runs the
+/// scalar kernel (the int8 cache's speed matters on the AVX-512 machines this course targets).
+///
+/// # Errors
+/// As [`decode_attention_q8`].
+pub fn decode_attention_q8_at(
+    level: Level,
+    q: &[f32],
+    kv: &tt_tensor::kernels::Q8Head,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let op = "fused::decode_attention_q8";
+    let hd = q.len();
+    let slots = kv.key_scales.len();
+    if hd == 0 || slots == 0 {
+        return Err(TensorError::InvalidShape { op, shape: vec![slots, hd], reason: "empty query or cache".into() });
+    }
+    if kv.keys.len() != slots * hd || kv.values.len() != slots * hd || kv.value_scales.len() != slots {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: vec![kv.keys.len(), kv.values.len(), kv.value_scales.len()],
+            rhs: vec![slots * hd, slots * hd, slots],
+        });
+    }
+    if out.len() != hd {
+        return Err(TensorError::ShapeMismatch { op, lhs: vec![out.len()], rhs: vec![hd] });
+    }
+    if !scale.is_finite() {
+        return Err(TensorError::InvalidArgument { op, reason: format!("scale {scale} is not finite") });
+    }
+    match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F; lengths
+        // checked above.
+        Level::Avx512 => unsafe { avx512::decode_attention_q8(q, kv, scale, out) },
+        _ => scalar::decode_attention_q8(q, kv, scale, out),
     }
     Ok(())
 }
@@ -606,6 +662,43 @@ mod scalar {
         y.iter_mut().for_each(|v| *v = gelu_tanh(*v));
     }
 
+    /// The online softmax of [`decode_attention`] over int8 rows.
+    pub(super) fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let slots = kv.key_scales.len();
+        out.fill(0.0);
+        let (mut m, mut l) = (-f32::MAX, 0.0f32);
+        let mut p = [0.0f32; SCALAR_BLOCK];
+        for j0 in (0..slots).step_by(SCALAR_BLOCK) {
+            let nb = SCALAR_BLOCK.min(slots - j0);
+            let mut bm = m;
+            for t in 0..nb {
+                let j = j0 + t;
+                let d: f32 = q.iter().zip(&kv.keys[j * hd..(j + 1) * hd]).map(|(&a, &c)| a * c as f32).sum();
+                p[t] = d * kv.key_scales[j] * scale;
+                bm = bm.max(p[t]);
+            }
+            let alpha = exp_fast(m - bm);
+            let mut bs = 0.0;
+            for pt in &mut p[..nb] {
+                *pt = exp_fast(*pt - bm);
+                bs += *pt;
+            }
+            l = l * alpha + bs;
+            out.iter_mut().for_each(|o| *o *= alpha);
+            for t in 0..nb {
+                let j = j0 + t;
+                let w = p[t] * kv.value_scales[j];
+                for (o, &c) in out.iter_mut().zip(&kv.values[j * hd..(j + 1) * hd]) {
+                    *o += w * c as f32;
+                }
+            }
+            m = bm;
+        }
+        let inv = 1.0 / l;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+
     pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
         let hd = q.len();
         let slots = keys.len() / hd;
@@ -870,6 +963,99 @@ mod avx512 {
             n /= 2;
         }
         v[0]
+    }
+
+    /// Up to 16 int8 codes of one row (`rem` of them remain in the row), widened to f32; lanes
+    /// past the row are 0. AVX-512F only: a short tail is copied rather than read with a byte mask
+    /// (which would need AVX-512BW).
+    ///
+    /// # Safety
+    /// `p .. p + min(rem, 16)` lies inside one slice.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_q8(rem: usize, p: *const i8) -> __m512 {
+        let bytes = if rem >= L {
+            // SAFETY: 16 bytes inside the slice (forwarded contract).
+            unsafe { _mm_loadu_si128(p as *const __m128i) }
+        } else {
+            let mut buf = [0i8; L];
+            // SAFETY: `rem` bytes inside the slice; `buf` holds 16.
+            unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), rem) };
+            // SAFETY: `buf` holds 16 bytes.
+            unsafe { _mm_loadu_si128(buf.as_ptr() as *const __m128i) }
+        };
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))
+    }
+
+    /// [`decode_attention`]'s one-pass structure over int8 rows: codes widened to f32 as they
+    /// are loaded, the 16 key scales multiply the block's scores, the 16 value scales its weights.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let slots = kv.key_scales.len();
+        out.fill(0.0);
+        let (pq, pk, pv, po) = (q.as_ptr(), kv.keys.as_ptr(), kv.values.as_ptr(), out.as_mut_ptr());
+        let (mut m, mut l) = (-f32::MAX, 0.0f32);
+        let mut tile = [0.0f32; L];
+        for j0 in (0..slots).step_by(L) {
+            let nb = L.min(slots - j0);
+            let rows: [usize; L] = std::array::from_fn(|t| (j0 + t.min(nb - 1)) * hd);
+            let mut acc = [_mm512_setzero_ps(); L];
+            for c in (0..hd).step_by(L) {
+                let k = mask(hd - c);
+                // SAFETY: c < hd and `k` enables lanes below hd: inside `q` and inside row
+                // rows[t]/hd < slots of `keys` (slots·hd codes).
+                unsafe {
+                    let qc = _mm512_maskz_loadu_ps(k, pq.add(c));
+                    for t in 0..L {
+                        acc[t] = _mm512_fmadd_ps(qc, load_q8(hd - c, pk.add(rows[t] + c)), acc[t]);
+                    }
+                }
+            }
+            let nbm = mask(nb);
+            // SAFETY: lanes below nb read key_scales[j0..j0 + nb], inside its `slots` entries.
+            let (ks, vs) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(nbm, kv.key_scales.as_ptr().add(j0)),
+                    _mm512_maskz_loadu_ps(nbm, kv.value_scales.as_ptr().add(j0)),
+                )
+            };
+            let scores = _mm512_mul_ps(_mm512_mul_ps(sum_lanes_16(acc), ks), _mm512_set1_ps(scale));
+            let sv = _mm512_mask_blend_ps(nbm, _mm512_set1_ps(f32::NEG_INFINITY), scores);
+            let bm = m.max(_mm512_reduce_max_ps(sv));
+            let alpha = exp_fast(m - bm);
+            let weights = exp(_mm512_sub_ps(sv, _mm512_set1_ps(bm)));
+            l = l * alpha + _mm512_reduce_add_ps(weights);
+            // SAFETY: `tile` holds 16 floats.
+            unsafe { _mm512_storeu_ps(tile.as_mut_ptr(), _mm512_mul_ps(weights, vs)) };
+            let av = _mm512_set1_ps(alpha);
+            for c in (0..hd).step_by(L) {
+                let k = mask(hd - c);
+                // SAFETY: c < hd and `k` enables lanes below hd: inside `out` and inside row
+                // rows[t]/hd < slots of `values`.
+                unsafe {
+                    let mut o = [
+                        _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), av),
+                        _mm512_setzero_ps(),
+                        _mm512_setzero_ps(),
+                        _mm512_setzero_ps(),
+                    ];
+                    for t in 0..L {
+                        let vr = load_q8(hd - c, pv.add(rows[t] + c));
+                        o[t % 4] = _mm512_fmadd_ps(_mm512_set1_ps(tile[t]), vr, o[t % 4]);
+                    }
+                    let o = _mm512_add_ps(_mm512_add_ps(o[0], o[1]), _mm512_add_ps(o[2], o[3]));
+                    _mm512_mask_storeu_ps(po.add(c), k, o);
+                }
+            }
+            m = bm;
+        }
+        let inv = _mm512_set1_ps(1.0 / l);
+        for c in (0..hd).step_by(L) {
+            let k = mask(hd - c);
+            // SAFETY: c < hd and `k` enables only lanes inside `out`.
+            unsafe { _mm512_mask_storeu_ps(po.add(c), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), inv)) };
+        }
     }
 
     /// Blocks of 16 keys, one pass. Per block: the 16 scores `q·kⱼ` are accumulated as 16-lane

@@ -1,8 +1,15 @@
 //! The key/value cache.
 //!
-//! Layout: one contiguous `f32` buffer each for K and V, indexed `[layer][batch][head][slot][dim]`.
+//! Layout: one contiguous buffer each for K and V, indexed `[layer][batch][head][slot][dim]`.
 //! For one (layer, sequence, head) the cached keys are a contiguous `[slots, head_dim]` block, so
 //! attention's `q·Kᵀ` and `A·V` loops read memory in order.
+//!
+//! Storage ([`KvStorage`]): `f32`, or `int8` — each cached row (one head at one position, `head_dim`
+//! values) as symmetric int8 codes with one f32 scale, `d = max|x|/127`, `q = round_half_even(x/d)`,
+//! as llama.cpp's `q8_0` cache type stores blocks of 32. That is `head_dim + 4` bytes per row
+//! instead of `4·head_dim` (3.6× smaller at head_dim 32), with a rounding error of at most `d/2`
+//! per value. Attention then reads codes and scales ([`KvCache::keys_q8`]) and dequantizes on the
+//! fly (`RowKernels::decode_attention_q8`).
 //!
 //! Protocol per generation step (the course's `update`/`advance`): every layer [`KvCache::append`]s
 //! the new position(s); [`KvCache::keys`]/[`KvCache::values`] of that layer then include them; when
@@ -31,6 +38,46 @@ pub enum CacheError {
     Invalid(String),
 }
 
+/// How cached keys and values are stored (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvStorage {
+    /// 4 bytes per value, exact.
+    F32,
+    /// Symmetric int8 codes with one f32 scale per (head, position) row.
+    Int8,
+}
+
+impl KvStorage {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvStorage::F32 => "f32",
+            KvStorage::Int8 => "int8",
+        }
+    }
+}
+
+/// The int8 rows of one (layer, sequence, head): `codes` is `[slots, head_dim]`, `scales[j]` the
+/// scale of row `j` (value = `scales[j]·codes[j·head_dim + i]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Q8Rows<'a> {
+    pub codes: &'a [i8],
+    pub scales: &'a [f32],
+}
+
+/// Quantizes one row symmetrically to int8 (`d = max|x|/127`, round half to even); returns `d`.
+/// An all-zero row gets `d = 0` and codes 0 (it dequantizes to zeros exactly). Non-finite values
+/// make `d` non-finite, so attention over that row is NaN, as it would be in f32.
+pub fn quantize_row_q8(x: &[f32], codes: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let amax = if x.iter().all(|v| v.is_finite()) { amax } else { f32::NAN };
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
 /// Cache dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheShape {
@@ -57,8 +104,15 @@ pub struct HeadRows<'a> {
 pub struct KvCache {
     shape: CacheShape,
     policy: OverflowPolicy,
+    storage: KvStorage,
+    /// f32 storage (empty for int8).
     k: Vec<f32>,
     v: Vec<f32>,
+    /// int8 storage (empty for f32): codes laid out like `k`/`v`, one scale per row.
+    k8: Vec<i8>,
+    v8: Vec<i8>,
+    k_scale: Vec<f32>,
+    v_scale: Vec<f32>,
     /// Valid slots per layer, including positions appended this step.
     filled: Vec<usize>,
     /// Committed slots (equal for all layers after `advance`).
@@ -84,6 +138,22 @@ impl KvCache {
         head_dim: usize,
         policy: OverflowPolicy,
     ) -> Result<KvCache, CacheError> {
+        Self::with_storage(layers, batch, heads, max_seq_len, head_dim, policy, KvStorage::F32)
+    }
+
+    /// [`KvCache::new`] with the given storage.
+    ///
+    /// # Errors
+    /// As [`KvCache::new`].
+    pub fn with_storage(
+        layers: usize,
+        batch: usize,
+        heads: usize,
+        max_seq_len: usize,
+        head_dim: usize,
+        policy: OverflowPolicy,
+        storage: KvStorage,
+    ) -> Result<KvCache, CacheError> {
         let capacity = match policy {
             OverflowPolicy::Error => max_seq_len,
             OverflowPolicy::SlidingWindow(w) => w,
@@ -108,11 +178,20 @@ impl KvCache {
                     Self::MAX_ELEMENTS
                 ))
             })?;
+        let (f, q, rows) = match storage {
+            KvStorage::F32 => (n, 0, 0),
+            KvStorage::Int8 => (0, n, n / head_dim),
+        };
         Ok(KvCache {
             shape: CacheShape { layers, batch, heads, capacity, head_dim },
             policy,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            storage,
+            k: vec![0.0; f],
+            v: vec![0.0; f],
+            k8: vec![0; q],
+            v8: vec![0; q],
+            k_scale: vec![0.0; rows],
+            v_scale: vec![0.0; rows],
             filled: vec![0; layers],
             len: 0,
             seen: 0,
@@ -139,10 +218,23 @@ impl KvCache {
     pub fn position(&self) -> usize {
         self.seen
     }
-    /// Bytes held by K and V: `2·L·B·H·S·D·4`.
+    /// How keys and values are stored.
+    pub fn storage(&self) -> KvStorage {
+        self.storage
+    }
+
+    /// Bytes held by K and V: `2·L·B·H·S·D·4` in f32, `2·L·B·H·S·(D + 4)` in int8.
     pub fn memory_bytes(&self) -> usize {
         let s = self.shape;
-        2 * s.layers * s.batch * s.heads * s.capacity * s.head_dim * std::mem::size_of::<f32>()
+        2 * s.layers * s.batch * s.heads * s.capacity * self.row_bytes()
+    }
+
+    /// Bytes of one cached row (one head at one position) of K or of V.
+    pub fn row_bytes(&self) -> usize {
+        match self.storage {
+            KvStorage::F32 => 4 * self.shape.head_dim,
+            KvStorage::Int8 => self.shape.head_dim + 4,
+        }
     }
 
     fn block(&self, layer: usize, b: usize, h: usize) -> usize {
@@ -192,8 +284,19 @@ impl KvCache {
                         for h in 0..s.heads {
                             let base = self.block(layer, b, h);
                             let d = s.head_dim;
-                            self.k.copy_within(base + evict * d..base + self.len * d, base);
-                            self.v.copy_within(base + evict * d..base + self.len * d, base);
+                            let rows = base / d + evict..base / d + self.len;
+                            match self.storage {
+                                KvStorage::F32 => {
+                                    self.k.copy_within(rows.start * d..rows.end * d, base);
+                                    self.v.copy_within(rows.start * d..rows.end * d, base);
+                                }
+                                KvStorage::Int8 => {
+                                    self.k8.copy_within(rows.start * d..rows.end * d, base);
+                                    self.v8.copy_within(rows.start * d..rows.end * d, base);
+                                    self.k_scale.copy_within(rows.clone(), base / d);
+                                    self.v_scale.copy_within(rows, base / d);
+                                }
+                            }
                         }
                     }
                     start = self.len - evict;
@@ -205,8 +308,19 @@ impl KvCache {
             for h in 0..s.heads {
                 let src = ((b * s.heads + h) * n) * d;
                 let dst = self.block(layer, b, h) + start * d;
-                self.k[dst..dst + n * d].copy_from_slice(&k[src..src + n * d]);
-                self.v[dst..dst + n * d].copy_from_slice(&v[src..src + n * d]);
+                match self.storage {
+                    KvStorage::F32 => {
+                        self.k[dst..dst + n * d].copy_from_slice(&k[src..src + n * d]);
+                        self.v[dst..dst + n * d].copy_from_slice(&v[src..src + n * d]);
+                    }
+                    KvStorage::Int8 => {
+                        for t in 0..n {
+                            let (x, y, row) = (src + t * d, dst + t * d, dst / d + t);
+                            self.k_scale[row] = quantize_row_q8(&k[x..x + d], &mut self.k8[y..y + d]);
+                            self.v_scale[row] = quantize_row_q8(&v[x..x + d], &mut self.v8[y..y + d]);
+                        }
+                    }
+                }
             }
         }
         self.filled[layer] = start + n;
@@ -234,6 +348,7 @@ impl KvCache {
     /// An index out of range.
     pub fn heads(&self, layer: usize, b: usize) -> Result<HeadRows<'_>, CacheError> {
         let base = self.check_index(layer, b, 0)?;
+        self.check_storage(KvStorage::F32)?;
         let s = self.shape;
         let (head_stride, slots) = (s.capacity * s.head_dim, self.filled[layer]);
         let end = base + (s.heads - 1) * head_stride + slots * s.head_dim;
@@ -247,6 +362,7 @@ impl KvCache {
     /// An index out of range.
     pub fn keys(&self, layer: usize, b: usize, h: usize) -> Result<&[f32], CacheError> {
         let base = self.check_index(layer, b, h)?;
+        self.check_storage(KvStorage::F32)?;
         Ok(&self.k[base..base + self.filled[layer] * self.shape.head_dim])
     }
 
@@ -256,7 +372,42 @@ impl KvCache {
     /// An index out of range.
     pub fn values(&self, layer: usize, b: usize, h: usize) -> Result<&[f32], CacheError> {
         let base = self.check_index(layer, b, h)?;
+        self.check_storage(KvStorage::F32)?;
         Ok(&self.v[base..base + self.filled[layer] * self.shape.head_dim])
+    }
+
+    fn check_storage(&self, want: KvStorage) -> Result<(), CacheError> {
+        if self.storage != want {
+            return Err(CacheError::Invalid(format!(
+                "the cache stores {}, not {} (use {})",
+                self.storage.name(),
+                want.name(),
+                if self.storage == KvStorage::Int8 { "keys_q8 / values_q8" } else { "keys / values" }
+            )));
+        }
+        Ok(())
+    }
+
+    /// The int8 keys of `layer`, sequence `b`, head `h` (an int8 cache), like [`KvCache::keys`].
+    ///
+    /// # Errors
+    /// An index out of range, or an f32 cache.
+    pub fn keys_q8(&self, layer: usize, b: usize, h: usize) -> Result<Q8Rows<'_>, CacheError> {
+        let base = self.check_index(layer, b, h)?;
+        self.check_storage(KvStorage::Int8)?;
+        let (d, rows) = (self.shape.head_dim, self.filled[layer]);
+        Ok(Q8Rows { codes: &self.k8[base..base + rows * d], scales: &self.k_scale[base / d..base / d + rows] })
+    }
+
+    /// The int8 values, like [`KvCache::keys_q8`].
+    ///
+    /// # Errors
+    /// As [`KvCache::keys_q8`].
+    pub fn values_q8(&self, layer: usize, b: usize, h: usize) -> Result<Q8Rows<'_>, CacheError> {
+        let base = self.check_index(layer, b, h)?;
+        self.check_storage(KvStorage::Int8)?;
+        let (d, rows) = (self.shape.head_dim, self.filled[layer]);
+        Ok(Q8Rows { codes: &self.v8[base..base + rows * d], scales: &self.v_scale[base / d..base / d + rows] })
     }
 
     /// Commits `n` positions once every layer has appended them.

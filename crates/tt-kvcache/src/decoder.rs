@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
-use tt_tensor::kernels::{attention_head, HeadsJob, RowKernels, Rows};
+use tt_tensor::kernels::{attention_head, HeadsJob, Q8Head, RowKernels, Rows};
 use tt_tensor::nn::{LayerNorm, Linear};
 use tt_tensor::projection::{DenseF32, Projection, Workspace};
 use tt_tensor::Tensor;
 use tt_transformer::generate::{GenerateConfig, NextTokenSource, Sampler};
 use tt_transformer::{Gpt, TransformerError};
 
-use crate::cache::{KvCache, OverflowPolicy};
+use crate::cache::{KvCache, KvStorage, OverflowPolicy};
 use crate::KvError;
 
 /// One linear map as the decoder runs it: the model layer's projection and bias, shared.
@@ -115,6 +115,9 @@ struct Scratch {
     hidden: Vec<f32>,
     kbuf: Vec<f32>,
     vbuf: Vec<f32>,
+    /// One head's keys and values dequantized from an int8 cache (prefill only).
+    kdq: Vec<f32>,
+    vdq: Vec<f32>,
     scores: Vec<f32>,
     logits: Vec<f32>,
     ws: Workspace,
@@ -270,6 +273,30 @@ impl CachedGpt {
             .max()
             .unwrap_or(0);
         self.s.ensure(rows, logit_rows, self.dims, self.cache.capacity(), ws);
+    }
+
+    /// Switches the KV cache to `storage` (f32 or int8), emptying it; the shape and overflow
+    /// policy stay. With int8, decode steps attend over codes and scales through
+    /// `RowKernels::decode_attention_q8`; prefill dequantizes each head's rows first.
+    ///
+    /// # Errors
+    /// As [`KvCache::with_storage`] (it cannot fail for a shape that was valid before).
+    pub fn set_kv_storage(&mut self, storage: KvStorage) -> Result<(), KvError> {
+        let s = self.cache.shape();
+        self.cache = KvCache::with_storage(
+            s.layers,
+            s.batch,
+            s.heads,
+            self.max_seq_len,
+            s.head_dim,
+            self.cache.policy(),
+            storage,
+        )?;
+        if storage == KvStorage::Int8 {
+            grow(&mut self.s.kdq, s.capacity * s.head_dim);
+            grow(&mut self.s.vdq, s.capacity * s.head_dim);
+        }
+        Ok(())
     }
 
     /// Replaces the row kernels (layer norm, GELU, one-query attention) — e.g. tt-accel's fused
@@ -488,7 +515,7 @@ fn attention(
         input_shapes: vec![vec![b, n, 3 * attn]],
         // Scores and P·V over every visible slot (4·hd per score) plus the softmax.
         flops: ((4 * hd + 5) * b * nh * n * slots_after) as u64,
-        bytes: (4 * (b * n * 4 * attn + 2 * b * nh * slots_after * hd)) as u64,
+        bytes: (4 * b * n * 4 * attn + 2 * b * nh * slots_after * cache.row_bytes()) as u64,
     });
     // Gather this chunk's K and V into the cache's [batch, head, n, head_dim] order.
     for bi in 0..b {
@@ -504,6 +531,9 @@ fn attention(
     let rows = b * n;
     cache.append(l, &s.kbuf[..rows * attn], &s.vbuf[..rows * attn], n)?;
     let scale = 1.0 / (hd as f32).sqrt();
+    if cache.storage() == KvStorage::Int8 {
+        return attention_q8(k, cache, l, nh, attn, b, n, scale, s);
+    }
     if let (1, Some(all_heads)) = (n, k.decode_attention_heads) {
         // A decode step with a kernel that takes every head at once (e.g. split across cores).
         for bi in 0..b {
@@ -545,6 +575,48 @@ fn attention(
             let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride: 3 * attn };
             let kr = Rows { data: keys, rows: slots, cols: hd, stride: hd };
             let v = Rows { data: vals, rows: slots, cols: hd, stride: hd };
+            attention_head(q, kr, v, scale, &mut s.scores, out, attn);
+        }
+    }
+    Ok(())
+}
+
+/// [`attention`] over an int8 cache (the chunk is already appended): decode steps run the row
+/// kernel on codes and scales; a prefill dequantizes each head's rows into scratch and runs the
+/// f32 attention kernel, so both see exactly the cached (quantized) keys and values.
+fn attention_q8(
+    k: &RowKernels,
+    cache: &KvCache,
+    l: usize,
+    nh: usize,
+    attn: usize,
+    b: usize,
+    n: usize,
+    scale: f32,
+    s: &mut Scratch,
+) -> Result<(), KvError> {
+    let hd = attn / nh;
+    for bi in 0..b {
+        for h in 0..nh {
+            let (kq, vq) = (cache.keys_q8(l, bi, h)?, cache.values_q8(l, bi, h)?);
+            let slots = kq.scales.len();
+            let q0 = bi * n * 3 * attn + h * hd;
+            let out = &mut s.att[bi * n * attn + h * hd..];
+            if n == 1 {
+                let kv = Q8Head { keys: kq.codes, key_scales: kq.scales, values: vq.codes, value_scales: vq.scales };
+                (k.decode_attention_q8)(&s.qkv[q0..q0 + hd], &kv, scale, &mut s.scores[..slots], &mut out[..hd]);
+                continue;
+            }
+            for (rows, dq) in [(kq, &mut s.kdq), (vq, &mut s.vdq)] {
+                for (j, &d) in rows.scales.iter().enumerate() {
+                    for (x, &c) in dq[j * hd..(j + 1) * hd].iter_mut().zip(&rows.codes[j * hd..(j + 1) * hd]) {
+                        *x = d * c as f32;
+                    }
+                }
+            }
+            let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride: 3 * attn };
+            let kr = Rows { data: &s.kdq[..slots * hd], rows: slots, cols: hd, stride: hd };
+            let v = Rows { data: &s.vdq[..slots * hd], rows: slots, cols: hd, stride: hd };
             attention_head(q, kr, v, scale, &mut s.scores, out, attn);
         }
     }

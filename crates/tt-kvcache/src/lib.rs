@@ -7,7 +7,8 @@
 //! attention per token.
 //!
 //! - [`KvCache`]: preallocated `[layer][batch][head][slot][dim]` storage with `append`, `advance`,
-//!   `reset`, an overflow policy (error or sliding window) and `memory_bytes() = 2·L·B·H·S·D·4`.
+//!   `reset`, an overflow policy (error or sliding window) and `memory_bytes() = 2·L·B·H·S·D·4`;
+//!   optionally int8 storage ([`KvStorage::Int8`]: codes plus a scale per head and position).
 //! - [`CachedGpt`]: prefill + allocation-free decode steps. It shares the model's layers: each
 //!   linear map is the layer's own [`tt_tensor::Projection`], in whatever weight format was
 //!   installed through the seam (dense f32 by default); this crate knows no format but the trait.
@@ -20,7 +21,7 @@
 pub mod cache;
 pub mod decoder;
 
-pub use cache::{CacheError, CacheShape, HeadRows, KvCache, OverflowPolicy};
+pub use cache::{CacheError, CacheShape, HeadRows, KvCache, KvStorage, OverflowPolicy, Q8Rows};
 pub use decoder::{generate_cached, generate_uncached, CachedGpt, Trace};
 
 use thiserror::Error;

@@ -548,3 +548,96 @@ mod all_heads {
         assert!(c.heads(0, 2).is_err());
     }
 }
+
+/// The int8 storage option: rows quantized within half a step, the same cache protocol, and a
+/// decoder whose prefill and decode steps see the same quantized rows.
+mod int8_cache {
+    use super::*;
+    use tt_kvcache::cache::quantize_row_q8;
+    use tt_kvcache::KvStorage;
+
+    #[test]
+    fn rows_round_trip_within_half_a_step_and_zero_rows_stay_zero() {
+        let x: Vec<f32> = (0..32).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        let mut q = [0i8; 32];
+        let d = quantize_row_q8(&x, &mut q);
+        assert!((d - x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0).abs() < 1e-9);
+        for (&v, &c) in x.iter().zip(&q) {
+            assert!((v - d * c as f32).abs() <= d / 2.0 * (1.0 + 1e-5), "{v} → {c}");
+        }
+        assert!(q.iter().any(|&c| c.abs() == 127));
+        let d0 = quantize_row_q8(&[0.0; 8], &mut q[..8]);
+        assert_eq!((d0, &q[..8]), (0.0, &[0i8; 8][..]));
+        assert!(quantize_row_q8(&[1.0, f32::NAN], &mut q[..2]).is_nan());
+    }
+
+    #[test]
+    fn the_int8_cache_keeps_the_protocol_and_is_smaller() {
+        let (l, b, h, s, d) = (2, 2, 3, 8, 32);
+        let mut f = KvCache::new(l, b, h, s, d, OverflowPolicy::SlidingWindow(4)).unwrap();
+        let mut q = KvCache::with_storage(l, b, h, s, d, OverflowPolicy::SlidingWindow(4), KvStorage::Int8).unwrap();
+        assert_eq!(q.memory_bytes(), 2 * l * b * h * 4 * (d + 4));
+        assert_eq!(f.memory_bytes(), 2 * l * b * h * 4 * d * 4);
+        assert!(q.keys(0, 0, 0).is_err() && q.heads(0, 0).is_err() && f.keys_q8(0, 0, 0).is_err());
+        // Six single positions through a window of 4: the int8 rows dequantize to the f32 rows.
+        for t in 0..6 {
+            for layer in 0..l {
+                let kv: Vec<f32> = (0..b * h * d).map(|i| ((i + 31 * t + 7 * layer) as f32 * 0.11).cos()).collect();
+                f.append(layer, &kv, &kv, 1).unwrap();
+                q.append(layer, &kv, &kv, 1).unwrap();
+            }
+            f.advance(1).unwrap();
+            q.advance(1).unwrap();
+        }
+        assert_eq!((q.len(), q.position()), (4, 6));
+        for layer in 0..l {
+            for bi in 0..b {
+                for hi in 0..h {
+                    let (want, got) = (f.keys(layer, bi, hi).unwrap(), q.keys_q8(layer, bi, hi).unwrap());
+                    assert_eq!(got.scales.len(), 4);
+                    for (j, &sc) in got.scales.iter().enumerate() {
+                        for i in 0..d {
+                            let deq = sc * got.codes[j * d + i] as f32;
+                            assert!((deq - want[j * d + i]).abs() <= sc / 2.0 * (1.0 + 1e-5));
+                        }
+                    }
+                    let v = q.values_q8(layer, bi, hi).unwrap();
+                    assert_eq!((v.codes, v.scales), (got.codes, got.scales));
+                }
+            }
+        }
+    }
+
+    /// Prefill dequantizes the cached rows and runs the GEMM attention; a decode step runs the row
+    /// kernel on codes. Both read the same quantized cache, so the logits of a prompt decoded
+    /// token by token equal those of its prefill within the m14 tolerance; and the int8 cache
+    /// stays close to the f32 cache (its rows are within d/2), while not equal to it.
+    #[test]
+    fn int8_prefill_and_decode_agree_and_stay_near_the_f32_cache() {
+        let m = trained(8);
+        let seq: Vec<usize> = (0..24).map(|i| (i * 7 + 2) % 12).collect();
+        let mut whole = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        whole.set_kv_storage(KvStorage::Int8).unwrap();
+        let mut stepped = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        stepped.set_kv_storage(KvStorage::Int8).unwrap();
+        let mut f32_engine = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        assert_eq!(stepped.cache().storage(), KvStorage::Int8);
+        let mut worst_f32 = 0.0f32;
+        stepped.prefill(&seq[..1], 1).unwrap();
+        f32_engine.prefill(&seq[..1], 1).unwrap();
+        for t in 1..seq.len() {
+            let a = whole.prefill(&seq[..=t], t + 1).unwrap().to_vec();
+            let b = stepped.decode_step(&[seq[t]]).unwrap().to_vec();
+            let c = f32_engine.decode_step(&[seq[t]]).unwrap().to_vec();
+            assert!(max_diff(&a, &b) <= TOL, "position {t}: prefill vs decode {}", max_diff(&a, &b));
+            worst_f32 = worst_f32.max(max_diff(&b, &c));
+        }
+        assert!(worst_f32 > 0.0 && worst_f32 < 0.05, "int8 vs f32 cache: {worst_f32}");
+        // Decode steps on the int8 cache allocate nothing either.
+        let before = ALLOCS.with(Cell::get);
+        for _ in 0..10 {
+            stepped.decode_step(&[3]).unwrap();
+        }
+        assert_eq!(ALLOCS.with(Cell::get) - before, 0);
+    }
+}

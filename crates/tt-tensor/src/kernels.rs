@@ -223,6 +223,47 @@ pub struct RowKernels {
     /// Optionally, every head of one decode step at once (a kernel that splits heads across
     /// cores); `None` runs [`RowKernels::decode_attention`] head by head.
     pub decode_attention_heads: Option<DecodeHeadsFn>,
+    /// [`RowKernels::decode_attention`] over an int8 KV cache: keys and values as codes with one
+    /// scale per row (see [`Q8Head`]), dequantized on the fly.
+    pub decode_attention_q8: DecodeAttentionQ8Fn,
+}
+
+/// One head's int8-cached keys and values: `keys`/`values` are `[slots, head_dim]` codes, row
+/// `j` of the keys is `key_scales[j]·keys[j·head_dim..]` (likewise values).
+#[derive(Debug, Clone, Copy)]
+pub struct Q8Head<'a> {
+    pub keys: &'a [i8],
+    pub key_scales: &'a [f32],
+    pub values: &'a [i8],
+    pub value_scales: &'a [f32],
+}
+
+/// `(q, kv, scale, scores, out)`: see [`RowKernels::decode_attention_q8`].
+pub type DecodeAttentionQ8Fn = fn(q: &[f32], kv: &Q8Head, scale: f32, scores: &mut [f32], out: &mut [f32]);
+
+/// The reference for [`RowKernels::decode_attention_q8`]: scores `scale·d_kⱼ·(q·k_j)` into
+/// `scores` (`slots` floats), a softmax over them, then `out = Σ_j p_j·d_vⱼ·v_j` — the f32
+/// attention over the dequantized rows, summed in index order.
+///
+/// # Panics
+/// If `scores` holds fewer than `slots` floats or `out` fewer than `q.len()` (the decoder sizes
+/// both).
+pub fn decode_attention_q8_reference(q: &[f32], kv: &Q8Head, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let hd = q.len();
+    let slots = kv.key_scales.len();
+    for j in 0..slots {
+        let k = &kv.keys[j * hd..(j + 1) * hd];
+        let d: f32 = q.iter().zip(k).map(|(&a, &c)| a * c as f32).sum();
+        scores[j] = scale * kv.key_scales[j] * d;
+    }
+    softmax_row(&mut scores[..slots]);
+    out[..hd].fill(0.0);
+    for j in 0..slots {
+        let w = scores[j] * kv.value_scales[j];
+        for (o, &c) in out[..hd].iter_mut().zip(&kv.values[j * hd..(j + 1) * hd]) {
+            *o += w * c as f32;
+        }
+    }
 }
 
 /// All heads of one query position: `q` holds `heads` queries of `head_dim` side by side; head
@@ -272,6 +313,7 @@ impl RowKernels {
                 );
             },
             decode_attention_heads: None,
+            decode_attention_q8: decode_attention_q8_reference,
         }
     }
 }

@@ -432,3 +432,74 @@ fn gelu_without_bias_matches_the_reference_at_every_level() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// decode attention over an int8 KV cache
+// ---------------------------------------------------------------------------------------------
+
+/// Symmetric int8 rows (the KV cache's q8 storage) of `rows × hd` values: codes and scales.
+fn q8_rows(x: &[f32], hd: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut codes = vec![0i8; x.len()];
+    let scales =
+        x.chunks(hd).zip(codes.chunks_mut(hd)).map(|(r, c)| tt_kvcache::cache::quantize_row_q8(r, c)).collect();
+    (codes, scales)
+}
+
+/// The int8 kernel equals the f32 attention over the dequantized rows (the f64 reference, and
+/// the tt-tensor reference kernel) within the same 2e-6 as the f32 kernel: dequantizing on the
+/// fly is exact per value (an i8 times a scale, rounded once) and the rest is the same online
+/// softmax. At every level and odd head widths (tails of the 16-code loads).
+#[test]
+fn decode_attention_q8_matches_attention_over_dequantized_rows_at_every_level() {
+    for hd in [32, 7, 20, 64] {
+        for slots in [1, 7, 33, 129, 640] {
+            let seed = 900 + (hd * 1000 + slots) as u64;
+            let (k, v) = (random(slots * hd, seed + 1), scaled(random(slots * hd, seed + 2), 3.0, 0.5));
+            let ((kc, ks), (vc, vs)) = (q8_rows(&k, hd), q8_rows(&v, hd));
+            let deq = |c: &[i8], s: &[f32]| -> Vec<f32> {
+                c.iter().enumerate().map(|(i, &x)| s[i / hd] * x as f32).collect()
+            };
+            let (kd, vd) = (deq(&kc, &ks), deq(&vc, &vs));
+            let kv = tt_tensor::kernels::Q8Head { keys: &kc, key_scales: &ks, values: &vc, value_scales: &vs };
+            let scale = 1.0 / (hd as f32).sqrt();
+            for qs in [1.0, 8.0] {
+                let q = scaled(random(hd, seed), qs, 0.0);
+                let truth = f64_attention(&q, &kd, &vd, scale);
+                let mut reference = vec![0.0; hd];
+                tt_tensor::kernels::decode_attention_q8_reference(
+                    &q,
+                    &kv,
+                    scale,
+                    &mut vec![0.0; slots],
+                    &mut reference,
+                );
+                assert!(max_diff(&reference, &truth) <= 2e-6, "reference hd={hd} slots={slots}");
+                each_level(|l| {
+                    let mut out = vec![f32::NAN; hd];
+                    fused::decode_attention_q8(&q, &kv, scale, &mut out).unwrap();
+                    let d = max_diff(&out, &truth);
+                    assert!(d <= 2e-6, "{l} hd={hd} slots={slots} q×{qs}: {d}");
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_attention_q8_rejects_bad_shapes() {
+    let (q, codes, scales) = ([0.5f32; 4], [1i8; 8], [0.1f32; 2]);
+    let kv = |k: &'static [i8], ks: &'static [f32]| tt_tensor::kernels::Q8Head {
+        keys: k,
+        key_scales: ks,
+        values: k,
+        value_scales: ks,
+    };
+    let mut out = [0.0f32; 4];
+    let good = tt_tensor::kernels::Q8Head { keys: &codes, key_scales: &scales, values: &codes, value_scales: &scales };
+    fused::decode_attention_q8(&q, &good, 0.5, &mut out).unwrap();
+    assert!(fused::decode_attention_q8(&q, &kv(&[1; 7], &[0.1; 2]), 0.5, &mut out).is_err());
+    assert!(fused::decode_attention_q8(&q, &kv(&[1; 8], &[0.1; 3]), 0.5, &mut out).is_err());
+    assert!(fused::decode_attention_q8(&q, &kv(&[], &[]), 0.5, &mut out).is_err());
+    assert!(fused::decode_attention_q8(&q, &good, f32::NAN, &mut out).is_err());
+    assert!(fused::decode_attention_q8(&q, &good, 0.5, &mut out[..3]).is_err());
+}
