@@ -134,18 +134,7 @@ fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
         cfg.steps, cfg.batch_size, cfg.seq_len, cfg.long_every, cfg.long_seq_len, cfg.lr, cfg.warmup_steps, cfg.min_lr, cfg.grad_clip, cfg.data_parallel
     ));
     let val_ids = tokenizer.encode_ids(&val_text)?;
-    let data = match &qa {
-        // Character tokens align 1:1 with the annotation: weight answers, start windows at questions.
-        Some(c) => {
-            let ann = c.train_annotated(TRAIN_REPEATS, 0);
-            TrainData {
-                ids: tokenizer.encode_ids(&ann.text)?,
-                weights: Some(ann.answer_mask.iter().map(|&a| if a { 1.0 } else { QUESTION_WEIGHT }).collect()),
-                starts: Some(ann.question_starts),
-            }
-        }
-        None => TrainData::plain(tokenizer.encode_ids(&train_text)?),
-    };
+    let data = train_data(&tokenizer, &train_text, qa.as_ref())?;
     if qa.is_some() {
         opts.say(format!(
             "loss weight 1.0 on answer tokens, {QUESTION_WEIGHT} on the rest; windows start at questions"
@@ -155,6 +144,23 @@ fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
     let info = json!({ "train": cfg, "report": report, "corpus": opts.corpus });
     checkpoint::save(&checkpoint_dir(opts)?, &model, &tokenizer, info)?;
     Ok((model, tokenizer, report))
+}
+
+/// The training stream: on the built-in corpus, answer tokens weighted 1 and the rest
+/// [`QUESTION_WEIGHT`], windows starting at questions (character tokens align 1:1 with the
+/// annotation); on a user corpus, plain text.
+pub fn train_data(tokenizer: &Tokenizer, train_text: &str, qa: Option<&QaCorpus>) -> Result<TrainData> {
+    Ok(match qa {
+        Some(c) => {
+            let ann = c.train_annotated(TRAIN_REPEATS, 0);
+            TrainData {
+                ids: tokenizer.encode_ids(&ann.text)?,
+                weights: Some(ann.answer_mask.iter().map(|&a| if a { 1.0 } else { QUESTION_WEIGHT }).collect()),
+                starts: Some(ann.question_starts),
+            }
+        }
+        None => TrainData::plain(tokenizer.encode_ids(train_text)?),
+    })
 }
 
 /// Loads the cached model for the options' corpus, training it first if absent or `--retrain`.

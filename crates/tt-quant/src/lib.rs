@@ -17,6 +17,8 @@
 //! - [`calibrate`]: static quantization's calibration — an observer per layer watches its
 //!   inputs on representative data (attached through the seam), then the frozen `(S, Z)` go to
 //!   [`quantize_layers`].
+//! - [`qat`]: quantization-aware training — a fake-quantize autograd op (straight-through inside
+//!   the clamp range) installed in every layer as a forward transform, then converted to int8.
 //!
 //! What it deliberately does not do: own a model or a decoder, or approximate what it does not
 //! implement (per-group weights in the integer kernel are an error, not a silent fallback).
@@ -40,6 +42,7 @@ pub mod error;
 pub mod kernels;
 pub mod linear;
 pub mod observer;
+pub mod qat;
 mod rowops;
 pub mod scheme;
 

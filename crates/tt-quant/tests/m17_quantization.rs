@@ -13,5 +13,7 @@ mod linear;
 mod models;
 #[path = "m17/observer.rs"]
 mod observer;
+#[path = "m17/qat.rs"]
+mod qat;
 #[path = "m17/scheme.rs"]
 mod scheme;

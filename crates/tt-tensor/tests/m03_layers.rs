@@ -327,3 +327,49 @@ mod bad_input {
         assert!(matches!(e, TensorError::InvalidShape { op: "LayerNorm::new", .. }), "{e}");
     }
 }
+
+/// A forward transform reparametrizes a layer's dense forward (QAT, pruning masks): the product
+/// uses the transformed weight and input, and gradients flow back through the transform.
+mod forward_transform {
+    use std::sync::Arc;
+    use tt_tensor::nn::{Conv2d, ForwardTransform, Linear};
+    use tt_tensor::{Module, Tensor};
+
+    /// `W ↦ 2W`, `x ↦ x + 1`.
+    #[derive(Debug)]
+    struct DoubleShift;
+    impl ForwardTransform for DoubleShift {
+        fn weight(&self, w: &Tensor) -> tt_tensor::Result<Tensor> {
+            Ok(w.mul_scalar(2.0))
+        }
+        fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+            Ok(x.add_scalar(1.0))
+        }
+        fn name(&self) -> &'static str {
+            "double-shift"
+        }
+    }
+
+    #[test]
+    fn linear_and_conv_use_the_transformed_weight_and_input_and_backpropagate_through_it() {
+        let mut l = Linear::new(3, 2, true, 0);
+        let x = Tensor::from_vec(vec![0.5, -1.0, 2.0], &[1, 3]).unwrap();
+        let want = x.add_scalar(1.0).linear(&l.weight.mul_scalar(2.0), l.bias.as_ref()).unwrap();
+        assert!(l.set_transform(Some(Arc::new(DoubleShift))).is_none());
+        assert_eq!(l.transform().map(|t| t.name()), Some("double-shift"));
+        let y = l.forward(&x).unwrap();
+        assert_eq!(y.to_vec(), want.to_vec());
+        y.sum().backward().unwrap();
+        // d Σ(2W·(x+1)) / dW = 2·(x + 1) for each output row.
+        let g: Vec<f32> = l.weight.grad().unwrap().iter().copied().collect();
+        assert_eq!(g, vec![3.0, 0.0, 6.0, 3.0, 0.0, 6.0]);
+        assert!(l.set_transform(None).is_some());
+        assert_ne!(l.forward(&x).unwrap().to_vec(), want.to_vec());
+
+        let mut c = Conv2d::new(1, 2, 3, 1, 1, 0);
+        let img = Tensor::from_vec((0..16).map(|i| i as f32 * 0.1).collect(), &[1, 1, 4, 4]).unwrap();
+        let want = img.add_scalar(1.0).conv2d(&c.weight.mul_scalar(2.0), c.bias.as_ref(), 1, 1).unwrap();
+        c.set_transform(Some(Arc::new(DoubleShift)));
+        assert_eq!(c.forward(&img).unwrap().to_vec(), want.to_vec());
+    }
+}

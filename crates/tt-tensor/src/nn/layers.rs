@@ -8,6 +8,26 @@ use crate::error::{Result, TensorError};
 use crate::projection::{records_graph, DenseF32, InstalledProjection, Projection};
 use crate::tensor::{check_normal, checked_numel, randn_array, uniform_array, Array, Tensor};
 
+/// A reparametrization of a layer's dense forward pass: the weight and the input pass through
+/// it before the product, and gradients flow through it (QAT's fake quantization; a pruning
+/// mask `W ⊙ M`). Installed per layer by name (`map_linears`, `map_conv2ds`), like a projection,
+/// so no model code changes. It applies whenever the dense weight is used — always while a graph
+/// is recorded; an installed projection (the deployed form) takes precedence otherwise.
+pub trait ForwardTransform: Send + Sync + std::fmt::Debug {
+    /// The weight the product uses.
+    ///
+    /// # Errors
+    /// Whatever the transform's ops return.
+    fn weight(&self, w: &Tensor) -> Result<Tensor>;
+    /// The input the product uses.
+    ///
+    /// # Errors
+    /// Whatever the transform's ops return.
+    fn input(&self, x: &Tensor) -> Result<Tensor>;
+    /// Short name for reports (`"fake-quant"`, `"mask"`).
+    fn name(&self) -> &'static str;
+}
+
 /// Fully connected layer `y = x·Wᵀ + b`, `W` stored `[out, in]`.
 ///
 /// It may carry a [`Projection`] — the same matrix in another storage format (packed, int8,
@@ -18,6 +38,7 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     projection: Option<InstalledProjection>,
+    transform: Option<Arc<dyn ForwardTransform>>,
 }
 
 impl Linear {
@@ -27,7 +48,7 @@ impl Linear {
         let bound = 1.0 / (in_features.max(1) as f32).sqrt();
         let weight = Tensor::param(uniform_array(&[out_features, in_features], -bound, bound, &mut rng));
         let bias = bias.then(|| Tensor::param(uniform_array(&[out_features], -bound, bound, &mut rng)));
-        Linear { weight, bias, projection: None }
+        Linear { weight, bias, projection: None, transform: None }
     }
 
     /// Wraps existing tensors (weight `[out, in]`, bias `[out]`).
@@ -41,7 +62,7 @@ impl Linear {
                 return Err(TensorError::shape("Linear::from_tensors (bias)", &b.shape(), &[s[0]]));
             }
         }
-        Ok(Linear { weight, bias, projection: None })
+        Ok(Linear { weight, bias, projection: None, transform: None })
     }
 
     pub fn in_features(&self) -> usize {
@@ -63,6 +84,16 @@ impl Linear {
     /// Removes the installed projection (the dense weight stays as it is) and returns it.
     pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
         self.projection.take().map(|i| i.projection().clone())
+    }
+
+    /// Installs (Some) or removes (None) a [`ForwardTransform`]; returns the previous one.
+    pub fn set_transform(&mut self, t: Option<Arc<dyn ForwardTransform>>) -> Option<Arc<dyn ForwardTransform>> {
+        std::mem::replace(&mut self.transform, t)
+    }
+
+    /// The installed forward transform, if any.
+    pub fn transform(&self) -> Option<&Arc<dyn ForwardTransform>> {
+        self.transform.as_ref()
     }
 
     /// The installed projection, if any (it may be stale: see [`Linear::projection`]).
@@ -89,7 +120,10 @@ impl Module for Linear {
             Some(i) if !records_graph(&[Some(x), Some(&self.weight), self.bias.as_ref()]) => {
                 x.project(i.current("Linear", &self.weight)?.as_ref(), self.bias.as_ref())
             }
-            _ => x.linear(&self.weight, self.bias.as_ref()),
+            _ => match &self.transform {
+                Some(t) => t.input(x)?.linear(&t.weight(&self.weight)?, self.bias.as_ref()),
+                None => x.linear(&self.weight, self.bias.as_ref()),
+            },
         }
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -121,6 +155,7 @@ pub struct Conv2d {
     pub stride: usize,
     pub padding: usize,
     projection: Option<InstalledProjection>,
+    transform: Option<Arc<dyn ForwardTransform>>,
 }
 
 impl Conv2d {
@@ -134,6 +169,7 @@ impl Conv2d {
             stride,
             padding,
             projection: None,
+            transform: None,
         }
     }
 
@@ -161,6 +197,17 @@ impl Conv2d {
     pub fn installed_projection(&self) -> Option<&Arc<dyn Projection>> {
         self.projection.as_ref().map(InstalledProjection::projection)
     }
+
+    /// Installs (Some) or removes (None) a [`ForwardTransform`] (its weight is the 4-D
+    /// `[C_out, C_in, k, k]` tensor); returns the previous one.
+    pub fn set_transform(&mut self, t: Option<Arc<dyn ForwardTransform>>) -> Option<Arc<dyn ForwardTransform>> {
+        std::mem::replace(&mut self.transform, t)
+    }
+
+    /// The installed forward transform, if any.
+    pub fn transform(&self) -> Option<&Arc<dyn ForwardTransform>> {
+        self.transform.as_ref()
+    }
 }
 
 impl Module for Conv2d {
@@ -171,7 +218,10 @@ impl Module for Conv2d {
                 let p = i.current("Conv2d", &self.weight)?;
                 x.conv2d_projected(p.as_ref(), (s[2], s[3]), self.bias.as_ref(), self.stride, self.padding)
             }
-            _ => x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding),
+            _ => match &self.transform {
+                Some(t) => t.input(x)?.conv2d(&t.weight(&self.weight)?, self.bias.as_ref(), self.stride, self.padding),
+                None => x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding),
+            },
         }
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

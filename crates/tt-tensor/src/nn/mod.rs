@@ -7,7 +7,8 @@
 mod layers;
 
 pub use layers::{
-    AvgPool2d, Conv2d, Dropout, Embedding, Flatten, Gelu, LayerNorm, Linear, MaxPool2d, Relu, Sequential, Sigmoid, Tanh,
+    AvgPool2d, Conv2d, Dropout, Embedding, Flatten, ForwardTransform, Gelu, LayerNorm, Linear, MaxPool2d, Relu,
+    Sequential, Sigmoid, Tanh,
 };
 
 use crate::error::Result;

@@ -1,0 +1,164 @@
+//! Quantization-aware training: train with the rounding in the forward pass, so the weights learn
+//! to live with it, then convert to real int8.
+//!
+//! - [`fake_quantize`] is the autograd op: forward `S·(clamp(round(x/S) + Z) − Z)`, backward
+//!   straight-through — the upstream gradient where the code was inside the clamp range, zero
+//!   where it was clamped (Bengio et al. 2013; PyTorch's `FakeQuantize`).
+//! - [`FakeQuant`] is a `tt_tensor::nn::ForwardTransform`: each forward fake-quantizes the weight
+//!   (symmetric, per output channel, scales from the weight's current range — the same rule
+//!   [`crate::QuantizedMatrix::quantize`] applies at conversion) and the input (affine u8 with the
+//!   frozen `(S, Z)` of a calibration).
+//! - [`prepare_qat`] installs it in every `Linear` and `Conv2d` by name; the model's ordinary
+//!   training loop then fine-tunes it unchanged; [`convert_qat`] removes the transforms and installs
+//!   static [`crate::Int8Linear`]s whose codes are exactly the fake-quantized weights.
+//!
+//! Activation ranges are frozen from a calibration rather than tracked by a moving average during
+//! training: data-parallel shards run forwards concurrently, and an observer updated in thread
+//! order would make training depend on scheduling. Frozen ranges keep every run reproducible.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+use tt_tensor::nn::ForwardTransform;
+use tt_tensor::{Module, Tensor};
+
+use crate::calibrate::Calibration;
+use crate::error::{QuantError, Result};
+use crate::linear::{quantize_layers, Activations, QuantizedLayer, WeightConfig};
+use crate::scheme::{finite_range, Granularity, QParams, QRange, Scheme};
+
+/// Fake quantization of `x` with one `(S, Z)` (`params.len() == 1`) or one per index of axis 0
+/// (`params.len() == x.shape()[0]`), codes clamped to `range`. Differentiable: straight-through
+/// inside the clamp range, zero outside.
+///
+/// # Errors
+/// A parameter count that is neither 1 nor the size of axis 0, or a scale that is not finite and
+/// positive.
+pub fn fake_quantize(x: &Tensor, params: &[QParams], range: QRange) -> Result<Tensor> {
+    let shape = x.shape();
+    let rows = shape.first().copied().unwrap_or(1).max(1);
+    if params.len() != 1 && params.len() != rows {
+        return Err(QuantError::arg(
+            "fake_quantize",
+            format!("{} parameter pairs for a tensor of shape {shape:?} (need 1 or {rows})", params.len()),
+        ));
+    }
+    if let Some(p) = params.iter().find(|p| !(p.scale.is_finite() && p.scale > 0.0)) {
+        return Err(QuantError::arg("fake_quantize", format!("scale {} is not finite and positive", p.scale)));
+    }
+    let data = x.to_vec();
+    let per = data.len() / rows;
+    let mut out = Vec::with_capacity(data.len());
+    let mut pass = Vec::with_capacity(data.len());
+    for (i, &v) in data.iter().enumerate() {
+        let p = params[if params.len() == 1 { 0 } else { i / per.max(1) }];
+        let unclamped = (v as f64 / p.scale as f64).round_ties_even() + p.zero_point as f64;
+        pass.push(if (range.min as f64..=range.max as f64).contains(&unclamped) { 1.0f32 } else { 0.0 });
+        out.push(p.dequantize(p.quantize(v, range)));
+    }
+    let out =
+        ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| QuantError::arg("fake_quantize", e.to_string()))?;
+    let mask =
+        ArrayD::from_shape_vec(IxDyn(&shape), pass).map_err(|e| QuantError::arg("fake_quantize", e.to_string()))?;
+    Ok(Tensor::custom_op("fake_quantize", &[x], out, move || Box::new(move |g| vec![Some(g * &mask)])))
+}
+
+/// Symmetric int8 parameters of a weight per output channel (axis 0) or for the whole tensor,
+/// from its current values — as `QuantizedMatrix::quantize` computes them.
+fn weight_params(w: &Tensor, granularity: Granularity) -> Result<Vec<QParams>> {
+    let data = w.to_vec();
+    let rows = w.shape().first().copied().unwrap_or(1).max(1);
+    let chunks: Vec<&[f32]> = match granularity {
+        Granularity::PerTensor => vec![&data[..]],
+        Granularity::PerChannel => data.chunks((data.len() / rows).max(1)).collect(),
+        Granularity::PerGroup(_) => {
+            return Err(QuantError::Unsupported("QAT with per-group weights (the int8 kernel has none)".into()))
+        }
+    };
+    chunks
+        .into_iter()
+        .map(|c| {
+            let (lo, hi) = finite_range(c);
+            QParams::from_range(lo, hi, Scheme::Symmetric, QRange::I8_SYMMETRIC)
+        })
+        .collect()
+}
+
+/// The QAT forward transform of one layer (see the module docs).
+#[derive(Debug, Clone)]
+pub struct FakeQuant {
+    granularity: Granularity,
+    input: QParams,
+}
+
+impl FakeQuant {
+    /// Weights symmetric with `granularity`, inputs with the frozen affine u8 `input` parameters.
+    ///
+    /// # Errors
+    /// Per-group weights (not supported by the int8 kernel), or invalid input parameters.
+    pub fn new(granularity: Granularity, input: QParams) -> Result<FakeQuant> {
+        if matches!(granularity, Granularity::PerGroup(_)) {
+            return Err(QuantError::Unsupported("QAT with per-group weights (the int8 kernel has none)".into()));
+        }
+        if !(input.scale.is_finite() && input.scale > 0.0 && (0..=255).contains(&input.zero_point)) {
+            return Err(QuantError::arg(
+                "FakeQuant::new",
+                format!("input parameters {input:?} are not a u8 affine map"),
+            ));
+        }
+        Ok(FakeQuant { granularity, input })
+    }
+}
+
+impl ForwardTransform for FakeQuant {
+    fn weight(&self, w: &Tensor) -> tt_tensor::Result<Tensor> {
+        Ok(fake_quantize(w, &weight_params(w, self.granularity)?, QRange::I8_SYMMETRIC)?)
+    }
+    fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        Ok(fake_quantize(x, &[self.input], QRange::U8)?)
+    }
+    fn name(&self) -> &'static str {
+        "fake-quant"
+    }
+}
+
+/// Installs a [`FakeQuant`] in every `Linear` and `Conv2d` below `m`, inputs with `calibration`'s
+/// frozen parameters, weights with `cfg` (symmetric only). Returns how many layers.
+///
+/// # Errors
+/// An affine or per-group weight configuration, or a layer the calibration did not see.
+pub fn prepare_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibration) -> Result<usize> {
+    if cfg.scheme != Scheme::Symmetric {
+        return Err(QuantError::Unsupported("QAT with affine weights (fake quantization here is symmetric)".into()));
+    }
+    let make = |name: &str| -> tt_tensor::Result<Arc<dyn ForwardTransform>> {
+        Ok(Arc::new(FakeQuant::new(cfg.granularity, calibration.qparams(name)?)?))
+    };
+    let mut n = tt_tensor::nn::map_linears(m, |name, l| {
+        l.set_transform(Some(make(name)?));
+        Ok(())
+    })?;
+    n += tt_tensor::nn::map_conv2ds(m, |name, c| {
+        c.set_transform(Some(make(name)?));
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Ends QAT: removes the transforms and installs static int8 layers with the same weight rule
+/// and input parameters, so the int8 model computes what the fine-tuned fake-quantized one did
+/// (up to the f32 rounding of the integer epilogue).
+///
+/// # Errors
+/// As [`quantize_layers`].
+pub fn convert_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibration) -> Result<Vec<QuantizedLayer>> {
+    tt_tensor::nn::map_linears(m, |_, l| {
+        l.set_transform(None);
+        Ok(())
+    })?;
+    tt_tensor::nn::map_conv2ds(m, |_, c| {
+        c.set_transform(None);
+        Ok(())
+    })?;
+    Ok(quantize_layers(m, cfg, &mut |name| Ok(Activations::Static(calibration.qparams(name)?)))?)
+}
