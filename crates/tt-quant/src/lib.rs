@@ -17,6 +17,8 @@
 //! - [`calibrate`]: static quantization's calibration — an observer per layer watches its
 //!   inputs on representative data (attached through the seam), then the frozen `(S, Z)` go to
 //!   [`quantize_layers`].
+//! - [`requant`]: a fully integer linear layer (u8 in, u8 out): int32 bias and a fixed-point
+//!   requantization multiplier `M = M₀·2⁻³¹·2⁻ⁿ`, tested against the float formula.
 //! - [`qat`]: quantization-aware training — a fake-quantize autograd op (straight-through inside
 //!   the clamp range) installed in every layer as a forward transform, then converted to int8.
 //!
@@ -43,6 +45,7 @@ pub mod kernels;
 pub mod linear;
 pub mod observer;
 pub mod qat;
+pub mod requant;
 mod rowops;
 pub mod scheme;
 

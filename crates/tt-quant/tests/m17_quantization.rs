@@ -15,5 +15,7 @@ mod models;
 mod observer;
 #[path = "m17/qat.rs"]
 mod qat;
+#[path = "m17/requant.rs"]
+mod requant;
 #[path = "m17/scheme.rs"]
 mod scheme;
