@@ -1,0 +1,50 @@
+//! int8 against f32 in one run: the integer GEMM (`PackedI8`, activations already u8) and the
+//! whole int8 projection (`Int8Linear`: quantize the rows, integer product, epilogue) against
+//! tt-accel's f32 projection (`PackedF32`) and packed GEMM, at decode shapes (1–8 rows) and at
+//! 512³. Throughput is in operations (2 per multiply-accumulate).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ndarray::Array2;
+use tt_accel::gemm::{gemm, Rung};
+use tt_accel::packed::PackedF32;
+use tt_quant::kernels::IntLevel;
+use tt_quant::{Activations, Int8Linear, WeightConfig};
+use tt_tensor::projection::{Projection, Workspace};
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("int8");
+    for &(m, k, n) in &[(1usize, 128usize, 512usize), (1, 512, 128), (1, 256, 1024), (8, 256, 1024), (512, 512, 512)] {
+        let w = Array2::from_shape_fn((n, k), |(i, j)| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 13) % 29) as f32 / 29.0 - 0.5).collect();
+        let mut y = vec![0.0f32; m * n];
+        let id = format!("{m}x{k}x{n}");
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let f32p = PackedF32::new(&w);
+        g.bench_function(BenchmarkId::new("f32_packed_projection", &id), |b| {
+            b.iter(|| f32p.forward_rows(&x, m, None, &mut y, &mut []))
+        });
+        let q = Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Dynamic).expect("finite weights");
+        let mut ws = Workspace::default();
+        ws.ensure(q.workspace_len(m));
+        g.bench_function(BenchmarkId::new("int8_projection", &id), |b| {
+            b.iter(|| q.forward_rows(&x, m, None, &mut y, ws.bytes()))
+        });
+        let packed = q.packed();
+        let a = vec![77u8; m * packed.row_bytes()];
+        let mut acc = vec![0i32; m * packed.acc_cols()];
+        let level = IntLevel::current();
+        g.bench_function(BenchmarkId::new("int8_gemm_only", &id), |b| {
+            b.iter(|| packed.matmul(level, &a, m, &mut acc).expect("sizes match"))
+        });
+        if m == k && k == n {
+            let bt: Vec<f32> = w.t().iter().copied().collect();
+            g.bench_function(BenchmarkId::new("f32_packed_gemm", &id), |b| {
+                b.iter(|| gemm(Rung::PackedSimd, tt_accel::level(), 1, &x, k, &bt, n, &mut y, n, m, k, n).expect("sizes"))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
