@@ -39,7 +39,9 @@ fn bench(c: &mut Criterion) {
         if m == k && k == n {
             let bt: Vec<f32> = w.t().iter().copied().collect();
             g.bench_function(BenchmarkId::new("f32_packed_gemm", &id), |b| {
-                b.iter(|| gemm(Rung::PackedSimd, tt_accel::level(), 1, &x, k, &bt, n, &mut y, n, m, k, n).expect("sizes"))
+                b.iter(|| {
+                    gemm(Rung::PackedSimd, tt_accel::level(), 1, &x, k, &bt, n, &mut y, n, m, k, n).expect("sizes")
+                })
             });
         }
     }

@@ -313,6 +313,15 @@ pub fn run(opts: &Options) -> Result<Value> {
         mem.dram_read_gbs,
         tt_accel::level()
     ));
+    let c = mem.caches;
+    opts.say(format!(
+        "caches per core ({}): L1d {} KiB, L2 {} KiB, L3 {} MiB — working sets {:?} KiB",
+        if c.detected { "read from sysfs" } else { "not readable: fallback sizes" },
+        c.l1d >> 10,
+        c.l2 >> 10,
+        c.l3 >> 20,
+        MemoryLevels::sizes(c).map(|b| b >> 10)
+    ));
     let gemm_rows = ladder(opts, peak)?;
     let chart = opts.cache_dir.join(NAME).join("gemm_ladder.svg");
     ladder_chart(&chart, &gemm_rows, peak)?;
@@ -409,6 +418,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "l2_read_gbs": mem.l2_read_gbs,
             "l3_read_gbs": mem.l3_read_gbs,
             "dram_read_gbs": mem.dram_read_gbs,
+            "caches": mem.caches,
             "dispatch_level": tt_accel::level().name(),
         },
         "gemm": gemm_rows,

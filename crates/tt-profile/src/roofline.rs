@@ -294,48 +294,116 @@ pub fn read_bandwidth_gbs(bytes: usize, runs: usize) -> Result<f64> {
     Ok(best)
 }
 
-/// Read bandwidth of each level of the memory hierarchy, measured with working sets chosen for
-/// this machine's caches (per core: L1d 48 KiB, L2 1 MiB; L3 32 MiB shared — `lscpu` reports the
-/// totals over both cores).
+/// Per-core cache sizes in bytes: L1 data, L2, and the (shared) L3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CacheSizes {
+    pub l1d: usize,
+    pub l2: usize,
+    pub l3: usize,
+    /// Whether they were read from the operating system (else [`CacheSizes::FALLBACK`]).
+    pub detected: bool,
+}
+
+impl CacheSizes {
+    /// Used where the sizes cannot be read: L1d 48 KiB, L2 1 MiB, L3 32 MiB.
+    pub const FALLBACK: CacheSizes = CacheSizes { l1d: 48 << 10, l2: 1 << 20, l3: 32 << 20, detected: false };
+
+    /// This machine's caches, read once from Linux's `/sys/devices/system/cpu/cpu0/cache`
+    /// (`level`, `type` and `size` of each index); [`CacheSizes::FALLBACK`] elsewhere or if any
+    /// of the three is missing. Detected at run time, like the SIMD level: the same binary moves
+    /// between machines whose L2 differs (1 MiB and 2 MiB per core on the two VMs this course
+    /// has run on).
+    pub fn detect() -> CacheSizes {
+        static SIZES: std::sync::OnceLock<CacheSizes> = std::sync::OnceLock::new();
+        *SIZES.get_or_init(|| {
+            Self::read_sysfs(std::path::Path::new("/sys/devices/system/cpu/cpu0/cache")).unwrap_or(Self::FALLBACK)
+        })
+    }
+
+    /// Reads `dir/index*/{level,type,size}`; `None` unless L1d, L2 and L3 are all found.
+    pub fn read_sysfs(dir: &std::path::Path) -> Option<CacheSizes> {
+        let (mut l1d, mut l2, mut l3) = (None, None, None);
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = entry.path();
+            if !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("index")) {
+                continue;
+            }
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).ok().map(|s| s.trim().to_string());
+            let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) else { continue };
+            let Some(bytes) = parse_cache_size(&size) else { continue };
+            match (level.as_str(), kind.as_str()) {
+                ("1", "Data") => l1d = Some(bytes),
+                ("2", "Unified" | "Data") => l2 = Some(bytes),
+                ("3", "Unified" | "Data") => l3 = Some(bytes),
+                _ => {}
+            }
+        }
+        Some(CacheSizes { l1d: l1d?, l2: l2?, l3: l3?, detected: true })
+    }
+}
+
+/// `"48K"`, `"2048K"`, `"300M"`, `"1G"` or a plain byte count → bytes.
+pub fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1usize << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mult).filter(|&b| b > 0)
+}
+
+/// Read bandwidth of each level of the memory hierarchy, measured with working sets chosen from
+/// this machine's cache sizes ([`CacheSizes::detect`]).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct MemoryLevels {
-    /// 32 KiB working set.
+    /// Working set of 2/3 of L1d.
     pub l1_read_gbs: f64,
-    /// 512 KiB.
+    /// Half of L2.
     pub l2_read_gbs: f64,
-    /// 8 MiB.
+    /// 8 MiB (or a quarter of L3 if that is smaller), past L2.
     pub l3_read_gbs: f64,
     /// 256 MiB (64 MiB in quick mode).
     pub dram_read_gbs: f64,
+    /// The cache sizes the working sets and the placement thresholds come from.
+    pub caches: CacheSizes,
 }
 
 impl MemoryLevels {
-    /// Working-set sizes measured: L1, L2, L3, DRAM.
-    pub const SIZES: [usize; 4] = [32 << 10, 512 << 10, 8 << 20, 256 << 20];
+    /// Working-set sizes measured for `caches`: L1, L2, L3, DRAM.
+    pub fn sizes(caches: CacheSizes) -> [usize; 4] {
+        let l3 = (8usize << 20).min(caches.l3 / 4).max(4 * caches.l2);
+        [caches.l1d * 2 / 3, caches.l2 / 2, l3, 256 << 20]
+    }
 
     /// Measures every level (a few seconds; `quick` uses a 64 MiB DRAM set and fewer runs).
     ///
     /// # Errors
     /// Never for these sizes; kept fallible like the other measurements.
     pub fn measure(quick: bool) -> Result<MemoryLevels> {
+        let caches = CacheSizes::detect();
+        let sizes = Self::sizes(caches);
         let runs = if quick { 2 } else { 5 };
-        let dram = if quick { 64 << 20 } else { Self::SIZES[3] };
+        let dram = if quick { 64 << 20 } else { sizes[3] };
         Ok(MemoryLevels {
-            l1_read_gbs: read_bandwidth_gbs(Self::SIZES[0], runs)?,
-            l2_read_gbs: read_bandwidth_gbs(Self::SIZES[1], runs)?,
-            l3_read_gbs: read_bandwidth_gbs(Self::SIZES[2], runs)?,
+            l1_read_gbs: read_bandwidth_gbs(sizes[0].max(256), runs)?,
+            l2_read_gbs: read_bandwidth_gbs(sizes[1].max(256), runs)?,
+            l3_read_gbs: read_bandwidth_gbs(sizes[2].max(256), runs)?,
             dram_read_gbs: read_bandwidth_gbs(dram, runs.min(3))?,
+            caches,
         })
     }
 
     /// The read bandwidth of the smallest level a working set of `bytes` fits in (half of each
-    /// cache, leaving room for everything else that lives there: L1 24 KiB, L2 512 KiB, L3 16 MiB).
+    /// cache, leaving room for everything else that lives there).
     pub fn for_working_set(&self, bytes: usize) -> (&'static str, f64) {
-        if bytes <= 24 << 10 {
+        let c = self.caches;
+        if bytes <= c.l1d / 2 {
             ("L1", self.l1_read_gbs)
-        } else if bytes <= 512 << 10 {
+        } else if bytes <= c.l2 / 2 {
             ("L2", self.l2_read_gbs)
-        } else if bytes <= 16 << 20 {
+        } else if bytes <= c.l3 / 2 {
             ("L3", self.l3_read_gbs)
         } else {
             ("DRAM", self.dram_read_gbs)

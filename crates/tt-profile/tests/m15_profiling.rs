@@ -312,7 +312,13 @@ mod memory_levels {
     fn read_bandwidth_is_measured_and_levels_are_placed_by_working_set() {
         assert!(read_bandwidth_gbs(64 << 10, 1).unwrap() > 0.0);
         assert!(read_bandwidth_gbs(16, 1).is_err() && read_bandwidth_gbs(1 << 20, 0).is_err());
-        let m = MemoryLevels { l1_read_gbs: 300.0, l2_read_gbs: 100.0, l3_read_gbs: 25.0, dram_read_gbs: 14.0 };
+        let m = MemoryLevels {
+            l1_read_gbs: 300.0,
+            l2_read_gbs: 100.0,
+            l3_read_gbs: 25.0,
+            dram_read_gbs: 14.0,
+            caches: tt_profile::roofline::CacheSizes::FALLBACK,
+        };
         assert_eq!(m.for_working_set(16 << 10).0, "L1");
         assert_eq!(m.for_working_set(400 << 10).0, "L2");
         assert_eq!(m.for_working_set(800 << 10).0, "L3");
@@ -322,5 +328,42 @@ mod memory_levels {
         let (level, tok_s) = m.decode_bound_tok_s(3_250_000);
         assert_eq!(level, "L3");
         assert!((tok_s - 25e9 / 3.25e6).abs() < 1e-6);
+        // A 2 MiB L2 (the Intel VM) holds 1 MiB working sets; the fallback's 1 MiB L2 does not.
+        let big = MemoryLevels { caches: tt_profile::roofline::CacheSizes { l2: 2 << 20, ..m.caches }, ..m };
+        assert_eq!((big.for_working_set(900 << 10).0, m.for_working_set(900 << 10).0), ("L2", "L3"));
+    }
+
+    #[test]
+    fn cache_sizes_are_read_from_sysfs_and_parsed() {
+        use tt_profile::roofline::{parse_cache_size, CacheSizes};
+        assert_eq!(
+            ["48K", "2048K", "300M", "1G", "512", " 32K\n"].map(parse_cache_size),
+            [Some(48 << 10), Some(2 << 20), Some(300 << 20), Some(1 << 30), Some(512), Some(32 << 10)]
+        );
+        assert_eq!(
+            [parse_cache_size(""), parse_cache_size("K"), parse_cache_size("0K"), parse_cache_size("x")],
+            [None; 4]
+        );
+        // A fake sysfs tree: L1d, L1i, L2, L3.
+        let dir = std::env::temp_dir().join(format!("tt-profile-cache-{}", std::process::id()));
+        for (i, (level, kind, size)) in
+            [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "2048K"), ("3", "Unified", "300M")]
+                .iter()
+                .enumerate()
+        {
+            let d = dir.join(format!("index{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for (f, v) in [("level", level), ("type", kind), ("size", size)] {
+                std::fs::write(d.join(f), format!("{v}\n")).unwrap();
+            }
+        }
+        let c = CacheSizes::read_sysfs(&dir).unwrap();
+        assert_eq!((c.l1d, c.l2, c.l3, c.detected), (48 << 10, 2 << 20, 300 << 20, true));
+        std::fs::remove_dir_all(dir.join("index3")).unwrap();
+        assert!(CacheSizes::read_sysfs(&dir).is_none(), "no L3: fall back");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(CacheSizes::read_sysfs(std::path::Path::new("/nonexistent")).is_none());
+        let here = CacheSizes::detect();
+        assert!(here.l1d > 0 && here.l2 > here.l1d && here.l3 >= here.l2, "{here:?}");
     }
 }
