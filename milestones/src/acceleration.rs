@@ -405,6 +405,27 @@ pub fn run(opts: &Options) -> Result<Value> {
         two_tps / acc_tps,
         sync_us * syncs_per_token as f64
     ));
+    // Prefill of a long prompt: projections by output panels and attention by heads on two cores.
+    let long: Vec<usize> = prompt.iter().cycle().take(tokens.min(model.config.max_seq_len)).copied().collect();
+    let samples = if opts.quick { 3 } else { 7 };
+    let mut prefill_s = [0.0f64; 2];
+    for (i, e) in [&mut accelerated, &mut two_threads].into_iter().enumerate() {
+        let mut t = Vec::new();
+        for _ in 0..samples {
+            let start = Instant::now();
+            e.prefill(&long, long.len())?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+        prefill_s[i] = median(t);
+    }
+    opts.say(format!(
+        "  prefill of {} tokens: {:.2} ms on one thread, {:.2} ms over {} cores ({:.2}x; median of {samples})",
+        long.len(),
+        1e3 * prefill_s[0],
+        1e3 * prefill_s[1],
+        team.size(),
+        prefill_s[0] / prefill_s[1]
+    ));
     if !identical || worst > 1e-4 {
         return Err(MilestoneError::Other(format!(
             "the accelerated decoder diverged from the reference (identical tokens: {identical}, max |Δ logit| {worst})"
@@ -437,6 +458,12 @@ pub fn run(opts: &Options) -> Result<Value> {
             "identical_tokens": identical,
             "max_abs_logit_diff": worst,
             "step_breakdown": breakdown,
+        },
+        "prefill": {
+            "tokens": long.len(),
+            "one_thread_ms": 1e3 * prefill_s[0],
+            "threads2_ms": 1e3 * prefill_s[1],
+            "speedup": prefill_s[0] / prefill_s[1],
         },
     }))
 }

@@ -228,6 +228,7 @@ pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
             // As above: the cache's rows are head_dim wide and out is one head.
             decode_attention_q8(q, kv, scale, out).expect("attention head widths agree");
         },
+        prefill_attention_heads: None,
     }
 }
 
@@ -238,7 +239,57 @@ pub fn row_kernels_threaded() -> tt_tensor::kernels::RowKernels {
     tt_tensor::kernels::RowKernels {
         name: "fused-threaded",
         decode_attention_heads: Some(attention_heads_on_team),
+        prefill_attention_heads: Some(prefill_heads_on_team),
         ..row_kernels()
+    }
+}
+
+/// A prefill chunk's heads split across [`crate::team::global`]'s members; each head is computed
+/// by one member with `tt_tensor::kernels::attention_head` into its own scratch, then copied to its
+/// columns of `out` — so the result equals the head-by-head loop bit for bit. Allocates the
+/// members' scratch per call (prefill is not the allocation-free path).
+fn prefill_heads_on_team(job: &tt_tensor::kernels::PrefillHeadsJob, out: &mut [f32], out_stride: usize) {
+    use tt_tensor::kernels::{attention_head, Rows};
+    let (hd, nh, n, slots) = (job.head_dim, job.heads, job.rows, job.slots);
+    // Impossible by construction in the decoder (it sizes both); checked because members write
+    // through a raw pointer.
+    assert!(n == 0 || out.len() >= (n - 1) * out_stride + nh * hd, "prefill heads: out holds every head");
+    let head = |h: usize, probs: &mut Vec<f32>, local: &mut Vec<f32>| {
+        probs.resize(n * slots, 0.0);
+        local.resize(n * hd, 0.0);
+        let span = h * job.head_stride..h * job.head_stride + slots * hd;
+        let k = Rows { data: &job.keys[span.clone()], rows: slots, cols: hd, stride: hd };
+        let v = Rows { data: &job.values[span], rows: slots, cols: hd, stride: hd };
+        let q = Rows { data: &job.q[h * hd..], rows: n, cols: hd, stride: job.q_stride };
+        attention_head(q, k, v, job.scale, probs, local, hd);
+    };
+    let ptr = HeadsOut(out.as_mut_ptr(), out.len());
+    let write = |h: usize, local: &[f32]| {
+        for t in 0..n {
+            let dst = t * out_stride + h * hd;
+            // SAFETY: row t, columns of head h lie inside `out` (checked above); no other member
+            // writes head h's columns.
+            unsafe { std::ptr::copy_nonoverlapping(local[t * hd..].as_ptr(), ptr.at(dst, hd), hd) };
+        }
+    };
+    let team = crate::team::global().filter(|t| t.size() > 1 && nh > 1);
+    let members = team.map_or(1, |t| t.size().min(nh));
+    let level = dispatch::level();
+    let run = |i: usize| {
+        if i >= members {
+            return;
+        }
+        let (mut probs, mut local) = (Vec::new(), Vec::new());
+        crate::dispatch::with_level(level, |_| {
+            for h in crate::team::share(nh, members, i) {
+                head(h, &mut probs, &mut local);
+                write(h, &local);
+            }
+        });
+    };
+    match team {
+        Some(t) => t.run(&run),
+        None => run(0),
     }
 }
 
@@ -252,6 +303,16 @@ unsafe impl Send for HeadsOut {}
 unsafe impl Sync for HeadsOut {}
 
 impl HeadsOut {
+    /// The element at `offset`, with `len` elements after it in bounds.
+    ///
+    /// # Safety
+    /// `offset + len` ≤ the buffer's length.
+    unsafe fn at(&self, offset: usize, len: usize) -> *mut f32 {
+        debug_assert!(offset + len <= self.1);
+        // SAFETY: forwarded contract.
+        unsafe { self.0.add(offset) }
+    }
+
     /// Head `h`'s output.
     ///
     /// # Safety

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
-use tt_tensor::kernels::{attention_head, HeadsJob, Q8Head, RowKernels, Rows};
+use tt_tensor::kernels::{attention_head, HeadsJob, PrefillHeadsJob, Q8Head, RowKernels, Rows};
 use tt_tensor::nn::{LayerNorm, Linear};
 use tt_tensor::projection::{DenseF32, Projection, Workspace};
 use tt_tensor::Tensor;
@@ -550,6 +550,26 @@ fn attention(
                 scale,
             };
             all_heads(&job, &mut s.att[bi * attn..(bi + 1) * attn]);
+        }
+        return Ok(());
+    }
+    if let (true, Some(all_heads)) = (n > 1, k.prefill_attention_heads) {
+        // A prefill chunk with a kernel that takes every head at once (e.g. split across cores).
+        for bi in 0..b {
+            let r = cache.heads(l, bi)?;
+            let job = PrefillHeadsJob {
+                q: &s.qkv[bi * n * 3 * attn..(bi + 1) * n * 3 * attn],
+                q_stride: 3 * attn,
+                rows: n,
+                keys: r.keys,
+                values: r.values,
+                heads: nh,
+                head_dim: hd,
+                head_stride: r.head_stride,
+                slots: r.slots,
+                scale,
+            };
+            all_heads(&job, &mut s.att[bi * n * attn..(bi + 1) * n * attn], attn);
         }
         return Ok(());
     }

@@ -226,7 +226,32 @@ pub struct RowKernels {
     /// [`RowKernels::decode_attention`] over an int8 KV cache: keys and values as codes with one
     /// scale per row (see [`Q8Head`]), dequantized on the fly.
     pub decode_attention_q8: DecodeAttentionQ8Fn,
+    /// Optionally, every head of a prefill chunk (many queries) at once, e.g. split across cores;
+    /// `None` runs [`attention_head`] head by head. Each head must be computed as
+    /// [`attention_head`] computes it, so the result does not depend on the split.
+    pub prefill_attention_heads: Option<PrefillHeadsFn>,
 }
+
+/// All heads of a chunk of `rows` new queries of one sequence (the last `rows` of `slots`
+/// positions): head `h`'s queries are columns `h·head_dim..` of `q`'s rows (`q_stride` apart),
+/// its cached keys and values start at `h · head_stride` in `keys` / `values`; head `h`'s output
+/// goes to columns `h·head_dim..` of `out`'s rows (`out_stride` apart).
+#[derive(Debug)]
+pub struct PrefillHeadsJob<'a> {
+    pub q: &'a [f32],
+    pub q_stride: usize,
+    pub rows: usize,
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub heads: usize,
+    pub head_dim: usize,
+    pub head_stride: usize,
+    pub slots: usize,
+    pub scale: f32,
+}
+
+/// See [`RowKernels::prefill_attention_heads`]: `(job, out, out_stride)`.
+pub type PrefillHeadsFn = fn(job: &PrefillHeadsJob, out: &mut [f32], out_stride: usize);
 
 /// One head's int8-cached keys and values: `keys`/`values` are `[slots, head_dim]` codes, row
 /// `j` of the keys is `key_scales[j]·keys[j·head_dim..]` (likewise values).
@@ -314,6 +339,7 @@ impl RowKernels {
             },
             decode_attention_heads: None,
             decode_attention_q8: decode_attention_q8_reference,
+            prefill_attention_heads: None,
         }
     }
 }

@@ -89,6 +89,16 @@ fn the_two_thread_decoder_equals_the_one_thread_decoder_bit_for_bit() {
             let mut e2 = CachedGpt::new(&two, 1, OverflowPolicy::Error).unwrap();
             e1.set_row_kernels(tt_accel::fused::row_kernels());
             e2.set_row_kernels(tt_accel::fused::row_kernels_threaded());
+            // Prefill chunks of 3 (one dot product per key) and 20 (GEMM) queries: the two-thread
+            // engine splits both by heads.
+            for len in [3usize, 20] {
+                let prompt: Vec<usize> = (0..len).map(|i| (i * 5 + 1) % 12).collect();
+                assert_eq!(
+                    e1.prefill(&prompt, len).unwrap(),
+                    e2.prefill(&prompt, len).unwrap(),
+                    "{level}: prefill {len}"
+                );
+            }
             let mut a = e1.prefill(&[1, 5, 9], 3).unwrap().to_vec();
             let mut b = e2.prefill(&[1, 5, 9], 3).unwrap().to_vec();
             for step in 0..40 {
