@@ -219,14 +219,15 @@ pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
             layer_norm(x, g, b, eps, out).expect("layer norm row widths agree");
         },
         gelu,
-        decode_attention: |q, keys, values, _hd, scale, _scores, out| {
-            // As above: the cache's rows are head_dim wide and out is one head.
-            decode_attention(q, keys, values, scale, out).expect("attention head widths agree");
+        decode_attention: |q, keys, values, _hd, scale, scores, out| {
+            // As above: the cache's rows are head_dim wide, out is one head, and the decoder's
+            // scratch row holds every slot.
+            decode_attention_2pass(q, keys, values, scale, scores, out).expect("attention head widths agree");
         },
         decode_attention_heads: None,
-        decode_attention_q8: |q, kv, scale, _scores, out| {
-            // As above: the cache's rows are head_dim wide and out is one head.
-            decode_attention_q8(q, kv, scale, out).expect("attention head widths agree");
+        decode_attention_q8: |q, kv, scale, scores, out| {
+            // As above.
+            decode_attention_q8_2pass(q, kv, scale, scores, out).expect("attention head widths agree");
         },
         prefill_attention_heads: None,
     }
@@ -234,7 +235,8 @@ pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
 
 /// [`row_kernels`] with one-query attention split by heads across [`crate::team::global`]'s
 /// members (one hand-off per layer instead of per head). Each head is computed by one member
-/// exactly as [`decode_attention`] would, so results equal the one-thread table's bit for bit.
+/// exactly as [`decode_attention_2pass`] would, so results equal the one-thread table's bit for
+/// bit.
 pub fn row_kernels_threaded() -> tt_tensor::kernels::RowKernels {
     tt_tensor::kernels::RowKernels {
         name: "fused-threaded",
@@ -325,6 +327,11 @@ impl HeadsOut {
     }
 }
 
+thread_local! {
+    /// Scores scratch of the heads-parallel attention on each team member.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn attention_heads_on_team(job: &tt_tensor::kernels::HeadsJob, out: &mut [f32]) {
     let (hd, nh) = (job.head_dim, job.heads);
     // Impossible by construction in the decoder (its q row and output row are heads·head_dim
@@ -332,9 +339,24 @@ fn attention_heads_on_team(job: &tt_tensor::kernels::HeadsJob, out: &mut [f32]) 
     assert!(out.len() >= nh * hd && job.q.len() >= nh * hd, "attention heads: buffers hold every head");
     let head = |h: usize, o: &mut [f32]| {
         let kv = h * job.head_stride..h * job.head_stride + job.slots * hd;
-        // The decoder passes heads of the widths it validated, so the checks cannot fail.
-        decode_attention(&job.q[h * hd..(h + 1) * hd], &job.keys[kv.clone()], &job.values[kv], job.scale, o)
+        // The same two-pass kernel as the one-thread table (so the split changes no bit), with a
+        // per-thread scratch row that grows to the longest cache seen and is then reused.
+        SCRATCH.with(|s| {
+            let mut scores = s.borrow_mut();
+            if scores.len() < job.slots {
+                scores.resize(job.slots, 0.0);
+            }
+            // The decoder passes heads of the widths it validated, so the checks cannot fail.
+            decode_attention_2pass(
+                &job.q[h * hd..(h + 1) * hd],
+                &job.keys[kv.clone()],
+                &job.values[kv],
+                job.scale,
+                &mut scores,
+                o,
+            )
             .expect("attention head widths agree");
+        });
     };
     let team = crate::team::global();
     let Some(team) = team.filter(|t| t.size() > 1 && nh > 1) else {
@@ -428,7 +450,102 @@ pub fn decode_attention_q8_at(
     scale: f32,
     out: &mut [f32],
 ) -> Result<()> {
-    let op = "fused::decode_attention_q8";
+    check_q8("fused::decode_attention_q8", q, kv, scale, out)?;
+    match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F; lengths
+        // checked above.
+        Level::Avx512 => unsafe { avx512::decode_attention_q8(q, kv, scale, out) },
+        _ => scalar::decode_attention_q8(q, kv, scale, out),
+    }
+    Ok(())
+}
+
+/// [`decode_attention`] using `scores` (at least `slots` floats) as scratch: at the AVX-512
+/// level a two-pass kernel (all scores with a vector maximum, then the weights, then `P·V`),
+/// which avoids the online kernel's per-block chain of horizontal reductions and scalar `exp`;
+/// other levels run [`decode_attention`]. What the decoder's row-kernel table uses (it owns a
+/// `slots`-long scratch row).
+///
+/// # Errors
+/// As [`decode_attention`], and `scores` shorter than `slots`.
+pub fn decode_attention_2pass(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<()> {
+    decode_attention_2pass_at(dispatch::level(), q, keys, values, scale, scores, out)
+}
+
+/// [`decode_attention_2pass`] at `level` (clamped to [`dispatch::level`]).
+///
+/// # Errors
+/// As [`decode_attention_2pass`].
+pub fn decode_attention_2pass_at(
+    level: Level,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<()> {
+    check_decode_attention("fused::decode_attention_2pass", q, keys, values, scale, out)?;
+    check_scores("fused::decode_attention_2pass", keys.len() / q.len(), scores)?;
+    match level.min(dispatch::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F.
+        Level::Avx512 => unsafe { avx512::decode_attention_2pass(q, keys, values, scale, scores, out) },
+        l => return decode_attention_at(l, q, keys, values, scale, out),
+    }
+    Ok(())
+}
+
+/// [`decode_attention_q8`] with `scores` as scratch, two-pass at the AVX-512 level (see
+/// [`decode_attention_2pass`]).
+///
+/// # Errors
+/// As [`decode_attention_q8`], and `scores` shorter than `slots`.
+pub fn decode_attention_q8_2pass(
+    q: &[f32],
+    kv: &tt_tensor::kernels::Q8Head,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<()> {
+    decode_attention_q8_2pass_at(dispatch::level(), q, kv, scale, scores, out)
+}
+
+/// [`decode_attention_q8_2pass`] at `level` (clamped to [`dispatch::level`]).
+///
+/// # Errors
+/// As [`decode_attention_q8_2pass`].
+pub fn decode_attention_q8_2pass_at(
+    level: Level,
+    q: &[f32],
+    kv: &tt_tensor::kernels::Q8Head,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let level = level.min(dispatch::level());
+    if level != Level::Avx512 {
+        return decode_attention_q8_at(level, q, kv, scale, out);
+    }
+    check_q8("fused::decode_attention_q8_2pass", q, kv, scale, out)?;
+    check_scores("fused::decode_attention_q8_2pass", kv.key_scales.len(), scores)?;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the level is AVX-512, at most `dispatch::level()`; lengths checked above.
+    unsafe {
+        avx512::decode_attention_q8_2pass(q, kv, scale, scores, out)
+    };
+    Ok(())
+}
+
+fn check_q8(op: &'static str, q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &[f32]) -> Result<()> {
     let hd = q.len();
     let slots = kv.key_scales.len();
     if hd == 0 || slots == 0 {
@@ -447,12 +564,12 @@ pub fn decode_attention_q8_at(
     if !scale.is_finite() {
         return Err(TensorError::InvalidArgument { op, reason: format!("scale {scale} is not finite") });
     }
-    match level.min(dispatch::level()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F; lengths
-        // checked above.
-        Level::Avx512 => unsafe { avx512::decode_attention_q8(q, kv, scale, out) },
-        _ => scalar::decode_attention_q8(q, kv, scale, out),
+    Ok(())
+}
+
+fn check_scores(op: &'static str, slots: usize, scores: &[f32]) -> Result<()> {
+    if scores.len() < slots {
+        return Err(TensorError::ShapeMismatch { op, lhs: vec![scores.len()], rhs: vec![slots] });
     }
     Ok(())
 }
@@ -1024,6 +1141,143 @@ mod avx512 {
             n /= 2;
         }
         v[0]
+    }
+
+    /// Two-pass decode attention over f32 rows (`Q8 = false`: `k`, `v` point to f32) or int8
+    /// rows (`Q8 = true`: to i8 codes, with `ks` / `vs` the row scales): pass 1 writes every score
+    /// `scale·(d_kⱼ·)q·kⱼ` to `scores` and keeps a vector maximum (no horizontal reduction per
+    /// block, so blocks do not wait on each other); pass 2 turns scores into weights
+    /// `exp(sⱼ − m)` (times `d_vⱼ`) and sums them; pass 3 accumulates `Σ wⱼ·vⱼ` in four FMA
+    /// chains per 16 output lanes and divides by the sum.
+    ///
+    /// # Safety
+    /// AVX-512F; `k` and `v` hold `slots·hd` elements of their type, `ks`/`vs` `slots` scales
+    /// (when `Q8`), `scores` at least `slots`, `out` and `q` `hd`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn two_pass<const Q8: bool>(
+        q: &[f32],
+        k: *const u8,
+        v: *const u8,
+        ks: &[f32],
+        vs: &[f32],
+        slots: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        // Lanes c..c + 16 of row j (masked past hd).
+        let row = |base: *const u8, j: usize, c: usize| -> __m512 {
+            // SAFETY: j < slots and c < hd: inside the row (caller's contract); masked lanes are
+            // not read.
+            unsafe {
+                if Q8 {
+                    load_q8(hd - c, (base as *const i8).add(j * hd + c))
+                } else {
+                    _mm512_maskz_loadu_ps(mask(hd - c), (base as *const f32).add(j * hd + c))
+                }
+            }
+        };
+        let (pq, ps) = (q.as_ptr(), scores.as_mut_ptr());
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j0 in (0..slots).step_by(L) {
+            let nb = L.min(slots - j0);
+            let mut acc = [_mm512_setzero_ps(); L];
+            for c in (0..hd).step_by(L) {
+                // SAFETY: c < hd, lanes masked to hd: inside `q`.
+                let qc = unsafe { _mm512_maskz_loadu_ps(mask(hd - c), pq.add(c)) };
+                for (t, a) in acc.iter_mut().enumerate() {
+                    // A partial block re-reads its last key (in bounds); its lanes are masked below.
+                    *a = _mm512_fmadd_ps(qc, row(k, j0 + t.min(nb - 1), c), *a);
+                }
+            }
+            let km = mask(nb);
+            let mut sc = _mm512_mul_ps(sum_lanes_16(acc), _mm512_set1_ps(scale));
+            if Q8 {
+                // SAFETY: lanes below nb read ks[j0..j0 + nb].
+                sc = _mm512_mul_ps(sc, unsafe { _mm512_maskz_loadu_ps(km, ks.as_ptr().add(j0)) });
+            }
+            // SAFETY: lanes below nb write scores[j0..j0 + nb] (scores holds slots).
+            unsafe { _mm512_mask_storeu_ps(ps.add(j0), km, sc) };
+            vmax = _mm512_mask_max_ps(vmax, km, vmax, sc);
+        }
+        let m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+        let mut vsum = _mm512_setzero_ps();
+        for j0 in (0..slots).step_by(L) {
+            let km = mask(slots - j0);
+            // SAFETY: lanes below min(16, slots − j0): inside scores (and vs).
+            unsafe {
+                let w = _mm512_maskz_mov_ps(km, exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, ps.add(j0)), m)));
+                vsum = _mm512_add_ps(vsum, w);
+                let w = if Q8 { _mm512_mul_ps(w, _mm512_maskz_loadu_ps(km, vs.as_ptr().add(j0))) } else { w };
+                _mm512_mask_storeu_ps(ps.add(j0), km, w);
+            }
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(vsum));
+        let po = out.as_mut_ptr();
+        // SAFETY (weights): j < slots: inside scores.
+        let w = |j: usize| _mm512_set1_ps(unsafe { *ps.add(j) });
+        for c in (0..hd).step_by(L) {
+            // Four named chains, unrolled by hand: indexing an array of accumulators by `j % 4`
+            // would keep them in memory.
+            let (mut o0, mut o1, mut o2, mut o3) =
+                (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+            let full = slots / 4 * 4;
+            for j in (0..full).step_by(4) {
+                o0 = _mm512_fmadd_ps(w(j), row(v, j, c), o0);
+                o1 = _mm512_fmadd_ps(w(j + 1), row(v, j + 1, c), o1);
+                o2 = _mm512_fmadd_ps(w(j + 2), row(v, j + 2, c), o2);
+                o3 = _mm512_fmadd_ps(w(j + 3), row(v, j + 3, c), o3);
+            }
+            for j in full..slots {
+                o0 = _mm512_fmadd_ps(w(j), row(v, j, c), o0);
+            }
+            let o = _mm512_add_ps(_mm512_add_ps(o0, o1), _mm512_add_ps(o2, o3));
+            // SAFETY: c < hd, lanes masked to hd: inside `out`.
+            unsafe { _mm512_mask_storeu_ps(po.add(c), mask(hd - c), _mm512_mul_ps(o, inv)) };
+        }
+    }
+
+    /// [`two_pass`] over f32 rows.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn decode_attention_2pass(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let slots = keys.len() / q.len();
+        // SAFETY: lengths checked by the caller (`decode_attention_2pass_at`).
+        unsafe {
+            two_pass::<false>(
+                q,
+                keys.as_ptr() as *const u8,
+                values.as_ptr() as *const u8,
+                &[],
+                &[],
+                slots,
+                scale,
+                scores,
+                out,
+            )
+        }
+    }
+
+    /// [`two_pass`] over int8 rows.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn decode_attention_q8_2pass(
+        q: &[f32],
+        kv: &tt_tensor::kernels::Q8Head,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let slots = kv.key_scales.len();
+        let (k, v) = (kv.keys.as_ptr() as *const u8, kv.values.as_ptr() as *const u8);
+        // SAFETY: lengths checked by the caller (`decode_attention_q8_2pass_at`).
+        unsafe { two_pass::<true>(q, k, v, kv.key_scales, kv.value_scales, slots, scale, scores, out) }
     }
 
     /// Up to 16 int8 codes of one row (`rem` of them remain in the row), widened to f32; lanes

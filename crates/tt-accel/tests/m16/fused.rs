@@ -370,6 +370,11 @@ fn decode_attention_matches_unfused_at_every_level() {
                     // Reordered sums and online rescaling: 2e-6 absolute (see the file docs).
                     let (d, dt) = (max_diff(&out, &want), max_diff(&out, &truth));
                     assert!(d <= 2e-6 && dt <= 2e-6, "{l} hd={hd} slots={slots} q×{qs}: {d} {dt}");
+                    // The two-pass form (scores in a scratch row) to the same bound.
+                    let mut two = vec![f32::NAN; hd];
+                    fused::decode_attention_2pass(&q, &k, &v, scale, &mut vec![f32::NAN; slots], &mut two).unwrap();
+                    let d2 = max_diff(&two, &truth);
+                    assert!(d2 <= 2e-6, "{l} two-pass hd={hd} slots={slots} q×{qs}: {d2}");
                 });
             }
         }
@@ -479,6 +484,10 @@ fn decode_attention_q8_matches_attention_over_dequantized_rows_at_every_level() 
                     fused::decode_attention_q8(&q, &kv, scale, &mut out).unwrap();
                     let d = max_diff(&out, &truth);
                     assert!(d <= 2e-6, "{l} hd={hd} slots={slots} q×{qs}: {d}");
+                    let mut two = vec![f32::NAN; hd];
+                    fused::decode_attention_q8_2pass(&q, &kv, scale, &mut vec![f32::NAN; slots], &mut two).unwrap();
+                    let d2 = max_diff(&two, &truth);
+                    assert!(d2 <= 2e-6, "{l} two-pass hd={hd} slots={slots} q×{qs}: {d2}");
                 });
             }
         }
@@ -502,4 +511,11 @@ fn decode_attention_q8_rejects_bad_shapes() {
     assert!(fused::decode_attention_q8(&q, &kv(&[], &[]), 0.5, &mut out).is_err());
     assert!(fused::decode_attention_q8(&q, &good, f32::NAN, &mut out).is_err());
     assert!(fused::decode_attention_q8(&q, &good, 0.5, &mut out[..3]).is_err());
+    assert!(fused::decode_attention_q8_2pass(&q, &good, 0.5, &mut [0.0; 1], &mut out).is_err(), "scores too short");
+    assert!(fused::decode_attention_q8_2pass(&q, &kv(&[1; 7], &[0.1; 2]), 0.5, &mut [0.0; 2], &mut out).is_err());
+    fused::decode_attention_q8_2pass(&q, &good, 0.5, &mut [0.0; 2], &mut out).unwrap();
+    let (k, v) = ([0.5f32; 8], [1.0f32; 8]);
+    assert!(fused::decode_attention_2pass(&q, &k, &v, 0.5, &mut [0.0; 1], &mut out).is_err(), "scores too short");
+    fused::decode_attention_2pass(&q, &k, &v, 0.5, &mut [0.0; 2], &mut out).unwrap();
+    assert!(out.iter().all(|&o| (o - 1.0).abs() < 1e-6));
 }
