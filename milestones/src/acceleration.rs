@@ -191,6 +191,11 @@ fn fusion(opts: &Options) -> Result<Vec<Value>> {
         let _ = fused::decode_attention(&q, &keys, &values, scale, &mut o);
     });
     report("decode_attention", "head 32, 640 slots".into(), u, f);
+    // The decoder's form: the same with a scores scratch row (two passes at AVX-512).
+    let f2 = time_per_call(samples, || {
+        let _ = fused::decode_attention_2pass(&q, &keys, &values, scale, &mut probs, &mut o);
+    });
+    report("decode_attention_2pass", "head 32, 640 slots".into(), u, f2);
     Ok(rows)
 }
 
