@@ -104,6 +104,9 @@ fn decode_attention(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("fused", slots), |b| {
             b.iter(|| fused::decode_attention(&q, &k, &v, scale, &mut out).unwrap())
         });
+        g.bench_function(BenchmarkId::new("fused_2pass", slots), |b| {
+            b.iter(|| fused::decode_attention_2pass(&q, &k, &v, scale, &mut probs, &mut out).unwrap())
+        });
     }
     g.finish();
 }
