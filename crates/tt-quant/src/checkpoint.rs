@@ -32,7 +32,8 @@
 //! keep the names and shapes a reader of the fp32 model expects, and everything needed to rebuild
 //! the integer kernels — which codes range, how the inputs are quantized — is in the file, not in
 //! code that must match it. Kernel choice (VNNI / AVX2 / scalar) is not stored: the outputs are
-//! bit-identical at every level.
+//! bit-identical at every level. Nor are forward transforms (QAT's fake quantization, which
+//! `convert_qat` removes): they are training-time state, and a loaded model keeps its own.
 //!
 //! [`save`] writes the file as one checkpoint unit (`tt_tensor::serialize::save_unit`: content
 //! addressed, published by one atomic rename); [`load`] verifies its checksum
