@@ -13,6 +13,10 @@ pub enum QuantError {
     /// Something this crate does not implement (said instead of approximated).
     #[error("not implemented: {0}")]
     Unsupported(String),
+    /// A quantized checkpoint that cannot be saved or loaded as it is (see
+    /// [`crate::checkpoint`]); `reason` names the tensor or metadata key and what is wrong.
+    #[error("quantized checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
     /// An error from tt-tensor (shapes, layers, checkpoints).
     #[error(transparent)]
     Tensor(#[from] TensorError),
@@ -34,6 +38,7 @@ impl From<QuantError> for TensorError {
         match e {
             QuantError::Tensor(t) => t,
             QuantError::InvalidArgument { op, reason } => TensorError::InvalidArgument { op, reason },
+            QuantError::Checkpoint { path, reason } => TensorError::File { path, reason },
             QuantError::Unsupported(what) => {
                 TensorError::InvalidArgument { op: "tt-quant", reason: format!("not implemented: {what}") }
             }

@@ -21,6 +21,9 @@
 //!   requantization multiplier `M = M₀·2⁻³¹·2⁻ⁿ`, tested against the float formula.
 //! - [`qat`]: quantization-aware training — a fake-quantize autograd op (straight-through inside
 //!   the clamp range) installed in every layer as a forward transform, then converted to int8.
+//! - [`checkpoint`]: quantized models saved and loaded as safetensors with real `I8` weight
+//!   tensors, their scales and zero points, and the scheme in the metadata — readable by any
+//!   safetensors reader, loaded back bit for bit, hostile files rejected before anything changes.
 //!
 //! What it deliberately does not do: own a model or a decoder, or approximate what it does not
 //! implement (per-group weights in the integer kernel are an error, not a silent fallback).
@@ -40,6 +43,7 @@
 //! ```
 
 pub mod calibrate;
+pub mod checkpoint;
 pub mod error;
 pub mod kernels;
 pub mod linear;

@@ -255,6 +255,11 @@ impl Projection for Int8Linear {
             (true, _, Scheme::Affine) => "int8-static/ch-affine",
         }
     }
+
+    /// `Some(self)`: how [`crate::checkpoint`] finds int8 layers behind `dyn Projection`.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 /// One layer as quantized: its name, format, shape and bytes.

@@ -1,10 +1,12 @@
 //! Module 17 — quantization: the math on known values and as properties, the observers on known
 //! data, every integer kernel exactly equal to the scalar reference at every level, the int8
-//! projection against the float formula, and int8 models through the seam (tensor model and
-//! KV-cached decoder).
+//! projection against the float formula, int8 models through the seam (tensor model and
+//! KV-cached decoder), and quantized checkpoints (safetensors with I8 tensors, hostile files).
 //!
 //! Each part lives in its own file under `tests/m17/`.
 
+#[path = "m17/checkpoint.rs"]
+mod checkpoint;
 #[path = "m17/kernels.rs"]
 mod kernels;
 #[path = "m17/linear.rs"]

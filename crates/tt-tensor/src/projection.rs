@@ -70,6 +70,14 @@ pub trait Projection: Send + Sync + Debug {
 
     /// Short name of the storage format: `"f32"`, `"f32-packed"`, `"int8/ch"`, `"csr"`, ….
     fn format(&self) -> &'static str;
+
+    /// The projection as [`Any`](std::any::Any), for formats that want to be recognized behind
+    /// `dyn Projection`: lets a crate find its own format in a model's layers (e.g. to save it
+    /// in its own checkpoint format) by `downcast_ref`. `None` by default — a format that never
+    /// needs to be recognized need not say what it is.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// [`Projection::forward_rows`] with every length checked first: the safe public entry point.

@@ -56,7 +56,8 @@ fn an_int8_mlp_and_cnn_stay_close_to_fp32_and_train_on_f32_weights() {
     }
 }
 
-fn tiny_gpt() -> Gpt {
+/// A 2-layer GPT trained briefly on a repeating sequence (shared with `checkpoint.rs`).
+pub(crate) fn tiny_gpt() -> Gpt {
     let cfg = GptConfig {
         vocab_size: 12,
         d_model: 32,

@@ -1,0 +1,647 @@
+//! Quantized checkpoints: a model with [`Int8Linear`] layers saved as **safetensors with real
+//! `I8` tensors**, readable by any safetensors reader (Python's `safetensors`, candle, …), and
+//! loaded back into a freshly built fp32 model of the same architecture with the same codes and
+//! scales — so the loaded model's outputs equal the saved model's bit for bit.
+//!
+//! # The format (`model.safetensors`)
+//!
+//! For every `Linear` / `Conv2d` whose installed projection is an [`Int8Linear`], named by its
+//! state-dict path `<layer>` (`"blocks.0.mlp.fc"`, `"0"`):
+//!
+//! | tensor                     | dtype | shape                                        |
+//! |----------------------------|-------|----------------------------------------------|
+//! | `<layer>.weight`           | `I8`  | the weight's own: `[out, in]`, `[C_out, C_in, k, k]` |
+//! | `<layer>.weight_scale`     | `F32` | `[1]` per-tensor, `[out]` per-channel        |
+//! | `<layer>.weight_zero_point`| `I8`  | as the scale; **affine weights only**        |
+//!
+//! The codes are row-major over the layer's `[out, in·k·k]` matrix, which is the same order as
+//! the row-major weight tensor, so the weight keeps its real shape and `S·(q − Z)` in any reader
+//! gives the dequantized weight (symmetric weights have `Z = 0` and store none). Every other
+//! parameter — biases, norms, embeddings, layers left in f32 or stored in another format — is
+//! `F32` under its state-dict name, as in `tt_tensor::serialize`.
+//!
+//! `__metadata__` (string → string):
+//! - `format`: [`FORMAT`];
+//! - per int8 layer, `<layer>.scheme` (`symmetric` | `affine`), `<layer>.granularity`
+//!   (`per-tensor` | `per-channel`) and `<layer>.activations`: `dynamic`, or
+//!   `static:0x<bits>:<zero_point>` — the frozen input scale as its IEEE bit pattern (8 hex digits,
+//!   so it round-trips exactly; in numpy `np.uint32(0x<bits>).view(np.float32)`) and the u8 zero
+//!   point.
+//!
+//! Why this shape: the int8 bytes are what is stored (a quarter of the f32 file), the tensors
+//! keep the names and shapes a reader of the fp32 model expects, and everything needed to rebuild
+//! the integer kernels — which codes range, how the inputs are quantized — is in the file, not in
+//! code that must match it. Kernel choice (VNNI / AVX2 / scalar) is not stored: the outputs are
+//! bit-identical at every level. Nor are forward transforms (QAT's fake quantization, which
+//! `convert_qat` removes): they are training-time state, and a loaded model keeps its own.
+//!
+//! [`save`] writes the file as one checkpoint unit (`tt_tensor::serialize::save_unit`: content
+//! addressed, published by one atomic rename); [`load`] verifies its checksum
+//! (`tt_tensor::serialize::load_unit`) and then [`from_safetensors`] validates **everything
+//! before changing anything**: the metadata, every tensor's name, dtype and shape against the
+//! model's parameters and layers (no unknown or missing tensors or keys), then the values — f32
+//! finite, scales positive normal f32s, symmetric codes in `[−127, 127]`, static activation zero
+//! points in `[0, 255]`, dequantized weights finite. A file that fails any check is an `Err`
+//! naming the tensor or key, and the model is left as it was.
+//!
+//! ```
+//! use tt_quant::{checkpoint, quantize_dynamic, WeightConfig};
+//! use tt_tensor::nn::{Linear, Relu, Sequential};
+//! use tt_tensor::{no_grad, Module, Tensor};
+//! let build = |seed| Sequential::new().layer(Linear::new(8, 16, true, seed)).layer(Relu).layer(Linear::new(16, 4, true, seed + 1));
+//! let mut saved = build(0);
+//! quantize_dynamic(&mut saved, WeightConfig::PER_CHANNEL).unwrap();
+//! let bytes = checkpoint::to_safetensors(&mut saved).unwrap();
+//! let mut loaded = build(7); // same architecture, other weights
+//! let layers = checkpoint::from_safetensors(&mut loaded, &bytes).unwrap();
+//! assert_eq!(layers.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["0", "2"]);
+//! let x = Tensor::from_vec((0..16).map(|i| i as f32 / 8.0 - 1.0).collect(), &[2, 8]).unwrap();
+//! let (a, b) = (no_grad(|| saved.forward(&x)).unwrap(), no_grad(|| loaded.forward(&x)).unwrap());
+//! assert_eq!(a.to_vec(), b.to_vec());
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use tt_tensor::nn::{map_conv2ds, map_linears};
+use tt_tensor::serialize::{load_unit, save_unit};
+use tt_tensor::{Module, Projection, Tensor};
+
+use crate::error::{QuantError, Result};
+use crate::linear::{Activations, Int8Linear, QuantizedLayer};
+use crate::scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};
+
+/// The checkpoint unit's part holding the weights.
+pub const WEIGHTS_PART: &str = "model.safetensors";
+/// Metadata key naming the format.
+pub const FORMAT_KEY: &str = "format";
+/// The value of [`FORMAT_KEY`] this module writes and reads.
+pub const FORMAT: &str = "tt-quant int8 checkpoint 1";
+
+const SCALE: &str = "weight_scale";
+const ZERO_POINT: &str = "weight_zero_point";
+const META_FIELDS: [&str; 3] = ["scheme", "granularity", "activations"];
+
+/// A `Linear` or `Conv2d` of the model, as found by the visitors.
+struct Layer {
+    name: String,
+    kind: &'static str,
+    /// The weight tensor (shared handle).
+    weight: Tensor,
+    /// The matrix the layer's projection has: `(out, in·k·k)`.
+    rows: usize,
+    cols: usize,
+    projection: Option<Arc<dyn Projection>>,
+}
+
+impl Layer {
+    fn new(name: &str, kind: &'static str, weight: &Tensor, projection: Option<&Arc<dyn Projection>>) -> Layer {
+        let shape = weight.shape();
+        Layer {
+            name: name.to_string(),
+            kind,
+            weight: weight.clone(),
+            rows: shape.first().copied().unwrap_or(0),
+            cols: shape.iter().skip(1).product(),
+            projection: projection.cloned(),
+        }
+    }
+
+    fn weight_name(&self) -> String {
+        format!("{}.weight", self.name)
+    }
+
+    fn int8(&self) -> Option<&Int8Linear> {
+        self.projection.as_deref()?.as_any()?.downcast_ref::<Int8Linear>()
+    }
+}
+
+/// Every `Linear`, then every `Conv2d`, below `model` (read only, though the visitors take `&mut`).
+fn find_layers(model: &mut dyn Module) -> Result<Vec<Layer>> {
+    let mut out = Vec::new();
+    map_linears(model, |name, l| {
+        out.push(Layer::new(name, "Linear", &l.weight, l.installed_projection()));
+        Ok(())
+    })?;
+    map_conv2ds(model, |name, c| {
+        out.push(Layer::new(name, "Conv2d", &c.weight, c.installed_projection()));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn activations_string(a: Activations) -> String {
+    match a {
+        Activations::Dynamic => "dynamic".into(),
+        Activations::Static(p) => format!("static:0x{:08x}:{}", p.scale.to_bits(), p.zero_point),
+    }
+}
+
+/// A scale is usable if it is a positive normal f32 — what [`QParams::from_range`] produces
+/// (it never goes below the smallest normal, so that `x / S` cannot overflow).
+fn scale_ok(s: f32) -> bool {
+    s.is_normal() && s > 0.0
+}
+
+/// The code range each scheme's weights use ([`QuantizedMatrix::quantize`]).
+fn weight_range(scheme: Scheme) -> QRange {
+    match scheme {
+        Scheme::Symmetric => QRange::I8_SYMMETRIC,
+        Scheme::Affine => QRange::I8,
+    }
+}
+
+/// Everything a stored int8 weight must satisfy, checked on save (so that nothing is written
+/// that [`load`] would refuse) and on load. Messages name the tensor (`<layer>.weight…`).
+fn check_matrix(layer: &str, q: &QuantizedMatrix) -> std::result::Result<(), String> {
+    let n_params = match q.granularity {
+        Granularity::PerTensor => 1,
+        Granularity::PerChannel => q.rows,
+        Granularity::PerGroup(g) => {
+            return Err(format!("{layer}: per-group ({g}) weights are not stored (Int8Linear never has them)"))
+        }
+    };
+    if q.params.len() != n_params {
+        return Err(format!(
+            "tensor {layer}.{SCALE}: {} scales, but a {} {}×{} weight has {n_params}",
+            q.params.len(),
+            q.granularity.name(),
+            q.rows,
+            q.cols
+        ));
+    }
+    if q.codes.len() != q.rows * q.cols {
+        return Err(format!("tensor {layer}.weight: {} codes for a {}×{} matrix", q.codes.len(), q.rows, q.cols));
+    }
+    let range = weight_range(q.scheme);
+    if q.range != range {
+        return Err(format!("{layer}: {} weights use codes {range:?}, not {:?}", q.scheme.name(), q.range));
+    }
+    for (i, p) in q.params.iter().enumerate() {
+        if !scale_ok(p.scale) {
+            return Err(format!(
+                "tensor {layer}.{SCALE}: scale {} at index {i} is not a positive normal f32 (finite, > 0)",
+                p.scale
+            ));
+        }
+        let zp_ok = match q.scheme {
+            Scheme::Symmetric => p.zero_point == 0,
+            Scheme::Affine => (range.min..=range.max).contains(&p.zero_point),
+        };
+        if !zp_ok {
+            return Err(format!(
+                "tensor {layer}.{ZERO_POINT}: zero point {} at index {i} is outside {} weights' [{}, {}]",
+                p.zero_point,
+                q.scheme.name(),
+                if q.scheme == Scheme::Symmetric { 0 } else { range.min },
+                if q.scheme == Scheme::Symmetric { 0 } else { range.max },
+            ));
+        }
+    }
+    if let Some(i) = q.codes.iter().position(|&c| !(range.min..=range.max).contains(&(c as i32))) {
+        return Err(format!(
+            "tensor {layer}.weight: code {} at flat index {i} is outside {} weights' [{}, {}]",
+            q.codes[i],
+            q.scheme.name(),
+            range.min,
+            range.max
+        ));
+    }
+    Ok(())
+}
+
+/// Static activation parameters must be a u8 affine map with a usable scale.
+fn check_activations(layer: &str, a: Activations) -> std::result::Result<(), String> {
+    match a {
+        Activations::Dynamic => Ok(()),
+        Activations::Static(p) if !scale_ok(p.scale) => Err(format!(
+            "metadata {layer}.activations: static scale {} is not a positive normal f32 (finite, > 0)",
+            p.scale
+        )),
+        Activations::Static(p) if !(0..=255).contains(&p.zero_point) => Err(format!(
+            "metadata {layer}.activations: static zero point {} is outside the u8 range [0, 255]",
+            p.zero_point
+        )),
+        Activations::Static(_) => Ok(()),
+    }
+}
+
+/// The model as safetensors bytes in the format of the module docs.
+///
+/// # Errors
+/// An int8 layer whose weight no longer equals its projection (written after quantization: a
+/// training step or a loaded checkpoint — quantize again, or clear the projection), a stored
+/// weight that [`load`] would refuse (see the module docs), two parameters with one name, or a
+/// parameter named like the scale or zero point of an int8 layer.
+pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
+    let err = |reason: String| QuantError::Checkpoint { path: WEIGHTS_PART.into(), reason };
+    let layers = find_layers(model)?;
+    let params = model.named_parameters();
+    let mut int8: HashMap<String, (&Layer, &Int8Linear)> = HashMap::new();
+    let mut metadata = HashMap::from([(FORMAT_KEY.to_string(), FORMAT.to_string())]);
+    for layer in &layers {
+        let Some(q) = layer.int8() else { continue };
+        let dense = q.to_dense();
+        let weight = layer.weight.data();
+        if weight.len() != dense.len() || weight.iter().zip(dense.iter()).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Err(err(format!(
+                "{} {}: its weight no longer equals its '{}' projection (written after quantization: a training \
+                 step or a loaded checkpoint); quantize it again or clear the projection",
+                layer.kind,
+                layer.name,
+                q.format()
+            )));
+        }
+        check_matrix(&layer.name, q.weight()).map_err(err)?;
+        check_activations(&layer.name, q.activations()).map_err(err)?;
+        let w = q.weight();
+        metadata.insert(format!("{}.scheme", layer.name), w.scheme.name().into());
+        metadata.insert(format!("{}.granularity", layer.name), w.granularity.name());
+        metadata.insert(format!("{}.activations", layer.name), activations_string(q.activations()));
+        int8.insert(layer.weight_name(), (layer, q));
+    }
+    // (name, dtype, shape, little-endian bytes)
+    let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in &params {
+        match int8.get(name) {
+            Some((layer, q)) => {
+                let w = q.weight();
+                raw.push((name.clone(), Dtype::I8, t.shape(), w.codes.iter().map(|&c| c as u8).collect()));
+                let n = w.params.len();
+                let scales = w.params.iter().flat_map(|p| p.scale.to_le_bytes()).collect();
+                raw.push((format!("{}.{SCALE}", layer.name), Dtype::F32, vec![n], scales));
+                if w.scheme == Scheme::Affine {
+                    // In [−128, 127]: checked by `check_matrix`.
+                    let zps = w.params.iter().map(|p| p.zero_point as i8 as u8).collect();
+                    raw.push((format!("{}.{ZERO_POINT}", layer.name), Dtype::I8, vec![n], zps));
+                }
+            }
+            None => {
+                raw.push((name.clone(), Dtype::F32, t.shape(), t.data().iter().flat_map(|v| v.to_le_bytes()).collect()))
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    if let Some((dup, ..)) = raw.iter().find(|(n, ..)| !seen.insert(n.as_str())) {
+        return Err(err(format!(
+            "two tensors would be named {dup} (a repeated parameter name, or a parameter named like an int8 layer's \
+             scale or zero point)"
+        )));
+    }
+    if let Some(missing) = int8.keys().find(|n| !params.iter().any(|(p, _)| p == *n)) {
+        return Err(err(format!("the int8 layer weight {missing} is not among the model's parameters")));
+    }
+    let views = raw
+        .iter()
+        .map(|(n, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| err(format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| err(e.to_string()))?;
+    sort_metadata(bytes, &metadata).map_err(err)
+}
+
+/// safetensors writes `__metadata__` (a `HashMap`) in the map's random order, so the same model
+/// would give different bytes on each save — a different content-addressed part each time, and
+/// files that cannot be compared. This rewrites that object with its keys sorted: the same
+/// entries, so the same length, and nothing else in the header moves.
+fn sort_metadata(mut bytes: Vec<u8>, metadata: &HashMap<String, String>) -> std::result::Result<Vec<u8>, String> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let sorted: BTreeMap<&String, &String> = metadata.iter().collect();
+    let sorted = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
+    let (start, end) = (8 + PREFIX.len(), 8 + PREFIX.len() + sorted.len());
+    let same = bytes.get(8..start) == Some(PREFIX)
+        && bytes.get(start..end).and_then(|s| serde_json::from_slice::<HashMap<String, String>>(s).ok()).as_ref()
+            == Some(metadata);
+    if !same {
+        return Err(
+            "the safetensors header does not start with the metadata written (a changed safetensors crate?)".into()
+        );
+    }
+    bytes[start..end].copy_from_slice(&sorted);
+    Ok(bytes)
+}
+
+/// Saves the model as a checkpoint unit in `dir` holding [`WEIGHTS_PART`] (see the module docs);
+/// a previous checkpoint there is replaced only once the new one is complete.
+///
+/// # Errors
+/// As [`to_safetensors`], or an I/O failure (the previous checkpoint, if any, is then intact).
+pub fn save(model: &mut dyn Module, dir: &Path) -> Result<()> {
+    save_with(model, dir, &[])
+}
+
+/// [`save`] with more parts in the same unit (a config, a tokenizer: `(file name, bytes)`),
+/// published together with the weights; read them back with `tt_tensor::serialize::load_unit`.
+///
+/// # Errors
+/// As [`save`], and a part name that is not a plain file name or repeats one (including
+/// [`WEIGHTS_PART`]).
+pub fn save_with(model: &mut dyn Module, dir: &Path, extra_parts: &[(&str, &[u8])]) -> Result<()> {
+    let weights = to_safetensors(model)?;
+    let mut parts: Vec<(&str, &[u8])> = vec![(WEIGHTS_PART, &weights)];
+    parts.extend_from_slice(extra_parts);
+    Ok(save_unit(dir, &parts)?)
+}
+
+/// Loads the checkpoint unit in `dir` into `model` (built with the same architecture; fp32 or
+/// not): f32 parameters are set, and every layer stored as `I8` gets an [`Int8Linear`] over the
+/// stored codes and scales, installed with `set_projection` (which sets its dense weight to the
+/// dequantized values). Layers stored as `F32` end up dense: a projection installed in them
+/// before is removed (it would be stale). Returns the int8 layers, in the model's order.
+///
+/// # Errors
+/// A missing or corrupt unit, a checksum mismatch (`load_unit`), or any problem
+/// [`from_safetensors`] reports; the model is then unchanged.
+pub fn load(model: &mut dyn Module, dir: &Path) -> Result<Vec<QuantizedLayer>> {
+    let bytes = load_unit(dir, &[WEIGHTS_PART])?.into_iter().next().ok_or_else(|| QuantError::Checkpoint {
+        path: dir.display().to_string(),
+        reason: format!("the unit returned no {WEIGHTS_PART}"),
+    })?;
+    read_into(model, &bytes, &dir.join(WEIGHTS_PART).display().to_string())
+}
+
+/// [`load`] from safetensors bytes in memory.
+///
+/// # Errors
+/// Bytes that are not a complete safetensors file; missing metadata or an unknown format; a
+/// metadata key that names no `Linear`/`Conv2d`, or an int8 layer without its scheme,
+/// granularity or activations, or with a value that does not parse; a missing or unexpected
+/// tensor; a tensor of the wrong dtype or shape (for the model's layer, or for the number of
+/// scales its granularity needs); a scale that is not a positive normal f32, a non-finite f32
+/// value, a symmetric code of −128, a static activation zero point outside `[0, 255]`, a
+/// dequantized weight that overflows f32, or a layer `Int8Linear` refuses. Each error names the
+/// tensor or key; the model is then unchanged.
+pub fn from_safetensors(model: &mut dyn Module, bytes: &[u8]) -> Result<Vec<QuantizedLayer>> {
+    read_into(model, bytes, WEIGHTS_PART)
+}
+
+/// What loading will do, fully validated.
+struct Plan {
+    f32s: Vec<(Tensor, ArrayD<f32>)>,
+    int8: HashMap<String, Arc<Int8Linear>>,
+}
+
+fn read_into(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Vec<QuantizedLayer>> {
+    let plan = validate(model, bytes, label)?;
+    apply(model, plan)
+}
+
+/// The stored descriptions of one int8 layer, from the metadata.
+#[derive(Default)]
+struct LayerMeta<'a> {
+    fields: BTreeMap<&'a str, &'a str>,
+}
+
+fn parse_scheme(s: &str) -> Option<Scheme> {
+    [Scheme::Symmetric, Scheme::Affine].into_iter().find(|x| x.name() == s)
+}
+
+fn parse_granularity(s: &str) -> Option<Granularity> {
+    [Granularity::PerTensor, Granularity::PerChannel].into_iter().find(|x| x.name() == s)
+}
+
+fn parse_activations(s: &str) -> Option<Activations> {
+    if s == "dynamic" {
+        return Some(Activations::Dynamic);
+    }
+    let (bits, zp) = s.strip_prefix("static:0x")?.split_once(':')?;
+    if bits.len() != 8 || !bits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let scale = f32::from_bits(u32::from_str_radix(bits, 16).ok()?);
+    let zero_point =
+        if zp.bytes().all(|b| b.is_ascii_digit() || b == b'-') { zp.parse::<i32>().ok()? } else { return None };
+    Some(Activations::Static(QParams { scale, zero_point }))
+}
+
+fn f32_values(view: &TensorView<'_>) -> Vec<f32> {
+    view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
+    let err = |reason: String| QuantError::Checkpoint { path: label.to_string(), reason };
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a complete safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a complete safetensors file: {e}")))?;
+    let tensors: BTreeMap<String, TensorView<'_>> = st.tensors().into_iter().collect();
+    let layers = find_layers(model)?;
+    let params = model.named_parameters();
+
+    // 1. Metadata: the format, then one entry per (layer, field), every key known.
+    let meta = header
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| err(format!("no __metadata__ (a tt-quant checkpoint names its format under {FORMAT_KEY:?})")))?;
+    match meta.get(FORMAT_KEY) {
+        Some(f) if f == FORMAT => {}
+        Some(f) => return Err(err(format!("metadata {FORMAT_KEY}: {f:?} is not {FORMAT:?}"))),
+        None => return Err(err(format!("metadata has no {FORMAT_KEY:?} key (not a tt-quant checkpoint)"))),
+    }
+    let by_name: HashMap<&str, &Layer> = layers.iter().map(|l| (l.name.as_str(), l)).collect();
+    let mut layer_meta: BTreeMap<&str, LayerMeta<'_>> = BTreeMap::new();
+    let mut entries: Vec<(&String, &String)> = meta.iter().filter(|(k, _)| *k != FORMAT_KEY).collect();
+    entries.sort();
+    for (key, value) in entries {
+        let known =
+            key.rsplit_once('.').filter(|(layer, field)| META_FIELDS.contains(field) && by_name.contains_key(layer));
+        let Some((layer, field)) = known else {
+            return Err(err(format!(
+                "metadata key {key:?} is unknown (expected <layer>.scheme, .granularity or .activations for a \
+                 Linear or Conv2d of the model)"
+            )));
+        };
+        layer_meta.entry(layer).or_default().fields.insert(field, value.as_str());
+    }
+
+    // 2. Header only (nothing read or allocated yet): every tensor's role, dtype and shape.
+    let param_names: HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    if param_names.len() != params.len() {
+        return Err(err("the model lists two parameters under one name".into()));
+    }
+    let tensor = |name: &str| tensors.get(name);
+    let check = |name: &str, view: &TensorView<'_>, dtype: Dtype, shape: &[usize]| -> Result<()> {
+        if view.dtype() != dtype {
+            return Err(err(format!("tensor {name} has dtype {}, expected {dtype}", view.dtype())));
+        }
+        if view.shape() != shape {
+            return Err(err(format!("tensor {name} has shape {:?}, expected {shape:?}", view.shape())));
+        }
+        let want = shape.iter().product::<usize>() * (dtype.bitsize() / 8);
+        if view.data().len() != want {
+            return Err(err(format!("tensor {name} holds {} bytes, expected {want}", view.data().len())));
+        }
+        Ok(())
+    };
+    struct Int8Spec<'v, 'd> {
+        layer: &'v Layer,
+        codes: &'v TensorView<'d>,
+        scales: &'v TensorView<'d>,
+        zero_points: Option<&'v TensorView<'d>>,
+        scheme: Scheme,
+        granularity: Granularity,
+        activations: Activations,
+    }
+    let mut used: HashSet<String> = HashSet::new();
+    let mut specs: Vec<Int8Spec<'_, '_>> = Vec::new();
+    for layer in &layers {
+        let wname = layer.weight_name();
+        let Some(view) = tensor(&wname) else { continue };
+        if view.dtype() != Dtype::I8 {
+            if let Some(m) = layer_meta.get(layer.name.as_str()) {
+                let field = m.fields.keys().next().copied().unwrap_or("scheme");
+                return Err(err(format!(
+                    "metadata {}.{field} describes an int8 layer, but tensor {wname} has dtype {} (an int8 weight is I8)",
+                    layer.name,
+                    view.dtype()
+                )));
+            }
+            continue; // an f32 weight: checked with the other parameters below
+        }
+        if !param_names.contains_key(wname.as_str()) {
+            return Err(err(format!("tensor {wname} is not a parameter of the model")));
+        }
+        check(&wname, view, Dtype::I8, &layer.weight.shape())?;
+        let m = layer_meta.get(layer.name.as_str());
+        let field = |f: &str| -> Result<&str> {
+            m.and_then(|m| m.fields.get(f).copied())
+                .ok_or_else(|| err(format!("tensor {wname} is I8 but metadata has no {}.{f}", layer.name)))
+        };
+        let bad = |f: &str, v: &str, want: &str| err(format!("metadata {}.{f}: {v:?} is not {want}", layer.name));
+        let s = field("scheme")?;
+        let scheme = parse_scheme(s).ok_or_else(|| bad("scheme", s, "symmetric or affine"))?;
+        let g = field("granularity")?;
+        let granularity = parse_granularity(g).ok_or_else(|| bad("granularity", g, "per-tensor or per-channel"))?;
+        let a = field("activations")?;
+        let activations = parse_activations(a)
+            .ok_or_else(|| bad("activations", a, "dynamic or static:0x<8 hex digits of the f32 scale>:<zero point>"))?;
+        check_activations(&layer.name, activations).map_err(err)?;
+        let n = if granularity == Granularity::PerTensor { 1 } else { layer.rows };
+        let sname = format!("{}.{SCALE}", layer.name);
+        let scales =
+            tensor(&sname).ok_or_else(|| err(format!("tensor {sname} is missing (the scales of I8 {wname})")))?;
+        check(&sname, scales, Dtype::F32, &[n])?;
+        let zname = format!("{}.{ZERO_POINT}", layer.name);
+        let zero_points = match (scheme, tensor(&zname)) {
+            (Scheme::Affine, Some(z)) => {
+                check(&zname, z, Dtype::I8, &[n])?;
+                Some(z)
+            }
+            (Scheme::Affine, None) => {
+                return Err(err(format!("tensor {zname} is missing (affine {wname} needs its zero points)")))
+            }
+            (Scheme::Symmetric, Some(_)) => {
+                return Err(err(format!("tensor {zname} is unexpected: {wname} is symmetric (zero points all 0)")))
+            }
+            (Scheme::Symmetric, None) => None,
+        };
+        used.extend([wname, sname]);
+        if zero_points.is_some() {
+            used.insert(zname);
+        }
+        specs.push(Int8Spec { layer, codes: view, scales, zero_points, scheme, granularity, activations });
+    }
+    if let Some((layer, m)) = layer_meta.iter().find(|(l, _)| !specs.iter().any(|s| s.layer.name == **l)) {
+        let field = m.fields.keys().next().copied().unwrap_or("scheme");
+        return Err(err(format!(
+            "metadata {layer}.{field} describes an int8 layer, but tensor {layer}.weight is not stored as I8"
+        )));
+    }
+    let mut f32_views = Vec::new();
+    for (name, t) in &params {
+        if used.contains(name) {
+            continue;
+        }
+        let view = tensor(name).ok_or_else(|| err(format!("tensor {name} is missing (a parameter of the model)")))?;
+        check(name, view, Dtype::F32, &t.shape())?;
+        used.insert(name.clone());
+        f32_views.push((name, t, view));
+    }
+    if let Some(extra) = tensors.keys().find(|n| !used.contains(*n)) {
+        return Err(err(format!(
+            "tensor {extra} is unexpected (neither a parameter of the model nor the scale or zero point of an int8 layer)"
+        )));
+    }
+
+    // 3. Values: sizes are now the model's own, so reading them allocates what the model holds.
+    let mut f32s = Vec::with_capacity(f32_views.len());
+    for (name, t, view) in f32_views {
+        let vals = f32_values(view);
+        if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+            return Err(err(format!("tensor {name} holds a non-finite value ({}) at flat index {i}", vals[i])));
+        }
+        let arr = ArrayD::from_shape_vec(IxDyn(view.shape()), vals).map_err(|e| err(format!("tensor {name}: {e}")))?;
+        f32s.push(((*t).clone(), arr));
+    }
+    let mut int8 = HashMap::new();
+    for s in specs {
+        let name = &s.layer.name;
+        let scales = f32_values(s.scales);
+        let zps: Vec<i32> = match &s.zero_points {
+            Some(z) => z.data().iter().map(|&b| b as i8 as i32).collect(),
+            None => vec![0; scales.len()],
+        };
+        let q = QuantizedMatrix {
+            rows: s.layer.rows,
+            cols: s.layer.cols,
+            codes: s.codes.data().iter().map(|&b| b as i8).collect(),
+            params: scales.iter().zip(&zps).map(|(&scale, &zero_point)| QParams { scale, zero_point }).collect(),
+            scheme: s.scheme,
+            granularity: s.granularity,
+            range: weight_range(s.scheme),
+        };
+        check_matrix(name, &q).map_err(err)?;
+        if let Some((i, v)) = q.dequantize().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(err(format!(
+                "tensor {name}.{SCALE}: the dequantized weight overflows f32 ({v} at flat index {i} of {name}.weight)"
+            )));
+        }
+        let layer = Int8Linear::from_quantized(q, s.activations)
+            .map_err(|e| err(format!("{} {name}: the int8 layer cannot be built: {e}", s.layer.kind)))?;
+        int8.insert(name.clone(), Arc::new(layer));
+    }
+    Ok(Plan { f32s, int8 })
+}
+
+/// Applies a validated plan. Every step's only error is a shape mismatch, which validation has
+/// excluded (f32 arrays have their parameter's shape; each `Int8Linear` has its layer's matrix
+/// shape), so a plan is applied whole.
+fn apply(model: &mut dyn Module, plan: Plan) -> Result<Vec<QuantizedLayer>> {
+    let Plan { f32s, mut int8 } = plan;
+    for (t, arr) in f32s {
+        t.set_data(arr)?;
+    }
+    let mut done = Vec::new();
+    let mut install = |name: &str, q: Option<Arc<Int8Linear>>| -> Option<Arc<dyn Projection>> {
+        let q = q?;
+        done.push(QuantizedLayer {
+            name: name.to_string(),
+            format: q.format(),
+            shape: q.shape(),
+            weight_bytes: q.weight().storage_bytes(),
+            storage_bytes: q.storage_bytes(),
+        });
+        Some(q)
+    };
+    map_linears(model, |name, l| match install(name, int8.remove(name)) {
+        Some(q) => l.set_projection(q),
+        None => {
+            l.clear_projection();
+            Ok(())
+        }
+    })?;
+    map_conv2ds(model, |name, c| match install(name, int8.remove(name)) {
+        Some(q) => c.set_projection(q),
+        None => {
+            c.clear_projection();
+            Ok(())
+        }
+    })?;
+    Ok(done)
+}
