@@ -14,7 +14,7 @@
 //!   the workspace, integer product, zero points folded in), and [`quantize_dynamic`], which
 //!   installs it in every `Linear` and `Conv2d` of a model by name — the model, the KV-cached
 //!   decoder and the evaluation code stay as they are.
-//! - [`calibrate`]: static quantization's calibration — an observer per layer watches its
+//! - [`mod@calibrate`]: static quantization's calibration — an observer per layer watches its
 //!   inputs on representative data (attached through the seam), then the frozen `(S, Z)` go to
 //!   [`quantize_layers`].
 //! - [`requant`]: a fully integer linear layer (u8 in, u8 out): int32 bias and a fixed-point
