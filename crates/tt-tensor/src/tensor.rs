@@ -292,6 +292,12 @@ impl Tensor {
     }
 
     /// Replaces the values; the new array must have the same shape.
+    ///
+    /// # Deadlocks
+    /// It takes the write lock, so it blocks forever if this thread still holds a guard from
+    /// [`Tensor::data`] — including a temporary in the same statement:
+    /// `t.set_data(t.data().mapv(f))` deadlocks; bind the new array first
+    /// (`let new = t.data().mapv(f); t.set_data(new)`).
     pub fn set_data(&self, new: Array) -> Result<()> {
         let mut d = self.data_mut();
         if d.shape() != new.shape() {
