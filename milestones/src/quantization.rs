@@ -395,12 +395,15 @@ fn chart(path: &std::path::Path, rows: &[Value]) -> Result<()> {
     let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let max_kb = rows.iter().filter_map(|r| r["weight_bytes"].as_f64()).fold(1.0, f64::max) / 1024.0;
+    // Start the quality axis a little below the worst point, so the schemes' differences show.
+    let worst = rows.iter().filter_map(|r| r["quality"].as_f64()).fold(1.0, f64::min);
+    let y_lo = ((worst - 0.05) * 20.0).floor().max(0.0) / 20.0;
     let mut chart = ChartBuilder::on(&root)
         .caption("quality vs weight bytes (each model: fp32 and int8 schemes)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(52)
-        .build_cartesian_2d((1f64..max_kb * 1.5).log_scale(), 0f64..1.0)
+        .build_cartesian_2d((1f64..max_kb * 1.5).log_scale(), y_lo..1.0)
         .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
