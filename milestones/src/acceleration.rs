@@ -332,10 +332,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     // Both cores at once: what "2 threads ≥ 1.8×" can reach on this machine at this moment.
     let peak2 = peak_gflops(2, peak_iters)?;
     let mem = MemoryLevels::measure(opts.quick)?;
-    opts.say(format!(
-        "f32 FMA peak on 2 cores at once: {peak2:.1} GFLOP/s ({:.2}x one core)",
-        peak2 / peak
-    ));
+    opts.say(format!("f32 FMA peak on 2 cores at once: {peak2:.1} GFLOP/s ({:.2}x one core)", peak2 / peak));
     opts.say(format!(
         "machine (measured now, 1 core): f32 FMA peak {peak:.1} GFLOP/s; read bandwidth L1 {:.0}, L2 {:.0}, L3 {:.0}, DRAM {:.1} GB/s; dispatch level {}",
         mem.l1_read_gbs,
