@@ -1,0 +1,37 @@
+//! # tt-compress
+//!
+//! Course module 18: making models smaller for real — fewer non-zero weights that stay zero,
+//! fewer rows and columns that dense kernels no longer touch, and sparse storage whose bytes are
+//! counted with their indices.
+//!
+//! - [`sparsity`]: the fraction of zero weights of a tensor, a layer, a model (always a
+//!   fraction in `[0, 1]`).
+//! - [`prune`]: magnitude pruning per layer or globally (one threshold across layers), by an
+//!   amount of the still-unpruned weights as `torch.nn.utils.prune` counts it, with persistent
+//!   masks (applied in the forward pass through tt-tensor's `ForwardTransform`, and re-applied to
+//!   the stored weights after each optimizer step) and `make_permanent`.
+//! - [`structured`]: structured pruning that physically removes hidden units of an MLP — the
+//!   producer's rows and the consumer's input columns — so dense kernels do less work.
+//! - [`csr`]: a CSR `Projection` (f32 values, u32 column indices), tested equal to dense.
+//!
+//! What it deliberately does not do (yet): the GPT's structured pruning (per-block widths),
+//! low-rank factorization, distillation and the compression milestone — see issue 18's status.
+//!
+//! ```
+//! use tt_compress::{prune, sparsity};
+//! use tt_tensor::nn::{Linear, Sequential};
+//! let mut m = Sequential::new().layer(Linear::new(8, 4, true, 0));
+//! let mut p = prune::Pruning::default();
+//! p.magnitude(&mut m, &["0"], 0.5).unwrap();       // half of layer "0"'s weights
+//! assert_eq!(sparsity::model(&mut m).unwrap(), 0.5);
+//! p.magnitude(&mut m, &["0"], 0.5).unwrap();       // half of the remaining half
+//! assert_eq!(sparsity::model(&mut m).unwrap(), 0.75);
+//! ```
+
+pub mod csr;
+pub mod error;
+pub mod prune;
+pub mod sparsity;
+pub mod structured;
+
+pub use error::{CompressError, Result};

@@ -1,0 +1,251 @@
+//! Magnitude pruning with persistent masks (`../shared/reference/semantics.md` §3,
+//! `torch.nn.utils.prune`).
+//!
+//! - **Amount** is a fraction of the weights still unpruned in the layer (or, globally, in all
+//!   chosen layers): `k = round(amount · n_unpruned)` (half to even, as Python's `round`), so
+//!   pruning 0.5 twice leaves a quarter. The `k` smallest `|w|` are pruned, ties broken by
+//!   position (deterministic).
+//! - **Masks persist**: pruning zeroes the weights and installs the mask as the layer's
+//!   `ForwardTransform` (`w ⊙ M` in every dense forward, so pruned weights get zero gradient);
+//!   optimizers may still move a pruned weight (momentum from before pruning, weight decay), so
+//!   [`Pruning::reapply`] zeroes them again — call it after every optimizer step (the GPT's
+//!   `train_with_hooks` after-step hook, or the classifier loop). [`Pruning::make_permanent`]
+//!   zeroes once more and removes the masks.
+//! - A pruned weight invalidates a projection installed over it (tt-tensor's staleness check):
+//!   prune first, then install int8 / packed / sparse formats.
+
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+use tt_tensor::nn::ForwardTransform;
+use tt_tensor::{Module, Tensor};
+
+use crate::error::{CompressError, Result};
+
+/// `w ⊙ M` in the forward pass (the mask is a constant: no gradient of its own).
+#[derive(Debug)]
+struct Mask {
+    mask: Tensor,
+}
+
+impl ForwardTransform for Mask {
+    fn weight(&self, w: &Tensor) -> tt_tensor::Result<Tensor> {
+        w.mul(&self.mask)
+    }
+    fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn name(&self) -> &'static str {
+        "mask"
+    }
+}
+
+/// One pruned layer: its weight (shared with the model) and its 0/1 mask.
+#[derive(Debug, Clone)]
+pub struct PrunedLayer {
+    pub name: String,
+    pub weight: Tensor,
+    pub mask: ArrayD<f32>,
+}
+
+impl PrunedLayer {
+    /// Pruned (masked-out) entries.
+    pub fn pruned(&self) -> usize {
+        self.mask.iter().filter(|&&m| m == 0.0).count()
+    }
+}
+
+/// The masks of a model being pruned (see the module docs).
+#[derive(Debug, Default)]
+pub struct Pruning {
+    layers: Vec<PrunedLayer>,
+}
+
+/// `k = round_half_even(amount · n)`.
+fn to_prune(amount: f64, n: usize) -> usize {
+    ((amount * n as f64).round_ties_even() as usize).min(n)
+}
+
+fn check_amount(op: &'static str, amount: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&amount) {
+        return Err(CompressError::arg(op, format!("amount {amount} must be a fraction in [0, 1]")));
+    }
+    Ok(())
+}
+
+impl Pruning {
+    /// The pruned layers, in the order they were first pruned.
+    pub fn layers(&self) -> &[PrunedLayer] {
+        &self.layers
+    }
+
+    /// Current masks of `names` (all-ones for a layer not pruned yet), validated to exist.
+    fn current(
+        &self,
+        m: &mut dyn Module,
+        names: &[&str],
+        op: &'static str,
+    ) -> Result<Vec<(String, Tensor, ArrayD<f32>)>> {
+        let all = crate::sparsity::weights(m)?;
+        names
+            .iter()
+            .map(|&n| {
+                let (_, w) = all.iter().find(|(name, _)| name == n).ok_or_else(|| {
+                    CompressError::arg(
+                        op,
+                        format!(
+                            "no Linear or Conv2d named '{n}' (have: {})",
+                            all.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })?;
+                let mask = match self.layers.iter().find(|l| l.name == n) {
+                    Some(l) => l.mask.clone(),
+                    None => ArrayD::ones(w.data().raw_dim()),
+                };
+                Ok((n.to_string(), w.clone(), mask))
+            })
+            .collect()
+    }
+
+    /// Prunes `amount` of the still-unpruned weights of each layer in `names`, separately.
+    ///
+    /// # Errors
+    /// An amount outside `[0, 1]`, an unknown layer name, or a layer carrying another forward
+    /// transform; nothing is changed then.
+    pub fn magnitude(&mut self, m: &mut dyn Module, names: &[&str], amount: f64) -> Result<()> {
+        check_amount("Pruning::magnitude", amount)?;
+        let mut layers = self.current(m, names, "Pruning::magnitude")?;
+        for (_, w, mask) in &mut layers {
+            let data = w.data();
+            let mut live: Vec<(f32, usize)> = data
+                .iter()
+                .zip(mask.iter())
+                .enumerate()
+                .filter(|(_, (_, &k))| k != 0.0)
+                .map(|(i, (v, _))| (v.abs(), i))
+                .collect();
+            let k = to_prune(amount, live.len());
+            live.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let flat = mask.as_slice_mut().expect("a fresh or cloned mask is standard layout");
+            for &(_, i) in &live[..k] {
+                flat[i] = 0.0;
+            }
+        }
+        self.install(m, layers)
+    }
+
+    /// Prunes `amount` of the still-unpruned weights of all layers in `names` together, with one
+    /// magnitude threshold: layers with many small weights lose more of them.
+    ///
+    /// # Errors
+    /// As [`Pruning::magnitude`].
+    pub fn global_magnitude(&mut self, m: &mut dyn Module, names: &[&str], amount: f64) -> Result<()> {
+        check_amount("Pruning::global_magnitude", amount)?;
+        let mut layers = self.current(m, names, "Pruning::global_magnitude")?;
+        let mut live: Vec<(f32, usize, usize)> = Vec::new();
+        for (li, (_, w, mask)) in layers.iter().enumerate() {
+            let data = w.data();
+            live.extend(
+                data.iter()
+                    .zip(mask.iter())
+                    .enumerate()
+                    .filter(|(_, (_, &k))| k != 0.0)
+                    .map(|(i, (v, _))| (v.abs(), li, i)),
+            );
+        }
+        let k = to_prune(amount, live.len());
+        live.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        for &(_, li, i) in &live[..k] {
+            layers[li].2.as_slice_mut().expect("standard layout")[i] = 0.0;
+        }
+        self.install(m, layers)
+    }
+
+    /// Records the masks, zeroes the pruned weights and installs the forward masks.
+    fn install(&mut self, m: &mut dyn Module, layers: Vec<(String, Tensor, ArrayD<f32>)>) -> Result<()> {
+        // Refuse before changing anything if a layer carries a transform that is not ours.
+        let foreign = |t: Option<&Arc<dyn ForwardTransform>>| t.is_some_and(|t| t.name() != "mask");
+        let names: Vec<&str> = layers.iter().map(|l| l.0.as_str()).collect();
+        let mut clash = None;
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if names.contains(&n) && foreign(l.transform()) {
+                clash = Some(n.to_string());
+            }
+            Ok(())
+        })?;
+        tt_tensor::nn::map_conv2ds(m, |n, c| {
+            if names.contains(&n) && foreign(c.transform()) {
+                clash = Some(n.to_string());
+            }
+            Ok(())
+        })?;
+        if let Some(n) = clash {
+            return Err(CompressError::arg(
+                "Pruning",
+                format!("layer '{n}' already carries another forward transform"),
+            ));
+        }
+        for (name, weight, mask) in layers {
+            match self.layers.iter_mut().find(|l| l.name == name) {
+                Some(l) => l.mask = mask,
+                None => self.layers.push(PrunedLayer { name, weight, mask }),
+            }
+        }
+        self.reapply();
+        let transform = |name: &str| -> Option<Arc<dyn ForwardTransform>> {
+            self.layers
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| Arc::new(Mask { mask: Tensor::from_array(l.mask.clone()) }) as Arc<dyn ForwardTransform>)
+        };
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if let Some(t) = transform(n) {
+                l.set_transform(Some(t));
+            }
+            Ok(())
+        })?;
+        tt_tensor::nn::map_conv2ds(m, |n, c| {
+            if let Some(t) = transform(n) {
+                c.set_transform(Some(t));
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Zeroes every pruned weight again (after an optimizer step moved some).
+    pub fn reapply(&self) {
+        for l in &self.layers {
+            let mut d = l.weight.data_mut();
+            d.zip_mut_with(&l.mask, |w, &k| {
+                if k == 0.0 {
+                    *w = 0.0;
+                }
+            });
+        }
+    }
+
+    /// Zeroes the pruned weights a last time and removes the masks from the layers: the zeros
+    /// stay, nothing keeps them any more.
+    ///
+    /// # Errors
+    /// Never for today's layers; the visitors are fallible.
+    pub fn make_permanent(self, m: &mut dyn Module) -> Result<()> {
+        self.reapply();
+        let ours = |n: &str| self.layers.iter().any(|l| l.name == n);
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if ours(n) {
+                l.set_transform(None);
+            }
+            Ok(())
+        })?;
+        tt_tensor::nn::map_conv2ds(m, |n, c| {
+            if ours(n) {
+                c.set_transform(None);
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+}

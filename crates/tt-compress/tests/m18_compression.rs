@@ -1,0 +1,11 @@
+//! Module 18 — compression: sparsity on known matrices, exact pruning amounts, masks that survive
+//! optimizer steps, structured pruning equal to the masked dense model, CSR equal to dense.
+//!
+//! Each part lives in its own file under `tests/m18/`.
+
+#[path = "m18/csr.rs"]
+mod csr;
+#[path = "m18/prune.rs"]
+mod prune;
+#[path = "m18/structured.rs"]
+mod structured;
