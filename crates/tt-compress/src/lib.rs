@@ -13,9 +13,10 @@
 //! - [`structured`]: structured pruning that physically removes hidden units of an MLP — the
 //!   producer's rows and the consumer's input columns — so dense kernels do less work.
 //! - [`csr`]: a CSR `Projection` (f32 values, u32 column indices), tested equal to dense.
+//! - [`distill`]: the distillation loss `α·T²·KL(p_T ‖ q_T) + (1 − α)·CE`.
 //!
-//! What it deliberately does not do (yet): the GPT's structured pruning (per-block widths),
-//! low-rank factorization, distillation and the compression milestone — see issue 18's status.
+//! Not here yet (module 18 is in progress): the GPT's structured pruning (per-block widths),
+//! low-rank factorization, distillation's training runs and the compression milestone.
 //!
 //! ```
 //! use tt_compress::{prune, sparsity};
@@ -29,6 +30,7 @@
 //! ```
 
 pub mod csr;
+pub mod distill;
 pub mod error;
 pub mod prune;
 pub mod sparsity;

@@ -5,6 +5,8 @@
 
 #[path = "m18/csr.rs"]
 mod csr;
+#[path = "m18/distill.rs"]
+mod distill;
 #[path = "m18/prune.rs"]
 mod prune;
 #[path = "m18/structured.rs"]
