@@ -13,10 +13,12 @@
 //! - [`structured`]: structured pruning that physically removes hidden units of an MLP — the
 //!   producer's rows and the consumer's input columns — so dense kernels do less work.
 //! - [`csr`]: a CSR `Projection` (f32 values, u32 column indices), tested equal to dense.
+//! - [`lowrank`]: `W ≈ U·V` by truncated SVD (nalgebra's), as a two-stage `Projection`, with
+//!   the rank chosen by energy kept or by a byte budget.
 //! - [`distill`]: the distillation loss `α·T²·KL(p_T ‖ q_T) + (1 − α)·CE`.
 //!
 //! Not here yet (module 18 is in progress): the GPT's structured pruning (per-block widths),
-//! low-rank factorization, distillation's training runs and the compression milestone.
+//! fine-tuning after low-rank, distillation's training runs and the compression milestone.
 //!
 //! ```
 //! use tt_compress::{prune, sparsity};
@@ -32,6 +34,7 @@
 pub mod csr;
 pub mod distill;
 pub mod error;
+pub mod lowrank;
 pub mod prune;
 pub mod sparsity;
 pub mod structured;

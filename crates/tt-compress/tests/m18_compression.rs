@@ -7,6 +7,8 @@
 mod csr;
 #[path = "m18/distill.rs"]
 mod distill;
+#[path = "m18/lowrank.rs"]
+mod lowrank;
 #[path = "m18/prune.rs"]
 mod prune;
 #[path = "m18/structured.rs"]
