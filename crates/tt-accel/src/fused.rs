@@ -327,8 +327,11 @@ impl HeadsOut {
     }
 }
 
+/// Cache lengths whose heads-parallel scores row fits on a member's stack (16 KiB).
+const STACK_SLOTS: usize = 4096;
+
 thread_local! {
-    /// Scores scratch of the heads-parallel attention on each team member.
+    /// Scores scratch of the heads-parallel attention on each team member, past STACK_SLOTS.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -339,24 +342,24 @@ fn attention_heads_on_team(job: &tt_tensor::kernels::HeadsJob, out: &mut [f32]) 
     assert!(out.len() >= nh * hd && job.q.len() >= nh * hd, "attention heads: buffers hold every head");
     let head = |h: usize, o: &mut [f32]| {
         let kv = h * job.head_stride..h * job.head_stride + job.slots * hd;
-        // The same two-pass kernel as the one-thread table (so the split changes no bit), with a
-        // per-thread scratch row that grows to the longest cache seen and is then reused.
-        SCRATCH.with(|s| {
-            let mut scores = s.borrow_mut();
-            if scores.len() < job.slots {
-                scores.resize(job.slots, 0.0);
-            }
-            // The decoder passes heads of the widths it validated, so the checks cannot fail.
-            decode_attention_2pass(
-                &job.q[h * hd..(h + 1) * hd],
-                &job.keys[kv.clone()],
-                &job.values[kv],
-                job.scale,
-                &mut scores,
-                o,
-            )
-            .expect("attention head widths agree");
-        });
+        // The same two-pass kernel as the one-thread table (so the split changes no bit). Its
+        // scores row lives on the member's stack up to STACK_SLOTS positions — no allocation in a
+        // decode step; longer caches use a per-thread row that grows once to the longest seen.
+        let (q, keys, values) = (&job.q[h * hd..(h + 1) * hd], &job.keys[kv.clone()], &job.values[kv]);
+        // The decoder passes heads of the widths it validated, so the checks cannot fail.
+        if job.slots <= STACK_SLOTS {
+            let mut scores = [0.0f32; STACK_SLOTS];
+            decode_attention_2pass(q, keys, values, job.scale, &mut scores, o).expect("attention head widths agree");
+        } else {
+            SCRATCH.with(|s| {
+                let mut scores = s.borrow_mut();
+                if scores.len() < job.slots {
+                    scores.resize(job.slots, 0.0);
+                }
+                decode_attention_2pass(q, keys, values, job.scale, &mut scores, o)
+                    .expect("attention head widths agree");
+            });
+        }
     };
     let team = crate::team::global();
     let Some(team) = team.filter(|t| t.size() > 1 && nh > 1) else {

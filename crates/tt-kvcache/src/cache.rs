@@ -71,6 +71,15 @@ pub fn quantize_row_q8(x: &[f32], codes: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let amax = if x.iter().all(|v| v.is_finite()) { amax } else { f32::NAN };
     let d = amax / 127.0;
+    if d > 0.0 && !d.is_normal() {
+        // A subnormal scale's reciprocal overflows f32: quantize in f64 (rows this small are
+        // rare; the bound d/2 still holds).
+        let inv = 1.0 / d as f64;
+        for (c, &v) in codes.iter_mut().zip(x) {
+            *c = (v as f64 * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        return d;
+    }
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
     // Adding and subtracting 1.5·2²³ rounds |t| ≤ 127 to an integer, ties to even (the default
     // rounding mode) — `round_ties_even` without a library call, so the loop vectorizes.

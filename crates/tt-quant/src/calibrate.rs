@@ -86,26 +86,39 @@ pub fn calibrate(
     run: &mut dyn FnMut(&dyn Module) -> Result<()>,
 ) -> Result<Calibration> {
     type Saved = (String, Option<Arc<dyn Projection>>, Arc<Mutex<Box<dyn Observer>>>);
-    let mut saved: Vec<Saved> = Vec::new();
+    // First collect every layer's current projection (this can fail: a stale one), then wrap:
+    // an error leaves no layer wrapped.
+    let mut inner: Vec<(String, Option<Arc<dyn Projection>>, Arc<dyn Projection>)> = Vec::new();
     tt_tensor::nn::map_linears(m, |name, l| {
-        let observer = Arc::new(Mutex::new(make()));
-        let before = l.installed_projection().cloned();
-        let inner = l.projection()?;
-        l.set_projection(Arc::new(Observing { inner, observer: Arc::clone(&observer) }))?;
-        saved.push((name.to_string(), before, observer));
+        inner.push((name.to_string(), l.installed_projection().cloned(), l.projection()?));
         Ok(())
     })?;
-    let linears = saved.len();
+    let linears = inner.len();
     tt_tensor::nn::map_conv2ds(m, |name, c| {
-        let observer = Arc::new(Mutex::new(make()));
         let before = c.installed_projection().cloned();
-        let inner: Arc<dyn Projection> = match &before {
+        let p: Arc<dyn Projection> = match &before {
             Some(p) => Arc::clone(p),
             None => Arc::new(DenseF32::from_array(conv_matrix(c)?)),
         };
-        c.set_projection(Arc::new(Observing { inner, observer: Arc::clone(&observer) }))?;
-        saved.push((name.to_string(), before, observer));
+        inner.push((name.to_string(), before, p));
         Ok(())
+    })?;
+    let mut saved: Vec<Saved> = Vec::new();
+    let mut wrappers = Vec::new();
+    for (name, before, p) in inner {
+        let observer = Arc::new(Mutex::new(make()));
+        wrappers.push(Arc::new(Observing { inner: p, observer: Arc::clone(&observer) }) as Arc<dyn Projection>);
+        saved.push((name, before, observer));
+    }
+    // Installing an observing wrapper cannot fail: it has its inner projection's shape.
+    let mut next = wrappers.into_iter();
+    tt_tensor::nn::map_linears(m, |_, l| match next.next() {
+        Some(w) => l.set_projection(w),
+        None => Ok(()),
+    })?;
+    tt_tensor::nn::map_conv2ds(m, |_, c| match next.next() {
+        Some(w) => c.set_projection(w),
+        None => Ok(()),
     })?;
     let outcome = tt_tensor::no_grad(|| run(&*m));
     // Restore in the same visiting order (the visitors are deterministic).

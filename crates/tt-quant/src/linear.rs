@@ -88,8 +88,10 @@ impl Int8Linear {
     /// Builds the layer over an already quantized matrix.
     ///
     /// # Errors
-    /// As [`Int8Linear::new`], and static activation parameters outside the u8 range.
+    /// As [`Int8Linear::new`], a matrix [`QuantizedMatrix::validate`] rejects, and static
+    /// activation parameters that are not a u8 affine map with a normal scale.
     pub fn from_quantized(weight: QuantizedMatrix, activations: Activations) -> Result<Int8Linear> {
+        weight.validate()?;
         let (out_f, in_f) = (weight.rows, weight.cols);
         let per_out: Vec<QParams> = match weight.granularity {
             Granularity::PerTensor => vec![weight.params[0]; out_f],
@@ -101,7 +103,7 @@ impl Int8Linear {
             }
         };
         if let Activations::Static(p) = activations {
-            if !(p.scale.is_finite() && p.scale > 0.0 && (0..=255).contains(&p.zero_point)) {
+            if !p.is_u8_affine() {
                 return Err(QuantError::arg(
                     "Int8Linear",
                     format!("static activation parameters {p:?} are not a u8 affine map"),
@@ -148,15 +150,24 @@ impl Int8Linear {
     /// The u8 code of every input of `rows` rows as `forward_rows` computes them, with each row's
     /// `(S_a, Z_a)` (`None` for a row with a non-finite value) — what tests check the float
     /// formula with.
-    pub fn quantize_inputs(&self, x: &[f32], rows: usize) -> Vec<(Vec<u8>, Option<QParams>)> {
+    ///
+    /// # Errors
+    /// `x` shorter than `rows` rows.
+    pub fn quantize_inputs(&self, x: &[f32], rows: usize) -> Result<Vec<(Vec<u8>, Option<QParams>)>> {
         let in_f = self.weight.cols;
-        (0..rows)
+        if rows.checked_mul(in_f).is_none_or(|n| x.len() < n) {
+            return Err(QuantError::arg(
+                "Int8Linear::quantize_inputs",
+                format!("{} values for {rows} rows of {in_f}", x.len()),
+            ));
+        }
+        Ok((0..rows)
             .map(|r| {
                 let mut codes = vec![0u8; in_f];
                 let q = self.quantize_row(&x[r * in_f..(r + 1) * in_f], &mut codes);
                 (codes, q.finite.then_some(QParams { scale: q.scale, zero_point: q.zero_point }))
             })
-            .collect()
+            .collect())
     }
 
     fn quantize_row(&self, x: &[f32], out: &mut [u8]) -> RowQ {
@@ -196,10 +207,13 @@ impl Projection for Int8Linear {
         let (cols, kb) = (self.packed.acc_cols(), self.packed.row_bytes());
         // The trait's documented `# Panics`; `tt_tensor::projection::project` checks first.
         assert!(x.len() >= rows * in_f && y.len() >= rows * out_f, "Int8Linear::forward_rows sizes");
+        // The AVX-512 epilogue reads the bias without bounds checks.
+        assert!(bias.is_none_or(|b| b.len() == out_f), "Int8Linear::forward_rows bias length");
         assert!(ws.len() >= self.workspace_len(rows), "Int8Linear::forward_rows workspace");
         let (acc_len, rowq_len, _) = self.layout(rows);
         // Workspace: i32 accumulators, per-row [scale bits, Z, Σa, finite] as u32s, then the
-        // activation bytes; each part is given 3 bytes of slack for alignment.
+        // activation bytes; the first two parts get slack (8 and 16 bytes, ≥ the 3 an alignment
+        // to 4 can cost) so their aligned middles still hold what they need.
         let (ints, rest) = ws.split_at_mut(acc_len + 8);
         // SAFETY: every bit pattern is a valid i32; the aligned middle is at least acc_len bytes.
         let acc = unsafe { ints.align_to_mut::<i32>().1 };
@@ -237,9 +251,12 @@ impl Projection for Int8Linear {
         self.weight.dequantize()
     }
 
+    /// What a forward call reads besides its inputs: the packed codes (padding included), the
+    /// per-output scales, code sums and (affine) zero points it keeps as f32/i32. (The layer also
+    /// keeps the unpacked `QuantizedMatrix` for `to_dense` and checkpoints, which no call reads.)
     fn storage_bytes(&self) -> usize {
-        let zp = if self.zero_points.is_some() { self.weight.params.len() } else { 0 };
-        self.packed.bytes() + 4 * self.weight.params.len() + zp + 4 * self.code_sums.len()
+        let zp = self.zero_points.as_ref().map_or(0, Vec::len);
+        self.packed.bytes() + 4 * (self.scales.len() + self.code_sums.len() + zp)
     }
 
     fn format(&self) -> &'static str {
@@ -271,8 +288,8 @@ pub struct QuantizedLayer {
     pub shape: (usize, usize),
     /// Bytes of the quantized weight as stored: codes, scales, zero points.
     pub weight_bytes: usize,
-    /// Bytes the layer holds in memory ([`Projection::storage_bytes`]: packed codes with their
-    /// padding, scales, and the per-output code sums the kernel keeps).
+    /// Bytes a forward call reads ([`Projection::storage_bytes`]: packed codes with their padding,
+    /// per-output scales, code sums and zero points).
     pub storage_bytes: usize,
 }
 
@@ -298,8 +315,10 @@ pub fn quantize_layers(
     cfg: WeightConfig,
     act: &mut dyn FnMut(&str) -> Result<Activations>,
 ) -> tt_tensor::Result<Vec<QuantizedLayer>> {
+    // Build every layer first, install after: an error leaves the model as it was.
+    let mut built: Vec<std::sync::Arc<Int8Linear>> = Vec::new();
     let mut done = Vec::new();
-    let mut install = |name: &str, w: &Array2<f32>| -> tt_tensor::Result<std::sync::Arc<Int8Linear>> {
+    let mut build = |name: &str, w: &Array2<f32>| -> tt_tensor::Result<()> {
         let q = std::sync::Arc::new(Int8Linear::new(w, cfg, act(name)?)?);
         done.push(QuantizedLayer {
             name: name.to_string(),
@@ -308,16 +327,22 @@ pub fn quantize_layers(
             weight_bytes: q.weight().storage_bytes(),
             storage_bytes: q.storage_bytes(),
         });
-        Ok(q)
+        built.push(q);
+        Ok(())
     };
-    tt_tensor::nn::map_linears(m, |name, l| {
-        let w = l.projection()?.to_dense();
-        l.set_projection(install(name, &w)?)
-    })?;
-    tt_tensor::nn::map_conv2ds(m, |name, c| {
-        let w = conv_matrix(c)?;
-        c.set_projection(install(name, &w)?)
-    })?;
+    tt_tensor::nn::map_linears(m, |name, l| build(name, &l.projection()?.to_dense()))?;
+    tt_tensor::nn::map_conv2ds(m, |name, c| build(name, &conv_matrix(c)?))?;
+    // The visitors walk the same layers in the same order again; shapes were taken from them, so
+    // installing cannot fail on a shape.
+    let mut next = built.into_iter();
+    let mut take = || {
+        next.next().ok_or_else(|| tt_tensor::TensorError::InvalidArgument {
+            op: "quantize_layers",
+            reason: "the model's layers changed between the two passes".into(),
+        })
+    };
+    tt_tensor::nn::map_linears(m, |_, l| l.set_projection(take()?))?;
+    tt_tensor::nn::map_conv2ds(m, |_, c| c.set_projection(take()?))?;
     Ok(done)
 }
 

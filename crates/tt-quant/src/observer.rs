@@ -94,6 +94,9 @@ impl Observer for MovingAverageMinMax {
     }
 }
 
+/// The most bins a [`Histogram`] takes: its range search tries every pair of bin edges.
+pub const MAX_BINS: usize = 1 << 14;
+
 /// What a [`Histogram`] picks from its bins.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Pick {
@@ -126,12 +129,12 @@ impl Histogram {
     /// PyTorch's default).
     ///
     /// # Errors
-    /// Fewer than 2 bins or levels.
+    /// Fewer than 2 bins or levels, or more than [`MAX_BINS`] bins (the search is quadratic).
     pub fn new(bins: usize, levels: usize) -> Result<Histogram> {
-        if bins < 2 || levels < 2 {
+        if !(2..=MAX_BINS).contains(&bins) || levels < 2 {
             return Err(QuantError::arg(
                 "Histogram::new",
-                format!("{bins} bins and {levels} levels: both must be ≥ 2"),
+                format!("{bins} bins and {levels} levels: need 2..={MAX_BINS} bins and ≥ 2 levels"),
             ));
         }
         Ok(Histogram { counts: vec![0.0; bins], lo: 0.0, hi: 0.0, seen: false, pick: Pick::MinL2 { levels } })
@@ -142,7 +145,7 @@ impl Histogram {
     /// # Errors
     /// Fewer than 2 bins, or `p` outside `(0.5, 1]`.
     pub fn percentile(bins: usize, p: f64) -> Result<Histogram> {
-        if bins < 2 || !(p > 0.5 && p <= 1.0) {
+        if !(2..=MAX_BINS).contains(&bins) || !(p > 0.5 && p <= 1.0) {
             return Err(QuantError::arg(
                 "Histogram::percentile",
                 format!("{bins} bins, p = {p}: need ≥ 2 bins and p in (0.5, 1]"),
@@ -194,16 +197,21 @@ impl Histogram {
             p2[i + 1] = p2[i] + c * m * m;
         }
         let w = self.width();
+        // Quantization always widens a range to include 0 (`QParams::from_range`), so only
+        // candidates that contain the edge nearest 0 are scored: the range chosen is the range
+        // used.
+        let zero = (((0.0 - self.lo as f64) / w).round().max(0.0) as usize).min(n);
         let mut best = (f64::INFINITY, 0, n);
-        for a in 0..n {
+        for a in 0..=zero.min(n - 1) {
             let lo = self.lo as f64 + a as f64 * w;
             // Bins left of `a` clip up to `lo`: Σ c·(lo − m)².
             let left = lo * lo * p0[a] - 2.0 * lo * p1[a] + p2[a];
-            for b in a + 1..=n {
+            for b in (a + 1).max(zero)..=n {
                 let hi = self.lo as f64 + b as f64 * w;
                 let (c, s1, s2) = (p0[n] - p0[b], p1[n] - p1[b], p2[n] - p2[b]);
                 let right = s2 - 2.0 * hi * s1 + hi * hi * c;
-                let step = (hi - lo) / levels as f64;
+                // The step of the range as it will be used: widened to include 0.
+                let step = (hi.max(0.0) - lo.min(0.0)) / levels as f64;
                 let err = left + right + (p0[b] - p0[a]) * step * step / 12.0;
                 if err < best.0 {
                     best = (err, a, b);
@@ -256,7 +264,8 @@ impl Observer for Histogram {
             }
             Pick::MinL2 { levels } => {
                 let (_, a, b) = self.min_l2(levels);
-                Some((edge(a), edge(b)))
+                // Scored as widened to include 0 (see `min_l2`): report it so.
+                Some((edge(a).min(0.0), edge(b).max(0.0)))
             }
         }
     }

@@ -7,7 +7,8 @@
 //! - [`FakeQuant`] is a `tt_tensor::nn::ForwardTransform`: each forward fake-quantizes the weight
 //!   (symmetric, per output channel, scales from the weight's current range — the same rule
 //!   [`crate::QuantizedMatrix::quantize`] applies at conversion) and the input (affine u8 with the
-//!   frozen `(S, Z)` of a calibration).
+//!   frozen `(S, Z)` of a calibration, rounded by [`fake_quantize_u8`] exactly as the int8 layer
+//!   rounds its rows).
 //! - [`prepare_qat`] installs it in every `Linear` and `Conv2d` by name; the model's ordinary
 //!   training loop then fine-tunes it unchanged; [`convert_qat`] removes the transforms and installs
 //!   static [`crate::Int8Linear`]s whose codes are exactly the fake-quantized weights.
@@ -43,8 +44,8 @@ pub fn fake_quantize(x: &Tensor, params: &[QParams], range: QRange) -> Result<Te
             format!("{} parameter pairs for a tensor of shape {shape:?} (need 1 or {rows})", params.len()),
         ));
     }
-    if let Some(p) = params.iter().find(|p| !(p.scale.is_finite() && p.scale > 0.0)) {
-        return Err(QuantError::arg("fake_quantize", format!("scale {} is not finite and positive", p.scale)));
+    if let Some(p) = params.iter().find(|p| !QParams::scale_ok(p.scale)) {
+        return Err(QuantError::arg("fake_quantize", format!("scale {} is not a positive normal f32", p.scale)));
     }
     let data = x.to_vec();
     let per = data.len() / rows;
@@ -60,6 +61,33 @@ pub fn fake_quantize(x: &Tensor, params: &[QParams], range: QRange) -> Result<Te
         ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| QuantError::arg("fake_quantize", e.to_string()))?;
     let mask =
         ArrayD::from_shape_vec(IxDyn(&shape), pass).map_err(|e| QuantError::arg("fake_quantize", e.to_string()))?;
+    Ok(Tensor::custom_op("fake_quantize", &[x], out, move || Box::new(move |g| vec![Some(g * &mask)])))
+}
+
+/// [`fake_quantize`] of activations with the integer layers' own u8 quantizer (`x·(1/S)` in
+/// f32, rounded half to even — `Int8Linear`'s rows), so a converted model rounds every input
+/// exactly as the fake-quantized one did.
+///
+/// # Errors
+/// Parameters that are not a u8 affine map with a normal scale.
+pub fn fake_quantize_u8(x: &Tensor, p: QParams) -> Result<Tensor> {
+    use crate::rowops::{quantize_one, LIMIT, MAGIC};
+    if !p.is_u8_affine() {
+        return Err(QuantError::arg("fake_quantize_u8", format!("{p:?} is not a u8 affine map with a normal scale")));
+    }
+    let (inv, z) = (1.0 / p.scale, p.zero_point as f32);
+    let data = x.to_vec();
+    let mut out = Vec::with_capacity(data.len());
+    let mut pass = Vec::with_capacity(data.len());
+    for &v in &data {
+        let unclamped = ((v * inv).clamp(-LIMIT, LIMIT) + MAGIC) - MAGIC + z;
+        pass.push(if (0.0..=255.0).contains(&unclamped) { 1.0f32 } else { 0.0 });
+        out.push(p.dequantize(quantize_one(v, inv, z) as i32));
+    }
+    let shape = IxDyn(&x.shape());
+    let out =
+        ArrayD::from_shape_vec(shape.clone(), out).map_err(|e| QuantError::arg("fake_quantize_u8", e.to_string()))?;
+    let mask = ArrayD::from_shape_vec(shape, pass).map_err(|e| QuantError::arg("fake_quantize_u8", e.to_string()))?;
     Ok(Tensor::custom_op("fake_quantize", &[x], out, move || Box::new(move |g| vec![Some(g * &mask)])))
 }
 
@@ -100,7 +128,7 @@ impl FakeQuant {
         if matches!(granularity, Granularity::PerGroup(_)) {
             return Err(QuantError::Unsupported("QAT with per-group weights (the int8 kernel has none)".into()));
         }
-        if !(input.scale.is_finite() && input.scale > 0.0 && (0..=255).contains(&input.zero_point)) {
+        if !input.is_u8_affine() {
             return Err(QuantError::arg(
                 "FakeQuant::new",
                 format!("input parameters {input:?} are not a u8 affine map"),
@@ -115,7 +143,7 @@ impl ForwardTransform for FakeQuant {
         Ok(fake_quantize(w, &weight_params(w, self.granularity)?, QRange::I8_SYMMETRIC)?)
     }
     fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
-        Ok(fake_quantize(x, &[self.input], QRange::U8)?)
+        Ok(fake_quantize_u8(x, self.input)?)
     }
     fn name(&self) -> &'static str {
         "fake-quant"
@@ -131,15 +159,23 @@ pub fn prepare_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibrat
     if cfg.scheme != Scheme::Symmetric {
         return Err(QuantError::Unsupported("QAT with affine weights (fake quantization here is symmetric)".into()));
     }
-    let make = |name: &str| -> tt_tensor::Result<Arc<dyn ForwardTransform>> {
-        Ok(Arc::new(FakeQuant::new(cfg.granularity, calibration.qparams(name)?)?))
+    // Every layer's transform first (a layer the calibration did not see is an error), then
+    // install: an error leaves the model unchanged.
+    let mut made: Vec<Arc<dyn ForwardTransform>> = Vec::new();
+    let mut make = |name: &str| -> tt_tensor::Result<()> {
+        made.push(Arc::new(FakeQuant::new(cfg.granularity, calibration.qparams(name)?)?));
+        Ok(())
     };
-    let mut n = tt_tensor::nn::map_linears(m, |name, l| {
-        l.set_transform(Some(make(name)?));
+    tt_tensor::nn::map_linears(m, |name, _| make(name))?;
+    tt_tensor::nn::map_conv2ds(m, |name, _| make(name))?;
+    let n = made.len();
+    let mut next = made.into_iter();
+    tt_tensor::nn::map_linears(m, |_, l| {
+        l.set_transform(next.next());
         Ok(())
     })?;
-    n += tt_tensor::nn::map_conv2ds(m, |name, c| {
-        c.set_transform(Some(make(name)?));
+    tt_tensor::nn::map_conv2ds(m, |_, c| {
+        c.set_transform(next.next());
         Ok(())
     })?;
     Ok(n)
@@ -152,13 +188,45 @@ pub fn prepare_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibrat
 /// # Errors
 /// As [`quantize_layers`].
 pub fn convert_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibration) -> Result<Vec<QuantizedLayer>> {
-    tt_tensor::nn::map_linears(m, |_, l| {
-        l.set_transform(None);
+    // Check every layer's calibration before removing any transform.
+    let mut names = Vec::new();
+    tt_tensor::nn::map_linears(m, |name, _| {
+        names.push(name.to_string());
         Ok(())
     })?;
-    tt_tensor::nn::map_conv2ds(m, |_, c| {
-        c.set_transform(None);
+    tt_tensor::nn::map_conv2ds(m, |name, _| {
+        names.push(name.to_string());
         Ok(())
     })?;
-    Ok(quantize_layers(m, cfg, &mut |name| Ok(Activations::Static(calibration.qparams(name)?)))?)
+    for n in &names {
+        calibration.qparams(n)?;
+    }
+    let removed: Vec<Option<Arc<dyn ForwardTransform>>> = {
+        let mut v = Vec::new();
+        tt_tensor::nn::map_linears(m, |_, l| {
+            v.push(l.set_transform(None));
+            Ok(())
+        })?;
+        tt_tensor::nn::map_conv2ds(m, |_, c| {
+            v.push(c.set_transform(None));
+            Ok(())
+        })?;
+        v
+    };
+    match quantize_layers(m, cfg, &mut |name| Ok(Activations::Static(calibration.qparams(name)?))) {
+        Ok(layers) => Ok(layers),
+        Err(e) => {
+            // Put the transforms back: the model is as it was before the call.
+            let mut back = removed.into_iter();
+            tt_tensor::nn::map_linears(m, |_, l| {
+                l.set_transform(back.next().flatten());
+                Ok(())
+            })?;
+            tt_tensor::nn::map_conv2ds(m, |_, c| {
+                c.set_transform(back.next().flatten());
+                Ok(())
+            })?;
+            Err(e.into())
+        }
+    }
 }

@@ -69,6 +69,9 @@ impl FixedPointMultiplier {
         let total = 31 + self.shift;
         let r = if total <= 0 {
             prod << (-total).min(64)
+        } else if total >= 126 {
+            // Shifted past every bit of a 63-bit product (a hand-built multiplier).
+            0
         } else {
             let half = 1i128 << (total - 1);
             let mag = (prod.abs() + half) >> total;
@@ -115,8 +118,9 @@ impl IntegerLinear {
         if weight.scheme != Scheme::Symmetric || matches!(weight.granularity, crate::Granularity::PerGroup(_)) {
             return Err(QuantError::arg(op, "weights must be symmetric, per-tensor or per-channel"));
         }
+        weight.validate()?;
         for (what, p) in [("input", input), ("output", output)] {
-            if !(p.scale.is_finite() && p.scale > 0.0 && (0..=255).contains(&p.zero_point)) {
+            if !p.is_u8_affine() {
                 return Err(QuantError::arg(op, format!("{what} parameters {p:?} are not a u8 affine map")));
             }
         }
@@ -159,7 +163,7 @@ impl IntegerLinear {
 
     /// Runs the product at `level` (clamped to what the CPU has).
     pub fn with_level(mut self, level: IntLevel) -> IntegerLinear {
-        self.level = level;
+        self.level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
         self
     }
 

@@ -10,9 +10,9 @@ use crate::scheme::QParams;
 
 /// Adding and subtracting 1.5·2²³ rounds a value of magnitude < 2²² to an integer, ties to even,
 /// in the default rounding mode — `round_ties_even`, with plain adds that vectorize.
-const MAGIC: f32 = 12_582_912.0;
+pub(crate) const MAGIC: f32 = 12_582_912.0;
 /// `x / S` is clamped to ±1024 before rounding (far outside any code, inside MAGIC's range).
-const LIMIT: f32 = 1024.0;
+pub(crate) const LIMIT: f32 = 1024.0;
 
 /// Whether every value is finite, and the `(min, max)` of the row (meaningful only if so).
 pub(crate) fn row_stats(x: &[f32], avx512: bool) -> (bool, f32, f32) {
@@ -69,8 +69,9 @@ pub(crate) fn quantize_row(x: &[f32], p: QParams, out: &mut [u8], avx512: bool) 
     sum
 }
 
+/// One value's u8 code as every integer path computes it (`inv = 1/S`, `z = Z`).
 #[inline(always)]
-fn quantize_one(v: f32, inv: f32, z: f32) -> u8 {
+pub(crate) fn quantize_one(v: f32, inv: f32, z: f32) -> u8 {
     let t = (v * inv).clamp(-LIMIT, LIMIT);
     ((t + MAGIC) - MAGIC + z).clamp(0.0, 255.0) as u8
 }

@@ -124,6 +124,17 @@ impl QParams {
         }
     }
 
+    /// A usable scale: a positive **normal** f32 (a subnormal one passes `S > 0`, but `1/S`
+    /// overflows to ∞ and `0·∞` is NaN).
+    pub fn scale_ok(scale: f32) -> bool {
+        scale.is_normal() && scale > 0.0
+    }
+
+    /// Whether these are an affine map onto u8 codes with a usable scale (activations).
+    pub fn is_u8_affine(self) -> bool {
+        Self::scale_ok(self.scale) && (0..=255).contains(&self.zero_point)
+    }
+
     /// `clamp(round(x / S) + Z)`, half to even; NaN maps to `Z` (it is no value to preserve).
     pub fn quantize(self, x: f32, range: QRange) -> i32 {
         if x.is_nan() {
@@ -192,10 +203,12 @@ impl QuantizedMatrix {
         let mut codes = vec![0i8; rows * cols];
         let runs: Vec<std::ops::Range<usize>> = match granularity {
             Granularity::PerTensor => std::iter::once(0..rows * cols).collect(),
+            // At least one (possibly empty) run per row, so a per-channel matrix with no
+            // columns still has one parameter per row.
             _ => (0..rows)
                 .flat_map(|r| {
-                    (0..cols.div_ceil(group.max(1)))
-                        .map(move |g| r * cols + g * group..r * cols + ((g + 1) * group).min(cols))
+                    (0..cols.div_ceil(group.max(1)).max(1))
+                        .map(move |g| r * cols + (g * group).min(cols)..r * cols + ((g + 1) * group).min(cols))
                 })
                 .collect(),
         };
@@ -208,6 +221,66 @@ impl QuantizedMatrix {
             params.push(p);
         }
         Ok(QuantizedMatrix { rows, cols, codes, params, scheme, granularity, range })
+    }
+
+    /// Checks what the kernels and `dequantize` rely on: one code per element, the parameter count
+    /// of the granularity, usable scales, zero points and codes inside the scheme's range (which
+    /// keeps the integer sums within i32). A matrix from [`QuantizedMatrix::quantize`] passes.
+    ///
+    /// # Errors
+    /// The first inconsistency, named.
+    pub fn validate(&self) -> Result<()> {
+        let op = "QuantizedMatrix::validate";
+        if self.codes.len() != self.rows * self.cols {
+            return Err(QuantError::arg(
+                op,
+                format!("{} codes for a {}×{} matrix", self.codes.len(), self.rows, self.cols),
+            ));
+        }
+        let want = match self.granularity {
+            Granularity::PerTensor => 1,
+            Granularity::PerChannel => self.rows,
+            Granularity::PerGroup(0) => return Err(QuantError::arg(op, "group size 0")),
+            Granularity::PerGroup(g) => self.rows * self.cols.div_ceil(g.min(self.cols.max(1))).max(1),
+        };
+        if self.params.len() != want {
+            return Err(QuantError::arg(
+                op,
+                format!(
+                    "{} parameters for a {} {}×{} matrix (need {want})",
+                    self.params.len(),
+                    self.granularity.name(),
+                    self.rows,
+                    self.cols
+                ),
+            ));
+        }
+        let range = match self.scheme {
+            Scheme::Symmetric => QRange::I8_SYMMETRIC,
+            Scheme::Affine => QRange::I8,
+        };
+        if self.range != range {
+            return Err(QuantError::arg(
+                op,
+                format!("{} weights use codes {range:?}, not {:?}", self.scheme.name(), self.range),
+            ));
+        }
+        for p in &self.params {
+            let zp_ok = match self.scheme {
+                Scheme::Symmetric => p.zero_point == 0,
+                Scheme::Affine => (range.min..=range.max).contains(&p.zero_point),
+            };
+            if !QParams::scale_ok(p.scale) || !zp_ok {
+                return Err(QuantError::arg(
+                    op,
+                    format!("parameters {p:?} are not valid {} int8 parameters", self.scheme.name()),
+                ));
+            }
+        }
+        if let Some(c) = self.codes.iter().find(|&&c| !(range.min..=range.max).contains(&(c as i32))) {
+            return Err(QuantError::arg(op, format!("code {c} is outside {range:?}")));
+        }
+        Ok(())
     }
 
     /// Inputs per `(S, Z)` within a row (`cols` for per-tensor and per-channel).

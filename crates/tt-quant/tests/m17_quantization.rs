@@ -5,6 +5,8 @@
 //!
 //! Each part lives in its own file under `tests/m17/`.
 
+#[path = "m17/boundaries.rs"]
+mod boundaries;
 #[path = "m17/checkpoint.rs"]
 mod checkpoint;
 #[path = "m17/kernels.rs"]

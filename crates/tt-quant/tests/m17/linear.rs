@@ -75,7 +75,7 @@ fn outputs_equal_the_float_formula_on_the_dequantized_operands() {
             let q = Int8Linear::new(&w, cfg, act).unwrap();
             let y = forward(&q, &x, n, Some(&bias));
             let wq = q.weight();
-            for (r, (codes, p)) in q.quantize_inputs(&x, n).into_iter().enumerate() {
+            for (r, (codes, p)) in q.quantize_inputs(&x, n).unwrap().into_iter().enumerate() {
                 let p = p.unwrap();
                 for o in 0..out_f {
                     let (mut want, mut mag) = (bias[o] as f64, bias[o].abs() as f64);

@@ -1,0 +1,119 @@
+//! Boundary cases found in review: each one was undefined behaviour, a half-changed model, or a
+//! mismatch between two paths that claim to agree.
+
+use ndarray::Array2;
+use tt_quant::observer::{Histogram, MinMax, Observer};
+use tt_quant::qat::fake_quantize_u8;
+use tt_quant::{
+    calibrate, Activations, Granularity, Int8Linear, QParams, QRange, QuantizedMatrix, Scheme, WeightConfig,
+};
+use tt_tensor::nn::{Linear, Relu, Sequential};
+use tt_tensor::projection::{project, Projection, Workspace};
+use tt_tensor::Tensor;
+
+fn run(p: &dyn Projection, x: &[f32], rows: usize, bias: Option<&[f32]>) -> tt_tensor::Result<Vec<f32>> {
+    let mut y = vec![0.0; rows * p.shape().0];
+    let mut ws = Workspace::default();
+    ws.ensure(p.workspace_len(rows));
+    project(p, x, rows, bias, &mut y, ws.bytes())?;
+    Ok(y)
+}
+
+#[test]
+fn a_bias_of_the_wrong_length_is_an_error() {
+    let q = Int8Linear::new(&Array2::from_elem((32, 8), 0.5), WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();
+    assert!(run(&q, &[1.0; 8], 1, Some(&[1.0])).is_err());
+    assert_eq!(run(&q, &[1.0; 8], 1, Some(&[1.0; 32])).unwrap().len(), 32);
+}
+
+/// A matrix with no inputs quantizes to one parameter per row and computes the bias; matrices
+/// built by hand are validated before any kernel reads them.
+#[test]
+fn quantized_matrices_are_validated_before_the_kernels_read_them() {
+    let empty = Int8Linear::new(&Array2::zeros((32, 0)), WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();
+    let bias: Vec<f32> = (0..32).map(|o| o as f32).collect();
+    assert_eq!(run(&empty, &[], 2, Some(&bias)).unwrap(), [bias.clone(), bias].concat());
+    let good =
+        QuantizedMatrix::quantize(&Array2::from_elem((32, 4), 1.0), Scheme::Affine, Granularity::PerChannel).unwrap();
+    let mut one_scale = good.clone();
+    one_scale.params.truncate(1);
+    let mut wild_zp = good.clone();
+    wild_zp.params[3].zero_point = 1 << 20;
+    let mut sub = good.clone();
+    sub.params[0].scale = 1e-40;
+    let mut short = good.clone();
+    short.codes.pop();
+    for (what, m) in [
+        ("one scale for 32 rows", one_scale),
+        ("zero point 2^20", wild_zp),
+        ("subnormal scale", sub),
+        ("a code short", short),
+    ] {
+        assert!(Int8Linear::from_quantized(m, Activations::Dynamic).is_err(), "{what}");
+    }
+    let sub_static = Activations::Static(QParams { scale: 1e-40, zero_point: 0 });
+    assert!(Int8Linear::new(&Array2::from_elem((2, 2), 1.0), WeightConfig::PER_CHANNEL, sub_static).is_err());
+}
+
+/// A calibration that cannot start (one layer's projection is stale) leaves no layer wrapped.
+#[test]
+fn a_failed_calibration_changes_no_layer() {
+    let mut m = Sequential::new().layer(Linear::new(4, 8, true, 0)).layer(Relu).layer(Linear::new(8, 2, true, 1));
+    tt_quant::quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap();
+    // Make layer "2"'s installed projection stale.
+    let w = m.layers[2].as_linear().unwrap().weight.clone();
+    let new = w.data().mapv(|v| v + 1.0);
+    w.set_data(new).unwrap();
+    let r = calibrate(&mut m, &|| Box::new(MinMax::default()) as Box<dyn Observer>, &mut |_| Ok(()));
+    assert!(r.is_err());
+    let formats: Vec<_> =
+        tt_tensor::nn::linears(&m).iter().map(|(_, l)| l.installed_projection().map(|p| p.format())).collect();
+    assert_eq!(formats, [Some("int8-dyn/ch"), Some("int8-dyn/ch")], "no layer left observing");
+}
+
+/// QAT's input fake quantization rounds exactly as the int8 layer's rows do, including values at
+/// half steps (where an f64 division and an f32 reciprocal can disagree).
+#[test]
+fn qat_input_rounding_equals_the_int8_rows() {
+    let p = QParams { scale: 0.1, zero_point: 100 };
+    let xs: Vec<f32> =
+        (-300..300).map(|k| (k as f32 + 0.5) * 0.1).chain((0..500).map(|i| (i as f32 * 0.731).sin() * 9.0)).collect();
+    let faked = fake_quantize_u8(&Tensor::from_vec(xs.clone(), &[xs.len()]).unwrap(), p).unwrap().to_vec();
+    let layer =
+        Int8Linear::new(&Array2::from_elem((1, xs.len()), 1.0), WeightConfig::PER_TENSOR, Activations::Static(p))
+            .unwrap();
+    let (codes, got) = layer.quantize_inputs(&xs, 1).unwrap().remove(0);
+    assert_eq!(got, Some(p));
+    for (i, (&c, &f)) in codes.iter().zip(&faked).enumerate() {
+        assert_eq!(p.dequantize(c as i32), f, "value {} at {i}", xs[i]);
+    }
+}
+
+/// The L2 histogram keeps a lone outlier when clipping it costs more than the rounding noise it
+/// saves (10,000 values), and its range always contains 0 (as the quantizer will make it).
+#[test]
+fn the_histogram_keeps_an_expensive_outlier_and_contains_zero() {
+    let mut xs: Vec<f32> = (0..10_000).map(|i| -1.0 + 2.0 * (i as f32 + 0.5) / 10_000.0).collect();
+    xs.push(100.0);
+    let mut h = Histogram::new(2048, 255).unwrap();
+    h.observe(&xs);
+    let (lo, hi) = h.range().unwrap();
+    assert!(hi > 90.0 && lo < -0.9, "[{lo}, {hi}]");
+    let mut pos = Histogram::new(512, 255).unwrap();
+    pos.observe(&(0..1000).map(|i| 5.0 + i as f32 * 0.01).collect::<Vec<_>>());
+    let (plo, _) = pos.range().unwrap();
+    assert!(plo <= 0.01, "a positive-only range starts at 0: {plo}");
+    assert!(Histogram::new(1 << 20, 255).is_err(), "bins are capped");
+    let _ = QRange::U8;
+}
+
+#[test]
+fn tiny_kv_rows_keep_their_bound() {
+    let x = [1e-39f32, -3e-40, 5e-40, 0.0];
+    let mut c = [0i8; 4];
+    let d = tt_kvcache::cache::quantize_row_q8(&x, &mut c);
+    assert!(d > 0.0);
+    for (&v, &q) in x.iter().zip(&c) {
+        assert!((v - d * q as f32).abs() <= d / 2.0 + f32::from_bits(1), "{v} → {q}");
+    }
+}
