@@ -88,7 +88,9 @@ pub fn calibrate(
     type Saved = (String, Option<Arc<dyn Projection>>, Arc<Mutex<Box<dyn Observer>>>);
     // First collect every layer's current projection (this can fail: a stale one), then wrap:
     // an error leaves no layer wrapped.
-    let mut inner: Vec<(String, Option<Arc<dyn Projection>>, Arc<dyn Projection>)> = Vec::new();
+    // (name, the projection installed before, the one the wrapper runs)
+    type Layer = (String, Option<Arc<dyn Projection>>, Arc<dyn Projection>);
+    let mut inner: Vec<Layer> = Vec::new();
     tt_tensor::nn::map_linears(m, |name, l| {
         inner.push((name.to_string(), l.installed_projection().cloned(), l.projection()?));
         Ok(())

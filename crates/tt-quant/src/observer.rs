@@ -145,7 +145,7 @@ impl Histogram {
     /// # Errors
     /// Fewer than 2 bins, or `p` outside `(0.5, 1]`.
     pub fn percentile(bins: usize, p: f64) -> Result<Histogram> {
-        if !(2..=MAX_BINS).contains(&bins) || !(p > 0.5 && p <= 1.0) {
+        if !((2..=MAX_BINS).contains(&bins) && p > 0.5 && p <= 1.0) {
             return Err(QuantError::arg(
                 "Histogram::percentile",
                 format!("{bins} bins, p = {p}: need ≥ 2 bins and p in (0.5, 1]"),
