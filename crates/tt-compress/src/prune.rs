@@ -249,3 +249,32 @@ impl Pruning {
         Ok(())
     }
 }
+
+/// The cubic sparsity schedule of Zhu & Gupta (2017), "To prune, or not to prune":
+/// `s_t = s_f + (s_i − s_f)·(1 − t/n)³` for step `t` of `n` (clamped to `[0, n]`) — prune fast
+/// while many weights are redundant, slowly near the end. Returns the target sparsity at `t`.
+///
+/// # Errors
+/// Sparsities outside `[0, 1]`, `s_f < s_i`, or `n` = 0.
+pub fn cubic_schedule(initial: f64, target: f64, t: usize, n: usize) -> Result<f64> {
+    if !((0.0..=1.0).contains(&initial) && (0.0..=1.0).contains(&target) && target >= initial && n > 0) {
+        return Err(CompressError::arg(
+            "cubic_schedule",
+            format!("initial {initial}, target {target}, {n} steps: need 0 ≤ initial ≤ target ≤ 1 and n > 0"),
+        ));
+    }
+    let frac = 1.0 - (t.min(n) as f64 / n as f64);
+    Ok(target + (initial - target) * frac.powi(3))
+}
+
+/// The amount to prune now (a fraction of the still-unpruned weights, as [`Pruning::magnitude`]
+/// takes it) to go from sparsity `current` to `target`.
+///
+/// # Errors
+/// Sparsities outside `[0, 1]`, or `target < current`.
+pub fn amount_for(current: f64, target: f64) -> Result<f64> {
+    if !((0.0..=1.0).contains(&current) && (0.0..=1.0).contains(&target) && target >= current) {
+        return Err(CompressError::arg("amount_for", format!("from {current} to {target}")));
+    }
+    Ok(if current >= 1.0 { 0.0 } else { (target - current) / (1.0 - current) })
+}

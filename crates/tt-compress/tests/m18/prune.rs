@@ -132,3 +132,26 @@ fn masks_survive_optimizer_steps_and_make_permanent_keeps_the_zeros() {
     assert!(m.layers[0].as_linear().unwrap().transform().is_none());
     assert_eq!(zeros(&mut m), target);
 }
+
+#[test]
+fn the_cubic_schedule_and_amounts_reach_the_target() {
+    use tt_compress::prune::{amount_for, cubic_schedule};
+    assert_eq!(cubic_schedule(0.0, 0.8, 0, 10).unwrap(), 0.0);
+    assert_eq!(cubic_schedule(0.0, 0.8, 10, 10).unwrap(), 0.8);
+    assert_eq!(cubic_schedule(0.0, 0.8, 20, 10).unwrap(), 0.8);
+    // Half way: 0.8·(1 − 0.5³) = 0.7 — most of the pruning happens early.
+    assert!((cubic_schedule(0.0, 0.8, 5, 10).unwrap() - 0.7).abs() < 1e-12);
+    assert!(cubic_schedule(0.5, 0.2, 1, 10).is_err() && cubic_schedule(0.0, 0.5, 1, 0).is_err());
+    // 50% → 75% takes half of what is left; pruning that amount reaches it.
+    assert_eq!(amount_for(0.5, 0.75).unwrap(), 0.5);
+    let mut m = ones_linear(10, 10);
+    let mut p = Pruning::default();
+    let mut s = 0.0;
+    for t in 1..=4 {
+        let target = cubic_schedule(0.0, 0.9, t, 4).unwrap();
+        p.magnitude(&mut m, &["0"], amount_for(s, target).unwrap()).unwrap();
+        s = sparsity::model(&mut m).unwrap();
+        assert!((s - target).abs() <= 0.01, "step {t}: {s} vs {target}");
+    }
+    assert!(amount_for(0.6, 0.5).is_err());
+}
