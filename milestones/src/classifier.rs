@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tt_tensor::data::{ClassificationData, DataLoader, Dataset};
+use tt_tensor::data::{Batch, ClassificationData, DataLoader, Dataset};
 use tt_tensor::loss::cross_entropy;
 use tt_tensor::optim::{Adam, Optimizer};
 use tt_tensor::serialize::{
     load_state_dict, load_unit, parse_safetensors, save_unit, to_safetensors_bytes, unit_exists,
 };
-use tt_tensor::{no_grad, Module};
+use tt_tensor::{no_grad, Module, Tensor};
 
 use crate::{MilestoneError, Options, Result};
 
@@ -59,6 +59,25 @@ pub fn train(
     cfg: &TrainConfig,
     opts: &Options,
 ) -> Result<(Vec<EpochStats>, f64)> {
+    let ce = |logits: &Tensor, batch: &Batch| Ok(cross_entropy(logits, &batch.y)?);
+    train_with(model, train, test, cfg, opts, &ce, &mut |_| Ok(()))
+}
+
+/// The loss of one batch from the model's logits (cross-entropy by default; distillation's
+/// loss reads a teacher too).
+pub type ClassifierLoss<'a> = dyn Fn(&Tensor, &Batch) -> Result<Tensor> + 'a;
+
+/// [`train`] with a replacement loss and a callback after every optimizer step (given the step
+/// number) — pruning masks are re-applied there.
+pub fn train_with(
+    model: &mut dyn Module,
+    train: &ClassificationData,
+    test: &ClassificationData,
+    cfg: &TrainConfig,
+    opts: &Options,
+    loss_fn: &ClassifierLoss<'_>,
+    after_step: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<(Vec<EpochStats>, f64)> {
     let loader = DataLoader::new(train, cfg.batch_size, true, cfg.seed)?;
     let mut opt = Adam::adamw(model.parameters(), cfg.lr, cfg.weight_decay)?;
     let bar = if opts.progress {
@@ -74,6 +93,7 @@ pub fn train(
     };
     let mut history = Vec::new();
     let mut train_seconds = 0.0;
+    let mut step = 0usize;
     for epoch in 0..cfg.epochs {
         bar.set_message(format!("{}/{}", epoch + 1, cfg.epochs));
         model.set_training(true);
@@ -82,9 +102,11 @@ pub fn train(
         for batch in loader.epoch(epoch as u64) {
             opt.zero_grad();
             let logits = model.forward(&batch.x)?;
-            let loss = cross_entropy(&logits, &batch.y)?;
+            let loss = loss_fn(&logits, &batch)?;
             loss.backward()?;
             opt.step()?;
+            after_step(step)?;
+            step += 1;
             let pred = logits.argmax_axis(1)?;
             correct += pred.iter().zip(&batch.y).filter(|(p, y)| p == y).count();
             loss_sum += loss.item()? as f64 * batch.y.len() as f64;

@@ -11,6 +11,7 @@
 pub mod acceleration;
 pub mod classifier;
 pub mod cnn_digits;
+pub mod compression;
 pub mod kv_cache;
 pub mod mlp_digits;
 pub mod profile;
@@ -200,6 +201,13 @@ pub fn all() -> &'static [Milestone] {
             uses: Uses { retrain: true, corpus: false },
             description: "int8 weights and integer kernels: MLP, CNN and GPT under each scheme (quality, bytes, latency), int8 vs f32 GEMM and decode",
             run: quantization::run,
+        },
+        Milestone {
+            name: "compression",
+            module: "18",
+            uses: Uses { retrain: false, corpus: false },
+            description: "pruning (unstructured, structured), CSR vs dense, low-rank, distillation on the digits models (the GPT is not done yet)",
+            run: compression::run,
         },
     ]
 }
