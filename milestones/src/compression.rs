@@ -229,7 +229,7 @@ fn distillation(opts: &Options) -> Result<Value> {
     let loss = |logits: &Tensor, batch: &tt_tensor::data::Batch| -> Result<Tensor> {
         let n = batch.x.shape()[0];
         let t = no_grad(|| teacher.forward(&batch.x.reshape(&[n, 1, 8, 8])?))?;
-        Ok(d.loss(logits, &t, &batch.y).map_err(other)?)
+        d.loss(logits, &t, &batch.y).map_err(other)
     };
     classifier::train_with(&mut distilled, &train, &test, &cfg, &quiet, &loss, &mut |_| Ok(()))?;
     let distilled_q = classifier::accuracy(&distilled, &test)?;
