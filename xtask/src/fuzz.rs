@@ -95,6 +95,7 @@ fn tiny_config(vocab: usize) -> GptConfig {
         n_heads: 2,
         max_seq_len: 16,
         mlp_ratio: 2,
+        mlp_hidden: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,

@@ -117,3 +117,33 @@ pub fn prune_hidden_units(seq: &mut Sequential, producer: usize, consumer: usize
     seq.layers[consumer] = Box::new(nc);
     Ok(keep)
 }
+
+/// Removes `amount` of every GPT block's MLP hidden units (by the L2 norm of `fc`'s rows): `fc`
+/// loses those rows, `proj` those columns, and `config.mlp_hidden` records the new per-block
+/// widths, so the model saves and loads as a normal checkpoint and the KV-cached decoder runs the
+/// narrower blocks as they are. GELU maps 0 to 0, so the shrunk model equals the dense model with
+/// those units zeroed. Returns the kept units of each block.
+///
+/// # Errors
+/// A bad amount (checked for every block before any changes), or a block whose MLP does not
+/// chain.
+pub fn prune_gpt_mlp(model: &mut tt_transformer::Gpt, amount: f64) -> Result<Vec<Vec<usize>>> {
+    let mut plans = Vec::with_capacity(model.blocks.len());
+    for b in &model.blocks {
+        if b.mlp.fc.out_features() != b.mlp.proj.in_features() {
+            return Err(CompressError::arg("prune_gpt_mlp", "a block's mlp.fc does not feed its mlp.proj"));
+        }
+        let keep = units_to_keep(&b.mlp.fc, amount)?;
+        plans.push((keep_outputs(&b.mlp.fc, &keep)?, keep_inputs(&b.mlp.proj, &keep)?, keep));
+    }
+    let mut kept = Vec::with_capacity(plans.len());
+    let mut widths = Vec::with_capacity(plans.len());
+    for (b, (fc, proj, keep)) in model.blocks.iter_mut().zip(plans) {
+        b.mlp.fc = fc;
+        b.mlp.proj = proj;
+        widths.push(keep.len());
+        kept.push(keep);
+    }
+    model.config.mlp_hidden = Some(widths);
+    Ok(kept)
+}

@@ -53,6 +53,7 @@ fn config(vocab: usize, seed: u64, layers: usize) -> GptConfig {
         n_heads: 4,
         max_seq_len: 40,
         mlp_ratio: 4,
+        mlp_hidden: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,

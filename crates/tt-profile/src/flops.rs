@@ -98,7 +98,14 @@ pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: boo
     let p = |what: &str, xs: &[u64]| prod(OP, what, xs);
     let s = |what: &str, xs: &[u64]| sum(OP, what, xs);
     let lin = |rows: u64, i: u64, o: u64| p("linear FLOPs", &[2, rows, i, o]);
-    let hidden = p("mlp hidden width", &[u(cfg.mlp_ratio), d])?;
+    // Per-block MLP widths (structured pruning leaves them unequal).
+    let hidden: Vec<u64> = (0..cfg.n_layers).map(|b| u(cfg.hidden(b))).collect();
+    let mut mlp = 0u64;
+    let mut gelu = 0u64;
+    for &hb in &hidden {
+        mlp = s("mlp", &[mlp, lin(rows_of(batch, seq)?, d, hb)?, lin(rows_of(batch, seq)?, hb, d)?])?;
+        gelu = s("gelu", &[gelu, p("gelu", &[rows_of(batch, seq)?, hb])?])?;
+    }
     let d3 = p("3·d_model", &[3, d])?;
     let rows = p("batch·seq", &[batch, seq])?;
     // seq·(seq+1)/2 without overflowing where the result fits.
@@ -120,7 +127,7 @@ pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: boo
             p("attention projections", &[l, s("attention projections", &[lin(rows, d, d3)?, lin(rows, d, d)?])?])?,
             true,
         ),
-        row("mlp (fc, proj)", p("mlp", &[l, s("mlp", &[lin(rows, d, hidden)?, lin(rows, hidden, d)?])?])?, true),
+        row("mlp (fc, proj)", mlp, true),
         row(
             if causal_useful { "attention QKᵀ + A·V (causal)" } else { "attention QKᵀ + A·V (full square)" },
             p("attention", &[l, attention])?,
@@ -128,10 +135,14 @@ pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: boo
         ),
         row("attention softmax", p("attention softmax", &[l, 5, batch, h, seq, seq])?, false),
         row("layer norms", p("layer norms", &[5, elem, norms])?, false),
-        row("gelu", p("gelu", &[l, rows, hidden])?, false),
+        row("gelu", gelu, false),
         row("residual + position adds", p("residual adds", &[elem, norms])?, false),
         row("lm head", lin(rows, d, v)?, true),
     ])
+}
+
+fn rows_of(batch: u64, seq: u64) -> Result<u64> {
+    prod("flops::gpt_forward", "batch·seq", &[batch, seq])
 }
 
 /// Kaplan et al. (2020): forward ≈ `2N + 2·n_layer·n_ctx·d_model` FLOPs per token, with

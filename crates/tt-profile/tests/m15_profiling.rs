@@ -99,6 +99,16 @@ fn whole_gpt_matches_its_formula_and_kaplan() {
     let (_, p) = profile(|| no_grad(|| m.forward_ids(&ids, b, t)).unwrap());
     // The profiler's counts (full-square attention, as computed) equal the analytic table.
     assert_eq!(p.forward_flops(), flops::total(&flops::gpt_forward(&cfg, b, t, false).unwrap()).unwrap());
+    // Per-block MLP widths (what structured pruning leaves) are counted block by block, and the
+    // profiler's measured counts agree with them too.
+    let narrow = GptConfig { mlp_hidden: Some(vec![40, 96]), ..cfg.clone() };
+    let mn = Gpt::new(narrow.clone()).unwrap();
+    let (_, pn) = profile(|| no_grad(|| mn.forward_ids(&ids, b, t)).unwrap());
+    assert_eq!(pn.forward_flops(), flops::total(&flops::gpt_forward(&narrow, b, t, false).unwrap()).unwrap());
+    let mlp = |c: &GptConfig| {
+        flops::gpt_forward(c, b, t, false).unwrap().into_iter().find(|r| r.part.starts_with("mlp")).unwrap().flops
+    };
+    assert_eq!(mlp(&narrow), (2 * 2 * (b * t) * 32 * (40 + 96)) as u64);
     let mut layers: Vec<String> = p.per_layer().into_iter().map(|l| l.0).collect();
     layers.dedup();
     assert_eq!(layers, vec!["embed", "blocks.0", "blocks.1", "head"]);

@@ -38,6 +38,10 @@ pub struct GptConfig {
     pub max_seq_len: usize,
     /// Hidden width of the MLP as a multiple of d_model (4 in GPT-2).
     pub mlp_ratio: usize,
+    /// Per-block MLP hidden widths, overriding `mlp_ratio · d_model` — what structured pruning
+    /// leaves (module 18). Absent in configs written before it, and for unpruned models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_hidden: Option<Vec<usize>>,
     /// Share the token-embedding matrix with the output head.
     pub tie_weights: bool,
     pub position: PositionEncoding,
@@ -59,10 +63,19 @@ impl GptConfig {
             n_heads: 4,
             max_seq_len: 640,
             mlp_ratio: 4,
+            mlp_hidden: None,
             tie_weights: true,
             position: PositionEncoding::Learned,
             dropout: 0.0,
             seed: 0,
+        }
+    }
+
+    /// The MLP hidden width of block `l`: `mlp_hidden[l]` if set, else `mlp_ratio · d_model`.
+    pub fn hidden(&self, l: usize) -> usize {
+        match &self.mlp_hidden {
+            Some(h) => h.get(l).copied().unwrap_or(0),
+            None => self.mlp_ratio * self.d_model,
         }
     }
 
@@ -101,6 +114,15 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
+        if let Some(h) = &self.mlp_hidden {
+            let max = Self::MAX_MLP_RATIO * self.d_model;
+            if h.len() != self.n_layers {
+                return bad(format!("mlp_hidden has {} widths for {} layers", h.len(), self.n_layers));
+            }
+            if let Some((l, &w)) = h.iter().enumerate().find(|(_, &w)| w == 0 || w > max) {
+                return bad(format!("mlp_hidden[{l}] = {w} must be in 1..={max}"));
+            }
+        }
         let total: usize = self.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         if total > Self::MAX_PARAMETERS {
             return bad(format!("{total} parameters exceed the cap of {}", Self::MAX_PARAMETERS));
@@ -113,12 +135,13 @@ impl GptConfig {
     /// compares a weights file against before building anything. (Sizes are capped by
     /// [`GptConfig::validate`]'s per-field limits, so the products cannot overflow.)
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (d, v, h) = (self.d_model, self.vocab_size, self.mlp_ratio * self.d_model);
+        let (d, v) = (self.d_model, self.vocab_size);
         let mut out = vec![("tok_emb.weight".to_string(), vec![v, d])];
         if self.position == PositionEncoding::Learned {
             out.push(("pos_emb.weight".into(), vec![self.max_seq_len, d]));
         }
         for l in 0..self.n_layers {
+            let h = self.hidden(l);
             for (name, shape) in [
                 ("ln1.weight", vec![d]),
                 ("ln1.bias", vec![d]),
@@ -359,9 +382,9 @@ impl Gpt {
             PositionEncoding::Learned => normal(&[config.max_seq_len, d], 0.01),
             PositionEncoding::Sinusoidal => Tensor::from_array(sinusoidal_table(config.max_seq_len, d)),
         };
-        let hidden = config.mlp_ratio * d;
         let mut blocks = Vec::with_capacity(l);
-        for _ in 0..l {
+        for b in 0..l {
+            let hidden = config.hidden(b);
             blocks.push(Block {
                 ln1: LayerNorm::new(d),
                 attn: CausalSelfAttention {

@@ -12,6 +12,7 @@ pub fn tiny_config(vocab: usize, seed: u64) -> GptConfig {
         n_heads: 2,
         max_seq_len: 32,
         mlp_ratio: 4,
+        mlp_hidden: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,

@@ -65,6 +65,7 @@ pub(crate) fn tiny_gpt() -> Gpt {
         n_heads: 4,
         max_seq_len: 64,
         mlp_ratio: 4,
+        mlp_hidden: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,
