@@ -441,8 +441,8 @@ pub fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f3
     decode_attention_q8_at(dispatch::level(), q, kv, scale, out)
 }
 
-/// [`decode_attention_q8`] at `level` (clamped to [`dispatch::level`]). The AVX2 level runs the
-/// scalar kernel (the int8 cache's speed matters on the AVX-512 machines this course targets).
+/// [`decode_attention_q8`] at `level`: the one-pass online kernel is portable code at every level
+/// (the SIMD int8 kernel is [`decode_attention_q8_2pass`], which the decoder's tables use).
 ///
 /// # Errors
 /// As [`decode_attention_q8`].
@@ -454,13 +454,10 @@ pub fn decode_attention_q8_at(
     out: &mut [f32],
 ) -> Result<()> {
     check_q8("fused::decode_attention_q8", q, kv, scale, out)?;
-    match level.min(dispatch::level()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the level is at most `dispatch::level()`, so this CPU has AVX-512F; lengths
-        // checked above.
-        Level::Avx512 => unsafe { avx512::decode_attention_q8(q, kv, scale, out) },
-        _ => scalar::decode_attention_q8(q, kv, scale, out),
-    }
+    // One portable kernel at every level: the fast int8 path is the two-pass one
+    // ([`decode_attention_q8_2pass`]), which the decoder uses.
+    let _ = level;
+    scalar::decode_attention_q8(q, kv, scale, out);
     Ok(())
 }
 
@@ -1303,77 +1300,6 @@ mod avx512 {
             unsafe { _mm_loadu_si128(buf.as_ptr() as *const __m128i) }
         };
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))
-    }
-
-    /// [`decode_attention`]'s one-pass structure over int8 rows: codes widened to f32 as they
-    /// are loaded, the 16 key scales multiply the block's scores, the 16 value scales its weights.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) {
-        let hd = q.len();
-        let slots = kv.key_scales.len();
-        out.fill(0.0);
-        let (pq, pk, pv, po) = (q.as_ptr(), kv.keys.as_ptr(), kv.values.as_ptr(), out.as_mut_ptr());
-        let (mut m, mut l) = (-f32::MAX, 0.0f32);
-        let mut tile = [0.0f32; L];
-        for j0 in (0..slots).step_by(L) {
-            let nb = L.min(slots - j0);
-            let rows: [usize; L] = std::array::from_fn(|t| (j0 + t.min(nb - 1)) * hd);
-            let mut acc = [_mm512_setzero_ps(); L];
-            for c in (0..hd).step_by(L) {
-                let k = mask(hd - c);
-                // SAFETY: c < hd and `k` enables lanes below hd: inside `q` and inside row
-                // rows[t]/hd < slots of `keys` (slots·hd codes).
-                unsafe {
-                    let qc = _mm512_maskz_loadu_ps(k, pq.add(c));
-                    for t in 0..L {
-                        acc[t] = _mm512_fmadd_ps(qc, load_q8(hd - c, pk.add(rows[t] + c)), acc[t]);
-                    }
-                }
-            }
-            let nbm = mask(nb);
-            // SAFETY: lanes below nb read key_scales[j0..j0 + nb], inside its `slots` entries.
-            let (ks, vs) = unsafe {
-                (
-                    _mm512_maskz_loadu_ps(nbm, kv.key_scales.as_ptr().add(j0)),
-                    _mm512_maskz_loadu_ps(nbm, kv.value_scales.as_ptr().add(j0)),
-                )
-            };
-            let scores = _mm512_mul_ps(_mm512_mul_ps(sum_lanes_16(acc), ks), _mm512_set1_ps(scale));
-            let sv = _mm512_mask_blend_ps(nbm, _mm512_set1_ps(f32::NEG_INFINITY), scores);
-            let bm = m.max(_mm512_reduce_max_ps(sv));
-            let alpha = exp_fast(m - bm);
-            let weights = exp(_mm512_sub_ps(sv, _mm512_set1_ps(bm)));
-            l = l * alpha + _mm512_reduce_add_ps(weights);
-            // SAFETY: `tile` holds 16 floats.
-            unsafe { _mm512_storeu_ps(tile.as_mut_ptr(), _mm512_mul_ps(weights, vs)) };
-            let av = _mm512_set1_ps(alpha);
-            for c in (0..hd).step_by(L) {
-                let k = mask(hd - c);
-                // SAFETY: c < hd and `k` enables lanes below hd: inside `out` and inside row
-                // rows[t]/hd < slots of `values`.
-                unsafe {
-                    let mut o = [
-                        _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), av),
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                    ];
-                    for t in 0..L {
-                        let vr = load_q8(hd - c, pv.add(rows[t] + c));
-                        o[t % 4] = _mm512_fmadd_ps(_mm512_set1_ps(tile[t]), vr, o[t % 4]);
-                    }
-                    let o = _mm512_add_ps(_mm512_add_ps(o[0], o[1]), _mm512_add_ps(o[2], o[3]));
-                    _mm512_mask_storeu_ps(po.add(c), k, o);
-                }
-            }
-            m = bm;
-        }
-        let inv = _mm512_set1_ps(1.0 / l);
-        for c in (0..hd).step_by(L) {
-            let k = mask(hd - c);
-            // SAFETY: c < hd and `k` enables only lanes inside `out`.
-            unsafe { _mm512_mask_storeu_ps(po.add(c), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, po.add(c)), inv)) };
-        }
     }
 
     /// Blocks of 16 keys, one pass. Per block: the 16 scores `q·kⱼ` are accumulated as 16-lane
