@@ -413,7 +413,7 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>)> {
     Ok((structured, unstructured))
 }
 
-/// The trained GPT (d 128, 4 layers) teaches a GPT of d 64 and 2 layers; the same student trained
+/// The trained GPT (d 128, 4 layers) teaches a GPT of half its width and depth (d 64, 2 layers); the same student trained
 /// alone with the same steps, data and seed is the control. T = 2 and α = 0.5 (DistilBERT's
 /// temperature; not tuned — each run is a full training), the hard term the same answer-weighted
 /// cross-entropy the teacher was trained with.
@@ -430,7 +430,14 @@ fn gpt_distillation(opts: &Options) -> Result<Value> {
     let data = transformer::train_data(&tokenizer, &train_text, Some(&qa))?;
     let val_ids = tokenizer.encode_ids(&val_text)?;
     let cfg = transformer::train_config(opts.quick);
-    let student_cfg = tt_transformer::GptConfig { d_model: 64, n_layers: 2, seed: 11, ..teacher.config.clone() };
+    // Half the teacher's width and depth (d 64, 2 layers for the default GPT).
+    let tc = &teacher.config;
+    let student_cfg = tt_transformer::GptConfig {
+        d_model: tc.d_model / 2,
+        n_layers: (tc.n_layers / 2).max(1),
+        seed: 11,
+        ..tc.clone()
+    };
     let (t, alpha) = (2.0f32, 0.5f32);
     let score = |m: &tt_transformer::Gpt| -> Result<(f32, f32)> {
         let em = exact_match_with(|| gpt_engine(m), &tokenizer, &test, 48, 2)?.0;
@@ -456,7 +463,7 @@ fn gpt_distillation(opts: &Options) -> Result<Value> {
     )?;
     let ((tq, tp), (sq, sp), (dq, dp)) = (score(&teacher)?, score(&scratch)?, score(&distilled)?);
     opts.say(format!(
-        "  teacher GPT {} params: exact match {:5.1}% (val ppl {tp:.3}); student GPT (d 64, 2 layers) {} params, {} steps each, same data and seed: from scratch {:5.1}% (ppl {sp:.3}), distilled (T {t}, α {alpha}) {:5.1}% (ppl {dp:.3})",
+        "  teacher GPT {} params: exact match {:5.1}% (val ppl {tp:.3}); student GPT (half the width and depth) {} params, {} steps each, same data and seed: from scratch {:5.1}% (ppl {sp:.3}), distilled (T {t}, α {alpha}) {:5.1}% (ppl {dp:.3})",
         teacher.num_parameters(),
         100.0 * tq,
         scratch.num_parameters(),
@@ -465,11 +472,110 @@ fn gpt_distillation(opts: &Options) -> Result<Value> {
         100.0 * dq
     ));
     Ok(json!({
-        "teacher": {"model": "gpt d128 l4", "params": teacher.num_parameters(), "quality": tq, "val_perplexity": tp},
-        "student_scratch": {"model": "gpt d64 l2", "params": scratch.num_parameters(), "quality": sq, "val_perplexity": sp},
-        "student_distilled": {"model": "gpt d64 l2", "params": distilled.num_parameters(), "quality": dq, "val_perplexity": dp},
+        "teacher": {"model": format!("gpt d{} l{}", teacher.config.d_model, teacher.config.n_layers), "params": teacher.num_parameters(), "quality": tq, "val_perplexity": tp},
+        "student_scratch": {"model": format!("gpt d{} l{}", scratch.config.d_model, scratch.config.n_layers), "params": scratch.num_parameters(), "quality": sq, "val_perplexity": sp},
+        "student_distilled": {"model": format!("gpt d{} l{}", distilled.config.d_model, distilled.config.n_layers), "params": distilled.num_parameters(), "quality": dq, "val_perplexity": dp},
         "temperature": t, "alpha": alpha, "steps": cfg.steps,
     }))
+}
+
+/// A line chart of `series` (label, points) as SVG at `path`.
+fn line_chart(
+    path: &std::path::Path,
+    title: &str,
+    x_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    x_log: bool,
+) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let pts = series.iter().flat_map(|(_, p)| p.iter());
+    let (x0, x1) = pts.clone().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(title, ("sans-serif", 18)).margin(12).x_label_area_size(36).y_label_area_size(52);
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc("accuracy / exact match")
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            for (i, (label, p)) in series.iter().enumerate() {
+                let color = palette[i % palette.len()];
+                chart
+                    .draw_series(LineSeries::new(p.clone(), color.stroke_width(2)))
+                    .map_err(|e| err(e.to_string()))?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                chart
+                    .draw_series(p.iter().map(|&q| Circle::new(q, 3, color.filled())))
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+        }};
+    }
+    if x_log {
+        draw!(builder
+            .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), 0f64..1.0)
+            .map_err(|e| err(e.to_string()))?);
+    } else {
+        draw!(builder.build_cartesian_2d(x0.min(0.0)..x1 * 1.02, 0f64..1.0).map_err(|e| err(e.to_string()))?);
+    }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Accuracy against sparsity (unstructured rows) and accuracy against bytes (low-rank rows).
+fn charts(opts: &Options, unstructured: &[Value], low_rank: &[Value]) -> Result<Vec<std::path::PathBuf>> {
+    let mut series = Vec::new();
+    for model in ["mlp", "cnn", "gpt"] {
+        for finetuned in [false, true] {
+            let pts: Vec<(f64, f64)> = unstructured
+                .iter()
+                .filter(|r| r["model"] == model && r["finetuned"] == finetuned)
+                .filter_map(|r| Some((r["sparsity"].as_f64()?, r["quality"].as_f64()?)))
+                .collect();
+            if !pts.is_empty() {
+                series.push((
+                    format!("{model}{}", if finetuned { ", pruned gradually / fine-tuned" } else { ", one-shot" }),
+                    pts,
+                ));
+            }
+        }
+    }
+    let a = opts.cache_dir.join(NAME).join("quality_vs_sparsity.svg");
+    line_chart(
+        &a,
+        "quality vs unstructured sparsity (held-out data)",
+        "sparsity (fraction of zero weights)",
+        &series,
+        false,
+    )?;
+    let pts: Vec<(f64, f64)> =
+        low_rank.iter().filter_map(|r| Some((r["bytes"].as_f64()? / 1024.0, r["quality"].as_f64()?))).collect();
+    let b = opts.cache_dir.join(NAME).join("quality_vs_bytes.svg");
+    line_chart(
+        &b,
+        "MLP layer 0 as a low-rank pair: quality vs bytes (dense: 32 KiB)",
+        "bytes of the layer (KiB, log)",
+        &[("mlp, low-rank layer 0".into(), pts)],
+        true,
+    )?;
+    Ok(vec![a, b])
 }
 
 pub fn run(opts: &Options) -> Result<Value> {
@@ -492,7 +598,12 @@ pub fn run(opts: &Options) -> Result<Value> {
     opts.say("\nknowledge distillation:");
     let distill = distillation(opts)?;
     let gpt_distill = gpt_distillation(opts)?;
-    opts.say("\nnot measured yet: the GPT's attention heads and low-rank; charts");
+    let chart_paths = charts(opts, &unstructured_rows, &low)?;
+    opts.say(format!(
+        "\ncharts: {}",
+        chart_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    ));
+    opts.say("not measured yet: the GPT's attention heads and low-rank");
     Ok(json!({
         "milestone": NAME,
         "unstructured": unstructured_rows,
@@ -501,6 +612,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         "low_rank": low,
         "distillation": distill,
         "gpt_distillation": gpt_distill,
+        "charts": chart_paths,
         "not_implemented": ["gpt attention-head pruning", "gpt low-rank"],
     }))
 }
