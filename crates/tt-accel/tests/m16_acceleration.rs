@@ -16,3 +16,5 @@ mod fused;
 mod gemm;
 #[path = "m16/packed.rs"]
 mod packed;
+#[path = "m16/sparse.rs"]
+mod sparse;
