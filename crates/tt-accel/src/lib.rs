@@ -11,8 +11,6 @@
 //! - [`packed`]: [`PackedF32`](packed::PackedF32), a `tt_tensor::Projection` whose weights are
 //!   packed once for decode-shaped (few-row) products; installed through the seam
 //!   (`map_linears`), it accelerates the existing decoder — there is no second decoder.
-//! - [`sparse`]: the CSR row kernel (AVX-512 gathers, scalar reference) behind tt-compress's
-//!   sparse projection.
 //! - [`team`]: persistent threads with sub-microsecond hand-off, to split one decode-step
 //!   projection across cores.
 //!
@@ -24,7 +22,6 @@ pub mod dispatch;
 pub mod fused;
 pub mod gemm;
 pub mod packed;
-pub mod sparse;
 pub mod team;
 
 pub use dispatch::{detected, level, with_level, Level};

@@ -16,5 +16,3 @@ mod fused;
 mod gemm;
 #[path = "m16/packed.rs"]
 mod packed;
-#[path = "m16/sparse.rs"]
-mod sparse;

@@ -6,8 +6,8 @@
 //! its gathers make it slower than a dense kernel until far sparser than that; where on this
 //! machine is for the compression milestone to measure, not for this module to assume.
 //!
-//! The kernel is tt-accel's `sparse::csr_row` at the dispatch level chosen when the matrix is
-//! built: AVX-512 gathers 16 inputs per instruction, the scalar reference sums in index order.
+//! The kernel is the straightforward one (per row and output, a gathered dot product in index
+//! order) — the reference a SIMD version will be tested against.
 
 use ndarray::Array2;
 use tt_tensor::Projection;
@@ -22,7 +22,6 @@ pub struct CsrF32 {
     indptr: Vec<u32>,
     indices: Vec<u32>,
     values: Vec<f32>,
-    level: tt_accel::Level,
 }
 
 impl CsrF32 {
@@ -52,17 +51,12 @@ impl CsrF32 {
             }
             indptr.push(values.len() as u32);
         }
-        Ok(CsrF32 { out_f, in_f, indptr, indices, values, level: tt_accel::level() })
+        Ok(CsrF32 { out_f, in_f, indptr, indices, values })
     }
 
     /// Stored non-zeros.
     pub fn nnz(&self) -> usize {
         self.values.len()
-    }
-
-    /// The kernel level this matrix runs at (tt-accel's level when it was built).
-    pub fn level(&self) -> tt_accel::Level {
-        self.level
     }
 
     /// Non-zeros over all entries.
