@@ -408,14 +408,31 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
             let names = layer_names(&mut m)?;
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let mut p = Pruning::default();
-            p.global_magnitude(&mut m, &refs, s).map_err(other)?;
-            if finetune {
-                let mut after = |_: usize, _: &tt_transformer::Gpt| -> tt_transformer::Result<()> {
+            if !finetune {
+                p.global_magnitude(&mut m, &refs, s).map_err(other)?;
+            } else {
+                // Gradually: the cubic schedule in `stages` steps over the first 80% of
+                // fine-tuning (pruned from the training hook), masks re-applied after every step.
+                let stages = 5;
+                let every = (ft.steps * 4 / 5 / stages).max(1);
+                p.global_magnitude(&mut m, &refs, cubic_schedule(0.0, s, 1, stages).map_err(other)?).map_err(other)?;
+                let mut failure = None;
+                let mut after = |step: usize, _: &tt_transformer::Gpt| -> tt_transformer::Result<()> {
+                    let stage = (step + 1) / every + 1;
+                    if (step + 1) % every == 0 && stage <= stages {
+                        let target = cubic_schedule(0.0, s, stage, stages).unwrap_or(s);
+                        if let Err(e) = amount_for(p.mask_sparsity(), target).and_then(|a| p.advance_global(a)) {
+                            failure = Some(e.to_string());
+                        }
+                    }
                     p.reapply();
                     Ok(())
                 };
                 let hooks = tt_transformer::train::TrainHooks { loss: None, after_step: Some(&mut after) };
                 tt_transformer::train::train_with_hooks(&m, &data, &val_ids, &ft, hooks, false, |_| {})?;
+                if let Some(e) = failure {
+                    return Err(other(e));
+                }
             }
             p.make_permanent(&mut m).map_err(other)?;
             let measured = sparsity::model(&mut m).map_err(other)?;
@@ -423,7 +440,11 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
             opts.say(format!(
                 "  gpt sparsity {:>4.0}%{}: exact match {:5.1}%",
                 100.0 * measured,
-                if finetune { format!(" + {} fine-tuning steps", ft.steps) } else { " one-shot".into() },
+                if finetune {
+                    format!(" pruned gradually over {} fine-tuning steps", ft.steps)
+                } else {
+                    " one-shot".into()
+                },
                 100.0 * q
             ));
             unstructured.push(json!({"model": "gpt", "sparsity": measured, "finetuned": finetune, "quality": q}));

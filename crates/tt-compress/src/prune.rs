@@ -46,6 +46,9 @@ pub struct PrunedLayer {
     pub name: String,
     pub weight: Tensor,
     pub mask: ArrayD<f32>,
+    /// The mask as the layer's forward transform holds it (shared: updating it updates the
+    /// layer's forward without touching the model).
+    forward: Tensor,
 }
 
 impl PrunedLayer {
@@ -188,8 +191,14 @@ impl Pruning {
         }
         for (name, weight, mask) in layers {
             match self.layers.iter_mut().find(|l| l.name == name) {
-                Some(l) => l.mask = mask,
-                None => self.layers.push(PrunedLayer { name, weight, mask }),
+                Some(l) => {
+                    l.forward.set_data(mask.clone())?;
+                    l.mask = mask;
+                }
+                None => {
+                    let forward = Tensor::from_array(mask.clone());
+                    self.layers.push(PrunedLayer { name, weight, mask, forward });
+                }
             }
         }
         self.reapply();
@@ -197,7 +206,7 @@ impl Pruning {
             self.layers
                 .iter()
                 .find(|l| l.name == name)
-                .map(|l| Arc::new(Mask { mask: Tensor::from_array(l.mask.clone()) }) as Arc<dyn ForwardTransform>)
+                .map(|l| Arc::new(Mask { mask: l.forward.clone() }) as Arc<dyn ForwardTransform>)
         };
         tt_tensor::nn::map_linears(m, |n, l| {
             if let Some(t) = transform(n) {
@@ -212,6 +221,48 @@ impl Pruning {
             Ok(())
         })?;
         Ok(())
+    }
+
+    /// Prunes `amount` more of the still-unpruned weights of the layers already pruned, with one
+    /// threshold across them, **without the model**: the weights and the forward masks are
+    /// shared with its layers, so a training loop's after-step hook (which only sees the model
+    /// immutably) can prune on a schedule.
+    ///
+    /// # Errors
+    /// An amount outside `[0, 1]`.
+    pub fn advance_global(&mut self, amount: f64) -> Result<()> {
+        check_amount("Pruning::advance_global", amount)?;
+        let mut live: Vec<(f32, usize, usize)> = Vec::new();
+        for (li, l) in self.layers.iter().enumerate() {
+            let data = l.weight.data();
+            live.extend(
+                data.iter()
+                    .zip(l.mask.iter())
+                    .enumerate()
+                    .filter(|(_, (_, &k))| k != 0.0)
+                    .map(|(i, (v, _))| (v.abs(), li, i)),
+            );
+        }
+        let k = to_prune(amount, live.len());
+        live.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        for &(_, li, i) in &live[..k] {
+            self.layers[li].mask.as_slice_mut().expect("masks are built in standard layout")[i] = 0.0;
+        }
+        for l in &self.layers {
+            l.forward.set_data(l.mask.clone())?;
+        }
+        self.reapply();
+        Ok(())
+    }
+
+    /// Fraction of masked-out entries over the pruned layers (0 before any pruning).
+    pub fn mask_sparsity(&self) -> f64 {
+        let (z, n) = self.layers.iter().fold((0, 0), |(z, n), l| (z + l.pruned(), n + l.mask.len()));
+        if n == 0 {
+            0.0
+        } else {
+            z as f64 / n as f64
+        }
     }
 
     /// Zeroes every pruned weight again (after an optimizer step moved some).

@@ -155,3 +155,23 @@ fn the_cubic_schedule_and_amounts_reach_the_target() {
     }
     assert!(amount_for(0.6, 0.5).is_err());
 }
+
+/// Pruning further from a training hook, without the model: the layers' forward masks follow.
+#[test]
+fn advance_global_prunes_more_without_the_model() {
+    let mut m = Sequential::new().layer(Linear::new(6, 8, true, 1)).layer(Relu).layer(Linear::new(8, 3, true, 2));
+    let x = Tensor::randn(&[4, 6], 0.0, 1.0, 3);
+    let mut p = Pruning::default();
+    p.global_magnitude(&mut m, &["0", "2"], 0.5).unwrap();
+    p.advance_global(0.5).unwrap();
+    assert!((sparsity::model(&mut m).unwrap() - 0.75).abs() < 0.02);
+    // The forward uses the new masks even if the stored weights were moved off zero.
+    for l in p.layers() {
+        let mut w = l.weight.data_mut();
+        w.iter_mut().for_each(|v| *v += 1.0);
+    }
+    let masked = no_grad(|| m.forward(&x)).unwrap().to_vec();
+    p.reapply();
+    assert_eq!(no_grad(|| m.forward(&x)).unwrap().to_vec(), masked);
+    assert!(p.advance_global(2.0).is_err());
+}
