@@ -419,7 +419,7 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
                 let mut failure = None;
                 let mut after = |step: usize, _: &tt_transformer::Gpt| -> tt_transformer::Result<()> {
                     let stage = (step + 1) / every + 1;
-                    if (step + 1) % every == 0 && stage <= stages {
+                    if (step + 1).is_multiple_of(every) && stage <= stages {
                         let target = cubic_schedule(0.0, s, stage, stages).unwrap_or(s);
                         if let Err(e) = amount_for(p.mask_sparsity(), target).and_then(|a| p.advance_global(a)) {
                             failure = Some(e.to_string());
