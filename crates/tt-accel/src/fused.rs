@@ -840,10 +840,16 @@ mod scalar {
         y.iter_mut().for_each(|v| *v = gelu_tanh(*v));
     }
 
-    /// The online softmax of [`decode_attention`] over int8 rows.
-    pub(super) fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) {
-        let hd = q.len();
-        let slots = kv.key_scales.len();
+    /// The online softmax of [`decode_attention`], written once over how a row is read: `score(j)`
+    /// is `scale·q·kⱼ` (already scaled), `add(j, p, out)` accumulates `p·vⱼ` into `out`.
+    fn online(
+        hd: usize,
+        slots: usize,
+        out: &mut [f32],
+        score: impl Fn(usize) -> f32,
+        add: impl Fn(usize, f32, &mut [f32]),
+    ) {
+        debug_assert_eq!(out.len(), hd);
         out.fill(0.0);
         let (mut m, mut l) = (-f32::MAX, 0.0f32);
         let mut p = [0.0f32; SCALAR_BLOCK];
@@ -851,9 +857,7 @@ mod scalar {
             let nb = SCALAR_BLOCK.min(slots - j0);
             let mut bm = m;
             for t in 0..nb {
-                let j = j0 + t;
-                let d: f32 = q.iter().zip(&kv.keys[j * hd..(j + 1) * hd]).map(|(&a, &c)| a * c as f32).sum();
-                p[t] = d * kv.key_scales[j] * scale;
+                p[t] = score(j0 + t);
                 bm = bm.max(p[t]);
             }
             let alpha = exp_fast(m - bm);
@@ -865,11 +869,7 @@ mod scalar {
             l = l * alpha + bs;
             out.iter_mut().for_each(|o| *o *= alpha);
             for t in 0..nb {
-                let j = j0 + t;
-                let w = p[t] * kv.value_scales[j];
-                for (o, &c) in out.iter_mut().zip(&kv.values[j * hd..(j + 1) * hd]) {
-                    *o += w * c as f32;
-                }
+                add(j0 + t, p[t], out);
             }
             m = bm;
         }
@@ -877,38 +877,32 @@ mod scalar {
         out.iter_mut().for_each(|o| *o *= inv);
     }
 
+    /// [`online`] over int8 rows.
+    pub(super) fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let score = |j: usize| {
+            let d: f32 = q.iter().zip(&kv.keys[j * hd..(j + 1) * hd]).map(|(&a, &c)| a * c as f32).sum();
+            d * kv.key_scales[j] * scale
+        };
+        let add = |j: usize, p: f32, out: &mut [f32]| {
+            let w = p * kv.value_scales[j];
+            for (o, &c) in out.iter_mut().zip(&kv.values[j * hd..(j + 1) * hd]) {
+                *o += w * c as f32;
+            }
+        };
+        online(hd, kv.key_scales.len(), out, score, add);
+    }
+
+    /// [`online`] over f32 rows.
     pub(super) fn decode_attention(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
         let hd = q.len();
-        let slots = keys.len() / hd;
-        out.fill(0.0);
-        let (mut m, mut l) = (-f32::MAX, 0.0f32);
-        let mut p = [0.0f32; SCALAR_BLOCK];
-        for j0 in (0..slots).step_by(SCALAR_BLOCK) {
-            let nb = SCALAR_BLOCK.min(slots - j0);
-            let mut bm = m;
-            for t in 0..nb {
-                let j = j0 + t;
-                p[t] = dot(q, &keys[j * hd..(j + 1) * hd]) * scale;
-                bm = bm.max(p[t]);
+        let score = |j: usize| dot(q, &keys[j * hd..(j + 1) * hd]) * scale;
+        let add = |j: usize, p: f32, out: &mut [f32]| {
+            for (o, &v) in out.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                *o += p * v;
             }
-            let alpha = exp_fast(m - bm);
-            let mut bs = 0.0;
-            for pt in &mut p[..nb] {
-                *pt = exp_fast(*pt - bm);
-                bs += *pt;
-            }
-            l = l * alpha + bs;
-            out.iter_mut().for_each(|o| *o *= alpha);
-            for t in 0..nb {
-                let j = j0 + t;
-                for (o, &v) in out.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                    *o += p[t] * v;
-                }
-            }
-            m = bm;
-        }
-        let inv = 1.0 / l;
-        out.iter_mut().for_each(|o| *o *= inv);
+        };
+        online(hd, keys.len() / hd, out, score, add);
     }
 }
 
