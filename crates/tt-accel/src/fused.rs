@@ -531,12 +531,13 @@ pub fn decode_attention_q8_2pass_at(
     scores: &mut [f32],
     out: &mut [f32],
 ) -> Result<()> {
+    // The same checks at every level, so an error does not depend on the CPU.
+    check_q8("fused::decode_attention_q8_2pass", q, kv, scale, out)?;
+    check_scores("fused::decode_attention_q8_2pass", kv.key_scales.len(), scores)?;
     let level = level.min(dispatch::level());
     if level != Level::Avx512 {
         return decode_attention_q8_at(level, q, kv, scale, out);
     }
-    check_q8("fused::decode_attention_q8_2pass", q, kv, scale, out)?;
-    check_scores("fused::decode_attention_q8_2pass", kv.key_scales.len(), scores)?;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the level is AVX-512, at most `dispatch::level()`; lengths checked above.
     unsafe {
