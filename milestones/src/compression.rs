@@ -297,12 +297,7 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
     use tt_transformer::generate::GenerateConfig;
     use tt_transformer::Tokenize;
     let quiet = Options { quiet: true, corpus: None, ..opts.clone() };
-    let (_, tokenizer, _, _) = transformer::load_or_train(&Options { corpus: None, ..opts.clone() })?;
-    let (train_text, val_text, qa) = transformer::load_text(&quiet)?;
-    let qa = qa.ok_or_else(|| other("the built-in corpus has questions"))?;
-    let test: Vec<_> = if opts.quick { qa.test.iter().step_by(10).cloned().collect() } else { qa.test.clone() };
-    let data = transformer::train_data(&tokenizer, &train_text, Some(&qa))?;
-    let val_ids = tokenizer.encode_ids(&val_text)?;
+    let transformer::QaEval { tokenizer, test, val_ids, data, .. } = transformer::qa_eval(opts)?;
     let ft = tt_transformer::train::TrainConfig {
         steps: if opts.quick { 4 } else { 200 },
         lr: 1e-3,
@@ -461,14 +456,9 @@ fn gpt_distillation(opts: &Options) -> Result<Value> {
     use crate::transformer;
     use tt_transformer::eval::{exact_match_with, next_token_loss};
     use tt_transformer::train::{default_loss, train, train_with_hooks, LossInput, TrainHooks};
-    use tt_transformer::Tokenize;
     let quiet = Options { quiet: true, corpus: None, ..opts.clone() };
-    let (teacher, tokenizer, _, _) = transformer::load_or_train(&quiet)?;
-    let (train_text, val_text, qa) = transformer::load_text(&quiet)?;
-    let qa = qa.ok_or_else(|| other("the built-in corpus has questions"))?;
-    let test: Vec<_> = if opts.quick { qa.test.iter().step_by(10).cloned().collect() } else { qa.test.clone() };
-    let data = transformer::train_data(&tokenizer, &train_text, Some(&qa))?;
-    let val_ids = tokenizer.encode_ids(&val_text)?;
+    let transformer::QaEval { tokenizer, test, val_ids, data, .. } = transformer::qa_eval(opts)?;
+    let (teacher, _, _, _) = transformer::load_or_train(&quiet)?;
     let cfg = transformer::train_config(opts.quick);
     // Half the teacher's width and depth (d 64, 2 layers for the default GPT).
     let tc = &teacher.config;

@@ -185,15 +185,10 @@ fn engine_with(m: &Gpt, kv: KvStorage) -> std::result::Result<CachedGpt, Transfo
 /// engine uses the same fused row kernels, so only the weight format differs.
 fn gpt_rows(opts: &Options, mem: &MemoryLevels) -> Result<(Vec<Value>, Value)> {
     let quiet = Options { quiet: true, corpus: None, ..opts.clone() };
-    let (_, tokenizer, _, _) = transformer::load_or_train(&Options { corpus: None, ..opts.clone() })?;
-    let (train_text, val_text, qa) = transformer::load_text(&quiet)?;
-    let qa = qa.ok_or_else(|| other("the built-in corpus has questions"))?;
-    let test: Vec<_> = if opts.quick { qa.test.iter().step_by(10).cloned().collect() } else { qa.test.clone() };
-    let val_ids = tokenizer.encode_ids(&val_text)?;
+    let transformer::QaEval { tokenizer, test, val_ids, train_text, data: qat_data } = transformer::qa_eval(opts)?;
     let calib_ids = tokenizer.encode_ids(&train_text[..train_text.len().min(8192)])?;
     let prompt = tokenizer.encode_ids(PROMPT)?;
     let windows = if opts.quick { 8 } else { 48 };
-    let qat_data = transformer::train_data(&tokenizer, &train_text, Some(&qa))?;
     // QAT fine-tuning: short, at a twentieth of the training peak learning rate.
     let qat_cfg = tt_transformer::train::TrainConfig {
         steps: if opts.quick { 4 } else { 150 },

@@ -163,6 +163,31 @@ pub fn train_data(tokenizer: &Tokenizer, train_text: &str, qa: Option<&QaCorpus>
     })
 }
 
+/// What the optimization milestones score a GPT variant with on the built-in corpus: the
+/// tokenizer, the unseen test questions (every 10th with `--quick`), the validation ids, the
+/// training text and stream (for fine-tuning and calibration).
+pub struct QaEval {
+    pub tokenizer: Tokenizer,
+    pub test: Vec<corpus::QaPair>,
+    pub val_ids: Vec<usize>,
+    pub train_text: String,
+    pub data: TrainData,
+}
+
+/// [`QaEval`] for the cached default GPT (trained first if absent).
+///
+/// # Errors
+/// Training or loading errors.
+pub fn qa_eval(opts: &Options) -> Result<QaEval> {
+    let (_, tokenizer, _, _) = load_or_train(&Options { corpus: None, ..opts.clone() })?;
+    let (train_text, val_text, qa) = load_text(&Options { quiet: true, corpus: None, ..opts.clone() })?;
+    let qa = qa.ok_or_else(|| MilestoneError::Other("the built-in corpus has questions".into()))?;
+    let test = if opts.quick { qa.test.iter().step_by(10).cloned().collect() } else { qa.test.clone() };
+    let data = train_data(&tokenizer, &train_text, Some(&qa))?;
+    let val_ids = tokenizer.encode_ids(&val_text)?;
+    Ok(QaEval { tokenizer, test, val_ids, train_text, data })
+}
+
 /// Loads the cached model for the options' corpus, training it first if absent or `--retrain`.
 /// Returns the model, its tokenizer, the training report and whether it was reused.
 pub fn load_or_train(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport, bool)> {
