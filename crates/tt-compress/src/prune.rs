@@ -160,7 +160,8 @@ impl Pruning {
         let k = to_prune(amount, live.len());
         live.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         for &(_, li, i) in &live[..k] {
-            layers[li].2.as_slice_mut().expect("standard layout")[i] = 0.0;
+            // Masks are `ArrayD::ones` or clones of them: always standard layout.
+            layers[li].2.as_slice_mut().expect("masks are built in standard layout")[i] = 0.0;
         }
         self.install(m, layers)
     }
