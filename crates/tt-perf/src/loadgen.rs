@@ -1,0 +1,683 @@
+//! LoadGen: the traffic generator between a benchmark and a system under test, after MLPerf
+//! Inference's `loadgen/`. It owns the clock, chooses samples and arrival times from seeds,
+//! issues queries in the scenario's pattern, timestamps every completion, and leaves judging to
+//! [`crate::results`].
+//!
+//! The system under test ([`SystemUnderTest`]) receives queries through `issue_query` and answers
+//! through a [`Responder`], from any thread and at any later time; it must not block in
+//! `issue_query` for longer than it takes to enqueue, since Server latency is counted from each
+//! query's *scheduled* arrival (a system that blocks pays its queueing delay, as in MLPerf).
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp};
+use serde::Serialize;
+
+use crate::clock::{Clock, RealClock};
+use crate::{PerfError, Result};
+
+/// The four MLPerf scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Scenario {
+    /// One sample per query; the next query when the previous completes. Metric: p90 latency.
+    SingleStream,
+    /// `samples_per_query` samples per query, issued the same way; a query's latency is its
+    /// slowest sample's. Metric: p99 query latency.
+    MultiStream,
+    /// One sample per query, Poisson arrivals at a target rate, no limit on outstanding queries.
+    /// Metric: the rate, valid only if the p99 latency is within the bound.
+    Server,
+    /// One query holding every sample. Metric: samples per second.
+    Offline,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::SingleStream => "SingleStream",
+            Scenario::MultiStream => "MultiStream",
+            Scenario::Server => "Server",
+            Scenario::Offline => "Offline",
+        }
+    }
+    /// The latency percentile the scenario is judged by.
+    pub fn default_percentile(self) -> f64 {
+        match self {
+            Scenario::SingleStream => 0.90,
+            _ => 0.99,
+        }
+    }
+}
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    PerformanceOnly,
+    /// Every sample of the library exactly once; responses kept for the task's metric.
+    AccuracyOnly,
+    /// Server only: search for the highest target rate whose run is valid ([`find_peak`]).
+    FindPeakPerformance,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::PerformanceOnly => "PerformanceOnly",
+            Mode::AccuracyOnly => "AccuracyOnly",
+            Mode::FindPeakPerformance => "FindPeakPerformance",
+        }
+    }
+}
+
+/// LoadGen's test settings. [`TestSettings::official`] holds MLPerf's minimums; benchmarks here
+/// scale durations down and must say so (the summary prints every setting).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestSettings {
+    pub scenario: Scenario,
+    pub mode: Mode,
+    /// A run lasts at least this long…
+    pub min_duration: Duration,
+    /// …and issues at least this many queries (Offline: samples).
+    pub min_query_count: u64,
+    /// Stop issuing here even if the minimums are not met (the run is then INVALID). `None`: no cap.
+    pub max_duration: Option<Duration>,
+    /// Server latency bound, judged at `target_latency_percentile`.
+    pub target_latency: Duration,
+    pub target_latency_percentile: f64,
+    pub server_target_qps: f64,
+    /// Offline issues `max(min_query_count, expected_qps · min_duration · 1.1)` samples.
+    pub offline_expected_qps: f64,
+    pub multi_stream_samples_per_query: usize,
+    /// Which samples the library loads for performance runs.
+    pub qsl_seed: u64,
+    /// Which loaded sample each query takes.
+    pub sample_index_seed: u64,
+    /// Server arrival times.
+    pub schedule_seed: u64,
+    /// How long to wait for outstanding responses after the last query before failing the run.
+    pub completion_timeout: Duration,
+    /// FindPeakPerformance: bisection steps after the valid/invalid bracket is found.
+    pub peak_search_steps: usize,
+}
+
+impl TestSettings {
+    /// MLPerf Inference's official minimums for a scenario (`mlperf.conf`): 600 s; 1,024 queries
+    /// SingleStream, 270,336 MultiStream and Server, 24,576 samples Offline.
+    pub fn official(scenario: Scenario) -> TestSettings {
+        let min_query_count = match scenario {
+            Scenario::SingleStream => 1024,
+            Scenario::MultiStream | Scenario::Server => 270_336,
+            Scenario::Offline => 24_576,
+        };
+        TestSettings {
+            min_duration: Duration::from_secs(600),
+            min_query_count,
+            ..TestSettings::scaled(scenario, Duration::from_secs(600), min_query_count)
+        }
+    }
+
+    /// The same rules with a shorter minimum duration and query count (state both when reporting).
+    pub fn scaled(scenario: Scenario, min_duration: Duration, min_query_count: u64) -> TestSettings {
+        TestSettings {
+            scenario,
+            mode: Mode::PerformanceOnly,
+            min_duration,
+            min_query_count,
+            max_duration: None,
+            target_latency: Duration::from_millis(100),
+            target_latency_percentile: scenario.default_percentile(),
+            server_target_qps: 10.0,
+            offline_expected_qps: 100.0,
+            multi_stream_samples_per_query: 8,
+            qsl_seed: 0x5eed_0001,
+            sample_index_seed: 0x5eed_0002,
+            schedule_seed: 0x5eed_0003,
+            completion_timeout: Duration::from_secs(120),
+            peak_search_steps: 4,
+        }
+    }
+
+    /// # Errors
+    /// A setting out of range, named.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(PerfError::Settings(m));
+        if !(self.target_latency_percentile > 0.0 && self.target_latency_percentile < 1.0) {
+            return bad(format!("target_latency_percentile {} is outside (0, 1)", self.target_latency_percentile));
+        }
+        if self.scenario == Scenario::Server && !(self.server_target_qps.is_finite() && self.server_target_qps > 0.0) {
+            return bad(format!("server_target_qps {} must be a positive number", self.server_target_qps));
+        }
+        if self.scenario == Scenario::Offline
+            && !(self.offline_expected_qps.is_finite() && self.offline_expected_qps > 0.0)
+        {
+            return bad(format!("offline_expected_qps {} must be a positive number", self.offline_expected_qps));
+        }
+        if self.scenario == Scenario::MultiStream && self.multi_stream_samples_per_query == 0 {
+            return bad("multi_stream_samples_per_query must be at least 1".into());
+        }
+        if self.mode == Mode::FindPeakPerformance && self.scenario != Scenario::Server {
+            return bad(format!("FindPeakPerformance applies to Server, not {}", self.scenario.name()));
+        }
+        // A planned run beyond ~100M samples is a typo (and would allocate gigabytes of records).
+        let planned = match self.scenario {
+            Scenario::Server => self.server_target_qps * self.min_duration.as_secs_f64(),
+            Scenario::Offline => self.offline_expected_qps * self.min_duration.as_secs_f64() * 1.1,
+            _ => 0.0,
+        }
+        .max(self.min_query_count as f64);
+        if planned > 1e8 {
+            return bad(format!("the run would issue {planned:.0} samples; lower the rate, duration or query count"));
+        }
+        Ok(())
+    }
+}
+
+/// One sample of a query: `id` identifies the response, `index` the library's sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuerySample {
+    pub id: u64,
+    pub index: usize,
+}
+
+/// The system's answer to one sample. `data` is what the accuracy metric reads (a class id, an
+/// answer's bytes); `tokens` the number of output tokens for generative systems.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuerySampleResponse {
+    pub id: u64,
+    pub data: Vec<u8>,
+    pub tokens: Option<u32>,
+}
+
+/// The samples a benchmark can draw on (MLPerf's QSL). LoadGen loads a performance set before a
+/// performance run and every sample, chunk by chunk, for an accuracy run.
+pub trait QuerySampleLibrary {
+    fn name(&self) -> String;
+    fn total_sample_count(&self) -> usize;
+    /// How many samples fit in memory at once.
+    fn performance_sample_count(&self) -> usize;
+    /// # Errors
+    /// The library's own (a bad index, a failed read).
+    fn load_samples(&mut self, indices: &[usize]) -> Result<()>;
+    /// # Errors
+    /// The library's own.
+    fn unload_samples(&mut self, indices: &[usize]) -> Result<()>;
+}
+
+/// The system under test.
+pub trait SystemUnderTest: Send + Sync {
+    fn name(&self) -> String;
+    /// Take the samples and answer each through `responder`, now or later, from any thread.
+    fn issue_query(&self, samples: &[QuerySample], responder: &Responder);
+    /// No more queries are coming: run whatever is batched.
+    fn flush_queries(&self) {}
+}
+
+#[derive(Debug, Clone, Default)]
+struct Record {
+    index: usize,
+    query: usize,
+    scheduled_ns: u64,
+    done_ns: Option<u64>,
+    first_token_ns: Option<u64>,
+    tokens: Option<u32>,
+    data: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    records: Vec<Record>,
+    completed: usize,
+    error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    ledger: Mutex<Ledger>,
+    changed: Condvar,
+    clock: Arc<dyn Clock>,
+    keep_data: bool,
+}
+
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock(now {} ns)", self.now_ns())
+    }
+}
+
+/// How a system reports completions; cheap to clone and send to worker threads.
+#[derive(Debug, Clone)]
+pub struct Responder {
+    shared: Arc<Shared>,
+}
+
+impl Responder {
+    /// The samples are answered; their latency ends now.
+    pub fn complete(&self, responses: &[QuerySampleResponse]) {
+        self.complete_at(responses, self.shared.clock.now_ns());
+    }
+
+    /// The samples were answered at `at_ns` on the run's clock — for systems that timestamp
+    /// their own completions (a simulated system in tests, hardware timestamps). Real systems
+    /// call [`Responder::complete`].
+    pub fn complete_at(&self, responses: &[QuerySampleResponse], at_ns: u64) {
+        let now = at_ns;
+        let mut l = self.shared.ledger.lock().expect("ledger lock");
+        for r in responses {
+            let Some(rec) = usize::try_from(r.id).ok().and_then(|i| l.records.get_mut(i)) else {
+                l.error.get_or_insert(format!("response for unknown id {}", r.id));
+                continue;
+            };
+            if rec.done_ns.is_some() {
+                l.error.get_or_insert(format!("second response for id {}", r.id));
+                continue;
+            }
+            rec.done_ns = Some(now);
+            rec.tokens = r.tokens;
+            if self.shared.keep_data {
+                rec.data = r.data.clone();
+            }
+            l.completed += 1;
+        }
+        drop(l);
+        self.shared.changed.notify_all();
+    }
+
+    /// The first output token of sample `id` exists (time to first token ends now).
+    pub fn first_token(&self, id: u64) {
+        let now = self.shared.clock.now_ns();
+        let mut l = self.shared.ledger.lock().expect("ledger lock");
+        match usize::try_from(id).ok().and_then(|i| l.records.get_mut(i)) {
+            Some(rec) => {
+                rec.first_token_ns.get_or_insert(now);
+            }
+            None => {
+                l.error.get_or_insert(format!("first token for unknown id {id}"));
+            }
+        }
+    }
+
+    /// The clock latencies are measured on (for systems that report their own phases).
+    pub fn now_ns(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+}
+
+/// Everything a run measured, before judging.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunLog {
+    pub sut_name: String,
+    pub qsl_name: String,
+    pub settings: TestSettings,
+    pub queries_issued: u64,
+    /// Per sample, in issue order: completion − scheduled arrival.
+    pub sample_latencies_ns: Vec<u64>,
+    /// Per query (MultiStream: its slowest sample; otherwise equal to the sample's).
+    pub query_latencies_ns: Vec<u64>,
+    /// Per sample that reported a first token: first token − scheduled arrival.
+    pub first_token_ns: Vec<u64>,
+    /// Per sample with ≥ 2 tokens: (completion − first token) / (tokens − 1).
+    pub time_per_output_token_ns: Vec<u64>,
+    pub tokens: u64,
+    /// When the last query was issued (SingleStream, MultiStream) or scheduled (Server).
+    pub final_query_issued_ns: u64,
+    pub final_query_scheduled_ns: u64,
+    /// When the last sample completed.
+    pub final_completion_ns: u64,
+    /// AccuracyOnly: `(sample index, response data)` for every sample, by index.
+    #[serde(skip)]
+    pub accuracy: Vec<(usize, Vec<u8>)>,
+}
+
+/// Run one test: load samples, issue queries per the scenario, wait for every response.
+///
+/// # Errors
+/// Invalid settings; an empty library; the system answering an unknown id twice or not at all
+/// within `completion_timeout`; the library's own load errors.
+pub fn start_test(
+    sut: &dyn SystemUnderTest,
+    qsl: &mut dyn QuerySampleLibrary,
+    settings: &TestSettings,
+) -> Result<RunLog> {
+    start_test_with_clock(sut, qsl, settings, Arc::new(RealClock::new()))
+}
+
+/// [`start_test`] on a given clock (tests use a [`crate::clock::ManualClock`]).
+///
+/// # Errors
+/// As [`start_test`].
+pub fn start_test_with_clock(
+    sut: &dyn SystemUnderTest,
+    qsl: &mut dyn QuerySampleLibrary,
+    settings: &TestSettings,
+    clock: Arc<dyn Clock>,
+) -> Result<RunLog> {
+    settings.validate()?;
+    let total = qsl.total_sample_count();
+    let perf = qsl.performance_sample_count().min(total);
+    if total == 0 || perf == 0 {
+        return Err(PerfError::Settings(format!("library {} has no samples to issue", qsl.name())));
+    }
+    let accuracy = settings.mode == Mode::AccuracyOnly;
+    let shared = Arc::new(Shared {
+        ledger: Mutex::new(Ledger::default()),
+        changed: Condvar::new(),
+        clock: clock.clone(),
+        keep_data: accuracy,
+    });
+    let responder = Responder { shared: shared.clone() };
+    let run_start = clock.now_ns();
+    let mut run = Issuer { sut, settings, shared: &shared, responder: &responder, queries: 0, final_issue: 0 };
+    if accuracy {
+        let all: Vec<usize> = (0..total).collect();
+        for chunk in all.chunks(perf) {
+            qsl.load_samples(chunk)?;
+            let issued = run.accuracy_chunk(chunk);
+            qsl.unload_samples(chunk)?;
+            issued?;
+        }
+    } else {
+        // The performance set: a seeded choice of `perf` distinct samples, as LoadGen makes.
+        let mut rng = ChaCha8Rng::seed_from_u64(settings.qsl_seed);
+        let loaded = rand::seq::index::sample(&mut rng, total, perf).into_vec();
+        qsl.load_samples(&loaded)?;
+        let issued = run.performance(&loaded);
+        qsl.unload_samples(&loaded)?;
+        issued?;
+    }
+    let (queries, final_issue) = (run.queries, run.final_issue);
+    let l = shared.ledger.lock().expect("ledger lock");
+    collect(sut, qsl, settings, &l, queries, final_issue, run_start)
+}
+
+struct Issuer<'a> {
+    sut: &'a dyn SystemUnderTest,
+    settings: &'a TestSettings,
+    shared: &'a Arc<Shared>,
+    responder: &'a Responder,
+    queries: u64,
+    final_issue: u64,
+}
+
+impl Issuer<'_> {
+    fn now(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+
+    /// Appends records for one query; returns their samples.
+    fn register(&mut self, indices: &[usize], scheduled_ns: u64) -> Vec<QuerySample> {
+        let mut l = self.shared.ledger.lock().expect("ledger lock");
+        let q = self.queries as usize;
+        let first = l.records.len() as u64;
+        l.records.extend(indices.iter().map(|&index| Record { index, query: q, scheduled_ns, ..Record::default() }));
+        self.queries += 1;
+        indices.iter().enumerate().map(|(k, &index)| QuerySample { id: first + k as u64, index }).collect()
+    }
+
+    fn issue(&mut self, indices: &[usize], scheduled_ns: u64) -> usize {
+        let samples = self.register(indices, scheduled_ns);
+        self.final_issue = self.now();
+        self.sut.issue_query(&samples, self.responder);
+        samples.len()
+    }
+
+    /// Blocks until `n` records are complete (or the timeout passes, or the system misbehaved).
+    fn wait_completed(&self, n: usize) -> Result<()> {
+        let deadline = std::time::Instant::now() + self.settings.completion_timeout;
+        let mut l = self.shared.ledger.lock().expect("ledger lock");
+        loop {
+            if let Some(e) = &l.error {
+                return Err(PerfError::Sut(e.clone()));
+            }
+            if l.completed >= n {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(PerfError::Sut(format!(
+                    "{} of {n} responses missing after {:?}",
+                    n - l.completed,
+                    self.settings.completion_timeout
+                )));
+            }
+            l = self.shared.changed.wait_timeout(l, deadline - now).expect("ledger lock").0;
+        }
+    }
+
+    /// Judged on the last *issue* time, as the validity rule is: stopping when the clock passes
+    /// the minimum would leave the last issue before it.
+    fn minimums_met(&self, start: u64) -> bool {
+        self.queries > 0
+            && self.final_issue.saturating_sub(start) >= self.settings.min_duration.as_nanos() as u64
+            && self.queries >= self.settings.min_query_count
+    }
+
+    fn over_max(&self, start: u64) -> bool {
+        self.settings.max_duration.is_some_and(|m| self.now() - start >= m.as_nanos() as u64)
+    }
+
+    fn performance(&mut self, loaded: &[usize]) -> Result<()> {
+        let s = self.settings;
+        let mut pick = ChaCha8Rng::seed_from_u64(s.sample_index_seed);
+        let mut choose =
+            |n: usize| -> Vec<usize> { (0..n).map(|_| loaded[pick.random_range(0..loaded.len())]).collect() };
+        let start = self.now();
+        match s.scenario {
+            Scenario::SingleStream | Scenario::MultiStream => {
+                let per_query = if s.scenario == Scenario::SingleStream { 1 } else { s.multi_stream_samples_per_query };
+                let mut issued = 0;
+                while !self.minimums_met(start) && !self.over_max(start) {
+                    let idx = choose(per_query);
+                    let t = self.now();
+                    issued += self.issue(&idx, t);
+                    self.wait_completed(issued)?;
+                }
+                self.sut.flush_queries();
+            }
+            Scenario::Server => {
+                let times = poisson_schedule(s)?;
+                let idx = choose(times.len());
+                self.shared.ledger.lock().expect("ledger lock").records.reserve(times.len());
+                for (k, &at) in times.iter().enumerate() {
+                    self.shared.clock.sleep_until_ns(start + at);
+                    self.issue(&idx[k..k + 1], start + at);
+                }
+                self.sut.flush_queries();
+                self.wait_completed(times.len())?;
+            }
+            Scenario::Offline => {
+                // The relative nudge keeps 500 · 0.1 · 1.1 = 55.000000000000007 at 55.
+                let n = (s.offline_expected_qps * s.min_duration.as_secs_f64() * 1.1 * (1.0 - 1e-12))
+                    .ceil()
+                    .max(s.min_query_count as f64)
+                    .max(1.0);
+                let idx = choose(n as usize);
+                self.issue(&idx, start);
+                self.sut.flush_queries();
+                self.wait_completed(idx.len())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn accuracy_chunk(&mut self, chunk: &[usize]) -> Result<()> {
+        let per_query = match self.settings.scenario {
+            Scenario::SingleStream => 1,
+            Scenario::MultiStream => self.settings.multi_stream_samples_per_query,
+            Scenario::Server | Scenario::Offline => chunk.len(),
+        };
+        let mut issued = self.shared.ledger.lock().expect("ledger lock").records.len();
+        for q in chunk.chunks(per_query) {
+            let t = self.now();
+            issued += self.issue(q, t);
+            if per_query < chunk.len() {
+                self.wait_completed(issued)?;
+            }
+        }
+        self.sut.flush_queries();
+        self.wait_completed(issued)
+    }
+}
+
+fn collect(
+    sut: &dyn SystemUnderTest,
+    qsl: &dyn QuerySampleLibrary,
+    settings: &TestSettings,
+    l: &Ledger,
+    queries: u64,
+    final_issue: u64,
+    start: u64,
+) -> Result<RunLog> {
+    if let Some(e) = &l.error {
+        return Err(PerfError::Sut(e.clone()));
+    }
+    let mut sample_latencies_ns = Vec::with_capacity(l.records.len());
+    let mut query_latencies_ns = vec![0u64; queries as usize];
+    let (mut first_token_ns, mut time_per_output_token_ns) = (Vec::new(), Vec::new());
+    let (mut tokens, mut final_completion_ns, mut final_scheduled) = (0u64, 0u64, 0u64);
+    for r in &l.records {
+        let done = r.done_ns.ok_or_else(|| PerfError::Sut(format!("sample {} never answered", r.index)))?;
+        let lat = done.saturating_sub(r.scheduled_ns);
+        sample_latencies_ns.push(lat);
+        query_latencies_ns[r.query] = query_latencies_ns[r.query].max(lat);
+        final_completion_ns = final_completion_ns.max(done);
+        final_scheduled = final_scheduled.max(r.scheduled_ns);
+        if let Some(ft) = r.first_token_ns {
+            first_token_ns.push(ft.saturating_sub(r.scheduled_ns));
+            if let Some(n) = r.tokens.filter(|&n| n >= 2) {
+                time_per_output_token_ns.push(done.saturating_sub(ft) / (n as u64 - 1));
+            }
+        }
+        tokens += r.tokens.unwrap_or(0) as u64;
+    }
+    let mut accuracy: Vec<(usize, Vec<u8>)> = Vec::new();
+    if settings.mode == Mode::AccuracyOnly {
+        accuracy = l.records.iter().map(|r| (r.index, r.data.clone())).collect();
+        accuracy.sort_by_key(|a| a.0);
+    }
+    Ok(RunLog {
+        sut_name: sut.name(),
+        qsl_name: qsl.name(),
+        settings: settings.clone(),
+        queries_issued: queries,
+        sample_latencies_ns,
+        query_latencies_ns,
+        first_token_ns,
+        time_per_output_token_ns,
+        tokens,
+        final_query_issued_ns: final_issue.saturating_sub(start),
+        final_query_scheduled_ns: final_scheduled.saturating_sub(start),
+        final_completion_ns: final_completion_ns.saturating_sub(start),
+        accuracy,
+    })
+}
+
+/// Server arrival offsets in ns from the run's start: seeded exponential gaps at
+/// `server_target_qps`, generated until both the minimum duration and the minimum count are
+/// covered (as LoadGen generates the whole schedule up front), stopped at `max_duration`.
+///
+/// # Errors
+/// A rate that is not positive and finite.
+pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
+    let gap = Exp::new(s.server_target_qps).map_err(|e| PerfError::Settings(format!("server_target_qps: {e}")))?;
+    let mut sched = ChaCha8Rng::seed_from_u64(s.schedule_seed);
+    let min_ns = s.min_duration.as_nanos() as f64;
+    let cap_ns = s.max_duration.map(|m| m.as_nanos() as f64);
+    let mut times = Vec::new();
+    let mut t = 0.0f64;
+    while (t < min_ns || (times.len() as u64) < s.min_query_count) && cap_ns.is_none_or(|c| t < c) {
+        t += gap.sample(&mut sched) * 1e9;
+        times.push(t as u64);
+    }
+    Ok(times)
+}
+
+/// One Server run of a peak search.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeakStep {
+    pub target_qps: f64,
+    pub valid: bool,
+    pub p99_ns: u64,
+}
+
+/// FindPeakPerformance: the highest Server target rate whose run is VALID, found by doubling or
+/// halving from `server_target_qps` to bracket it, then bisecting `peak_search_steps` times.
+/// Returns every step and the judged result of the best valid run (if any).
+///
+/// # Errors
+/// As [`start_test`]; settings that are not Server.
+pub fn find_peak(
+    sut: &dyn SystemUnderTest,
+    qsl: &mut dyn QuerySampleLibrary,
+    settings: &TestSettings,
+) -> Result<(Vec<PeakStep>, Option<crate::results::Judged>)> {
+    find_peak_with_clock(sut, qsl, settings, &|| Arc::new(RealClock::new()))
+}
+
+/// [`find_peak`] with a fresh clock from `clock` for every run.
+///
+/// # Errors
+/// As [`find_peak`].
+pub fn find_peak_with_clock(
+    sut: &dyn SystemUnderTest,
+    qsl: &mut dyn QuerySampleLibrary,
+    settings: &TestSettings,
+    clock: &dyn Fn() -> Arc<dyn Clock>,
+) -> Result<(Vec<PeakStep>, Option<crate::results::Judged>)> {
+    if settings.scenario != Scenario::Server {
+        return Err(PerfError::Settings(format!(
+            "FindPeakPerformance applies to Server, not {}",
+            settings.scenario.name()
+        )));
+    }
+    let mut steps = Vec::new();
+    let mut best: Option<crate::results::Judged> = None;
+    let mut try_qps = |qps: f64, qsl: &mut dyn QuerySampleLibrary| -> Result<bool> {
+        let s = TestSettings { server_target_qps: qps, mode: Mode::PerformanceOnly, ..settings.clone() };
+        let j = crate::results::judge(start_test_with_clock(sut, qsl, &s, clock())?)?;
+        steps.push(PeakStep { target_qps: qps, valid: j.valid, p99_ns: j.target_percentile_ns });
+        let valid = j.valid;
+        if valid && best.as_ref().is_none_or(|b| b.log.settings.server_target_qps < qps) {
+            best = Some(j);
+        }
+        Ok(valid)
+    };
+    let q0 = settings.server_target_qps;
+    let (mut lo, mut hi) = if try_qps(q0, qsl)? {
+        let mut lo = q0;
+        let mut hi = None;
+        for _ in 0..8 {
+            if try_qps(lo * 2.0, qsl)? {
+                lo *= 2.0;
+            } else {
+                hi = Some(lo * 2.0);
+                break;
+            }
+        }
+        (Some(lo), hi)
+    } else {
+        let mut hi = q0;
+        let mut lo = None;
+        for _ in 0..8 {
+            if try_qps(hi / 2.0, qsl)? {
+                lo = Some(hi / 2.0);
+                break;
+            }
+            hi /= 2.0;
+        }
+        (lo, Some(hi))
+    };
+    if let (Some(l), Some(h)) = (lo.as_mut(), hi.as_mut()) {
+        for _ in 0..settings.peak_search_steps {
+            let mid = 0.5 * (*l + *h);
+            if try_qps(mid, qsl)? {
+                *l = mid;
+            } else {
+                *h = mid;
+            }
+        }
+    }
+    Ok((steps, best))
+}

@@ -1,0 +1,101 @@
+use tt_perf::ablation::{self, Factor, Measurement};
+
+fn factors() -> Vec<Factor> {
+    vec![
+        Factor::new("kv", &["off", "on"]),
+        Factor::new("weights", &["fp32", "int8"]),
+        Factor::new("threads", &["1", "2"]),
+    ]
+}
+
+/// Latency 10 ms × 0.5 with the cache × 0.8 with int8 × (0.6 with two threads, but 0.9 when the
+/// cache is on: an interaction); int8 costs 0.01 quality and quarters the bytes.
+fn model(c: &[usize]) -> Measurement {
+    let mut lat = 10.0;
+    if c[0] == 1 {
+        lat *= 0.5;
+    }
+    if c[1] == 1 {
+        lat *= 0.8;
+    }
+    if c[2] == 1 {
+        lat *= if c[0] == 1 { 0.9 } else { 0.6 };
+    }
+    Measurement {
+        quality: 0.9 - 0.01 * c[1] as f64,
+        p50_ms: lat,
+        p90_ms: lat * 1.1,
+        p99_ms: lat * 1.2,
+        throughput: 1000.0 / lat,
+        model_bytes: if c[1] == 1 { 250 } else { 1000 },
+    }
+}
+
+#[test]
+fn full_factorial_effects_and_interactions() {
+    let f = factors();
+    let configs = ablation::full_factorial(&f);
+    assert_eq!(configs.len(), 8);
+    assert_eq!(configs[0], vec![0, 0, 0]);
+    assert_eq!(configs[7], vec![1, 1, 1]);
+    let study = ablation::run(&f, &configs, |c| Ok(model(c))).unwrap();
+    let effect = |name: &str| study.main_effects.iter().find(|e| e.factor == name).unwrap().clone();
+    let w = effect("weights");
+    assert_eq!(w.pairs, 4);
+    assert!((w.latency_ratio - 0.8).abs() < 1e-12);
+    assert!((w.quality_delta + 0.01).abs() < 1e-12);
+    assert!((w.bytes_ratio - 0.25).abs() < 1e-12);
+    // threads: geometric mean of 0.6 and 0.9.
+    assert!((effect("threads").latency_ratio - (0.6f64 * 0.9).sqrt()).abs() < 1e-12);
+    // The largest interaction is kv × threads: (0.9 / 0.6) = 1.5; the others are 1.
+    let top = &study.interactions[0];
+    assert_eq!(top.factors, ("kv".to_string(), "threads".to_string()));
+    assert!((top.latency_interaction - 1.5).abs() < 1e-12);
+    assert!(study.interactions[1..].iter().all(|i| (i.latency_interaction - 1.0).abs() < 1e-12));
+    let md = ablation::markdown(&study);
+    assert!(md.contains("| kv=on weights=int8 threads=2 |"));
+}
+
+#[test]
+fn partial_design_uses_only_matched_pairs() {
+    let f = factors();
+    let configs = vec![vec![0, 0, 0], vec![1, 0, 0], vec![1, 1, 0], vec![1, 1, 1]];
+    let study = ablation::run(&f, &configs, |c| Ok(model(c))).unwrap();
+    let kv = study.main_effects.iter().find(|e| e.factor == "kv").unwrap();
+    assert_eq!(kv.pairs, 1);
+    assert!((kv.latency_ratio - 0.5).abs() < 1e-12);
+    // No 2×2 square exists in this design.
+    assert!(study.interactions.is_empty());
+    let walk = ablation::walk(
+        &study,
+        &[
+            ("baseline", vec![0, 0, 0]),
+            ("+KV cache", vec![1, 0, 0]),
+            ("+int8", vec![1, 1, 0]),
+            ("+threads", vec![1, 1, 1]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(walk.len(), 4);
+    assert!((walk[1].speedup_over_previous - 2.0).abs() < 1e-12);
+    assert!((walk[3].speedup_over_baseline - 1.0 / (0.5 * 0.8 * 0.9)).abs() < 1e-9);
+    assert!((walk[2].quality_delta + 0.01).abs() < 1e-12);
+    assert!(ablation::walk(&study, &[("missing", vec![0, 1, 0])]).is_err());
+    assert!(ablation::run(&f, &[vec![0, 0]], |c| Ok(model(c))).is_err());
+    assert!(ablation::run(&f, &[vec![0, 0, 0], vec![0, 0, 0]], |c| Ok(model(c))).is_err());
+    assert!(ablation::run(&f, &[vec![0, 2, 0]], |c| Ok(model(c))).is_err());
+}
+
+#[test]
+fn pareto_front_on_fixed_points() {
+    // (quality ↑, latency ↓, bytes ↓)
+    let pts = [
+        (0.90, 10.0, 1000.0), // dominated by the next (same quality, faster, same bytes)
+        (0.90, 5.0, 1000.0),
+        (0.89, 4.0, 250.0),   // faster and smaller, a little worse: on the front
+        (0.80, 4.0, 250.0),   // dominated by the previous
+        (0.95, 20.0, 4000.0), // best quality: on the front
+        (0.89, 4.0, 250.0),   // a tie with point 2: both stay
+    ];
+    assert_eq!(ablation::pareto_front(&pts), vec![false, true, true, false, true, true]);
+}
