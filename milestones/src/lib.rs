@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod mlp_digits;
 pub mod profile;
 pub mod quantization;
+pub mod torchperf;
 pub mod transformer;
 
 use std::io::Write;
@@ -57,6 +58,11 @@ pub struct Options {
     pub corpus: Option<PathBuf>,
     /// Print no human report at all (library callers and tests).
     pub quiet: bool,
+    /// Benchmarks: MLPerf's official minimum durations and query counts instead of scaled ones.
+    pub full: bool,
+    /// The `tito` executable, for milestones that measure a separate serving process (its peak
+    /// memory, forced kernel levels); `None` reports those as not measured.
+    pub serve_exe: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -69,6 +75,8 @@ impl Default for Options {
             progress: true,
             corpus: None,
             quiet: false,
+            full: false,
+            serve_exe: None,
         }
     }
 }
@@ -208,6 +216,13 @@ pub fn all() -> &'static [Milestone] {
             uses: Uses { retrain: false, corpus: false },
             description: "pruning (unstructured, structured), CSR vs dense, low-rank, distillation on the digits models (the GPT is not done yet)",
             run: compression::run,
+        },
+        Milestone {
+            name: "torchperf",
+            module: "19",
+            uses: Uses { retrain: true, corpus: false },
+            description: "MLPerf-style scenarios on the GPT and CNN, a TinyMLPerf-style suite, the ablation with its Pareto front, the production targets",
+            run: torchperf::run,
         },
     ]
 }

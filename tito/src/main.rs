@@ -49,6 +49,17 @@ enum Cmd {
         /// Train the language model on this UTF-8 text file instead of the built-in corpus.
         #[arg(long, value_name = "FILE")]
         corpus: Option<std::path::PathBuf>,
+        /// Benchmarks (torchperf): MLPerf's official minimum durations (600 s a run) instead of scaled ones.
+        #[arg(long)]
+        full: bool,
+    },
+    /// The serving process torchperf measures (peak memory, forced kernel levels); prints JSON.
+    #[command(hide = true)]
+    ServeQa {
+        #[arg(long)]
+        cache_dir: std::path::PathBuf,
+        #[arg(long)]
+        quick: bool,
     },
     /// Show which modules and milestones exist and which models are cached.
     Status,
@@ -70,7 +81,17 @@ fn main() -> ExitCode {
             Ok(ms) => run_tests(&ms),
             Err(e) => fail(e),
         },
-        Cmd::Milestone { name, list, json, retrain, quick, corpus } => {
+        Cmd::ServeQa { cache_dir, quick } => {
+            let opts = milestones::Options { quiet: true, progress: false, quick, cache_dir, ..Default::default() };
+            match milestones::torchperf::serve_main(&opts) {
+                Ok(v) => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("serve-qa: {e}")),
+            }
+        }
+        Cmd::Milestone { name, list, json, retrain, quick, corpus, full } => {
             if list {
                 for m in milestones::all() {
                     println!("{:<14} (module {})  {}", m.name, m.module, m.description);
@@ -83,7 +104,11 @@ fn main() -> ExitCode {
             if let Err(e) = milestones::find(&name) {
                 return fail(e);
             }
-            let opts = milestones::Options { json, retrain, quick, corpus, ..Default::default() };
+            if full && name != "torchperf" {
+                return fail(format!("--full applies to the torchperf milestone, not {name}"));
+            }
+            let serve_exe = std::env::current_exe().ok();
+            let opts = milestones::Options { json, retrain, quick, corpus, full, serve_exe, ..Default::default() };
             match milestones::run(&name, &opts) {
                 Ok(summary) => {
                     if json {

@@ -603,7 +603,8 @@ pub struct PeakStep {
 }
 
 /// FindPeakPerformance: the highest Server target rate whose run is VALID, found by doubling or
-/// halving from `server_target_qps` to bracket it, then bisecting `peak_search_steps` times.
+/// halving (at most 4 times) from `server_target_qps` to bracket it, then bisecting
+/// `peak_search_steps` times.
 /// Returns every step and the judged result of the best valid run (if any).
 ///
 /// # Errors
@@ -660,7 +661,8 @@ pub fn find_peak_with_clock(
     } else {
         let mut hi = q0;
         let mut lo = None;
-        for _ in 0..8 {
+        // Each halving doubles the run's length (min_query_count / rate): four at most.
+        for _ in 0..4 {
             if try_qps(hi / 2.0, qsl)? {
                 lo = Some(hi / 2.0);
                 break;

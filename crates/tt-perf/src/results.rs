@@ -139,6 +139,11 @@ pub fn judge(log: RunLog) -> Result<Judged> {
     if !early.met {
         failed_rules.push(format!("early stopping: needs {} queries at 99% confidence", early.queries_needed));
     }
+    // An accuracy run is judged by its task metric, not by these rules (LoadGen's accuracy mode
+    // issues every sample once, whatever the duration).
+    if s.mode == Mode::AccuracyOnly {
+        failed_rules.clear();
+    }
     let valid = failed_rules.is_empty();
     let query_latency =
         (s.scenario == Scenario::MultiStream).then(|| summary_ns(&log.query_latencies_ns)).transpose()?;
@@ -196,19 +201,27 @@ impl Judged {
             let _ = writeln!(o, "{} : {:.0}", self.metric, self.value);
         }
         let _ = writeln!(o, "Result is : {}", if self.valid { "VALID" } else { "INVALID" });
-        if let Some(met) = self.perf_constraints_met {
-            let _ = writeln!(o, "  Performance constraints satisfied : {}", yes(met));
+        if s.mode == Mode::AccuracyOnly {
+            let _ = writeln!(
+                o,
+                "  Performance rules not applied: AccuracyOnly issues every sample once ({} samples)",
+                self.log.accuracy.len()
+            );
+        } else {
+            if let Some(met) = self.perf_constraints_met {
+                let _ = writeln!(o, "  Performance constraints satisfied : {}", yes(met));
+            }
+            let _ = writeln!(o, "  Min duration satisfied : {}", yes(self.min_duration_met));
+            let _ = writeln!(o, "  Min queries satisfied : {}", yes(self.min_queries_met));
+            let _ = writeln!(o, "  Early stopping satisfied: {}", yes(self.early_stopping.met));
         }
-        let _ = writeln!(o, "  Min duration satisfied : {}", yes(self.min_duration_met));
-        let _ = writeln!(o, "  Min queries satisfied : {}", yes(self.min_queries_met));
-        let _ = writeln!(o, "  Early stopping satisfied: {}", yes(self.early_stopping.met));
         if !self.valid {
             let _ = writeln!(o, "Recommendations:");
             for r in &self.failed_rules {
                 let _ = writeln!(o, " * {r}");
             }
         }
-        if s.scenario != Scenario::Offline {
+        if s.scenario != Scenario::Offline && s.mode != Mode::AccuracyOnly {
             let _ = writeln!(o, "Early Stopping Result:");
             for l in &self.early_stopping.lines {
                 let _ = writeln!(o, "{l}");

@@ -327,3 +327,17 @@ fn find_peak_brackets_a_queue() {
     assert!(steps.iter().filter(|st| st.target_qps > peak).all(|st| !st.valid));
     assert!(loadgen::find_peak(&sut, &mut lib, &TestSettings::scaled(Scenario::Offline, Duration::ZERO, 1)).is_err());
 }
+
+#[test]
+fn accuracy_runs_are_not_judged_by_performance_rules() {
+    let clock = Arc::new(ManualClock::new());
+    let sut = Serial::new(clock.clone(), |_| MS);
+    let mut s = TestSettings::scaled(Scenario::SingleStream, Duration::from_secs(100), 1_000_000);
+    s.mode = Mode::AccuracyOnly;
+    let j = run(&sut, &mut Library::new(5, 5), &s, clock);
+    assert!(j.valid && j.failed_rules.is_empty());
+    let text = j.summary_text();
+    assert!(text.contains("Mode     : AccuracyOnly"));
+    assert!(text.contains("Performance rules not applied"), "{text}");
+    assert!(!text.contains("Early Stopping Result"));
+}

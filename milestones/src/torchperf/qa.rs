@@ -1,0 +1,394 @@
+//! The GPT question answerer as a system under test: one variant of the model and decoder
+//! (KV cache, kernels, weight format, pruning, threads), worker threads that each own their
+//! engines, and dynamic batching — queued questions of equal prompt length run as one batched
+//! decode (the decoder's batch rows share one position, so only equal lengths can share a
+//! batch; a row that finishes early is answered then and its slot idles to the batch's end).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use tt_accel::fused;
+use tt_accel::packed::pack_linears_with;
+use tt_kvcache::{CachedGpt, KvStorage, OverflowPolicy};
+use tt_perf::loadgen::{QuerySample, QuerySampleLibrary, QuerySampleResponse, Responder, SystemUnderTest};
+use tt_quant::{quantize_dynamic, WeightConfig};
+use tt_tensor::kernels::argmax;
+use tt_tensor::Module;
+use tt_transformer::corpus::QaPair;
+use tt_transformer::{Gpt, Tokenize, Tokenizer};
+
+use crate::{MilestoneError, Result};
+
+/// Answers stop at the end of the line or after this many tokens (as the exact-match scorer).
+pub const MAX_NEW_TOKENS: usize = 48;
+
+/// One point of the ablation's design space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub kv_cache: bool,
+    /// tt-accel's packed projections and fused row kernels; otherwise the reference layers and
+    /// row kernels (int8 then runs tt-quant's scalar integer kernel).
+    pub accelerated: bool,
+    pub int8: bool,
+    /// int8 KV cache rows (only with `kv_cache`).
+    pub int8_kv: bool,
+    /// 50% of every block's MLP units removed (and fine-tuned; see `torchperf::models`).
+    pub pruned: bool,
+    /// Threads inside one decode (projections by output panels, attention by heads).
+    pub threads: usize,
+}
+
+impl Variant {
+    pub const BASELINE: Variant =
+        Variant { kv_cache: false, accelerated: false, int8: false, int8_kv: false, pruned: false, threads: 1 };
+    /// The configuration the suite submits: every optimization that keeps quality.
+    pub const OPTIMIZED: Variant =
+        Variant { kv_cache: true, accelerated: true, int8: true, int8_kv: true, pruned: false, threads: 1 };
+
+    pub fn name(&self) -> String {
+        format!(
+            "kv={} kernels={} weights={}{} pruning={} threads={}",
+            if self.kv_cache { "on" } else { "off" },
+            if self.accelerated { "accelerated" } else { "reference" },
+            if self.int8 { "int8" } else { "fp32" },
+            if self.int8_kv && self.kv_cache { "+int8kv" } else { "" },
+            if self.pruned { "50%" } else { "0" },
+            self.threads
+        )
+    }
+}
+
+/// The model with the variant's weight format installed, and its bytes as stored for inference.
+pub struct Prepared {
+    pub model: Gpt,
+    pub model_bytes: u64,
+}
+
+/// Installs the variant's projections into `model` (a fresh copy).
+///
+/// # Errors
+/// Packing or quantizing errors.
+pub fn prepare(mut model: Gpt, v: &Variant) -> Result<Prepared> {
+    let params = model.num_parameters() as u64;
+    let dense_proj: u64 =
+        CachedGpt::new(&model, 1, OverflowPolicy::Error)?.projection_formats().iter().map(|p| p.2 as u64).sum();
+    let team = if v.threads > 1 { tt_accel::team::global().cloned() } else { None };
+    if v.int8 {
+        let q = |m: &mut Gpt| quantize_dynamic(m, WeightConfig::PER_CHANNEL).map(|_| ());
+        if v.accelerated {
+            q(&mut model)?;
+        } else {
+            tt_accel::dispatch::with_level(tt_accel::Level::Scalar, |_| q(&mut model))?;
+        }
+    } else if v.accelerated {
+        pack_linears_with(&mut model, team)?;
+    }
+    let proj: u64 =
+        CachedGpt::new(&model, 1, OverflowPolicy::Error)?.projection_formats().iter().map(|p| p.2 as u64).sum();
+    // Embeddings, norms and biases stay f32; the projections count as stored.
+    Ok(Prepared { model_bytes: 4 * params - dense_proj + proj, model })
+}
+
+/// A decoder for `batch` rows with the variant's kernels and KV storage.
+///
+/// # Errors
+/// The decoder's.
+pub fn engine(model: &Gpt, v: &Variant, batch: usize) -> Result<CachedGpt> {
+    let mut e = CachedGpt::new(model, batch, OverflowPolicy::Error)?;
+    if v.accelerated {
+        e.set_row_kernels(if v.threads > 1 { fused::row_kernels_threaded() } else { fused::row_kernels() });
+    }
+    if v.int8_kv && v.kv_cache {
+        e.set_kv_storage(KvStorage::Int8)?;
+    }
+    Ok(e)
+}
+
+/// Greedy answers to `prompts` (equal lengths) in one batched generation, read top to bottom:
+/// one prefill, then a decode step per token (or, without the cache, the whole sequence again).
+/// `first` runs once the first token of every row exists; `finished(row, tokens)` as each row
+/// reaches a stop token or the limit.
+///
+/// # Errors
+/// The decoder's; prompts of unequal length.
+pub fn generate(
+    engine: &mut CachedGpt,
+    kv_cache: bool,
+    prompts: &[&[usize]],
+    stops: &[usize],
+    mut first: impl FnMut(),
+    mut finished: impl FnMut(usize, &[usize]),
+) -> Result<()> {
+    let b = prompts.len();
+    let n = prompts[0].len();
+    if prompts.iter().any(|p| p.len() != n) || b != engine.batch() {
+        return Err(MilestoneError::Other(format!("a batch of {b} needs {} prompts of equal length", engine.batch())));
+    }
+    let v = engine.vocab_size();
+    let max_new = MAX_NEW_TOKENS.min(engine.max_seq_len().saturating_sub(n));
+    let mut rows: Vec<Vec<usize>> = prompts.iter().map(|p| p.to_vec()).collect();
+    let mut flat: Vec<usize> = rows.concat();
+    let mut out: Vec<Vec<usize>> = vec![Vec::with_capacity(max_new); b];
+    let mut done = vec![false; b];
+    let mut next = vec![0usize; b];
+    let mut logits = engine.prefill(&flat, n)?;
+    for step in 0..max_new {
+        for i in 0..b {
+            next[i] = argmax(&logits[i * v..(i + 1) * v]);
+        }
+        if step == 0 {
+            first();
+        }
+        for i in 0..b {
+            if !done[i] {
+                out[i].push(next[i]);
+                if stops.contains(&next[i]) || out[i].len() == max_new {
+                    done[i] = true;
+                    finished(i, &out[i]);
+                }
+            }
+        }
+        if done.iter().all(|&d| d) {
+            return Ok(());
+        }
+        logits = if kv_cache {
+            engine.decode_step(&next)?
+        } else {
+            for (r, &t) in rows.iter_mut().zip(&next) {
+                r.push(t);
+            }
+            flat.clear();
+            rows.iter().for_each(|r| flat.extend_from_slice(r));
+            engine.prefill(&flat, rows[0].len())?
+        };
+    }
+    for i in 0..b {
+        if !done[i] {
+            finished(i, &out[i]);
+        }
+    }
+    Ok(())
+}
+
+/// The answer text from generated tokens, as `tt_transformer::eval::answer_with` reads it.
+pub fn answer_text(tokenizer: &Tokenizer, tokens: &[usize]) -> String {
+    tokenizer.decode_ids(tokens).map(|t| t.lines().next().unwrap_or("").trim().to_string()).unwrap_or_default()
+}
+
+/// The questions as a query sample library: tokenized prompts and their reference answers.
+pub struct QaLibrary {
+    pub prompts: Arc<Vec<Vec<usize>>>,
+    pub answers: Vec<String>,
+    loaded: usize,
+}
+
+impl QaLibrary {
+    /// # Errors
+    /// Tokenizer errors.
+    pub fn new(tokenizer: &Tokenizer, pairs: &[QaPair]) -> Result<QaLibrary> {
+        let prompts =
+            pairs.iter().map(|p| tokenizer.encode_ids(&p.prompt())).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(QaLibrary {
+            prompts: Arc::new(prompts),
+            answers: pairs.iter().map(|p| p.answer.clone()).collect(),
+            loaded: 0,
+        })
+    }
+
+    /// Exact match of an accuracy run's responses.
+    pub fn exact_match(&self, accuracy: &[(usize, Vec<u8>)]) -> f64 {
+        let correct = accuracy.iter().filter(|(i, d)| String::from_utf8_lossy(d) == self.answers[*i]).count();
+        correct as f64 / accuracy.len().max(1) as f64
+    }
+}
+
+impl QuerySampleLibrary for QaLibrary {
+    fn name(&self) -> String {
+        format!("qa-test-{}", self.prompts.len())
+    }
+    fn total_sample_count(&self) -> usize {
+        self.prompts.len()
+    }
+    fn performance_sample_count(&self) -> usize {
+        self.prompts.len()
+    }
+    fn load_samples(&mut self, indices: &[usize]) -> tt_perf::Result<()> {
+        // Prompts are tokenized up front; loading is bookkeeping (they are a few KB).
+        self.loaded = indices.len();
+        Ok(())
+    }
+    fn unload_samples(&mut self, _: &[usize]) -> tt_perf::Result<()> {
+        self.loaded = 0;
+        Ok(())
+    }
+}
+
+struct Pending {
+    sample: QuerySample,
+    responder: Responder,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    shutdown: bool,
+}
+
+struct Inner {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    prompts: Arc<Vec<Vec<usize>>>,
+    tokenizer: Tokenizer,
+    stops: Vec<usize>,
+    max_batch: usize,
+    kv_cache: bool,
+    errors: Mutex<Vec<String>>,
+}
+
+/// The question answerer under test: `workers` threads, each with its own decoders (one per
+/// batch size used), pulling from one queue.
+pub struct QaSut {
+    name: String,
+    inner: Arc<Inner>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl QaSut {
+    /// # Errors
+    /// Building an engine fails, or the tokenizer has no newline.
+    pub fn new(
+        name: &str,
+        model: Arc<Gpt>,
+        variant: Variant,
+        tokenizer: &Tokenizer,
+        prompts: Arc<Vec<Vec<usize>>>,
+        workers: usize,
+        max_batch: usize,
+    ) -> Result<QaSut> {
+        let stops = tokenizer.encode_ids("\n")?;
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            prompts,
+            tokenizer: tokenizer.clone(),
+            stops,
+            max_batch: max_batch.max(1),
+            kv_cache: variant.kv_cache,
+            errors: Mutex::new(Vec::new()),
+        });
+        let mut handles = Vec::new();
+        for w in 0..workers.max(1) {
+            // Engines are built here, before any query, so allocation is not timed; batch sizes
+            // above 1 are built on first use by the worker.
+            let first = engine(&model, &variant, 1)?;
+            let (inner, model) = (Arc::clone(&inner), Arc::clone(&model));
+            let h = std::thread::Builder::new()
+                .name(format!("qa-worker-{w}"))
+                .spawn(move || worker(&inner, &model, variant, first))
+                .map_err(|e| MilestoneError::Other(format!("cannot start a worker thread: {e}")))?;
+            handles.push(h);
+        }
+        Ok(QaSut { name: name.to_string(), inner, workers: handles })
+    }
+
+    /// Errors the workers met (a failed generation answers its samples with an empty answer and
+    /// records why here, so a run never hangs on it).
+    pub fn errors(&self) -> Vec<String> {
+        self.inner.errors.lock().expect("errors lock").clone()
+    }
+}
+
+fn worker(inner: &Inner, model: &Gpt, variant: Variant, first: CachedGpt) {
+    let mut engines: Vec<Option<CachedGpt>> = (0..=inner.max_batch).map(|_| None).collect();
+    engines[1] = Some(first);
+    loop {
+        let batch: Vec<Pending> = {
+            let mut q = inner.queue.lock().expect("queue lock");
+            while q.pending.is_empty() && !q.shutdown {
+                q = inner.ready.wait(q).expect("queue lock");
+            }
+            if q.pending.is_empty() {
+                return;
+            }
+            let head = q.pending.pop_front().expect("not empty");
+            let len = inner.prompts[head.sample.index].len();
+            let mut batch = vec![head];
+            let mut i = 0;
+            while batch.len() < inner.max_batch && i < q.pending.len() {
+                if inner.prompts[q.pending[i].sample.index].len() == len {
+                    batch.push(q.pending.remove(i).expect("in range"));
+                } else {
+                    i += 1;
+                }
+            }
+            batch
+        };
+        let b = batch.len();
+        if engines[b].is_none() {
+            match engine(model, &variant, b) {
+                Ok(e) => engines[b] = Some(e),
+                Err(e) => {
+                    fail(inner, &batch, &e.to_string());
+                    continue;
+                }
+            }
+        }
+        let eng = engines[b].as_mut().expect("built above");
+        let prompts: Vec<&[usize]> = batch.iter().map(|p| inner.prompts[p.sample.index].as_slice()).collect();
+        let mut answered = vec![false; b];
+        let r = generate(
+            eng,
+            inner.kv_cache,
+            &prompts,
+            &inner.stops,
+            || batch.iter().for_each(|p| p.responder.first_token(p.sample.id)),
+            |i, tokens| {
+                let text = answer_text(&inner.tokenizer, tokens);
+                let p = &batch[i];
+                p.responder.complete(&[QuerySampleResponse {
+                    id: p.sample.id,
+                    data: text.into_bytes(),
+                    tokens: Some(tokens.len() as u32),
+                }]);
+                answered[i] = true;
+            },
+        );
+        if let Err(e) = r {
+            let left: Vec<&Pending> = batch.iter().zip(&answered).filter(|(_, &a)| !a).map(|(p, _)| p).collect();
+            inner.errors.lock().expect("errors lock").push(e.to_string());
+            for p in left {
+                p.responder.complete(&[QuerySampleResponse { id: p.sample.id, data: Vec::new(), tokens: Some(0) }]);
+            }
+        }
+    }
+}
+
+fn fail(inner: &Inner, batch: &[Pending], why: &str) {
+    inner.errors.lock().expect("errors lock").push(why.to_string());
+    for p in batch {
+        p.responder.complete(&[QuerySampleResponse { id: p.sample.id, data: Vec::new(), tokens: Some(0) }]);
+    }
+}
+
+impl SystemUnderTest for QaSut {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn issue_query(&self, samples: &[QuerySample], responder: &Responder) {
+        let mut q = self.inner.queue.lock().expect("queue lock");
+        q.pending.extend(samples.iter().map(|&sample| Pending { sample, responder: responder.clone() }));
+        drop(q);
+        self.inner.ready.notify_all();
+    }
+}
+
+impl Drop for QaSut {
+    fn drop(&mut self) {
+        self.inner.queue.lock().expect("queue lock").shutdown = true;
+        self.inner.ready.notify_all();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
