@@ -1,6 +1,7 @@
 //! Milestone `compression` (module 18), first part: the digits MLP and CNN pruned unstructured
 //! (with and without fine-tuning), the MLP's hidden units removed (params, accuracy, latency),
-//! CSR against dense GEMV across densities with the measured crossover, low-rank layers at
+//! CSR and the 16×1 block-sparse format against dense GEMV across densities (unstructured and
+//! block-pruned masks, both GPT MLP shapes) with the measured crossovers, low-rank layers at
 //! several ranks, and distillation of the CNN into a small MLP against the same MLP trained
 //! alone. Every accuracy is on the held-out digits; every time measured in this run.
 //!
@@ -147,21 +148,27 @@ fn structured_rows(opts: &Options) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
-/// CSR against the packed dense GEMV (tt-accel) on a 512×128 matrix — the GPT's MLP shape — at
-/// one row, across densities; the crossover is the highest measured density at which CSR is
-/// faster.
-fn sparse_kernel(opts: &Options) -> Result<Value> {
+/// Sparse kernels against tt-accel's packed dense GEMV at one row, across densities: CSR and the
+/// 16×1 block-sparse format on **unstructured** masks (each weight kept with probability `d`),
+/// and both on **block-pruned** masks (a dense random matrix with `1 − d` of its 16×1 blocks
+/// pruned by L2 norm, so the same weight density `d` in whole blocks). Timed interleaved per row
+/// (the dense GEMV again at every density, so drift shows in its spread). A crossover is the
+/// highest measured density at which the format is faster than the dense GEMV timed beside it; a
+/// storage break-even the highest at which it stores fewer bytes than dense f32.
+fn sparse_shape(opts: &Options, out_f: usize, in_f: usize) -> Result<Value> {
     use rand::{Rng, SeedableRng};
-    let (out_f, in_f) = (512, 128);
+    use tt_compress::blocksparse::BlockSparseF32;
     let samples = if opts.quick { 3 } else { 9 };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let x: Vec<f32> = (0..in_f).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let mut y = vec![0.0f32; out_f];
-    let dense = PackedF32::new(&ndarray::Array2::from_shape_fn((out_f, in_f), |_| rng.random_range(-1.0f32..1.0)));
-    let dense_us = 1e6 * time_per_call(samples, || dense.forward_rows(&x, 1, None, &mut y, &mut []));
+    let full = ndarray::Array2::from_shape_fn((out_f, in_f), |_| rng.random_range(-1.0f32..1.0));
+    let dense = PackedF32::new(&full);
+    let dense_bytes = dense.storage_bytes();
+    let time =
+        |p: &dyn Projection, y: &mut [f32]| 1e6 * time_per_call(samples, || p.forward_rows(&x, 1, None, y, &mut []));
     let mut rows = Vec::new();
-    let mut crossover = Value::Null;
-    for density in [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01] {
+    for density in [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01] {
         let w = ndarray::Array2::from_shape_fn((out_f, in_f), |_| {
             if rng.random::<f64>() < density {
                 rng.random_range(-1.0f32..1.0)
@@ -169,19 +176,54 @@ fn sparse_kernel(opts: &Options) -> Result<Value> {
                 0.0
             }
         });
-        let c = CsrF32::from_dense(&w).map_err(other)?;
-        let csr_us = 1e6 * time_per_call(samples, || c.forward_rows(&x, 1, None, &mut y, &mut []));
-        if csr_us < dense_us && crossover.is_null() {
-            crossover = json!(density);
-        }
+        let keep =
+            tt_compress::prune::block_mask(&full.view(), &ndarray::Array2::ones((out_f, in_f)).view(), 1.0 - density)
+                .map_err(other)?;
+        let wb = &full * &keep;
+        let (c, b) = (CsrF32::from_dense(&w).map_err(other)?, BlockSparseF32::from_dense(&w).map_err(other)?);
+        let (cb, bb) = (CsrF32::from_dense(&wb).map_err(other)?, BlockSparseF32::from_dense(&wb).map_err(other)?);
+        let dense_us = time(&dense, &mut y);
+        let (csr_us, block_us) = (time(&c, &mut y), time(&b, &mut y));
+        let (bp_csr_us, bp_block_us) = (time(&cb, &mut y), time(&bb, &mut y));
         opts.say(format!(
-            "  density {density:>5.2}: CSR {csr_us:>7.2} µs ({} B) vs dense packed {dense_us:>6.2} µs ({} B)",
+            "  {out_f}×{in_f} density {density:>4.2}: dense {dense_us:>5.2} µs ({dense_bytes} B) | unstructured: CSR {csr_us:>6.2} µs ({} B), block16 {block_us:>6.2} µs ({} B, {:>3.0}% of blocks) | block-pruned: CSR {bp_csr_us:>6.2} µs, block16 {bp_block_us:>6.2} µs ({} B)",
             c.storage_bytes(),
-            dense.storage_bytes()
+            b.storage_bytes(),
+            100.0 * b.block_density(),
+            bb.storage_bytes(),
         ));
-        rows.push(json!({"density": density, "csr_us": csr_us, "dense_us": dense_us, "csr_bytes": c.storage_bytes(), "dense_bytes": dense.storage_bytes()}));
+        rows.push(json!({
+            "density": density, "csr_us": csr_us, "dense_us": dense_us,
+            "csr_bytes": c.storage_bytes(), "dense_bytes": dense_bytes,
+            "block_us": block_us, "block_bytes": b.storage_bytes(), "block_density": b.block_density(),
+            "block_pruned": {"density": bb.density(), "csr_us": bp_csr_us, "block_us": bp_block_us, "csr_bytes": cb.storage_bytes(), "block_bytes": bb.storage_bytes(), "block_density": bb.block_density()},
+        }));
     }
-    Ok(json!({"crossover_density": crossover, "shape": [out_f, in_f], "rows": rows}))
+    // The highest density (rows are in decreasing density) at which `pick` says the format wins.
+    let highest =
+        |pick: &dyn Fn(&Value) -> bool| rows.iter().find(|r| pick(r)).map_or(Value::Null, |r| r["density"].clone());
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::INFINITY);
+    let bp = |r: &Value, k: &str| r["block_pruned"][k].as_f64().unwrap_or(f64::INFINITY);
+    Ok(json!({
+        "shape": [out_f, in_f],
+        "level": tt_accel::level().name(),
+        "crossover_density": highest(&|r| f(r, "csr_us") < f(r, "dense_us")),
+        "block_crossover_density": highest(&|r| f(r, "block_us") < f(r, "dense_us")),
+        "block_pruned_crossover_density": highest(&|r| bp(r, "block_us") < f(r, "dense_us")),
+        "block_pruned_csr_crossover_density": highest(&|r| bp(r, "csr_us") < f(r, "dense_us")),
+        "csr_storage_breakeven_density": highest(&|r| f(r, "csr_bytes") < f(r, "dense_bytes")),
+        "block_storage_breakeven_density": highest(&|r| f(r, "block_bytes") < f(r, "dense_bytes")),
+        "block_pruned_storage_breakeven_density": highest(&|r| bp(r, "block_bytes") < f(r, "dense_bytes")),
+        "rows": rows,
+    }))
+}
+
+/// [`sparse_shape`] on the GPT's MLP shapes: 512×128 (`fc`, the existing keys at the top level)
+/// and its transpose 128×512 (`proj`, under `"transpose"`).
+fn sparse_kernel(opts: &Options) -> Result<Value> {
+    let mut v = sparse_shape(opts, 512, 128)?;
+    v["transpose"] = sparse_shape(opts, 128, 512)?;
+    Ok(v)
 }
 
 /// Low-rank factors of the MLP's first layer (128×64) at several ranks, no fine-tuning.
@@ -620,9 +662,15 @@ pub fn run(opts: &Options) -> Result<Value> {
     let (gpt_structured, gpt_unstructured, gpt_low_rank) = gpt(opts)?;
     structured.extend(gpt_structured);
     unstructured_rows.extend(gpt_unstructured);
-    opts.say("\nsparse kernel: CSR vs dense GEMV, 512×128, one row (median µs per call):");
+    opts.say("\nsparse kernels: CSR and 16×1 block-sparse vs the packed dense GEMV, one row (median µs per call):");
     let sparse = sparse_kernel(opts)?;
-    opts.say(format!("  crossover (highest density where CSR is faster): {}", sparse["crossover_density"]));
+    for s in [&sparse, &sparse["transpose"]] {
+        opts.say(format!(
+            "  {} crossovers (highest density faster than dense): CSR {}, block16 unstructured {}, block16 block-pruned {}; storage break-even: CSR {}, block16 unstructured {}, block-pruned {}",
+            s["shape"], s["crossover_density"], s["block_crossover_density"], s["block_pruned_crossover_density"],
+            s["csr_storage_breakeven_density"], s["block_storage_breakeven_density"], s["block_pruned_storage_breakeven_density"]
+        ));
+    }
     opts.say("\nlow-rank (truncated SVD):");
     let mut low = low_rank(opts)?;
     low.extend(gpt_low_rank);
