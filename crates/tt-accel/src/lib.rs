@@ -11,6 +11,9 @@
 //! - [`packed`]: [`PackedF32`](packed::PackedF32), a `tt_tensor::Projection` whose weights are
 //!   packed once for decode-shaped (few-row) products; installed through the seam
 //!   (`map_linears`), it accelerates the existing decoder — there is no second decoder.
+//! - [`sparse`]: [`BlockSparseF32`](sparse::BlockSparseF32), a block-sparse `Projection` in
+//!   16×1 blocks (the packed panels minus their all-zero columns), for pruned weights
+//!   (tt-compress prunes them; the kernel lives here with the other f32 kernels).
 //! - [`team`]: persistent threads with sub-microsecond hand-off, to split one decode-step
 //!   projection across cores.
 //!
@@ -22,6 +25,7 @@ pub mod dispatch;
 pub mod fused;
 pub mod gemm;
 pub mod packed;
+pub mod sparse;
 pub mod team;
 
 pub use dispatch::{detected, level, with_level, Level};

@@ -13,12 +13,15 @@
 //! - [`structured`]: structured pruning that physically removes hidden units of an MLP — the
 //!   producer's rows and the consumer's input columns — so dense kernels do less work.
 //! - [`csr`]: a CSR `Projection` (f32 values, u32 column indices), tested equal to dense.
+//! - [`blocksparse`]: tt-accel's `BlockSparseF32` (16×1 blocks, a SIMD kernel per level) and
+//!   pruning that produces such blocks ([`prune::block_mask`], [`prune::Pruning::block_magnitude`]).
 //! - [`lowrank`]: `W ≈ U·V` by truncated SVD (nalgebra's), as a two-stage `Projection`, with
-//!   the rank chosen by energy kept or by a byte budget.
+//!   the rank chosen by energy kept or by a byte budget; trainable factors for fine-tuning after
+//!   factoring (`Factored`, `WithFactors`), converted back to the projection after.
 //! - [`distill`]: the distillation loss `α·T²·KL(p_T ‖ q_T) + (1 − α)·CE`.
 //!
-//! Not here yet (module 18 is in progress): the GPT's structured pruning (per-block widths),
-//! fine-tuning after low-rank, distillation's training runs and the compression milestone.
+//! Not here yet (module 18 is in progress): the GPT's attention-head pruning, and fine-tuning the
+//! GPT after low-rank (its training loop takes its optimizer's parameters from the model alone).
 //!
 //! ```
 //! use tt_compress::{prune, sparsity};
@@ -31,6 +34,7 @@
 //! assert_eq!(sparsity::model(&mut m).unwrap(), 0.75);
 //! ```
 
+pub mod blocksparse;
 pub mod csr;
 pub mod distill;
 pub mod error;

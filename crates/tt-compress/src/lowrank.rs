@@ -5,9 +5,20 @@
 //! `[out, r]` (the left singular vectors scaled by σ), `V` is `[r, in]`; the layer computes
 //! `y = (x·Vᵀ)·Uᵀ + b`, `2·r·(out + in)` FLOPs per row instead of `2·out·in` — fewer once
 //! `r < out·in/(out + in)`. The SVD is nalgebra's (f64), not ours.
+//!
+//! **Fine-tuning after factoring** ([`Factored`]): each chosen Linear gets a forward transform
+//! that computes its weight as `U·V` from two trainable leaves (so autograd reaches them), and
+//! [`WithFactors`] lists them with the model's parameters, since the training loops build their
+//! optimizer from `Module::parameters` — the layer keeps its structure and names (a `Sequential`
+//! is not re-indexed, `map_linears` still finds it). [`Factored::finish`] turns the trained factors
+//! back into [`LowRank`] projections, whose output equals the trained transform's.
+
+use std::sync::Arc;
 
 use ndarray::Array2;
+use tt_tensor::nn::ForwardTransform;
 use tt_tensor::projection::{DenseF32, Projection};
+use tt_tensor::{Module, Tensor};
 
 use crate::error::{CompressError, Result};
 
@@ -88,9 +99,192 @@ impl LowRank {
         Ok(LowRank { u: DenseF32::from_array(uf), v: DenseF32::from_array(vf), rank })
     }
 
+    /// `U·V` from given factors `u` (`[out, r]`) and `v` (`[r, in]`).
+    ///
+    /// # Errors
+    /// Inner dimensions that differ or are 0, or a non-finite value.
+    pub fn from_factors(u: Array2<f32>, v: Array2<f32>) -> Result<LowRank> {
+        let rank = u.ncols();
+        if rank == 0 || v.nrows() != rank {
+            return Err(CompressError::arg(
+                "LowRank::from_factors",
+                format!("U {:?} and V {:?} do not multiply at a rank ≥ 1", u.dim(), v.dim()),
+            ));
+        }
+        if let Some(bad) = u.iter().chain(v.iter()).find(|x| !x.is_finite()) {
+            return Err(CompressError::arg("LowRank::from_factors", format!("factor value {bad} is not finite")));
+        }
+        Ok(LowRank { u: DenseF32::from_array(u), v: DenseF32::from_array(v), rank })
+    }
+
+    /// The factors `(U, V)`.
+    pub fn factors(&self) -> (Array2<f32>, Array2<f32>) {
+        (self.u.to_dense(), self.v.to_dense())
+    }
+
     /// The kept rank.
     pub fn rank(&self) -> usize {
         self.rank
+    }
+}
+
+/// The weight as `U·V` in the forward pass (both leaves; the layer's own weight is unused).
+#[derive(Debug)]
+struct FactorTransform {
+    u: Tensor,
+    v: Tensor,
+}
+
+impl ForwardTransform for FactorTransform {
+    fn weight(&self, _w: &Tensor) -> tt_tensor::Result<Tensor> {
+        self.u.matmul(&self.v)
+    }
+    fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn name(&self) -> &'static str {
+        "lowrank"
+    }
+}
+
+/// One factored layer: its name and its trainable factors (shared with its forward transform).
+#[derive(Debug, Clone)]
+pub struct FactoredLayer {
+    pub name: String,
+    /// `[out, r]`.
+    pub u: Tensor,
+    /// `[r, in]`.
+    pub v: Tensor,
+}
+
+impl FactoredLayer {
+    /// The factors as they are now, as an inference projection.
+    ///
+    /// # Errors
+    /// A factor that is not 2-D or has become non-finite.
+    pub fn to_low_rank(&self) -> Result<LowRank> {
+        let two_d = |t: &Tensor| -> Result<Array2<f32>> {
+            t.data()
+                .clone()
+                .into_dimensionality()
+                .map_err(|e| CompressError::arg("FactoredLayer::to_low_rank", e.to_string()))
+        };
+        LowRank::from_factors(two_d(&self.u)?, two_d(&self.v)?)
+    }
+}
+
+/// Linears factored for fine-tuning (see the module docs).
+#[derive(Debug, Default)]
+pub struct Factored {
+    layers: Vec<FactoredLayer>,
+}
+
+impl Factored {
+    /// Factors each Linear of `names` at `rank` (clamped to `min(out, in)`) by truncated SVD of
+    /// the matrix it computes now, and installs `U·V` as its forward transform (removing an
+    /// installed projection, which would otherwise run instead under `no_grad`). The model
+    /// computes the rank-`rank` approximation from then on, in training and evaluation.
+    ///
+    /// # Errors
+    /// An unknown name, a layer that already carries a forward transform (a pruning mask,
+    /// fake-quant), a stale projection, or what [`LowRank::factor`] rejects; nothing is changed
+    /// then.
+    pub fn factor(m: &mut dyn Module, names: &[&str], rank: usize) -> Result<Factored> {
+        let mut found: Vec<(String, Array2<f32>)> = Vec::new();
+        let mut problem = None;
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if names.contains(&n) {
+                if let Some(t) = l.transform() {
+                    problem.get_or_insert(format!("layer '{n}' already carries a '{}' transform", t.name()));
+                }
+                found.push((n.to_string(), l.projection()?.to_dense()));
+            }
+            Ok(())
+        })?;
+        if let Some(missing) = names.iter().find(|n| !found.iter().any(|(f, _)| f == *n)) {
+            problem.get_or_insert(format!("no Linear named '{missing}'"));
+        }
+        if let Some(p) = problem {
+            return Err(CompressError::arg("Factored::factor", p));
+        }
+        let mut layers = Vec::new();
+        for (name, w) in &found {
+            let lr = LowRank::factor(w, rank.min(w.nrows().min(w.ncols())))?;
+            let (u, v) = lr.factors();
+            layers.push(FactoredLayer {
+                name: name.clone(),
+                u: Tensor::param(u.into_dyn()),
+                v: Tensor::param(v.into_dyn()),
+            });
+        }
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if let Some(f) = layers.iter().find(|f| f.name == n) {
+                l.clear_projection();
+                l.set_transform(Some(Arc::new(FactorTransform { u: f.u.clone(), v: f.v.clone() })));
+            }
+            Ok(())
+        })?;
+        Ok(Factored { layers })
+    }
+
+    /// The factored layers, in the order of `names`' discovery (model order).
+    pub fn layers(&self) -> &[FactoredLayer] {
+        &self.layers
+    }
+
+    /// Removes the transforms and installs each layer's trained factors as a [`LowRank`]
+    /// projection (which sets the layer's weight to `U·V`, so checkpoints see the same function).
+    ///
+    /// # Errors
+    /// A factor that became non-finite; layers before it are converted already.
+    pub fn finish(self, m: &mut dyn Module) -> Result<()> {
+        let projections: Vec<(String, LowRank)> =
+            self.layers.iter().map(|f| Ok((f.name.clone(), f.to_low_rank()?))).collect::<Result<_>>()?;
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if let Some((_, lr)) = projections.iter().find(|(name, _)| name == n) {
+                l.set_transform(None);
+                l.set_projection(Arc::new(lr.clone()))?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+/// `model` with its factored layers' `U` and `V` among its parameters (named `<layer>.u`,
+/// `<layer>.v`) in place of those layers' unused weights: what a training loop that takes the
+/// model's parameters (`classifier::train_with`) optimizes. Forward, training mode and children
+/// are the model's.
+pub struct WithFactors<'a> {
+    pub model: &'a mut dyn Module,
+    pub factors: &'a Factored,
+}
+
+impl Module for WithFactors<'_> {
+    fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        self.model.forward(x)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let unused: Vec<String> = self.factors.layers.iter().map(|f| format!("{}.weight", f.name)).collect();
+        let mut v: Vec<(String, Tensor)> =
+            self.model.named_parameters().into_iter().filter(|(n, _)| !unused.contains(n)).collect();
+        for f in &self.factors.layers {
+            v.push((format!("{}.u", f.name), f.u.clone()));
+            v.push((format!("{}.v", f.name), f.v.clone()));
+        }
+        v
+    }
+    fn set_training(&mut self, training: bool) {
+        self.model.set_training(training);
+    }
+    fn kind(&self) -> &'static str {
+        "WithFactors"
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        self.model.children()
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        self.model.children_mut()
     }
 }
 

@@ -65,3 +65,111 @@ fn bad_ranks_and_weights_are_errors() {
     assert!(LowRank::factor(&bad, 2).is_err() && singular_values(&bad).is_err());
     assert!(singular_values(&Array2::zeros((0, 3))).is_err());
 }
+
+mod finetune {
+    use super::matrix;
+    use tt_compress::lowrank::{Factored, LowRank, WithFactors};
+    use tt_compress::prune::Pruning;
+    use tt_tensor::nn::{Linear, Relu, Sequential};
+    use tt_tensor::optim::{Adam, Optimizer};
+    use tt_tensor::{no_grad, Module, Tensor};
+
+    fn model() -> Sequential {
+        Sequential::new().layer(Linear::new(6, 5, true, 1)).layer(Relu).layer(Linear::new(5, 3, true, 2))
+    }
+
+    fn input() -> Tensor {
+        Tensor::from_array(matrix(4, 6, 9).into_dyn())
+    }
+
+    /// Autograd's gradients of U and V through the layer's `U·V` weight match central
+    /// differences (f32, ε = 1e-2: the check's own defaults and tolerance).
+    #[test]
+    fn gradients_reach_both_factors() {
+        let mut m = model();
+        let f = Factored::factor(&mut m, &["0"], 2).unwrap();
+        let l = &f.layers()[0];
+        assert_eq!((l.u.shape(), l.v.shape()), (vec![5, 2], vec![2, 6]));
+        let x = input();
+        // The check perturbs U and V in place; the layer's transform shares them.
+        tt_tensor::testing::assert_grads(|_| m.forward(&x), &[l.u.clone(), l.v.clone()], 1e-2, 1e-2);
+    }
+
+    /// A few optimizer steps move U and V (the layer's own weight is not a parameter any more);
+    /// finishing gives a LowRank projection whose output equals the trained transform's.
+    #[test]
+    fn trained_factors_convert_back_to_an_equal_projection() {
+        let mut m = model();
+        let f = Factored::factor(&mut m, &["0"], 3).unwrap();
+        let (u0, v0) = (f.layers()[0].u.data().clone(), f.layers()[0].v.data().clone());
+        let x = input();
+        // Factored at rank 3 the layer computes the truncated SVD of its weight.
+        let w = m.layers[0].as_linear().unwrap().weight.data().clone().into_dimensionality().unwrap();
+        let before = no_grad(|| m.forward(&x)).unwrap().data().clone();
+        let want_rank3 = {
+            let mut r = model();
+            r.layers[0]
+                .as_linear_mut()
+                .unwrap()
+                .set_projection(std::sync::Arc::new(LowRank::factor(&w, 3).unwrap()))
+                .unwrap();
+            no_grad(|| r.forward(&x)).unwrap().data().clone()
+        };
+        assert!(tt_tensor::testing::max_abs_diff(&before, &want_rank3) < 1e-5);
+        {
+            let wf = WithFactors { model: &mut m, factors: &f };
+            let names: Vec<String> = wf.named_parameters().into_iter().map(|(n, _)| n).collect();
+            assert_eq!(names, ["0.bias", "2.weight", "2.bias", "0.u", "0.v"]);
+            let mut opt = Adam::adamw(wf.parameters(), 1e-2, 1e-4).unwrap();
+            let target = Tensor::from_array(ndarray::ArrayD::ones(vec![4, 3]));
+            let loss = |m: &dyn Module| {
+                let d = m.forward(&x).unwrap().sub(&target).unwrap();
+                d.mul(&d).unwrap().mean()
+            };
+            let first = loss(&wf).item().unwrap();
+            for _ in 0..20 {
+                opt.zero_grad();
+                loss(&wf).backward().unwrap();
+                opt.step().unwrap();
+            }
+            assert!(loss(&wf).item().unwrap() < first, "fine-tuning lowers the loss");
+        }
+        let l = &f.layers()[0];
+        assert!(
+            tt_tensor::testing::max_abs_diff(&l.u.data(), &u0) > 1e-3
+                && tt_tensor::testing::max_abs_diff(&l.v.data(), &v0) > 1e-3
+        );
+        let trained = no_grad(|| m.forward(&x)).unwrap().data().clone();
+        let lr = l.to_low_rank().unwrap();
+        assert_eq!(lr.rank(), 3);
+        f.finish(&mut m).unwrap();
+        let lin = m.layers[0].as_linear().unwrap();
+        assert!(lin.transform().is_none());
+        assert_eq!(lin.installed_projection().unwrap().format(), "lowrank");
+        let after = no_grad(|| m.forward(&x)).unwrap().data().clone();
+        let d = tt_tensor::testing::max_abs_diff(&after, &trained);
+        // The same U·V applied as two products instead of one: f32 rounding only.
+        assert!(d < 1e-5, "{d}");
+        // The weight is U·V too, so a recording forward agrees.
+        let recorded = m.forward(&x).unwrap().data().clone();
+        assert!(tt_tensor::testing::max_abs_diff(&recorded, &trained) < 1e-5);
+    }
+
+    #[test]
+    fn bad_factoring_is_an_error_and_changes_nothing() {
+        let mut m = model();
+        assert!(Factored::factor(&mut m, &["1"], 2).is_err(), "Relu is not a Linear");
+        assert!(Factored::factor(&mut m, &["0", "nope"], 2).is_err());
+        assert!(Factored::factor(&mut m, &["0"], 0).is_err());
+        assert!(m.layers[0].as_linear().unwrap().transform().is_none());
+        let mut p = Pruning::default();
+        p.magnitude(&mut m, &["0"], 0.5).unwrap();
+        let e = Factored::factor(&mut m, &["0"], 2).unwrap_err();
+        assert!(e.to_string().contains("mask"), "{e}");
+        assert!(LowRank::from_factors(ndarray::Array2::zeros((3, 2)), ndarray::Array2::zeros((3, 4))).is_err());
+        assert!(LowRank::from_factors(ndarray::Array2::zeros((3, 0)), ndarray::Array2::zeros((0, 4))).is_err());
+        let mut u = ndarray::Array2::zeros((3, 2));
+        u[[0, 0]] = f32::NAN;
+        assert!(LowRank::from_factors(u, ndarray::Array2::zeros((2, 4))).is_err());
+    }
+}
