@@ -12,6 +12,8 @@ fn opts(dir: &std::path::Path) -> Options {
         progress: false,
         corpus: None,
         quiet: true,
+        full: false,
+        serve_exe: None,
     }
 }
 

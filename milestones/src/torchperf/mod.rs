@@ -35,6 +35,11 @@ use tensor_sut::{Output, Samples, TensorSut};
 
 pub const NAME: &str = "torchperf";
 
+/// An accuracy run's responses, `(sample index, data)`.
+type Responses = [(usize, Vec<u8>)];
+/// A task metric over responses.
+type Scorer<'a> = dyn Fn(&Responses) -> f64 + 'a;
+
 fn perf_err(e: tt_perf::PerfError) -> MilestoneError {
     MilestoneError::Other(e.to_string())
 }
@@ -101,7 +106,7 @@ fn scenarios(
     dir: &Path,
     bound: Duration,
     start_qps: f64,
-    quality: &dyn Fn(&[(usize, Vec<u8>)]) -> f64,
+    quality: &Scorer<'_>,
     metric: &str,
 ) -> Result<(Vec<Value>, Option<Judged>, Judged)> {
     let mut rows = Vec::new();
@@ -216,7 +221,7 @@ struct TensorTask {
     model: tt_tensor::nn::Sequential,
     samples: Arc<Samples>,
     output: Output,
-    score: Box<dyn Fn(&[(usize, Vec<u8>)]) -> f64>,
+    score: Box<Scorer<'static>>,
 }
 
 fn tensor_suite_row(opts: &Options, t: TensorTask) -> Result<Value> {
