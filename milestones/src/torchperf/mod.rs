@@ -735,12 +735,11 @@ mod charts {
             .y_label_area_size(52)
             .build_cartesian_2d(0f64..walk.len() as f64, 0f64..top)
             .map_err(|e| err(path, e))?;
-        let labels: Vec<String> = walk.iter().map(|w| w.step.clone()).collect();
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(walk.len())
-            .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
+            .x_labels(0)
+            .x_desc("step (each bar: from the previous step's latency to its own)")
             .y_desc("ms")
             .draw()
             .map_err(|e| err(path, e))?;
