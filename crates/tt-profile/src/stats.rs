@@ -2,8 +2,6 @@
 
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tt_tensor::{Result, TensorError};
 
@@ -51,22 +49,20 @@ fn check_samples(op: &'static str, samples: &[f64]) -> Result<()> {
     Ok(())
 }
 
-/// Interpolated percentile of samples already checked (non-empty, sorted, p in [0, 1]).
-fn interpolated(sorted: &[f64], p: f64) -> f64 {
-    let rank = p * (sorted.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+fn perf(op: &'static str, e: tt_perf::PerfError) -> TensorError {
+    arg(op, e.to_string())
 }
 
 /// Percentile by linear interpolation at rank `p·(n−1)` of the sorted samples (criterion, NumPy's
-/// default).
+/// default). The statistics themselves live in `tt_perf::stats` (one implementation); this
+/// module adds the checks and the error type the profiler's callers use.
 ///
 /// # Errors
 /// No samples, a NaN sample, samples not sorted ascending, or `p` outside [0, 1].
 pub fn percentile_interpolated(sorted: &[f64], p: f64) -> Result<f64> {
     check_sorted("percentile_interpolated", sorted)?;
     check_p("percentile_interpolated", p)?;
-    Ok(interpolated(sorted, p))
+    tt_perf::stats::percentile_interpolated(sorted, p).map_err(|e| perf("percentile_interpolated", e))
 }
 
 /// Percentile as MLPerf LoadGen reports it: `sorted[⌊n·p⌋]`, no interpolation (clamped to n−1).
@@ -76,7 +72,7 @@ pub fn percentile_interpolated(sorted: &[f64], p: f64) -> Result<f64> {
 pub fn percentile_mlperf(sorted: &[f64], p: f64) -> Result<f64> {
     check_sorted("percentile_mlperf", sorted)?;
     check_p("percentile_mlperf", p)?;
-    Ok(sorted[((sorted.len() as f64 * p).floor() as usize).min(sorted.len() - 1)])
+    tt_perf::stats::percentile_sorted(sorted, p).map_err(|e| perf("percentile_mlperf", e))
 }
 
 /// Tukey fences: counts of samples outside 1.5·IQR (mild, excluding severe) and 3·IQR (severe).
@@ -86,16 +82,8 @@ pub fn percentile_mlperf(sorted: &[f64], p: f64) -> Result<f64> {
 /// No samples, a NaN sample, or samples not sorted ascending.
 pub fn tukey_outliers(sorted: &[f64]) -> Result<(usize, usize)> {
     check_sorted("tukey_outliers", sorted)?;
-    Ok(tukey(sorted))
-}
-
-fn tukey(sorted: &[f64]) -> (usize, usize) {
-    let q1 = interpolated(sorted, 0.25);
-    let q3 = interpolated(sorted, 0.75);
-    let iqr = q3 - q1;
-    let severe = sorted.iter().filter(|&&x| x < q1 - 3.0 * iqr || x > q3 + 3.0 * iqr).count();
-    let mild = sorted.iter().filter(|&&x| x < q1 - 1.5 * iqr || x > q3 + 1.5 * iqr).count() - severe;
-    (mild, severe)
+    let o = tt_perf::stats::tukey_outliers(sorted).map_err(|e| perf("tukey_outliers", e))?;
+    Ok((o.mild, o.severe))
 }
 
 /// Bootstrap confidence interval of the median: `resamples` resamples with replacement drawn by
@@ -112,20 +100,8 @@ pub fn bootstrap_median_ci(samples: &[f64], resamples: usize, confidence: f64, s
     if !(confidence > 0.0 && confidence < 1.0) {
         return Err(arg(OP, format!("confidence {confidence} must be in (0, 1)")));
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n = samples.len();
-    let mut medians = Vec::with_capacity(resamples);
-    let mut buf = vec![0.0; n];
-    for _ in 0..resamples {
-        for b in buf.iter_mut() {
-            *b = samples[rng.random_range(0..n)];
-        }
-        buf.sort_by(f64::total_cmp);
-        medians.push(interpolated(&buf, 0.5));
-    }
-    medians.sort_by(f64::total_cmp);
-    let alpha = 1.0 - confidence;
-    Ok((interpolated(&medians, alpha / 2.0), interpolated(&medians, 1.0 - alpha / 2.0)))
+    tt_perf::stats::bootstrap_ci(samples, tt_perf::stats::median_of, resamples, confidence, seed)
+        .map_err(|e| perf(OP, e))
 }
 
 /// Summary of latency samples (milliseconds).
@@ -159,8 +135,9 @@ impl LatencyStats {
         let n = s.len();
         let mean = s.iter().sum::<f64>() / n as f64;
         let var = if n > 1 { s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
-        let (mild, severe) = tukey(&s);
-        let median = interpolated(&s, 0.5);
+        let (mild, severe) = tukey_outliers(&s)?;
+        let interpolated = |s: &[f64], p: f64| percentile_interpolated(s, p);
+        let median = interpolated(&s, 0.5)?;
         Ok(LatencyStats {
             n,
             mean,
@@ -169,12 +146,12 @@ impl LatencyStats {
             min: s[0],
             max: s[n - 1],
             p50: median,
-            p90: interpolated(&s, 0.9),
-            p99: interpolated(&s, 0.99),
+            p90: interpolated(&s, 0.9)?,
+            p99: interpolated(&s, 0.99)?,
             median_ci95: bootstrap_median_ci(&s, 10_000, 0.95, 0)?,
             outliers_mild: mild,
             outliers_severe: severe,
-            iqr_over_median: (interpolated(&s, 0.75) - interpolated(&s, 0.25)) / median,
+            iqr_over_median: (interpolated(&s, 0.75)? - interpolated(&s, 0.25)?) / median,
         })
     }
 }
