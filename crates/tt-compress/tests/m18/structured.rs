@@ -73,6 +73,7 @@ mod gpt {
             max_seq_len: 32,
             mlp_ratio: 4,
             mlp_hidden: None,
+            heads_per_block: None,
             tie_weights: true,
             position: PositionEncoding::Learned,
             dropout: 0.0,
