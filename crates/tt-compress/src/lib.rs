@@ -10,15 +10,16 @@
 //!   amount of the still-unpruned weights as `torch.nn.utils.prune` counts it, with persistent
 //!   masks (applied in the forward pass through tt-tensor's `ForwardTransform`, and re-applied to
 //!   the stored weights after each optimizer step) and `make_permanent`.
-//! - [`structured`]: structured pruning that physically removes hidden units of an MLP — the
-//!   producer's rows and the consumer's input columns — so dense kernels do less work.
+//! - [`structured`]: structured pruning that physically removes MLP hidden units, CNN channels
+//!   (a conv's filters and its consumer's input channels or flattened columns) and GPT MLP units
+//!   and attention heads (per-block widths and head counts in the config) — the producer's rows
+//!   and the consumer's input columns — so dense kernels do less work.
 //! - [`csr`]: a CSR `Projection` (f32 values, u32 column indices), tested equal to dense.
 //! - [`lowrank`]: `W ≈ U·V` by truncated SVD (nalgebra's), as a two-stage `Projection`, with
 //!   the rank chosen by energy kept or by a byte budget.
 //! - [`distill`]: the distillation loss `α·T²·KL(p_T ‖ q_T) + (1 − α)·CE`.
 //!
-//! Not here yet (module 18 is in progress): the GPT's structured pruning (per-block widths),
-//! fine-tuning after low-rank, distillation's training runs and the compression milestone.
+//! Not here yet: fine-tuning after low-rank.
 //!
 //! ```
 //! use tt_compress::{prune, sparsity};
