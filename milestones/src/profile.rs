@@ -182,7 +182,9 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
         tu as f64 / kaplan as f64
     ));
     let c = &gpt.config;
-    let kv_bytes = |s: usize| 2 * c.n_layers * c.n_heads * s * (c.d_model / c.n_heads) * 4;
+    // L·H summed over blocks: a model with pruned heads caches only the heads each block has.
+    let layer_heads: usize = (0..c.n_layers).map(|l| c.heads(l)).sum();
+    let kv_bytes = |s: usize| 2 * layer_heads * s * c.head_dim() * 4;
     opts.say(format!(
         "KV cache (batch 1, 2·L·H·S·D·4): {} B at S = {n_ctx}, {} B at the full context S = {}",
         kv_bytes(n_ctx),

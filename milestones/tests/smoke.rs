@@ -178,3 +178,29 @@ fn acceleration_quick_run_reports_measured_fields() {
     assert!(d["max_abs_logit_diff"].as_f64().unwrap() <= 1e-4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn compression_quick_run_reports_structured_rows_for_every_model() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-compress-{}", std::process::id()));
+    let v = milestones::run("compression", &opts(&dir)).unwrap();
+    let rows = v["structured"].as_array().unwrap();
+    for (model, unit) in
+        [("mlp", "hidden units"), ("cnn", "channels"), ("gpt", "control"), ("gpt", "mlp units"), ("gpt", "heads")]
+    {
+        let of: Vec<_> = rows.iter().filter(|r| r["model"] == model && r["unit"] == unit).collect();
+        assert!(!of.is_empty(), "{model} {unit}: {rows:?}");
+        for r in of {
+            for k in ["ratio", "params", "bytes", "quality", "latency_speedup"] {
+                assert!(r[k].as_f64().is_some(), "{model} {unit} {k}: {r}");
+            }
+            assert_eq!(r["bytes"].as_u64().unwrap(), 4 * r["params"].as_u64().unwrap());
+            assert!(r["latency_speedup"].as_f64().unwrap() > 0.0);
+        }
+    }
+    // Half the heads removed: every block keeps 2 of 4, and the KV cache is half the control's.
+    let heads = rows.iter().find(|r| r["unit"] == "heads" && r["ratio"] == 0.5).unwrap();
+    let control = rows.iter().find(|r| r["unit"] == "control").unwrap();
+    assert!(heads["heads_per_block"].as_array().unwrap().iter().all(|h| h == 2), "{heads}");
+    assert_eq!(2 * heads["kv_cache_bytes"].as_u64().unwrap(), control["kv_cache_bytes"].as_u64().unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -96,6 +96,7 @@ fn tiny_config(vocab: usize) -> GptConfig {
         max_seq_len: 16,
         mlp_ratio: 2,
         mlp_hidden: None,
+        heads_per_block: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,

@@ -10,8 +10,10 @@
 //!   amount of the still-unpruned weights as `torch.nn.utils.prune` counts it, with persistent
 //!   masks (applied in the forward pass through tt-tensor's `ForwardTransform`, and re-applied to
 //!   the stored weights after each optimizer step) and `make_permanent`.
-//! - [`structured`]: structured pruning that physically removes hidden units of an MLP — the
-//!   producer's rows and the consumer's input columns — so dense kernels do less work.
+//! - [`structured`]: structured pruning that physically removes MLP hidden units, CNN channels
+//!   (a conv's filters and its consumer's input channels or flattened columns) and GPT MLP units
+//!   and attention heads (per-block widths and head counts in the config) — the producer's rows
+//!   and the consumer's input columns — so dense kernels do less work.
 //! - [`csr`]: a CSR `Projection` (f32 values, u32 column indices), tested equal to dense.
 //! - [`blocksparse`]: tt-accel's `BlockSparseF32` (16×1 blocks, a SIMD kernel per level) and
 //!   pruning that produces such blocks ([`prune::block_mask`], [`prune::Pruning::block_magnitude`]).
@@ -20,8 +22,8 @@
 //!   factoring (`Factored`, `WithFactors`), converted back to the projection after.
 //! - [`distill`]: the distillation loss `α·T²·KL(p_T ‖ q_T) + (1 − α)·CE`.
 //!
-//! Not here yet (module 18 is in progress): the GPT's attention-head pruning, and fine-tuning the
-//! GPT after low-rank (its training loop takes its optimizer's parameters from the model alone).
+//! Not here yet: fine-tuning the GPT after low-rank (its training loop takes its optimizer's
+//! parameters from the model alone).
 //!
 //! ```
 //! use tt_compress::{prune, sparsity};

@@ -1,16 +1,51 @@
-//! Structured pruning that physically shrinks the model: removed hidden units disappear from the
-//! producer's output rows and the consumer's input columns, so dense kernels do less work
-//! (masking a dense matrix would not — `../shared/reference/semantics.md` §3).
+//! Structured pruning that physically shrinks the model: removed hidden units, CNN channels or
+//! attention heads disappear from the producer's output rows and the consumer's input columns,
+//! so dense kernels do less work (masking a dense matrix would not —
+//! `../shared/reference/semantics.md` §3).
 //!
-//! Units are ranked by the **L2 norm of their incoming weights** (the producer's row, bias
-//! included): a unit whose row is small contributes little before the nonlinearity whatever its
-//! input, and L2 (not L1) weighs its largest weights most, as `torch.nn.utils.prune.ln_structured`
-//! with `n = 2` does on dim 0. Ties go to the lower index; kept units stay in their order.
+//! What is ranked, always by an **L2 norm** (L2, not L1, weighs the largest weights most, as
+//! `torch.nn.utils.prune.ln_structured` with `n = 2` does):
+//! - **MLP hidden units**: the unit's incoming weights (the producer's row, bias included) — a
+//!   unit whose row is small contributes little before the nonlinearity whatever its input.
+//! - **CNN channels**: the channel's filter `[C_in, k, k]` and its bias — the same argument, one
+//!   filter being one output channel's incoming weights.
+//! - **Attention heads**: the product of the L2 norms of the head's **value path** — its V rows
+//!   of `qkv` (bias included) and its columns of the output projection. A head adds
+//!   `W_o,h · (W_v,h · x̄ + b_v,h)` to the residual stream, where `x̄` is a convex combination of
+//!   the (layer-normed) inputs; so `‖W_o,h‖·‖[W_v,h b_v,h]‖` bounds what it can add. Its Q and K
+//!   rows only choose the mixing weights (which sum to 1 whatever their size), so they do not
+//!   enter. A product, not a sum: the head is unchanged when `W_v,h` is scaled by `c` and `W_o,h`
+//!   by `1/c`, and so is the product.
+//!
+//! Ties go to the lower index; kept units stay in their order. Every pruning leaves a model that
+//! equals the dense one with the removed units zeroed (tested).
 
-use tt_tensor::nn::{Linear, Sequential};
+use tt_tensor::nn::{Conv2d, Linear, Sequential};
 use tt_tensor::Tensor;
 
 use crate::error::{CompressError, Result};
+
+/// The indices kept when removing `round(amount · n)` of `norms` (the smallest; ties to the
+/// lower index), in their original order.
+fn keep_by_norm(op: &'static str, norms: &[f64], amount: f64, what: &str) -> Result<Vec<usize>> {
+    if !(0.0..=1.0).contains(&amount) {
+        return Err(CompressError::arg(op, format!("amount {amount} must be a fraction in [0, 1]")));
+    }
+    let n = norms.len();
+    let remove = ((amount * n as f64).round_ties_even() as usize).min(n);
+    if remove == n {
+        return Err(CompressError::arg(op, format!("removing {remove} of {n} {what} leaves none")));
+    }
+    let mut order: Vec<(f64, usize)> = norms.iter().copied().zip(0..).collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut keep: Vec<usize> = order[remove..].iter().map(|&(_, o)| o).collect();
+    keep.sort_unstable();
+    Ok(keep)
+}
+
+fn sum_sq(xs: &[f32]) -> f64 {
+    xs.iter().map(|&v| (v as f64).powi(2)).sum()
+}
 
 /// The hidden units kept when removing `round(amount · width)` of them by L2 norm of the rows of
 /// `producer` (its `[out, in]` weight and bias), in their original order.
@@ -18,27 +53,16 @@ use crate::error::{CompressError, Result};
 /// # Errors
 /// An amount outside `[0, 1]`, or one that would remove every unit.
 pub fn units_to_keep(producer: &Linear, amount: f64) -> Result<Vec<usize>> {
-    if !(0.0..=1.0).contains(&amount) {
-        return Err(CompressError::arg("units_to_keep", format!("amount {amount} must be a fraction in [0, 1]")));
-    }
     let (out_f, in_f) = (producer.out_features(), producer.in_features());
-    let remove = ((amount * out_f as f64).round_ties_even() as usize).min(out_f);
-    if remove == out_f {
-        return Err(CompressError::arg("units_to_keep", format!("removing {remove} of {out_f} units leaves none")));
-    }
     let w = producer.weight.to_vec();
     let b = producer.bias.as_ref().map(Tensor::to_vec);
-    let mut norms: Vec<(f64, usize)> = (0..out_f)
+    let norms: Vec<f64> = (0..out_f)
         .map(|o| {
-            let row: f64 = w[o * in_f..(o + 1) * in_f].iter().map(|&v| (v as f64).powi(2)).sum();
             let bias = b.as_ref().map_or(0.0, |b| (b[o] as f64).powi(2));
-            ((row + bias).sqrt(), o)
+            (sum_sq(&w[o * in_f..(o + 1) * in_f]) + bias).sqrt()
         })
         .collect();
-    norms.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut keep: Vec<usize> = norms[remove..].iter().map(|&(_, o)| o).collect();
-    keep.sort_unstable();
-    Ok(keep)
+    keep_by_norm("units_to_keep", &norms, amount, "units")
 }
 
 /// A `Linear` with only the output rows `keep` of `l`.
@@ -145,5 +169,180 @@ pub fn prune_gpt_mlp(model: &mut tt_transformer::Gpt, amount: f64) -> Result<Vec
         kept.push(keep);
     }
     model.config.mlp_hidden = Some(widths);
+    Ok(kept)
+}
+
+/// The output channels of `conv` kept when removing `round(amount · C_out)` of them by the L2
+/// norm of each filter `[C_in, k_h, k_w]` with its bias, in their original order.
+///
+/// # Errors
+/// An amount outside `[0, 1]`, or one that would remove every channel.
+pub fn channels_to_keep(conv: &Conv2d, amount: f64) -> Result<Vec<usize>> {
+    let s = conv.weight.shape();
+    let (c_out, per) = (s[0], s[1..].iter().product::<usize>());
+    let w = conv.weight.to_vec();
+    let b = conv.bias.as_ref().map(Tensor::to_vec);
+    let norms: Vec<f64> = (0..c_out)
+        .map(|o| {
+            let bias = b.as_ref().map_or(0.0, |b| (b[o] as f64).powi(2));
+            (sum_sq(&w[o * per..(o + 1) * per]) + bias).sqrt()
+        })
+        .collect();
+    keep_by_norm("channels_to_keep", &norms, amount, "channels")
+}
+
+/// A `Conv2d` like `like` (stride, padding) with `weight` `[C_out, C_in, k_h, k_w]` and `bias`.
+fn conv_from(like: &Conv2d, weight: Vec<f32>, shape: [usize; 4], bias: Option<Vec<f32>>) -> Result<Conv2d> {
+    // Conv2d has no from-tensors constructor; its tensors are public, so build one of the right
+    // channel counts and replace them (the random init it draws is discarded).
+    let mut c = Conv2d::new(shape[1], shape[0], shape[2], like.stride, like.padding, 0);
+    c.weight = Tensor::param(
+        ndarray::Array4::from_shape_vec(shape, weight)
+            .map_err(|e| CompressError::arg("prune_conv_channels", e.to_string()))?
+            .into_dyn(),
+    );
+    c.bias = bias.map(|b| Tensor::param(ndarray::Array1::from(b).into_dyn()));
+    Ok(c)
+}
+
+/// Layers that map a zero channel to a zero channel, elementwise or within each channel, so a
+/// removed channel's absence and its zeros are the same to the consumer.
+const CHANNEL_WISE: [&str; 6] = ["Relu", "Gelu", "Tanh", "Dropout", "MaxPool2d", "AvgPool2d"];
+
+/// Removes `amount` of the output channels of the `Conv2d` `seq.layers[producer]` (by the L2
+/// norm of each filter and bias, [`channels_to_keep`]) and the matching inputs of its consumer
+/// `seq.layers[consumer]`: the next `Conv2d`'s input channels, or — after a `Flatten` — the
+/// following `Linear`'s input columns. Flatten is channel-major (`[B, C, H, W]` → column
+/// `c·H·W + y·W + x`), so channel `c` owns the `H·W` columns from `c·H·W`. Between the two only
+/// channel-wise layers may stand (ReLU, GELU, tanh, dropout, max/avg pooling; one Flatten before
+/// a Linear), so the pruned model equals the dense one with those filters and biases zeroed.
+/// Returns the kept channels.
+///
+/// # Errors
+/// A producer that is not a `Conv2d`, a consumer that is neither a `Conv2d` nor a `Linear`, a
+/// layer between them that mixes channels, widths that do not chain, or a bad amount; the model
+/// is unchanged then.
+pub fn prune_conv_channels(seq: &mut Sequential, producer: usize, consumer: usize, amount: f64) -> Result<Vec<usize>> {
+    let op = "prune_conv_channels";
+    let n = seq.layers.len();
+    if producer >= consumer || consumer >= n {
+        return Err(CompressError::arg(op, format!("layers {producer} → {consumer} of {n}: not a forward pair")));
+    }
+    let flattens = seq.layers[producer + 1..consumer].iter().filter(|l| l.kind() == "Flatten").count();
+    if let Some(l) =
+        seq.layers[producer + 1..consumer].iter().find(|l| l.kind() != "Flatten" && !CHANNEL_WISE.contains(&l.kind()))
+    {
+        return Err(CompressError::arg(op, format!("a {} between the two layers mixes or shifts channels", l.kind())));
+    }
+    let p = seq.layers[producer]
+        .as_conv2d_mut()
+        .ok_or_else(|| CompressError::arg(op, format!("layer {producer} is not a Conv2d")))?;
+    let keep = channels_to_keep(p, amount)?;
+    let ps = p.weight.shape();
+    let (c_out, per) = (ps[0], ps[1] * ps[2] * ps[3]);
+    let w = p.weight.to_vec();
+    let rows: Vec<f32> = keep.iter().flat_map(|&o| w[o * per..(o + 1) * per].iter().copied()).collect();
+    let bias = p.bias.as_ref().map(|b| {
+        let b = b.to_vec();
+        keep.iter().map(|&o| b[o]).collect::<Vec<f32>>()
+    });
+    let new_p = conv_from(p, rows, [keep.len(), ps[1], ps[2], ps[3]], bias)?;
+    let new_c: Box<dyn tt_tensor::Module> = if let Some(c) = seq.layers[consumer].as_conv2d_mut() {
+        let cs = c.weight.shape();
+        if flattens != 0 || cs[1] != c_out {
+            return Err(CompressError::arg(
+                op,
+                format!(
+                    "layer {consumer} takes {} channels (and no Flatten may come before it), {producer} makes {c_out}",
+                    cs[1]
+                ),
+            ));
+        }
+        let (ci, k) = (cs[1], cs[2] * cs[3]);
+        let w = c.weight.to_vec();
+        let kept: Vec<f32> = (0..cs[0])
+            .flat_map(|o| keep.iter().map(move |&i| (o, i)))
+            .flat_map(|(o, i)| w[(o * ci + i) * k..(o * ci + i + 1) * k].iter().copied())
+            .collect();
+        let bias = c.bias.as_ref().map(Tensor::to_vec);
+        Box::new(conv_from(c, kept, [cs[0], keep.len(), cs[2], cs[3]], bias)?)
+    } else if let Some(l) = seq.layers[consumer].as_linear() {
+        let in_f = l.in_features();
+        if flattens != 1 || !in_f.is_multiple_of(c_out) {
+            return Err(CompressError::arg(
+                op,
+                format!("layer {consumer} is a Linear of {in_f} inputs: it needs one Flatten before it and a multiple of {c_out} channels"),
+            ));
+        }
+        let hw = in_f / c_out;
+        let cols: Vec<usize> = keep.iter().flat_map(|&c| c * hw..(c + 1) * hw).collect();
+        Box::new(keep_inputs(l, &cols)?)
+    } else {
+        return Err(CompressError::arg(op, format!("layer {consumer} is neither a Conv2d nor a Linear")));
+    };
+    seq.layers[producer] = Box::new(new_p);
+    seq.layers[consumer] = new_c;
+    Ok(keep)
+}
+
+/// Removes `amount` of every GPT block's attention heads: per block `round(amount · heads)` of
+/// them with the smallest value-path norm (see the module docs). A removed head's Q, K and V rows
+/// leave `attn.qkv` and its columns leave `attn.proj`; `attn.n_heads` and
+/// `config.heads_per_block` record the new counts (the head width stays `d_model / n_heads`), so
+/// the model saves and loads as a normal checkpoint and the KV-cached decoder caches only the
+/// heads each block has. Heads are independent until the output projection, so the pruned model
+/// equals the dense one with those heads' output-projection columns zeroed. Returns the kept
+/// heads of each block.
+///
+/// # Errors
+/// A bad amount (checked for every block before any changes), or a block whose attention shapes
+/// do not match the config.
+pub fn prune_gpt_heads(model: &mut tt_transformer::Gpt, amount: f64) -> Result<Vec<Vec<usize>>> {
+    let op = "prune_gpt_heads";
+    let hd = model.config.head_dim();
+    let mut plans = Vec::with_capacity(model.blocks.len());
+    for (l, b) in model.blocks.iter().enumerate() {
+        let (qkv, proj, h) = (&b.attn.qkv, &b.attn.proj, b.attn.n_heads);
+        let a = h * hd;
+        if qkv.out_features() != 3 * a || proj.in_features() != a {
+            return Err(CompressError::arg(
+                op,
+                format!(
+                    "blocks.{l}: {h} heads of width {hd} need qkv [{}, _] and proj [_, {a}], not [{}, _] and [_, {}]",
+                    3 * a,
+                    qkv.out_features(),
+                    proj.in_features()
+                ),
+            ));
+        }
+        let (w, bias) = (qkv.weight.to_vec(), qkv.bias.as_ref().map(Tensor::to_vec));
+        let (o, d) = (proj.weight.to_vec(), proj.out_features());
+        let in_f = qkv.in_features();
+        let norms: Vec<f64> = (0..h)
+            .map(|k| {
+                let v_rows = 2 * a + k * hd..2 * a + (k + 1) * hd;
+                let v = sum_sq(&w[v_rows.start * in_f..v_rows.end * in_f])
+                    + bias.as_ref().map_or(0.0, |b| sum_sq(&b[v_rows.clone()]));
+                let out: f64 = (0..d).map(|r| sum_sq(&o[r * a + k * hd..r * a + (k + 1) * hd])).sum();
+                v.sqrt() * out.sqrt()
+            })
+            .collect();
+        let keep = keep_by_norm(op, &norms, amount, "heads")?;
+        let rows: Vec<usize> = (0..3)
+            .flat_map(|part| keep.iter().flat_map(move |&k| part * a + k * hd..part * a + (k + 1) * hd))
+            .collect();
+        let cols: Vec<usize> = keep.iter().flat_map(|&k| k * hd..(k + 1) * hd).collect();
+        plans.push((keep_outputs(qkv, &rows)?, keep_inputs(proj, &cols)?, keep));
+    }
+    let mut kept = Vec::with_capacity(plans.len());
+    let mut counts = Vec::with_capacity(plans.len());
+    for (b, (qkv, proj, keep)) in model.blocks.iter_mut().zip(plans) {
+        b.attn.qkv = qkv;
+        b.attn.proj = proj;
+        b.attn.n_heads = keep.len();
+        counts.push(keep.len());
+        kept.push(keep);
+    }
+    model.config.heads_per_block = Some(counts);
     Ok(kept)
 }

@@ -2,7 +2,11 @@
 //!
 //! Layout: one contiguous buffer each for K and V, indexed `[layer][batch][head][slot][dim]`.
 //! For one (layer, sequence, head) the cached keys are a contiguous `[slots, head_dim]` block, so
-//! attention's `q·Kᵀ` and `A·V` loops read memory in order.
+//! attention's `q·Kᵀ` and `A·V` loops read memory in order. Layers may have different head
+//! counts (a GPT whose heads were pruned, module 18): layer `l`'s block is
+//! `batch × heads[l] × capacity × head_dim`, the layers' blocks one after another, so a pruned
+//! layer holds (and attention reads) only the heads it has. The head width is the same in every
+//! layer.
 //!
 //! Storage ([`KvStorage`]): `f32`, or `int8` — each cached row (one head at one position, `head_dim`
 //! values) as symmetric int8 codes with one f32 scale, `d = max|x|/127`, `q = round_half_even(x/d)`,
@@ -95,6 +99,8 @@ pub fn quantize_row_q8(x: &[f32], codes: &mut [i8]) -> f32 {
 pub struct CacheShape {
     pub layers: usize,
     pub batch: usize,
+    /// Heads of the widest layer (every layer's, unless heads were pruned; see
+    /// [`KvCache::layer_heads`]).
     pub heads: usize,
     /// Maximum positions held (the model's context for `Error`, W for `SlidingWindow(W)`).
     pub capacity: usize,
@@ -117,6 +123,9 @@ pub struct KvCache {
     shape: CacheShape,
     policy: OverflowPolicy,
     storage: KvStorage,
+    /// Head count of each layer, and where each layer's block starts in the buffers (elements).
+    layer_heads: Vec<usize>,
+    layer_start: Vec<usize>,
     /// f32 storage (empty for int8).
     k: Vec<f32>,
     v: Vec<f32>,
@@ -170,17 +179,9 @@ impl KvCache {
             OverflowPolicy::Error => max_seq_len,
             OverflowPolicy::SlidingWindow(w) => w,
         };
-        if layers == 0 || batch == 0 || heads == 0 || capacity == 0 || head_dim == 0 {
-            return Err(CacheError::Invalid(format!(
-                "all dimensions must be positive (layers {layers}, batch {batch}, heads {heads}, capacity {capacity}, head_dim {head_dim})"
-            )));
-        }
-        if let OverflowPolicy::SlidingWindow(w) = policy {
-            if w > max_seq_len {
-                return Err(CacheError::Invalid(format!("window {w} exceeds max_seq_len {max_seq_len}")));
-            }
-        }
-        let n = [layers, batch, heads, capacity, head_dim]
+        // Checked before the per-layer list is built, so a huge `layers` is an error, not an
+        // allocation.
+        [layers, batch, heads, capacity, head_dim]
             .iter()
             .try_fold(1usize, |acc, &x| acc.checked_mul(x))
             .filter(|&n| n <= Self::MAX_ELEMENTS)
@@ -190,6 +191,57 @@ impl KvCache {
                     Self::MAX_ELEMENTS
                 ))
             })?;
+        if layers == 0 {
+            return Err(CacheError::Invalid(format!(
+                "all dimensions must be positive (layers {layers}, batch {batch}, heads {heads}, capacity {capacity}, head_dim {head_dim})"
+            )));
+        }
+        Self::with_layer_heads(&vec![heads; layers], batch, max_seq_len, head_dim, policy, storage)
+    }
+
+    /// A cache whose layer `l` holds `layer_heads[l]` heads (all of width `head_dim`): what a GPT
+    /// with pruned heads needs. [`KvCache::with_storage`] is the case of equal counts.
+    ///
+    /// # Errors
+    /// No layers, a zero dimension or head count, a window larger than `max_seq_len`, or a size
+    /// over [`KvCache::MAX_ELEMENTS`] (checked before allocating).
+    pub fn with_layer_heads(
+        layer_heads: &[usize],
+        batch: usize,
+        max_seq_len: usize,
+        head_dim: usize,
+        policy: OverflowPolicy,
+        storage: KvStorage,
+    ) -> Result<KvCache, CacheError> {
+        let capacity = match policy {
+            OverflowPolicy::Error => max_seq_len,
+            OverflowPolicy::SlidingWindow(w) => w,
+        };
+        let layers = layer_heads.len();
+        let heads = layer_heads.iter().copied().max().unwrap_or(0);
+        if layers == 0 || batch == 0 || layer_heads.contains(&0) || capacity == 0 || head_dim == 0 {
+            return Err(CacheError::Invalid(format!(
+                "all dimensions must be positive (layers {layers}, batch {batch}, heads {layer_heads:?}, capacity {capacity}, head_dim {head_dim})"
+            )));
+        }
+        if let OverflowPolicy::SlidingWindow(w) = policy {
+            if w > max_seq_len {
+                return Err(CacheError::Invalid(format!("window {w} exceeds max_seq_len {max_seq_len}")));
+            }
+        }
+        let too_big = || {
+            CacheError::Invalid(format!(
+                "layers with {layer_heads:?} heads × batch {batch} × capacity {capacity} × head_dim {head_dim} exceed {} floats per buffer",
+                Self::MAX_ELEMENTS
+            ))
+        };
+        let mut layer_start = Vec::with_capacity(layers);
+        let mut n = 0usize;
+        for &h in layer_heads {
+            layer_start.push(n);
+            let block = [batch, h, capacity, head_dim].iter().try_fold(1usize, |acc, &x| acc.checked_mul(x));
+            n = block.and_then(|b| n.checked_add(b)).filter(|&n| n <= Self::MAX_ELEMENTS).ok_or_else(too_big)?;
+        }
         let (f, q, rows) = match storage {
             KvStorage::F32 => (n, 0, 0),
             KvStorage::Int8 => (0, n, n / head_dim),
@@ -198,6 +250,8 @@ impl KvCache {
             shape: CacheShape { layers, batch, heads, capacity, head_dim },
             policy,
             storage,
+            layer_heads: layer_heads.to_vec(),
+            layer_start,
             k: vec![0.0; f],
             v: vec![0.0; f],
             k8: vec![0; q],
@@ -235,10 +289,16 @@ impl KvCache {
         self.storage
     }
 
-    /// Bytes held by K and V: `2·L·B·H·S·D·4` in f32, `2·L·B·H·S·(D + 4)` in int8.
+    /// Head count of each layer (equal unless heads were pruned).
+    pub fn layer_heads(&self) -> &[usize] {
+        &self.layer_heads
+    }
+
+    /// Bytes held by K and V: `2·L·B·H·S·D·4` in f32, `2·L·B·H·S·(D + 4)` in int8 — with
+    /// `L·H` the sum of the layers' head counts.
     pub fn memory_bytes(&self) -> usize {
         let s = self.shape;
-        2 * s.layers * s.batch * s.heads * s.capacity * self.row_bytes()
+        2 * self.layer_heads.iter().sum::<usize>() * s.batch * s.capacity * self.row_bytes()
     }
 
     /// Bytes of one cached row (one head at one position) of K or of V.
@@ -251,7 +311,7 @@ impl KvCache {
 
     fn block(&self, layer: usize, b: usize, h: usize) -> usize {
         let s = self.shape;
-        ((layer * s.batch + b) * s.heads + h) * s.capacity * s.head_dim
+        self.layer_start[layer] + (b * self.layer_heads[layer] + h) * s.capacity * s.head_dim
     }
 
     /// Whether `n` more positions fit without eviction.
@@ -259,7 +319,8 @@ impl KvCache {
         self.len + n <= self.shape.capacity
     }
 
-    /// Appends `n` positions for `layer`. `k` and `v` are laid out `[batch, heads, n, head_dim]`.
+    /// Appends `n` positions for `layer`. `k` and `v` are laid out `[batch, heads, n, head_dim]`
+    /// with that layer's head count.
     /// Under `SlidingWindow`, the oldest positions are evicted to make room (requires `n` = 1
     /// once the window is full, so no query loses a key inside its window).
     pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32], n: usize) -> Result<(), CacheError> {
@@ -267,7 +328,8 @@ impl KvCache {
         if layer >= s.layers {
             return Err(CacheError::BadLayer { layer, layers: s.layers });
         }
-        let expect = s.batch * s.heads * n * s.head_dim;
+        let heads = self.layer_heads[layer];
+        let expect = s.batch * heads * n * s.head_dim;
         if k.len() != expect || v.len() != expect {
             return Err(CacheError::Invalid(format!(
                 "append of {n} positions needs {expect} values, got k {} v {}",
@@ -293,7 +355,7 @@ impl KvCache {
                     }
                     let evict = self.len + n - s.capacity;
                     for b in 0..s.batch {
-                        for h in 0..s.heads {
+                        for h in 0..heads {
                             let base = self.block(layer, b, h);
                             let d = s.head_dim;
                             let rows = base / d + evict..base / d + self.len;
@@ -317,8 +379,8 @@ impl KvCache {
         }
         let d = s.head_dim;
         for b in 0..s.batch {
-            for h in 0..s.heads {
-                let src = ((b * s.heads + h) * n) * d;
+            for h in 0..heads {
+                let src = ((b * heads + h) * n) * d;
                 let dst = self.block(layer, b, h) + start * d;
                 match self.storage {
                     KvStorage::F32 => {
@@ -344,10 +406,11 @@ impl KvCache {
         if layer >= s.layers {
             return Err(CacheError::BadLayer { layer, layers: s.layers });
         }
-        if b >= s.batch || h >= s.heads {
+        let heads = self.layer_heads[layer];
+        if b >= s.batch || h >= heads {
             return Err(CacheError::Invalid(format!(
-                "sequence {b} / head {h} out of range ({} sequences, {} heads)",
-                s.batch, s.heads
+                "sequence {b} / head {h} out of range ({} sequences, {heads} heads in layer {layer})",
+                s.batch
             )));
         }
         Ok(self.block(layer, b, h))
@@ -363,7 +426,7 @@ impl KvCache {
         self.check_storage(KvStorage::F32)?;
         let s = self.shape;
         let (head_stride, slots) = (s.capacity * s.head_dim, self.filled[layer]);
-        let end = base + (s.heads - 1) * head_stride + slots * s.head_dim;
+        let end = base + (self.layer_heads[layer] - 1) * head_stride + slots * s.head_dim;
         Ok(HeadRows { keys: &self.k[base..end], values: &self.v[base..end], head_stride, slots })
     }
 

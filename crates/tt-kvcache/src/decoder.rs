@@ -5,7 +5,8 @@
 //! **shares** the model's weights: per linear map it holds the layer's own
 //! [`Projection`] (an `Arc`, in whatever format was installed — dense f32 by default, sharing the
 //! weight tensor) and bias tensor; norms and embeddings are the model's own tensors. Layer widths
-//! come from the projections, so a block whose MLP was narrowed by pruning just works.
+//! come from the projections, so a block whose MLP was narrowed or whose heads were removed by
+//! pruning just works (the cache holds each layer's own head count).
 //!
 //! All activations live in `Scratch` and are sized at construction for one token per sequence,
 //! so decode steps allocate nothing; a longer prefill grows them once. Every op opens a profiler
@@ -173,7 +174,8 @@ impl CachedGpt {
     /// # Errors
     /// A zero batch, a layer whose installed projection is stale, or layer shapes that do not
     /// chain (`d_model` in and out of every block, `3·n_heads·head_dim` out of `qkv`, the MLP's
-    /// `fc` out equal to its `proj` in). Blocks must agree on heads and head width (one cache).
+    /// `fc` out equal to its `proj` in). Blocks may differ in head count (pruned heads) but must
+    /// agree on the head width (one cache row width).
     pub fn new(model: &Gpt, batch: usize, policy: OverflowPolicy) -> Result<CachedGpt, KvError> {
         let c = &model.config;
         let d = c.d_model;
@@ -188,7 +190,8 @@ impl CachedGpt {
             ));
         }
         let mut blocks = Vec::with_capacity(model.blocks.len());
-        let (mut attn, mut hidden, mut heads) = (0, 0, None);
+        let (mut attn, mut hidden, mut head_dim) = (0, 0, None);
+        let mut layer_heads = Vec::with_capacity(model.blocks.len());
         for (i, b) in model.blocks.iter().enumerate() {
             let blk = DecoderBlock {
                 ln1: Norm::of(&b.ln1),
@@ -213,13 +216,13 @@ impl CachedGpt {
                     blk.mlp_proj.shape()
                 ));
             }
-            let this = (blk.n_heads, a / blk.n_heads);
-            if *heads.get_or_insert(this) != this {
+            let hd = a / blk.n_heads;
+            if *head_dim.get_or_insert(hd) != hd {
                 return bad(format!(
-                    "blocks.{i} has {} heads of width {}, block 0 {:?}: one KV cache needs the same in every block",
-                    this.0, this.1, heads
+                    "blocks.{i} has heads of width {hd}, block 0 of width {head_dim:?}: one KV cache needs one head width"
                 ));
             }
+            layer_heads.push(blk.n_heads);
             for n in [&b.ln1, &b.ln2] {
                 if n.gamma.shape() != [d] || n.beta.shape() != [d] {
                     return bad(format!("blocks.{i}: a layer norm is not of width d_model {d}"));
@@ -229,7 +232,7 @@ impl CachedGpt {
             hidden = hidden.max(f_out);
             blocks.push(blk);
         }
-        let Some((n_heads, head_dim)) = heads else {
+        let Some(head_dim) = head_dim else {
             return bad("the model has no blocks".into());
         };
         let head = match &model.lm_head {
@@ -239,7 +242,7 @@ impl CachedGpt {
         if head.shape() != (c.vocab_size, d) {
             return bad(format!("lm_head {:?} is not (vocab {}, d_model {d})", head.shape(), c.vocab_size));
         }
-        let cache = KvCache::new(blocks.len(), batch, n_heads, c.max_seq_len, head_dim, policy)?;
+        let cache = KvCache::with_layer_heads(&layer_heads, batch, c.max_seq_len, head_dim, policy, KvStorage::F32)?;
         let mut engine = CachedGpt {
             tok_emb: model.tok_emb.weight.clone(),
             pos_emb: model.pos_emb.clone(),
@@ -283,10 +286,9 @@ impl CachedGpt {
     /// As [`KvCache::with_storage`] (it cannot fail for a shape that was valid before).
     pub fn set_kv_storage(&mut self, storage: KvStorage) -> Result<(), KvError> {
         let s = self.cache.shape();
-        self.cache = KvCache::with_storage(
-            s.layers,
+        self.cache = KvCache::with_layer_heads(
+            self.cache.layer_heads(),
             s.batch,
-            s.heads,
             self.max_seq_len,
             s.head_dim,
             self.cache.policy(),

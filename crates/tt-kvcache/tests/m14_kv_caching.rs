@@ -54,6 +54,7 @@ fn config(vocab: usize, seed: u64, layers: usize) -> GptConfig {
         max_seq_len: 40,
         mlp_ratio: 4,
         mlp_hidden: None,
+        heads_per_block: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,
@@ -640,5 +641,85 @@ mod int8_cache {
             stepped.decode_step(&[3]).unwrap();
         }
         assert_eq!(ALLOCS.with(Cell::get) - before, 0);
+    }
+}
+
+/// Blocks with different head counts (what head pruning leaves, module 18): the cache holds each
+/// layer's own heads, and the decoder — f32 and int8 cache, prefill and decode — equals the tensor
+/// model at every step (the m14 tolerance).
+mod per_block_heads {
+    use super::*;
+    use tt_kvcache::KvStorage;
+
+    fn pruned_config(seed: u64) -> GptConfig {
+        GptConfig { heads_per_block: Some(vec![4, 1, 3]), ..config(13, seed, 3) }
+    }
+
+    #[test]
+    fn layers_hold_their_own_heads() {
+        let (b, s, d) = (2, 6, 8);
+        let mut c = KvCache::with_layer_heads(&[3, 1], b, s, d, OverflowPolicy::Error, KvStorage::F32).unwrap();
+        assert_eq!(c.layer_heads(), &[3, 1]);
+        assert_eq!(c.shape().heads, 3, "the widest layer");
+        assert_eq!(c.memory_bytes(), 2 * (3 + 1) * b * s * d * 4);
+        // Layer 0 takes 3 heads' rows per position, layer 1 one head's.
+        let k0: Vec<f32> = (0..b * 3 * d).map(|i| i as f32).collect();
+        let k1: Vec<f32> = (0..b * d).map(|i| -(i as f32)).collect();
+        assert!(c.append(1, &k0, &k0, 1).is_err(), "three heads' rows for a one-head layer");
+        c.append(0, &k0, &k0, 1).unwrap();
+        c.append(1, &k1, &k1, 1).unwrap();
+        c.advance(1).unwrap();
+        assert_eq!(c.keys(0, 1, 2).unwrap(), &k0[(3 + 2) * d..(3 + 3) * d]);
+        assert_eq!(c.keys(1, 1, 0).unwrap(), &k1[d..2 * d]);
+        assert!(c.keys(1, 0, 1).is_err(), "layer 1 has one head");
+        assert_eq!(c.heads(1, 1).unwrap().keys, &k1[d..2 * d]);
+        let q = KvCache::with_layer_heads(&[3, 1], b, s, d, OverflowPolicy::Error, KvStorage::Int8).unwrap();
+        assert_eq!(q.memory_bytes(), 2 * (3 + 1) * b * s * (d + 4));
+        assert!(KvCache::with_layer_heads(&[2, 0], b, s, d, OverflowPolicy::Error, KvStorage::F32).is_err());
+        assert!(KvCache::with_layer_heads(&[], b, s, d, OverflowPolicy::Error, KvStorage::F32).is_err());
+    }
+
+    #[test]
+    fn a_gpt_with_fewer_heads_in_some_blocks_decodes_like_the_tensor_model() {
+        let m = Gpt::new(pruned_config(2)).unwrap();
+        assert_eq!(m.blocks.iter().map(|b| b.attn.proj.in_features()).collect::<Vec<_>>(), vec![32, 8, 24]);
+        for (batch, prompt) in [(1, 1), (1, 9), (3, 4)] {
+            check_every_step(&m, batch, prompt);
+        }
+        let eng = CachedGpt::new(&m, 2, OverflowPolicy::Error).unwrap();
+        assert_eq!(eng.cache().layer_heads(), &[4, 1, 3]);
+        assert_eq!(eng.cache().memory_bytes(), 2 * (4 + 1 + 3) * 2 * 40 * 8 * 4);
+    }
+
+    /// The int8 cache with per-layer heads: decode steps equal a prefill of the same prefix (both
+    /// read the same quantized rows) and stay near the f32 cache.
+    #[test]
+    fn the_int8_cache_with_per_block_heads_agrees_with_prefill_and_f32() {
+        let m = Gpt::new(pruned_config(5)).unwrap();
+        let seq: Vec<usize> = (0..20).map(|i| (i * 5 + 1) % 13).collect();
+        let mut whole = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        whole.set_kv_storage(KvStorage::Int8).unwrap();
+        let mut stepped = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        stepped.set_kv_storage(KvStorage::Int8).unwrap();
+        assert_eq!(stepped.cache().layer_heads(), &[4, 1, 3]);
+        stepped.prefill(&seq[..1], 1).unwrap();
+        let mut worst_f32 = 0.0f32;
+        for t in 1..seq.len() {
+            let a = whole.prefill(&seq[..=t], t + 1).unwrap().to_vec();
+            let b = stepped.decode_step(&[seq[t]]).unwrap().to_vec();
+            assert!(max_diff(&a, &b) <= TOL, "position {t}: prefill vs decode {}", max_diff(&a, &b));
+            worst_f32 = worst_f32.max(max_diff(&b, &reference_last(&m, &[seq[..=t].to_vec()])));
+        }
+        assert!(worst_f32 < 0.05, "int8 vs the tensor model: {worst_f32}");
+    }
+
+    #[test]
+    fn bad_head_counts_are_config_errors_naming_the_field() {
+        for (heads, says) in
+            [(vec![4, 1], "3 layers"), (vec![4, 0, 2], "heads_per_block[1] = 0"), (vec![4, 5, 2], "1..=4")]
+        {
+            let e = Gpt::new(GptConfig { heads_per_block: Some(heads), ..config(13, 0, 3) }).err().unwrap().to_string();
+            assert!(e.contains("heads_per_block") && e.contains(says), "{e}");
+        }
     }
 }

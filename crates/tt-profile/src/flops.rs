@@ -93,7 +93,8 @@ pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: boo
     const OP: &str = "flops::gpt_forward";
     check_config(OP, cfg)?;
     let u = |x: usize| x as u64;
-    let (d, l, h, v) = (u(cfg.d_model), u(cfg.n_layers), u(cfg.n_heads), u(cfg.vocab_size));
+    let (d, l, v) = (u(cfg.d_model), u(cfg.n_layers), u(cfg.vocab_size));
+    let head_dim = u(cfg.head_dim());
     let (batch, seq) = (u(batch), u(seq));
     let p = |what: &str, xs: &[u64]| prod(OP, what, xs);
     let s = |what: &str, xs: &[u64]| sum(OP, what, xs);
@@ -106,7 +107,6 @@ pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: boo
         mlp = s("mlp", &[mlp, lin(rows_of(batch, seq)?, d, hb)?, lin(rows_of(batch, seq)?, hb, d)?])?;
         gelu = s("gelu", &[gelu, p("gelu", &[rows_of(batch, seq)?, hb])?])?;
     }
-    let d3 = p("3·d_model", &[3, d])?;
     let rows = p("batch·seq", &[batch, seq])?;
     // seq·(seq+1)/2 without overflowing where the result fits.
     let pairs = if causal_useful {
@@ -118,22 +118,28 @@ pub fn gpt_forward(cfg: &GptConfig, batch: usize, seq: usize, causal_useful: boo
     } else {
         p("attention pairs", &[seq, seq])?
     };
-    let attention = attention_pairs(batch, h, pairs, d / h)?;
+    // Per-block head counts (head pruning leaves them unequal): block b's Q/K/V are
+    // heads(b)·head_dim wide, its output projection takes that many inputs, and its attention
+    // and softmax run over heads(b) heads.
+    let (mut projections, mut attention, mut softmax) = (0u64, 0u64, 0u64);
+    for b in 0..cfg.n_layers {
+        let (hb, ab) = (u(cfg.heads(b)), u(cfg.attn_width(b)));
+        let a3 = p("3·attention width", &[3, ab])?;
+        projections = s("attention projections", &[projections, lin(rows, d, a3)?, lin(rows, ab, d)?])?;
+        attention = s("attention", &[attention, attention_pairs(batch, hb, pairs, head_dim)?])?;
+        softmax = s("attention softmax", &[softmax, p("attention softmax", &[5, batch, hb, seq, seq])?])?;
+    }
     let elem = p("rows·d_model", &[rows, d])?;
     let norms = p("2·n_layers + 1", &[2, l])?.checked_add(1).ok_or_else(|| overflow(OP, "2·n_layers + 1"))?;
     Ok(vec![
-        row(
-            "attention projections (qkv, out)",
-            p("attention projections", &[l, s("attention projections", &[lin(rows, d, d3)?, lin(rows, d, d)?])?])?,
-            true,
-        ),
+        row("attention projections (qkv, out)", projections, true),
         row("mlp (fc, proj)", mlp, true),
         row(
             if causal_useful { "attention QKᵀ + A·V (causal)" } else { "attention QKᵀ + A·V (full square)" },
-            p("attention", &[l, attention])?,
+            attention,
             true,
         ),
-        row("attention softmax", p("attention softmax", &[l, 5, batch, h, seq, seq])?, false),
+        row("attention softmax", softmax, false),
         row("layer norms", p("layer norms", &[5, elem, norms])?, false),
         row("gelu", gelu, false),
         row("residual + position adds", p("residual adds", &[elem, norms])?, false),

@@ -109,6 +109,19 @@ fn whole_gpt_matches_its_formula_and_kaplan() {
         flops::gpt_forward(c, b, t, false).unwrap().into_iter().find(|r| r.part.starts_with("mlp")).unwrap().flops
     };
     assert_eq!(mlp(&narrow), (2 * 2 * (b * t) * 32 * (40 + 96)) as u64);
+    // Per-block head counts (what head pruning leaves): 3 and 1 of 4 heads of width 8. The
+    // projections, attention and softmax are counted block by block and match the profiler.
+    let fewer = GptConfig { heads_per_block: Some(vec![3, 1]), ..narrow.clone() };
+    let mf = Gpt::new(fewer.clone()).unwrap();
+    let (_, pf) = profile(|| no_grad(|| mf.forward_ids(&ids, b, t)).unwrap());
+    assert_eq!(pf.forward_flops(), flops::total(&flops::gpt_forward(&fewer, b, t, false).unwrap()).unwrap());
+    let part = |c: &GptConfig, name: &str| {
+        flops::gpt_forward(c, b, t, false).unwrap().into_iter().find(|r| r.part.starts_with(name)).unwrap().flops
+    };
+    let rows = (b * t) as u64;
+    assert_eq!(part(&fewer, "attention projections"), 2 * rows * 32 * (3 * 24 + 24 + 3 * 8 + 8));
+    assert_eq!(part(&fewer, "attention QK"), (2 * 2 * b * (3 + 1) * t * t * 8) as u64);
+    assert_eq!(part(&fewer, "attention softmax"), (5 * b * (3 + 1) * t * t) as u64);
     let mut layers: Vec<String> = p.per_layer().into_iter().map(|l| l.0).collect();
     layers.dedup();
     assert_eq!(layers, vec!["embed", "blocks.0", "blocks.1", "head"]);

@@ -25,7 +25,8 @@ fn view_mut(buf: &mut [f32], offset: usize, rows: usize, cols: usize, row_stride
 }
 
 /// Causal attention of `qkv` (`[B, T, 3d]`: Q, K, V for all heads side by side) with `n_heads`
-/// heads. Returns the output `[B, T, d]` and the attention probabilities `[B, H, T, T]`.
+/// heads. Returns the output `[B, T, d]` and the attention probabilities `[B, H, T, T]`. Here `d`
+/// is the attention width `n_heads · head_dim` — `d_model` unless the block's heads were pruned.
 pub fn causal_attention(qkv: &Tensor, n_heads: usize) -> Result<(Tensor, Array)> {
     let s = qkv.shape();
     if s.len() != 3 || !s[2].is_multiple_of(3) || !(s[2] / 3).is_multiple_of(n_heads.max(1)) || n_heads == 0 {

@@ -42,6 +42,12 @@ pub struct GptConfig {
     /// leaves (module 18). Absent in configs written before it, and for unpruned models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp_hidden: Option<Vec<usize>>,
+    /// Per-block attention head counts, each at most `n_heads` — what head pruning leaves
+    /// (module 18). The head width stays `d_model / n_heads`, so a block with `h` heads has Q, K
+    /// and V of width `h · head_dim` and an output projection with that many inputs. Absent in
+    /// configs written before it, and for unpruned models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads_per_block: Option<Vec<usize>>,
     /// Share the token-embedding matrix with the output head.
     pub tie_weights: bool,
     pub position: PositionEncoding,
@@ -64,6 +70,7 @@ impl GptConfig {
             max_seq_len: 640,
             mlp_ratio: 4,
             mlp_hidden: None,
+            heads_per_block: None,
             tie_weights: true,
             position: PositionEncoding::Learned,
             dropout: 0.0,
@@ -79,6 +86,19 @@ impl GptConfig {
         }
     }
 
+    /// The attention head count of block `l`: `heads_per_block[l]` if set, else `n_heads`.
+    pub fn heads(&self, l: usize) -> usize {
+        match &self.heads_per_block {
+            Some(h) => h.get(l).copied().unwrap_or(0),
+            None => self.n_heads,
+        }
+    }
+
+    /// The Q (or K, or V) width of block `l`: `heads(l) · head_dim` (`d_model` when unpruned).
+    pub fn attn_width(&self, l: usize) -> usize {
+        self.heads(l) * self.head_dim()
+    }
+
     /// Hard caps: no course model comes near them, and they bound what a config alone (a
     /// sinusoidal table, a KV cache) can make the program allocate.
     pub const MAX_SEQ_LEN: usize = 1 << 16;
@@ -90,7 +110,8 @@ impl GptConfig {
     pub const MAX_PARAMETERS: usize = 1 << 31;
 
     /// Checks the config before anything is allocated: positive sizes under the hard caps,
-    /// `n_heads` dividing `d_model`, dropout in [0, 1), and a parameter count that fits.
+    /// `n_heads` dividing `d_model`, dropout in [0, 1), per-block MLP widths and head counts (one
+    /// per layer, heads in `1..=n_heads`), and a parameter count that fits.
     ///
     /// # Errors
     /// [`TransformerError::Config`] naming the field and its value.
@@ -123,6 +144,14 @@ impl GptConfig {
                 return bad(format!("mlp_hidden[{l}] = {w} must be in 1..={max}"));
             }
         }
+        if let Some(h) = &self.heads_per_block {
+            if h.len() != self.n_layers {
+                return bad(format!("heads_per_block has {} head counts for {} layers", h.len(), self.n_layers));
+            }
+            if let Some((l, &n)) = h.iter().enumerate().find(|(_, &n)| n == 0 || n > self.n_heads) {
+                return bad(format!("heads_per_block[{l}] = {n} must be in 1..={} (n_heads)", self.n_heads));
+            }
+        }
         let total: usize = self.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         if total > Self::MAX_PARAMETERS {
             return bad(format!("{total} parameters exceed the cap of {}", Self::MAX_PARAMETERS));
@@ -141,13 +170,13 @@ impl GptConfig {
             out.push(("pos_emb.weight".into(), vec![self.max_seq_len, d]));
         }
         for l in 0..self.n_layers {
-            let h = self.hidden(l);
+            let (h, a) = (self.hidden(l), self.attn_width(l));
             for (name, shape) in [
                 ("ln1.weight", vec![d]),
                 ("ln1.bias", vec![d]),
-                ("attn.qkv.weight", vec![3 * d, d]),
-                ("attn.qkv.bias", vec![3 * d]),
-                ("attn.proj.weight", vec![d, d]),
+                ("attn.qkv.weight", vec![3 * a, d]),
+                ("attn.qkv.bias", vec![3 * a]),
+                ("attn.proj.weight", vec![d, a]),
                 ("attn.proj.bias", vec![d]),
                 ("ln2.weight", vec![d]),
                 ("ln2.bias", vec![d]),
@@ -187,9 +216,12 @@ pub fn sinusoidal_table(max_len: usize, d: usize) -> Array {
 
 /// Causal multi-head self-attention with a fused QKV projection.
 pub struct CausalSelfAttention {
-    /// `[3·d, d]`: rows `0..d` produce Q, `d..2d` K, `2d..3d` V.
+    /// `[3·a, d]` with `a = n_heads · head_dim` (`d` unless heads were pruned): rows `0..a`
+    /// produce Q, `a..2a` K, `2a..3a` V; head `h` owns columns `h·head_dim..` of each.
     pub qkv: Linear,
+    /// `[d, a]`: head `h`'s output enters through columns `h·head_dim..(h+1)·head_dim`.
     pub proj: Linear,
+    /// This block's head count (`GptConfig::heads`).
     pub n_heads: usize,
 }
 
@@ -228,17 +260,20 @@ impl CausalSelfAttention {
                 reason: "expected [batch, seq, d_model]".into(),
             }));
         }
-        let (b, t, d) = (s[0], s[1], s[2]);
+        let (b, t) = (s[0], s[1]);
         let h = self.n_heads;
-        let dh = d / h;
-        // [B,T,3d] → [B,T,3,H,dh] → [3,B,H,T,dh]
+        // The attention width a = h·dh comes from the projection (below d_model once heads are
+        // pruned); the residual width d never enters here.
+        let a = self.qkv.out_features() / 3;
+        let dh = a / h.max(1);
+        // [B,T,3a] → [B,T,3,H,dh] → [3,B,H,T,dh]
         let qkv = self.qkv.forward(x)?.reshape(&[b, t, 3, h, dh])?.permute(&[2, 0, 3, 1, 4])?;
         let q = qkv.narrow(0, 0, 1)?.reshape(&[b, h, t, dh])?;
         let k = qkv.narrow(0, 1, 1)?.reshape(&[b, h, t, dh])?;
         let v = qkv.narrow(0, 2, 1)?.reshape(&[b, h, t, dh])?;
         let scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(1.0 / (dh as f32).sqrt());
         let att = scores.add(&causal_mask(t))?.softmax(3)?;
-        let y = att.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?;
+        let y = att.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, t, a])?;
         Ok((self.proj.forward(&y)?, att))
     }
 }
@@ -384,13 +419,13 @@ impl Gpt {
         };
         let mut blocks = Vec::with_capacity(l);
         for b in 0..l {
-            let hidden = config.hidden(b);
+            let (hidden, a) = (config.hidden(b), config.attn_width(b));
             blocks.push(Block {
                 ln1: LayerNorm::new(d),
                 attn: CausalSelfAttention {
-                    qkv: linear(normal(&[3 * d, d], 0.02), 3 * d),
-                    proj: linear(normal(&[d, d], resid_std), d),
-                    n_heads: config.n_heads,
+                    qkv: linear(normal(&[3 * a, d], 0.02), 3 * a),
+                    proj: linear(normal(&[d, a], resid_std), d),
+                    n_heads: config.heads(b),
                 },
                 ln2: LayerNorm::new(d),
                 mlp: Mlp {

@@ -13,6 +13,7 @@ pub fn tiny_config(vocab: usize, seed: u64) -> GptConfig {
         max_seq_len: 32,
         mlp_ratio: 4,
         mlp_hidden: None,
+        heads_per_block: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,

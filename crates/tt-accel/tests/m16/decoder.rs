@@ -22,6 +22,7 @@ fn trained() -> Gpt {
         max_seq_len: 64,
         mlp_ratio: 4,
         mlp_hidden: None,
+        heads_per_block: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,

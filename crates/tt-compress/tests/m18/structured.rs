@@ -1,5 +1,5 @@
-//! Structured pruning shrinks shapes; the shrunk model equals the dense one with those units
-//! zeroed.
+//! Structured pruning shrinks shapes — MLP units, CNN channels, GPT MLP units and attention
+//! heads; the shrunk model equals the dense one with those units zeroed.
 
 use tt_compress::structured::{prune_hidden_units, units_to_keep};
 use tt_tensor::nn::{Linear, Relu, Sequential};
@@ -73,6 +73,7 @@ mod gpt {
             max_seq_len: 32,
             mlp_ratio: 4,
             mlp_hidden: None,
+            heads_per_block: None,
             tie_weights: true,
             position: PositionEncoding::Learned,
             dropout: 0.0,
@@ -123,5 +124,179 @@ mod gpt {
         let mut bad = config();
         bad.mlp_hidden = Some(vec![64]);
         assert!(Gpt::new(bad).is_err(), "one width for two layers");
+    }
+
+    /// A quarter and then half of every block's heads removed (4 → 3 → 2 of width 8): the qkv
+    /// rows and output-projection columns shrink, and the logits equal the dense model's with
+    /// those heads' output-projection columns zeroed. Tolerance 1e-5 absolute on logits of
+    /// magnitude ≲ 1: heads are independent until the output projection, so the same products
+    /// are summed over fewer zero terms. The KV-cached decoder (f32, and int8 within its rounding)
+    /// equals the tensor model at every step, and a checkpoint round-trips the head counts.
+    #[test]
+    fn pruned_heads_equal_the_masked_dense_gpt_decode_and_round_trip() {
+        use tt_compress::structured::prune_gpt_heads;
+        use tt_kvcache::KvStorage;
+        let ids: Vec<usize> = (0..20).map(|i| (i * 5 + 2) % 12).collect();
+        let mut pruned = Gpt::new(config()).unwrap();
+        let dense = Gpt::new(config()).unwrap();
+        let first = prune_gpt_heads(&mut pruned, 0.25).unwrap();
+        assert_eq!(pruned.config.heads_per_block, Some(vec![3, 3]));
+        let second = prune_gpt_heads(&mut pruned, 0.34).unwrap();
+        assert_eq!(pruned.config.heads_per_block, Some(vec![2, 2]));
+        for b in &pruned.blocks {
+            assert_eq!((b.attn.n_heads, b.attn.qkv.out_features(), b.attn.proj.in_features()), (2, 48, 16));
+        }
+        // Heads kept overall, in the original numbering (the second pass indexes the first's).
+        let kept: Vec<Vec<usize>> = first.iter().zip(&second).map(|(f, s)| s.iter().map(|&i| f[i]).collect()).collect();
+        for (b, keep) in dense.blocks.iter().zip(&kept) {
+            let mut w = b.attn.proj.weight.data_mut();
+            for h in (0..4).filter(|h| !keep.contains(h)) {
+                w.slice_mut(ndarray::s![.., h * 8..(h + 1) * 8]).fill(0.0);
+            }
+        }
+        let (a, b) = (logits(&pruned, &ids), logits(&dense, &ids));
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(d <= 1e-5, "pruned heads vs masked dense: {d}");
+        // Per block: 2 heads of 8 removed from qkv (3·16 rows + biases) and proj (16 columns).
+        assert_eq!(dense.num_parameters() - pruned.num_parameters(), 2 * (3 * 16 * 32 + 3 * 16 + 32 * 16));
+        // Decoding, f32 cache: every step equals the tensor model.
+        let v = 12;
+        let mut eng = CachedGpt::new(&pruned, 1, OverflowPolicy::Error).unwrap();
+        assert_eq!(eng.cache().layer_heads(), &[2, 2]);
+        let mut q8 = CachedGpt::new(&pruned, 1, OverflowPolicy::Error).unwrap();
+        q8.set_kv_storage(KvStorage::Int8).unwrap();
+        let mut got = eng.prefill(&ids[..4], 4).unwrap().to_vec();
+        let mut got8 = q8.prefill(&ids[..4], 4).unwrap().to_vec();
+        for t in 4..=ids.len() {
+            let want = &a[(t - 1) * v..t * v];
+            assert!(got.iter().zip(want).all(|(x, y)| (x - y).abs() <= 1e-4), "f32 cache at {t}");
+            assert!(got8.iter().zip(want).all(|(x, y)| (x - y).abs() <= 5e-2), "int8 cache at {t}");
+            if t < ids.len() {
+                got = eng.decode_step(&ids[t..=t]).unwrap().to_vec();
+                got8 = q8.decode_step(&ids[t..=t]).unwrap().to_vec();
+            }
+        }
+        // A checkpoint with per-block head counts.
+        let dir = std::env::temp_dir().join(format!("tt-compress-heads-{}", std::process::id()));
+        let tok = tt_transformer::Tokenizer::Char(tt_transformer::CharTokenizer::from_corpus("abcdefghijk"));
+        tt_transformer::checkpoint::save(&dir, &pruned, &tok, serde_json::Value::Null).unwrap();
+        let (loaded, _, _) = tt_transformer::checkpoint::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(loaded.config.heads_per_block, Some(vec![2, 2]));
+        assert_eq!(logits(&loaded, &ids), a);
+        // Errors: removing every head, a bad amount, a config with a bad head count.
+        assert!(prune_gpt_heads(&mut Gpt::new(config()).unwrap(), 1.0).is_err());
+        assert!(prune_gpt_heads(&mut Gpt::new(config()).unwrap(), 1.5).is_err());
+        let mut bad = config();
+        bad.heads_per_block = Some(vec![2, 5]);
+        let e = Gpt::new(bad).err().unwrap().to_string();
+        assert!(e.contains("heads_per_block[1] = 5"), "{e}");
+    }
+
+    /// Heads are ranked by the value path, `‖V rows‖·‖proj columns‖`: a head whose V rows are
+    /// tiny goes first however large its Q/K rows or its output columns are; scaling V by c and
+    /// the output columns by 1/c (the same function) changes no ranking.
+    #[test]
+    fn the_head_with_the_weakest_value_path_goes() {
+        use tt_compress::structured::prune_gpt_heads;
+        let weak = |scale_v: f32, scale_o: f32| {
+            let m = Gpt::new(config()).unwrap();
+            for b in &m.blocks {
+                let mut w = b.attn.qkv.weight.data_mut();
+                w.slice_mut(ndarray::s![64 + 8..64 + 16, ..]).mapv_inplace(|x| x * scale_v); // head 1's V
+                w.slice_mut(ndarray::s![8..16, ..]).mapv_inplace(|x| x * 100.0); // head 1's Q
+                b.attn.proj.weight.data_mut().slice_mut(ndarray::s![.., 8..16]).mapv_inplace(|x| x * scale_o);
+            }
+            m
+        };
+        let mut m = weak(1e-3, 10.0);
+        assert_eq!(prune_gpt_heads(&mut m, 0.25).unwrap(), vec![vec![0, 2, 3]; 2]);
+        let (mut a, mut b) = (Gpt::new(config()).unwrap(), weak(4.0, 0.25));
+        assert_eq!(prune_gpt_heads(&mut a, 0.5).unwrap(), prune_gpt_heads(&mut b, 0.5).unwrap());
+    }
+}
+
+/// CNN channels: the digits CNN's two convolutions lose half their filters (by the L2 norm of
+/// each filter and bias); the first conv's consumer is the second conv (its input channels), the
+/// second's the Linear after Flatten (each channel's 4·4 columns, channel-major). The pruned CNN
+/// equals the dense CNN with those filters and biases zeroed: ReLU and max-pooling keep a zero
+/// channel zero. Tolerance 1e-5 relative: the same products, summed over fewer zero terms.
+mod cnn {
+    use tt_compress::structured::{channels_to_keep, prune_conv_channels};
+    use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential, Sigmoid};
+    use tt_tensor::{no_grad, Module, Tensor};
+
+    fn cnn() -> Sequential {
+        Sequential::new()
+            .layer(Conv2d::new(1, 16, 3, 1, 1, 3))
+            .layer(Relu)
+            .layer(MaxPool2d { kernel: 2, stride: 2 })
+            .layer(Conv2d::new(16, 32, 3, 1, 1, 4))
+            .layer(Relu)
+            .layer(MaxPool2d { kernel: 2, stride: 2 })
+            .layer(Flatten)
+            .layer(Linear::new(128, 64, true, 5))
+            .layer(Relu)
+            .layer(Linear::new(64, 10, true, 6))
+    }
+
+    fn zero_filters(m: &mut Sequential, layer: usize, keep: &[usize]) {
+        let c = m.layers[layer].as_conv2d_mut().unwrap();
+        let n = c.weight.shape()[0];
+        let mut w = c.weight.data_mut();
+        let mut b = c.bias.as_ref().unwrap().data_mut();
+        for o in (0..n).filter(|o| !keep.contains(o)) {
+            w.slice_mut(ndarray::s![o, .., .., ..]).fill(0.0);
+            b[[o]] = 0.0;
+        }
+    }
+
+    #[test]
+    fn removing_channels_shrinks_both_convs_and_the_linear_and_equals_the_masked_dense_cnn() {
+        let x = Tensor::randn(&[5, 1, 8, 8], 0.0, 1.0, 7);
+        let mut m = cnn();
+        let mut dense = cnn();
+        let before = m.num_parameters();
+        let k0 = prune_conv_channels(&mut m, 0, 3, 0.5).unwrap();
+        let k3 = prune_conv_channels(&mut m, 3, 7, 0.5).unwrap();
+        assert_eq!((k0.len(), k3.len()), (8, 16));
+        let shape = |m: &mut Sequential, i: usize| m.layers[i].as_conv2d_mut().unwrap().weight.shape();
+        assert_eq!(shape(&mut m, 0), vec![8, 1, 3, 3]);
+        assert_eq!(shape(&mut m, 3), vec![16, 8, 3, 3]);
+        let fc = m.layers[7].as_linear().unwrap();
+        assert_eq!((fc.out_features(), fc.in_features()), (64, 64));
+        let removed = (8 * 9 + 8) + (32 * 16 * 9 + 32 - (16 * 8 * 9 + 16)) + 64 * 64;
+        assert_eq!(before - m.num_parameters(), removed);
+        zero_filters(&mut dense, 0, &k0);
+        zero_filters(&mut dense, 3, &k3);
+        let (a, b) = (no_grad(|| m.forward(&x)).unwrap().to_vec(), no_grad(|| dense.forward(&x)).unwrap().to_vec());
+        let scale = b.iter().fold(0.0f32, |s, v| s.max(v.abs()));
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(d <= 1e-5 * scale.max(1.0), "pruned CNN vs masked dense: {d}");
+        assert_eq!(no_grad(|| m.forward(&x)).unwrap().shape(), vec![5, 10]);
+    }
+
+    #[test]
+    fn the_weakest_filters_go_and_bad_pairs_are_errors() {
+        let mut c = Conv2d::new(2, 4, 1, 1, 0, 0);
+        // Filter norms (bias 0): 3, 1, 2, 4 — half removed keeps channels 0 and 3.
+        c.weight = Tensor::param(
+            ndarray::Array4::from_shape_vec((4, 2, 1, 1), vec![3.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 4.0])
+                .unwrap()
+                .into_dyn(),
+        );
+        c.bias = Some(Tensor::param(ndarray::Array1::zeros(4).into_dyn()));
+        assert_eq!(channels_to_keep(&c, 0.5).unwrap(), vec![0, 3]);
+        assert!(channels_to_keep(&c, 1.0).is_err());
+        let mut m = cnn();
+        assert!(prune_conv_channels(&mut m, 1, 3, 0.5).is_err(), "ReLU is not a Conv2d");
+        assert!(prune_conv_channels(&mut m, 0, 7, 0.5).is_err(), "conv 3 between mixes channels");
+        assert!(prune_conv_channels(&mut m, 3, 9, 0.5).is_err(), "the Linear 64 → 10 is not the flattened consumer");
+        assert!(prune_conv_channels(&mut m, 3, 0, 0.5).is_err(), "order");
+        assert!(prune_conv_channels(&mut m, 0, 3, -0.1).is_err());
+        let mut sig =
+            Sequential::new().layer(Conv2d::new(1, 4, 3, 1, 1, 0)).layer(Sigmoid).layer(Conv2d::new(4, 2, 3, 1, 1, 1));
+        assert!(prune_conv_channels(&mut sig, 0, 2, 0.5).is_err(), "sigmoid(0) = 0.5: a removed channel is not zero");
+        assert_eq!(m.layers[0].as_conv2d_mut().unwrap().weight.shape()[0], 16, "unchanged after errors");
     }
 }
