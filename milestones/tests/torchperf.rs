@@ -41,6 +41,7 @@ fn qa_system_answers_as_the_reference_scorer() {
         max_seq_len: 64,
         mlp_ratio: 4,
         mlp_hidden: None,
+        heads_per_block: None,
         tie_weights: true,
         position: PositionEncoding::Learned,
         dropout: 0.0,
