@@ -22,9 +22,6 @@
 //!   factoring (`Factored`, `WithFactors`), converted back to the projection after.
 //! - [`distill`]: the distillation loss `α·T²·KL(p_T ‖ q_T) + (1 − α)·CE`.
 //!
-//! Not here yet: fine-tuning the GPT after low-rank (its training loop takes its optimizer's
-//! parameters from the model alone).
-//!
 //! ```
 //! use tt_compress::{prune, sparsity};
 //! use tt_tensor::nn::{Linear, Sequential};

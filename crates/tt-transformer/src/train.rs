@@ -118,6 +118,9 @@ pub struct TrainHooks<'a> {
     /// Replaces [`default_loss`].
     pub loss: Option<&'a LossFn<'a>>,
     pub after_step: Option<&'a mut AfterStepFn<'a>>,
+    /// The tensors the optimizer updates instead of `model.parameters()` — for layers whose
+    /// forward reads other trainable tensors (low-rank factors through a forward transform).
+    pub parameters: Option<Vec<Tensor>>,
 }
 
 /// Learning rate at `step`: linear warmup to `lr`, then cosine decay to `min_lr` at `steps`.
@@ -327,7 +330,7 @@ pub fn train_with_hooks(
         )));
     }
     data.check(max_window)?;
-    let params = model.parameters();
+    let params = hooks.parameters.take().unwrap_or_else(|| model.parameters());
     let mut opt = Adam::adamw(params.clone(), cfg.lr, cfg.weight_decay)?.with_betas(0.9, 0.95);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let bar = if progress { ProgressBar::new(cfg.steps as u64) } else { ProgressBar::hidden() };

@@ -485,7 +485,7 @@ mod seam {
         // A loss hook that is the default loss gives the very same model.
         let hooked = common::tiny(6, 1);
         let loss = |i: &tt_transformer::train::LossInput| default_loss(i);
-        let hooks = TrainHooks { loss: Some(&loss), after_step: None };
+        let hooks = TrainHooks { loss: Some(&loss), after_step: None, parameters: None };
         train_with_hooks(&hooked, &data, &ids, &cfg, hooks, false, |_| {}).unwrap();
         assert_eq!(plain.tok_emb.weight.to_vec(), hooked.tok_emb.weight.to_vec());
         // An after-step hook runs once per step and can hold a weight at zero (a pruning mask).
@@ -496,7 +496,7 @@ mod seam {
             m.blocks[0].mlp.fc.weight.data_mut()[[0, 0]] = 0.0;
             Ok(())
         };
-        let hooks = TrainHooks { loss: None, after_step: Some(&mut after) };
+        let hooks = TrainHooks { loss: None, after_step: Some(&mut after), parameters: None };
         train_with_hooks(&masked, &data, &ids, &cfg, hooks, false, |_| {}).unwrap();
         assert_eq!(steps, (0..12).collect::<Vec<_>>());
         assert_eq!(masked.blocks[0].mlp.fc.weight.data()[[0, 0]], 0.0);
@@ -508,7 +508,7 @@ mod seam {
             &data,
             &ids,
             &cfg,
-            TrainHooks { loss: Some(&loss2), after_step: None },
+            TrainHooks { loss: Some(&loss2), after_step: None, parameters: None },
             false,
             |_| {},
         )
@@ -521,11 +521,23 @@ mod seam {
             &data,
             &ids,
             &cfg,
-            TrainHooks { loss: None, after_step: Some(&mut fail) },
+            TrainHooks { loss: None, after_step: Some(&mut fail), parameters: None },
             false,
             |_| {},
         );
         assert!(matches!(r, Err(TransformerError::Config(m)) if m == "stop"));
+    }
+
+    #[test]
+    fn training_hooks_choose_the_parameters_the_optimizer_updates() {
+        let (data, ids) = data();
+        let cfg = small_train_cfg(6);
+        let m = common::tiny(6, 1);
+        let (emb, fc) = (m.tok_emb.weight.to_vec(), m.blocks[0].mlp.fc.weight.to_vec());
+        let hooks = TrainHooks { loss: None, after_step: None, parameters: Some(vec![m.tok_emb.weight.clone()]) };
+        train_with_hooks(&m, &data, &ids, &cfg, hooks, false, |_| {}).unwrap();
+        assert_ne!(m.tok_emb.weight.to_vec(), emb, "the listed parameter trains");
+        assert_eq!(m.blocks[0].mlp.fc.weight.to_vec(), fc, "an unlisted one does not");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! the official minimums. Energy is not measured here, so it is not reported.
 
 pub mod qa;
+mod queue;
 pub mod tasks;
 pub mod tensor_sut;
 
@@ -168,16 +169,7 @@ fn ablation_models(opts: &Options) -> Result<(PathBuf, PathBuf)> {
         return Ok((control, pruned));
     }
     let transformer::QaEval { tokenizer, val_ids, data, .. } = transformer::qa_eval(opts)?;
-    let ft = tt_transformer::train::TrainConfig {
-        steps: if opts.quick { 4 } else { 200 },
-        lr: 1e-3,
-        min_lr: 1e-4,
-        warmup_steps: if opts.quick { 1 } else { 10 },
-        eval_every: if opts.quick { 4 } else { 200 },
-        eval_windows: 8,
-        long_every: 0,
-        ..transformer::train_config(opts.quick)
-    };
+    let ft = crate::compression::gpt_finetune_config(opts);
     for (i, ratio) in [0.0, 0.5].into_iter().enumerate() {
         opts.say(format!(
             "fine-tuning the GPT with {:.0}% of its MLP units removed ({} steps)",

@@ -4,14 +4,15 @@
 //! decode (the decoder's batch rows share one position, so only equal lengths can share a
 //! batch; a row that finishes early is answered then and its slot idles to the batch's end).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tt_accel::fused;
 use tt_accel::packed::pack_linears_with;
 use tt_kvcache::{CachedGpt, KvStorage, OverflowPolicy};
 use tt_perf::loadgen::{QuerySample, QuerySampleLibrary, QuerySampleResponse, Responder, SystemUnderTest};
+
+use super::queue::{Pending, WorkQueue};
 use tt_quant::{quantize_dynamic, WeightConfig};
 use tt_tensor::kernels::argmax;
 use tt_tensor::Module;
@@ -224,20 +225,8 @@ impl QuerySampleLibrary for QaLibrary {
     }
 }
 
-struct Pending {
-    sample: QuerySample,
-    responder: Responder,
-}
-
-#[derive(Default)]
-struct Queue {
-    pending: VecDeque<Pending>,
-    shutdown: bool,
-}
-
 struct Inner {
-    queue: Mutex<Queue>,
-    ready: Condvar,
+    queue: WorkQueue,
     prompts: Arc<Vec<Vec<usize>>>,
     tokenizer: Tokenizer,
     stops: Vec<usize>,
@@ -268,8 +257,7 @@ impl QaSut {
     ) -> Result<QaSut> {
         let stops = tokenizer.encode_ids("\n")?;
         let inner = Arc::new(Inner {
-            queue: Mutex::new(Queue::default()),
-            ready: Condvar::new(),
+            queue: WorkQueue::default(),
             prompts,
             tokenizer: tokenizer.clone(),
             stops,
@@ -303,26 +291,22 @@ fn worker(inner: &Inner, model: &Gpt, variant: Variant, first: CachedGpt) {
     let mut engines: Vec<Option<CachedGpt>> = (0..=inner.max_batch).map(|_| None).collect();
     engines[1] = Some(first);
     loop {
-        let batch: Vec<Pending> = {
-            let mut q = inner.queue.lock().expect("queue lock");
-            while q.pending.is_empty() && !q.shutdown {
-                q = inner.ready.wait(q).expect("queue lock");
-            }
-            if q.pending.is_empty() {
-                return;
-            }
-            let head = q.pending.pop_front().expect("not empty");
+        // The oldest question, and every queued one of its prompt length, up to max_batch.
+        let Some(batch) = inner.queue.next_batch(|q| {
+            let head = q.pop_front().expect("next_batch gives a non-empty queue");
             let len = inner.prompts[head.sample.index].len();
             let mut batch = vec![head];
             let mut i = 0;
-            while batch.len() < inner.max_batch && i < q.pending.len() {
-                if inner.prompts[q.pending[i].sample.index].len() == len {
-                    batch.push(q.pending.remove(i).expect("in range"));
+            while batch.len() < inner.max_batch && i < q.len() {
+                if inner.prompts[q[i].sample.index].len() == len {
+                    batch.push(q.remove(i).expect("in range"));
                 } else {
                     i += 1;
                 }
             }
             batch
+        }) else {
+            return;
         };
         let b = batch.len();
         if engines[b].is_none() {
@@ -376,17 +360,13 @@ impl SystemUnderTest for QaSut {
         self.name.clone()
     }
     fn issue_query(&self, samples: &[QuerySample], responder: &Responder) {
-        let mut q = self.inner.queue.lock().expect("queue lock");
-        q.pending.extend(samples.iter().map(|&sample| Pending { sample, responder: responder.clone() }));
-        drop(q);
-        self.inner.ready.notify_all();
+        self.inner.queue.push(samples, responder);
     }
 }
 
 impl Drop for QaSut {
     fn drop(&mut self) {
-        self.inner.queue.lock().expect("queue lock").shutdown = true;
-        self.inner.ready.notify_all();
+        self.inner.queue.shutdown();
         for h in self.workers.drain(..) {
             let _ = h.join();
         }

@@ -2,11 +2,12 @@
 //! worker threads share the model and pull queued samples, up to `max_batch` per forward (one
 //! at a time in SingleStream, whole batches in Offline and under Server load).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tt_perf::loadgen::{QuerySample, QuerySampleLibrary, QuerySampleResponse, Responder, SystemUnderTest};
+
+use super::queue::WorkQueue;
 use tt_tensor::{no_grad, Module, Tensor};
 
 use crate::{MilestoneError, Result};
@@ -36,20 +37,8 @@ impl Samples {
     }
 }
 
-struct Pending {
-    sample: QuerySample,
-    responder: Responder,
-}
-
-#[derive(Default)]
-struct Queue {
-    pending: VecDeque<Pending>,
-    shutdown: bool,
-}
-
 struct Inner {
-    queue: Mutex<Queue>,
-    ready: Condvar,
+    queue: WorkQueue,
     samples: Arc<Samples>,
     model: Arc<dyn Module + Send + Sync>,
     output: Output,
@@ -73,14 +62,8 @@ impl TensorSut {
         workers: usize,
         max_batch: usize,
     ) -> Result<TensorSut> {
-        let inner = Arc::new(Inner {
-            queue: Mutex::new(Queue::default()),
-            ready: Condvar::new(),
-            samples,
-            model,
-            output,
-            max_batch: max_batch.max(1),
-        });
+        let inner =
+            Arc::new(Inner { queue: WorkQueue::default(), samples, model, output, max_batch: max_batch.max(1) });
         let mut handles = Vec::new();
         for w in 0..workers.max(1) {
             let inner = Arc::clone(&inner);
@@ -99,16 +82,11 @@ fn worker(inner: &Inner) {
     let per = inner.samples.per;
     let mut x = Vec::with_capacity(inner.max_batch * per);
     loop {
-        let batch: Vec<Pending> = {
-            let mut q = inner.queue.lock().expect("queue lock");
-            while q.pending.is_empty() && !q.shutdown {
-                q = inner.ready.wait(q).expect("queue lock");
-            }
-            if q.pending.is_empty() {
-                return;
-            }
-            let n = q.pending.len().min(inner.max_batch);
-            q.pending.drain(..n).collect()
+        let Some(batch) = inner.queue.next_batch(|q| {
+            let n = q.len().min(inner.max_batch);
+            q.drain(..n).collect()
+        }) else {
+            return;
         };
         x.clear();
         for p in &batch {
@@ -146,17 +124,13 @@ impl SystemUnderTest for TensorSut {
         self.name.clone()
     }
     fn issue_query(&self, samples: &[QuerySample], responder: &Responder) {
-        let mut q = self.inner.queue.lock().expect("queue lock");
-        q.pending.extend(samples.iter().map(|&sample| Pending { sample, responder: responder.clone() }));
-        drop(q);
-        self.inner.ready.notify_all();
+        self.inner.queue.push(samples, responder);
     }
 }
 
 impl Drop for TensorSut {
     fn drop(&mut self) {
-        self.inner.queue.lock().expect("queue lock").shutdown = true;
-        self.inner.ready.notify_all();
+        self.inner.queue.shutdown();
         for h in self.workers.drain(..) {
             let _ = h.join();
         }
