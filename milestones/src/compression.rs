@@ -738,14 +738,27 @@ fn charts(opts: &Options, unstructured: &[Value], low_rank: &[Value]) -> Result<
         &series,
         false,
     )?;
-    let pts: Vec<(f64, f64)> =
-        low_rank.iter().filter_map(|r| Some((r["bytes"].as_f64()? / 1024.0, r["quality"].as_f64()?))).collect();
+    // Bytes as a fraction of the dense layers' so the MLP's one layer and the GPT's sixteen share
+    // an axis.
+    let mut series = Vec::new();
+    for (model, what) in [("mlp", "layer 0"), ("gpt", "every linear layer")] {
+        for (key, label) in [("quality", "as factored"), ("finetuned", "fine-tuned")] {
+            let pts: Vec<(f64, f64)> = low_rank
+                .iter()
+                .filter(|r| r["model"] == model)
+                .filter_map(|r| Some((r["bytes"].as_f64()? / r["dense_bytes"].as_f64()?, r[key].as_f64()?)))
+                .collect();
+            if !pts.is_empty() {
+                series.push((format!("{model} {what}, {label}"), pts));
+            }
+        }
+    }
     let b = opts.cache_dir.join(NAME).join("quality_vs_bytes.svg");
     line_chart(
         &b,
-        "MLP layer 0 as a low-rank pair: quality vs bytes (dense: 32 KiB)",
-        "bytes of the layer (KiB, log)",
-        &[("mlp, low-rank layer 0".into(), pts)],
+        "low-rank factors: quality vs bytes (held-out data)",
+        "bytes of the factored layers / dense bytes (log)",
+        &series,
         true,
     )?;
     Ok(vec![a, b])

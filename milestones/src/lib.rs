@@ -214,7 +214,7 @@ pub fn all() -> &'static [Milestone] {
             name: "compression",
             module: "18",
             uses: Uses { retrain: false, corpus: false },
-            description: "pruning (unstructured, structured), CSR vs dense, low-rank, distillation on the digits models (the GPT is not done yet)",
+            description: "pruning (unstructured, structured: units, channels, heads), CSR and block-sparse vs dense, low-rank with fine-tuning, distillation on the digits models and the GPT",
             run: compression::run,
         },
         Milestone {
