@@ -753,9 +753,9 @@ mod charts {
                 .map_err(|e| err(path, e))?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!("{:.2}", w.p50_ms),
-                    (i as f64 + 0.3, w.p50_ms.max(prev.min(w.p50_ms)) + top * 0.03),
-                    ("sans-serif", 13),
+                    format!("{} {:.2}", w.step, w.p50_ms),
+                    (i as f64 + 0.1, if i == 0 { w.p50_ms } else { prev.max(w.p50_ms) } + top * 0.03),
+                    ("sans-serif", 12),
                 )))
                 .map_err(|e| err(path, e))?;
             prev = w.p50_ms;
