@@ -678,6 +678,8 @@ fn line_chart(
             chart
                 .configure_mesh()
                 .x_desc(x_desc)
+                // Log axes put ticks at values like 0.30000000000000004.
+                .x_label_formatter(&|x| format!("{:.3}", x).trim_end_matches('0').trim_end_matches('.').to_string())
                 .y_desc("accuracy / exact match")
                 .draw()
                 .map_err(|e| err(e.to_string()))?;

@@ -340,18 +340,16 @@ pub fn run(opts: &Options) -> Result<Value> {
     let (digits, digit_labels) = tasks::digits_test()?;
     let digits = Arc::new(digits);
 
+    // A question answerer of the trained GPT in variant `v`.
+    let prompts = Arc::clone(&qa_lib.prompts);
+    let qa_sut = |name: &str, v: Variant, workers: usize, max_batch: usize| -> Result<QaSut> {
+        let p = qa::prepare(fresh_gpt()?, &v)?;
+        QaSut::new(name, Arc::new(p.model), v, &tokenizer, Arc::clone(&prompts), workers, max_batch)
+    };
+
     // 1. Scenarios.
     opts.say("\nscenarios (summary logs under the results directory):");
-    let sub = qa::prepare(fresh_gpt()?, &Variant::OPTIMIZED)?;
-    let gpt_sut = QaSut::new(
-        "gpt-qa-int8",
-        Arc::new(sub.model),
-        Variant::OPTIMIZED,
-        &tokenizer,
-        Arc::clone(&qa_lib.prompts),
-        2,
-        8,
-    )?;
+    let gpt_sut = qa_sut("gpt-qa-int8", Variant::OPTIMIZED, 2, 8)?;
     let lib_ref = &qa_lib;
     let (mut scenario_rows, gpt_peak, gpt_ss) = scenarios(
         opts,
@@ -424,21 +422,11 @@ pub fn run(opts: &Options) -> Result<Value> {
     )?);
     {
         let fp32_v = Variant { int8: false, int8_kv: false, ..Variant::OPTIMIZED };
-        let fp = qa::prepare(fresh_gpt()?, &fp32_v)?;
-        let sut = QaSut::new("gpt-qa-fp32", Arc::new(fp.model), fp32_v, &tokenizer, Arc::clone(&qa_lib.prompts), 1, 1)?;
+        let sut = qa_sut("gpt-qa-fp32", fp32_v, 1, 1)?;
         let answers = accuracy_of(&sut, &mut qa_lib)?;
         let fp32_quality = qa_lib.exact_match(&answers);
         drop(sut);
-        let sub = qa::prepare(fresh_gpt()?, &Variant::OPTIMIZED)?;
-        let sut = QaSut::new(
-            "gpt-qa-int8",
-            Arc::new(sub.model),
-            Variant::OPTIMIZED,
-            &tokenizer,
-            Arc::clone(&qa_lib.prompts),
-            1,
-            1,
-        )?;
+        let sut = qa_sut("gpt-qa-int8", Variant::OPTIMIZED, 1, 1)?;
         let answers = accuracy_of(&sut, &mut qa_lib)?;
         let quality = qa_lib.exact_match(&answers);
         let latency = tiny_latency_ms(&sut, &mut qa_lib, opts)?;
