@@ -131,10 +131,18 @@ fn block_pruned(opts: &Options) -> Result<Vec<Value>> {
             let now = sparsity::model(&mut m).map_err(other)?;
             p.block_magnitude(&mut m, &refs, amount_for(now, target).map_err(other)?).map_err(other)?;
             let ce = |logits: &Tensor, batch: &tt_tensor::data::Batch| Ok(cross_entropy(logits, &batch.y)?);
-            classifier::train_with(&mut m, &train, &test, &TrainConfig { seed: e as u64, ..cfg.clone() }, &quiet, &ce, &mut |_| {
-                p.reapply();
-                Ok(())
-            })?;
+            classifier::train_with(
+                &mut m,
+                &train,
+                &test,
+                &TrainConfig { seed: e as u64, ..cfg.clone() },
+                &quiet,
+                &ce,
+                &mut |_| {
+                    p.reapply();
+                    Ok(())
+                },
+            )?;
         }
         p.make_permanent(&mut m).map_err(other)?;
         let measured = sparsity::model(&mut m).map_err(other)?;

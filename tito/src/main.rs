@@ -60,6 +60,8 @@ enum Cmd {
         cache_dir: std::path::PathBuf,
         #[arg(long)]
         quick: bool,
+        #[arg(long)]
+        full: bool,
     },
     /// Show which modules and milestones exist and which models are cached.
     Status,
@@ -81,8 +83,9 @@ fn main() -> ExitCode {
             Ok(ms) => run_tests(&ms),
             Err(e) => fail(e),
         },
-        Cmd::ServeQa { cache_dir, quick } => {
-            let opts = milestones::Options { quiet: true, progress: false, quick, cache_dir, ..Default::default() };
+        Cmd::ServeQa { cache_dir, quick, full } => {
+            let opts =
+                milestones::Options { quiet: true, progress: false, quick, full, cache_dir, ..Default::default() };
             match milestones::torchperf::serve_main(&opts) {
                 Ok(v) => {
                     println!("{v}");

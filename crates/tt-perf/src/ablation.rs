@@ -132,8 +132,19 @@ pub fn run(
 /// Main effects, interactions and the Pareto front of measured rows.
 ///
 /// # Errors
-/// None today; kept fallible for rows from outside.
+/// A row whose configuration does not match the factors.
 pub fn analyse(factors: &[Factor], mut rows: Vec<Row>) -> Result<Study> {
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.config.len() != factors.len() || r.config.iter().zip(factors).any(|(&l, f)| l >= f.levels.len()))
+    {
+        return Err(PerfError::Settings(format!(
+            "row {} has configuration {:?}, not one of the {} factors' levels",
+            r.name,
+            r.config,
+            factors.len()
+        )));
+    }
     let points: Vec<(f64, f64, f64)> =
         rows.iter().map(|r| (r.measured.quality, r.measured.p50_ms, r.measured.model_bytes as f64)).collect();
     for (r, on) in rows.iter_mut().zip(pareto_front(&points)) {

@@ -9,6 +9,9 @@ pub enum PerfError {
     /// The system under test answered wrongly: an unknown or repeated response id, a missing response.
     #[error("system under test: {0}")]
     Sut(String),
+    /// The system under test did not answer every sample within the completion timeout.
+    #[error("system under test: {0}")]
+    Timeout(String),
     /// A statistic was asked of data that cannot give it (no samples, a NaN latency).
     #[error("statistics: {0}")]
     Stats(String),

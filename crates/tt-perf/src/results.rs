@@ -195,7 +195,10 @@ impl Judged {
         let _ = writeln!(o, "SUT name : {}", self.log.sut_name);
         let _ = writeln!(o, "Scenario : {}", s.scenario.name());
         let _ = writeln!(o, "Mode     : {}", s.mode.name());
-        if s.scenario == Scenario::Server || s.scenario == Scenario::Offline {
+        // LoadGen's own spacing differs by scenario; kept so the lines grep the same.
+        if s.scenario == Scenario::Server {
+            let _ = writeln!(o, "{}    : {:.3}", self.metric, self.value);
+        } else if s.scenario == Scenario::Offline {
             let _ = writeln!(o, "{}: {:.3}", self.metric, self.value);
         } else {
             let _ = writeln!(o, "{} : {:.0}", self.metric, self.value);

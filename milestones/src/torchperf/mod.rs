@@ -222,6 +222,9 @@ fn tensor_suite_row(opts: &Options, t: TensorTask) -> Result<Value> {
     let fp32: Arc<tt_tensor::nn::Sequential> = Arc::new(t.model);
     let sut = TensorSut::new(&format!("{}-fp32", t.task), fp32.clone(), Arc::clone(&t.samples), t.output, 1, 1)?;
     let fp32_quality = (t.score)(&accuracy_of(&sut, &mut lib)?);
+    if let Some(e) = sut.errors().first() {
+        return Err(MilestoneError::Other(format!("{}: the fp32 model failed on a batch: {e}", t.task)));
+    }
     drop(sut);
     // The submission: the same model with int8 weights (dynamic activations, per channel).
     let mut m = Arc::try_unwrap(fp32).map_err(|_| MilestoneError::Other("model still shared".into()))?;
@@ -230,6 +233,9 @@ fn tensor_suite_row(opts: &Options, t: TensorTask) -> Result<Value> {
     let sut = TensorSut::new(&format!("{}-int8", t.task), int8, Arc::clone(&t.samples), t.output, 1, 1)?;
     let quality = (t.score)(&accuracy_of(&sut, &mut lib)?);
     let latency = tiny_latency_ms(&sut, &mut lib, opts)?;
+    if let Some(e) = sut.errors().first() {
+        return Err(MilestoneError::Other(format!("{}: the int8 model failed on a batch: {e}", t.task)));
+    }
     let target = 0.99 * fp32_quality;
     let row = json!({
         "task": t.task, "metric": t.metric, "fp32_quality": fp32_quality, "quality": quality, "target": target,
@@ -258,11 +264,31 @@ fn serve_child(opts: &Options, level: Option<&str>) -> Result<Option<Value>> {
     if opts.quick {
         cmd.arg("--quick");
     }
+    if opts.full {
+        cmd.arg("--full");
+    }
     match level {
         Some(l) => cmd.env("TT_ACCEL_LEVEL", l),
         None => cmd.env_remove("TT_ACCEL_LEVEL"),
     };
-    let out = cmd.output().map_err(|e| MilestoneError::Other(format!("cannot run {}: {e}", exe.display())))?;
+    // A hung child must not hang the milestone: its SingleStream run takes seconds (600 s with
+    // --full), so allow that and a margin.
+    let limit = Duration::from_secs(if opts.full { 900 } else { 300 });
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| MilestoneError::Other(format!("cannot run {}: {e}", exe.display())))?;
+    let started = std::time::Instant::now();
+    while child.try_wait().map_err(|e| MilestoneError::Other(format!("serving process: {e}")))?.is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(MilestoneError::Other(format!("serving process did not finish in {limit:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().map_err(|e| MilestoneError::Other(format!("serving process: {e}")))?;
     if !out.status.success() {
         return Err(MilestoneError::Other(format!(
             "serving process failed ({}): {}",

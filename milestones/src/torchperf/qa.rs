@@ -36,7 +36,10 @@ pub struct Variant {
     pub int8_kv: bool,
     /// 50% of every block's MLP units removed (and fine-tuned; see `torchperf::models`).
     pub pruned: bool,
-    /// Threads inside one decode (projections by output panels, attention by heads).
+    /// Threads inside one decode, where the variant's kernels can use them: with the
+    /// accelerated kernels, attention by heads (and packed fp32 projections by output panels;
+    /// the int8 projections run on one thread). The reference kernels use one thread whatever
+    /// this says — the ablation measures that too.
     pub threads: usize,
 }
 
@@ -122,7 +125,9 @@ pub fn generate(
     mut finished: impl FnMut(usize, &[usize]),
 ) -> Result<()> {
     let b = prompts.len();
-    let n = prompts[0].len();
+    let Some(n) = prompts.first().map(|p| p.len()) else {
+        return Err(MilestoneError::Other("generate needs at least one prompt".into()));
+    };
     if prompts.iter().any(|p| p.len() != n) || b != engine.batch() {
         return Err(MilestoneError::Other(format!("a batch of {b} needs {} prompts of equal length", engine.batch())));
     }
@@ -265,23 +270,25 @@ impl QaSut {
             kv_cache: variant.kv_cache,
             errors: Mutex::new(Vec::new()),
         });
-        let mut handles = Vec::new();
-        for w in 0..workers.max(1) {
-            // Engines are built here, before any query, so allocation is not timed; batch sizes
-            // above 1 are built on first use by the worker.
-            let first = engine(&model, &variant, 1)?;
-            let (inner, model) = (Arc::clone(&inner), Arc::clone(&model));
+        // Engines are built here, before any query, so allocation is not timed (batch sizes
+        // above 1 are built on first use by the worker) — and before any thread starts, so a
+        // failure leaves none behind.
+        let firsts = (0..workers.max(1)).map(|_| engine(&model, &variant, 1)).collect::<Result<Vec<_>>>()?;
+        // Built before spawning: if a spawn fails, dropping `sut` stops the workers started.
+        let mut sut = QaSut { name: name.to_string(), inner, workers: Vec::new() };
+        for (w, first) in firsts.into_iter().enumerate() {
+            let (inner, model) = (Arc::clone(&sut.inner), Arc::clone(&model));
             let h = std::thread::Builder::new()
                 .name(format!("qa-worker-{w}"))
                 .spawn(move || worker(&inner, &model, variant, first))
                 .map_err(|e| MilestoneError::Other(format!("cannot start a worker thread: {e}")))?;
-            handles.push(h);
+            sut.workers.push(h);
         }
-        Ok(QaSut { name: name.to_string(), inner, workers: handles })
+        Ok(sut)
     }
 
-    /// Errors the workers met (a failed generation answers its samples with an empty answer and
-    /// records why here, so a run never hangs on it).
+    /// Errors the workers met (a failed or panicking generation answers its samples with an
+    /// empty answer and records why here, so a run never hangs on it).
     pub fn errors(&self) -> Vec<String> {
         self.inner.errors.lock().expect("errors lock").clone()
     }
@@ -321,23 +328,26 @@ fn worker(inner: &Inner, model: &Gpt, variant: Variant, first: CachedGpt) {
         let eng = engines[b].as_mut().expect("built above");
         let prompts: Vec<&[usize]> = batch.iter().map(|p| inner.prompts[p.sample.index].as_slice()).collect();
         let mut answered = vec![false; b];
-        let r = generate(
-            eng,
-            inner.kv_cache,
-            &prompts,
-            &inner.stops,
-            || batch.iter().for_each(|p| p.responder.first_token(p.sample.id)),
-            |i, tokens| {
-                let text = answer_text(&inner.tokenizer, tokens);
-                let p = &batch[i];
-                p.responder.complete(&[QuerySampleResponse {
-                    id: p.sample.id,
-                    data: text.into_bytes(),
-                    tokens: Some(tokens.len() as u32),
-                }]);
-                answered[i] = true;
-            },
-        );
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            generate(
+                eng,
+                inner.kv_cache,
+                &prompts,
+                &inner.stops,
+                || batch.iter().for_each(|p| p.responder.first_token(p.sample.id)),
+                |i, tokens| {
+                    let text = answer_text(&inner.tokenizer, tokens);
+                    let p = &batch[i];
+                    p.responder.complete(&[QuerySampleResponse {
+                        id: p.sample.id,
+                        data: text.into_bytes(),
+                        tokens: Some(tokens.len() as u32),
+                    }]);
+                    answered[i] = true;
+                },
+            )
+        }))
+        .unwrap_or_else(|_| Err(MilestoneError::Other("generation panicked".into())));
         if let Err(e) = r {
             let left: Vec<&Pending> = batch.iter().zip(&answered).filter(|(_, &a)| !a).map(|(p, _)| p).collect();
             inner.errors.lock().expect("errors lock").push(e.to_string());

@@ -19,6 +19,8 @@ struct State {
     shutdown: bool,
 }
 
+/// A panic elsewhere cannot poison it for the others: its state is a plain queue, valid after
+/// any partial operation, so a poisoned lock is taken as it is.
 #[derive(Default)]
 pub struct WorkQueue {
     state: Mutex<State>,
@@ -27,7 +29,7 @@ pub struct WorkQueue {
 
 impl WorkQueue {
     pub fn push(&self, samples: &[QuerySample], responder: &Responder) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.pending.extend(samples.iter().map(|&sample| Pending { sample, responder: responder.clone() }));
         drop(s);
         self.ready.notify_all();
@@ -36,9 +38,9 @@ impl WorkQueue {
     /// Blocks until work is queued, then returns what `take` removes from the queue (at least
     /// the oldest sample); `None` once the queue is shut down and empty.
     pub fn next_batch(&self, take: impl FnOnce(&mut VecDeque<Pending>) -> Vec<Pending>) -> Option<Vec<Pending>> {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         while s.pending.is_empty() && !s.shutdown {
-            s = self.ready.wait(s).expect("queue lock");
+            s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         if s.pending.is_empty() {
             return None;
@@ -47,7 +49,7 @@ impl WorkQueue {
     }
 
     pub fn shutdown(&self) {
-        self.state.lock().expect("queue lock").shutdown = true;
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
         self.ready.notify_all();
     }
 }

@@ -43,6 +43,7 @@ struct Inner {
     model: Arc<dyn Module + Send + Sync>,
     output: Output,
     max_batch: usize,
+    errors: std::sync::Mutex<Vec<String>>,
 }
 
 pub struct TensorSut {
@@ -62,19 +63,31 @@ impl TensorSut {
         workers: usize,
         max_batch: usize,
     ) -> Result<TensorSut> {
-        let inner =
-            Arc::new(Inner { queue: WorkQueue::default(), samples, model, output, max_batch: max_batch.max(1) });
-        let mut handles = Vec::new();
+        let inner = Arc::new(Inner {
+            queue: WorkQueue::default(),
+            samples,
+            model,
+            output,
+            max_batch: max_batch.max(1),
+            errors: std::sync::Mutex::new(Vec::new()),
+        });
+        // Built before spawning: if a spawn fails, dropping `sut` stops the workers started.
+        let mut sut = TensorSut { name: name.to_string(), inner, workers: Vec::new() };
         for w in 0..workers.max(1) {
-            let inner = Arc::clone(&inner);
-            handles.push(
+            let inner = Arc::clone(&sut.inner);
+            sut.workers.push(
                 std::thread::Builder::new()
                     .name(format!("tensor-worker-{w}"))
                     .spawn(move || worker(&inner))
                     .map_err(|e| MilestoneError::Other(format!("cannot start a worker thread: {e}")))?,
             );
         }
-        Ok(TensorSut { name: name.to_string(), inner, workers: handles })
+        Ok(sut)
+    }
+
+    /// Errors the workers met; their samples were answered with empty data.
+    pub fn errors(&self) -> Vec<String> {
+        self.inner.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -112,7 +125,10 @@ fn worker(inner: &Inner) {
                 }
             })
         })
-        .unwrap_or_else(|_| vec![Vec::new(); batch.len()]);
+        .unwrap_or_else(|e| {
+            inner.errors.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            vec![Vec::new(); batch.len()]
+        });
         for (p, data) in batch.iter().zip(answers) {
             p.responder.complete(&[QuerySampleResponse { id: p.sample.id, data, tokens: None }]);
         }
@@ -177,7 +193,11 @@ pub fn scores(accuracy: &[(usize, Vec<u8>)]) -> Vec<f64> {
 
 /// ROC AUC of `scores` (higher = more anomalous) against `positive` labels: the Mann–Whitney
 /// probability that a random positive scores above a random negative, ties counting half.
+/// NaN if a score is NaN or either class is empty (no AUC exists then).
 pub fn roc_auc(scores: &[f64], positive: &[bool]) -> f64 {
+    if scores.iter().any(|s| s.is_nan()) {
+        return f64::NAN;
+    }
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     // Average ranks over ties.

@@ -341,3 +341,102 @@ fn accuracy_runs_are_not_judged_by_performance_rules() {
     assert!(text.contains("Performance rules not applied"), "{text}");
     assert!(!text.contains("Early Stopping Result"));
 }
+
+/// A library whose loading takes 2 s of (manual) time.
+struct SlowLoad {
+    inner: Library,
+    clock: Arc<ManualClock>,
+}
+
+impl tt_perf::loadgen::QuerySampleLibrary for SlowLoad {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn total_sample_count(&self) -> usize {
+        self.inner.total
+    }
+    fn performance_sample_count(&self) -> usize {
+        self.inner.perf
+    }
+    fn load_samples(&mut self, indices: &[usize]) -> tt_perf::Result<()> {
+        self.clock.advance(2_000 * MS);
+        self.inner.load_samples(indices)
+    }
+    fn unload_samples(&mut self, indices: &[usize]) -> tt_perf::Result<()> {
+        self.inner.unload_samples(indices)
+    }
+}
+
+#[test]
+fn loading_samples_is_not_run_time() {
+    let clock = Arc::new(ManualClock::new());
+    let sut = Parallel { latency: Box::new(|_| 10 * MS) };
+    let mut s = TestSettings::scaled(Scenario::Offline, Duration::from_secs(1), 1);
+    s.offline_expected_qps = 100.0; // 110 samples
+    let mut lib = SlowLoad { inner: Library::new(10, 10), clock: clock.clone() };
+    let j = run_any(&sut, &mut lib, &s, clock);
+    // The run itself lasted 10 ms: too short, whatever the load took.
+    assert!(!j.min_duration_met);
+    assert!((j.value - 110.0 / 0.010).abs() < 1e-6, "{}", j.value);
+}
+
+fn run_any(
+    sut: &dyn SystemUnderTest,
+    lib: &mut dyn tt_perf::loadgen::QuerySampleLibrary,
+    s: &TestSettings,
+    clock: Arc<ManualClock>,
+) -> Judged {
+    results::judge(loadgen::start_test_with_clock(sut, lib, s, clock).unwrap()).unwrap()
+}
+
+#[test]
+fn find_peak_treats_a_timeout_as_an_invalid_rate() {
+    // Answers only the first 1,000 samples of each run: at a rate whose run needs more, the
+    // run times out — that rate is invalid, the search goes on.
+    struct Capped {
+        seen: Mutex<u64>,
+    }
+    impl SystemUnderTest for Capped {
+        fn name(&self) -> String {
+            "capped".into()
+        }
+        fn issue_query(&self, samples: &[QuerySample], responder: &Responder) {
+            let mut seen = self.seen.lock().unwrap();
+            for q in samples {
+                *seen += 1;
+                if *seen <= 1000 {
+                    let now = responder.now_ns();
+                    responder.complete_at(&[QuerySampleResponse { id: q.id, ..Default::default() }], now + MS);
+                }
+            }
+        }
+    }
+    let sut = Capped { seen: Mutex::new(0) };
+    let mut s = server_settings(100.0, 662);
+    s.min_duration = Duration::from_secs(5); // 500 samples at 100/s, 1,000 at 200/s, 2,000 at 400/s
+    s.completion_timeout = Duration::from_millis(50);
+    s.peak_search_steps = 0;
+    let (steps, best) = loadgen::find_peak_with_clock(&sut, &mut Library::new(10, 10), &s, &|| {
+        *sut.seen.lock().unwrap() = 0;
+        Arc::new(ManualClock::new())
+    })
+    .unwrap();
+    assert!(steps.iter().any(|st| !st.valid && st.p99_ns == u64::MAX), "{steps:?}");
+    assert!(best.is_some());
+}
+
+#[test]
+fn official_settings_follow_current_mlperf_minimums() {
+    assert_eq!(TestSettings::official(Scenario::MultiStream).min_query_count, 662);
+    assert_eq!(TestSettings::official(Scenario::SingleStream).min_query_count, 64);
+    assert_eq!(TestSettings::official(Scenario::Offline).min_query_count, 24_576);
+    assert_eq!(TestSettings::official(Scenario::Server).min_duration, Duration::from_secs(600));
+}
+
+#[test]
+fn the_schedule_stops_at_max_duration() {
+    let mut s = server_settings(1.0, 1);
+    s.min_duration = Duration::from_secs(100);
+    s.max_duration = Some(Duration::from_secs(2));
+    assert!(loadgen::poisson_schedule(&s).unwrap().iter().all(|&t| t < 2_000_000_000));
+}
