@@ -52,6 +52,41 @@ fn layer_names(m: &mut dyn Module) -> Result<Vec<String>> {
     Ok(sparsity::weights(m).map_err(other)?.into_iter().map(|(n, _)| n).collect())
 }
 
+/// Prunes `m` to `sparsity` on the cubic schedule over `epochs` one-epoch fine-tuning runs:
+/// before each epoch `prune` removes what the schedule asks of the still-unpruned weights, and
+/// the masks are re-applied after every optimizer step. Returns the pruning (masks still on).
+fn prune_gradually(
+    m: &mut Sequential,
+    sparsity_target: f64,
+    epochs: usize,
+    train: &ClassificationData,
+    test: &ClassificationData,
+    quiet: &Options,
+    prune: &dyn Fn(&mut Pruning, &mut Sequential, f64) -> Result<()>,
+) -> Result<Pruning> {
+    let mut p = Pruning::default();
+    let cfg = TrainConfig { epochs: 1, batch_size: 32, lr: 1e-3, weight_decay: 1e-4, seed: 0 };
+    for e in 1..=epochs {
+        let target = cubic_schedule(0.0, sparsity_target, e, epochs).map_err(other)?;
+        let now = sparsity::model(m).map_err(other)?;
+        prune(&mut p, m, amount_for(now, target).map_err(other)?)?;
+        let ce = |logits: &Tensor, batch: &tt_tensor::data::Batch| Ok(cross_entropy(logits, &batch.y)?);
+        classifier::train_with(
+            m,
+            train,
+            test,
+            &TrainConfig { seed: e as u64, ..cfg.clone() },
+            quiet,
+            &ce,
+            &mut |_| {
+                p.reapply();
+                Ok(())
+            },
+        )?;
+    }
+    Ok(p)
+}
+
 /// One-shot global magnitude pruning to each sparsity, then the same target reached by the cubic
 /// schedule over fine-tuning epochs (masks re-applied after every step).
 fn unstructured(opts: &Options, name: &str) -> Result<Vec<Value>> {
@@ -71,26 +106,9 @@ fn unstructured(opts: &Options, name: &str) -> Result<Vec<Value>> {
         rows.push(json!({"model": name, "sparsity": measured, "finetuned": false, "quality": q}));
         // Gradual: the cubic schedule over the fine-tuning epochs, pruning once per epoch.
         let mut m = load(name, opts)?;
-        let mut p = Pruning::default();
-        let cfg = TrainConfig { epochs: 1, batch_size: 32, lr: 1e-3, weight_decay: 1e-4, seed: 0 };
-        for e in 1..=epochs {
-            let target = cubic_schedule(0.0, s, e, epochs).map_err(other)?;
-            let now = sparsity::model(&mut m).map_err(other)?;
-            p.global_magnitude(&mut m, &refs, amount_for(now, target).map_err(other)?).map_err(other)?;
-            let ce = |logits: &Tensor, batch: &tt_tensor::data::Batch| Ok(cross_entropy(logits, &batch.y)?);
-            classifier::train_with(
-                &mut m,
-                &train,
-                &test,
-                &TrainConfig { seed: e as u64, ..cfg.clone() },
-                &quiet,
-                &ce,
-                &mut |_| {
-                    p.reapply();
-                    Ok(())
-                },
-            )?;
-        }
+        let global =
+            |p: &mut Pruning, m: &mut Sequential, amount: f64| p.global_magnitude(m, &refs, amount).map_err(other);
+        prune_gradually(&mut m, s, epochs, &train, &test, &quiet, &global)?;
         let measured = sparsity::model(&mut m).map_err(other)?;
         let q = classifier::accuracy(&m, &test)?;
         rows.push(
@@ -124,26 +142,9 @@ fn block_pruned(opts: &Options) -> Result<Vec<Value>> {
         p.block_magnitude(&mut m, &refs, s).map_err(other)?;
         let one_shot = classifier::accuracy(&m, &test)?;
         let mut m = load("mlp", opts)?;
-        let mut p = Pruning::default();
-        let cfg = TrainConfig { epochs: 1, batch_size: 32, lr: 1e-3, weight_decay: 1e-4, seed: 0 };
-        for e in 1..=epochs {
-            let target = cubic_schedule(0.0, s, e, epochs).map_err(other)?;
-            let now = sparsity::model(&mut m).map_err(other)?;
-            p.block_magnitude(&mut m, &refs, amount_for(now, target).map_err(other)?).map_err(other)?;
-            let ce = |logits: &Tensor, batch: &tt_tensor::data::Batch| Ok(cross_entropy(logits, &batch.y)?);
-            classifier::train_with(
-                &mut m,
-                &train,
-                &test,
-                &TrainConfig { seed: e as u64, ..cfg.clone() },
-                &quiet,
-                &ce,
-                &mut |_| {
-                    p.reapply();
-                    Ok(())
-                },
-            )?;
-        }
+        let blocks =
+            |p: &mut Pruning, m: &mut Sequential, amount: f64| p.block_magnitude(m, &refs, amount).map_err(other);
+        let p = prune_gradually(&mut m, s, epochs, &train, &test, &quiet, &blocks)?;
         p.make_permanent(&mut m).map_err(other)?;
         let measured = sparsity::model(&mut m).map_err(other)?;
         let q = classifier::accuracy(&m, &test)?;
@@ -569,11 +570,12 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
     let ranks: &[usize] = if opts.quick { &[8] } else { &[16, 32, 64] };
     for &rank in ranks {
         let (mut m, _, _, _) = transformer::load_or_train(&quiet)?;
-        let mut bytes = 0usize;
+        let (mut bytes, mut dense_bytes) = (0usize, 0usize);
         let mut names = Vec::new();
         tt_tensor::nn::map_linears(&mut m, |n, l| {
             names.push(n.to_string());
             let w = l.projection()?.to_dense();
+            dense_bytes += 4 * w.len();
             let r = rank.min(w.nrows().min(w.ncols()));
             let lr = LowRank::factor(&w, r)
                 .map_err(|e| tt_tensor::TensorError::InvalidArgument { op: "low-rank", reason: e.to_string() })?;
@@ -590,12 +592,12 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
         factors.finish(&mut m).map_err(other)?;
         let tuned = em(&m)?;
         opts.say(format!(
-            "  gpt, every linear layer at rank {rank}: {bytes} B of linear weights (dense 3145728 B), exact match {:5.1}%, {:5.1}% after {} fine-tuning steps",
+            "  gpt, every linear layer at rank {rank}: {bytes} B of linear weights (dense {dense_bytes} B), exact match {:5.1}%, {:5.1}% after {} fine-tuning steps",
             100.0 * q,
             100.0 * tuned,
             ft.steps
         ));
-        low_rank.push(json!({"model": "gpt", "rank": rank, "bytes": bytes, "dense_bytes": 3_145_728, "quality": q, "finetuned": tuned, "finetune_steps": ft.steps}));
+        low_rank.push(json!({"model": "gpt", "rank": rank, "bytes": bytes, "dense_bytes": dense_bytes, "quality": q, "finetuned": tuned, "finetune_steps": ft.steps}));
     }
     // Unstructured, global over the 16 linear layers.
     let mut unstructured = Vec::new();
