@@ -194,11 +194,14 @@ pub fn train_and_save(
     cfg: TrainConfig,
     opts: &Options,
 ) -> Result<(SavedClassifier, Vec<EpochStats>, PathBuf)> {
+    // A checkpoint path that cannot hold the result fails now, not after the training run.
+    let dir = checkpoint_dir(opts, kind);
+    tt_tensor::serialize::prepare_unit_dir(&dir)?;
     let (history, train_seconds) = train(model, train_set, test_set, &cfg, opts)?;
     let test_accuracy = accuracy(model, test_set)?;
     let info =
         SavedClassifier { kind: kind.into(), train: cfg, test_accuracy, train_seconds, params: model.num_parameters() };
-    let path = save(model, &info, &checkpoint_dir(opts, kind))?;
+    let path = save(model, &info, &dir)?;
     opts.say(format!(
         "held-out accuracy {:.2}% after {:.1} s of training; saved {}",
         100.0 * test_accuracy,

@@ -54,8 +54,9 @@ pub struct Options {
     pub cache_dir: PathBuf,
     /// Show progress bars (on stderr).
     pub progress: bool,
-    /// Train the language model on this UTF-8 text file instead of the built-in corpus.
-    pub corpus: Option<PathBuf>,
+    /// Train the language model on this UTF-8 text (`--corpus FILE`, read once) instead of the
+    /// built-in corpus.
+    pub corpus: Option<transformer::UserCorpus>,
     /// Print no human report at all (library callers and tests).
     pub quiet: bool,
     /// Benchmarks: MLPerf's official minimum durations and query counts instead of scaled ones.

@@ -59,14 +59,14 @@ const TRAIN_REPEATS: usize = 20;
 /// Where the checkpoint of a corpus lives: `<cache>/transformer` for the built-in corpus,
 /// `<cache>/transformer-corpus-<SHA-256 prefix of the file's contents>` for `--corpus FILE` (two
 /// files with the same name never share a model), with `-quick` appended for `--quick` models.
-pub fn checkpoint_dir(opts: &Options) -> Result<PathBuf> {
-    Ok(match &opts.corpus {
+pub fn checkpoint_dir(opts: &Options) -> PathBuf {
+    match &opts.corpus {
         None => opts.cache_dir.join(opts.cache_key(NAME)),
-        Some(f) => {
-            let sha = tt_tensor::serialize::sha256_hex(read_corpus(f)?.as_bytes());
+        Some(c) => {
+            let sha = tt_tensor::serialize::sha256_hex(c.text().as_bytes());
             opts.cache_dir.join(opts.cache_key(&format!("{NAME}-corpus-{}", &sha[..16])))
         }
-    })
+    }
 }
 
 /// The largest `--corpus` file read (a corpus this size would take days to train on here).
@@ -83,8 +83,8 @@ pub fn load_text(opts: &Options) -> Result<(String, String, Option<QaCorpus>)> {
             let c = corpus::generate(0);
             Ok((c.train_annotated(TRAIN_REPEATS, 0).text, c.val_text(), Some(c)))
         }
-        Some(path) => {
-            let text = read_corpus(path)?;
+        Some(c) => {
+            let text = c.text();
             // Last 10% (at a character boundary) is validation.
             let cut = text.char_indices().nth(text.chars().count() * 9 / 10).map_or(text.len(), |(i, _)| i);
             Ok((text[..cut].to_string(), text[cut..].to_string(), None))
@@ -92,26 +92,58 @@ pub fn load_text(opts: &Options) -> Result<(String, String, Option<QaCorpus>)> {
     }
 }
 
-fn read_corpus(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let err = |e: String| MilestoneError::Other(format!("--corpus {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut bytes = Vec::new();
-    // `take` bounds the read even for endless files (/dev/zero) whose metadata says 0 bytes.
-    file.take(MAX_CORPUS_BYTES + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
-    if bytes.len() as u64 > MAX_CORPUS_BYTES {
-        return Err(err(format!("larger than the {} MiB limit", MAX_CORPUS_BYTES >> 20)));
+/// A `--corpus` file, read once (it may be a pipe: `--corpus <(cat file)`), then shared by
+/// every step that needs it: the cache key, training and evaluation.
+#[derive(Clone)]
+pub struct UserCorpus {
+    path: PathBuf,
+    text: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for UserCorpus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UserCorpus({}, {} bytes)", self.path.display(), self.text.len())
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| MilestoneError::Other(format!("--corpus {}: not UTF-8 text", path.display())))?;
-    if text.chars().count() < 2000 {
-        return Err(MilestoneError::Other(format!("--corpus {}: need at least 2000 characters", path.display())));
+}
+
+impl UserCorpus {
+    /// Reads `path`: UTF-8, at least 2000 characters, at most [`MAX_CORPUS_BYTES`].
+    ///
+    /// # Errors
+    /// An unreadable file, one over the size limit, not UTF-8, or too short; each names the path.
+    pub fn read(path: &Path) -> Result<UserCorpus> {
+        use std::io::Read;
+        let err = |e: String| MilestoneError::Other(format!("--corpus {}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let mut bytes = Vec::new();
+        // `take` bounds the read even for endless files (/dev/zero) whose metadata says 0 bytes.
+        file.take(MAX_CORPUS_BYTES + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+        if bytes.len() as u64 > MAX_CORPUS_BYTES {
+            return Err(err(format!("larger than the {} MiB limit", MAX_CORPUS_BYTES >> 20)));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
+        if text.chars().count() < 2000 {
+            return Err(err("need at least 2000 characters".into()));
+        }
+        Ok(UserCorpus { path: path.to_path_buf(), text: text.into() })
     }
-    Ok(text)
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 /// Trains a fresh model and saves it. Returns the model, tokenizer and training report.
 fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
+    // A checkpoint path that cannot hold the result fails now, not after the training run.
+    let dir = checkpoint_dir(opts);
+    tt_tensor::serialize::prepare_unit_dir(&dir)?;
     let (train_text, val_text, qa) = load_text(opts)?;
     let vocab_text = match &qa {
         Some(c) => c.all_text(),
@@ -141,8 +173,8 @@ fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
         ));
     }
     let report = train(&model, &data, &val_ids, &cfg, opts.progress, |line| opts.say(line))?;
-    let info = json!({ "train": cfg, "report": report, "corpus": opts.corpus });
-    checkpoint::save(&checkpoint_dir(opts)?, &model, &tokenizer, info)?;
+    let info = json!({ "train": cfg, "report": report, "corpus": opts.corpus.as_ref().map(UserCorpus::path) });
+    checkpoint::save(&dir, &model, &tokenizer, info)?;
     Ok((model, tokenizer, report))
 }
 
@@ -191,7 +223,7 @@ pub fn qa_eval(opts: &Options) -> Result<QaEval> {
 /// Loads the cached model for the options' corpus, training it first if absent or `--retrain`.
 /// Returns the model, its tokenizer, the training report and whether it was reused.
 pub fn load_or_train(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport, bool)> {
-    let dir = checkpoint_dir(opts)?;
+    let dir = checkpoint_dir(opts);
     if !opts.retrain && checkpoint::exists(&dir) {
         let (model, tok, info) = checkpoint::load(&dir)?;
         let report: TrainReport = serde_json::from_value(info["report"].clone()).map_err(|e| {
@@ -231,7 +263,7 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
         "tokens_per_second": report.tokens_per_second,
         "train_tokens": report.tokens,
         "reused_checkpoint": reused,
-        "checkpoint": checkpoint_dir(opts)?,
+        "checkpoint": checkpoint_dir(opts),
         "history": report.history,
         "test_exact_match": serde_json::Value::Null,
     });

@@ -1,6 +1,7 @@
 //! Milestones in quick mode: they run end to end, report measured numbers and save a checkpoint
 //! that loads back. (Full-size runs and their accuracy targets are the milestones themselves.)
 
+use milestones::transformer::UserCorpus;
 use milestones::{classifier, cnn_digits, Options};
 
 fn opts(dir: &std::path::Path) -> Options {
@@ -70,25 +71,34 @@ fn transformer_trains_on_a_user_corpus_file() {
     let dir = std::env::temp_dir().join(format!("tt-ms-corpus-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("poem.txt");
-    std::fs::write(&file, "the quick brown fox jumps over the lazy dog. ".repeat(80)).unwrap();
-    let o = Options { corpus: Some(file.clone()), ..opts(&dir) };
+    // U+FFFD, as lossy-decoded text holds it: the character tokenizer's `<unk>` encodes it.
+    std::fs::write(&file, "the quick brown fox jumps over the lazy dog \u{FFFD}. ".repeat(80)).unwrap();
+    let o = Options { corpus: Some(UserCorpus::read(&file).unwrap()), ..opts(&dir) };
     let v = milestones::run("transformer", &o).unwrap();
     assert!(v["val_perplexity"].as_f64().unwrap() > 1.0);
     assert!(v["test_exact_match"].is_null(), "no Q/A test set for a plain text file");
-    let ck = milestones::transformer::checkpoint_dir(&o).unwrap();
+    let ck = milestones::transformer::checkpoint_dir(&o);
     assert!(tt_tensor::serialize::unit_exists(&ck), "{}", ck.display());
     // The same name with other contents is another model.
     let other = dir.join("sub");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("poem.txt"), "a different poem, of other words entirely. ".repeat(80)).unwrap();
-    let o2 = Options { corpus: Some(other.join("poem.txt")), ..opts(&dir) };
-    assert_ne!(milestones::transformer::checkpoint_dir(&o2).unwrap(), ck);
+    let o2 = Options { corpus: Some(UserCorpus::read(&other.join("poem.txt")).unwrap()), ..opts(&dir) };
+    assert_ne!(milestones::transformer::checkpoint_dir(&o2), ck);
+    // A pipe (`--corpus <(cat poem.txt)`) is read once, so it gives the same model key.
+    let fifo = dir.join("poem.fifo");
+    if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        let (src, dst) = (file.clone(), fifo.clone());
+        let writer = std::thread::spawn(move || std::fs::write(dst, std::fs::read(src).unwrap()).unwrap());
+        let piped = Options { corpus: Some(UserCorpus::read(&fifo).unwrap()), ..opts(&dir) };
+        writer.join().unwrap();
+        assert_eq!(milestones::transformer::checkpoint_dir(&piped), ck);
+    }
     // Too short or unreadable files are errors that name the file.
     std::fs::write(&file, "short").unwrap();
-    let e = milestones::run("transformer", &o).unwrap_err().to_string();
+    let e = UserCorpus::read(&file).unwrap_err().to_string();
     assert!(e.contains("poem.txt") && e.contains("2000"), "{e}");
-    let missing = Options { corpus: Some(dir.join("nope.txt")), ..opts(&dir) };
-    assert!(milestones::run("transformer", &missing).unwrap_err().to_string().contains("nope.txt"));
+    assert!(UserCorpus::read(&dir.join("nope.txt")).unwrap_err().to_string().contains("nope.txt"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -119,7 +129,9 @@ fn profile_quick_run_reports_the_required_fields() {
 fn options_are_checked_before_any_training() {
     let dir = std::env::temp_dir().join(format!("tt-ms-opts-{}", std::process::id()));
     // A flag the milestone does not use.
-    let o = Options { corpus: Some(dir.join("x.txt")), ..opts(&dir) };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("x.txt"), "x".repeat(2000)).unwrap();
+    let o = Options { corpus: Some(UserCorpus::read(&dir.join("x.txt")).unwrap()), ..opts(&dir) };
     let e = milestones::run("mlp_digits", &o).unwrap_err().to_string();
     assert!(e.contains("does not use --corpus"), "{e}");
     let e = milestones::run("cnn_digits", &Options { retrain: true, ..opts(&dir) }).unwrap_err().to_string();
@@ -134,10 +146,17 @@ fn options_are_checked_before_any_training() {
     assert!(start.elapsed().as_secs_f64() < 1.0, "failed before training");
     // An endless corpus is cut off at the cap instead of filling memory.
     if std::path::Path::new("/dev/zero").exists() {
-        let o = Options { corpus: Some("/dev/zero".into()), ..opts(&dir) };
-        let e = milestones::run("transformer", &o).unwrap_err().to_string();
+        let e = UserCorpus::read(std::path::Path::new("/dev/zero")).unwrap_err().to_string();
         assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
     }
+    // A model's checkpoint path occupied by a file: named, before training.
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("mlp_digits-quick"), "x").unwrap();
+    let start = std::time::Instant::now();
+    let e = milestones::run("mlp_digits", &Options { cache_dir: cache.clone(), ..opts(&dir) }).unwrap_err().to_string();
+    assert!(e.contains("mlp_digits-quick") && e.contains("not a directory"), "{e}");
+    assert!(start.elapsed().as_secs_f64() < 1.0, "failed before training");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -147,10 +166,7 @@ fn a_quick_run_never_replaces_the_full_model() {
     let quick = opts(&dir);
     let full = Options { quick: false, ..opts(&dir) };
     assert_ne!(classifier::checkpoint_dir(&quick, "cnn_digits"), classifier::checkpoint_dir(&full, "cnn_digits"));
-    assert_ne!(
-        milestones::transformer::checkpoint_dir(&quick).unwrap(),
-        milestones::transformer::checkpoint_dir(&full).unwrap()
-    );
+    assert_ne!(milestones::transformer::checkpoint_dir(&quick), milestones::transformer::checkpoint_dir(&full));
 }
 
 #[test]

@@ -110,6 +110,10 @@ fn main() -> ExitCode {
             if full && name != "torchperf" {
                 return fail(format!("--full applies to the torchperf milestone, not {name}"));
             }
+            let corpus = match corpus.map(|p| milestones::transformer::UserCorpus::read(&p)).transpose() {
+                Ok(c) => c,
+                Err(e) => return fail(format!("milestone {name}: {e}")),
+            };
             let serve_exe = std::env::current_exe().ok();
             let opts = milestones::Options { json, retrain, quick, corpus, full, serve_exe, ..Default::default() };
             match milestones::run(&name, &opts) {

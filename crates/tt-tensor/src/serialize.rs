@@ -32,13 +32,16 @@ pub type Metadata = HashMap<String, String>;
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| TensorError::File {
+                path: dir.display().to_string(),
+                reason: format!("cannot create the directory: {e}"),
+            })?;
         }
     }
     let file_name = path
         .file_name()
         .ok_or_else(|| TensorError::File { path: path.display().to_string(), reason: "not a file path".into() })?;
-    let tmp = path.with_file_name(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let tmp = path.with_file_name(temp_name(&file_name.to_string_lossy()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -86,11 +89,11 @@ pub fn save_safetensors(
 /// Loads every f32 tensor of a safetensors file, in file order, plus its metadata.
 /// A missing, truncated or corrupt file, a non-F32 tensor or a non-finite value is an error
 /// naming the path and the problem.
+///
+/// Only a regular file is read (a FIFO or a device is an error, not a wait or an endless read).
 pub fn load_safetensors(path: &Path) -> Result<(StateDict, Metadata)> {
-    let bytes = std::fs::read(path).map_err(|e| TensorError::File {
-        path: path.display().to_string(),
-        reason: if e.kind() == std::io::ErrorKind::NotFound { "file not found".into() } else { e.to_string() },
-    })?;
+    let bytes = read_regular(path, None, true)
+        .map_err(|reason| TensorError::File { path: path.display().to_string(), reason })?;
     parse_safetensors(&bytes, &path.display().to_string())
 }
 
@@ -185,14 +188,26 @@ const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 struct Manifest {
     format: String,
     files: BTreeMap<String, ManifestEntry>,
+    /// Files of earlier generations that this save found still on disk and meant to remove: a
+    /// save killed after publishing leaves them behind, and this record is what lets the next
+    /// save prove it wrote them. Absent in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    superseded: Vec<SupersededPart>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ManifestEntry {
     /// The content-addressed file that holds this part.
     file: String,
     sha256: String,
     bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SupersededPart {
+    part: String,
+    #[serde(flatten)]
+    entry: ManifestEntry,
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -202,27 +217,51 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// `model.safetensors` + hash → `model.<hash16>.safetensors`.
 fn stored_name(name: &str, sha: &str) -> String {
+    let short = sha.get(..16).unwrap_or(sha);
     match name.rsplit_once('.') {
-        Some((stem, ext)) => format!("{stem}.{}.{ext}", &sha[..16]),
-        None => format!("{name}.{}", &sha[..16]),
+        Some((stem, ext)) => format!("{stem}.{short}.{ext}"),
+        None => format!("{name}.{short}"),
     }
 }
 
-/// Whether `file` looks like a content-addressed part written by [`save_unit`].
-fn is_stored_part(file: &str) -> bool {
-    file.split('.').any(|p| p.len() == 16 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+/// A part or file name that stays inside the unit's directory.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '\\', '\0']) && name != "." && name != ".."
+}
+
+/// The sibling temp file [`atomic_write`] writes `file` through, for this process.
+fn temp_name(file: &str) -> String {
+    format!(".{file}.{}.tmp", std::process::id())
 }
 
 fn unit_err(dir: &Path, reason: impl Into<String>) -> TensorError {
     TensorError::File { path: dir.display().to_string(), reason: reason.into() }
 }
 
-/// Saves `parts` (logical name → bytes) as one checkpoint unit in `dir` (see the module docs).
-/// Parts of earlier saves that the new manifest no longer names are removed afterwards.
+/// Creates `dir` for a checkpoint unit (and its parents) or checks that it is a directory, so a
+/// caller can fail on an unusable path before the work whose result it will save.
 ///
 /// # Errors
-/// An invalid part name (it must be a plain file name other than the manifest's) or any I/O
-/// failure; the previous checkpoint in `dir`, if any, is then still intact.
+/// `dir` exists and is not a directory, or cannot be created; the error names the path.
+pub fn prepare_unit_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(unit_err(dir, "exists and is not a directory: cannot hold a checkpoint")),
+        Err(_) => std::fs::create_dir_all(dir).map_err(|e| unit_err(dir, format!("cannot create the directory: {e}"))),
+    }
+}
+
+/// Saves `parts` (logical name → bytes) as one checkpoint unit in `dir` (see the module docs).
+///
+/// After publishing, it removes only files it can prove an earlier save wrote: those the
+/// previous manifest named (or recorded as superseded) that the new one does not, each still a
+/// regular file of the recorded size under its content-addressed name, and temp files of those
+/// names left by a save that was killed. Nothing else in `dir` is ever touched.
+///
+/// # Errors
+/// An invalid part name (it must be a plain file name other than the manifest's), a `dir` that
+/// is not a directory, or any I/O failure; the previous checkpoint in `dir`, if any, is then
+/// still intact.
 pub fn save_unit(dir: &Path, parts: &[(&str, &[u8])]) -> Result<()> {
     save_unit_impl(dir, parts, usize::MAX)
 }
@@ -235,12 +274,18 @@ pub fn save_unit_interrupted(dir: &Path, parts: &[(&str, &[u8])], parts_written:
 }
 
 fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Result<()> {
-    let mut files = BTreeMap::new();
-    for (i, (name, bytes)) in parts.iter().enumerate() {
-        let plain = !name.is_empty() && *name != MANIFEST && !name.contains(['/', '\\']) && !name.starts_with('.');
-        if !plain || files.contains_key(*name) {
+    for (i, (name, _)) in parts.iter().enumerate() {
+        let plain = is_plain_name(name) && *name != MANIFEST && !name.starts_with('.');
+        if !plain || parts[..i].iter().any(|(n, _)| n == name) {
             return Err(unit_err(dir, format!("part name {name:?} is not a plain, unique file name")));
         }
+    }
+    prepare_unit_dir(dir)?;
+    // What the previous generation wrote, read before anything changes: the only files this save
+    // may remove. A manifest that cannot be read proves nothing, so nothing is removed.
+    let previous = read_manifest(dir).ok();
+    let mut files = BTreeMap::new();
+    for (i, (name, bytes)) in parts.iter().enumerate() {
         if i == stop_after {
             return Err(unit_err(dir, format!("save interrupted after {i} of {} parts", parts.len())));
         }
@@ -252,20 +297,55 @@ fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Res
     if stop_after < usize::MAX && stop_after >= parts.len() {
         return Err(unit_err(dir, "save interrupted before the manifest was published"));
     }
-    let manifest = Manifest { format: FORMAT.into(), files };
+    let live: Vec<&str> = files.values().map(|e| e.file.as_str()).collect();
+    let superseded: Vec<SupersededPart> = previous
+        .iter()
+        .flat_map(|m| {
+            m.files
+                .iter()
+                .map(|(part, entry)| SupersededPart { part: part.clone(), entry: entry.clone() })
+                .chain(m.superseded.iter().cloned())
+        })
+        .filter(|s| !live.contains(&s.entry.file.as_str()) && written_by_us(dir, s))
+        .collect();
+    let manifest = Manifest { format: FORMAT.into(), files, superseded };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| unit_err(dir, e.to_string()))?;
     atomic_write(&dir.join(MANIFEST), &json)?;
-    // Published. Old generations are garbage now; failing to remove one is harmless.
-    let live: Vec<&str> = manifest.files.values().map(|e| e.file.as_str()).collect();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if is_stored_part(&name) && !name.starts_with('.') && !live.contains(&name.as_str()) {
-                let _ = std::fs::remove_file(e.path());
-            }
+    // Published. The superseded generation is garbage now; failing to remove it is harmless (the
+    // manifest records it, and the next save tries again).
+    for s in &manifest.superseded {
+        let _ = std::fs::remove_file(dir.join(&s.entry.file));
+    }
+    remove_dead_temp_files(dir, manifest.files.values().chain(manifest.superseded.iter().map(|s| &s.entry)));
+    Ok(())
+}
+
+/// Whether `s` is a file a save of ours wrote: its name is the content-addressed name of its part
+/// and checksum, and it is a regular file (not a link) of the recorded size.
+fn written_by_us(dir: &Path, s: &SupersededPart) -> bool {
+    is_plain_name(&s.entry.file)
+        && s.entry.file == stored_name(&s.part, &s.entry.sha256)
+        && std::fs::symlink_metadata(dir.join(&s.entry.file)).is_ok_and(|m| m.is_file() && m.len() == s.entry.bytes)
+}
+
+/// Removes the temp files that a killed save of one of `entries` (or of the manifest) left: the
+/// exact names [`atomic_write`] uses, from a process that no longer runs. Only Linux can tell
+/// whether a process runs (`/proc`); elsewhere they are left alone.
+fn remove_dead_temp_files<'a>(dir: &Path, entries: impl Iterator<Item = &'a ManifestEntry>) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let names: Vec<&str> = entries.map(|e| e.file.as_str()).chain([MANIFEST]).collect();
+    let Ok(listing) = std::fs::read_dir(dir) else { return };
+    for e in listing.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else { continue };
+        let Some((file, pid)) = rest.rsplit_once('.') else { continue };
+        let dead = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if dead && names.contains(&file) && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
         }
     }
-    Ok(())
 }
 
 /// Whether `dir` holds a published checkpoint unit (a manifest).
@@ -273,33 +353,42 @@ pub fn unit_exists(dir: &Path) -> bool {
     dir.join(MANIFEST).is_file()
 }
 
-/// Reads the parts `names` of the checkpoint unit in `dir`, verifying each file's size and
-/// SHA-256 against the manifest before returning its bytes (in the order of `names`).
-///
-/// # Errors
-/// A missing or corrupt manifest, a part the manifest does not name, a manifest entry that is not
-/// a plain file name in `dir`, a missing file, or a size or checksum mismatch; each names the file.
-pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+fn read_manifest(dir: &Path) -> Result<Manifest> {
     let mpath = dir.join(MANIFEST);
-    let manifest: Manifest = {
-        let bytes = read_capped(&mpath, MAX_MANIFEST_BYTES)?;
-        serde_json::from_slice(&bytes).map_err(|e| unit_err(&mpath, format!("corrupt manifest: {e}")))?
-    };
+    let bytes = read_part(dir, &mpath, MAX_MANIFEST_BYTES)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| unit_err(&mpath, format!("corrupt manifest: {e}")))?;
     if manifest.format != FORMAT {
         return Err(unit_err(&mpath, format!("unknown format {:?} (expected {FORMAT:?})", manifest.format)));
     }
+    Ok(manifest)
+}
+
+/// Reads the parts `names` of the checkpoint unit in `dir`, verifying each file's size and
+/// SHA-256 against the manifest before returning its bytes (in the order of `names`).
+///
+/// Every file read must be a regular file in `dir` (a symlink only to one in `dir`): a FIFO, a
+/// device or a link out of the unit is refused without reading it, and no read goes past the
+/// size the manifest declares, so a hostile unit can neither block the loader nor exhaust memory.
+///
+/// # Errors
+/// A missing or corrupt manifest, a part the manifest does not name, a manifest entry that is not
+/// a plain file name in `dir`, a missing file or one that is not a regular file, or a size or
+/// checksum mismatch; each names the file.
+pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+    let mpath = dir.join(MANIFEST);
+    let manifest = read_manifest(dir)?;
     names
         .iter()
         .map(|name| {
             let e = manifest.files.get(*name).ok_or_else(|| {
                 unit_err(&mpath, format!("names no part {name:?} (it has {:?})", manifest.files.keys()))
             })?;
-            let plain = !e.file.is_empty() && !e.file.contains(['/', '\\']) && e.file != ".." && e.file != ".";
-            if !plain {
+            if !is_plain_name(&e.file) {
                 return Err(unit_err(&mpath, format!("part {name:?} points outside the checkpoint: {:?}", e.file)));
             }
             let path = dir.join(&e.file);
-            let bytes = read_capped(&path, e.bytes)?;
+            let bytes = read_part(dir, &path, e.bytes)?;
             if bytes.len() as u64 != e.bytes {
                 return Err(unit_err(
                     &path,
@@ -318,21 +407,67 @@ pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// Reads at most `limit` bytes of `path`, failing if the file is larger (checked on the metadata
-/// first, so a huge or endless file is never read into memory).
-fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
+/// Reads the file `path` of the unit in `dir`: at most `limit` bytes, and only if it is a regular
+/// file (a symlink is followed only to a regular file in `dir` itself).
+fn read_part(dir: &Path, path: &Path, limit: u64) -> Result<Vec<u8>> {
     let err = |reason: String| unit_err(path, reason);
-    let f = std::fs::File::open(path).map_err(|e| {
-        err(if e.kind() == std::io::ErrorKind::NotFound { "missing (file not found)".into() } else { e.to_string() })
-    })?;
-    let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
-    if len > limit {
-        return Err(err(format!("{len} bytes, more than the {limit} expected")));
+    let link = std::fs::symlink_metadata(path).map_err(|e| err(io_reason(&e)))?;
+    let target = if link.file_type().is_symlink() {
+        let target = std::fs::canonicalize(path).map_err(|e| err(io_reason(&e)))?;
+        let home = std::fs::canonicalize(dir).map_err(|e| err(io_reason(&e)))?;
+        if target.parent() != Some(home.as_path()) {
+            return Err(err(format!("a symlink out of the checkpoint unit (to {})", target.display())));
+        }
+        target
+    } else {
+        path.to_path_buf()
+    };
+    read_regular(&target, Some(limit), false).map_err(err)
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        "missing (file not found)".into()
+    } else {
+        e.to_string()
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    f.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+}
+
+/// Reads `path` if it is a regular file, at most `limit` bytes (default: its size when opened).
+/// The open never blocks (a FIFO is refused, not waited on) and the size is checked on the open
+/// file's metadata before anything is read, so a device, an endless or a huge file is never read
+/// into memory. With `follow` false, a final symlink is refused.
+fn read_regular(path: &Path, limit: Option<u64>, follow: bool) -> std::result::Result<Vec<u8>, String> {
+    let f = open_nonblocking(path, follow).map_err(|e| io_reason(&e))?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!("not a regular file ({:?})", meta.file_type()));
+    }
+    let limit = limit.unwrap_or(meta.len());
+    if meta.len() > limit {
+        return Err(format!("{} bytes, more than the {limit} expected", meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     if bytes.len() as u64 > limit {
-        return Err(err(format!("grew past the {limit} bytes expected while being read")));
+        return Err(format!("grew past the {limit} bytes expected while being read"));
     }
     Ok(bytes)
+}
+
+/// Opens `path` for reading without blocking (opening a FIFO for reading otherwise waits for a
+/// writer forever), following a final symlink only if `follow`.
+#[cfg(unix)]
+fn open_nonblocking(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW };
+    std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
+    if !follow && std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(std::io::Error::other("a symlink"));
+    }
+    std::fs::File::open(path)
 }

@@ -83,3 +83,175 @@ fn checkpoint_round_trip_is_bit_exact_and_atomic() {
     assert!(err.contains("not found"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Checkpoint units under hostile directories: what a save may delete, what a load may open.
+mod checkpoint_units {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use tt_tensor::serialize::{load_unit, prepare_unit_dir, save_unit, MANIFEST};
+
+    fn fresh_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tt-m07-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    }
+
+    fn manifest(dir: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap()
+    }
+
+    fn stored(dir: &Path, part: &str) -> String {
+        manifest(dir)["files"][part]["file"].as_str().unwrap().to_string()
+    }
+
+    /// Runs `f` on another thread and fails the test if it has not returned in 20 s: a load that
+    /// blocks must fail this test, not hang the suite.
+    fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(20)).expect("the call blocked for 20 s")
+    }
+
+    #[test]
+    fn save_removes_only_the_previous_generation_it_wrote() {
+        let dir = fresh_dir("gc");
+        // A user's files that look content-addressed: a 16-hex-digit component, the part's stem.
+        let mine = ["notes.0123456789abcdef.txt", "w.fedcba9876543210.bin", "w.bin"];
+        for f in mine {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        save_unit(&dir, &[("w.bin", b"one"), ("cfg.json", b"{}")]).unwrap();
+        let gen1 = stored(&dir, "w.bin");
+        save_unit(&dir, &[("w.bin", b"two"), ("cfg.json", b"{}")]).unwrap();
+        let gen2 = stored(&dir, "w.bin");
+        assert_ne!(gen1, gen2);
+        assert!(!dir.join(&gen1).exists(), "the superseded part is removed");
+        for f in mine {
+            assert_eq!(std::fs::read(dir.join(f)).unwrap(), f.as_bytes(), "{f} must survive a save");
+        }
+        assert_eq!(load_unit(&dir, &["w.bin", "cfg.json"]).unwrap(), vec![b"two".to_vec(), b"{}".to_vec()]);
+        // A manifest edited to name a user's file as an old part proves nothing: the file's name
+        // is not the content-addressed name of that part and checksum, so it stays.
+        let mut m = manifest(&dir);
+        m["files"]["w.bin"]["file"] = "notes.0123456789abcdef.txt".into();
+        std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        save_unit(&dir, &[("w.bin", b"three"), ("cfg.json", b"{}")]).unwrap();
+        assert!(dir.join("notes.0123456789abcdef.txt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_a_killed_save_left_are_removed_by_the_next() {
+        let dir = fresh_dir("killed");
+        save_unit(&dir, &[("w.bin", b"one")]).unwrap();
+        let gen1 = stored(&dir, "w.bin");
+        let kept = std::fs::read(dir.join(&gen1)).unwrap();
+        save_unit(&dir, &[("w.bin", b"two")]).unwrap();
+        // The new manifest records what it superseded, so a save killed between publishing and
+        // removing leaves files the next save can prove are its own: put them back, as that
+        // crash would have left them.
+        assert_eq!(manifest(&dir)["superseded"][0]["file"], gen1.as_str());
+        std::fs::write(dir.join(&gen1), &kept).unwrap();
+        // Temp files of a dead writer (pid 999999999 is above Linux's pid limit): ours by name
+        // only when they carry a part's stored name or the manifest's.
+        let gen2 = stored(&dir, "w.bin");
+        let ours = [format!(".{gen2}.999999999.tmp"), ".manifest.json.999999999.tmp".to_string()];
+        let theirs = [".notes.txt.999999999.tmp", ".manifest.json.tmp"];
+        for f in ours.iter().map(String::as_str).chain(theirs) {
+            std::fs::write(dir.join(f), "partial").unwrap();
+        }
+        save_unit(&dir, &[("w.bin", b"three")]).unwrap();
+        let gen3 = stored(&dir, "w.bin");
+        let mut want: Vec<String> = theirs.iter().map(|s| s.to_string()).collect();
+        want.extend([gen3, MANIFEST.to_string()]);
+        want.sort();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(names(&dir), want);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn loading_refuses_fifos_devices_and_links_out_of_the_unit() {
+        let dir = fresh_dir("special");
+        save_unit(&dir, &[("w.bin", b"weights"), ("c.json", b"{}")]).unwrap();
+        let w = dir.join(stored(&dir, "w.bin"));
+        let c = dir.join(stored(&dir, "c.json"));
+        // A symlink to a regular file of the same unit is fine.
+        let target = dir.join("w.copy");
+        std::fs::copy(&w, &target).unwrap();
+        std::fs::remove_file(&w).unwrap();
+        std::os::unix::fs::symlink(&target, &w).unwrap();
+        assert_eq!(load_unit(&dir, &["w.bin"]).unwrap(), vec![b"weights".to_vec()]);
+        // A FIFO: the open must not wait for a writer.
+        std::fs::remove_file(&c).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&c).status().is_ok_and(|s| s.success());
+        if made {
+            let d = dir.clone();
+            let e = within_20s(move || load_unit(&d, &["c.json"])).unwrap_err().to_string();
+            assert!(e.contains("not a regular file") && e.contains("c."), "{e}");
+            std::fs::remove_file(&c).unwrap();
+        }
+        // A link out of the unit, to an endless device, under a huge declared size.
+        std::os::unix::fs::symlink("/dev/zero", &c).unwrap();
+        let mut m = manifest(&dir);
+        m["files"]["c.json"]["bytes"] = (1u64 << 40).into();
+        std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        let d = dir.clone();
+        let e = within_20s(move || load_unit(&d, &["c.json"])).unwrap_err().to_string();
+        assert!(e.contains("symlink out of the checkpoint unit"), "{e}");
+        // A directory where a part should be.
+        std::fs::remove_file(&c).unwrap();
+        std::fs::create_dir(&c).unwrap();
+        let e = load_unit(&dir, &["c.json"]).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        // The manifest itself is held to the same rule.
+        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(MANIFEST)).unwrap();
+        let d = dir.clone();
+        let e = within_20s(move || load_unit(&d, &["w.bin"])).unwrap_err().to_string();
+        assert!(e.contains("symlink out of the checkpoint unit"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_safetensors_path_that_is_a_device_or_fifo_is_an_error() {
+        let e = within_20s(|| tt_tensor::serialize::load_safetensors(Path::new("/dev/zero"))).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let dir = fresh_dir("st-fifo");
+        let fifo = dir.join("w.safetensors");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            let e = within_20s(move || tt_tensor::serialize::load_safetensors(&fifo)).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_unit_path_occupied_by_a_file_is_an_error_naming_it_before_any_work() {
+        let dir = fresh_dir("occupied");
+        let file = dir.join("cache-entry");
+        std::fs::write(&file, "not a directory").unwrap();
+        let e = prepare_unit_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("cache-entry") && e.contains("not a directory"), "{e}");
+        let e = save_unit(&file, &[("w.bin", b"x")]).unwrap_err().to_string();
+        assert!(e.contains("cache-entry"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
+        prepare_unit_dir(&dir.join("a/b")).unwrap();
+        assert!(dir.join("a/b").is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

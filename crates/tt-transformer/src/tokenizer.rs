@@ -56,7 +56,9 @@ impl CharTokenizer {
     }
 
     fn from_chars(chars: Vec<char>) -> CharTokenizer {
-        let index = chars.iter().enumerate().skip(1).map(|(i, &c)| (c, i as TokenId)).collect();
+        // `<unk>` is stored as U+FFFD, so a U+FFFD in the text encodes to it and decodes back to
+        // itself: the round trip holds for a corpus that contains the replacement character.
+        let index = chars.iter().enumerate().map(|(i, &c)| (c, i as TokenId)).collect();
         CharTokenizer { chars, index }
     }
 

@@ -27,6 +27,19 @@ fn char_tokenizer_handles_unknown_input_explicitly() {
 }
 
 #[test]
+fn char_tokenizer_round_trips_a_corpus_holding_the_replacement_character() {
+    // U+FFFD is how `<unk>` is stored; a corpus that contains it (lossy-decoded text often does)
+    // must still encode, and decode back to itself.
+    let text = "caf\u{FFFD} au lait \u{FFFD}";
+    let tok = CharTokenizer::from_corpus(text);
+    let ids = tok.encode(text).unwrap();
+    assert_eq!(ids[3], CharTokenizer::UNK);
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+    let back = Tokenizer::from_json(&serde_json::to_vec(&Tokenizer::Char(tok)).unwrap()).unwrap();
+    assert_eq!(back.encode(text).unwrap(), ids);
+}
+
+#[test]
 fn bpe_round_trips_any_utf8_and_compresses() {
     let c = corpus::generate(0);
     let text = c.train_text(1, 0);
