@@ -89,7 +89,8 @@ pub const GEMM_MIN_ROWS: usize = 8;
 /// # Panics
 /// If a slice is shorter than its stated size.
 pub fn linear_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, rows: usize, in_f: usize, out_f: usize, y: &mut [f32]) {
-    assert!(x.len() >= rows * in_f && w.len() >= out_f * in_f && y.len() >= rows * out_f, "linear_rows sizes");
+    let fits = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|n| len >= n);
+    assert!(fits(x.len(), rows, in_f) && fits(w.len(), out_f, in_f) && fits(y.len(), rows, out_f), "linear_rows sizes");
     assert!(b.is_none_or(|b| b.len() == out_f), "linear_rows bias length");
     if rows >= GEMM_MIN_ROWS {
         let xv = ArrayView2::from_shape((rows, in_f), &x[..rows * in_f]).expect("sized above");

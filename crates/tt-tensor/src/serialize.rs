@@ -27,8 +27,10 @@ pub type StateDict = Vec<(String, Array)>;
 /// String key/value metadata stored in a safetensors header.
 pub type Metadata = HashMap<String, String>;
 
-/// Writes `bytes` to `path` atomically: a sibling temp file is written and synced, then renamed
-/// over the target, so readers see either the old file or the whole new one.
+/// Writes `bytes` to `path` atomically: a sibling temp file (`.<name>.<pid>.tmp`) is written and
+/// synced, then renamed over the target, so readers see either the old file or the whole new one.
+/// Temp files of the same target left by killed writers (processes that no longer run) are
+/// removed after the rename; no other file is touched.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
@@ -48,8 +50,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match &result {
+        Err(_) => {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        // Temp files of this same target from writers killed mid-write are ours to remove.
+        Ok(()) => remove_dead_temp_files(path.parent().unwrap_or(Path::new(".")), &[&file_name.to_string_lossy()]),
     }
     result.map_err(|e| TensorError::File { path: path.display().to_string(), reason: format!("write failed: {e}") })
 }
@@ -256,7 +262,7 @@ pub fn prepare_unit_dir(dir: &Path) -> Result<()> {
 /// After publishing, it removes only files it can prove an earlier save wrote: those the
 /// previous manifest named (or recorded as superseded) that the new one does not, each still a
 /// regular file of the recorded size under its content-addressed name, and temp files of those
-/// names left by a save that was killed. Nothing else in `dir` is ever touched.
+/// names (and the manifest's) left by a save that was killed. Nothing else in `dir` is touched.
 ///
 /// # Errors
 /// An invalid part name (it must be a plain file name other than the manifest's), a `dir` that
@@ -316,7 +322,9 @@ fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Res
     for s in &manifest.superseded {
         let _ = std::fs::remove_file(dir.join(&s.entry.file));
     }
-    remove_dead_temp_files(dir, manifest.files.values().chain(manifest.superseded.iter().map(|s| &s.entry)));
+    let named: Vec<&str> =
+        manifest.files.values().chain(manifest.superseded.iter().map(|s| &s.entry)).map(|e| e.file.as_str()).collect();
+    remove_dead_temp_files(dir, &named);
     Ok(())
 }
 
@@ -328,21 +336,22 @@ fn written_by_us(dir: &Path, s: &SupersededPart) -> bool {
         && std::fs::symlink_metadata(dir.join(&s.entry.file)).is_ok_and(|m| m.is_file() && m.len() == s.entry.bytes)
 }
 
-/// Removes the temp files that a killed save of one of `entries` (or of the manifest) left: the
-/// exact names [`atomic_write`] uses, from a process that no longer runs. Only Linux can tell
-/// whether a process runs (`/proc`); elsewhere they are left alone.
-fn remove_dead_temp_files<'a>(dir: &Path, entries: impl Iterator<Item = &'a ManifestEntry>) {
+/// Removes the temp files that [`atomic_write`] of one of `files` (names in `dir`) left when its
+/// process was killed: exactly those names, from a process that no longer runs. Only Linux can
+/// tell whether a process runs (`/proc`); elsewhere they are left alone.
+fn remove_dead_temp_files(dir: &Path, files: &[&str]) {
     if !Path::new("/proc/self").exists() {
         return;
     }
-    let names: Vec<&str> = entries.map(|e| e.file.as_str()).chain([MANIFEST]).collect();
-    let Ok(listing) = std::fs::read_dir(dir) else { return };
+    let Ok(listing) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
+        return;
+    };
     for e in listing.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else { continue };
         let Some((file, pid)) = rest.rsplit_once('.') else { continue };
         let dead = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
-        if dead && names.contains(&file) && e.file_type().is_ok_and(|t| t.is_file()) {
+        if dead && files.contains(&file) && e.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(e.path());
         }
     }

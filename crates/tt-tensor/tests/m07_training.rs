@@ -51,7 +51,15 @@ fn checkpoint_round_trip_is_bit_exact_and_atomic() {
     let dir = std::env::temp_dir().join(format!("tt-m07-{}", std::process::id()));
     let path = dir.join("xor.safetensors");
     let (model, _) = train_xor(5);
+    // What a writer killed mid-save leaves (pid 999999999 is above Linux's pid limit, so no such
+    // process runs), beside a user's file of a similar name: only the first is the save's own.
+    std::fs::create_dir_all(&dir).unwrap();
+    let (dead, users) = (dir.join(".xor.safetensors.999999999.tmp"), dir.join(".xor.safetensors.tmp"));
+    std::fs::write(&dead, "partial").unwrap();
+    std::fs::write(&users, "mine").unwrap();
     save_module(&model, &path, None).unwrap();
+    assert_eq!(!dead.exists(), std::path::Path::new("/proc/self").exists(), "a dead writer's temp file goes");
+    std::fs::remove_file(&users).expect("a user's file stays");
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
