@@ -22,23 +22,36 @@ pub fn odds(h: u64, t: u64, p: f64) -> f64 {
 /// The smallest `h` with `odds(h, t, p) < 1 − confidence` (LoadGen's strict comparison).
 ///
 /// # Errors
-/// `p` or `confidence` outside `(0, 1)`.
+/// `p` or `confidence` outside `(0, 1)`; an `h` that does not fit `u64` (a huge `t`, or `p`
+/// within rounding of 1), or odds that are not a number at these extremes.
 pub fn min_passing(t: u64, p: f64, confidence: f64) -> Result<u64> {
     if !(p > 0.0 && p < 1.0 && confidence > 0.0 && confidence < 1.0) {
         return Err(PerfError::Settings(format!(
             "early stopping needs p and confidence in (0, 1), got {p}, {confidence}"
         )));
     }
-    // odds falls as h grows; bracket by doubling, then bisect.
     let target = 1.0 - confidence;
+    let passes = |h: u64| -> Result<bool> {
+        let o = odds(h, t, p);
+        if o.is_nan() {
+            return Err(PerfError::Stats(format!("early stopping odds for h = {h}, t = {t}, p = {p} are not a number")));
+        }
+        Ok(o < target)
+    };
+    // odds falls as h grows; bracket by doubling (at most 64 times: checked), then bisect (at
+    // most 63 halvings of the bracket).
     let mut hi = 1u64;
-    while odds(hi, t, p) >= target {
-        hi *= 2;
+    while !passes(hi)? {
+        hi = hi.checked_mul(2).ok_or_else(|| {
+            PerfError::Settings(format!(
+                "early stopping with {t} queries over the bound at p = {p} needs more than u64::MAX passing queries"
+            ))
+        })?;
     }
-    let mut lo = hi / 2; // odds(lo) >= target, or lo == 0
+    let mut lo = hi / 2; // fails, or lo == 0
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if odds(mid, t, p) < target {
+        if passes(mid)? {
             hi = mid;
         } else {
             lo = mid;
@@ -47,12 +60,18 @@ pub fn min_passing(t: u64, p: f64, confidence: f64) -> Result<u64> {
     Ok(hi)
 }
 
+/// `h_min(t) + t`: the queries a run needs with `t` over the bound; `None` past `u64`.
+fn queries_needed(t: u64, p: f64, confidence: f64) -> Result<Option<u64>> {
+    Ok(min_passing(t, p, confidence)?.checked_add(t))
+}
+
 /// Minimum query count for a latency-percentile claim at all (`t = 1`): 64 for p90, 662 for p99.
 ///
 /// # Errors
 /// As [`min_passing`].
 pub fn min_queries(p: f64, confidence: f64) -> Result<u64> {
-    Ok(min_passing(1, p, confidence)? + 1)
+    queries_needed(1, p, confidence)?
+        .ok_or_else(|| PerfError::Settings(format!("early stopping at p = {p} needs more than u64::MAX queries")))
 }
 
 /// The outcome of the criterion for one run.
@@ -72,7 +91,7 @@ pub struct EarlyStopping {
 /// percentile estimate the run's length supports. `sorted` are the ascending query latencies.
 ///
 /// # Errors
-/// As [`min_passing`]; no latencies.
+/// As [`min_passing`].
 pub fn latency_estimate(sorted: &[f64], p: f64, confidence: f64) -> Result<EarlyStopping> {
     let n = sorted.len() as u64;
     let need = min_queries(p, confidence)?;
@@ -87,10 +106,17 @@ pub fn latency_estimate(sorted: &[f64], p: f64, confidence: f64) -> Result<Early
             ],
         });
     }
-    // The largest t with n ≥ h_min(t) + t.
-    let mut t = 1u64;
-    while t < n && min_passing(t + 1, p, confidence)? + t < n {
-        t += 1;
+    // The largest t with h_min(t) + t ≤ n. h_min is nondecreasing in t (the binomial tail grows
+    // with t), so h_min(t) + t is increasing: bisect between t = 1 (≤ n, checked above) and
+    // t = n (> n, since h_min ≥ 1) — at most 64 steps, where counting up would take n.
+    let (mut t, mut over) = (1u64, n);
+    while over - t > 1 {
+        let mid = t + (over - t) / 2;
+        if queries_needed(mid, p, confidence)?.is_some_and(|q| q <= n) {
+            t = mid;
+        } else {
+            over = mid;
+        }
     }
     let estimate = sorted[(n - t) as usize];
     Ok(EarlyStopping {
@@ -110,8 +136,9 @@ pub fn latency_estimate(sorted: &[f64], p: f64, confidence: f64) -> Result<Early
 /// # Errors
 /// As [`min_passing`].
 pub fn server(n: u64, over: u64, p: f64, confidence: f64) -> Result<EarlyStopping> {
-    let h = min_passing(over, p, confidence)?;
-    let needed = h + over;
+    let needed = queries_needed(over, p, confidence)?.ok_or_else(|| {
+        PerfError::Settings(format!("early stopping with {over} queries over the bound needs more than u64::MAX"))
+    })?;
     let met = n >= needed;
     let lines = if met {
         vec![" * Run successful.".to_string()]

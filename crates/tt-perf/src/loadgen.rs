@@ -706,10 +706,10 @@ fn collect(
         if let Some(ft) = r.first_token_ns {
             first_token_ns.push(ft.saturating_sub(r.scheduled_ns));
             if let Some(n) = r.tokens.filter(|&n| n >= 2) {
-                time_per_output_token_ns.push(done.saturating_sub(ft) / (n as u64 - 1));
+                time_per_output_token_ns.push(done.saturating_sub(ft) / (u64::from(n) - 1));
             }
         }
-        tokens += r.tokens.unwrap_or(0) as u64;
+        tokens += u64::from(r.tokens.unwrap_or(0));
     }
     let mut accuracy: Vec<(usize, Vec<u8>)> = Vec::new();
     if settings.mode == Mode::AccuracyOnly {
