@@ -34,7 +34,9 @@ pub fn min_passing(t: u64, p: f64, confidence: f64) -> Result<u64> {
     let passes = |h: u64| -> Result<bool> {
         let o = odds(h, t, p);
         if o.is_nan() {
-            return Err(PerfError::Stats(format!("early stopping odds for h = {h}, t = {t}, p = {p} are not a number")));
+            return Err(PerfError::Stats(format!(
+                "early stopping odds for h = {h}, t = {t}, p = {p} are not a number"
+            )));
         }
         Ok(o < target)
     };

@@ -188,10 +188,7 @@ impl TestSettings {
         duration_ns("target_latency", self.target_latency)?;
         duration_ns("completion_timeout", self.completion_timeout)?;
         if !(self.target_latency_percentile > 0.0 && self.target_latency_percentile < 1.0) {
-            return bad(
-                "target_latency_percentile",
-                format!("{} is outside (0, 1)", self.target_latency_percentile),
-            );
+            return bad("target_latency_percentile", format!("{} is outside (0, 1)", self.target_latency_percentile));
         }
         if self.scenario == Scenario::Server && !(self.server_target_qps.is_finite() && self.server_target_qps > 0.0) {
             return bad("server_target_qps", format!("{} must be a positive number", self.server_target_qps));
@@ -219,7 +216,7 @@ impl TestSettings {
             // count alone takes min_query_count / rate seconds, which must stay on the clock.
             let by_count_ns = self.min_query_count as f64 / self.server_target_qps * 1e9;
             let horizon = by_count_ns.max(min_ns as f64).min(max_ns.map_or(f64::INFINITY, |m| m as f64));
-            if !(horizon < u64::MAX as f64) {
+            if horizon.is_nan() || horizon >= u64::MAX as f64 {
                 return bad(
                     "server_target_qps",
                     format!(
@@ -246,7 +243,7 @@ impl TestSettings {
             }
             Scenario::Server => {
                 let by_rate = self.server_target_qps * self.min_duration.as_secs_f64();
-                if !(by_rate <= MAX_SAMPLES as f64) {
+                if by_rate.is_nan() || by_rate > MAX_SAMPLES as f64 {
                     return Err(PerfError::InvalidSetting {
                         field: "server_target_qps",
                         reason: format!(
@@ -266,7 +263,7 @@ impl TestSettings {
     fn offline_sample_count(&self) -> Result<u64> {
         // The relative nudge keeps 500 · 0.1 · 1.1 = 55.000000000000007 at 55.
         let by_rate = (self.offline_expected_qps * self.min_duration.as_secs_f64() * 1.1 * (1.0 - 1e-12)).ceil();
-        if !(by_rate <= MAX_SAMPLES as f64) {
+        if by_rate.is_nan() || by_rate > MAX_SAMPLES as f64 {
             return Err(PerfError::InvalidSetting {
                 field: "offline_expected_qps",
                 reason: format!(
@@ -636,7 +633,9 @@ impl Issuer<'_> {
                 for (k, &at) in times.iter().enumerate() {
                     let due = start.checked_add(at).ok_or_else(|| PerfError::InvalidSetting {
                         field: "min_duration",
-                        reason: format!("arrival {at} ns after a start at {start} ns passes the clock's u64 nanoseconds"),
+                        reason: format!(
+                            "arrival {at} ns after a start at {start} ns passes the clock's u64 nanoseconds"
+                        ),
                     })?;
                     self.shared.clock.sleep_until_ns(due);
                     self.issue(&idx[k..k + 1], due);
@@ -742,10 +741,8 @@ fn collect(
 /// would pass [`MAX_SAMPLES`] arrivals or the clock's `u64` nanoseconds.
 pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
     s.validate()?;
-    let gap = Exp::new(s.server_target_qps).map_err(|e| PerfError::InvalidSetting {
-        field: "server_target_qps",
-        reason: e.to_string(),
-    })?;
+    let gap = Exp::new(s.server_target_qps)
+        .map_err(|e| PerfError::InvalidSetting { field: "server_target_qps", reason: e.to_string() })?;
     let mut sched = ChaCha8Rng::seed_from_u64(s.schedule_seed);
     let min_ns = duration_ns("min_duration", s.min_duration)? as f64;
     let cap_ns = s.max_duration.map(|m| duration_ns("max_duration", m)).transpose()?.map(|c| c as f64);
@@ -757,7 +754,7 @@ pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
         if cap_ns.is_some_and(|c| t >= c) {
             break;
         }
-        if !(t < u64::MAX as f64) {
+        if t.is_nan() || t >= u64::MAX as f64 {
             return Err(PerfError::InvalidSetting {
                 field: "server_target_qps",
                 reason: format!(

@@ -140,7 +140,11 @@ pub fn bootstrap_ci(
         return Err(PerfError::Stats("a bootstrap needs samples and at least one resample".into()));
     }
     if resamples > MAX_RESAMPLES {
-        return Err(PerfError::TooLarge { what: "bootstrap resamples".into(), count: resamples as u128, limit: MAX_RESAMPLES as u64 });
+        return Err(PerfError::TooLarge {
+            what: "bootstrap resamples".into(),
+            count: resamples as u128,
+            limit: MAX_RESAMPLES as u64,
+        });
     }
     if !(level > 0.0 && level < 1.0) {
         return Err(PerfError::Stats(format!("confidence level {level} is outside (0, 1)")));
