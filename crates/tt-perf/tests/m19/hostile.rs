@@ -267,12 +267,19 @@ fn early_stopping_with_extreme_counts_terminates() {
     }
     // The doubling used to wrap to 0 and spin forever; now it says why it stopped.
     let e = finishes(10, || early_stopping::min_passing(u64::MAX, 0.99, CONFIDENCE)).unwrap_err();
-    assert!(e.to_string().contains("u64::MAX"), "{e}");
+    assert!(e.to_string().contains(&u64::MAX.to_string()), "names t: {e}");
     assert!(early_stopping::server(0, u64::MAX, 0.99, CONFIDENCE).is_err());
     for bad in [0.0, 1.0, f64::NAN, f64::INFINITY, -1.0] {
         assert!(early_stopping::min_passing(1, bad, CONFIDENCE).is_err());
         assert!(early_stopping::min_passing(1, 0.9, bad).is_err());
     }
+    // odds is public too: a p that is not a probability is NaN, not statrs' panic.
+    for bad in [2.0, -0.5, f64::NAN, f64::INFINITY] {
+        assert!(early_stopping::odds(1, 0, bad).is_nan(), "{bad}");
+    }
+    assert_eq!(early_stopping::odds(0, u64::MAX, f64::NAN), 1.0);
+    // statrs' -inf here is past its precision: no answer, rather than a wrong one.
+    assert!(early_stopping::odds(u64::MAX, u64::MAX, 0.5).is_nan());
 }
 
 /// The linear scan `latency_estimate` used before it bisected: the reference it must agree with.
@@ -458,6 +465,8 @@ proptest! {
     #[test]
     fn early_stopping_never_panics_or_hangs(t in counts(), n in counts(), p in probabilities(), c in probabilities()) {
         finishes(30, move || {
+            let o = early_stopping::odds(n, t, p);
+            assert!(o.is_nan() || (0.0..=1.0).contains(&o), "{o}");
             if let Ok(h) = early_stopping::min_passing(t, p, c) {
                 assert!(h >= 1);
             }
