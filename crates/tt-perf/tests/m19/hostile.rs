@@ -309,6 +309,28 @@ fn latency_estimate_bisection_matches_the_linear_scan() {
 }
 
 #[test]
+fn a_hand_built_run_log_is_judged_or_refused_never_a_panic() {
+    let base = valid_single_stream().log;
+    // MultiStream with no per-query latencies: nothing to take a percentile of.
+    let mut log = base.clone();
+    log.settings.scenario = Scenario::MultiStream;
+    log.query_latencies_ns.clear();
+    assert!(results::judge(log).is_err());
+    // Counters and latencies at u64::MAX are judged (INVALID or not), without overflow.
+    for scenario in [Scenario::SingleStream, Scenario::Server, Scenario::Offline] {
+        let mut log = base.clone();
+        log.settings.scenario = scenario;
+        log.queries_issued = u64::MAX;
+        log.final_query_issued_ns = u64::MAX;
+        log.final_query_scheduled_ns = u64::MAX;
+        log.final_completion_ns = u64::MAX;
+        log.sample_latencies_ns.iter_mut().for_each(|l| *l = u64::MAX);
+        let j = results::judge(log).unwrap();
+        let _ = (j.summary_text(), j.detail_json());
+    }
+}
+
+#[test]
 fn the_manual_clock_saturates() {
     let c = ManualClock::new();
     c.advance(u64::MAX);
