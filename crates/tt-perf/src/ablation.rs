@@ -27,18 +27,44 @@ impl Factor {
 /// One level index per factor.
 pub type Config = Vec<usize>;
 
+/// The most configurations [`full_factorial`] lists: each is a whole measured run, and the list
+/// is built in memory, so a design beyond this is a mistake (twenty two-level factors).
+pub const MAX_CONFIGURATIONS: u64 = 1 << 20;
+
 /// Every combination, the first factor varying slowest.
-pub fn full_factorial(factors: &[Factor]) -> Vec<Config> {
+///
+/// # Errors
+/// [`PerfError::TooLarge`] when the product of the level counts is above
+/// [`MAX_CONFIGURATIONS`], found before anything is allocated.
+pub fn full_factorial(factors: &[Factor]) -> Result<Vec<Config>> {
+    // Saturating: once past the limit the exact product no longer matters.
+    let count = factors.iter().fold(1u128, |n, f| n.saturating_mul(f.levels.len() as u128));
+    if count > u128::from(MAX_CONFIGURATIONS) {
+        return Err(PerfError::TooLarge {
+            what: format!("the full factorial of {} factors", factors.len()),
+            count,
+            limit: MAX_CONFIGURATIONS,
+        });
+    }
     let mut out: Vec<Config> = vec![Vec::new()];
     for f in factors {
         out = out.into_iter().flat_map(|c| (0..f.levels.len()).map(move |l| [c.clone(), vec![l]].concat())).collect();
     }
-    out
+    Ok(out)
 }
 
-/// `"kv=on kernels=accel …"`.
+/// `"kv=on kernels=accel …"`. A level out of its factor's range is shown as `name=#level?`
+/// (the name is used in the errors that report such configurations).
 pub fn config_name(factors: &[Factor], config: &[usize]) -> String {
-    factors.iter().zip(config).map(|(f, &l)| format!("{}={}", f.name, f.levels[l])).collect::<Vec<_>>().join(" ")
+    factors
+        .iter()
+        .zip(config)
+        .map(|(f, &l)| match f.levels.get(l) {
+            Some(level) => format!("{}={level}", f.name),
+            None => format!("{}=#{l}?", f.name),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What one configuration measured.

@@ -31,7 +31,8 @@ impl Default for RealClock {
 
 impl Clock for RealClock {
     fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+        // Saturates rather than wraps: after 584 years time stops, it never restarts at 0.
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
     fn sleep_until_ns(&self, t: u64) {
         // Sleep most of the way, then spin: thread::sleep overshoots by tens of microseconds,
@@ -61,8 +62,10 @@ impl ManualClock {
     pub fn new() -> ManualClock {
         ManualClock::default()
     }
+    /// Moves time on by `ns`, saturating at `u64::MAX`: a wrapped clock would run backwards.
     pub fn advance(&self, ns: u64) {
-        self.now.fetch_add(ns, Ordering::SeqCst);
+        // fetch_update's closure always returns Some, so the Err arm cannot happen.
+        let _ = self.now.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.saturating_add(ns)));
     }
 }
 

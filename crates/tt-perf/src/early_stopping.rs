@@ -12,39 +12,75 @@ use crate::{PerfError, Result};
 pub const CONFIDENCE: f64 = 0.99;
 
 /// `P(at least h of h + t queries under the bound | each is under with probability p)`.
+///
+/// NaN — no answer — when `p` is not a probability (outside `[0, 1]`, or NaN), or when statrs'
+/// incomplete beta comes out outside `[0, 1]`, as it can near the distribution's centre once
+/// `h + t` passes about 10⁶ (its continued fraction stops at 140 terms; there it also drifts
+/// within `[0, 1]`, which no check can see; the searches below compare against `1 − confidence`
+/// in the tail, where it is accurate, and near the centre the odds are far above that, so a drift
+/// there does not flip a comparison).
 pub fn odds(h: u64, t: u64, p: f64) -> f64 {
     if h == 0 {
         return 1.0;
     }
-    statrs::function::beta::beta_reg(h as f64, t as f64 + 1.0, p)
+    // statrs' unchecked beta_reg panics on such a p.
+    statrs::function::beta::checked_beta_reg(h as f64, t as f64 + 1.0, p)
+        .ok()
+        .filter(|o| (0.0..=1.0).contains(o))
+        .unwrap_or(f64::NAN)
 }
 
 /// The smallest `h` with `odds(h, t, p) < 1 − confidence` (LoadGen's strict comparison).
 ///
 /// # Errors
-/// `p` or `confidence` outside `(0, 1)`.
+/// `p` or `confidence` outside `(0, 1)`; an `h` that does not fit `u64` (a huge `t`, or `p`
+/// within rounding of 1); odds with no answer ([`odds`] is NaN) on the way, refused rather than
+/// bisected on.
 pub fn min_passing(t: u64, p: f64, confidence: f64) -> Result<u64> {
+    smallest_passing(t, p, confidence, u64::MAX)?.ok_or_else(|| {
+        PerfError::Settings(format!(
+            "early stopping with {t} queries over the bound at p = {p} needs more than u64::MAX passing queries"
+        ))
+    })
+}
+
+/// [`min_passing`] searched only up to `cap`: `None` when even `h = cap` fails. Searching no
+/// further than needed keeps the odds in the tail, where they are accurate.
+fn smallest_passing(t: u64, p: f64, confidence: f64, cap: u64) -> Result<Option<u64>> {
     if !(p > 0.0 && p < 1.0 && confidence > 0.0 && confidence < 1.0) {
         return Err(PerfError::Settings(format!(
             "early stopping needs p and confidence in (0, 1), got {p}, {confidence}"
         )));
     }
-    // odds falls as h grows; bracket by doubling, then bisect.
     let target = 1.0 - confidence;
+    let passes = |h: u64| -> Result<bool> {
+        let o = odds(h, t, p);
+        if o.is_nan() {
+            return Err(PerfError::Stats(format!(
+                "early stopping odds for h = {h}, t = {t}, p = {p} are beyond the incomplete beta's precision"
+            )));
+        }
+        Ok(o < target)
+    };
+    // odds falls as h grows; bracket by doubling (hi strictly grows to cap: at most 64 times),
+    // then bisect (at most 63 halvings of the bracket).
     let mut hi = 1u64;
-    while odds(hi, t, p) >= target {
-        hi *= 2;
+    while !passes(hi)? {
+        if hi >= cap {
+            return Ok(None);
+        }
+        hi = hi.saturating_mul(2).min(cap);
     }
-    let mut lo = hi / 2; // odds(lo) >= target, or lo == 0
+    let mut lo = hi / 2; // fails, or lo == 0
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if odds(mid, t, p) < target {
+        if passes(mid)? {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    Ok(hi)
+    Ok(Some(hi))
 }
 
 /// Minimum query count for a latency-percentile claim at all (`t = 1`): 64 for p90, 662 for p99.
@@ -52,7 +88,9 @@ pub fn min_passing(t: u64, p: f64, confidence: f64) -> Result<u64> {
 /// # Errors
 /// As [`min_passing`].
 pub fn min_queries(p: f64, confidence: f64) -> Result<u64> {
-    Ok(min_passing(1, p, confidence)? + 1)
+    min_passing(1, p, confidence)?
+        .checked_add(1)
+        .ok_or_else(|| PerfError::Settings(format!("early stopping at p = {p} needs more than u64::MAX queries")))
 }
 
 /// The outcome of the criterion for one run.
@@ -72,7 +110,7 @@ pub struct EarlyStopping {
 /// percentile estimate the run's length supports. `sorted` are the ascending query latencies.
 ///
 /// # Errors
-/// As [`min_passing`]; no latencies.
+/// As [`min_passing`].
 pub fn latency_estimate(sorted: &[f64], p: f64, confidence: f64) -> Result<EarlyStopping> {
     let n = sorted.len() as u64;
     let need = min_queries(p, confidence)?;
@@ -87,10 +125,18 @@ pub fn latency_estimate(sorted: &[f64], p: f64, confidence: f64) -> Result<Early
             ],
         });
     }
-    // The largest t with n ≥ h_min(t) + t.
-    let mut t = 1u64;
-    while t < n && min_passing(t + 1, p, confidence)? + t < n {
-        t += 1;
+    // The largest t with h_min(t) + t ≤ n. h_min is nondecreasing in t (the binomial tail grows
+    // with t), so h_min(t) + t is increasing: bisect between t = 1 (≤ n, checked above) and
+    // t = n (> n, since h_min ≥ 1) — at most 64 steps, where counting up would take n. Each
+    // search stops at h = n − t, so it never wanders where the odds are inaccurate.
+    let (mut t, mut over) = (1u64, n);
+    while over - t > 1 {
+        let mid = t + (over - t) / 2;
+        if smallest_passing(mid, p, confidence, n - mid)?.is_some() {
+            t = mid;
+        } else {
+            over = mid;
+        }
     }
     let estimate = sorted[(n - t) as usize];
     Ok(EarlyStopping {
@@ -110,8 +156,9 @@ pub fn latency_estimate(sorted: &[f64], p: f64, confidence: f64) -> Result<Early
 /// # Errors
 /// As [`min_passing`].
 pub fn server(n: u64, over: u64, p: f64, confidence: f64) -> Result<EarlyStopping> {
-    let h = min_passing(over, p, confidence)?;
-    let needed = h + over;
+    let needed = min_passing(over, p, confidence)?.checked_add(over).ok_or_else(|| {
+        PerfError::Settings(format!("early stopping with {over} queries over the bound needs more than u64::MAX"))
+    })?;
     let met = n >= needed;
     let lines = if met {
         vec![" * Run successful.".to_string()]

@@ -6,6 +6,15 @@ pub enum PerfError {
     /// A test setting or an argument is out of range; the message names it.
     #[error("invalid setting: {0}")]
     Settings(String),
+    /// A field of [`crate::loadgen::TestSettings`] is out of range, or would overflow the run's
+    /// arithmetic (a duration beyond the clock's `u64` nanoseconds, a rate that is not a positive
+    /// number, a count beyond [`crate::loadgen::MAX_SAMPLES`]); `field` is the field's name.
+    #[error("invalid setting {field}: {reason}")]
+    InvalidSetting { field: &'static str, reason: String },
+    /// A count claimed by a library or a caller is beyond what a run may allocate; refused
+    /// before allocating.
+    #[error("{what} is {count}, above the limit of {limit}")]
+    TooLarge { what: String, count: u128, limit: u64 },
     /// The system under test answered wrongly: an unknown or repeated response id, a missing response.
     #[error("system under test: {0}")]
     Sut(String),

@@ -72,8 +72,43 @@ impl Mode {
     }
 }
 
+/// The most samples one run may issue, and the most a library may claim: a run keeps a record
+/// per sample (about 100 bytes), so beyond this the records alone take gigabytes. A larger count
+/// is a typo or a hostile library, refused before anything is allocated.
+pub const MAX_SAMPLES: u64 = 100_000_000;
+
+/// FindPeakPerformance bisection steps beyond this cannot move an `f64` rate (each halves the
+/// bracket), and each step is a whole run.
+pub const MAX_PEAK_SEARCH_STEPS: usize = 64;
+
+/// A duration as the clock's `u64` nanoseconds. One beyond about 584 years does not fit and is
+/// refused: truncating it would turn a 584-year minimum into a fraction of a second.
+pub(crate) fn duration_ns(field: &'static str, d: Duration) -> Result<u64> {
+    u64::try_from(d.as_nanos()).map_err(|_| PerfError::InvalidSetting {
+        field,
+        reason: format!("{d:?} does not fit the clock's u64 nanoseconds (about 584 years)"),
+    })
+}
+
+/// `n` if it is within [`MAX_SAMPLES`], else an error naming `field`.
+fn within_sample_limit(field: &'static str, n: u64) -> Result<u64> {
+    if n > MAX_SAMPLES {
+        return Err(PerfError::InvalidSetting {
+            field,
+            reason: format!(
+                "the run would issue {n} samples, above the limit of {MAX_SAMPLES}; lower the rate, duration or query count"
+            ),
+        });
+    }
+    Ok(n)
+}
+
 /// LoadGen's test settings. [`TestSettings::official`] holds MLPerf's minimums; benchmarks here
 /// scale durations down and must say so (the summary prints every setting).
+///
+/// The fields are public for struct-update syntax; every entry point that reads them
+/// ([`start_test`], [`poisson_schedule`], [`find_peak`], [`crate::results::judge`]) runs
+/// [`TestSettings::validate`] first, so a field changed after construction is checked at use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TestSettings {
     pub scenario: Scenario,
@@ -99,7 +134,8 @@ pub struct TestSettings {
     pub schedule_seed: u64,
     /// How long to wait for outstanding responses after the last query before failing the run.
     pub completion_timeout: Duration,
-    /// FindPeakPerformance: bisection steps after the valid/invalid bracket is found.
+    /// FindPeakPerformance: bisection steps after the valid/invalid bracket is found (at most
+    /// [`MAX_PEAK_SEARCH_STEPS`]).
     pub peak_search_steps: usize,
 }
 
@@ -118,6 +154,7 @@ impl TestSettings {
     }
 
     /// The same rules with a shorter minimum duration and query count (state both when reporting).
+    /// Nothing is checked here; [`TestSettings::validate`] is, at every use.
     pub fn scaled(scenario: Scenario, min_duration: Duration, min_query_count: u64) -> TestSettings {
         TestSettings {
             scenario,
@@ -139,37 +176,105 @@ impl TestSettings {
     }
 
     /// # Errors
-    /// A setting out of range, named.
+    /// [`PerfError::InvalidSetting`] naming the field: a duration beyond the clock's `u64`
+    /// nanoseconds; a percentile outside (0, 1); the scenario's rate not a positive finite
+    /// number; no samples per MultiStream query; FindPeakPerformance outside Server; more than
+    /// [`MAX_PEAK_SEARCH_STEPS`]; a run that would issue more than [`MAX_SAMPLES`] samples; a
+    /// Server schedule that would run past the clock's range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(PerfError::Settings(m));
+        let bad = |field, reason: String| Err(PerfError::InvalidSetting { field, reason });
+        let min_ns = duration_ns("min_duration", self.min_duration)?;
+        let max_ns = self.max_duration.map(|d| duration_ns("max_duration", d)).transpose()?;
+        duration_ns("target_latency", self.target_latency)?;
+        duration_ns("completion_timeout", self.completion_timeout)?;
         if !(self.target_latency_percentile > 0.0 && self.target_latency_percentile < 1.0) {
-            return bad(format!("target_latency_percentile {} is outside (0, 1)", self.target_latency_percentile));
+            return bad("target_latency_percentile", format!("{} is outside (0, 1)", self.target_latency_percentile));
         }
         if self.scenario == Scenario::Server && !(self.server_target_qps.is_finite() && self.server_target_qps > 0.0) {
-            return bad(format!("server_target_qps {} must be a positive number", self.server_target_qps));
+            return bad("server_target_qps", format!("{} must be a positive number", self.server_target_qps));
         }
         if self.scenario == Scenario::Offline
             && !(self.offline_expected_qps.is_finite() && self.offline_expected_qps > 0.0)
         {
-            return bad(format!("offline_expected_qps {} must be a positive number", self.offline_expected_qps));
+            return bad("offline_expected_qps", format!("{} must be a positive number", self.offline_expected_qps));
         }
         if self.scenario == Scenario::MultiStream && self.multi_stream_samples_per_query == 0 {
-            return bad("multi_stream_samples_per_query must be at least 1".into());
+            return bad("multi_stream_samples_per_query", "must be at least 1".into());
         }
         if self.mode == Mode::FindPeakPerformance && self.scenario != Scenario::Server {
-            return bad(format!("FindPeakPerformance applies to Server, not {}", self.scenario.name()));
+            return bad("mode", format!("FindPeakPerformance applies to Server, not {}", self.scenario.name()));
         }
-        // A planned run beyond ~100M samples is a typo (and would allocate gigabytes of records).
-        let planned = match self.scenario {
-            Scenario::Server => self.server_target_qps * self.min_duration.as_secs_f64(),
-            Scenario::Offline => self.offline_expected_qps * self.min_duration.as_secs_f64() * 1.1,
-            _ => 0.0,
+        if self.peak_search_steps > MAX_PEAK_SEARCH_STEPS {
+            return bad(
+                "peak_search_steps",
+                format!("{} is above the limit of {MAX_PEAK_SEARCH_STEPS}", self.peak_search_steps),
+            );
         }
-        .max(self.min_query_count as f64);
-        if planned > 1e8 {
-            return bad(format!("the run would issue {planned:.0} samples; lower the rate, duration or query count"));
+        self.planned_samples()?;
+        if self.scenario == Scenario::Server {
+            // The schedule runs until both minimums are covered (or max_duration): the minimum
+            // count alone takes min_query_count / rate seconds, which must stay on the clock.
+            let by_count_ns = self.min_query_count as f64 / self.server_target_qps * 1e9;
+            let horizon = by_count_ns.max(min_ns as f64).min(max_ns.map_or(f64::INFINITY, |m| m as f64));
+            if horizon.is_nan() || horizon >= u64::MAX as f64 {
+                return bad(
+                    "server_target_qps",
+                    format!(
+                        "{} queries at {}/s would take {:.3e} s, beyond the clock's u64 nanoseconds",
+                        self.min_query_count,
+                        self.server_target_qps,
+                        by_count_ns / 1e9
+                    ),
+                );
+            }
         }
         Ok(())
+    }
+
+    /// The fewest samples a performance run issues (SingleStream and MultiStream issue more when
+    /// the system reaches `min_duration` after `min_query_count`), within [`MAX_SAMPLES`].
+    fn planned_samples(&self) -> Result<u64> {
+        let queries = within_sample_limit("min_query_count", self.min_query_count.max(1))?;
+        match self.scenario {
+            Scenario::SingleStream => Ok(queries),
+            Scenario::MultiStream => {
+                let per_query = self.multi_stream_samples_per_query as u64;
+                within_sample_limit("multi_stream_samples_per_query", queries.saturating_mul(per_query))
+            }
+            Scenario::Server => {
+                let by_rate = self.server_target_qps * self.min_duration.as_secs_f64();
+                if by_rate.is_nan() || by_rate > MAX_SAMPLES as f64 {
+                    return Err(PerfError::InvalidSetting {
+                        field: "server_target_qps",
+                        reason: format!(
+                            "{}/s for {:?} would issue {by_rate:.3e} samples, above the limit of {MAX_SAMPLES}",
+                            self.server_target_qps, self.min_duration
+                        ),
+                    });
+                }
+                Ok(queries)
+            }
+            Scenario::Offline => self.offline_sample_count(),
+        }
+    }
+
+    /// Offline's sample count, `max(min_query_count, ⌈expected_qps · min_duration · 1.1⌉, 1)`,
+    /// within [`MAX_SAMPLES`].
+    fn offline_sample_count(&self) -> Result<u64> {
+        // The relative nudge keeps 500 · 0.1 · 1.1 = 55.000000000000007 at 55.
+        let by_rate = (self.offline_expected_qps * self.min_duration.as_secs_f64() * 1.1 * (1.0 - 1e-12)).ceil();
+        if by_rate.is_nan() || by_rate > MAX_SAMPLES as f64 {
+            return Err(PerfError::InvalidSetting {
+                field: "offline_expected_qps",
+                reason: format!(
+                    "{}/s for {:?} would issue {by_rate:.3e} samples, above the limit of {MAX_SAMPLES}",
+                    self.offline_expected_qps, self.min_duration
+                ),
+            });
+        }
+        // An integer within [0, MAX_SAMPLES] (negative rates were refused): converted exactly.
+        let n = (by_rate.max(0.0) as u64).max(self.min_query_count).max(1);
+        within_sample_limit("min_query_count", n)
     }
 }
 
@@ -332,14 +437,30 @@ pub struct RunLog {
 /// Run one test: load samples, issue queries per the scenario, wait for every response.
 ///
 /// # Errors
-/// Invalid settings; an empty library; the system answering an unknown id twice or not at all
-/// within `completion_timeout`; the library's own load errors.
+/// Invalid settings ([`TestSettings::validate`]); an empty library, or one claiming more than
+/// [`MAX_SAMPLES`] samples ([`PerfError::TooLarge`], before anything is allocated); a
+/// SingleStream or MultiStream run reaching [`MAX_SAMPLES`] before its minimum duration; the
+/// system answering an unknown id, twice, or not at all within `completion_timeout`; the
+/// library's own load errors.
 pub fn start_test(
     sut: &dyn SystemUnderTest,
     qsl: &mut dyn QuerySampleLibrary,
     settings: &TestSettings,
 ) -> Result<RunLog> {
     start_test_with_clock(sut, qsl, settings, Arc::new(RealClock::new()))
+}
+
+/// A library's claimed count, refused above [`MAX_SAMPLES`]: it sizes the sample choice and,
+/// for accuracy runs, one record per sample.
+fn library_count(qsl: &dyn QuerySampleLibrary, what: &str, n: usize) -> Result<usize> {
+    if n as u128 > u128::from(MAX_SAMPLES) {
+        return Err(PerfError::TooLarge {
+            what: format!("library {}'s {what}", qsl.name()),
+            count: n as u128,
+            limit: MAX_SAMPLES,
+        });
+    }
+    Ok(n)
 }
 
 /// [`start_test`] on a given clock (tests use a [`crate::clock::ManualClock`]).
@@ -353,8 +474,8 @@ pub fn start_test_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<RunLog> {
     settings.validate()?;
-    let total = qsl.total_sample_count();
-    let perf = qsl.performance_sample_count().min(total);
+    let total = library_count(qsl, "total_sample_count", qsl.total_sample_count())?;
+    let perf = library_count(qsl, "performance_sample_count", qsl.performance_sample_count())?.min(total);
     if total == 0 || perf == 0 {
         return Err(PerfError::Settings(format!("library {} has no samples to issue", qsl.name())));
     }
@@ -366,14 +487,23 @@ pub fn start_test_with_clock(
         keep_data: accuracy,
     });
     let responder = Responder { shared: shared.clone() };
-    let mut run =
-        Issuer { sut, settings, shared: &shared, responder: &responder, queries: 0, final_issue: 0, start: None };
+    let mut run = Issuer {
+        sut,
+        settings,
+        min_ns: duration_ns("min_duration", settings.min_duration)?,
+        max_ns: settings.max_duration.map(|d| duration_ns("max_duration", d)).transpose()?,
+        shared: &shared,
+        responder: &responder,
+        queries: 0,
+        final_issue: 0,
+        start: None,
+    };
     if accuracy {
-        let all: Vec<usize> = (0..total).collect();
-        for chunk in all.chunks(perf) {
-            qsl.load_samples(chunk)?;
-            let issued = run.accuracy_chunk(chunk);
-            qsl.unload_samples(chunk)?;
+        for first in (0..total).step_by(perf) {
+            let chunk: Vec<usize> = (first..total.min(first + perf)).collect();
+            qsl.load_samples(&chunk)?;
+            let issued = run.accuracy_chunk(&chunk);
+            qsl.unload_samples(&chunk)?;
             issued?;
         }
     } else {
@@ -394,9 +524,12 @@ pub fn start_test_with_clock(
 struct Issuer<'a> {
     sut: &'a dyn SystemUnderTest,
     settings: &'a TestSettings,
+    /// `settings.min_duration` and `max_duration` in the clock's nanoseconds.
+    min_ns: u64,
+    max_ns: Option<u64>,
     shared: &'a Arc<Shared>,
     responder: &'a Responder,
-    queries: u64,
+    queries: usize,
     final_issue: u64,
     /// When issuing began (after the first load).
     start: Option<u64>,
@@ -410,7 +543,7 @@ impl Issuer<'_> {
     /// Appends records for one query; returns their samples.
     fn register(&mut self, indices: &[usize], scheduled_ns: u64) -> Vec<QuerySample> {
         let mut l = self.shared.ledger.lock().expect("ledger lock");
-        let q = self.queries as usize;
+        let q = self.queries;
         let first = l.records.len() as u64;
         l.records.extend(indices.iter().map(|&index| Record { index, query: q, scheduled_ns, ..Record::default() }));
         self.queries += 1;
@@ -426,7 +559,11 @@ impl Issuer<'_> {
 
     /// Blocks until `n` records are complete (or the timeout passes, or the system misbehaved).
     fn wait_completed(&self, n: usize) -> Result<()> {
-        let deadline = std::time::Instant::now() + self.settings.completion_timeout;
+        let timeout = self.settings.completion_timeout;
+        let deadline = std::time::Instant::now().checked_add(timeout).ok_or_else(|| PerfError::InvalidSetting {
+            field: "completion_timeout",
+            reason: format!("{timeout:?} from now is beyond the system clock's range"),
+        })?;
         let mut l = self.shared.ledger.lock().expect("ledger lock");
         loop {
             if let Some(e) = &l.error {
@@ -438,9 +575,8 @@ impl Issuer<'_> {
             let now = std::time::Instant::now();
             if now >= deadline {
                 return Err(PerfError::Timeout(format!(
-                    "{} of {n} responses missing after {:?}",
-                    n - l.completed,
-                    self.settings.completion_timeout
+                    "{} of {n} responses missing after {timeout:?}",
+                    n - l.completed
                 )));
             }
             l = self.shared.changed.wait_timeout(l, deadline - now).expect("ledger lock").0;
@@ -451,12 +587,13 @@ impl Issuer<'_> {
     /// the minimum would leave the last issue before it.
     fn minimums_met(&self, start: u64) -> bool {
         self.queries > 0
-            && self.final_issue.saturating_sub(start) >= self.settings.min_duration.as_nanos() as u64
-            && self.queries >= self.settings.min_query_count
+            && self.final_issue.saturating_sub(start) >= self.min_ns
+            && self.queries as u64 >= self.settings.min_query_count
     }
 
     fn over_max(&self, start: u64) -> bool {
-        self.settings.max_duration.is_some_and(|m| self.now() - start >= m.as_nanos() as u64)
+        // Saturating: a `Clock` is the caller's and may step backwards.
+        self.max_ns.is_some_and(|m| self.now().saturating_sub(start) >= m)
     }
 
     fn performance(&mut self, loaded: &[usize]) -> Result<()> {
@@ -469,8 +606,19 @@ impl Issuer<'_> {
         match s.scenario {
             Scenario::SingleStream | Scenario::MultiStream => {
                 let per_query = if s.scenario == Scenario::SingleStream { 1 } else { s.multi_stream_samples_per_query };
-                let mut issued = 0;
+                let mut issued = 0usize;
                 while !self.minimums_met(start) && !self.over_max(start) {
+                    // A fast system under a long minimum duration would otherwise grow the
+                    // records without bound; validate() keeps per_query within the limit.
+                    if (issued + per_query) as u64 > MAX_SAMPLES {
+                        return Err(PerfError::InvalidSetting {
+                            field: "min_duration",
+                            reason: format!(
+                                "the run reached the limit of {MAX_SAMPLES} samples before {:?}; set max_duration or lower min_duration",
+                                s.min_duration
+                            ),
+                        });
+                    }
                     let idx = choose(per_query);
                     let t = self.now();
                     issued += self.issue(&idx, t);
@@ -483,19 +631,22 @@ impl Issuer<'_> {
                 let idx = choose(times.len());
                 self.shared.ledger.lock().expect("ledger lock").records.reserve(times.len());
                 for (k, &at) in times.iter().enumerate() {
-                    self.shared.clock.sleep_until_ns(start + at);
-                    self.issue(&idx[k..k + 1], start + at);
+                    let due = start.checked_add(at).ok_or_else(|| PerfError::InvalidSetting {
+                        field: "min_duration",
+                        reason: format!(
+                            "arrival {at} ns after a start at {start} ns passes the clock's u64 nanoseconds"
+                        ),
+                    })?;
+                    self.shared.clock.sleep_until_ns(due);
+                    self.issue(&idx[k..k + 1], due);
                 }
                 self.sut.flush_queries();
                 self.wait_completed(times.len())?;
             }
             Scenario::Offline => {
-                // The relative nudge keeps 500 · 0.1 · 1.1 = 55.000000000000007 at 55.
-                let n = (s.offline_expected_qps * s.min_duration.as_secs_f64() * 1.1 * (1.0 - 1e-12))
-                    .ceil()
-                    .max(s.min_query_count as f64)
-                    .max(1.0);
-                let idx = choose(n as usize);
+                // Within MAX_SAMPLES, so it fits usize.
+                let n = s.offline_sample_count()? as usize;
+                let idx = choose(n);
                 self.issue(&idx, start);
                 self.sut.flush_queries();
                 self.wait_completed(idx.len())?;
@@ -533,7 +684,7 @@ fn collect(
     qsl: &dyn QuerySampleLibrary,
     settings: &TestSettings,
     l: &Ledger,
-    queries: u64,
+    queries: usize,
     final_issue: u64,
     start: u64,
 ) -> Result<RunLog> {
@@ -541,7 +692,7 @@ fn collect(
         return Err(PerfError::Sut(e.clone()));
     }
     let mut sample_latencies_ns = Vec::with_capacity(l.records.len());
-    let mut query_latencies_ns = vec![0u64; queries as usize];
+    let mut query_latencies_ns = vec![0u64; queries];
     let (mut first_token_ns, mut time_per_output_token_ns) = (Vec::new(), Vec::new());
     let (mut tokens, mut final_completion_ns, mut final_scheduled) = (0u64, 0u64, 0u64);
     for r in &l.records {
@@ -554,10 +705,10 @@ fn collect(
         if let Some(ft) = r.first_token_ns {
             first_token_ns.push(ft.saturating_sub(r.scheduled_ns));
             if let Some(n) = r.tokens.filter(|&n| n >= 2) {
-                time_per_output_token_ns.push(done.saturating_sub(ft) / (n as u64 - 1));
+                time_per_output_token_ns.push(done.saturating_sub(ft) / (u64::from(n) - 1));
             }
         }
-        tokens += r.tokens.unwrap_or(0) as u64;
+        tokens += u64::from(r.tokens.unwrap_or(0));
     }
     let mut accuracy: Vec<(usize, Vec<u8>)> = Vec::new();
     if settings.mode == Mode::AccuracyOnly {
@@ -568,7 +719,7 @@ fn collect(
         sut_name: sut.name(),
         qsl_name: qsl.name(),
         settings: settings.clone(),
-        queries_issued: queries,
+        queries_issued: queries as u64,
         sample_latencies_ns,
         query_latencies_ns,
         first_token_ns,
@@ -586,19 +737,43 @@ fn collect(
 /// covered (as LoadGen generates the whole schedule up front), stopped at `max_duration`.
 ///
 /// # Errors
-/// A rate that is not positive and finite.
+/// Invalid settings ([`TestSettings::validate`]); a schedule that, by the draw of its gaps,
+/// would pass [`MAX_SAMPLES`] arrivals or the clock's `u64` nanoseconds.
 pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
-    let gap = Exp::new(s.server_target_qps).map_err(|e| PerfError::Settings(format!("server_target_qps: {e}")))?;
+    s.validate()?;
+    let gap = Exp::new(s.server_target_qps)
+        .map_err(|e| PerfError::InvalidSetting { field: "server_target_qps", reason: e.to_string() })?;
     let mut sched = ChaCha8Rng::seed_from_u64(s.schedule_seed);
-    let min_ns = s.min_duration.as_nanos() as f64;
-    let cap_ns = s.max_duration.map(|m| m.as_nanos() as f64);
+    let min_ns = duration_ns("min_duration", s.min_duration)? as f64;
+    let cap_ns = s.max_duration.map(|m| duration_ns("max_duration", m)).transpose()?.map(|c| c as f64);
     let mut times = Vec::new();
     let mut t = 0.0f64;
+    // Every pass pushes one arrival or stops, and the pushes are capped: the loop ends.
     while t < min_ns || (times.len() as u64) < s.min_query_count {
         t += gap.sample(&mut sched) * 1e9;
         if cap_ns.is_some_and(|c| t >= c) {
             break;
         }
+        if t.is_nan() || t >= u64::MAX as f64 {
+            return Err(PerfError::InvalidSetting {
+                field: "server_target_qps",
+                reason: format!(
+                    "at {}/s the schedule passes the clock's u64 nanoseconds after {} arrivals",
+                    s.server_target_qps,
+                    times.len()
+                ),
+            });
+        }
+        if times.len() as u64 >= MAX_SAMPLES {
+            return Err(PerfError::InvalidSetting {
+                field: "server_target_qps",
+                reason: format!(
+                    "at {}/s the schedule passes the limit of {MAX_SAMPLES} arrivals before covering {:?}",
+                    s.server_target_qps, s.min_duration
+                ),
+            });
+        }
+        // Within u64 (checked above); the sub-nanosecond fraction is dropped.
         times.push(t as u64);
     }
     Ok(times)
@@ -612,13 +787,14 @@ pub struct PeakStep {
     pub p99_ns: u64,
 }
 
-/// FindPeakPerformance: the highest Server target rate whose run is VALID, found by doubling or
-/// halving (at most 4 times) from `server_target_qps` to bracket it, then bisecting
-/// `peak_search_steps` times.
+/// FindPeakPerformance: the highest Server target rate whose run is VALID, found by doubling (at
+/// most 8 times, and never past a rate whose settings are invalid) or halving (at most 4 times)
+/// from `server_target_qps` to bracket it, then bisecting `peak_search_steps` times. Every loop
+/// is bounded by those counts, so the search ends whatever the system does.
 /// Returns every step and the judged result of the best valid run (if any).
 ///
 /// # Errors
-/// As [`start_test`]; settings that are not Server.
+/// As [`start_test`]; settings that are not Server, or invalid ([`TestSettings::validate`]).
 pub fn find_peak(
     sut: &dyn SystemUnderTest,
     qsl: &mut dyn QuerySampleLibrary,
@@ -638,18 +814,19 @@ pub fn find_peak_with_clock(
     clock: &dyn Fn() -> Arc<dyn Clock>,
 ) -> Result<(Vec<PeakStep>, Option<crate::results::Judged>)> {
     if settings.scenario != Scenario::Server {
-        return Err(PerfError::Settings(format!(
-            "FindPeakPerformance applies to Server, not {}",
-            settings.scenario.name()
-        )));
+        return Err(PerfError::InvalidSetting {
+            field: "scenario",
+            reason: format!("FindPeakPerformance applies to Server, not {}", settings.scenario.name()),
+        });
     }
+    let at = |qps: f64| TestSettings { server_target_qps: qps, mode: Mode::PerformanceOnly, ..settings.clone() };
+    at(settings.server_target_qps).validate()?;
     let mut steps = Vec::new();
     let mut best: Option<crate::results::Judged> = None;
     let mut try_qps = |qps: f64, qsl: &mut dyn QuerySampleLibrary| -> Result<bool> {
-        let s = TestSettings { server_target_qps: qps, mode: Mode::PerformanceOnly, ..settings.clone() };
         // A rate the system cannot keep up with may not finish within the completion timeout:
         // that rate is invalid, not the search.
-        let j = match start_test_with_clock(sut, qsl, &s, clock()) {
+        let j = match start_test_with_clock(sut, qsl, &at(qps), clock()) {
             Ok(log) => crate::results::judge(log)?,
             Err(PerfError::Timeout(_)) => {
                 steps.push(PeakStep { target_qps: qps, valid: false, p99_ns: u64::MAX });
@@ -669,6 +846,10 @@ pub fn find_peak_with_clock(
         let mut lo = q0;
         let mut hi = None;
         for _ in 0..8 {
+            // A doubled rate can pass MAX_SAMPLES (or infinity): the search stops below it.
+            if at(lo * 2.0).validate().is_err() {
+                break;
+            }
             if try_qps(lo * 2.0, qsl)? {
                 lo *= 2.0;
             } else {
@@ -682,6 +863,9 @@ pub fn find_peak_with_clock(
         let mut lo = None;
         // Each halving doubles the run's length (min_query_count / rate): four at most.
         for _ in 0..4 {
+            if at(hi / 2.0).validate().is_err() {
+                break;
+            }
             if try_qps(hi / 2.0, qsl)? {
                 lo = Some(hi / 2.0);
                 break;

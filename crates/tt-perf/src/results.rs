@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::early_stopping::{self, EarlyStopping, CONFIDENCE};
-use crate::loadgen::{Mode, RunLog, Scenario};
+use crate::loadgen::{duration_ns, Mode, RunLog, Scenario};
 use crate::stats::{self, Summary};
 use crate::{PerfError, Result};
 
@@ -43,9 +43,11 @@ fn summary_ns(xs: &[u64]) -> Result<Summary> {
 /// early stopping (SingleStream, MultiStream, Server).
 ///
 /// # Errors
-/// A run with no samples.
+/// The log's settings invalid ([`crate::loadgen::TestSettings::validate`]: a `RunLog`'s fields
+/// are public, so they are checked again here); a run with no samples.
 pub fn judge(log: RunLog) -> Result<Judged> {
     let s = &log.settings;
+    s.validate()?;
     let p = s.target_latency_percentile;
     if log.sample_latencies_ns.is_empty() {
         return Err(PerfError::Stats("the run has no completed samples".into()));
@@ -58,7 +60,7 @@ pub fn judge(log: RunLog) -> Result<Judged> {
     let n_samples = sorted_samples.len() as u64;
     let secs = |ns: u64| ns as f64 / 1e9;
 
-    let min_ns = s.min_duration.as_nanos() as u64;
+    let min_ns = duration_ns("min_duration", s.min_duration)?;
     let min_duration_met = match s.scenario {
         Scenario::SingleStream | Scenario::MultiStream => log.final_query_issued_ns >= min_ns,
         Scenario::Server => log.final_query_scheduled_ns >= min_ns,
@@ -68,7 +70,7 @@ pub fn judge(log: RunLog) -> Result<Judged> {
         Scenario::Offline => n_samples >= s.min_query_count,
         _ => log.queries_issued >= s.min_query_count,
     };
-    let bound = s.target_latency.as_nanos() as u64;
+    let bound = duration_ns("target_latency", s.target_latency)?;
     let (metric, value, target_percentile_ns, perf_constraints_met, early) = match s.scenario {
         Scenario::SingleStream => {
             let v = stats::percentile_sorted(&sorted_samples, p)?;

@@ -119,12 +119,16 @@ impl Summary {
     }
 }
 
+/// The most resamples [`bootstrap_ci`] takes: criterion's default is 100,000, and each one is
+/// stored, so a count far beyond it is a typo that would otherwise allocate without bound.
+pub const MAX_RESAMPLES: usize = 10_000_000;
+
 /// Percentile bootstrap confidence interval of `statistic` (criterion's method): resample with
 /// replacement `resamples` times, seeded, and take the `(1 − level)/2` and `(1 + level)/2`
 /// interpolated percentiles of the statistic.
 ///
 /// # Errors
-/// No samples, `resamples == 0`, or `level` outside `(0, 1)`.
+/// No samples, `resamples` 0 or above [`MAX_RESAMPLES`], or `level` outside `(0, 1)`.
 pub fn bootstrap_ci(
     xs: &[f64],
     statistic: impl Fn(&[f64]) -> f64,
@@ -134,6 +138,13 @@ pub fn bootstrap_ci(
 ) -> Result<(f64, f64)> {
     if xs.is_empty() || resamples == 0 {
         return Err(PerfError::Stats("a bootstrap needs samples and at least one resample".into()));
+    }
+    if resamples > MAX_RESAMPLES {
+        return Err(PerfError::TooLarge {
+            what: "bootstrap resamples".into(),
+            count: resamples as u128,
+            limit: MAX_RESAMPLES as u64,
+        });
     }
     if !(level > 0.0 && level < 1.0) {
         return Err(PerfError::Stats(format!("confidence level {level} is outside (0, 1)")));

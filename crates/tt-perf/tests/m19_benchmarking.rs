@@ -9,6 +9,8 @@
 mod ablation;
 #[path = "m19/fakes.rs"]
 mod fakes;
+#[path = "m19/hostile.rs"]
+mod hostile;
 #[path = "m19/loadgen.rs"]
 mod loadgen;
 #[path = "m19/stats.rs"]

@@ -480,7 +480,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         Factor::new("pruning", &["0", "50%"]),
         Factor::new("threads", &["1", "2"]),
     ];
-    let configs = ablation::full_factorial(&factors);
+    let configs = ablation::full_factorial(&factors).map_err(perf_err)?;
     opts.say(format!(
         "\nablation: {} configurations of the GPT question answerer (pruning 0 = the unpruned model fine-tuned as many steps as the pruned one); quality = exact match over {} questions (AccuracyOnly), latency from a SingleStream run",
         configs.len(),

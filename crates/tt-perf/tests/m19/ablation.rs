@@ -34,7 +34,7 @@ fn model(c: &[usize]) -> Measurement {
 #[test]
 fn full_factorial_effects_and_interactions() {
     let f = factors();
-    let configs = ablation::full_factorial(&f);
+    let configs = ablation::full_factorial(&f).unwrap();
     assert_eq!(configs.len(), 8);
     assert_eq!(configs[0], vec![0, 0, 0]);
     assert_eq!(configs[7], vec![1, 1, 1]);
