@@ -36,7 +36,9 @@ fn configs() -> Vec<WeightConfig> {
     v
 }
 
-const STATIC: Activations = Activations::Static(QParams { scale: 6.0 / 255.0, zero_point: 40 });
+fn static_act() -> Activations {
+    Activations::Static(QParams::new(6.0 / 255.0, 40).unwrap())
+}
 
 #[test]
 fn outputs_are_bit_identical_at_every_level() {
@@ -47,7 +49,7 @@ fn outputs_are_bit_identical_at_every_level() {
         let x = rows(n, in_f, 100 + i as u64);
         let bias: Vec<f32> = (0..out_f).map(|o| 0.1 * o as f32 - 1.0).collect();
         for cfg in configs() {
-            for act in [Activations::Dynamic, STATIC] {
+            for act in [Activations::Dynamic, static_act()] {
                 let base = Int8Linear::new(&w, cfg, act).unwrap();
                 let want = forward(&base.clone().with_level(IntLevel::Scalar), &x, n, Some(&bias));
                 for level in IntLevel::available() {
@@ -71,7 +73,7 @@ fn outputs_equal_the_float_formula_on_the_dequantized_operands() {
     let x = rows(n, in_f, 8);
     let bias: Vec<f32> = (0..out_f).map(|o| (o as f32).sin()).collect();
     for cfg in configs() {
-        for act in [Activations::Dynamic, STATIC] {
+        for act in [Activations::Dynamic, static_act()] {
             let q = Int8Linear::new(&w, cfg, act).unwrap();
             let y = forward(&q, &x, n, Some(&bias));
             let wq = q.weight();
@@ -80,9 +82,9 @@ fn outputs_equal_the_float_formula_on_the_dequantized_operands() {
                 for o in 0..out_f {
                     let (mut want, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
                     for i in 0..in_f {
-                        let a = p.scale as f64 * (codes[i] as i32 - p.zero_point) as f64;
+                        let a = p.scale() as f64 * (codes[i] as i32 - p.zero_point()) as f64;
                         let wp = wq.params_at(o, i);
-                        let wv = wp.scale as f64 * (wq.codes[o * in_f + i] as i32 - wp.zero_point) as f64;
+                        let wv = wp.scale() as f64 * (wq.codes()[o * in_f + i] as i32 - wp.zero_point()) as f64;
                         want += a * wv;
                         mag += (a * wv).abs();
                     }
@@ -136,7 +138,7 @@ fn weights_are_four_times_smaller_and_formats_are_named() {
     assert_eq!(q.storage_bytes(), 65_536 + 2_048 + 2_048);
     assert!(4.0 * 512.0 * 128.0 / q.weight().storage_bytes() as f64 >= 3.87);
     assert_eq!(q.format(), "int8-dyn/ch");
-    let t = Int8Linear::new(&w, WeightConfig::PER_TENSOR, STATIC).unwrap();
+    let t = Int8Linear::new(&w, WeightConfig::PER_TENSOR, static_act()).unwrap();
     assert_eq!(t.format(), "int8-static/tensor");
 }
 
@@ -150,13 +152,9 @@ fn unsupported_and_invalid_settings_are_errors() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("not implemented"), "{e}");
-    for bad in [
-        QParams { scale: 0.0, zero_point: 0 },
-        QParams { scale: 1.0, zero_point: 300 },
-        QParams { scale: f32::NAN, zero_point: 0 },
-    ] {
-        assert!(Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Static(bad)).is_err(), "{bad:?}");
-    }
+    assert!(QParams::new(0.0, 0).is_err() && QParams::new(f32::NAN, 0).is_err());
+    let bad = QParams::new(1.0, 300).unwrap();
+    assert!(Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Static(bad)).is_err(), "{bad:?}");
     let q = Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();
     let mut ws = Workspace::default();
     ws.ensure(q.workspace_len(1));

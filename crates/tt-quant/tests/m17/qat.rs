@@ -9,11 +9,13 @@ use tt_tensor::nn::{Linear, Relu, Sequential};
 use tt_tensor::optim::{Adam, Optimizer};
 use tt_tensor::{no_grad, randn_array, Module, Tensor};
 
-const P: QParams = QParams { scale: 0.25, zero_point: 10 };
+fn p() -> QParams {
+    QParams::new(0.25, 10).unwrap()
+}
 
 fn fq(v: f32) -> f32 {
     let x = Tensor::from_vec(vec![v], &[1]).unwrap();
-    fake_quantize(&x, &[P], QRange::U8).unwrap().to_vec()[0]
+    fake_quantize(&x, &[p()], QRange::U8).unwrap().to_vec()[0]
 }
 
 #[test]
@@ -21,9 +23,9 @@ fn values_are_the_dequantized_codes_and_the_gradient_passes_only_inside_the_rang
     // Codes 0..=255 with Z = 10 cover [−2.5, 61.25].
     let xs = vec![-5.0f32, -2.5, -1.1, 0.0, 0.3, 7.37, 61.25, 70.0];
     let x = Tensor::param(ndarray::Array1::from(xs.clone()).into_dyn());
-    let y = fake_quantize(&x, &[P], QRange::U8).unwrap();
+    let y = fake_quantize(&x, &[p()], QRange::U8).unwrap();
     for (&v, &got) in xs.iter().zip(&y.to_vec()) {
-        assert_eq!(got, P.dequantize(P.quantize(v, QRange::U8)), "{v}");
+        assert_eq!(got, p().dequantize(p().quantize(v, QRange::U8)), "{v}");
     }
     y.sum().backward().unwrap();
     let g = x.grad().unwrap().iter().copied().collect::<Vec<_>>();
@@ -38,7 +40,7 @@ fn values_are_the_dequantized_codes_and_the_gradient_passes_only_inside_the_rang
 fn the_straight_through_gradient_is_the_finite_difference_over_whole_steps() {
     for x0 in [0.1f32, 3.3, 20.06, 50.0] {
         for k in [1.0f32, 4.0, 16.0] {
-            let h = k * P.scale;
+            let h = k * p().scale();
             assert_eq!((fq(x0 + h) - fq(x0)) / h, 1.0, "inside at {x0}, {k} steps");
         }
     }
@@ -50,13 +52,13 @@ fn the_straight_through_gradient_is_the_finite_difference_over_whole_steps() {
 #[test]
 fn per_channel_parameters_and_bad_arguments() {
     let w = Tensor::from_vec(vec![1.0, -1.0, 10.0, 5.0], &[2, 2]).unwrap();
-    let ps = [QParams { scale: 1.0 / 127.0, zero_point: 0 }, QParams { scale: 10.0 / 127.0, zero_point: 0 }];
+    let ps = [QParams::new(1.0 / 127.0, 0).unwrap(), QParams::new(10.0 / 127.0, 0).unwrap()];
     let y = fake_quantize(&w, &ps, QRange::I8_SYMMETRIC).unwrap().to_vec();
     assert_eq!(y[0], 1.0);
     assert!((y[3] - 5.0).abs() <= 10.0 / 127.0 / 2.0);
     assert!(fake_quantize(&w, &ps[..1], QRange::I8).is_ok());
-    assert!(fake_quantize(&w, &[P, P, P], QRange::I8).is_err());
-    assert!(fake_quantize(&w, &[QParams { scale: 0.0, zero_point: 0 }], QRange::I8).is_err());
+    assert!(fake_quantize(&w, &[p(), p(), p()], QRange::I8).is_err());
+    assert!(QParams::new(0.0, 0).is_err());
 }
 
 fn mlp() -> Sequential {
