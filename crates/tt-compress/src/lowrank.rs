@@ -253,13 +253,15 @@ impl Factored {
             self.layers.iter().map(|f| Ok((f.name.clone(), f.to_low_rank()?))).collect::<Result<_>>()?;
         let own = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
             let ft = t.and_then(|t| t.as_any()).and_then(|a| a.downcast_ref::<FactorTransform>());
-            ft.is_some_and(|ft| self.layers.iter().any(|f| f.name == n && f.u.id() == ft.u.id() && f.v.id() == ft.v.id()))
+            ft.is_some_and(|ft| {
+                self.layers.iter().any(|f| f.name == n && f.u.id() == ft.u.id() && f.v.id() == ft.v.id())
+            })
         };
         let mut problem = None;
         tt_tensor::nn::map_linears(m, |n, l| {
             if projections.iter().any(|(name, _)| name == n) && !own(n, l.transform()) {
-                let what = l.transform().map_or("no", |t| t.name());
-                problem.get_or_insert(format!("layer '{n}' carries {what} transform, not this factorization's"));
+                let what = l.transform().map_or("no transform".to_string(), |t| format!("a '{}' transform", t.name()));
+                problem.get_or_insert(format!("layer '{n}' carries {what}, not this factorization's"));
             }
             Ok(())
         })?;

@@ -332,6 +332,12 @@ impl Pruning {
     /// Zeroes every pruned weight again (after an optimizer step moved some).
     pub fn reapply(&self) {
         for l in &self.layers {
+            // A write marks a projection installed over the weight stale: write only if an
+            // optimizer really moved a pruned weight.
+            let moved = l.weight.data().iter().zip(l.mask.iter()).any(|(&w, &k)| k == 0.0 && w != 0.0);
+            if !moved {
+                continue;
+            }
             let mut d = l.weight.data_mut();
             d.zip_mut_with(&l.mask, |w, &k| {
                 if k == 0.0 {

@@ -13,9 +13,10 @@
 //!   finite and distinct, and never drops below the smallest normal f32.
 //! - **Ranges reaching `f32::MAX`**: every code must dequantize to a finite f32 (a weight that
 //!   dequantizes to ±∞ cannot be saved and loaded, nor multiplied). Where the `S` above would
-//!   take the extreme code past `f32::MAX`, `S` is lowered to the largest f32 that keeps it
-//!   finite — a relative change of at most a few ulps, so values at the very end of the range
-//!   clamp to the extreme code (error ≤ S/2 plus those ulps) instead of overflowing.
+//!   take an extreme code past `f32::MAX`, `S` is lowered to the largest f32 that keeps it
+//!   finite: by a few ulps, or, for an affine range spanning nearly ±`f32::MAX` (whose integer
+//!   zero point leaves one end a code short), to `f32::MAX/128`. Values at the ends of such a
+//!   range clamp to the extreme code, off by at most one step `S` instead of `S/2`.
 //!
 //! Error bound (property-tested): inside the range, `|x − r̂| ≤ S/2`; outside it, values clamp.
 //!

@@ -637,3 +637,38 @@ fn as_any_finds_int8_behind_dyn_projection_and_nothing_by_default() {
     assert_eq!(back.weight().codes().len(), 4);
     assert_eq!((back.weight().codes()[1], back.weight().codes()[3]), (-127, 127), "per-tensor symmetric over ±1");
 }
+
+/// The probe's example: a model with a finite weight near `f32::MAX` quantized to a scale whose
+/// extreme code dequantized to ±∞; it saved, and its own loader refused the file. Now every
+/// such model saves and loads back, bit for bit.
+#[test]
+fn weights_near_f32_max_quantize_save_and_load() {
+    let configs = [
+        WeightConfig::PER_CHANNEL,
+        WeightConfig::PER_TENSOR,
+        WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerChannel },
+        WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerTensor },
+    ];
+    let dir = temp_dir("huge");
+    for cfg in configs {
+        for v in [3e38f32, -3e38, f32::MAX, -f32::MAX] {
+            let mut saved = small_mlp(1);
+            let w = saved.layers[0].as_linear().unwrap().weight.clone();
+            let mut d = w.data().clone();
+            d[[0, 0]] = v;
+            w.set_data(d).unwrap();
+            tt_quant::quantize_dynamic(&mut saved, cfg).unwrap();
+            let dense = saved.layers[0].as_linear().unwrap().weight.to_vec();
+            assert!(dense.iter().all(|x| x.is_finite()), "{cfg:?} {v}: the dequantized weight is finite");
+            assert!((dense[0] - v).abs() <= v.abs() * 1e-2, "{cfg:?} {v}: {} stands for it", dense[0]);
+            checkpoint::save(&mut saved, &dir).unwrap();
+            let mut loaded = small_mlp(2);
+            checkpoint::load(&mut loaded, &dir).unwrap_or_else(|e| panic!("{cfg:?} {v}: {e}"));
+            assert_eq!(formats(&mut loaded), formats(&mut saved));
+            let x = input(&[2, 16], 5);
+            let (a, b) = (no_grad(|| saved.forward(&x)).unwrap(), no_grad(|| loaded.forward(&x)).unwrap());
+            assert_eq!(bits(&a), bits(&b), "{cfg:?} {v}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -107,3 +107,85 @@ fn prepare_train_convert_gives_an_int8_model_equal_to_its_fake_quantized_forward
     assert!(prepare_qat(&mut m, WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerChannel }, &cal)
         .is_err());
 }
+
+fn calibrated(m: &mut Sequential, x: &Tensor) -> tt_quant::Calibration {
+    calibrate(m, &|| Box::new(MinMax::default()), &mut |md| {
+        md.forward(x)?;
+        Ok(())
+    })
+    .unwrap()
+}
+
+/// The probe's example: `prepare_qat` replaced a pruning mask, so pruned weights regrew after one
+/// step. QAT is now composed over the mask: pruned weights get no gradient and stay exactly 0
+/// through training (no `reapply`), conversion quantizes them to code 0 and puts the mask back.
+#[test]
+fn qat_over_a_pruning_mask_keeps_the_pruned_weights_zero() {
+    use tt_compress::prune::Pruning;
+    let x = data(3);
+    let labels: Vec<usize> = (0..64).map(|i| i % 4).collect();
+    let mut m = mlp();
+    let mut pruning = Pruning::default();
+    pruning.magnitude(&mut m, &["0", "2"], 0.5).unwrap();
+    let cal = calibrated(&mut m, &x);
+    prepare_qat(&mut m, WeightConfig::PER_CHANNEL, &cal).unwrap();
+    let e = prepare_qat(&mut m, WeightConfig::PER_CHANNEL, &cal).unwrap_err().to_string();
+    assert!(e.contains("prepared for QAT already"), "{e}");
+    let pruned = |m: &Sequential| -> Vec<f32> {
+        pruning
+            .layers()
+            .iter()
+            .flat_map(|l| {
+                let i = l.name.parse::<usize>().unwrap();
+                let w = m.layers[i].as_linear().unwrap().weight.to_vec();
+                w.into_iter().zip(l.mask.iter()).filter(|(_, &k)| k == 0.0).map(|(v, _)| v).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert!(!pruned(&m).is_empty() && pruned(&m).iter().all(|&v| v == 0.0));
+    let mut opt = Adam::new(m.parameters(), 1e-2, 0.0).unwrap();
+    for _ in 0..3 {
+        opt.zero_grad();
+        cross_entropy(&m.forward(&x).unwrap(), &labels).unwrap().backward().unwrap();
+        opt.step().unwrap();
+        assert!(pruned(&m).iter().all(|&v| v == 0.0), "a pruned weight regrew under QAT");
+    }
+    convert_qat(&mut m, WeightConfig::PER_CHANNEL, &cal).unwrap();
+    assert!(pruned(&m).iter().all(|&v| v == 0.0), "the int8 weights keep the zeros");
+    for i in [0, 2] {
+        let l = m.layers[i].as_linear().unwrap();
+        assert_eq!(l.transform().map(|t| t.name()), Some("mask"), "layer {i}: the mask is back");
+    }
+    pruning.make_permanent(&mut m).unwrap();
+}
+
+/// The probe's example: quantizing during an unfinished low-rank factorization quantized the
+/// layer's unused stored weight instead of `U·V`. A layer carrying any forward transform is
+/// refused (naming it), the model unchanged; once the transform is finished, quantizing works
+/// on what the layer computes.
+#[test]
+fn quantizing_a_layer_that_carries_a_transform_is_refused() {
+    use tt_compress::lowrank::Factored;
+    use tt_compress::prune::Pruning;
+    let x = data(4);
+    let mut m = mlp();
+    let f = Factored::factor(&mut m, &["0"], 3).unwrap();
+    let before = no_grad(|| m.forward(&x)).unwrap().to_vec();
+    let e = tt_quant::quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap_err().to_string();
+    assert!(e.contains("layer '0' carries a 'lowrank' forward transform"), "{e}");
+    assert!(tt_tensor::nn::linears(&m).iter().all(|(_, l)| l.installed_projection().is_none()), "nothing installed");
+    assert_eq!(no_grad(|| m.forward(&x)).unwrap().to_vec(), before);
+    f.finish(&mut m).unwrap();
+    tt_quant::quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap();
+    let after = no_grad(|| m.forward(&x)).unwrap().to_vec();
+    let d = after.iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d < 0.05, "the int8 model computes the factored one: {d}");
+    // A pruning mask likewise, until it is made permanent.
+    let mut m = mlp();
+    let mut p = Pruning::default();
+    p.magnitude(&mut m, &["2"], 0.5).unwrap();
+    let e = tt_quant::quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap_err().to_string();
+    assert!(e.contains("layer '2' carries a 'mask' forward transform"), "{e}");
+    p.make_permanent(&mut m).unwrap();
+    tt_quant::quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap();
+}

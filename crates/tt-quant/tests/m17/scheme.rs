@@ -175,3 +175,45 @@ proptest! {
         }
     }
 }
+
+/// The probe's example: finite weights near `f32::MAX` gave a scale whose extreme code
+/// dequantized to ±∞. Every code of every scheme and range now dequantizes finitely, the ends of
+/// the range are still represented to within one step (the documented clamp), and a code range
+/// too narrow to have a finite scale is an error.
+#[test]
+fn ranges_reaching_f32_max_keep_every_code_finite() {
+    let m = f32::MAX;
+    let ranges = [QRange::I8, QRange::I8_SYMMETRIC, QRange::U8, QRange::new(-8, 7).unwrap()];
+    for scheme in [Scheme::Affine, Scheme::Symmetric] {
+        for range in ranges {
+            for (lo, hi) in [(-m, m), (0.0, m), (-m, 0.0), (-3e38, 3e38), (-1.0, m), (-m, 1.0)] {
+                let p = QParams::from_range(lo, hi, scheme, range).unwrap();
+                for q in [range.min(), range.max()] {
+                    assert!(p.dequantize(q).is_finite(), "{scheme:?} {range:?} [{lo}, {hi}]: code {q}");
+                }
+                for v in [lo, hi] {
+                    let back = p.dequantize(p.quantize(v, range));
+                    let slack = p.scale() + 4.0 * f32::EPSILON * v.abs();
+                    assert!((back - v).abs() <= slack, "{scheme:?} {range:?} [{lo}, {hi}]: {v} → {back}");
+                }
+            }
+        }
+    }
+    // One step over two codes: S would be twice f32::MAX.
+    assert!(QParams::from_range(-m, m, Scheme::Symmetric, QRange::new(0, 1).unwrap()).is_err());
+}
+
+#[test]
+fn code_ranges_and_parameters_are_validated_where_they_are_built() {
+    assert!(QRange::new(1, 1).is_err() && QRange::new(2, 1).is_err());
+    let wide = QRange::new(i32::MIN, i32::MAX).unwrap();
+    // The middle code and q − Z are computed without overflowing i32.
+    let p = QParams::from_range(-1.0, 1.0, Scheme::Symmetric, wide).unwrap();
+    assert_eq!(p.zero_point(), 0);
+    assert!(p.dequantize(i32::MIN).is_finite() && p.dequantize(i32::MAX).is_finite());
+    let far = QParams::new(1.0, i32::MIN).unwrap();
+    assert_eq!(far.dequantize(i32::MAX), u32::MAX as f32);
+    for bad in [0.0f32, -1.0, 1e-40, f32::NAN, f32::INFINITY] {
+        assert!(QParams::new(bad, 0).is_err(), "{bad}");
+    }
+}
