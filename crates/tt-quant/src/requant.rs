@@ -60,7 +60,10 @@ impl FixedPointMultiplier {
 
     /// The value this multiplier represents exactly.
     pub fn value(self) -> f64 {
-        self.m0 as f64 * 2f64.powi(-31 - self.shift)
+        // i64: the fields are public, and −31 − i32::MIN overflows i32 (beyond ±2¹⁰²⁴ the power
+        // is 0 or ∞ anyway).
+        let e = (-31 - self.shift as i64).clamp(-2000, 2000) as i32;
+        self.m0 as f64 * 2f64.powi(e)
     }
 
     /// `x·M` rounded to the nearest integer, ties away from zero, saturated to i32.

@@ -162,3 +162,38 @@ fn unsupported_and_invalid_settings_are_errors() {
     assert!(project(&q, &[0.0; 7], 1, None, &mut y, ws.bytes()).is_err());
     assert!(project(&q, &[0.0; 8], 1, None, &mut y, &mut [0u8; 3]).is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Extreme weights and inputs (±f32::MAX, ±3e38, subnormals, 0, ±∞ and NaN inputs) through
+    /// the public int8 layer: it builds or refuses cleanly, and every kernel level gives the
+    /// same bits (a NaN row stays NaN at every level).
+    #[test]
+    fn extreme_weights_and_inputs_give_the_same_bits_at_every_level(
+        out_f in 0usize..20,
+        in_f in 0usize..40,
+        n in 0usize..4,
+        seed in proptest::prelude::any::<u64>(),
+        cfg in 0usize..4,
+    ) {
+        const EXTREMES: [f32; 8] = [f32::MAX, -f32::MAX, 3e38, -3e38, 1e-40, -1e-45, 0.0, 1.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut pick = |extra: &[f32]| {
+            let all: Vec<f32> = EXTREMES.iter().chain(extra).copied().collect();
+            if rng.random_bool(0.5) { all[rng.random_range(0..all.len())] } else { rng.random_range(-2.0f32..2.0) }
+        };
+        let w = Array2::from_shape_fn((out_f, in_f), |_| pick(&[]));
+        let x: Vec<f32> = (0..n * in_f).map(|_| pick(&[f32::INFINITY, f32::NEG_INFINITY, f32::NAN])).collect();
+        let cfg = configs()[cfg];
+        let Ok(base) = Int8Linear::new(&w, cfg, Activations::Dynamic) else {
+            return Ok(());
+        };
+        proptest::prop_assert!(base.weight().dequantize().iter().all(|v| v.is_finite()));
+        let bits = |y: Vec<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let want = bits(forward(&base.clone().with_level(IntLevel::Scalar), &x, n, None));
+        for level in IntLevel::available() {
+            proptest::prop_assert_eq!(&bits(forward(&base.clone().with_level(level), &x, n, None)), &want, "{}", level);
+        }
+    }
+}

@@ -93,3 +93,27 @@ fn bad_settings_are_errors() {
     assert!(l.forward(&[0; 5], 2, &mut [0; 4]).is_err());
     assert!(l.forward(&[0; 6], 2, &mut [0; 3]).is_err());
 }
+
+/// The multiplier's fields are public: hand-built extremes give saturated or zero results and
+/// finite-or-infinite values, never an overflow panic or a wrapped product.
+#[test]
+fn hand_built_multipliers_at_the_extremes_saturate() {
+    use tt_quant::requant::FixedPointMultiplier;
+    for (m0, shift) in
+        [(i32::MAX, i32::MIN), (i32::MAX, i32::MAX), (i32::MIN, i32::MIN), (1 << 30, -31), (1 << 30, -100)]
+    {
+        let m = FixedPointMultiplier { m0, shift };
+        let _ = m.value();
+        for x in [i32::MIN, -1, 0, 1, i32::MAX] {
+            let y = m.apply(x);
+            if shift >= 126 - 31 {
+                assert_eq!(y, 0, "{m:?}·{x}");
+            }
+            if shift <= -33 && x != 0 {
+                // |x·m0·2^k| ≥ 2^31: saturated with the product's sign.
+                let sign = (x as i64 * m0 as i64).signum();
+                assert_eq!(y, if sign > 0 { i32::MAX } else { i32::MIN }, "{m:?}·{x}");
+            }
+        }
+    }
+}
