@@ -98,7 +98,8 @@ impl Int8Linear {
     /// # Errors
     /// Non-finite weights; per-group weights (the integer kernel keeps one scale per output row —
     /// per-group scales would need float partial sums per group, not implemented); more inputs
-    /// than [`crate::kernels::MAX_K`].
+    /// than [`crate::kernels::MAX_K`]; a per-tensor matrix with rows but no columns (see
+    /// [`QuantizedMatrix::row_params`]).
     pub fn new(w: &Array2<f32>, cfg: WeightConfig, activations: Activations) -> Result<Int8Linear> {
         Self::from_quantized(QuantizedMatrix::quantize(w, cfg.scheme, cfg.granularity)?, activations)
     }
@@ -106,8 +107,7 @@ impl Int8Linear {
     /// Builds the layer over an already quantized matrix.
     ///
     /// # Errors
-    /// As [`Int8Linear::new`], a matrix [`QuantizedMatrix::validate`] rejects, and static
-    /// activation parameters that are not a u8 affine map with a normal scale.
+    /// As [`Int8Linear::new`], and static activation parameters that are not a u8 affine map.
     pub fn from_quantized(weight: QuantizedMatrix, activations: Activations) -> Result<Int8Linear> {
         let (out_f, in_f) = (weight.rows(), weight.cols());
         let per_out = weight.row_params()?;
