@@ -432,15 +432,15 @@ fn distillation(opts: &Options) -> Result<Value> {
         100.0 * scratch_val,
         100.0 * distilled_q,
         100.0 * best_val,
-        d.temperature,
-        d.alpha,
+        d.temperature(),
+        d.alpha(),
         grid.len()
     ));
     Ok(json!({
         "teacher": {"model": "cnn", "params": teacher.num_parameters(), "quality": teacher_q},
         "student_scratch": {"model": "mlp 64-32-10", "params": scratch.num_parameters(), "quality": scratch_q, "val_quality": scratch_val},
         "student_distilled": {"model": "mlp 64-32-10", "params": distilled.num_parameters(), "quality": distilled_q, "val_quality": best_val},
-        "temperature": d.temperature, "alpha": d.alpha, "epochs": cfg.epochs,
+        "temperature": d.temperature(), "alpha": d.alpha(), "epochs": cfg.epochs,
         "selection": "validation split (20% of the training set, seed 1)", "grid": grid,
     }))
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask fuzz`: seeded mutation fuzzing of the checkpoint loader and the tokenizers.
+//! `cargo xtask fuzz`: seeded mutation fuzzing of the checkpoint loaders (the fp32 GPT's and
+//! tt-quant's int8 one) and the tokenizers.
 //!
 //! Every iteration `i` derives its own generator from `(seed, target, i)`, mutates a valid input
 //! (bit flips, interesting bytes and integers, truncation, deleted or duplicated ranges, numbers
@@ -20,6 +21,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tt_tensor::nn::Sequential;
 use tt_tensor::Module;
 use tt_transformer::{checkpoint, BpeTokenizer, CharTokenizer, Gpt, GptConfig, PositionEncoding, Tokenize, Tokenizer};
 
@@ -32,6 +34,10 @@ pub enum Target {
     Checkpoint,
     /// `Tokenizer::from_json` on mutated tokenizer files, then encode / decode / round trip.
     Tokenizer,
+    /// `tt_quant::checkpoint::from_safetensors` on mutated quantized checkpoints (int8 MLPs and
+    /// a CNN, symmetric and affine, dynamic and static activations) into a freshly built model;
+    /// an accepted file must run, save again and load back to the same outputs.
+    QuantCheckpoint,
     /// Proves the harness can fail: iteration 3 panics, 5 aborts the process, 7 answers wrongly.
     SelfTest,
 }
@@ -39,16 +45,19 @@ pub enum Target {
 impl Target {
     /// What `cargo xtask fuzz` runs by default.
     #[cfg(test)]
-    pub const ALL: [Target; 2] = [Target::Checkpoint, Target::Tokenizer];
+    pub const ALL: [Target; 3] = [Target::Checkpoint, Target::Tokenizer, Target::QuantCheckpoint];
     pub fn name(self) -> &'static str {
         match self {
             Target::Checkpoint => "checkpoint",
             Target::Tokenizer => "tokenizer",
+            Target::QuantCheckpoint => "quant-checkpoint",
             Target::SelfTest => "selftest",
         }
     }
     pub fn parse(s: &str) -> Option<Target> {
-        [Target::Checkpoint, Target::Tokenizer, Target::SelfTest].into_iter().find(|t| t.name() == s)
+        [Target::Checkpoint, Target::Tokenizer, Target::QuantCheckpoint, Target::SelfTest]
+            .into_iter()
+            .find(|t| t.name() == s)
     }
 }
 
@@ -80,6 +89,8 @@ pub struct Corpus {
     /// (weights, tokenizer, config) of a char-tokenizer and a BPE-tokenizer checkpoint.
     checkpoints: Vec<[Vec<u8>; 3]>,
     tokenizers: Vec<Vec<u8>>,
+    /// Quantized checkpoints: (which of [`quant_model`]'s architectures, safetensors bytes).
+    quantized: Vec<(usize, Vec<u8>)>,
     texts: Vec<String>,
     /// A published checkpoint unit to mutate the manifest of (per worker), and its manifest.
     unit_dir: Option<(PathBuf, Vec<u8>)>,
@@ -127,7 +138,95 @@ impl Corpus {
             (d.to_path_buf(), manifest)
         });
         let texts = vec![TEXT.to_string(), "hello".into(), String::new(), "Q: 🙂 \u{0}\u{FFFD} é".into()];
-        Corpus { checkpoints, tokenizers, texts, unit_dir }
+        Corpus { checkpoints, tokenizers, quantized: quantized_corpus(), texts, unit_dir }
+    }
+}
+
+/// The architectures of the quantized seeds: an MLP and a small CNN (fresh weights per `seed`).
+fn quant_model(kind: usize, seed: u64) -> Sequential {
+    use tt_tensor::nn::{Conv2d, Flatten, Linear, Relu};
+    match kind {
+        0 => Sequential::new().layer(Linear::new(8, 16, true, seed)).layer(Relu).layer(Linear::new(
+            16,
+            4,
+            true,
+            seed + 1,
+        )),
+        _ => Sequential::new().layer(Conv2d::new(1, 4, 3, 1, 1, seed)).layer(Relu).layer(Flatten).layer(Linear::new(
+            4 * 4 * 4,
+            3,
+            true,
+            seed + 1,
+        )),
+    }
+}
+
+/// An input for [`quant_model`] `kind`.
+fn quant_input(kind: usize) -> tt_tensor::Tensor {
+    let shape: &[usize] = if kind == 0 { &[2, 8] } else { &[2, 1, 4, 4] };
+    let n = shape.iter().product::<usize>();
+    tt_tensor::Tensor::from_vec((0..n).map(|i| (i as f32 * 0.37).sin() * 2.0).collect(), shape).expect("shape")
+}
+
+/// Valid quantized checkpoints: every weight configuration the format stores, dynamic and
+/// static activations.
+fn quantized_corpus() -> Vec<(usize, Vec<u8>)> {
+    use tt_quant::{Activations, Granularity, QParams, Scheme, WeightConfig};
+    let configs = [
+        (WeightConfig::PER_CHANNEL, None),
+        (WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerTensor }, None),
+        (WeightConfig::PER_TENSOR, Some(QParams::new(0.02, 128).expect("valid"))),
+        (
+            WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerChannel },
+            Some(QParams::new(0.5, 3).expect("valid")),
+        ),
+    ];
+    let mut out = Vec::new();
+    for kind in 0..2 {
+        for (i, (cfg, stat)) in configs.iter().enumerate() {
+            let mut m = quant_model(kind, 3 + i as u64);
+            let mut act = |_: &str| -> tt_quant::Result<Activations> {
+                Ok(stat.map_or(Activations::Dynamic, Activations::Static))
+            };
+            tt_quant::quantize_layers(&mut m, *cfg, &mut act).expect("quantizes");
+            out.push((kind, tt_quant::checkpoint::to_safetensors(&mut m).expect("saves")));
+        }
+    }
+    out
+}
+
+/// Outputs as bits (NaN-aware equality).
+fn output_bits(m: &Sequential, x: &tt_tensor::Tensor) -> Result<Vec<u32>, String> {
+    tt_tensor::no_grad(|| m.forward(x))
+        .map(|y| y.to_vec().iter().map(|v| v.to_bits()).collect())
+        .map_err(|e| e.to_string())
+}
+
+/// Loads mutated quantized bytes into a fresh model; an accepted file must run, save, and load
+/// back into another fresh model with the same outputs.
+fn exercise_quantized(kind: usize, bytes: &[u8]) -> Outcome {
+    use tt_quant::checkpoint::{from_safetensors, to_safetensors};
+    let mut m = quant_model(kind, 100);
+    if from_safetensors(&mut m, bytes).is_err() {
+        return Outcome::Err;
+    }
+    let x = quant_input(kind);
+    let first = match output_bits(&m, &x) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Wrong(format!("accepted quantized checkpoint fails to run: {e}")),
+    };
+    let again = match to_safetensors(&mut m) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Wrong(format!("an accepted quantized checkpoint cannot be saved again: {e}")),
+    };
+    let mut back = quant_model(kind, 200);
+    if let Err(e) = from_safetensors(&mut back, &again) {
+        return Outcome::Wrong(format!("its own re-save is refused: {e}"));
+    }
+    match output_bits(&back, &x) {
+        Ok(b) if b == first => Outcome::Ok,
+        Ok(_) => Outcome::Wrong("the re-saved checkpoint computes other outputs".into()),
+        Err(e) => Outcome::Wrong(format!("the re-saved checkpoint fails to run: {e}")),
     }
 }
 
@@ -286,6 +385,10 @@ pub fn run_one(corpus: &Corpus, target: Target, seed: u64, i: u64) -> Outcome {
                 Err(_) => Outcome::Err,
             }
         }
+        Target::QuantCheckpoint => {
+            let (kind, base) = &corpus.quantized[rng.random_range(0..corpus.quantized.len())];
+            exercise_quantized(*kind, &mutate(base, &mut rng))
+        }
         Target::Tokenizer => {
             let base = &corpus.tokenizers[rng.random_range(0..corpus.tokenizers.len())];
             match Tokenizer::from_json(&mutate(base, &mut rng)) {
@@ -400,7 +503,7 @@ pub fn worker(args: &[String]) -> ExitCode {
 pub fn one(args: &[String]) -> ExitCode {
     let target = arg(args, "--target", String::new()).ok().and_then(|t| Target::parse(&t));
     let (Some(target), Ok(seed), Ok(i)) = (target, arg(args, "--seed", 0u64), arg(args, "--iter", 0u64)) else {
-        eprintln!("xtask fuzz-one: error: needs --target checkpoint|tokenizer --seed S --iter I");
+        eprintln!("xtask fuzz-one: error: needs --target checkpoint|tokenizer|quant-checkpoint --seed S --iter I");
         return ExitCode::from(2);
     };
     let dir = temp_unit_dir("one");
@@ -483,7 +586,7 @@ pub fn orchestrate(args: &[String]) -> ExitCode {
             arg(args, "--seed", 0u64)?,
             arg(args, "--mem-mb", 2048u64)?,
             arg(args, "--jobs", 2usize)?.max(1),
-            arg(args, "--targets", "checkpoint,tokenizer".to_string())?
+            arg(args, "--targets", "checkpoint,tokenizer,quant-checkpoint".to_string())?
                 .split(',')
                 .map(|t| Target::parse(t).ok_or_else(|| format!("unknown target {t:?}")))
                 .collect::<Result<Vec<_>, _>>()?,

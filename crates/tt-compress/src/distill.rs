@@ -15,13 +15,14 @@ use tt_tensor::Tensor;
 
 use crate::error::{CompressError, Result};
 
-/// Distillation settings.
+/// Distillation settings, valid by construction ([`Distillation::new`]): the fields are private
+/// so that a NaN temperature or an α outside `[0, 1]` cannot be set after the check.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Distillation {
     /// Temperature `T > 0` of the soft targets.
-    pub temperature: f32,
+    temperature: f32,
     /// Weight `α ∈ [0, 1]` of the soft term (`1 − α` on the hard labels).
-    pub alpha: f32,
+    alpha: f32,
 }
 
 impl Distillation {
@@ -38,6 +39,16 @@ impl Distillation {
             return Err(CompressError::arg("Distillation::new", format!("alpha {alpha} must be in [0, 1]")));
         }
         Ok(Distillation { temperature, alpha })
+    }
+
+    /// `T`.
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+
+    /// `α`.
+    pub fn alpha(&self) -> f32 {
+        self.alpha
     }
 
     /// `L` for student logits `[rows, classes]`, teacher logits of the same shape and hard

@@ -126,6 +126,12 @@ impl LowRank {
     pub fn rank(&self) -> usize {
         self.rank
     }
+
+    /// Bytes of the `rows × rank` intermediate in the workspace, with 4 bytes of slack for
+    /// aligning it to f32; `None` if that overflows `usize`.
+    fn temp_bytes(&self, rows: usize) -> Option<usize> {
+        rows.checked_mul(self.rank)?.checked_mul(4)?.checked_add(4)
+    }
 }
 
 /// The weight as `U·V` in the forward pass (both leaves; the layer's own weight is unused).
@@ -144,6 +150,9 @@ impl ForwardTransform for FactorTransform {
     }
     fn name(&self) -> &'static str {
         "lowrank"
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 
@@ -236,10 +245,29 @@ impl Factored {
     /// projection (which sets the layer's weight to `U·V`, so checkpoints see the same function).
     ///
     /// # Errors
-    /// A factor that became non-finite; layers before it are converted already.
+    /// A factor that became non-finite, or a factored layer whose transform is no longer this
+    /// factorization's (another transform composed over it, such as QAT's fake quantization:
+    /// finish that one first); nothing is changed then.
     pub fn finish(self, m: &mut dyn Module) -> Result<()> {
         let projections: Vec<(String, LowRank)> =
             self.layers.iter().map(|f| Ok((f.name.clone(), f.to_low_rank()?))).collect::<Result<_>>()?;
+        let own = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
+            let ft = t.and_then(|t| t.as_any()).and_then(|a| a.downcast_ref::<FactorTransform>());
+            ft.is_some_and(|ft| {
+                self.layers.iter().any(|f| f.name == n && f.u.id() == ft.u.id() && f.v.id() == ft.v.id())
+            })
+        };
+        let mut problem = None;
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if projections.iter().any(|(name, _)| name == n) && !own(n, l.transform()) {
+                let what = l.transform().map_or("no transform".to_string(), |t| format!("a '{}' transform", t.name()));
+                problem.get_or_insert(format!("layer '{n}' carries {what}, not this factorization's"));
+            }
+            Ok(())
+        })?;
+        if let Some(p) = problem {
+            return Err(CompressError::arg("Factored::finish", p));
+        }
         tt_tensor::nn::map_linears(m, |n, l| {
             if let Some((_, lr)) = projections.iter().find(|(name, _)| name == n) {
                 l.set_transform(None);
@@ -293,14 +321,20 @@ impl Projection for LowRank {
         (self.u.shape().0, self.v.shape().1)
     }
 
+    /// `usize::MAX` where a size overflows: no caller has that much, so `project` refuses.
     fn workspace_len(&self, rows: usize) -> usize {
-        4 * rows * self.rank + 4 + self.u.workspace_len(rows).max(self.v.workspace_len(rows))
+        let inner = self.u.workspace_len(rows).max(self.v.workspace_len(rows));
+        self.temp_bytes(rows).and_then(|t| t.checked_add(inner)).unwrap_or(usize::MAX)
     }
 
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8]) {
-        let (t_bytes, rest) = ws.split_at_mut(4 * rows * self.rank + 4);
+        // The trait's `# Panics` (`project` checks the workspace first); checked before the
+        // unsafe re-typing below, so no size there has wrapped.
+        let t_len = self.temp_bytes(rows).filter(|&n| n <= ws.len());
+        let Some(t_len) = t_len else { panic!("LowRank::forward_rows workspace: {} bytes for {rows} rows", ws.len()) };
+        let (t_bytes, rest) = ws.split_at_mut(t_len);
         // SAFETY: every bit pattern is a valid f32; the aligned middle holds rows·rank floats
-        // (4 bytes of slack were asked for in `workspace_len`).
+        // (4 bytes of slack in `temp_bytes`).
         let t = unsafe { t_bytes.align_to_mut::<f32>().1 };
         let t = &mut t[..rows * self.rank];
         self.v.forward_rows(x, rows, None, t, rest);

@@ -13,6 +13,11 @@
 //!   zeroes once more and removes the masks.
 //! - A pruned weight invalidates a projection installed over it (tt-tensor's staleness check):
 //!   prune first, then install int8 / packed / sparse formats.
+//! - **A `Pruning` belongs to one model**: it holds that model's weight tensors (to zero them
+//!   again without the model), so every call that takes a model first checks that the layers it
+//!   pruned are that model's, by tensor identity, and refuses another model with an error. It
+//!   installs masks only where a layer carries no transform or its own mask, and removes only its
+//!   own masks (QAT's fake quantization may be composed over one: convert it first).
 
 use std::sync::Arc;
 
@@ -37,6 +42,9 @@ impl ForwardTransform for Mask {
     }
     fn name(&self) -> &'static str {
         "mask"
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 
@@ -82,6 +90,30 @@ impl Pruning {
         &self.layers
     }
 
+    /// Refuses a model other than the one this pruned: every pruned layer must be in `all` (the
+    /// model's weights by name) with the very weight tensor it pruned.
+    fn check_model(&self, all: &[(String, Tensor)], op: &'static str) -> Result<()> {
+        for l in &self.layers {
+            if !all.iter().any(|(n, w)| *n == l.name && w.id() == l.weight.id()) {
+                return Err(CompressError::arg(
+                    op,
+                    format!(
+                        "this Pruning belongs to another model: layer '{}' of this one is not the weight it pruned \
+                         (a Pruning prunes, reapplies and removes the masks of one model; use a new one per model)",
+                        l.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `t` is the mask this installed on layer `name`.
+    fn is_own_mask(&self, name: &str, t: &Arc<dyn ForwardTransform>) -> bool {
+        let mask = t.as_any().and_then(|a| a.downcast_ref::<Mask>());
+        mask.is_some_and(|m| self.layers.iter().any(|l| l.name == name && l.forward.id() == m.mask.id()))
+    }
+
     /// Current masks of `names` (all-ones for a layer not pruned yet), validated to exist.
     fn current(
         &self,
@@ -90,6 +122,7 @@ impl Pruning {
         op: &'static str,
     ) -> Result<Vec<(String, Tensor, ArrayD<f32>)>> {
         let all = crate::sparsity::weights(m)?;
+        self.check_model(&all, op)?;
         names
             .iter()
             .map(|&n| {
@@ -114,8 +147,9 @@ impl Pruning {
     /// Prunes `amount` of the still-unpruned weights of each layer in `names`, separately.
     ///
     /// # Errors
-    /// An amount outside `[0, 1]`, an unknown layer name, or a layer carrying another forward
-    /// transform; nothing is changed then.
+    /// An amount outside `[0, 1]`, an unknown layer name, a layer carrying another forward
+    /// transform (including another `Pruning`'s mask), or a model other than the one this
+    /// `Pruning` pruned before; nothing is changed then.
     pub fn magnitude(&mut self, m: &mut dyn Module, names: &[&str], amount: f64) -> Result<()> {
         check_amount("Pruning::magnitude", amount)?;
         let mut layers = self.current(m, names, "Pruning::magnitude")?;
@@ -198,25 +232,25 @@ impl Pruning {
     /// Records the masks, zeroes the pruned weights and installs the forward masks.
     fn install(&mut self, m: &mut dyn Module, layers: Vec<(String, Tensor, ArrayD<f32>)>) -> Result<()> {
         // Refuse before changing anything if a layer carries a transform that is not ours.
-        let foreign = |t: Option<&Arc<dyn ForwardTransform>>| t.is_some_and(|t| t.name() != "mask");
         let names: Vec<&str> = layers.iter().map(|l| l.0.as_str()).collect();
         let mut clash = None;
-        tt_tensor::nn::map_linears(m, |n, l| {
-            if names.contains(&n) && foreign(l.transform()) {
-                clash = Some(n.to_string());
+        let mut check = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
+            if let Some(t) = t.filter(|t| names.contains(&n) && !self.is_own_mask(n, t)) {
+                clash.get_or_insert((n.to_string(), t.name()));
             }
+        };
+        tt_tensor::nn::map_linears(m, |n, l| {
+            check(n, l.transform());
             Ok(())
         })?;
         tt_tensor::nn::map_conv2ds(m, |n, c| {
-            if names.contains(&n) && foreign(c.transform()) {
-                clash = Some(n.to_string());
-            }
+            check(n, c.transform());
             Ok(())
         })?;
-        if let Some(n) = clash {
+        if let Some((n, t)) = clash {
             return Err(CompressError::arg(
                 "Pruning",
-                format!("layer '{n}' already carries another forward transform"),
+                format!("layer '{n}' already carries another forward transform ('{t}', not this Pruning's mask)"),
             ));
         }
         for (name, weight, mask) in layers {
@@ -298,6 +332,12 @@ impl Pruning {
     /// Zeroes every pruned weight again (after an optimizer step moved some).
     pub fn reapply(&self) {
         for l in &self.layers {
+            // A write marks a projection installed over the weight stale: write only if an
+            // optimizer really moved a pruned weight.
+            let moved = l.weight.data().iter().zip(l.mask.iter()).any(|(&w, &k)| k == 0.0 && w != 0.0);
+            if !moved {
+                continue;
+            }
             let mut d = l.weight.data_mut();
             d.zip_mut_with(&l.mask, |w, &k| {
                 if k == 0.0 {
@@ -311,18 +351,41 @@ impl Pruning {
     /// stay, nothing keeps them any more.
     ///
     /// # Errors
-    /// Never for today's layers; the visitors are fallible.
+    /// A model other than the one this pruned, or a pruned layer whose transform is no longer
+    /// this `Pruning`'s mask (QAT's fake quantization composed over it: convert it first); the
+    /// model is then unchanged.
     pub fn make_permanent(self, m: &mut dyn Module) -> Result<()> {
-        self.reapply();
-        let ours = |n: &str| self.layers.iter().any(|l| l.name == n);
+        let op = "Pruning::make_permanent";
+        self.check_model(&crate::sparsity::weights(m)?, op)?;
+        let mut covered = None;
+        let mut check = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
+            if let Some(t) = t.filter(|t| self.layers.iter().any(|l| l.name == n) && !self.is_own_mask(n, t)) {
+                covered.get_or_insert((n.to_string(), t.name()));
+            }
+        };
         tt_tensor::nn::map_linears(m, |n, l| {
-            if ours(n) {
+            check(n, l.transform());
+            Ok(())
+        })?;
+        tt_tensor::nn::map_conv2ds(m, |n, c| {
+            check(n, c.transform());
+            Ok(())
+        })?;
+        if let Some((n, t)) = covered {
+            return Err(CompressError::arg(
+                op,
+                format!("layer '{n}' carries a '{t}' transform over its mask; finish that transform first"),
+            ));
+        }
+        self.reapply();
+        tt_tensor::nn::map_linears(m, |n, l| {
+            if l.transform().is_some_and(|t| self.is_own_mask(n, t)) {
                 l.set_transform(None);
             }
             Ok(())
         })?;
         tt_tensor::nn::map_conv2ds(m, |n, c| {
-            if ours(n) {
+            if c.transform().is_some_and(|t| self.is_own_mask(n, t)) {
                 c.set_transform(None);
             }
             Ok(())

@@ -73,7 +73,7 @@ use tt_tensor::{Module, Projection, Tensor};
 
 use crate::error::{QuantError, Result};
 use crate::linear::{Activations, Int8Linear, QuantizedLayer};
-use crate::scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};
+use crate::scheme::{Granularity, Part, QParams, QuantizedMatrix, Scheme};
 
 /// The checkpoint unit's part holding the weights.
 pub const WEIGHTS_PART: &str = "model.safetensors";
@@ -137,97 +137,30 @@ fn find_layers(model: &mut dyn Module) -> Result<Vec<Layer>> {
 fn activations_string(a: Activations) -> String {
     match a {
         Activations::Dynamic => "dynamic".into(),
-        Activations::Static(p) => format!("static:0x{:08x}:{}", p.scale.to_bits(), p.zero_point),
+        Activations::Static(p) => format!("static:0x{:08x}:{}", p.scale().to_bits(), p.zero_point()),
     }
 }
 
-/// A scale is usable if it is a positive normal f32 — what [`QParams::from_range`] produces
-/// (it never goes below the smallest normal, so that `x / S` cannot overflow).
-fn scale_ok(s: f32) -> bool {
-    s.is_normal() && s > 0.0
-}
-
-/// The code range each scheme's weights use ([`QuantizedMatrix::quantize`]).
-fn weight_range(scheme: Scheme) -> QRange {
-    match scheme {
-        Scheme::Symmetric => QRange::I8_SYMMETRIC,
-        Scheme::Affine => QRange::I8,
-    }
-}
-
-/// Everything a stored int8 weight must satisfy, checked on save (so that nothing is written
-/// that [`load`] would refuse) and on load. Messages name the tensor (`<layer>.weight…`).
-fn check_matrix(layer: &str, q: &QuantizedMatrix) -> std::result::Result<(), String> {
-    let n_params = match q.granularity {
-        Granularity::PerTensor => 1,
-        Granularity::PerChannel => q.rows,
-        Granularity::PerGroup(g) => {
-            return Err(format!("{layer}: per-group ({g}) weights are not stored (Int8Linear never has them)"))
-        }
-    };
-    if q.params.len() != n_params {
-        return Err(format!(
-            "tensor {layer}.{SCALE}: {} scales, but a {} {}×{} weight has {n_params}",
-            q.params.len(),
-            q.granularity.name(),
-            q.rows,
-            q.cols
-        ));
-    }
-    if q.codes.len() != q.rows * q.cols {
-        return Err(format!("tensor {layer}.weight: {} codes for a {}×{} matrix", q.codes.len(), q.rows, q.cols));
-    }
-    let range = weight_range(q.scheme);
-    if q.range != range {
-        return Err(format!("{layer}: {} weights use codes {range:?}, not {:?}", q.scheme.name(), q.range));
-    }
-    for (i, p) in q.params.iter().enumerate() {
-        if !scale_ok(p.scale) {
-            return Err(format!(
-                "tensor {layer}.{SCALE}: scale {} at index {i} is not a positive normal f32 (finite, > 0)",
-                p.scale
-            ));
-        }
-        let zp_ok = match q.scheme {
-            Scheme::Symmetric => p.zero_point == 0,
-            Scheme::Affine => (range.min..=range.max).contains(&p.zero_point),
-        };
-        if !zp_ok {
-            return Err(format!(
-                "tensor {layer}.{ZERO_POINT}: zero point {} at index {i} is outside {} weights' [{}, {}]",
-                p.zero_point,
-                q.scheme.name(),
-                if q.scheme == Scheme::Symmetric { 0 } else { range.min },
-                if q.scheme == Scheme::Symmetric { 0 } else { range.max },
-            ));
-        }
-    }
-    if let Some(i) = q.codes.iter().position(|&c| !(range.min..=range.max).contains(&(c as i32))) {
-        return Err(format!(
-            "tensor {layer}.weight: code {} at flat index {i} is outside {} weights' [{}, {}]",
-            q.codes[i],
-            q.scheme.name(),
-            range.min,
-            range.max
-        ));
-    }
-    Ok(())
+/// How a stored activations entry reads, before its values are checked.
+enum StoredActivations {
+    Dynamic,
+    Static { scale: f32, zero_point: i32 },
 }
 
 /// Static activation parameters must be a u8 affine map with a usable scale.
-fn check_activations(layer: &str, a: Activations) -> std::result::Result<(), String> {
-    match a {
-        Activations::Dynamic => Ok(()),
-        Activations::Static(p) if !scale_ok(p.scale) => Err(format!(
-            "metadata {layer}.activations: static scale {} is not a positive normal f32 (finite, > 0)",
-            p.scale
-        )),
-        Activations::Static(p) if !(0..=255).contains(&p.zero_point) => Err(format!(
-            "metadata {layer}.activations: static zero point {} is outside the u8 range [0, 255]",
-            p.zero_point
-        )),
-        Activations::Static(_) => Ok(()),
+fn check_activations(layer: &str, a: StoredActivations) -> std::result::Result<Activations, String> {
+    let (scale, zero_point) = match a {
+        StoredActivations::Dynamic => return Ok(Activations::Dynamic),
+        StoredActivations::Static { scale, zero_point } => (scale, zero_point),
+    };
+    if !(0..=255).contains(&zero_point) {
+        return Err(format!(
+            "metadata {layer}.activations: static zero point {zero_point} is outside the u8 range [0, 255]"
+        ));
     }
+    QParams::new(scale, zero_point).map(Activations::Static).map_err(|_| {
+        format!("metadata {layer}.activations: static scale {scale} is not a positive normal f32 (finite, > 0)")
+    })
 }
 
 /// The model as safetensors bytes in the format of the module docs.
@@ -256,11 +189,13 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
                 q.format()
             )));
         }
-        check_matrix(&layer.name, q.weight()).map_err(err)?;
-        check_activations(&layer.name, q.activations()).map_err(err)?;
         let w = q.weight();
-        metadata.insert(format!("{}.scheme", layer.name), w.scheme.name().into());
-        metadata.insert(format!("{}.granularity", layer.name), w.granularity.name());
+        // `Int8Linear` keeps one scale per output: never per-group (which the format cannot say).
+        if let Granularity::PerGroup(g) = w.granularity() {
+            return Err(err(format!("{}: per-group ({g}) weights are not stored", layer.name)));
+        }
+        metadata.insert(format!("{}.scheme", layer.name), w.scheme().name().into());
+        metadata.insert(format!("{}.granularity", layer.name), w.granularity().name());
         metadata.insert(format!("{}.activations", layer.name), activations_string(q.activations()));
         int8.insert(layer.weight_name(), (layer, q));
     }
@@ -270,13 +205,13 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
         match int8.get(name) {
             Some((layer, q)) => {
                 let w = q.weight();
-                raw.push((name.clone(), Dtype::I8, t.shape(), w.codes.iter().map(|&c| c as u8).collect()));
-                let n = w.params.len();
-                let scales = w.params.iter().flat_map(|p| p.scale.to_le_bytes()).collect();
+                raw.push((name.clone(), Dtype::I8, t.shape(), w.codes().iter().map(|&c| c as u8).collect()));
+                let n = w.params().len();
+                let scales = w.params().iter().flat_map(|p| p.scale().to_le_bytes()).collect();
                 raw.push((format!("{}.{SCALE}", layer.name), Dtype::F32, vec![n], scales));
-                if w.scheme == Scheme::Affine {
-                    // In [−128, 127]: checked by `check_matrix`.
-                    let zps = w.params.iter().map(|p| p.zero_point as i8 as u8).collect();
+                if w.scheme() == Scheme::Affine {
+                    // In [−128, 127]: a `QuantizedMatrix` invariant.
+                    let zps = w.params().iter().map(|p| p.zero_point() as i8 as u8).collect();
                     raw.push((format!("{}.{ZERO_POINT}", layer.name), Dtype::I8, vec![n], zps));
                 }
             }
@@ -407,9 +342,9 @@ fn parse_granularity(s: &str) -> Option<Granularity> {
     [Granularity::PerTensor, Granularity::PerChannel].into_iter().find(|x| x.name() == s)
 }
 
-fn parse_activations(s: &str) -> Option<Activations> {
+fn parse_activations(s: &str) -> Option<StoredActivations> {
     if s == "dynamic" {
-        return Some(Activations::Dynamic);
+        return Some(StoredActivations::Dynamic);
     }
     let (bits, zp) = s.strip_prefix("static:0x")?.split_once(':')?;
     if bits.len() != 8 || !bits.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -418,7 +353,7 @@ fn parse_activations(s: &str) -> Option<Activations> {
     let scale = f32::from_bits(u32::from_str_radix(bits, 16).ok()?);
     let zero_point =
         if zp.bytes().all(|b| b.is_ascii_digit() || b == b'-') { zp.parse::<i32>().ok()? } else { return None };
-    Some(Activations::Static(QParams { scale, zero_point }))
+    Some(StoredActivations::Static { scale, zero_point })
 }
 
 fn f32_values(view: &TensorView<'_>) -> Vec<f32> {
@@ -521,7 +456,7 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
         let a = field("activations")?;
         let activations = parse_activations(a)
             .ok_or_else(|| bad("activations", a, "dynamic or static:0x<8 hex digits of the f32 scale>:<zero point>"))?;
-        check_activations(&layer.name, activations).map_err(err)?;
+        let activations = check_activations(&layer.name, activations).map_err(err)?;
         let n = if granularity == Granularity::PerTensor { 1 } else { layer.rows };
         let sname = format!("{}.{SCALE}", layer.name);
         let scales =
@@ -587,21 +522,29 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
             Some(z) => z.data().iter().map(|&b| b as i8 as i32).collect(),
             None => vec![0; scales.len()],
         };
-        let q = QuantizedMatrix {
-            rows: s.layer.rows,
-            cols: s.layer.cols,
-            codes: s.codes.data().iter().map(|&b| b as i8).collect(),
-            params: scales.iter().zip(&zps).map(|(&scale, &zero_point)| QParams { scale, zero_point }).collect(),
-            scheme: s.scheme,
-            granularity: s.granularity,
-            range: weight_range(s.scheme),
-        };
-        check_matrix(name, &q).map_err(err)?;
-        if let Some((i, v)) = q.dequantize().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(err(format!(
-                "tensor {name}.{SCALE}: the dequantized weight overflows f32 ({v} at flat index {i} of {name}.weight)"
-            )));
-        }
+        let params = scales
+            .iter()
+            .zip(&zps)
+            .enumerate()
+            .map(|(i, (&scale, &zero_point))| {
+                QParams::new(scale, zero_point).map_err(|_| {
+                    err(format!(
+                        "tensor {name}.{SCALE}: scale {scale} at index {i} is not a positive normal f32 (finite, > 0)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let codes = s.codes.data().iter().map(|&b| b as i8).collect();
+        let q = QuantizedMatrix::build(s.layer.rows, s.layer.cols, codes, params, s.scheme, s.granularity).map_err(
+            |(part, reason)| {
+                let tensor = match part {
+                    Part::Shape | Part::Codes => "weight",
+                    Part::Params => SCALE,
+                    Part::ZeroPoints => ZERO_POINT,
+                };
+                err(format!("tensor {name}.{tensor}: {reason}"))
+            },
+        )?;
         let layer = Int8Linear::from_quantized(q, s.activations)
             .map_err(|e| err(format!("{} {name}: the int8 layer cannot be built: {e}", s.layer.kind)))?;
         int8.insert(name.clone(), Arc::new(layer));

@@ -32,6 +32,10 @@ pub const PANEL: usize = 16;
 /// corrections: `|Σ (a − Z_a)(w − Z_w)| ≤ K·255·255 < 2³¹`.
 pub const MAX_K: usize = (i32::MAX as usize) / (255 * 255);
 
+/// The largest result a reference computes over no inputs (`in = 0`): its size then comes from
+/// the caller's row and output counts alone, which no slice it passed bounds.
+pub const MAX_UNBACKED: usize = 1 << 16;
+
 /// An integer kernel level, ordered `Scalar < Avx2 < Avx512Vnni`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IntLevel {
@@ -93,19 +97,28 @@ fn vnni_detected() -> bool {
 }
 
 /// An int8 `[out, in]` matrix packed for the kernels (see the module docs).
+///
+/// Every size the kernels' pointer arithmetic relies on — the packed length, `row_bytes`,
+/// `acc_cols` — is computed once, with checked arithmetic, in [`PackedI8::new`]; [`PackedI8::matmul`]
+/// checks the caller's slices against them (checked products) before any pointer is formed.
 #[derive(Debug, Clone)]
 pub struct PackedI8 {
     packed: Vec<i8>,
     out_f: usize,
     in_f: usize,
     k4: usize,
+    /// `k4·4`: bytes per activation row.
+    row_bytes: usize,
+    /// `out` rounded up to a multiple of [`PANEL`].
+    acc_cols: usize,
 }
 
 impl PackedI8 {
     /// Packs row-major codes `w` of an `[out_f, in_f]` matrix.
     ///
     /// # Errors
-    /// `w.len() != out_f·in_f`, or `in_f > MAX_K` (its sums could overflow i32).
+    /// `w.len() != out_f·in_f`, `in_f > MAX_K` (its sums could overflow i32), or `out_f` so
+    /// large that its padded width overflows `usize`.
     pub fn new(w: &[i8], out_f: usize, in_f: usize) -> Result<PackedI8> {
         if out_f.checked_mul(in_f) != Some(w.len()) {
             return Err(QuantError::arg("PackedI8::new", format!("{} codes for a {out_f}×{in_f} matrix", w.len())));
@@ -117,14 +130,23 @@ impl PackedI8 {
             ));
         }
         let (panels, k4) = (out_f.div_ceil(PANEL), in_f.div_ceil(4));
-        let mut packed = vec![0i8; panels * k4 * PANEL * 4];
-        for o in 0..out_f {
-            let (panel, lane) = (o / PANEL, o % PANEL);
-            for i in 0..in_f {
-                packed[((panel * k4 + i / 4) * PANEL + lane) * 4 + i % 4] = w[o * in_f + i];
+        // in_f ≤ MAX_K, so k4·4 cannot overflow; the panel sizes can (out_f near usize::MAX with
+        // in_f = 0 passes the product check above).
+        let sizes = panels.checked_mul(PANEL).zip(panels.checked_mul(k4).and_then(|n| n.checked_mul(PANEL * 4)));
+        let Some((acc_cols, len)) = sizes else {
+            return Err(QuantError::arg("PackedI8::new", format!("{out_f} outputs: the padded size overflows usize")));
+        };
+        let mut packed = vec![0i8; len];
+        // `chunks_exact(0)` would panic; with no inputs there is nothing to pack.
+        if in_f > 0 {
+            for (o, row) in w.chunks_exact(in_f).enumerate() {
+                let (panel, lane) = (o / PANEL, o % PANEL);
+                for (i, &c) in row.iter().enumerate() {
+                    packed[((panel * k4 + i / 4) * PANEL + lane) * 4 + i % 4] = c;
+                }
             }
         }
-        Ok(PackedI8 { packed, out_f, in_f, k4 })
+        Ok(PackedI8 { packed, out_f, in_f, k4, row_bytes: k4 * 4, acc_cols })
     }
 
     /// `(out, in)`.
@@ -134,12 +156,12 @@ impl PackedI8 {
 
     /// Bytes per activation row: `in` rounded up to a multiple of 4.
     pub fn row_bytes(&self) -> usize {
-        self.k4 * 4
+        self.row_bytes
     }
 
     /// Accumulator columns per row: `out` rounded up to a multiple of 16.
     pub fn acc_cols(&self) -> usize {
-        self.out_f.div_ceil(PANEL) * PANEL
+        self.acc_cols
     }
 
     /// Bytes of the packed codes (padding included).
@@ -148,7 +170,11 @@ impl PackedI8 {
     }
 
     /// The code of `W[o, i]`.
+    ///
+    /// # Panics
+    /// `o ≥ out` or `i ≥ in` (the padding is no element of the matrix).
     pub fn code(&self, o: usize, i: usize) -> i8 {
+        assert!(o < self.out_f && i < self.in_f, "PackedI8::code: ({o}, {i}) outside {}×{}", self.out_f, self.in_f);
         self.packed[(((o / PANEL) * self.k4 + i / 4) * PANEL + o % PANEL) * 4 + i % 4]
     }
 
@@ -157,42 +183,39 @@ impl PackedI8 {
     /// weights: the result is the same); columns past `out` are written with 0.
     ///
     /// # Errors
-    /// `a` shorter than `rows·row_bytes()` or `acc` shorter than `rows·acc_cols()`.
+    /// `a` shorter than `rows·row_bytes()` or `acc` shorter than `rows·acc_cols()` (products
+    /// that overflow included).
     pub fn matmul(&self, level: IntLevel, a: &[u8], rows: usize, acc: &mut [i32]) -> Result<()> {
+        // The one check every kernel level relies on: all pointer offsets below are < these.
         let need = |have: usize, per: usize| rows.checked_mul(per).is_some_and(|n| have >= n);
-        if !need(a.len(), self.row_bytes()) || !need(acc.len(), self.acc_cols()) {
+        if !need(a.len(), self.row_bytes) || !need(acc.len(), self.acc_cols) {
             return Err(QuantError::arg(
                 "PackedI8::matmul",
                 format!(
                     "{rows} rows need {}·{rows} activation bytes and {}·{rows} accumulators; got {} and {}",
-                    self.row_bytes(),
-                    self.acc_cols(),
+                    self.row_bytes,
+                    self.acc_cols,
                     a.len(),
                     acc.len()
                 ),
             ));
         }
-        // SAFETY: lengths checked above.
-        unsafe { self.matmul_unchecked(level, a, rows, acc) };
-        Ok(())
-    }
-
-    /// [`PackedI8::matmul`] without the length checks.
-    ///
-    /// # Safety
-    /// `a.len() ≥ rows·row_bytes()` and `acc.len() ≥ rows·acc_cols()`.
-    pub(crate) unsafe fn matmul_unchecked(&self, level: IntLevel, a: &[u8], rows: usize, acc: &mut [i32]) {
+        // No outputs: nothing to write (and a loop over `rows` empty rows could run for ever).
+        if self.acc_cols == 0 {
+            return Ok(());
+        }
         let level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
         match level {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the level is clamped to what the CPU supports (VNNI detected); lengths are
-            // the caller's contract.
+            // SAFETY: the level is clamped to what the CPU supports (VNNI detected); `a` holds
+            // rows·row_bytes bytes and `acc` rows·acc_cols values (checked above).
             IntLevel::Avx512Vnni => unsafe { vnni::matmul(self, a, rows, acc) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, with AVX2.
             IntLevel::Avx2 => unsafe { avx2::matmul(self, a, rows, acc) },
             _ => scalar_matmul(self, a, rows, acc),
         }
+        Ok(())
     }
 }
 
@@ -220,14 +243,32 @@ fn scalar_matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
 
 /// The plainest possible reference over unpacked row-major codes: `acc[r, o] = Σ_i a[r, i]·w[o, i]`
 /// (`a` is `rows × in`, unpadded). What the tests compare every level with.
-pub fn matmul_reference(a: &[u8], w: &[i8], rows: usize, in_f: usize, out_f: usize) -> Vec<i32> {
-    let mut acc = vec![0i32; rows * out_f];
-    for r in 0..rows {
-        for o in 0..out_f {
-            acc[r * out_f + o] = (0..in_f).map(|i| a[r * in_f + i] as i32 * w[o * in_f + i] as i32).sum();
+///
+/// # Errors
+/// `a` shorter than `rows·in_f`, `w` shorter than `out_f·in_f`, a `rows·out_f` result that
+/// overflows `usize`, or, with no inputs (`in_f = 0`), a result (all zeros) of more than
+/// [`MAX_UNBACKED`] values.
+pub fn matmul_reference(a: &[u8], w: &[i8], rows: usize, in_f: usize, out_f: usize) -> Result<Vec<i32>> {
+    let fits = |have: usize, n: usize| n.checked_mul(in_f).is_some_and(|k| have >= k);
+    let out = rows.checked_mul(out_f);
+    // With in_f > 0 the result is at most a.len()·w.len() values; with in_f = 0 empty inputs
+    // pass for any rows and out_f.
+    let backed = in_f > 0 || out.is_some_and(|n| n <= MAX_UNBACKED);
+    match out {
+        Some(n) if fits(a.len(), rows) && fits(w.len(), out_f) && backed => {
+            let mut acc = vec![0i32; n];
+            for r in 0..rows {
+                for o in 0..out_f {
+                    acc[r * out_f + o] = (0..in_f).map(|i| a[r * in_f + i] as i32 * w[o * in_f + i] as i32).sum();
+                }
+            }
+            Ok(acc)
         }
+        _ => Err(QuantError::arg(
+            "matmul_reference",
+            format!("{} activations and {} codes for {rows} rows of a {out_f}×{in_f} matrix", a.len(), w.len()),
+        )),
     }
-    acc
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -262,7 +303,8 @@ mod vnni {
     }
 
     /// # Safety
-    /// The CPU has AVX-512F and AVX-512 VNNI; `a` and `acc` as in `PackedI8::matmul_unchecked`.
+    /// The CPU has AVX-512F and AVX-512 VNNI; `a` holds `rows·row_bytes` bytes and `acc` `rows·acc_cols`
+    /// values (checked by `PackedI8::matmul`).
     pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
         let mut r0 = 0;
         while r0 < rows {
@@ -352,7 +394,8 @@ mod avx2 {
     use super::{PackedI8, PANEL};
 
     /// # Safety
-    /// The CPU has AVX2; `a` and `acc` as in `PackedI8::matmul_unchecked`.
+    /// The CPU has AVX2; `a` holds `rows·row_bytes` bytes and `acc` `rows·acc_cols`
+    /// values (checked by `PackedI8::matmul`).
     pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
         let mut r0 = 0;
         while r0 < rows {

@@ -67,10 +67,28 @@ pub struct Int8Linear {
 /// Per-row quantization parameters as kept in the workspace.
 #[derive(Debug, Clone, Copy)]
 struct RowQ {
-    scale: f32,
-    zero_point: i32,
+    params: QParams,
     code_sum: i32,
     finite: bool,
+}
+
+/// Where the parts of a forward call's workspace go, for `rows` rows: i32 accumulators, per-row
+/// `[scale bits, Z, Σa, finite]` as u32s, then the activation bytes. The first two parts get
+/// slack (8 and 16 bytes, ≥ the 3 an alignment to 4 can cost) so their aligned middles still
+/// hold what they need.
+struct Layout {
+    acc_bytes: usize,
+    rowq_bytes: usize,
+    act_bytes: usize,
+    total: usize,
+}
+
+/// `Σ_i codes[o·in_f + i]` per output (the caller has checked `codes.len() = out_f·in_f`).
+pub(crate) fn row_code_sums(codes: &[i8], out_f: usize, in_f: usize) -> Vec<i32> {
+    if in_f == 0 {
+        return vec![0; out_f];
+    }
+    codes.chunks_exact(in_f).map(|row| row.iter().map(|&c| c as i32).sum()).collect()
 }
 
 impl Int8Linear {
@@ -80,7 +98,8 @@ impl Int8Linear {
     /// # Errors
     /// Non-finite weights; per-group weights (the integer kernel keeps one scale per output row —
     /// per-group scales would need float partial sums per group, not implemented); more inputs
-    /// than [`crate::kernels::MAX_K`].
+    /// than [`crate::kernels::MAX_K`]; a per-tensor matrix with rows but no columns (see
+    /// [`QuantizedMatrix::row_params`]).
     pub fn new(w: &Array2<f32>, cfg: WeightConfig, activations: Activations) -> Result<Int8Linear> {
         Self::from_quantized(QuantizedMatrix::quantize(w, cfg.scheme, cfg.granularity)?, activations)
     }
@@ -88,20 +107,10 @@ impl Int8Linear {
     /// Builds the layer over an already quantized matrix.
     ///
     /// # Errors
-    /// As [`Int8Linear::new`], a matrix [`QuantizedMatrix::validate`] rejects, and static
-    /// activation parameters that are not a u8 affine map with a normal scale.
+    /// As [`Int8Linear::new`], and static activation parameters that are not a u8 affine map.
     pub fn from_quantized(weight: QuantizedMatrix, activations: Activations) -> Result<Int8Linear> {
-        weight.validate()?;
-        let (out_f, in_f) = (weight.rows, weight.cols);
-        let per_out: Vec<QParams> = match weight.granularity {
-            Granularity::PerTensor => vec![weight.params[0]; out_f],
-            Granularity::PerChannel => weight.params.clone(),
-            Granularity::PerGroup(g) => {
-                return Err(QuantError::Unsupported(format!(
-                "per-group ({g}) weights in the integer kernel, which keeps one scale per output row; use per-channel"
-            )))
-            }
-        };
+        let (out_f, in_f) = (weight.rows(), weight.cols());
+        let per_out = weight.row_params()?;
         if let Activations::Static(p) = activations {
             if !p.is_u8_affine() {
                 return Err(QuantError::arg(
@@ -110,13 +119,12 @@ impl Int8Linear {
                 ));
             }
         }
-        let packed = PackedI8::new(&weight.codes, out_f, in_f)?;
-        let code_sums =
-            (0..out_f).map(|o| weight.codes[o * in_f..(o + 1) * in_f].iter().map(|&c| c as i32).sum()).collect();
+        let packed = PackedI8::new(weight.codes(), out_f, in_f)?;
+        let code_sums = row_code_sums(weight.codes(), out_f, in_f);
         let zero_points =
-            (weight.scheme == Scheme::Affine).then(|| per_out.iter().map(|p| p.zero_point).collect::<Vec<_>>());
+            (weight.scheme() == Scheme::Affine).then(|| per_out.iter().map(|p| p.zero_point()).collect::<Vec<_>>());
         Ok(Int8Linear {
-            scales: per_out.iter().map(|p| p.scale).collect(),
+            scales: per_out.iter().map(|p| p.scale()).collect(),
             zero_points,
             code_sums,
             packed,
@@ -154,7 +162,7 @@ impl Int8Linear {
     /// # Errors
     /// `x` shorter than `rows` rows.
     pub fn quantize_inputs(&self, x: &[f32], rows: usize) -> Result<Vec<(Vec<u8>, Option<QParams>)>> {
-        let in_f = self.weight.cols;
+        let in_f = self.weight.cols();
         if rows.checked_mul(in_f).is_none_or(|n| x.len() < n) {
             return Err(QuantError::arg(
                 "Int8Linear::quantize_inputs",
@@ -165,7 +173,7 @@ impl Int8Linear {
             .map(|r| {
                 let mut codes = vec![0u8; in_f];
                 let q = self.quantize_row(&x[r * in_f..(r + 1) * in_f], &mut codes);
-                (codes, q.finite.then_some(QParams { scale: q.scale, zero_point: q.zero_point }))
+                (codes, q.finite.then_some(q.params))
             })
             .collect())
     }
@@ -177,56 +185,59 @@ impl Int8Linear {
             Activations::Static(p) => p,
             // A finite, ordered range cannot fail; a non-finite row's codes are never used.
             Activations::Dynamic if finite => {
-                QParams::from_range(lo, hi, Scheme::Affine, QRange::U8).unwrap_or(QParams { scale: 1.0, zero_point: 0 })
+                QParams::from_range(lo, hi, Scheme::Affine, QRange::U8).unwrap_or(QParams::UNIT)
             }
-            Activations::Dynamic => QParams { scale: 1.0, zero_point: 0 },
+            Activations::Dynamic => QParams::UNIT,
         };
-        RowQ { scale: p.scale, zero_point: p.zero_point, code_sum: rowops::quantize_row(x, p, out, simd), finite }
+        RowQ { params: p, code_sum: rowops::quantize_row(x, p, out, simd), finite }
     }
 
-    fn layout(&self, rows: usize) -> (usize, usize, usize) {
-        // i32 accumulators, then per-row parameters, then activation bytes.
-        let acc = rows * self.packed.acc_cols() * 4;
-        let rowq = rows * 16;
-        (acc, rowq, rows * self.packed.row_bytes())
+    /// The workspace layout of `rows` rows, every size checked: `None` if one overflows `usize`
+    /// (no workspace can be that large).
+    fn layout(&self, rows: usize) -> Option<Layout> {
+        let acc_bytes = rows.checked_mul(self.packed.acc_cols())?.checked_mul(4)?;
+        let rowq_bytes = rows.checked_mul(16)?;
+        let act_bytes = rows.checked_mul(self.packed.row_bytes())?;
+        let total = acc_bytes.checked_add(rowq_bytes)?.checked_add(act_bytes)?.checked_add(64)?;
+        Some(Layout { acc_bytes, rowq_bytes, act_bytes, total })
     }
 }
 
 impl Projection for Int8Linear {
     fn shape(&self) -> (usize, usize) {
-        (self.weight.rows, self.weight.cols)
+        (self.weight.rows(), self.weight.cols())
     }
 
+    /// `usize::MAX` where the size overflows: no caller has that much, so `project` refuses.
     fn workspace_len(&self, rows: usize) -> usize {
-        let (a, b, c) = self.layout(rows);
-        a + b + c + 64
+        self.layout(rows).map_or(usize::MAX, |l| l.total)
     }
 
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8]) {
-        let (out_f, in_f) = (self.weight.rows, self.weight.cols);
+        let (out_f, in_f) = (self.weight.rows(), self.weight.cols());
         let (cols, kb) = (self.packed.acc_cols(), self.packed.row_bytes());
         // The trait's documented `# Panics`; `tt_tensor::projection::project` checks first.
-        assert!(x.len() >= rows * in_f && y.len() >= rows * out_f, "Int8Linear::forward_rows sizes");
+        let fits = |have: usize, per: usize| rows.checked_mul(per).is_some_and(|n| have >= n);
+        assert!(fits(x.len(), in_f) && fits(y.len(), out_f), "Int8Linear::forward_rows sizes");
         // The AVX-512 epilogue reads the bias without bounds checks.
         assert!(bias.is_none_or(|b| b.len() == out_f), "Int8Linear::forward_rows bias length");
-        assert!(ws.len() >= self.workspace_len(rows), "Int8Linear::forward_rows workspace");
-        let (acc_len, rowq_len, _) = self.layout(rows);
-        // Workspace: i32 accumulators, per-row [scale bits, Z, Σa, finite] as u32s, then the
-        // activation bytes; the first two parts get slack (8 and 16 bytes, ≥ the 3 an alignment
-        // to 4 can cost) so their aligned middles still hold what they need.
-        let (ints, rest) = ws.split_at_mut(acc_len + 8);
-        // SAFETY: every bit pattern is a valid i32; the aligned middle is at least acc_len bytes.
+        let layout = self.layout(rows).filter(|l| ws.len() >= l.total);
+        let Some(Layout { acc_bytes, rowq_bytes, act_bytes, .. }) = layout else {
+            panic!("Int8Linear::forward_rows workspace: {} bytes for {rows} rows", ws.len())
+        };
+        let (ints, rest) = ws.split_at_mut(acc_bytes + 8);
+        // SAFETY: every bit pattern is a valid i32; the aligned middle is at least acc_bytes.
         let acc = unsafe { ints.align_to_mut::<i32>().1 };
-        let (rq, a) = rest.split_at_mut(rowq_len + 16);
+        let (rq, a) = rest.split_at_mut(rowq_bytes + 16);
         // SAFETY: as above, for u32.
         let rq = unsafe { rq.align_to_mut::<[u32; 4]>().1 };
-        let a = &mut a[..rows * kb];
+        let a = &mut a[..act_bytes];
         for r in 0..rows {
             let q = self.quantize_row(&x[r * in_f..(r + 1) * in_f], &mut a[r * kb..(r + 1) * kb]);
-            rq[r] = [q.scale.to_bits(), q.zero_point as u32, q.code_sum as u32, q.finite as u32];
+            let p = q.params;
+            rq[r] = [p.scale().to_bits(), p.zero_point() as u32, q.code_sum as u32, q.finite as u32];
         }
-        // SAFETY: `a` holds rows × row_bytes, `acc` at least rows × acc_cols (workspace_len).
-        unsafe { self.packed.matmul_unchecked(self.level, a, rows, acc) };
+        self.packed.matmul(self.level, a, rows, acc).expect("the workspace layout holds rows × row_bytes and acc_cols");
         let epilogue = rowops::Epilogue {
             code_sums: &self.code_sums,
             zero_points: self.zero_points.as_deref(),
@@ -261,7 +272,7 @@ impl Projection for Int8Linear {
 
     fn format(&self) -> &'static str {
         let stat = matches!(self.activations, Activations::Static(_));
-        match (stat, self.weight.granularity, self.weight.scheme) {
+        match (stat, self.weight.granularity(), self.weight.scheme()) {
             (false, Granularity::PerTensor, Scheme::Symmetric) => "int8-dyn/tensor",
             (false, Granularity::PerTensor, Scheme::Affine) => "int8-dyn/tensor-affine",
             (false, _, Scheme::Symmetric) => "int8-dyn/ch",
@@ -299,8 +310,8 @@ pub struct QuantizedLayer {
 /// `Conv2d` — embeddings (so the GPT's tied output head), layer norms, biases.
 ///
 /// # Errors
-/// A layer whose weight no longer matches its installed projection, or one `Int8Linear::new`
-/// rejects.
+/// A layer whose weight no longer matches its installed projection, a layer carrying a forward
+/// transform (see [`quantize_layers`]), or one `Int8Linear::new` rejects.
 pub fn quantize_dynamic(m: &mut dyn tt_tensor::Module, cfg: WeightConfig) -> tt_tensor::Result<Vec<QuantizedLayer>> {
     quantize_layers(m, cfg, &mut |_| Ok(Activations::Dynamic))
 }
@@ -308,12 +319,71 @@ pub fn quantize_dynamic(m: &mut dyn tt_tensor::Module, cfg: WeightConfig) -> tt_
 /// [`quantize_dynamic`] with the activation quantization of each layer chosen by `act(name)`
 /// (static quantization passes a [`crate::calibrate::Calibration`]'s frozen parameters this way).
 ///
+/// A layer carrying a forward transform (a pruning mask, a low-rank factorization in training,
+/// QAT's fake quantization) is refused: what it computes in training is the transform of its
+/// stored weight, not the weight, so quantizing the weight could quantize the wrong matrix (a
+/// factorized layer's weight is not even used). Finish the transform first
+/// (`Pruning::make_permanent`, `Factored::finish`, [`crate::qat::convert_qat`]).
+///
 /// # Errors
-/// As [`quantize_dynamic`], and any error `act` returns.
+/// As [`quantize_dynamic`], and any error `act` returns; the model is then unchanged.
 pub fn quantize_layers(
     m: &mut dyn tt_tensor::Module,
     cfg: WeightConfig,
     act: &mut dyn FnMut(&str) -> Result<Activations>,
+) -> tt_tensor::Result<Vec<QuantizedLayer>> {
+    install_int8(m, cfg, act, Transforms::Refuse)
+}
+
+/// What [`install_int8`] does with a layer's forward transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transforms {
+    /// An error naming the layer and the transform.
+    Refuse,
+    /// Quantize the weight as the transform computes it (QAT's conversion, after taking its
+    /// fake quantization off a transform it was composed over).
+    Through,
+}
+
+/// The matrix a layer computes with: its dense weight (`dense`, of the layer's `[out, …]`
+/// `shape`), through its transform if it has one and `transforms` allows it.
+fn layer_matrix(
+    name: &str,
+    dense: Array2<f32>,
+    shape: &[usize],
+    t: Option<&std::sync::Arc<dyn tt_tensor::nn::ForwardTransform>>,
+    transforms: Transforms,
+) -> tt_tensor::Result<Array2<f32>> {
+    let op = "quantize_layers";
+    let Some(t) = t else { return Ok(dense) };
+    if transforms == Transforms::Refuse {
+        return Err(tt_tensor::TensorError::InvalidArgument {
+            op,
+            reason: format!(
+                "layer '{name}' carries a '{}' forward transform: it computes a transform of its stored weight, \
+                 not the weight; finish or remove the transform before quantizing",
+                t.name()
+            ),
+        });
+    }
+    let (rows, cols) = dense.dim();
+    let w = dense
+        .into_shape_with_order(ndarray::IxDyn(shape))
+        .map_err(|e| tt_tensor::TensorError::InvalidArgument { op, reason: e.to_string() })?;
+    let computed = tt_tensor::no_grad(|| t.weight(&tt_tensor::Tensor::from_array(w)))?;
+    let data = computed.data().clone();
+    data.into_shape_with_order((rows, cols)).map_err(|e| tt_tensor::TensorError::InvalidArgument {
+        op,
+        reason: format!("layer '{name}': its '{}' transform changed the weight's shape: {e}", t.name()),
+    })
+}
+
+/// [`quantize_layers`] with a choice of what a forward transform means.
+pub(crate) fn install_int8(
+    m: &mut dyn tt_tensor::Module,
+    cfg: WeightConfig,
+    act: &mut dyn FnMut(&str) -> Result<Activations>,
+    transforms: Transforms,
 ) -> tt_tensor::Result<Vec<QuantizedLayer>> {
     // Build every layer first, install after: an error leaves the model as it was.
     let mut built: Vec<std::sync::Arc<Int8Linear>> = Vec::new();
@@ -330,8 +400,14 @@ pub fn quantize_layers(
         built.push(q);
         Ok(())
     };
-    tt_tensor::nn::map_linears(m, |name, l| build(name, &l.projection()?.to_dense()))?;
-    tt_tensor::nn::map_conv2ds(m, |name, c| build(name, &conv_matrix(c)?))?;
+    tt_tensor::nn::map_linears(m, |name, l| {
+        let w = layer_matrix(name, l.projection()?.to_dense(), &l.weight.shape(), l.transform(), transforms)?;
+        build(name, &w)
+    })?;
+    tt_tensor::nn::map_conv2ds(m, |name, c| {
+        let w = layer_matrix(name, conv_matrix(c)?, &c.weight.shape(), c.transform(), transforms)?;
+        build(name, &w)
+    })?;
     // The visitors walk the same layers in the same order again; shapes were taken from them, so
     // installing cannot fail on a shape.
     let mut next = built.into_iter();

@@ -12,6 +12,11 @@
 //! - [`prepare_qat`] installs it in every `Linear` and `Conv2d` by name; the model's ordinary
 //!   training loop then fine-tunes it unchanged; [`convert_qat`] removes the transforms and installs
 //!   static [`crate::Int8Linear`]s whose codes are exactly the fake-quantized weights.
+//! - **Composition**: a layer that already carries a forward transform (a pruning mask, a
+//!   low-rank factorization being fine-tuned) keeps it: [`FakeQuant`] is installed *over* it and
+//!   fake-quantizes what it computes (`fq(W ⊙ M)`, `fq(U·V)`), so pruned weights keep a zero
+//!   gradient and stay pruned. [`convert_qat`] quantizes that same matrix and puts the transform
+//!   underneath back (the mask keeps guarding the zeros during any further training).
 //!
 //! Activation ranges are frozen from a calibration rather than tracked by a moving average during
 //! training: data-parallel shards run forwards concurrently, and an observer updated in thread
@@ -25,7 +30,7 @@ use tt_tensor::{Module, Tensor};
 
 use crate::calibrate::Calibration;
 use crate::error::{QuantError, Result};
-use crate::linear::{quantize_layers, Activations, QuantizedLayer, WeightConfig};
+use crate::linear::{install_int8, Activations, QuantizedLayer, Transforms, WeightConfig};
 use crate::scheme::{finite_range, Granularity, QParams, QRange, Scheme};
 
 /// Fake quantization of `x` with one `(S, Z)` (`params.len() == 1`) or one per index of axis 0
@@ -33,8 +38,7 @@ use crate::scheme::{finite_range, Granularity, QParams, QRange, Scheme};
 /// inside the clamp range, zero outside.
 ///
 /// # Errors
-/// A parameter count that is neither 1 nor the size of axis 0, or a scale that is not finite and
-/// positive.
+/// A parameter count that is neither 1 nor the size of axis 0.
 pub fn fake_quantize(x: &Tensor, params: &[QParams], range: QRange) -> Result<Tensor> {
     let shape = x.shape();
     let rows = shape.first().copied().unwrap_or(1).max(1);
@@ -44,17 +48,14 @@ pub fn fake_quantize(x: &Tensor, params: &[QParams], range: QRange) -> Result<Te
             format!("{} parameter pairs for a tensor of shape {shape:?} (need 1 or {rows})", params.len()),
         ));
     }
-    if let Some(p) = params.iter().find(|p| !QParams::scale_ok(p.scale)) {
-        return Err(QuantError::arg("fake_quantize", format!("scale {} is not a positive normal f32", p.scale)));
-    }
     let data = x.to_vec();
     let per = data.len() / rows;
     let mut out = Vec::with_capacity(data.len());
     let mut pass = Vec::with_capacity(data.len());
     for (i, &v) in data.iter().enumerate() {
         let p = params[if params.len() == 1 { 0 } else { i / per.max(1) }];
-        let unclamped = (v as f64 / p.scale as f64).round_ties_even() + p.zero_point as f64;
-        pass.push(if (range.min as f64..=range.max as f64).contains(&unclamped) { 1.0f32 } else { 0.0 });
+        let unclamped = (v as f64 / p.scale() as f64).round_ties_even() + p.zero_point() as f64;
+        pass.push(if (range.min() as f64..=range.max() as f64).contains(&unclamped) { 1.0f32 } else { 0.0 });
         out.push(p.dequantize(p.quantize(v, range)));
     }
     let out =
@@ -75,7 +76,7 @@ pub fn fake_quantize_u8(x: &Tensor, p: QParams) -> Result<Tensor> {
     if !p.is_u8_affine() {
         return Err(QuantError::arg("fake_quantize_u8", format!("{p:?} is not a u8 affine map with a normal scale")));
     }
-    let (inv, z) = (1.0 / p.scale, p.zero_point as f32);
+    let (inv, z) = (1.0 / p.scale(), p.zero_point() as f32);
     let data = x.to_vec();
     let mut out = Vec::with_capacity(data.len());
     let mut pass = Vec::with_capacity(data.len());
@@ -117,6 +118,8 @@ fn weight_params(w: &Tensor, granularity: Granularity) -> Result<Vec<QParams>> {
 pub struct FakeQuant {
     granularity: Granularity,
     input: QParams,
+    /// The transform this one is composed over (applied first), if the layer had one.
+    inner: Option<Arc<dyn ForwardTransform>>,
 }
 
 impl FakeQuant {
@@ -134,27 +137,49 @@ impl FakeQuant {
                 format!("input parameters {input:?} are not a u8 affine map"),
             ));
         }
-        Ok(FakeQuant { granularity, input })
+        Ok(FakeQuant { granularity, input, inner: None })
+    }
+
+    /// The transform this one fake-quantizes the output of, if any.
+    pub fn inner(&self) -> Option<&Arc<dyn ForwardTransform>> {
+        self.inner.as_ref()
     }
 }
 
 impl ForwardTransform for FakeQuant {
     fn weight(&self, w: &Tensor) -> tt_tensor::Result<Tensor> {
-        Ok(fake_quantize(w, &weight_params(w, self.granularity)?, QRange::I8_SYMMETRIC)?)
+        let w = match &self.inner {
+            Some(t) => t.weight(w)?,
+            None => w.clone(),
+        };
+        Ok(fake_quantize(&w, &weight_params(&w, self.granularity)?, QRange::I8_SYMMETRIC)?)
     }
     fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
-        Ok(fake_quantize_u8(x, self.input)?)
+        let x = match &self.inner {
+            Some(t) => t.input(x)?,
+            None => x.clone(),
+        };
+        Ok(fake_quantize_u8(&x, self.input)?)
     }
     fn name(&self) -> &'static str {
         "fake-quant"
     }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+fn as_fake_quant(t: &Arc<dyn ForwardTransform>) -> Option<&FakeQuant> {
+    t.as_any()?.downcast_ref::<FakeQuant>()
 }
 
 /// Installs a [`FakeQuant`] in every `Linear` and `Conv2d` below `m`, inputs with `calibration`'s
-/// frozen parameters, weights with `cfg` (symmetric only). Returns how many layers.
+/// frozen parameters, weights with `cfg` (symmetric only), composed over the transform a layer
+/// already carries (see the module docs). Returns how many layers.
 ///
 /// # Errors
-/// An affine or per-group weight configuration, or a layer the calibration did not see.
+/// An affine or per-group weight configuration, a layer the calibration did not see, or a layer
+/// prepared already (its transform is a [`FakeQuant`]); the model is then unchanged.
 pub fn prepare_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibration) -> Result<usize> {
     if cfg.scheme != Scheme::Symmetric {
         return Err(QuantError::Unsupported("QAT with affine weights (fake quantization here is symmetric)".into()));
@@ -162,12 +187,17 @@ pub fn prepare_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibrat
     // Every layer's transform first (a layer the calibration did not see is an error), then
     // install: an error leaves the model unchanged.
     let mut made: Vec<Arc<dyn ForwardTransform>> = Vec::new();
-    let mut make = |name: &str| -> tt_tensor::Result<()> {
-        made.push(Arc::new(FakeQuant::new(cfg.granularity, calibration.qparams(name)?)?));
+    let mut make = |name: &str, inner: Option<&Arc<dyn ForwardTransform>>| -> tt_tensor::Result<()> {
+        if inner.is_some_and(|t| as_fake_quant(t).is_some()) {
+            return Err(QuantError::arg("prepare_qat", format!("layer '{name}' is prepared for QAT already")).into());
+        }
+        let mut fq = FakeQuant::new(cfg.granularity, calibration.qparams(name)?)?;
+        fq.inner = inner.cloned();
+        made.push(Arc::new(fq));
         Ok(())
     };
-    tt_tensor::nn::map_linears(m, |name, _| make(name))?;
-    tt_tensor::nn::map_conv2ds(m, |name, _| make(name))?;
+    tt_tensor::nn::map_linears(m, |name, l| make(name, l.transform()))?;
+    tt_tensor::nn::map_conv2ds(m, |name, c| make(name, c.transform()))?;
     let n = made.len();
     let mut next = made.into_iter();
     tt_tensor::nn::map_linears(m, |_, l| {
@@ -181,39 +211,57 @@ pub fn prepare_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibrat
     Ok(n)
 }
 
-/// Ends QAT: removes the transforms and installs static int8 layers with the same weight rule
-/// and input parameters, so the int8 model computes what the fine-tuned fake-quantized one did
-/// (up to the f32 rounding of the integer epilogue).
+/// Ends QAT: takes the [`FakeQuant`] transforms off (leaving what each was composed over) and
+/// installs static int8 layers with the same weight rule and input parameters, over the matrix
+/// each layer computed (through a remaining mask or factorization), so the int8 model computes
+/// what the fine-tuned fake-quantized one did (up to the f32 rounding of the integer epilogue).
 ///
 /// # Errors
-/// As [`quantize_layers`].
+/// A layer carrying another transform than QAT's, or as [`crate::quantize_layers`]; the model is
+/// then unchanged.
 pub fn convert_qat(m: &mut dyn Module, cfg: WeightConfig, calibration: &Calibration) -> Result<Vec<QuantizedLayer>> {
-    // Check every layer's calibration before removing any transform.
-    let mut names = Vec::new();
-    tt_tensor::nn::map_linears(m, |name, _| {
-        names.push(name.to_string());
+    // Check every layer's calibration and transform before removing any transform.
+    let mut problem = None;
+    let mut check = |name: &str, t: Option<&Arc<dyn ForwardTransform>>| {
+        if problem.is_none() {
+            if let Err(e) = calibration.qparams(name) {
+                problem = Some(e);
+            } else if let Some(t) = t.filter(|t| as_fake_quant(t).is_none()) {
+                problem = Some(QuantError::arg(
+                    "convert_qat",
+                    format!("layer '{name}' carries a '{}' transform, not QAT's fake quantization", t.name()),
+                ));
+            }
+        }
+    };
+    tt_tensor::nn::map_linears(m, |name, l| {
+        check(name, l.transform());
         Ok(())
     })?;
-    tt_tensor::nn::map_conv2ds(m, |name, _| {
-        names.push(name.to_string());
+    tt_tensor::nn::map_conv2ds(m, |name, c| {
+        check(name, c.transform());
         Ok(())
     })?;
-    for n in &names {
-        calibration.qparams(n)?;
+    if let Some(e) = problem {
+        return Err(e);
     }
+    let peel = |t: Option<&Arc<dyn ForwardTransform>>| t.and_then(as_fake_quant).and_then(|f| f.inner.clone());
     let removed: Vec<Option<Arc<dyn ForwardTransform>>> = {
         let mut v = Vec::new();
         tt_tensor::nn::map_linears(m, |_, l| {
-            v.push(l.set_transform(None));
+            let inner = peel(l.transform());
+            v.push(l.set_transform(inner));
             Ok(())
         })?;
         tt_tensor::nn::map_conv2ds(m, |_, c| {
-            v.push(c.set_transform(None));
+            let inner = peel(c.transform());
+            v.push(c.set_transform(inner));
             Ok(())
         })?;
         v
     };
-    match quantize_layers(m, cfg, &mut |name| Ok(Activations::Static(calibration.qparams(name)?))) {
+    let static_act = &mut |name: &str| Ok(Activations::Static(calibration.qparams(name)?));
+    match install_int8(m, cfg, static_act, Transforms::Through) {
         Ok(layers) => Ok(layers),
         Err(e) => {
             // Put the transforms back: the model is as it was before the call.

@@ -60,15 +60,20 @@ impl FixedPointMultiplier {
 
     /// The value this multiplier represents exactly.
     pub fn value(self) -> f64 {
-        self.m0 as f64 * 2f64.powi(-31 - self.shift)
+        // i64: the fields are public, and −31 − i32::MIN overflows i32 (beyond ±2¹⁰²⁴ the power
+        // is 0 or ∞ anyway).
+        let e = (-31 - self.shift as i64).clamp(-2000, 2000) as i32;
+        self.m0 as f64 * 2f64.powi(e)
     }
 
     /// `x·M` rounded to the nearest integer, ties away from zero, saturated to i32.
     pub fn apply(self, x: i32) -> i32 {
         let prod = x as i128 * self.m0 as i128;
-        let total = 31 + self.shift;
+        // i64: a hand-built shift near i32::MAX must not overflow the sum.
+        let total = 31 + self.shift as i64;
         let r = if total <= 0 {
-            prod << (-total).min(64)
+            // |prod| < 2⁶², so a shift capped at 64 fits i128; saturation happens below.
+            prod * (1i128 << (-total).min(64))
         } else if total >= 126 {
             // Shifted past every bit of a 63-bit product (a hand-built multiplier).
             0
@@ -114,11 +119,11 @@ impl IntegerLinear {
         output: QParams,
     ) -> Result<IntegerLinear> {
         let op = "IntegerLinear::new";
-        let (out_f, in_f) = (weight.rows, weight.cols);
-        if weight.scheme != Scheme::Symmetric || matches!(weight.granularity, crate::Granularity::PerGroup(_)) {
+        let (out_f, in_f) = (weight.rows(), weight.cols());
+        if weight.scheme() != Scheme::Symmetric || matches!(weight.granularity(), crate::Granularity::PerGroup(_)) {
             return Err(QuantError::arg(op, "weights must be symmetric, per-tensor or per-channel"));
         }
-        weight.validate()?;
+        let per_out = weight.row_params()?;
         for (what, p) in [("input", input), ("output", output)] {
             if !p.is_u8_affine() {
                 return Err(QuantError::arg(op, format!("{what} parameters {p:?} are not a u8 affine map")));
@@ -132,21 +137,20 @@ impl IntegerLinear {
                 ));
             }
         }
-        let packed = PackedI8::new(&weight.codes, out_f, in_f)?;
-        let code_sums: Vec<i32> =
-            (0..out_f).map(|o| weight.codes[o * in_f..(o + 1) * in_f].iter().map(|&c| c as i32).sum()).collect();
+        let packed = PackedI8::new(weight.codes(), out_f, in_f)?;
+        let code_sums = crate::linear::row_code_sums(weight.codes(), out_f, in_f);
         let (mut bias_q, mut multipliers, mut ratios, mut bias_out) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for o in 0..out_f {
-            let s_acc = input.scale as f64 * weight.params_at(o, 0).scale as f64;
+        for (o, w) in per_out.iter().enumerate() {
+            let s_acc = input.scale() as f64 * w.scale() as f64;
             let b = bias.map_or(0.0, |b| b[o] as f64);
             let bq = (b / s_acc).round();
             if bq.abs() > (1i64 << 30) as f64 {
                 return Err(QuantError::arg(op, format!("bias {b} is too large for an int32 bias at scale {s_acc}")));
             }
             bias_q.push(bq as i32);
-            ratios.push(s_acc / output.scale as f64);
-            bias_out.push(b / output.scale as f64);
-            multipliers.push(FixedPointMultiplier::new(s_acc / output.scale as f64)?);
+            ratios.push(s_acc / output.scale() as f64);
+            bias_out.push(b / output.scale() as f64);
+            multipliers.push(FixedPointMultiplier::new(s_acc / output.scale() as f64)?);
         }
         Ok(IntegerLinear {
             packed,
@@ -172,15 +176,17 @@ impl IntegerLinear {
         &self.multipliers
     }
 
-    fn check(&self, a: &[u8], rows: usize, out: usize) -> Result<()> {
+    /// Checks `rows` rows against `a.len()` input codes and `out` output codes (checked
+    /// products); returns `rows·out_f`.
+    fn check(&self, a: &[u8], rows: usize, out: usize) -> Result<usize> {
         let (out_f, in_f) = self.packed.shape();
-        if rows.checked_mul(in_f).is_none_or(|n| a.len() < n) || rows.checked_mul(out_f).is_none_or(|n| out < n) {
-            return Err(QuantError::arg(
+        match (rows.checked_mul(in_f), rows.checked_mul(out_f)) {
+            (Some(n_in), Some(n_out)) if a.len() >= n_in && out >= n_out => Ok(n_out),
+            _ => Err(QuantError::arg(
                 "IntegerLinear",
-                format!("{rows} rows need {} input and {} output codes", rows * in_f, rows * out_f),
-            ));
+                format!("{rows} rows of {in_f} input and {out_f} output codes; got {} and {out}", a.len()),
+            )),
         }
-        Ok(())
     }
 
     /// `q₃` for `rows` rows of input codes `a` (`rows × in`) into `out` (`rows × out`). Allocates
@@ -190,22 +196,26 @@ impl IntegerLinear {
     /// # Errors
     /// Slices too short for `rows` rows.
     pub fn forward(&self, a: &[u8], rows: usize, out: &mut [u8]) -> Result<()> {
-        self.check(a, rows, out.len())?;
+        // No outputs: nothing to write (and with no inputs either, `rows` bounds nothing).
+        if self.check(a, rows, out.len())? == 0 {
+            return Ok(());
+        }
         let (out_f, in_f) = self.packed.shape();
         let (kb, cols) = (self.packed.row_bytes(), self.packed.acc_cols());
+        // rows ≤ out.len()/out_f, and kb, cols < in_f + 4, out_f + 16: neither product overflows.
         let mut padded = vec![0u8; rows * kb];
         for r in 0..rows {
             padded[r * kb..r * kb + in_f].copy_from_slice(&a[r * in_f..(r + 1) * in_f]);
         }
         let mut acc = vec![0i32; rows * cols];
         self.packed.matmul(self.level, &padded, rows, &mut acc)?;
-        let z1 = self.input.zero_point;
+        let z1 = self.input.zero_point();
         for r in 0..rows {
             for o in 0..out_f {
                 // Exact: |Σ (q₁ − Z₁)q₂| < 2³¹ (PackedI8's MAX_K) and |b_q| ≤ 2³⁰, summed in i64.
                 let t = acc[r * cols + o] as i64 - z1 as i64 * self.code_sums[o] as i64 + self.bias[o] as i64;
                 let t = t.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-                let y = self.output.zero_point as i64 + self.multipliers[o].apply(t) as i64;
+                let y = self.output.zero_point() as i64 + self.multipliers[o].apply(t) as i64;
                 out[r * out_f + o] = y.clamp(0, 255) as u8;
             }
         }
@@ -215,17 +225,24 @@ impl IntegerLinear {
     /// The float formula: `clamp(round(Z₃ + (S₁S₂/S₃)·Σ(q₁ − Z₁)q₂ + b/S₃), 0, 255)` in f64.
     ///
     /// # Errors
-    /// As [`IntegerLinear::forward`].
+    /// As [`IntegerLinear::forward`]; a result over no inputs (`in = 0`) of more than
+    /// [`crate::kernels::MAX_UNBACKED`] codes.
     pub fn float_reference(&self, a: &[u8], rows: usize) -> Result<Vec<u8>> {
         let (out_f, in_f) = self.packed.shape();
-        self.check(a, rows, rows.saturating_mul(out_f))?;
-        let mut out = vec![0u8; rows * out_f];
+        let n = self.check(a, rows, usize::MAX)?;
+        if in_f == 0 && n > crate::kernels::MAX_UNBACKED {
+            return Err(QuantError::arg(
+                "IntegerLinear::float_reference",
+                format!("{rows}×{out_f} results over no inputs (at most {})", crate::kernels::MAX_UNBACKED),
+            ));
+        }
+        let mut out = vec![0u8; n];
         for r in 0..rows {
             for o in 0..out_f {
                 let dot: i64 = (0..in_f)
-                    .map(|i| (a[r * in_f + i] as i64 - self.input.zero_point as i64) * self.packed.code(o, i) as i64)
+                    .map(|i| (a[r * in_f + i] as i64 - self.input.zero_point() as i64) * self.packed.code(o, i) as i64)
                     .sum();
-                let y = self.output.zero_point as f64 + self.ratios[o] * dot as f64 + self.bias_out[o];
+                let y = self.output.zero_point() as f64 + self.ratios[o] * dot as f64 + self.bias_out[o];
                 out[r * out_f + o] = y.round().clamp(0.0, 255.0) as u8;
             }
         }

@@ -59,7 +59,7 @@ pub(crate) fn quantize_row(x: &[f32], p: QParams, out: &mut [u8], avx512: bool) 
             (0, 0)
         }
     };
-    let (inv, z) = (1.0 / p.scale, p.zero_point as f32);
+    let (inv, z) = (1.0 / p.scale(), p.zero_point() as f32);
     for i in done..n {
         let q = quantize_one(x[i], inv, z);
         out[i] = q;
@@ -89,13 +89,27 @@ impl Epilogue<'_> {
     /// `y[o] = (S_a·S_w[o])·t + b[o]` with `t = acc − Z_a·Σw[o] − Z_w[o]·(Σa − K·Z_a)`: wrapping
     /// i32 arithmetic is exact here because the true sum fits i32 (`MAX_K`), and the f32 steps
     /// are a multiply and an add, never contracted into an FMA.
+    ///
+    /// # Panics
+    /// `acc` or one of the epilogue's slices shorter than `y` (the SIMD path reads them without
+    /// bounds checks, so this is checked first).
     pub(crate) fn row(&self, acc: &[i32], sa: f32, za: i32, asum: i32, y: &mut [f32], avx512: bool) {
+        let n = y.len();
+        let long = |len: Option<usize>| len.is_none_or(|l| l >= n);
+        assert!(
+            acc.len() >= n
+                && self.code_sums.len() >= n
+                && self.scales.len() >= n
+                && long(self.zero_points.map(<[i32]>::len))
+                && long(self.bias.map(<[f32]>::len)),
+            "Epilogue::row: a slice is shorter than the {n} outputs"
+        );
         let row_term = asum.wrapping_sub((self.in_f as i32).wrapping_mul(za));
         let done = {
             #[cfg(target_arch = "x86_64")]
             {
                 if avx512 {
-                    // SAFETY: AVX-512F as above; every slice holds y.len() elements.
+                    // SAFETY: AVX-512F as above; every slice holds y.len() elements (asserted above).
                     unsafe { avx512::epilogue(self, acc, sa, za, row_term, y) }
                 } else {
                     0
@@ -167,7 +181,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn quantize(x: &[f32], p: QParams, out: &mut [u8]) -> (usize, i32) {
         let n = x.len() / 16 * 16;
-        let (inv, z) = (_mm512_set1_ps(1.0 / p.scale), _mm512_set1_ps(p.zero_point as f32));
+        let (inv, z) = (_mm512_set1_ps(1.0 / p.scale()), _mm512_set1_ps(p.zero_point() as f32));
         let (lim_lo, lim_hi) = (_mm512_set1_ps(-LIMIT), _mm512_set1_ps(LIMIT));
         let (magic, zero, top) = (_mm512_set1_ps(MAGIC), _mm512_setzero_ps(), _mm512_set1_ps(255.0));
         let mut sum = _mm512_setzero_si512();

@@ -11,18 +11,28 @@
 //! - An all-zero range gets `S = 1` (every value is 0; nothing to divide by); `S` is computed in
 //!   f64 so that ranges as wide as ±3e38 (whose width overflows f32) or as narrow as ±1e-10 stay
 //!   finite and distinct, and never drops below the smallest normal f32.
+//! - **Ranges reaching `f32::MAX`**: every code must dequantize to a finite f32 (a weight that
+//!   dequantizes to ±∞ cannot be saved and loaded, nor multiplied). Where the `S` above would
+//!   take an extreme code past `f32::MAX`, `S` is lowered to the largest f32 that keeps it
+//!   finite: by a few ulps, or, for an affine range spanning nearly ±`f32::MAX` (whose integer
+//!   zero point leaves one end a code short), to `f32::MAX/128`. Values at the ends of such a
+//!   range clamp to the extreme code, off by at most one step `S` instead of `S/2`.
 //!
 //! Error bound (property-tested): inside the range, `|x − r̂| ≤ S/2`; outside it, values clamp.
+//!
+//! The types keep their fields private: a [`QParams`] always has a usable scale, a [`QRange`] is
+//! never empty, and a [`QuantizedMatrix`] is always consistent (validated once, where it is built),
+//! so the kernels and the checkpoint writer can rely on them.
 
 use ndarray::Array2;
 
 use crate::error::{QuantError, Result};
 
-/// Inclusive range of integer codes.
+/// Inclusive range of integer codes, `min < max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QRange {
-    pub min: i32,
-    pub max: i32,
+    min: i32,
+    max: i32,
 }
 
 impl QRange {
@@ -33,8 +43,34 @@ impl QRange {
     /// Unsigned int8, `[0, 255]`: activations in the integer kernels.
     pub const U8: QRange = QRange { min: 0, max: 255 };
 
+    /// `[min, max]`.
+    ///
+    /// # Errors
+    /// `min ≥ max`: a range of one code has no step to derive a scale from.
+    pub fn new(min: i32, max: i32) -> Result<QRange> {
+        if min >= max {
+            return Err(QuantError::arg("QRange::new", format!("[{min}, {max}] needs min < max")));
+        }
+        Ok(QRange { min, max })
+    }
+
+    /// The smallest code.
+    pub fn min(self) -> i32 {
+        self.min
+    }
+
+    /// The largest code.
+    pub fn max(self) -> i32 {
+        self.max
+    }
+
+    /// Whether `q` is a code of this range.
+    pub fn contains(self, q: i32) -> bool {
+        (self.min..=self.max).contains(&q)
+    }
+
     fn levels(self) -> f64 {
-        (self.max - self.min) as f64
+        self.max as f64 - self.min as f64
     }
 }
 
@@ -77,40 +113,83 @@ impl Granularity {
     }
 }
 
-/// A scale and zero point.
+/// A scale and zero point; the scale is always usable ([`QParams::scale_ok`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QParams {
-    pub scale: f32,
-    pub zero_point: i32,
+    scale: f32,
+    zero_point: i32,
 }
 
 impl QParams {
-    /// `(S, Z)` for values in `[min, max]` (the range is widened to include 0).
+    /// `S = 1, Z = 0`.
+    pub const UNIT: QParams = QParams { scale: 1.0, zero_point: 0 };
+
+    /// `(S, Z)` as given. Whether `Z` suits a code range is for the user to check
+    /// ([`QParams::is_u8_affine`], [`QuantizedMatrix::from_parts`]).
     ///
     /// # Errors
-    /// A bound that is NaN or infinite, or `min > max`.
+    /// A scale that is not a positive normal f32.
+    pub fn new(scale: f32, zero_point: i32) -> Result<QParams> {
+        if !Self::scale_ok(scale) {
+            return Err(QuantError::arg("QParams::new", format!("scale {scale} is not a positive normal f32")));
+        }
+        Ok(QParams { scale, zero_point })
+    }
+
+    /// `S`.
+    pub fn scale(self) -> f32 {
+        self.scale
+    }
+
+    /// `Z`.
+    pub fn zero_point(self) -> i32 {
+        self.zero_point
+    }
+
+    /// `(S, Z)` for values in `[min, max]` (the range is widened to include 0), with every code
+    /// of `range` dequantizing to a finite f32 (see the module docs on ranges reaching
+    /// `f32::MAX`).
+    ///
+    /// # Errors
+    /// A bound that is NaN or infinite, or `min > max`; a range whose scale cannot be a normal
+    /// f32 (a code range so narrow that the step exceeds `f32::MAX`).
     pub fn from_range(min: f32, max: f32, scheme: Scheme, range: QRange) -> Result<QParams> {
+        let op = "QParams::from_range";
         if !min.is_finite() || !max.is_finite() || min > max {
-            return Err(QuantError::arg(
-                "QParams::from_range",
-                format!("range [{min}, {max}] is not a finite, ordered range"),
-            ));
+            return Err(QuantError::arg(op, format!("range [{min}, {max}] is not a finite, ordered range")));
         }
         let (lo, hi) = ((min as f64).min(0.0), (max as f64).max(0.0));
-        let (scale, zero_point) = match scheme {
+        let zero_point = |s: f64| match scheme {
+            // Z from the scale as stored (f32), so that `lo` maps to q_min with that scale.
             Scheme::Affine => {
-                // Z from the scale as stored (f32), so that `lo` maps to q_min with that scale.
-                let s = Self::clamp_scale((hi - lo) / range.levels()) as f32 as f64;
-                let z = (range.min as f64 - (lo / s).round_ties_even()).clamp(range.min as f64, range.max as f64);
-                (s, z as i32)
+                (range.min as f64 - (lo / s).round_ties_even()).clamp(range.min as f64, range.max as f64) as i32
             }
-            Scheme::Symmetric => {
-                let s = Self::clamp_scale(lo.abs().max(hi) / (range.levels() / 2.0));
-                // The middle code: 0 for [−128, 127] and [−127, 127], 128 for [0, 255].
-                (s, (range.min + range.max + 1).div_euclid(2))
-            }
+            // The middle code: 0 for [−128, 127] and [−127, 127], 128 for [0, 255].
+            Scheme::Symmetric => (range.min as i64 + range.max as i64 + 1).div_euclid(2) as i32,
         };
-        Ok(QParams { scale: scale as f32, zero_point })
+        let ideal = match scheme {
+            Scheme::Affine => (hi - lo) / range.levels(),
+            Scheme::Symmetric => lo.abs().max(hi) / (range.levels() / 2.0),
+        };
+        let mut scale = Self::clamp_scale(ideal) as f32;
+        // Only ranges reaching f32::MAX need more than one round: S is lowered to f32::MAX over
+        // the widest code distance (rounded down by a last ulp if the division rounded up).
+        for _ in 0..8 {
+            if !Self::scale_ok(scale) {
+                break;
+            }
+            let z = zero_point(scale as f64);
+            let p = QParams { scale, zero_point: z };
+            if p.dequantize(range.min).is_finite() && p.dequantize(range.max).is_finite() {
+                return Ok(p);
+            }
+            let widest = (range.min as f64 - z as f64).abs().max((range.max as f64 - z as f64).abs());
+            scale = ((f32::MAX as f64 / widest) as f32).min(f32::from_bits(scale.to_bits() - 1));
+        }
+        Err(QuantError::arg(
+            op,
+            format!("range [{min}, {max}] over codes {range:?} has no normal f32 scale with finite extreme codes"),
+        ))
     }
 
     /// An all-zero range has no width: any scale represents it, 1 keeps the codes at `Z`. Other
@@ -144,9 +223,9 @@ impl QParams {
         q.clamp(range.min as f64, range.max as f64) as i32
     }
 
-    /// `S·(q − Z)`.
+    /// `S·(q − Z)` (in f64: `q − Z` spans more than i32 for extreme zero points).
     pub fn dequantize(self, q: i32) -> f32 {
-        (self.scale as f64 * (q - self.zero_point) as f64) as f32
+        (self.scale as f64 * (q as f64 - self.zero_point as f64)) as f32
     }
 }
 
@@ -166,16 +245,26 @@ pub fn finite_range(x: &[f32]) -> (f32, f32) {
 
 /// A `[rows, cols]` matrix stored as int8 codes with its scales and zero points — the storage of
 /// an int8 weight. `params` holds one entry (per-tensor), one per row (per-channel) or
-/// `rows · ceil(cols / g)` in row-major group order (per-group).
+/// `rows · ceil(cols / g)` in row-major group order (per-group). Always consistent (see
+/// [`QuantizedMatrix::from_parts`]): the kernels, `dequantize` and the checkpoint writer rely on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedMatrix {
-    pub rows: usize,
-    pub cols: usize,
-    pub codes: Vec<i8>,
-    pub params: Vec<QParams>,
-    pub scheme: Scheme,
-    pub granularity: Granularity,
-    pub range: QRange,
+    rows: usize,
+    cols: usize,
+    codes: Vec<i8>,
+    params: Vec<QParams>,
+    scheme: Scheme,
+    granularity: Granularity,
+}
+
+/// Which stored part of a [`QuantizedMatrix`] an inconsistency is in (the checkpoint loader
+/// names the tensor holding it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Shape,
+    Codes,
+    Params,
+    ZeroPoints,
 }
 
 impl QuantizedMatrix {
@@ -191,18 +280,16 @@ impl QuantizedMatrix {
         if let Some(bad) = w.iter().find(|v| !v.is_finite()) {
             return Err(QuantError::arg("QuantizedMatrix::quantize", format!("weight {bad} is not finite")));
         }
-        let range = match scheme {
-            Scheme::Symmetric => QRange::I8_SYMMETRIC,
-            Scheme::Affine => QRange::I8,
-        };
+        let range = Self::code_range(scheme);
         let w = w.as_standard_layout();
         let data = w.as_slice().expect("standard layout");
-        let group = Self::group_len(granularity, rows, cols);
+        let group = Self::group_len(granularity, cols);
         // Every group is a contiguous run of the row-major data; per-tensor is one run of all.
         let mut params = Vec::new();
-        let mut codes = vec![0i8; rows * cols];
+        // An ndarray's element count fits usize.
+        let mut codes = vec![0i8; data.len()];
         let runs: Vec<std::ops::Range<usize>> = match granularity {
-            Granularity::PerTensor => std::iter::once(0..rows * cols).collect(),
+            Granularity::PerTensor => std::iter::once(0..data.len()).collect(),
             // At least one (possibly empty) run per row, so a per-channel matrix with no
             // columns still has one parameter per row.
             _ => (0..rows)
@@ -220,71 +307,174 @@ impl QuantizedMatrix {
             }
             params.push(p);
         }
-        Ok(QuantizedMatrix { rows, cols, codes, params, scheme, granularity, range })
+        Ok(QuantizedMatrix { rows, cols, codes, params, scheme, granularity })
     }
 
-    /// Checks what the kernels and `dequantize` rely on: one code per element, the parameter count
-    /// of the granularity, usable scales, zero points and codes inside the scheme's range (which
-    /// keeps the integer sums within i32). A matrix from [`QuantizedMatrix::quantize`] passes.
+    /// A matrix from its stored parts (row-major `codes`, `params` as in the type's docs),
+    /// checked for everything the kernels and `dequantize` rely on: one code per element, the
+    /// parameter count of the granularity, zero points and codes inside the scheme's range
+    /// ([`QuantizedMatrix::code_range`], which keeps the integer sums within i32), and scales
+    /// with which every code dequantizes to a finite f32. A matrix from
+    /// [`QuantizedMatrix::quantize`] passes.
     ///
     /// # Errors
     /// The first inconsistency, named.
-    pub fn validate(&self) -> Result<()> {
-        let op = "QuantizedMatrix::validate";
-        if self.codes.len() != self.rows * self.cols {
-            return Err(QuantError::arg(
-                op,
-                format!("{} codes for a {}×{} matrix", self.codes.len(), self.rows, self.cols),
-            ));
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        codes: Vec<i8>,
+        params: Vec<QParams>,
+        scheme: Scheme,
+        granularity: Granularity,
+    ) -> Result<QuantizedMatrix> {
+        Self::build(rows, cols, codes, params, scheme, granularity)
+            .map_err(|(_, reason)| QuantError::arg("QuantizedMatrix::from_parts", reason))
+    }
+
+    /// [`QuantizedMatrix::from_parts`] with the part each failure is in.
+    pub(crate) fn build(
+        rows: usize,
+        cols: usize,
+        codes: Vec<i8>,
+        params: Vec<QParams>,
+        scheme: Scheme,
+        granularity: Granularity,
+    ) -> std::result::Result<QuantizedMatrix, (Part, String)> {
+        let q = QuantizedMatrix { rows, cols, codes, params, scheme, granularity };
+        q.check()?;
+        Ok(q)
+    }
+
+    fn check(&self) -> std::result::Result<(), (Part, String)> {
+        let (rows, cols) = (self.rows, self.cols);
+        if rows.checked_mul(cols) != Some(self.codes.len()) {
+            return Err((Part::Shape, format!("{} codes for a {rows}×{cols} matrix", self.codes.len())));
         }
         let want = match self.granularity {
-            Granularity::PerTensor => 1,
-            Granularity::PerChannel => self.rows,
-            Granularity::PerGroup(0) => return Err(QuantError::arg(op, "group size 0")),
-            Granularity::PerGroup(g) => self.rows * self.cols.div_ceil(g.min(self.cols.max(1))).max(1),
+            Granularity::PerTensor => Some(1),
+            Granularity::PerChannel => Some(rows),
+            Granularity::PerGroup(0) => return Err((Part::Params, "group size 0".into())),
+            Granularity::PerGroup(g) => rows.checked_mul(cols.div_ceil(g.min(cols.max(1))).max(1)),
         };
-        if self.params.len() != want {
-            return Err(QuantError::arg(
-                op,
+        if want != Some(self.params.len()) {
+            let need = want.map_or("more than fit in memory".to_string(), |n| n.to_string());
+            return Err((
+                Part::Params,
                 format!(
-                    "{} parameters for a {} {}×{} matrix (need {want})",
+                    "{} parameters for a {} {rows}×{cols} matrix (need {need})",
                     self.params.len(),
-                    self.granularity.name(),
-                    self.rows,
-                    self.cols
+                    self.granularity.name()
                 ),
             ));
         }
-        let range = match self.scheme {
-            Scheme::Symmetric => QRange::I8_SYMMETRIC,
-            Scheme::Affine => QRange::I8,
-        };
-        if self.range != range {
-            return Err(QuantError::arg(
-                op,
-                format!("{} weights use codes {range:?}, not {:?}", self.scheme.name(), self.range),
-            ));
-        }
-        for p in &self.params {
+        let range = self.range();
+        for (i, p) in self.params.iter().enumerate() {
             let zp_ok = match self.scheme {
                 Scheme::Symmetric => p.zero_point == 0,
-                Scheme::Affine => (range.min..=range.max).contains(&p.zero_point),
+                Scheme::Affine => range.contains(p.zero_point),
             };
-            if !QParams::scale_ok(p.scale) || !zp_ok {
-                return Err(QuantError::arg(
-                    op,
-                    format!("parameters {p:?} are not valid {} int8 parameters", self.scheme.name()),
+            if !zp_ok {
+                let allowed = if self.scheme == Scheme::Symmetric { (0, 0) } else { (range.min, range.max) };
+                return Err((
+                    Part::ZeroPoints,
+                    format!(
+                        "zero point {} at index {i} is outside {} weights' [{}, {}]",
+                        p.zero_point,
+                        self.scheme.name(),
+                        allowed.0,
+                        allowed.1
+                    ),
+                ));
+            }
+            if !(p.dequantize(range.min).is_finite() && p.dequantize(range.max).is_finite()) {
+                return Err((
+                    Part::Params,
+                    format!(
+                        "scale {} at index {i}: the dequantized weight overflows f32 (codes {range:?}, zero point {})",
+                        p.scale, p.zero_point
+                    ),
                 ));
             }
         }
-        if let Some(c) = self.codes.iter().find(|&&c| !(range.min..=range.max).contains(&(c as i32))) {
-            return Err(QuantError::arg(op, format!("code {c} is outside {range:?}")));
+        if let Some(i) = self.codes.iter().position(|&c| !range.contains(c as i32)) {
+            return Err((
+                Part::Codes,
+                format!(
+                    "code {} at flat index {i} is outside {} weights' [{}, {}]",
+                    self.codes[i],
+                    self.scheme.name(),
+                    range.min,
+                    range.max
+                ),
+            ));
         }
         Ok(())
     }
 
+    /// The code range of a scheme's weights: `[−127, 127]` symmetric (exact negation),
+    /// `[−128, 127]` affine.
+    pub fn code_range(scheme: Scheme) -> QRange {
+        match scheme {
+            Scheme::Symmetric => QRange::I8_SYMMETRIC,
+            Scheme::Affine => QRange::I8,
+        }
+    }
+
+    /// Rows (outputs).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (inputs).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The row-major codes.
+    pub fn codes(&self) -> &[i8] {
+        &self.codes
+    }
+
+    /// The scales and zero points, in the order of the type's docs.
+    pub fn params(&self) -> &[QParams] {
+        &self.params
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    /// The code range ([`QuantizedMatrix::code_range`] of the scheme).
+    pub fn range(&self) -> QRange {
+        Self::code_range(self.scheme)
+    }
+
+    /// One `(S, Z)` per row, for kernels that keep one scale per output.
+    ///
+    /// # Errors
+    /// Per-group parameters (a row has several); a per-tensor matrix with more rows than it
+    /// stores codes (only possible with no columns): the per-row copies would be an allocation
+    /// that nothing stored bounds.
+    pub fn row_params(&self) -> Result<Vec<QParams>> {
+        match self.granularity {
+            Granularity::PerTensor if self.rows > self.codes.len().max(1) => Err(QuantError::arg(
+                "QuantizedMatrix::row_params",
+                format!("a per-tensor {}×{} matrix stores nothing per row; use per-channel", self.rows, self.cols),
+            )),
+            Granularity::PerTensor => Ok(vec![self.params[0]; self.rows]),
+            Granularity::PerChannel => Ok(self.params.clone()),
+            Granularity::PerGroup(g) => Err(QuantError::Unsupported(format!(
+                "per-group ({g}) weights in an integer kernel, which keeps one scale per output row; use per-channel"
+            ))),
+        }
+    }
+
     /// Inputs per `(S, Z)` within a row (`cols` for per-tensor and per-channel).
-    fn group_len(g: Granularity, _rows: usize, cols: usize) -> usize {
+    fn group_len(g: Granularity, cols: usize) -> usize {
         match g {
             Granularity::PerGroup(n) => n.min(cols.max(1)),
             _ => cols,
@@ -292,18 +482,22 @@ impl QuantizedMatrix {
     }
 
     /// The `(S, Z)` of element `(r, c)`.
+    ///
+    /// # Panics
+    /// `r ≥ rows` (per-channel, per-group) or `c ≥ cols` (per-group).
     pub fn params_at(&self, r: usize, c: usize) -> QParams {
         match self.granularity {
             Granularity::PerTensor => self.params[0],
             Granularity::PerChannel => self.params[r],
             Granularity::PerGroup(_) => {
-                let g = Self::group_len(self.granularity, self.rows, self.cols);
+                let g = Self::group_len(self.granularity, self.cols);
+                assert!(c < self.cols, "QuantizedMatrix::params_at: column {c} of {}", self.cols);
                 self.params[r * self.cols.div_ceil(g) + c / g]
             }
         }
     }
 
-    /// The dequantized matrix `S·(q − Z)`.
+    /// The dequantized matrix `S·(q − Z)` (finite: see [`QuantizedMatrix::from_parts`]).
     pub fn dequantize(&self) -> Array2<f32> {
         Array2::from_shape_fn((self.rows, self.cols), |(r, c)| {
             self.params_at(r, c).dequantize(self.codes[r * self.cols + c] as i32)

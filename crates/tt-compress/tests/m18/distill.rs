@@ -57,3 +57,14 @@ fn extreme_logits_stay_finite_and_bad_settings_are_errors() {
     assert!(d.loss(&t(&[1.0, 2.0], &[1, 2]), &t(&[1.0, 2.0, 3.0], &[1, 3]), &[0]).is_err());
     assert!(d.loss(&t(&[1.0, 2.0], &[1, 2]), &t(&[1.0, 2.0], &[1, 2]), &[5]).is_err());
 }
+
+/// The settings are checked once and cannot be changed afterwards (the fields are private: a NaN
+/// α set after `new` used to reach the loss unchecked); what was checked is what is used.
+#[test]
+fn distillation_settings_are_checked_and_kept() {
+    for (t, a) in [(f32::NAN, 0.5), (1.0, f32::NAN), (0.0, 0.5), (f32::INFINITY, 0.5), (1.0, 1.5), (1.0, -0.1)] {
+        assert!(Distillation::new(t, a).is_err(), "T = {t}, α = {a}");
+    }
+    let d = Distillation::new(2.0, 0.25).unwrap();
+    assert_eq!((d.temperature(), d.alpha()), (2.0, 0.25));
+}

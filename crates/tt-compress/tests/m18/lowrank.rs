@@ -173,3 +173,52 @@ mod finetune {
         assert!(LowRank::from_factors(u, ndarray::Array2::zeros((2, 4))).is_err());
     }
 }
+
+/// Workspace sizes that overflow are `usize::MAX` (no caller has that much), so `project`
+/// refuses instead of a wrapped size passing its check; 0 and 1 rows work.
+#[test]
+fn low_rank_workspace_sizes_do_not_wrap() {
+    use tt_tensor::projection::{project, Workspace};
+    let lr = LowRank::factor(&matrix(5, 7, 3), 2).unwrap();
+    for rows in [usize::MAX, usize::MAX / 4, 1usize << 62] {
+        assert_eq!(lr.workspace_len(rows), usize::MAX, "{rows} rows");
+        assert!(project(&lr, &[], rows, None, &mut [], &mut []).is_err());
+    }
+    let mut ws = Workspace::default();
+    for rows in [0usize, 1] {
+        ws.ensure(lr.workspace_len(rows));
+        let mut y = vec![0.0; rows * 5];
+        project(&lr, &vec![1.0; rows * 7], rows, None, &mut y, ws.bytes()).unwrap();
+    }
+}
+
+/// `Factored::finish` removes only its own transforms: a layer whose transform was replaced is an
+/// error, and nothing changes.
+#[test]
+fn finish_refuses_a_layer_whose_transform_is_not_its_own() {
+    use std::sync::Arc;
+    use tt_compress::lowrank::Factored;
+    use tt_tensor::nn::{ForwardTransform, Linear, Sequential};
+    use tt_tensor::Tensor;
+    #[derive(Debug)]
+    struct Other;
+    impl ForwardTransform for Other {
+        fn weight(&self, w: &Tensor) -> tt_tensor::Result<Tensor> {
+            Ok(w.clone())
+        }
+        fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+            Ok(x.clone())
+        }
+        fn name(&self) -> &'static str {
+            "other"
+        }
+    }
+    let mut m = Sequential::new().layer(Linear::new(6, 5, true, 1));
+    let f = Factored::factor(&mut m, &["0"], 2).unwrap();
+    m.layers[0].as_linear_mut().unwrap().set_transform(Some(Arc::new(Other)));
+    let e = f.finish(&mut m).unwrap_err().to_string();
+    assert!(e.contains("carries a 'other' transform, not this factorization's"), "{e}");
+    let l = m.layers[0].as_linear().unwrap();
+    assert_eq!(l.transform().map(|t| t.name()), Some("other"));
+    assert!(l.installed_projection().is_none());
+}

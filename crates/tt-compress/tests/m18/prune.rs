@@ -175,3 +175,46 @@ fn advance_global_prunes_more_without_the_model() {
     assert_eq!(no_grad(|| m.forward(&x)).unwrap().to_vec(), masked);
     assert!(p.advance_global(2.0).is_err());
 }
+
+/// The probe's example: one `Pruning` applied to a second model zeroed the first one's weights.
+/// It is refused now, naming the problem, and neither model changes.
+#[test]
+fn a_pruning_belongs_to_one_model_and_refuses_another() {
+    let build = |seed| {
+        Sequential::new().layer(Linear::new(6, 8, true, seed)).layer(Relu).layer(Linear::new(8, 3, true, seed + 1))
+    };
+    let (mut a, mut b) = (build(1), build(5));
+    let mut p = Pruning::default();
+    p.magnitude(&mut a, &["0"], 0.5).unwrap();
+    let weights = |m: &Sequential| [0, 2].map(|i| m.layers[i].as_linear().unwrap().weight.to_vec());
+    let (a_before, b_before) = (weights(&a), weights(&b));
+    for (what, r) in [
+        ("magnitude", p.magnitude(&mut b, &["0"], 0.5)),
+        ("magnitude of another layer", p.magnitude(&mut b, &["2"], 0.5)),
+        ("global", p.global_magnitude(&mut b, &["0", "2"], 0.5)),
+        ("block", p.block_magnitude(&mut b, &["2"], 0.5)),
+    ] {
+        let e = r.expect_err(what).to_string();
+        assert!(e.contains("belongs to another model"), "{what}: {e}");
+    }
+    assert_eq!((weights(&a), weights(&b)), (a_before, b_before), "neither model changed");
+    assert!(b.layers[0].as_linear().unwrap().transform().is_none(), "no mask installed in the other model");
+    // The model it belongs to still works with it.
+    p.magnitude(&mut a, &["2"], 0.5).unwrap();
+    let e = p.make_permanent(&mut b).unwrap_err().to_string();
+    assert!(e.contains("belongs to another model"), "{e}");
+    assert!(a.layers[0].as_linear().unwrap().transform().is_some(), "a refused make_permanent removes nothing");
+}
+
+/// Another `Pruning`'s mask is a foreign transform: a second `Pruning` on the same layer would
+/// replace it (and its `reapply` would no longer be the one the layer runs with).
+#[test]
+fn a_second_pruning_does_not_replace_the_first_ones_mask() {
+    let mut m = Sequential::new().layer(Linear::new(6, 8, true, 1));
+    let mut first = Pruning::default();
+    first.magnitude(&mut m, &["0"], 0.5).unwrap();
+    let e = Pruning::default().magnitude(&mut m, &["0"], 0.5).unwrap_err().to_string();
+    assert!(e.contains("not this Pruning's mask"), "{e}");
+    first.magnitude(&mut m, &["0"], 0.5).unwrap();
+    assert_eq!(sparsity::model(&mut m).unwrap(), 0.75);
+}

@@ -35,24 +35,45 @@ fn quantized_matrices_are_validated_before_the_kernels_read_them() {
     assert_eq!(run(&empty, &[], 2, Some(&bias)).unwrap(), [bias.clone(), bias].concat());
     let good =
         QuantizedMatrix::quantize(&Array2::from_elem((32, 4), 1.0), Scheme::Affine, Granularity::PerChannel).unwrap();
-    let mut one_scale = good.clone();
-    one_scale.params.truncate(1);
-    let mut wild_zp = good.clone();
-    wild_zp.params[3].zero_point = 1 << 20;
-    let mut sub = good.clone();
-    sub.params[0].scale = 1e-40;
-    let mut short = good.clone();
-    short.codes.pop();
+    let parts = |params: Vec<QParams>, codes: Vec<i8>| {
+        QuantizedMatrix::from_parts(32, 4, codes, params, Scheme::Affine, Granularity::PerChannel)
+    };
+    let (params, codes) = (good.params().to_vec(), good.codes().to_vec());
+    assert_eq!(parts(params.clone(), codes.clone()).unwrap(), good);
+    let mut wild_zp = params.clone();
+    wild_zp[3] = QParams::new(wild_zp[3].scale(), 1 << 20).unwrap();
+    let mut short = codes.clone();
+    short.pop();
     for (what, m) in [
-        ("one scale for 32 rows", one_scale),
-        ("zero point 2^20", wild_zp),
-        ("subnormal scale", sub),
-        ("a code short", short),
+        ("one scale for 32 rows", parts(params[..1].to_vec(), codes.clone())),
+        ("zero point 2^20", parts(wild_zp, codes.clone())),
+        ("a code short", parts(params.clone(), short)),
     ] {
-        assert!(Int8Linear::from_quantized(m, Activations::Dynamic).is_err(), "{what}");
+        assert!(m.is_err(), "{what}");
     }
-    let sub_static = Activations::Static(QParams { scale: 1e-40, zero_point: 0 });
-    assert!(Int8Linear::new(&Array2::from_elem((2, 2), 1.0), WeightConfig::PER_CHANNEL, sub_static).is_err());
+    assert!(QParams::new(1e-40, 0).is_err(), "subnormal scale");
+}
+
+/// The probe's example: a hand-built 2³² × 2³² matrix with no codes (the product wraps to 0)
+/// is refused, and one whose rows nothing stored backs (2³² × 0, per-tensor) is refused before
+/// the per-row allocation an int8 layer would make.
+#[test]
+fn hand_built_matrices_whose_sizes_wrap_are_refused() {
+    let p = QParams::new(1.0, 0).unwrap();
+    let big = 1usize << 32;
+    for g in [Granularity::PerTensor, Granularity::PerChannel, Granularity::PerGroup(1)] {
+        let wrapped = QuantizedMatrix::from_parts(big, big, vec![], vec![p], Scheme::Symmetric, g);
+        assert!(wrapped.unwrap_err().to_string().contains("codes for a"), "{g:?}");
+    }
+    let unbacked = QuantizedMatrix::from_parts(big, 0, vec![], vec![p], Scheme::Symmetric, Granularity::PerTensor);
+    let e = Int8Linear::from_quantized(unbacked.unwrap(), Activations::Dynamic).unwrap_err();
+    assert!(e.to_string().contains("stores nothing per row"), "{e}");
+    // The same with the parameter per row it would need: parameters that really exist.
+    let m = QuantizedMatrix::from_parts(3, 0, vec![], vec![p; 3], Scheme::Symmetric, Granularity::PerChannel);
+    assert!(Int8Linear::from_quantized(m.unwrap(), Activations::Dynamic).is_ok());
+    // A per-group parameter count that overflows is an error, not a wrapped count.
+    let e = QuantizedMatrix::from_parts(usize::MAX, 2, vec![], vec![p], Scheme::Symmetric, Granularity::PerGroup(1));
+    assert!(e.is_err());
 }
 
 /// A calibration that cannot start (one layer's projection is stale) leaves no layer wrapped.
@@ -75,7 +96,7 @@ fn a_failed_calibration_changes_no_layer() {
 /// half steps (where an f64 division and an f32 reciprocal can disagree).
 #[test]
 fn qat_input_rounding_equals_the_int8_rows() {
-    let p = QParams { scale: 0.1, zero_point: 100 };
+    let p = QParams::new(0.1, 100).unwrap();
     let xs: Vec<f32> =
         (-300..300).map(|k| (k as f32 + 0.5) * 0.1).chain((0..500).map(|i| (i as f32 * 0.731).sin() * 9.0)).collect();
     let faked = fake_quantize_u8(&Tensor::from_vec(xs.clone(), &[xs.len()]).unwrap(), p).unwrap().to_vec();

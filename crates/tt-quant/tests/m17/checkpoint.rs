@@ -181,7 +181,7 @@ fn an_int8_mlp_round_trips_bit_for_bit_in_a_quarter_of_the_bytes() {
     // The codes are the projection's own, row-major.
     let codes: Vec<i8> = st.tensor("2.weight").unwrap().data().iter().map(|&b| b as i8).collect();
     let l2 = saved.layers[2].as_linear().unwrap().installed_projection().unwrap().clone();
-    assert_eq!(codes, l2.as_any().unwrap().downcast_ref::<Int8Linear>().unwrap().weight().codes);
+    assert_eq!(codes, l2.as_any().unwrap().downcast_ref::<Int8Linear>().unwrap().weight().codes());
 
     // Metadata: scheme, granularity, activations; static scales as exact bits.
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -191,7 +191,7 @@ fn an_int8_mlp_round_trips_bit_for_bit_in_a_quarter_of_the_bytes() {
     assert_eq!((meta["4.scheme"].as_str(), meta["4.granularity"].as_str()), ("affine", "per-channel"));
     assert_eq!(meta["0.activations"], "dynamic");
     let Activations::Static(p) = config(1).1 else { panic!("layer 2 is static") };
-    assert_eq!(meta["2.activations"], format!("static:0x{:08x}:{}", p.scale.to_bits(), p.zero_point));
+    assert_eq!(meta["2.activations"], format!("static:0x{:08x}:{}", p.scale().to_bits(), p.zero_point()));
     assert_eq!(meta.len(), 1 + 3 * 4);
 
     // A quarter of the f32 file: codes are 1 byte instead of 4; biases and scales stay f32.
@@ -634,6 +634,41 @@ fn as_any_finds_int8_behind_dyn_projection_and_nothing_by_default() {
     assert!(dense.as_any().is_none());
     let q: Arc<dyn Projection> = Arc::new(Int8Linear::new(&w, WeightConfig::PER_TENSOR, Activations::Dynamic).unwrap());
     let back = q.as_any().and_then(|a| a.downcast_ref::<Int8Linear>()).unwrap();
-    assert_eq!(back.weight().codes.len(), 4);
-    assert_eq!((back.weight().codes[1], back.weight().codes[3]), (-127, 127), "per-tensor symmetric over ±1");
+    assert_eq!(back.weight().codes().len(), 4);
+    assert_eq!((back.weight().codes()[1], back.weight().codes()[3]), (-127, 127), "per-tensor symmetric over ±1");
+}
+
+/// The probe's example: a model with a finite weight near `f32::MAX` quantized to a scale whose
+/// extreme code dequantized to ±∞; it saved, and its own loader refused the file. Now every
+/// such model saves and loads back, bit for bit.
+#[test]
+fn weights_near_f32_max_quantize_save_and_load() {
+    let configs = [
+        WeightConfig::PER_CHANNEL,
+        WeightConfig::PER_TENSOR,
+        WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerChannel },
+        WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerTensor },
+    ];
+    let dir = temp_dir("huge");
+    for cfg in configs {
+        for v in [3e38f32, -3e38, f32::MAX, -f32::MAX] {
+            let mut saved = small_mlp(1);
+            let w = saved.layers[0].as_linear().unwrap().weight.clone();
+            let mut d = w.data().clone();
+            d[[0, 0]] = v;
+            w.set_data(d).unwrap();
+            tt_quant::quantize_dynamic(&mut saved, cfg).unwrap();
+            let dense = saved.layers[0].as_linear().unwrap().weight.to_vec();
+            assert!(dense.iter().all(|x| x.is_finite()), "{cfg:?} {v}: the dequantized weight is finite");
+            assert!((dense[0] - v).abs() <= v.abs() * 1e-2, "{cfg:?} {v}: {} stands for it", dense[0]);
+            checkpoint::save(&mut saved, &dir).unwrap();
+            let mut loaded = small_mlp(2);
+            checkpoint::load(&mut loaded, &dir).unwrap_or_else(|e| panic!("{cfg:?} {v}: {e}"));
+            assert_eq!(formats(&mut loaded), formats(&mut saved));
+            let x = input(&[2, 16], 5);
+            let (a, b) = (no_grad(|| saved.forward(&x)).unwrap(), no_grad(|| loaded.forward(&x)).unwrap());
+            assert_eq!(bits(&a), bits(&b), "{cfg:?} {v}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

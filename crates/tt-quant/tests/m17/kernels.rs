@@ -36,7 +36,7 @@ fn every_level_equals_the_reference_exactly_on_odd_sizes() {
             for &out_f in &[1usize, 7, 16, 17, 33, 50] {
                 seed += 1;
                 let (a, w) = random(rows, in_f, out_f, seed);
-                let want = matmul_reference(&a, &w, rows, in_f, out_f);
+                let want = matmul_reference(&a, &w, rows, in_f, out_f).unwrap();
                 for &level in &levels {
                     assert_eq!(run(level, &a, &w, rows, in_f, out_f), want, "{level}: {rows}×{in_f}×{out_f}");
                 }
@@ -53,7 +53,7 @@ fn extreme_codes_do_not_saturate_at_any_level() {
         let (rows, out_f) = (2, 17);
         let a = vec![255u8; rows * in_f];
         let w = vec![wv; out_f * in_f];
-        let want = matmul_reference(&a, &w, rows, in_f, out_f);
+        let want = matmul_reference(&a, &w, rows, in_f, out_f).unwrap();
         assert_eq!(want[0] as i64, 255 * wv as i64 * in_f as i64);
         for level in IntLevel::available() {
             assert_eq!(run(level, &a, &w, rows, in_f, out_f), want, "{level}: {in_f} inputs of {wv}");
@@ -84,5 +84,117 @@ fn forcing_tt_accels_level_forces_the_integer_level() {
                 tt_accel::Level::Avx512 => assert!(il >= IntLevel::Avx2),
             }
         });
+    }
+}
+
+/// Edges of the sizes that guard the kernels' pointer arithmetic: 0, 1, `usize::MAX` and
+/// products that wrap, for the packing, the product, the references and the int8 layers built on
+/// them. Each is a result or a clean error, quickly (no loop over `usize::MAX` empty rows).
+#[test]
+fn kernel_sizes_at_the_edges_are_results_or_errors() {
+    use tt_quant::kernels::MAX_UNBACKED;
+    // Packing: a product that wraps to 0 (no codes) and padded widths that overflow.
+    for (out_f, in_f) in [(1usize << 32, 1usize << 32), (usize::MAX, 2), (2, usize::MAX)] {
+        assert!(PackedI8::new(&[], out_f, in_f).is_err(), "{out_f}×{in_f}");
+    }
+    assert!(PackedI8::new(&[], usize::MAX, 0).is_err(), "usize::MAX outputs: the padded width overflows");
+    // With no inputs a large output count packs nothing and is bounded by the caller's slices.
+    let wide = PackedI8::new(&[], 1 << 40, 0).unwrap();
+    assert_eq!((wide.bytes(), wide.row_bytes(), wide.acc_cols()), (0, 0, 1 << 40));
+    assert!(wide.matmul(IntLevel::Scalar, &[], 1, &mut [0; 16]).is_err());
+    for (out_f, in_f) in [(0usize, 0usize), (0, 1), (1, 0), (1, 1)] {
+        let p = PackedI8::new(&vec![1; out_f * in_f], out_f, in_f).unwrap();
+        for level in IntLevel::available() {
+            for rows in [0usize, 1] {
+                let mut acc = vec![7; rows * p.acc_cols()];
+                p.matmul(level, &vec![3; rows * p.row_bytes()], rows, &mut acc).unwrap();
+                let want = matmul_reference(&vec![3; rows * in_f], &vec![1; out_f * in_f], rows, in_f, out_f).unwrap();
+                let got: Vec<i32> = (0..rows).flat_map(|r| acc[r * p.acc_cols()..][..out_f].to_vec()).collect();
+                assert_eq!(got, want, "{level}: {rows}×{in_f}×{out_f}");
+            }
+            // usize::MAX rows: an error where a row has bytes; with none, nothing to do.
+            let r = p.matmul(level, &[], usize::MAX, &mut []);
+            assert_eq!(r.is_ok(), p.acc_cols() == 0 && p.row_bytes() == 0, "{level}: {out_f}×{in_f}");
+        }
+    }
+    // rows·row_bytes and rows·acc_cols that wrap to small numbers.
+    let p = PackedI8::new(&[1; 4], 1, 4).unwrap();
+    let wraps = (usize::MAX / 4) + 2; // ·4 wraps to 4
+    assert!(p.matmul(IntLevel::Scalar, &[0; 64], wraps, &mut [0; 64]).is_err());
+    let wraps16 = (usize::MAX / 16) + 2; // ·16 wraps to 16
+    assert!(p.matmul(IntLevel::Scalar, &[0; 64], wraps16, &mut [0; 64]).is_err());
+    // The reference: wrapped products and unbacked results are errors.
+    assert!(matmul_reference(&[], &[], 1 << 32, 1 << 32, 1).is_err());
+    assert!(matmul_reference(&[], &[], usize::MAX, 0, usize::MAX).is_err());
+    assert!(matmul_reference(&[], &[], MAX_UNBACKED + 1, 0, 1).is_err());
+    assert_eq!(matmul_reference(&[], &[], MAX_UNBACKED, 0, 1).unwrap().len(), MAX_UNBACKED);
+    assert!(matmul_reference(&[1; 3], &[1; 4], 2, 2, 2).is_err(), "a short activation slice");
+}
+
+#[test]
+#[should_panic(expected = "outside 2×3")]
+fn a_code_outside_the_matrix_panics_as_documented() {
+    PackedI8::new(&[1; 6], 2, 3).unwrap().code(0, 3);
+}
+
+/// The int8 layers over degenerate shapes: workspace sizes that would overflow are `usize::MAX`,
+/// so `project` refuses them; the fully integer layer with no outputs returns at once for any
+/// row count, and its float reference refuses a result nothing bounds.
+#[test]
+fn int8_layers_with_degenerate_shapes_and_extreme_row_counts() {
+    use ndarray::Array2;
+    use tt_quant::requant::IntegerLinear;
+    use tt_quant::{Activations, Int8Linear, QParams, QuantizedMatrix, Scheme, WeightConfig};
+    use tt_tensor::projection::{project, Projection};
+    for (out_f, in_f) in [(0usize, 0usize), (0, 5), (5, 0), (1, 1)] {
+        let q =
+            Int8Linear::new(&Array2::zeros((out_f, in_f)), WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();
+        assert_eq!(q.workspace_len(usize::MAX), usize::MAX, "{out_f}×{in_f}");
+        assert_eq!(q.workspace_len(usize::MAX / 16 + 1), usize::MAX, "{out_f}×{in_f}: ·16 wraps");
+        assert!(project(&q, &[], usize::MAX, None, &mut [], &mut []).is_err(), "{out_f}×{in_f}");
+        assert!(q.workspace_len(1) < 1 << 10);
+    }
+    let w = QuantizedMatrix::from_parts(0, 0, vec![], vec![], Scheme::Symmetric, tt_quant::Granularity::PerChannel);
+    let p = QParams::new(0.5, 10).unwrap();
+    let layer = IntegerLinear::new(&w.unwrap(), None, p, p).unwrap();
+    layer.forward(&[], usize::MAX, &mut []).unwrap();
+    let sym = vec![QParams::new(0.5, 0).unwrap(); 3];
+    let w = QuantizedMatrix::from_parts(3, 0, vec![], sym, Scheme::Symmetric, tt_quant::Granularity::PerChannel);
+    let layer = IntegerLinear::new(&w.unwrap(), None, p, p).unwrap();
+    assert!(layer.forward(&[], usize::MAX, &mut [0; 3]).is_err(), "rows·3 overflows");
+    assert!(layer.float_reference(&[], usize::MAX / 2).is_err(), "a result nothing bounds");
+    assert_eq!(layer.float_reference(&[], 2).unwrap().len(), 6);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+    /// Every level of the public int8 product equals the plain integer reference exactly, on
+    /// shapes from 0 up and codes drawn mostly from the extremes (0, 255 × −128, 127), and a row
+    /// count the slices cannot hold is a clean error at every level.
+    #[test]
+    fn int8_kernels_equal_the_reference_exactly_on_extreme_codes(
+        rows in 0usize..14,
+        in_f in proptest::prop_oneof![0usize..70, proptest::strategy::Just(MAX_K)],
+        out_f in 0usize..40,
+        seed in proptest::prelude::any::<u64>(),
+        extra_rows in proptest::prelude::prop_oneof![proptest::strategy::Just(1usize), proptest::strategy::Just(usize::MAX / 2), proptest::strategy::Just(usize::MAX)],
+    ) {
+        let rows = if in_f == MAX_K { rows.min(2) } else { rows };
+        let out_f = if in_f == MAX_K { out_f.min(17) } else { out_f };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let a: Vec<u8> = (0..rows * in_f).map(|_| *[0u8, 255, 255, rng.random()].get(rng.random_range(0..4)).unwrap()).collect();
+        let w: Vec<i8> = (0..out_f * in_f).map(|_| *[-128i8, 127, -128, rng.random()].get(rng.random_range(0..4)).unwrap()).collect();
+        let want = matmul_reference(&a, &w, rows, in_f, out_f).unwrap();
+        let p = PackedI8::new(&w, out_f, in_f).unwrap();
+        for level in IntLevel::available() {
+            proptest::prop_assert_eq!(&run(level, &a, &w, rows, in_f, out_f), &want, "{}", level);
+            let claim = rows.saturating_add(extra_rows);
+            let mut acc = vec![0; rows * p.acc_cols()];
+            let padded = vec![0u8; rows * p.row_bytes()];
+            let r = p.matmul(level, &padded, claim, &mut acc);
+            let nothing_to_do = p.acc_cols() == 0 && p.row_bytes() == 0;
+            proptest::prop_assert!(r.is_err() || nothing_to_do, "{} rows claimed", claim);
+        }
     }
 }

@@ -36,7 +36,9 @@ fn configs() -> Vec<WeightConfig> {
     v
 }
 
-const STATIC: Activations = Activations::Static(QParams { scale: 6.0 / 255.0, zero_point: 40 });
+fn static_act() -> Activations {
+    Activations::Static(QParams::new(6.0 / 255.0, 40).unwrap())
+}
 
 #[test]
 fn outputs_are_bit_identical_at_every_level() {
@@ -47,7 +49,7 @@ fn outputs_are_bit_identical_at_every_level() {
         let x = rows(n, in_f, 100 + i as u64);
         let bias: Vec<f32> = (0..out_f).map(|o| 0.1 * o as f32 - 1.0).collect();
         for cfg in configs() {
-            for act in [Activations::Dynamic, STATIC] {
+            for act in [Activations::Dynamic, static_act()] {
                 let base = Int8Linear::new(&w, cfg, act).unwrap();
                 let want = forward(&base.clone().with_level(IntLevel::Scalar), &x, n, Some(&bias));
                 for level in IntLevel::available() {
@@ -71,7 +73,7 @@ fn outputs_equal_the_float_formula_on_the_dequantized_operands() {
     let x = rows(n, in_f, 8);
     let bias: Vec<f32> = (0..out_f).map(|o| (o as f32).sin()).collect();
     for cfg in configs() {
-        for act in [Activations::Dynamic, STATIC] {
+        for act in [Activations::Dynamic, static_act()] {
             let q = Int8Linear::new(&w, cfg, act).unwrap();
             let y = forward(&q, &x, n, Some(&bias));
             let wq = q.weight();
@@ -80,9 +82,9 @@ fn outputs_equal_the_float_formula_on_the_dequantized_operands() {
                 for o in 0..out_f {
                     let (mut want, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
                     for i in 0..in_f {
-                        let a = p.scale as f64 * (codes[i] as i32 - p.zero_point) as f64;
+                        let a = p.scale() as f64 * (codes[i] as i32 - p.zero_point()) as f64;
                         let wp = wq.params_at(o, i);
-                        let wv = wp.scale as f64 * (wq.codes[o * in_f + i] as i32 - wp.zero_point) as f64;
+                        let wv = wp.scale() as f64 * (wq.codes()[o * in_f + i] as i32 - wp.zero_point()) as f64;
                         want += a * wv;
                         mag += (a * wv).abs();
                     }
@@ -136,7 +138,7 @@ fn weights_are_four_times_smaller_and_formats_are_named() {
     assert_eq!(q.storage_bytes(), 65_536 + 2_048 + 2_048);
     assert!(4.0 * 512.0 * 128.0 / q.weight().storage_bytes() as f64 >= 3.87);
     assert_eq!(q.format(), "int8-dyn/ch");
-    let t = Int8Linear::new(&w, WeightConfig::PER_TENSOR, STATIC).unwrap();
+    let t = Int8Linear::new(&w, WeightConfig::PER_TENSOR, static_act()).unwrap();
     assert_eq!(t.format(), "int8-static/tensor");
 }
 
@@ -150,17 +152,48 @@ fn unsupported_and_invalid_settings_are_errors() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("not implemented"), "{e}");
-    for bad in [
-        QParams { scale: 0.0, zero_point: 0 },
-        QParams { scale: 1.0, zero_point: 300 },
-        QParams { scale: f32::NAN, zero_point: 0 },
-    ] {
-        assert!(Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Static(bad)).is_err(), "{bad:?}");
-    }
+    assert!(QParams::new(0.0, 0).is_err() && QParams::new(f32::NAN, 0).is_err());
+    let bad = QParams::new(1.0, 300).unwrap();
+    assert!(Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Static(bad)).is_err(), "{bad:?}");
     let q = Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();
     let mut ws = Workspace::default();
     ws.ensure(q.workspace_len(1));
     let mut y = [0.0f32; 4];
     assert!(project(&q, &[0.0; 7], 1, None, &mut y, ws.bytes()).is_err());
     assert!(project(&q, &[0.0; 8], 1, None, &mut y, &mut [0u8; 3]).is_err());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Extreme weights and inputs (±f32::MAX, ±3e38, subnormals, 0, ±∞ and NaN inputs) through
+    /// the public int8 layer: it builds or refuses cleanly, and every kernel level gives the
+    /// same bits (a NaN row stays NaN at every level).
+    #[test]
+    fn extreme_weights_and_inputs_give_the_same_bits_at_every_level(
+        out_f in 0usize..20,
+        in_f in 0usize..40,
+        n in 0usize..4,
+        seed in proptest::prelude::any::<u64>(),
+        cfg in 0usize..4,
+    ) {
+        const EXTREMES: [f32; 8] = [f32::MAX, -f32::MAX, 3e38, -3e38, 1e-40, -1e-45, 0.0, 1.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut pick = |extra: &[f32]| {
+            let all: Vec<f32> = EXTREMES.iter().chain(extra).copied().collect();
+            if rng.random_bool(0.5) { all[rng.random_range(0..all.len())] } else { rng.random_range(-2.0f32..2.0) }
+        };
+        let w = Array2::from_shape_fn((out_f, in_f), |_| pick(&[]));
+        let x: Vec<f32> = (0..n * in_f).map(|_| pick(&[f32::INFINITY, f32::NEG_INFINITY, f32::NAN])).collect();
+        let cfg = configs()[cfg];
+        let Ok(base) = Int8Linear::new(&w, cfg, Activations::Dynamic) else {
+            return Ok(());
+        };
+        proptest::prop_assert!(base.weight().dequantize().iter().all(|v| v.is_finite()));
+        let bits = |y: Vec<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let want = bits(forward(&base.clone().with_level(IntLevel::Scalar), &x, n, None));
+        for level in IntLevel::available() {
+            proptest::prop_assert_eq!(&bits(forward(&base.clone().with_level(level), &x, n, None)), &want, "{}", level);
+        }
+    }
 }

@@ -13,8 +13,8 @@ fn minmax_tracks_the_running_extremes_and_ignores_non_finite_values() {
     o.observe(&[]);
     assert_eq!(o.range(), Some((-2.0, 3.0)));
     let p = o.qparams(Scheme::Affine, QRange::U8).unwrap();
-    assert!((p.scale - 5.0 / 255.0).abs() < 1e-7);
-    assert_eq!(p.zero_point, 102); // round(2 / (5/255)) = 102
+    assert!((p.scale() - 5.0 / 255.0).abs() < 1e-7);
+    assert_eq!(p.zero_point(), 102); // round(2 / (5/255)) = 102
 }
 
 #[test]

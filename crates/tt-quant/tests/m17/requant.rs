@@ -50,7 +50,7 @@ fn the_integer_layer_equals_the_float_formula_but_for_rounding_ties() {
     let w = Array2::from_shape_fn((out_f, in_f), |_| rng.random_range(-0.5f32..0.5));
     let bias: Vec<f32> = (0..out_f).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let a: Vec<u8> = (0..rows * in_f).map(|_| rng.random::<u8>()).collect();
-    let input = QParams { scale: 0.02, zero_point: 100 };
+    let input = QParams::new(0.02, 100).unwrap();
     for g in [Granularity::PerTensor, Granularity::PerChannel] {
         let q = QuantizedMatrix::quantize(&w, Scheme::Symmetric, g).unwrap();
         // Output range from the float outputs themselves, as calibration would choose it.
@@ -84,12 +84,36 @@ fn the_integer_layer_equals_the_float_formula_but_for_rounding_ties() {
 fn bad_settings_are_errors() {
     let w = Array2::from_elem((2, 3), 0.5f32);
     let q = QuantizedMatrix::quantize(&w, Scheme::Symmetric, Granularity::PerChannel).unwrap();
-    let p = QParams { scale: 0.1, zero_point: 0 };
+    let p = QParams::new(0.1, 0).unwrap();
     assert!(IntegerLinear::new(&q, Some(&[1.0]), p, p).is_err());
-    assert!(IntegerLinear::new(&q, None, QParams { scale: 0.0, zero_point: 0 }, p).is_err());
+    assert!(IntegerLinear::new(&q, None, QParams::new(0.5, 300).unwrap(), p).is_err());
     let a = QuantizedMatrix::quantize(&w, Scheme::Affine, Granularity::PerChannel).unwrap();
     assert!(IntegerLinear::new(&a, None, p, p).is_err());
     let l = IntegerLinear::new(&q, None, p, p).unwrap();
     assert!(l.forward(&[0; 5], 2, &mut [0; 4]).is_err());
     assert!(l.forward(&[0; 6], 2, &mut [0; 3]).is_err());
+}
+
+/// The multiplier's fields are public: hand-built extremes give saturated or zero results and
+/// finite-or-infinite values, never an overflow panic or a wrapped product.
+#[test]
+fn hand_built_multipliers_at_the_extremes_saturate() {
+    use tt_quant::requant::FixedPointMultiplier;
+    for (m0, shift) in
+        [(i32::MAX, i32::MIN), (i32::MAX, i32::MAX), (i32::MIN, i32::MIN), (1 << 30, -31), (1 << 30, -100)]
+    {
+        let m = FixedPointMultiplier { m0, shift };
+        let _ = m.value();
+        for x in [i32::MIN, -1, 0, 1, i32::MAX] {
+            let y = m.apply(x);
+            if shift >= 126 - 31 {
+                assert_eq!(y, 0, "{m:?}·{x}");
+            }
+            if shift <= -33 && x != 0 {
+                // |x·m0·2^k| ≥ 2^31: saturated with the product's sign.
+                let sign = (x as i64 * m0 as i64).signum();
+                assert_eq!(y, if sign > 0 { i32::MAX } else { i32::MIN }, "{m:?}·{x}");
+            }
+        }
+    }
 }

@@ -21,18 +21,18 @@ fn known_values_round_trip_within_half_a_step() {
             let p = QParams::from_range(-1.0, 1.0, scheme, range).unwrap();
             for &v in &x {
                 let q = p.quantize(v, range);
-                assert!((range.min..=range.max).contains(&q), "{scheme:?} {range:?}: code {q}");
+                assert!((range.min()..=range.max()).contains(&q), "{scheme:?} {range:?}: code {q}");
                 let back = p.dequantize(q);
-                assert!((back - v).abs() <= bound(p.scale, v), "{scheme:?} {range:?}: {v} → {q} → {back}");
+                assert!((back - v).abs() <= bound(p.scale(), v), "{scheme:?} {range:?}: {v} → {q} → {back}");
             }
         }
     }
     // Symmetric [−127, 127] on [−1, 1]: S = 1/127, codes ±127 and ±64 (63.5 rounds half to even).
     let p = QParams::from_range(-1.0, 1.0, Scheme::Symmetric, QRange::I8_SYMMETRIC).unwrap();
-    assert_eq!((p.scale, p.zero_point), (1.0 / 127.0, 0));
+    assert_eq!((p.scale(), p.zero_point()), (1.0 / 127.0, 0));
     assert_eq!([1.0f32, -1.0, 0.5, -0.5].map(|v| p.quantize(v, QRange::I8_SYMMETRIC)), [127, -127, 64, -64]);
     // Half to even: with S = 1, 0.5 → 0, 1.5 → 2, 2.5 → 2, −0.5 → 0.
-    let unit = QParams { scale: 1.0, zero_point: 0 };
+    let unit = QParams::UNIT;
     assert_eq!([0.5f32, 1.5, 2.5, -0.5, -1.5].map(|v| unit.quantize(v, QRange::I8)), [0, 2, 2, 0, -2]);
     // Values outside the range clamp.
     assert_eq!(unit.quantize(1000.0, QRange::I8), 127);
@@ -50,7 +50,7 @@ fn the_range_always_includes_zero_and_zero_is_exact() {
     }
     // Affine [2, 5] is widened to [0, 5]: Z = −128, the top code is 5.
     let p = QParams::from_range(2.0, 5.0, Scheme::Affine, QRange::I8).unwrap();
-    assert_eq!(p.zero_point, -128);
+    assert_eq!(p.zero_point(), -128);
     assert!((p.dequantize(127) - 5.0).abs() < 1e-6);
 }
 
@@ -61,7 +61,7 @@ fn constants_zeros_tiny_and_huge_ranges_stay_finite_and_distinct() {
     for scheme in [Scheme::Affine, Scheme::Symmetric] {
         for g in [Granularity::PerTensor, Granularity::PerChannel, Granularity::PerGroup(3)] {
             let q = QuantizedMatrix::quantize(&zero, scheme, g).unwrap();
-            assert!(q.params.iter().all(|p| p.scale.is_finite() && p.scale > 0.0));
+            assert!(q.params().iter().all(|p| p.scale().is_finite() && p.scale() > 0.0));
             assert_eq!(q.dequantize(), zero);
         }
     }
@@ -75,16 +75,16 @@ fn constants_zeros_tiny_and_huge_ranges_stay_finite_and_distinct() {
         let back: Vec<f32> = [-1e-10f32, 0.0, 1e-10].iter().map(|&v| p.dequantize(p.quantize(v, QRange::I8))).collect();
         assert!(back.iter().all(|v| v.is_finite()), "{back:?}");
         assert!(back[0] < back[1] && back[1] < back[2], "{scheme:?}: {back:?}");
-        assert!((back[2] - 1e-10).abs() <= p.scale, "{back:?}");
+        assert!((back[2] - 1e-10).abs() <= p.scale(), "{back:?}");
     }
     // Huge: ±3e38 (the width overflows f32) stays finite and in order.
     for scheme in [Scheme::Affine, Scheme::Symmetric] {
         let p = QParams::from_range(-3e38, 3e38, scheme, QRange::I8).unwrap();
-        assert!(p.scale.is_finite());
+        assert!(p.scale().is_finite());
         let back: Vec<f32> = [-3e38f32, 0.0, 3e38].iter().map(|&v| p.dequantize(p.quantize(v, QRange::I8))).collect();
         assert!(back.iter().all(|v| v.is_finite()), "{scheme:?}: {back:?}");
         assert!(back[0] < 0.0 && back[1] == 0.0 && back[2] > 0.0);
-        assert!((back[2] - 3e38).abs() <= bound(p.scale, 3e38), "{scheme:?}: {back:?}, S = {}", p.scale);
+        assert!((back[2] - 3e38).abs() <= bound(p.scale(), 3e38), "{scheme:?}: {back:?}, S = {}", p.scale());
     }
 }
 
@@ -108,8 +108,8 @@ fn granularities_keep_one_scale_per_tensor_row_or_group() {
     let t = QuantizedMatrix::quantize(&w, Scheme::Symmetric, Granularity::PerTensor).unwrap();
     let c = QuantizedMatrix::quantize(&w, Scheme::Symmetric, Granularity::PerChannel).unwrap();
     let g = QuantizedMatrix::quantize(&w, Scheme::Symmetric, Granularity::PerGroup(2)).unwrap();
-    assert_eq!((t.params.len(), c.params.len(), g.params.len()), (1, 2, 6));
-    assert!((c.params[1].scale / c.params[0].scale - 100.0).abs() < 1e-3);
+    assert_eq!((t.params().len(), c.params().len(), g.params().len()), (1, 2, 6));
+    assert!((c.params()[1].scale() / c.params()[0].scale() - 100.0).abs() < 1e-3);
     let err = |q: &QuantizedMatrix| (&q.dequantize() - &w).iter().map(|v| v.abs()).fold(0.0f32, f32::max);
     let row0 = |q: &QuantizedMatrix| (0..5).map(|i| (q.dequantize()[[0, i]] - w[[0, i]]).abs()).fold(0.0, f32::max);
     assert!(row0(&c) < row0(&t) / 50.0, "per-channel {} vs per-tensor {}", row0(&c), row0(&t));
@@ -119,7 +119,7 @@ fn granularities_keep_one_scale_per_tensor_row_or_group() {
     assert_eq!(c.storage_bytes(), 10 + 8);
     let a = QuantizedMatrix::quantize(&w, Scheme::Affine, Granularity::PerChannel).unwrap();
     assert_eq!(a.storage_bytes(), 10 + 10);
-    assert!(t.codes.iter().all(|&q| q >= -127));
+    assert!(t.codes().iter().all(|&q| q >= -127));
 }
 
 proptest! {
@@ -146,8 +146,8 @@ proptest! {
             let back = p.dequantize(q);
             // Symmetric unsigned-range maps waste half the codes only when all values share a
             // sign; every value is still inside the representable range.
-            prop_assert!((back - v).abs() <= bound(p.scale, v),
-                "{v} → {q} → {back} (S = {})", p.scale);
+            prop_assert!((back - v).abs() <= bound(p.scale(), v),
+                "{v} → {q} → {back} (S = {})", p.scale());
             prop_assert!(back == 0.0 || back.signum() == v.signum(), "sign of {v} → {back}");
         }
     }
@@ -168,10 +168,52 @@ proptest! {
                 let q = QuantizedMatrix::quantize(&w, scheme, g).unwrap();
                 let d = q.dequantize();
                 for ((r, c), &x) in w.indexed_iter() {
-                    let s = q.params_at(r, c).scale;
+                    let s = q.params_at(r, c).scale();
                     prop_assert!((d[[r, c]] - x).abs() <= bound(s, x), "{scheme:?} {g:?} ({r},{c}): {x} vs {}", d[[r, c]]);
                 }
             }
         }
+    }
+}
+
+/// The probe's example: finite weights near `f32::MAX` gave a scale whose extreme code
+/// dequantized to ±∞. Every code of every scheme and range now dequantizes finitely, the ends of
+/// the range are still represented to within one step (the documented clamp), and a code range
+/// too narrow to have a finite scale is an error.
+#[test]
+fn ranges_reaching_f32_max_keep_every_code_finite() {
+    let m = f32::MAX;
+    let ranges = [QRange::I8, QRange::I8_SYMMETRIC, QRange::U8, QRange::new(-8, 7).unwrap()];
+    for scheme in [Scheme::Affine, Scheme::Symmetric] {
+        for range in ranges {
+            for (lo, hi) in [(-m, m), (0.0, m), (-m, 0.0), (-3e38, 3e38), (-1.0, m), (-m, 1.0)] {
+                let p = QParams::from_range(lo, hi, scheme, range).unwrap();
+                for q in [range.min(), range.max()] {
+                    assert!(p.dequantize(q).is_finite(), "{scheme:?} {range:?} [{lo}, {hi}]: code {q}");
+                }
+                for v in [lo, hi] {
+                    let back = p.dequantize(p.quantize(v, range));
+                    let slack = p.scale() + 4.0 * f32::EPSILON * v.abs();
+                    assert!((back - v).abs() <= slack, "{scheme:?} {range:?} [{lo}, {hi}]: {v} → {back}");
+                }
+            }
+        }
+    }
+    // One step over two codes: S would be twice f32::MAX.
+    assert!(QParams::from_range(-m, m, Scheme::Symmetric, QRange::new(0, 1).unwrap()).is_err());
+}
+
+#[test]
+fn code_ranges_and_parameters_are_validated_where_they_are_built() {
+    assert!(QRange::new(1, 1).is_err() && QRange::new(2, 1).is_err());
+    let wide = QRange::new(i32::MIN, i32::MAX).unwrap();
+    // The middle code and q − Z are computed without overflowing i32.
+    let p = QParams::from_range(-1.0, 1.0, Scheme::Symmetric, wide).unwrap();
+    assert_eq!(p.zero_point(), 0);
+    assert!(p.dequantize(i32::MIN).is_finite() && p.dequantize(i32::MAX).is_finite());
+    let far = QParams::new(1.0, i32::MIN).unwrap();
+    assert_eq!(far.dequantize(i32::MAX), u32::MAX as f32);
+    for bad in [0.0f32, -1.0, 1e-40, f32::NAN, f32::INFINITY] {
+        assert!(QParams::new(bad, 0).is_err(), "{bad}");
     }
 }

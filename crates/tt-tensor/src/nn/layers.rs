@@ -26,6 +26,13 @@ pub trait ForwardTransform: Send + Sync + std::fmt::Debug {
     fn input(&self, x: &Tensor) -> Result<Tensor>;
     /// Short name for reports (`"fake-quant"`, `"mask"`).
     fn name(&self) -> &'static str;
+    /// The transform as [`Any`](std::any::Any), so that a crate can recognize its own transforms
+    /// behind `dyn ForwardTransform` (`downcast_ref`) — to compose over another one and take it
+    /// apart again, or to remove only what it installed. `None` by default, as for
+    /// [`Projection::as_any`].
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// Fully connected layer `y = x·Wᵀ + b`, `W` stored `[out, in]`.
