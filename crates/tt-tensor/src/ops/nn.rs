@@ -234,7 +234,8 @@ impl Tensor {
         Ok(Tensor::from_op(out, &[self], "max_pool2d", || {
             Box::new(move |gout| {
                 let mut gx = vec![0.0f32; sx.iter().product()];
-                for (gv, &i) in gout.iter().zip(&argmax) {
+                let gout = gout.as_standard_layout();
+                for (gv, &i) in gout.as_slice().expect("standard layout").iter().zip(&argmax) {
                     gx[i] += gv;
                 }
                 vec![Some(Array::from_shape_vec(IxDyn(&sx), gx).expect("sized"))]
