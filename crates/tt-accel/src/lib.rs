@@ -21,6 +21,7 @@
 //! (tt-quant) or prune (tt-compress). All `unsafe` and `#[target_feature]` code of the f32 kernels
 //! lives here, each block with a `// SAFETY:` note naming its invariant.
 
+mod bounds;
 pub mod dispatch;
 pub mod fused;
 pub mod gemm;

@@ -61,9 +61,6 @@ pub(super) fn run(level: Level, pool: Option<(&rayon::ThreadPool, usize)>, x: Ar
 }
 
 fn drive<K: MicroKernel>(kern: K, pool: Option<(&rayon::ThreadPool, usize)>, x: Args<'_>) {
-    if x.m == 0 || x.n == 0 {
-        return;
-    }
     if x.k == 0 {
         zero_rows(x.c, x.ldc, x.m, x.n);
         return;
