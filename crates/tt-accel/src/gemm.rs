@@ -175,6 +175,12 @@ pub fn gemm(
         // empty): the rungs' row loops would spin through up to `usize::MAX` empty rows.
         return Ok(level);
     }
+    if k == 0 {
+        // C = 0. A and B are empty and may be empty slices whatever their strides, which the
+        // rungs (slicing row `i` of A at `i·lda`) must not see.
+        zero_rows(c, ldc, m, n);
+        return Ok(level);
+    }
     let args = Args { a, lda, b, ldb, c, ldc, m, k, n };
     match rung {
         Rung::Naive => reference::naive(args),
@@ -188,7 +194,7 @@ pub fn gemm(
 
 /// The checked operands of one product, passed from [`gemm`] to the rung implementations.
 /// Invariant (established by [`check_operand`] and [`gemm`]): every `(i, j)` inside each
-/// matrix's shape indexes inside its slice, i.e. `i * ld + j < len`, and C is not empty.
+/// matrix's shape indexes inside its slice, i.e. `i * ld + j < len`, and no size is 0.
 struct Args<'a> {
     a: &'a [f32],
     lda: usize,
