@@ -468,6 +468,31 @@ fn gemm_refuses_sizes_and_strides_that_wrap() {
     }
 }
 
+/// Threads of this process (Linux), or `None` where `/proc` does not say.
+fn process_threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+}
+
+#[test]
+fn threaded_gemm_keeps_only_a_few_pools() {
+    let Some(before) = process_threads() else { return };
+    let (a, b) = (random(4, 1), random(4, 2));
+    // One pool per thread count, 299 threads in all if every pool were kept.
+    for threads in 2..=24 {
+        gemm(Rung::Threaded, Level::Scalar, threads, &a, 2, &b, 2, &mut [0.0; 4], 2, 2, 2, 2).unwrap();
+    }
+    // At most the last 8 counts' pools remain (164 threads); dropped pools' threads exit
+    // asynchronously, and other tests start threads too, hence the margin and the wait.
+    let bound = before + 200;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while process_threads().is_some_and(|n| n > bound) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = process_threads().unwrap_or(0);
+    assert!(after <= bound, "{after} threads after cycling through 23 pool sizes, {before} before");
+}
+
 #[test]
 fn blocking_derive_never_divides_by_zero() {
     for (mr, nr) in [(0usize, 0usize), (1, 1), (usize::MAX, usize::MAX), (1 << 20, 1 << 20), (12, 32)] {
