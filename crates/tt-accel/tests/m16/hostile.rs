@@ -691,6 +691,37 @@ proptest! {
         }
     }
 
+    /// The threaded decode kernel equals the one-head kernel head by head for any consistent job
+    /// (heads may share their cache: stride 0), and refuses, naming itself, a cache or output too
+    /// short for every head.
+    #[test]
+    fn decode_heads_agree_or_refuse(heads in 1usize..6, hd in 1usize..40, slots in 1usize..40, stride_pick in 0u8..4, short in any::<bool>(), seed in any::<u64>()) {
+        let per_head = slots * hd;
+        let head_stride = match stride_pick {
+            0 | 1 => per_head,
+            2 => per_head + 5,
+            _ => 0,
+        };
+        let kv_len = (heads - 1) * head_stride + per_head;
+        let (q, keys, values) = (random(heads * hd, seed), random(kv_len, seed ^ 1), random(kv_len, seed ^ 2));
+        let job = HeadsJob { q: &q, keys: &keys[..kv_len - short as usize], values: &values, heads, head_dim: hd, head_stride, slots, scale: 0.25 };
+        let mut buf = guarded(heads * hd);
+        let r = panic_message(|| decode_kernel()(&job, &mut buf[GUARD..GUARD + heads * hd]));
+        assert_guards_intact(&buf, "decode heads");
+        match r {
+            None => {
+                prop_assert!(!short, "a short cache accepted");
+                for h in 0..heads {
+                    let span = h * head_stride..h * head_stride + per_head;
+                    let mut want = vec![0.0; hd];
+                    fused::decode_attention_2pass(&q[h * hd..(h + 1) * hd], &keys[span.clone()], &values[span], 0.25, &mut vec![0.0; slots], &mut want).unwrap();
+                    prop_assert_eq!(&buf[GUARD + h * hd..GUARD + (h + 1) * hd], &want[..]);
+                }
+            }
+            Some(m) => prop_assert!(short && m.contains("decode attention heads"), "{}", m),
+        }
+    }
+
     /// The fused one-query kernels (f32 and int8) agree with their references at every level for
     /// any `head_dim` and cache length, including 1.
     #[test]
