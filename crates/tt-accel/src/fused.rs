@@ -56,8 +56,9 @@
 //! the slice length; partial vectors use masked loads and stores, which touch only the enabled
 //! lanes).
 
+use crate::bounds::strided_len;
 use crate::dispatch::{self, Level};
-use tt_tensor::kernels::exp_fast;
+use tt_tensor::kernels::{exp_fast, HeadsJob, PrefillHeadsJob};
 use tt_tensor::{Result, TensorError};
 
 // ---------------------------------------------------------------------------------------------
@@ -210,7 +211,9 @@ pub fn gelu_at(level: Level, y: &mut [f32]) {
 
 /// The fused kernels as the decoder's row-kernel table (`CachedGpt::set_row_kernels`). Each
 /// call dispatches at the calling thread's level. The decoder passes rows of the widths it
-/// validated when it was built, so the kernels' length checks cannot fail there.
+/// validated when it was built, so the kernels' length checks cannot fail there. Called with
+/// inconsistent sizes by anyone else, a table function panics naming the problem (its signature
+/// has no error channel); it never reads or writes out of bounds.
 pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
     tt_tensor::kernels::RowKernels {
         name: "fused",
@@ -236,7 +239,8 @@ pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
 /// [`row_kernels`] with one-query attention split by heads across [`crate::team::global`]'s
 /// members (one hand-off per layer instead of per head). Each head is computed by one member
 /// exactly as [`decode_attention_2pass`] would, so results equal the one-thread table's bit for
-/// bit.
+/// bit. Inconsistent sizes panic as in [`row_kernels`], on the calling thread, before any member
+/// starts.
 pub fn row_kernels_threaded() -> tt_tensor::kernels::RowKernels {
     tt_tensor::kernels::RowKernels {
         name: "fused-threaded",
@@ -250,15 +254,37 @@ pub fn row_kernels_threaded() -> tt_tensor::kernels::RowKernels {
 /// by one member with `tt_tensor::kernels::attention_head` into its own scratch, then copied to its
 /// columns of `out` — so the result equals the head-by-head loop bit for bit. Allocates the
 /// members' scratch per call (prefill is not the allocation-free path).
-fn prefill_heads_on_team(job: &tt_tensor::kernels::PrefillHeadsJob, out: &mut [f32], out_stride: usize) {
+///
+/// Panics, naming the problem, if the job's geometry is inconsistent (see [`check_heads`]) or the
+/// probabilities' scratch cannot be allocated: the kernel table has no error channel, and the
+/// decoder sizes every buffer itself.
+fn prefill_heads_on_team(job: &PrefillHeadsJob, out: &mut [f32], out_stride: usize) {
     use tt_tensor::kernels::{attention_head, Rows};
     let (hd, nh, n, slots) = (job.head_dim, job.heads, job.rows, job.slots);
-    // Impossible by construction in the decoder (it sizes both); checked because members write
-    // through a raw pointer.
-    assert!(n == 0 || out.len() >= (n - 1) * out_stride + nh * hd, "prefill heads: out holds every head");
-    let head = |h: usize, probs: &mut Vec<f32>, local: &mut Vec<f32>| {
-        probs.resize(n * slots, 0.0);
-        local.resize(n * hd, 0.0);
+    let geometry = Heads {
+        heads: nh,
+        head_dim: hd,
+        head_stride: job.head_stride,
+        slots,
+        keys_len: job.keys.len(),
+        values_len: job.values.len(),
+        rows: n,
+        q: (job.q.len(), job.q_stride),
+        out: (out.len(), out_stride),
+    };
+    if !check_heads(&geometry).unwrap_or_else(|e| panic!("fused prefill attention heads: {e}")) {
+        return;
+    }
+    // `n × slots` cannot overflow (checked above) but may be more than memory holds: refuse it
+    // rather than abort the process inside a member.
+    let scratch = |len: usize| {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .unwrap_or_else(|e| panic!("fused prefill attention heads: cannot allocate {len} floats of scratch: {e}"));
+        v.resize(len, 0.0f32);
+        v
+    };
+    let head = |h: usize, probs: &mut [f32], local: &mut [f32]| {
         let span = h * job.head_stride..h * job.head_stride + slots * hd;
         let k = Rows { data: &job.keys[span.clone()], rows: slots, cols: hd, stride: hd };
         let v = Rows { data: &job.values[span], rows: slots, cols: hd, stride: hd };
@@ -269,8 +295,9 @@ fn prefill_heads_on_team(job: &tt_tensor::kernels::PrefillHeadsJob, out: &mut [f
     let write = |h: usize, local: &[f32]| {
         for t in 0..n {
             let dst = t * out_stride + h * hd;
-            // SAFETY: row t, columns of head h lie inside `out` (checked above); no other member
-            // writes head h's columns.
+            // SAFETY: t < rows and h < heads, so row t's columns of head h end at most at
+            // (rows − 1)·out_stride + heads·head_dim ≤ out.len() (`check_heads`); rows do not
+            // overlap (out_stride ≥ heads·head_dim), so no other member writes these floats.
             unsafe { std::ptr::copy_nonoverlapping(local[t * hd..].as_ptr(), ptr.at(dst, hd), hd) };
         }
     };
@@ -281,7 +308,7 @@ fn prefill_heads_on_team(job: &tt_tensor::kernels::PrefillHeadsJob, out: &mut [f
         if i >= members {
             return;
         }
-        let (mut probs, mut local) = (Vec::new(), Vec::new());
+        let (mut probs, mut local) = (scratch(n * slots), scratch(n * hd));
         crate::dispatch::with_level(level, |_| {
             for h in crate::team::share(nh, members, i) {
                 head(h, &mut probs, &mut local);
@@ -293,6 +320,66 @@ fn prefill_heads_on_team(job: &tt_tensor::kernels::PrefillHeadsJob, out: &mut [f
         Some(t) => t.run(&run),
         None => run(0),
     }
+}
+
+/// The geometry of a heads-parallel attention job: `heads` heads of `head_dim`, head `h`'s
+/// `slots` cached rows at `h·head_stride` in `keys` and `values`, `rows` queries per head
+/// (`q`: `(len, stride)`, head `h` at column `h·head_dim`), outputs likewise in `out`.
+#[derive(Debug)]
+struct Heads {
+    heads: usize,
+    head_dim: usize,
+    head_stride: usize,
+    slots: usize,
+    keys_len: usize,
+    values_len: usize,
+    rows: usize,
+    q: (usize, usize),
+    out: (usize, usize),
+}
+
+/// The one place the heads-parallel kernels' sizes are checked, with overflow-checked arithmetic,
+/// before any member forms a pointer into the output. `Ok(false)`: nothing to compute (no head,
+/// no column or no query).
+///
+/// # Errors
+/// A size that overflows `usize`, more queries than cached positions, a buffer too short for
+/// every head, or output rows that overlap (`out` stride below `heads·head_dim` with several
+/// rows: members writing different heads of overlapping rows would race).
+fn check_heads(g: &Heads) -> std::result::Result<bool, String> {
+    if g.heads == 0 || g.head_dim == 0 || g.rows == 0 {
+        return Ok(false);
+    }
+    let overflow = |what: &str| format!("{what} overflows usize in {g:?}");
+    let width = g.heads.checked_mul(g.head_dim).ok_or_else(|| overflow("heads × head_dim"))?;
+    if g.rows > g.slots {
+        return Err(format!("{} queries over {} cached positions", g.rows, g.slots));
+    }
+    g.rows.checked_mul(g.slots).ok_or_else(|| overflow("rows × slots (the probabilities)"))?;
+    let kv = g
+        .slots
+        .checked_mul(g.head_dim)
+        .and_then(|per_head| strided_len(g.heads, g.head_stride, per_head))
+        .ok_or_else(|| overflow("the cache's extent"))?;
+    if g.keys_len < kv || g.values_len < kv {
+        return Err(format!("keys and values hold {} and {} floats, the heads need {kv}", g.keys_len, g.values_len));
+    }
+    let ((q_len, q_stride), (out_len, out_stride)) = (g.q, g.out);
+    let need_q = strided_len(g.rows, q_stride, width).ok_or_else(|| overflow("the queries' extent"))?;
+    if q_len < need_q {
+        return Err(format!("q holds {q_len} floats, {} rows of {width} with stride {q_stride} need {need_q}", g.rows));
+    }
+    if g.rows > 1 && out_stride < width {
+        return Err(format!("out stride {out_stride} is less than the {width} columns of a row: rows would overlap"));
+    }
+    let need_out = strided_len(g.rows, out_stride, width).ok_or_else(|| overflow("the output's extent"))?;
+    if out_len < need_out {
+        return Err(format!(
+            "out holds {out_len} floats, {} rows of {width} with stride {out_stride} need {need_out}",
+            g.rows
+        ));
+    }
+    Ok(true)
 }
 
 /// Output buffer shared by team members that write disjoint heads.
@@ -310,7 +397,7 @@ impl HeadsOut {
     /// # Safety
     /// `offset + len` ≤ the buffer's length.
     unsafe fn at(&self, offset: usize, len: usize) -> *mut f32 {
-        debug_assert!(offset + len <= self.1);
+        debug_assert!(offset.checked_add(len).is_some_and(|end| end <= self.1));
         // SAFETY: forwarded contract.
         unsafe { self.0.add(offset) }
     }
@@ -321,9 +408,8 @@ impl HeadsOut {
     /// `h·hd + hd` ≤ the buffer's length, and no one else uses these floats meanwhile.
     #[allow(clippy::mut_from_ref)]
     unsafe fn head(&self, h: usize, hd: usize) -> &mut [f32] {
-        debug_assert!(h * hd + hd <= self.1);
         // SAFETY: forwarded contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(h * hd), hd) }
+        unsafe { std::slice::from_raw_parts_mut(self.at(h * hd, hd), hd) }
     }
 }
 
@@ -335,29 +421,50 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn attention_heads_on_team(job: &tt_tensor::kernels::HeadsJob, out: &mut [f32]) {
+/// One decode step's heads split across [`crate::team::global`]'s members.
+///
+/// Panics, naming the problem, if the job's geometry is inconsistent (see [`check_heads`]) or its
+/// scale is not finite: the kernel table has no error channel, and the decoder sizes every
+/// buffer itself.
+fn attention_heads_on_team(job: &HeadsJob, out: &mut [f32]) {
     let (hd, nh) = (job.head_dim, job.heads);
-    // Impossible by construction in the decoder (its q row and output row are heads·head_dim
-    // wide); checked because the members below write through a raw pointer.
-    assert!(out.len() >= nh * hd && job.q.len() >= nh * hd, "attention heads: buffers hold every head");
+    let geometry = Heads {
+        heads: nh,
+        head_dim: hd,
+        head_stride: job.head_stride,
+        slots: job.slots,
+        keys_len: job.keys.len(),
+        values_len: job.values.len(),
+        rows: 1,
+        q: (job.q.len(), nh.saturating_mul(hd)),
+        out: (out.len(), nh.saturating_mul(hd)),
+    };
+    if !check_heads(&geometry).unwrap_or_else(|e| panic!("fused decode attention heads: {e}")) {
+        return;
+    }
+    // The one condition the per-head kernel checks beyond the geometry: failing it here names
+    // it, where a member's panic would only be reported as a failed share.
+    assert!(job.scale.is_finite(), "fused decode attention heads: scale {} is not finite", job.scale);
     let head = |h: usize, o: &mut [f32]| {
         let kv = h * job.head_stride..h * job.head_stride + job.slots * hd;
         // The same two-pass kernel as the one-thread table (so the split changes no bit). Its
         // scores row lives on the member's stack up to STACK_SLOTS positions — no allocation in a
         // decode step; longer caches use a per-thread row that grows once to the longest seen.
         let (q, keys, values) = (&job.q[h * hd..(h + 1) * hd], &job.keys[kv.clone()], &job.values[kv]);
-        // The decoder passes heads of the widths it validated, so the checks cannot fail.
+        // Checked above: the widths agree and the scale is finite, so this cannot fail.
+        let attend = |scores: &mut [f32], o: &mut [f32]| {
+            decode_attention_2pass(q, keys, values, job.scale, scores, o)
+                .unwrap_or_else(|e| panic!("fused decode attention heads: {e}"))
+        };
         if job.slots <= STACK_SLOTS {
-            let mut scores = [0.0f32; STACK_SLOTS];
-            decode_attention_2pass(q, keys, values, job.scale, &mut scores, o).expect("attention head widths agree");
+            attend(&mut [0.0f32; STACK_SLOTS], o);
         } else {
             SCRATCH.with(|s| {
                 let mut scores = s.borrow_mut();
                 if scores.len() < job.slots {
                     scores.resize(job.slots, 0.0);
                 }
-                decode_attention_2pass(q, keys, values, job.scale, &mut scores, o)
-                    .expect("attention head widths agree");
+                attend(&mut scores, o);
             });
         }
     };
@@ -378,8 +485,8 @@ fn attention_heads_on_team(job: &tt_tensor::kernels::HeadsJob, out: &mut [f32]) 
         // Workers run at the caller's level, so every head is computed the same way.
         crate::dispatch::with_level(level, |_| {
             for h in crate::team::share(nh, members, i) {
-                // SAFETY: h < heads, so the head's floats lie inside the buffer (checked above),
-                // and no other member writes head h.
+                // SAFETY: h < heads, so the head's floats lie inside the buffer (heads·head_dim
+                // ≤ out.len(), `check_heads`), and no other member writes head h.
                 head(h, unsafe { ptr.head(h, hd) });
             }
         });
@@ -552,11 +659,15 @@ fn check_q8(op: &'static str, q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale:
     if hd == 0 || slots == 0 {
         return Err(TensorError::InvalidShape { op, shape: vec![slots, hd], reason: "empty query or cache".into() });
     }
-    if kv.keys.len() != slots * hd || kv.values.len() != slots * hd || kv.value_scales.len() != slots {
+    // The SIMD kernel reads the codes through raw pointers, up to `slots·hd`.
+    let Some(codes) = slots.checked_mul(hd) else {
+        return Err(invalid_shape(op, &[slots, hd], "slots × head_dim overflows usize"));
+    };
+    if kv.keys.len() != codes || kv.values.len() != codes || kv.value_scales.len() != slots {
         return Err(TensorError::ShapeMismatch {
             op,
             lhs: vec![kv.keys.len(), kv.values.len(), kv.value_scales.len()],
-            rhs: vec![slots * hd, slots * hd, slots],
+            rhs: vec![codes, codes, slots],
         });
     }
     if out.len() != hd {

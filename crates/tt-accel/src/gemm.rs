@@ -77,6 +77,7 @@ mod packed_simd;
 mod reference;
 mod threaded;
 
+use crate::bounds::strided_len;
 use crate::dispatch::{self, Level};
 use tt_tensor::TensorError;
 
@@ -143,7 +144,11 @@ impl std::fmt::Display for Rung {
 ///
 /// Returns the level actually used, or an `InvalidArgument` error naming the argument that is
 /// inconsistent (a stride shorter than its row, a slice too short, zero or too many threads, an
-/// overflowing size). On error nothing is written.
+/// overflowing size). On error nothing is written. An empty C (`m` or `n` zero) is left as is,
+/// whatever the other sizes.
+///
+/// # Errors
+/// As described above.
 pub fn gemm(
     rung: Rung,
     level: Level,
@@ -165,6 +170,17 @@ pub fn gemm(
         return Err(invalid(format!("threads = {threads}, expected 1..={MAX_THREADS}")));
     }
     let level = level.min(dispatch::level());
+    if m == 0 || n == 0 {
+        // Nothing to write, and no slice bounds `m` then (with `n = k = 0` every operand is
+        // empty): the rungs' row loops would spin through up to `usize::MAX` empty rows.
+        return Ok(level);
+    }
+    if k == 0 {
+        // C = 0. A and B are empty and may be empty slices whatever their strides, which the
+        // rungs (slicing row `i` of A at `i·lda`) must not see.
+        zero_rows(c, ldc, m, n);
+        return Ok(level);
+    }
     let args = Args { a, lda, b, ldb, c, ldc, m, k, n };
     match rung {
         Rung::Naive => reference::naive(args),
@@ -177,8 +193,8 @@ pub fn gemm(
 }
 
 /// The checked operands of one product, passed from [`gemm`] to the rung implementations.
-/// Invariant (established by [`check_operand`]): every `(i, j)` inside each matrix's shape
-/// indexes inside its slice, i.e. `i * ld + j < len`.
+/// Invariant (established by [`check_operand`] and [`gemm`]): every `(i, j)` inside each
+/// matrix's shape indexes inside its slice, i.e. `i * ld + j < len`, and no size is 0.
 struct Args<'a> {
     a: &'a [f32],
     lda: usize,
@@ -207,12 +223,7 @@ fn check_operand(
     if ld < cols {
         return Err(invalid(format!("{ld_name} = {ld} is less than the {cols} columns of {name}")));
     }
-    if rows == 0 || cols == 0 {
-        return Ok(());
-    }
-    let need = (rows - 1)
-        .checked_mul(ld)
-        .and_then(|x| x.checked_add(cols))
+    let need = strided_len(rows, ld, cols)
         .ok_or_else(|| invalid(format!("{name}: {rows}×{cols} with {ld_name} = {ld} overflows usize")))?;
     if len < need {
         return Err(invalid(format!(

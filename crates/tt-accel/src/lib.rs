@@ -19,8 +19,13 @@
 //!
 //! What it deliberately does not do: own a model, a decoder or a training loop; quantize
 //! (tt-quant) or prune (tt-compress). All `unsafe` and `#[target_feature]` code of the f32 kernels
-//! lives here, each block with a `// SAFETY:` note naming its invariant.
+//! lives here, each block with a `// SAFETY:` note naming its invariant. The sizes those notes rely
+//! on are validated once per kernel family, before any pointer is formed, with the
+//! overflow-checked arithmetic of one private module (`bounds`): whatever a safe call's
+//! arguments, it computes, returns an error or panics with a message — it never reads or writes
+//! out of bounds.
 
+mod bounds;
 pub mod dispatch;
 pub mod fused;
 pub mod gemm;

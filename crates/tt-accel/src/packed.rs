@@ -29,6 +29,7 @@ use std::sync::Arc;
 use ndarray::Array2;
 use tt_tensor::Projection;
 
+use crate::bounds::check_projection_rows;
 use crate::dispatch::{self, Level};
 use crate::team::{share, Team};
 
@@ -53,20 +54,32 @@ pub struct PackedF32 {
 
 impl PackedF32 {
     /// Packs `w` (`[out, in]`) for the current dispatch level.
+    ///
+    /// # Panics
+    /// As [`PackedF32::with_level`].
     pub fn new(w: &Array2<f32>) -> PackedF32 {
         Self::with_level(w, dispatch::level())
     }
 
     /// Packs the matrix of any projection (its `to_dense()`).
+    ///
+    /// # Panics
+    /// As [`PackedF32::with_level`].
     pub fn pack(p: &dyn Projection) -> PackedF32 {
         Self::new(&p.to_dense())
     }
 
     /// Packs `w` for `level` (clamped to what the CPU runs).
+    ///
+    /// # Panics
+    /// If the padded layout's length overflows `usize` (only for a matrix of exbibytes, which no
+    /// machine can hold).
     pub fn with_level(w: &Array2<f32>, level: Level) -> PackedF32 {
         let (out_f, in_f) = w.dim();
         let panels = out_f.div_ceil(PANEL);
-        let mut packed = vec![0.0f32; panels * in_f * PANEL];
+        // The kernels read `packed` through raw pointers at offsets below this length.
+        let len = panels.checked_mul(in_f).and_then(|n| n.checked_mul(PANEL));
+        let mut packed = vec![0.0f32; len.expect("PackedF32: the packed matrix's length overflows usize")];
         for (o, row) in w.outer_iter().enumerate() {
             let (panel, lane) = (o / PANEL, o % PANEL);
             for (i, &v) in row.iter().enumerate() {
@@ -137,24 +150,24 @@ impl Projection for PackedF32 {
     }
 
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
-        let (out_f, in_f) = (self.out_f, self.in_f);
-        // The trait's documented `# Panics`: `tt_tensor::projection::project` checks these and
-        // returns an error first; the kernels below write through raw pointers, so check anyway.
-        assert!(x.len() >= rows * in_f && y.len() >= rows * out_f, "PackedF32::forward_rows sizes");
-        assert!(bias.is_none_or(|b| b.len() == out_f), "PackedF32::forward_rows bias length");
-        let panels = out_f.div_ceil(PANEL);
+        // The kernels below write through raw pointers: every size they rely on is checked here.
+        if !check_projection_rows("PackedF32::forward_rows", self.shape(), x, rows, bias, y) {
+            return;
+        }
+        let panels = self.out_f.div_ceil(PANEL);
         let out = OutPtr(y.as_mut_ptr());
         match &self.team {
             Some(team) if team.size() > 1 && panels > 1 => {
                 let members = team.size().min(panels);
                 team.run(&|i| {
                     if i < members {
-                        // SAFETY: sizes checked above; members write disjoint panel ranges.
+                        // SAFETY: sizes checked above (`check_projection_rows`); members write
+                        // disjoint panel ranges.
                         unsafe { self.panels(x, rows, bias, out, share(panels, members, i)) }
                     }
                 });
             }
-            // SAFETY: sizes checked above; the whole range on this thread.
+            // SAFETY: as above; the whole range on this thread.
             _ => unsafe { self.panels(x, rows, bias, out, 0..panels) },
         }
     }

@@ -41,6 +41,7 @@
 use ndarray::Array2;
 use tt_tensor::{Projection, TensorError};
 
+use crate::bounds::check_projection_rows;
 use crate::dispatch::{self, Level};
 
 /// Outputs per block (one AVX-512 register of f32; the same panel height as `PackedF32`).
@@ -69,11 +70,25 @@ fn arg(op: &'static str, reason: String) -> TensorError {
     TensorError::InvalidArgument { op, reason }
 }
 
+/// The one check of a matrix's dimensions, before anything is allocated for it: outputs, inputs
+/// and the `ceil(out/16) × in` block grid must each be addressable by u32 indices. That also
+/// bounds the block pointers (`ceil(out/16) + 1` of them) by the size of the matrix rather than
+/// by a claimed shape: a `2⁴⁰ × 0` matrix is refused, not allocated. Returns the number of
+/// row blocks.
+fn check_dims(op: &'static str, out_f: usize, in_f: usize) -> tt_tensor::Result<usize> {
+    let blocks = out_f.div_ceil(BLOCK);
+    let max = u32::MAX as usize;
+    if out_f > max || in_f > max || blocks.checked_mul(in_f).is_none_or(|n| n > max) {
+        return Err(arg(op, format!("{out_f}×{in_f} is too large for u32 indices")));
+    }
+    Ok(blocks)
+}
+
 impl BlockSparseF32 {
     /// The 16×1 blocks of `w` (`[out, in]`) holding any non-zero, for the current dispatch level.
     ///
     /// # Errors
-    /// A non-finite weight, or more inputs or stored blocks than u32 indices address.
+    /// A non-finite weight, or more outputs, inputs or blocks than u32 indices address.
     pub fn from_dense(w: &Array2<f32>) -> tt_tensor::Result<BlockSparseF32> {
         Self::from_dense_with_level(w, dispatch::level())
     }
@@ -84,10 +99,7 @@ impl BlockSparseF32 {
     /// As [`BlockSparseF32::from_dense`].
     pub fn from_dense_with_level(w: &Array2<f32>, level: Level) -> tt_tensor::Result<BlockSparseF32> {
         let (out_f, in_f) = w.dim();
-        let blocks = out_f.div_ceil(BLOCK);
-        if in_f > u32::MAX as usize || blocks.checked_mul(in_f).is_none_or(|n| n > u32::MAX as usize) {
-            return Err(arg("BlockSparseF32::from_dense", format!("{out_f}×{in_f} is too large for u32 indices")));
-        }
+        let blocks = check_dims("BlockSparseF32::from_dense", out_f, in_f)?;
         if let Some(bad) = w.iter().find(|v| !v.is_finite()) {
             return Err(arg("BlockSparseF32::from_dense", format!("weight {bad} is not finite")));
         }
@@ -110,7 +122,8 @@ impl BlockSparseF32 {
     /// loader of a stored matrix calls.
     ///
     /// # Errors
-    /// `ptr` not `ceil(out/16) + 1` non-decreasing entries from 0 to `cols.len()`, a column out of
+    /// Dimensions as in [`BlockSparseF32::from_dense`]; `ptr` not `ceil(out/16) + 1` non-decreasing
+    /// entries from 0 to `cols.len()`, a column out of
     /// range or not increasing within its block, `vals` not 16 per column, a non-finite value,
     /// or a value stored for an output past `out`.
     pub fn from_parts(
@@ -121,9 +134,9 @@ impl BlockSparseF32 {
         vals: Vec<f32>,
     ) -> tt_tensor::Result<BlockSparseF32> {
         let op = "BlockSparseF32::from_parts";
-        let blocks = out_f.div_ceil(BLOCK);
-        if in_f > u32::MAX as usize || cols.len() > u32::MAX as usize {
-            return Err(arg(op, format!("{out_f}×{in_f} with {} columns is too large for u32 indices", cols.len())));
+        let blocks = check_dims(op, out_f, in_f)?;
+        if cols.len() > u32::MAX as usize {
+            return Err(arg(op, format!("{} columns are too many for u32 indices", cols.len())));
         }
         if ptr.len() != blocks + 1 || ptr[0] != 0 || ptr[blocks] as usize != cols.len() {
             return Err(arg(
@@ -200,10 +213,12 @@ impl BlockSparseF32 {
 
     /// Non-zero weights over all `out·in` entries.
     pub fn density(&self) -> f64 {
-        if self.out_f * self.in_f == 0 {
+        // In f64: `out·in` may exceed `usize` for a matrix this sparse (only its blocks are stored).
+        let all = self.out_f as f64 * self.in_f as f64;
+        if all == 0.0 {
             0.0
         } else {
-            self.vals.iter().filter(|&&v| v != 0.0).count() as f64 / (self.out_f * self.in_f) as f64
+            self.vals.iter().filter(|&&v| v != 0.0).count() as f64 / all
         }
     }
 
@@ -255,11 +270,10 @@ impl Projection for BlockSparseF32 {
     }
 
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
-        // The trait's documented `# Panics`: `tt_tensor::projection::project` checks these and
-        // returns an error first; the SIMD kernels read through unchecked pointers, so check anyway.
-        let fits = |len: usize, per: usize| rows.checked_mul(per).is_some_and(|n| len >= n);
-        assert!(fits(x.len(), self.in_f) && fits(y.len(), self.out_f), "BlockSparseF32::forward_rows sizes");
-        assert!(bias.is_none_or(|b| b.len() == self.out_f), "BlockSparseF32::forward_rows bias length");
+        // The SIMD kernels read and write through raw pointers: every size is checked here.
+        if !check_projection_rows("BlockSparseF32::forward_rows", self.shape(), x, rows, bias, y) {
+            return;
+        }
         // SAFETY: sizes checked above; column indices are below `in_f` (construction invariant).
         unsafe { self.run(x, rows, bias, y) }
     }

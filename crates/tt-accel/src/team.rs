@@ -39,6 +39,27 @@ unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
 
+/// The most members a team may have: far more than any machine has cores, and few enough that a
+/// mistaken size is refused at once rather than after starting threads until the system refuses.
+pub const MAX_SIZE: usize = 256;
+
+thread_local! {
+    /// Set while this thread runs a share of some team's job (as the caller or as a worker).
+    static IN_JOB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`IN_JOB`] set, restoring it after (also when `f` panics).
+fn in_job<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_JOB.with(|j| j.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_JOB.with(|j| j.replace(true)));
+    f()
+}
+
 /// Persistent helper threads; the caller thread is member 0.
 pub struct Team {
     shared: Arc<Shared>,
@@ -57,8 +78,15 @@ impl Team {
     /// A team of `size` members: the caller plus `size − 1` threads (`size` 0 counts as 1).
     ///
     /// # Errors
-    /// The operating system refused to start a thread (the ones already started are stopped).
+    /// `InvalidInput` if `size` exceeds [`MAX_SIZE`] (before any thread starts); the operating
+    /// system refused to start a thread (the ones already started are stopped).
     pub fn new(size: usize) -> std::io::Result<Team> {
+        if size > MAX_SIZE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a team of {size} members: at most {MAX_SIZE}"),
+            ));
+        }
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -86,9 +114,17 @@ impl Team {
     }
 
     /// Runs `job(i)` for every member `i` (0 on the calling thread) and returns when all are done.
+    ///
+    /// Called from inside a share of a job (of this or any team), it runs every share on the
+    /// calling thread, in order: handing work to a team whose members may be waiting for this
+    /// very thread would never return.
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+        if IN_JOB.with(|j| j.get()) {
+            (0..self.size()).for_each(job);
+            return;
+        }
         if self.workers.is_empty() {
-            job(0);
+            in_job(|| job(0));
             return;
         }
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,7 +137,7 @@ impl Team {
             *s.job.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(job as *const _);
         }
         s.bump();
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_job(|| job(0))));
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < self.workers.len() {
             spin(&mut spins);
@@ -174,7 +210,7 @@ fn worker(s: &Shared, id: usize) {
         // SAFETY: the Acquire load saw the caller's Release bump, after which `job` points to a
         // live job until we increment `done`.
         let job = unsafe { &**s.job.get() };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(id))).is_err() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_job(|| job(id)))).is_err() {
             s.panicked.store(true, Ordering::Relaxed);
         }
         s.done.fetch_add(1, Ordering::Release);
@@ -191,10 +227,14 @@ impl Drop for Team {
     }
 }
 
-/// Splits `0..n` into `parts` contiguous ranges of near-equal size; range `i`.
+/// Splits `0..n` into `parts` contiguous ranges of near-equal size; range `i` (`parts` 0 counts as
+/// 1; an `i` past the last part gets an empty range at `n`). Exact for any `n`: the products are
+/// taken in 128 bits, since a wrapped bound would hand two members overlapping outputs.
 pub fn share(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     let parts = parts.max(1);
-    (n * i / parts)..(n * (i + 1) / parts)
+    // ≤ n because the multiplier is at most `parts`, so the narrowing cannot truncate.
+    let bound = |j: usize| (n as u128 * j.min(parts) as u128 / parts as u128) as usize;
+    bound(i)..bound(i.saturating_add(1))
 }
 
 /// A process-wide team with one member per core (at most 2 on this machine; `None` on a

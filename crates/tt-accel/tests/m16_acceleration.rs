@@ -14,5 +14,7 @@ mod dispatch;
 mod fused;
 #[path = "m16/gemm.rs"]
 mod gemm;
+#[path = "m16/hostile.rs"]
+mod hostile;
 #[path = "m16/packed.rs"]
 mod packed;

@@ -73,10 +73,21 @@ impl Blocking {
     ///
     /// (This is BLIS's analytical model with the roles of its A and B swapped, since row-major
     /// `C = A·B` is column-major `Cᵀ = Bᵀ·Aᵀ`.)
+    ///
+    /// A 0 in the shape counts as 1, and a tile too big for the caches still gets blocks of one
+    /// tile (`kc ≥ 1`, `nc ≥ nr`, `mc ≥ mr`): every size is usable as a loop step.
     pub const fn derive(mr: usize, nr: usize) -> Blocking {
-        let kc = L1D_BYTES / 2 / (mr * 4);
-        let nc = L2_BYTES / 2 / (kc * 4) / nr * nr;
-        let mc = L3_SHARE_BYTES / (kc * 4) / mr * mr;
+        const fn at_least(x: usize, min: usize) -> usize {
+            if x < min {
+                min
+            } else {
+                x
+            }
+        }
+        let (mr, nr) = (at_least(mr, 1), at_least(nr, 1));
+        let kc = at_least(L1D_BYTES / 2 / mr.saturating_mul(4), 1);
+        let nc = at_least(L2_BYTES / 2 / (kc * 4) / nr * nr, nr);
+        let mc = at_least(L3_SHARE_BYTES / (kc * 4) / mr * mr, mr);
         Blocking { mr, nr, kc, mc, nc }
     }
 

@@ -29,7 +29,7 @@
 //! it; that is why rung 5 is bit-identical to this one.
 
 use super::kernels::{MicroKernel, Scalar4x8};
-use super::{zero_rows, Args};
+use super::Args;
 use crate::dispatch::Level;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -61,13 +61,6 @@ pub(super) fn run(level: Level, pool: Option<(&rayon::ThreadPool, usize)>, x: Ar
 }
 
 fn drive<K: MicroKernel>(kern: K, pool: Option<(&rayon::ThreadPool, usize)>, x: Args<'_>) {
-    if x.m == 0 || x.n == 0 {
-        return;
-    }
-    if x.k == 0 {
-        zero_rows(x.c, x.ldc, x.m, x.n);
-        return;
-    }
     match pool {
         None => loops(kern, 1, x),
         // The whole loop nest runs inside the pool, so the phases below fork and join there.

@@ -20,8 +20,8 @@
 //! are ~1.8× faster, at 512³ ~1.87× and at 1024³ ~1.99×. With `threads = 1` the caller runs the
 //! product itself, exactly rung 4.
 //!
-//! Pools are built once per thread count and kept for the life of the process (starting
-//! threads per call would cost tens of microseconds, several percent of a 512³ product). The
+//! Pools are built once per thread count and kept (starting threads per call would cost tens of
+//! microseconds, several percent of a 512³ product); at most a few thread counts at a time. The
 //! dispatch level is resolved on the calling thread and handed to the workers as a kernel
 //! token, so a [`with_level`](crate::dispatch::with_level) override on the caller applies to
 //! the workers too.
@@ -47,12 +47,20 @@ pub(super) fn threaded(level: Level, threads: usize, x: Args<'_>) -> Result<(), 
     Ok(())
 }
 
+/// Pools kept at once. A sweep uses a few thread counts; a caller cycling through all of
+/// `1..=MAX_THREADS` would otherwise leave tens of thousands of idle threads behind.
+const KEPT_POOLS: usize = 8;
+
 /// The pool with exactly `threads` workers, built on first use.
 fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>, TensorError> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
     let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = pools.get(&threads) {
         return Ok(Arc::clone(p));
+    }
+    if pools.len() >= KEPT_POOLS {
+        // A pool still in use lives on in its user's `Arc` and stops when that is dropped.
+        pools.clear();
     }
     let p = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
