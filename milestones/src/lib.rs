@@ -233,6 +233,11 @@ pub fn find(name: &str) -> Result<&'static Milestone> {
     all().iter().find(|m| m.name == name).ok_or_else(|| MilestoneError::Unknown(name.to_string()))
 }
 
+/// The error for a flag that milestone `name` does not use (it would be ignored).
+pub fn unused_flag(name: &str, flag: &str) -> MilestoneError {
+    MilestoneError::Other(format!("milestone {name} does not use {flag} (it would be ignored)"))
+}
+
 /// Runs a milestone by name, after rejecting options it does not use and checking the cache
 /// directory.
 ///
@@ -241,13 +246,11 @@ pub fn find(name: &str) -> Result<&'static Milestone> {
 /// milestone's own errors.
 pub fn run(name: &str, opts: &Options) -> Result<serde_json::Value> {
     let m = find(name)?;
-    let unused =
-        |flag: &str| Err(MilestoneError::Other(format!("milestone {name} does not use {flag} (it would be ignored)")));
     if opts.retrain && !m.uses.retrain {
-        return unused("--retrain (it always trains)");
+        return Err(unused_flag(name, "--retrain (it always trains)"));
     }
     if opts.corpus.is_some() && !m.uses.corpus {
-        return unused("--corpus");
+        return Err(unused_flag(name, "--corpus"));
     }
     opts.prepare_cache_dir()?;
     (m.run)(opts)

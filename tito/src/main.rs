@@ -104,15 +104,21 @@ fn main() -> ExitCode {
             let Some(name) = name else {
                 return fail("give a milestone name, or --list");
             };
-            if let Err(e) = milestones::find(&name) {
-                return fail(e);
-            }
+            let milestone = match milestones::find(&name) {
+                Ok(m) => m,
+                Err(e) => return fail(e),
+            };
             if full && name != "torchperf" {
                 return fail(format!("--full applies to the torchperf milestone, not {name}"));
             }
-            let corpus = match corpus.map(|p| milestones::transformer::UserCorpus::read(&p)).transpose() {
-                Ok(c) => c,
-                Err(e) => return fail(format!("milestone {name}: {e}")),
+            // Read once, here (it may be a pipe), and only for a milestone that uses it.
+            let corpus = match corpus {
+                Some(_) if !milestone.uses.corpus => return fail(milestones::unused_flag(&name, "--corpus")),
+                Some(path) => match milestones::transformer::UserCorpus::read(&path) {
+                    Ok(c) => Some(c),
+                    Err(e) => return fail(format!("milestone {name}: {e}")),
+                },
+                None => None,
             };
             let serve_exe = std::env::current_exe().ok();
             let opts = milestones::Options { json, retrain, quick, corpus, full, serve_exe, ..Default::default() };

@@ -55,3 +55,45 @@ fn a_flag_the_milestone_does_not_use_is_rejected_before_training() {
     assert!(err.contains("does not use --corpus") && !err.contains("panicked"), "{err}");
     assert!(!dir.exists(), "nothing was trained or cached");
 }
+
+#[test]
+fn a_corpus_given_as_a_pipe_is_read_once_and_trains() {
+    let dir = std::env::temp_dir().join(format!("tt-cli-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("corpus.fifo");
+    if !Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        return; // no FIFOs on this system: nothing to test
+    }
+    // What `--corpus <(cat poem.txt)` hands the CLI: a pipe that can be read exactly once.
+    let text = "a pipe of words, read once and never again; ".repeat(60);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, text))
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tito"))
+        .args(["milestone", "transformer", "--quick", "--json", "--corpus"])
+        .arg(&fifo)
+        .env("TT_CACHE_DIR", dir.join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tito runs");
+    // A second open of the pipe would wait for a writer forever: bound the wait, then fail.
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > 300 {
+            child.kill().unwrap();
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo); // release a blocked reader
+            panic!("tito did not finish: it waits on the pipe a second time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    writer.join().unwrap().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert!(v["val_perplexity"].as_f64().unwrap() > 1.0, "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

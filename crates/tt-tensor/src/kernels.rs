@@ -150,6 +150,14 @@ pub struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
+    /// Whether every row lies inside `data` (checked arithmetic: a stride that wraps is not).
+    fn fits(&self) -> bool {
+        self.rows.checked_sub(1).is_none_or(|last| {
+            last.checked_mul(self.stride)
+                .and_then(|o| o.checked_add(self.cols))
+                .is_some_and(|end| end <= self.data.len())
+        })
+    }
     fn row(&self, i: usize) -> &'a [f32] {
         &self.data[i * self.stride..i * self.stride + self.cols]
     }
@@ -173,7 +181,11 @@ impl<'a> Rows<'a> {
 pub fn attention_head(q: Rows, k: Rows, v: Rows, scale: f32, probs: &mut [f32], out: &mut [f32], out_stride: usize) {
     let (n, slots, hd) = (q.rows, k.rows, q.cols);
     assert!(k.cols == hd && v.cols == hd && v.rows == slots && n <= slots, "attention_head shapes");
-    assert!(probs.len() >= n * slots && (n == 0 || out.len() >= (n - 1) * out_stride + hd), "attention_head buffers");
+    assert!(q.fits() && k.fits() && v.fits(), "attention_head: rows outside their data");
+    let probs_len = n.checked_mul(slots);
+    let out_len = n.checked_sub(1).map_or(Some(0), |last| last.checked_mul(out_stride).and_then(|o| o.checked_add(hd)));
+    let fits = |need: Option<usize>, have: usize| need.is_some_and(|need| have >= need);
+    assert!(fits(probs_len, probs.len()) && fits(out_len, out.len()), "attention_head buffers");
     let probs = &mut probs[..n * slots];
     if n >= GEMM_MIN_ROWS {
         gemm(scale, q.view(), k.view().t(), 0.0, ArrayViewMut2::from_shape((n, slots), &mut *probs).expect("sized"));
