@@ -187,6 +187,9 @@ pub fn load_module(module: &dyn Module, path: &Path) -> Result<HashMap<String, S
 /// File name of a checkpoint unit's manifest.
 pub const MANIFEST: &str = "manifest.json";
 const FORMAT: &str = "tinytorch-rs checkpoint unit 1";
+/// The parts a save is about to write, recorded before it writes them and removed once the
+/// manifest is published: what lets the next save remove the parts of a save killed in between.
+const PENDING: &str = "manifest.pending.json";
 /// A manifest larger than this is not ours (ours are a few hundred bytes).
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -260,12 +263,14 @@ pub fn prepare_unit_dir(dir: &Path) -> Result<()> {
 /// Saves `parts` (logical name → bytes) as one checkpoint unit in `dir` (see the module docs).
 ///
 /// After publishing, it removes only files it can prove an earlier save wrote: those the
-/// previous manifest named (or recorded as superseded) that the new one does not, each still a
-/// regular file of the recorded size under its content-addressed name, and temp files of those
-/// names (and the manifest's) left by a save that was killed. Nothing else in `dir` is touched.
+/// previous manifest named (or recorded as superseded) or a save killed before publishing had
+/// announced (`manifest.pending.json`, written before the parts), that the new manifest does not
+/// name, each still a regular file of the recorded size under its content-addressed name; and
+/// temp files of those names left by a killed save. Nothing else in `dir` is touched.
 ///
 /// # Errors
-/// An invalid part name (it must be a plain file name other than the manifest's), a `dir` that
+/// An invalid part name (a plain file name, not starting with `.`, other than the manifest's
+/// and the pending record's), a `dir` that
 /// is not a directory, or any I/O failure; the previous checkpoint in `dir`, if any, is then
 /// still intact.
 pub fn save_unit(dir: &Path, parts: &[(&str, &[u8])]) -> Result<()> {
@@ -281,47 +286,59 @@ pub fn save_unit_interrupted(dir: &Path, parts: &[(&str, &[u8])], parts_written:
 
 fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Result<()> {
     for (i, (name, _)) in parts.iter().enumerate() {
-        let plain = is_plain_name(name) && *name != MANIFEST && !name.starts_with('.');
+        let plain = is_plain_name(name) && *name != MANIFEST && *name != PENDING && !name.starts_with('.');
         if !plain || parts[..i].iter().any(|(n, _)| n == name) {
             return Err(unit_err(dir, format!("part name {name:?} is not a plain, unique file name")));
         }
     }
     prepare_unit_dir(dir)?;
-    // What the previous generation wrote, read before anything changes: the only files this save
-    // may remove. A manifest that cannot be read proves nothing, so nothing is removed.
-    let previous = read_manifest(dir).ok();
-    let mut files = BTreeMap::new();
+    // What earlier saves wrote, read before anything changes: the published generation and the
+    // parts a save killed before publishing had announced. These are the only files this save
+    // may remove; a record that cannot be read proves nothing, so nothing of it is removed.
+    let earlier: Vec<SupersededPart> = [MANIFEST, PENDING]
+        .iter()
+        .filter_map(|name| read_manifest(dir, name).ok())
+        .flat_map(|m| {
+            let files = m.files.into_iter().map(|(part, entry)| SupersededPart { part, entry });
+            files.chain(m.superseded).collect::<Vec<_>>()
+        })
+        .collect();
+    let files: BTreeMap<String, ManifestEntry> = parts
+        .iter()
+        .map(|(name, bytes)| {
+            let sha = sha256_hex(bytes);
+            (name.to_string(), ManifestEntry { file: stored_name(name, &sha), sha256: sha, bytes: bytes.len() as u64 })
+        })
+        .collect();
+    // Announce the parts before writing them, so a save killed before publishing leaves a
+    // record that proves the next save may remove them.
+    let pending = Manifest { format: FORMAT.into(), files: files.clone(), superseded: Vec::new() };
+    atomic_write(&dir.join(PENDING), &serde_json::to_vec_pretty(&pending).map_err(|e| unit_err(dir, e.to_string()))?)?;
     for (i, (name, bytes)) in parts.iter().enumerate() {
         if i == stop_after {
             return Err(unit_err(dir, format!("save interrupted after {i} of {} parts", parts.len())));
         }
-        let sha = sha256_hex(bytes);
-        let file = stored_name(name, &sha);
-        atomic_write(&dir.join(&file), bytes)?;
-        files.insert(name.to_string(), ManifestEntry { file, sha256: sha, bytes: bytes.len() as u64 });
+        atomic_write(&dir.join(&files[*name].file), bytes)?;
     }
     if stop_after < usize::MAX && stop_after >= parts.len() {
         return Err(unit_err(dir, "save interrupted before the manifest was published"));
     }
     let live: Vec<&str> = files.values().map(|e| e.file.as_str()).collect();
-    let superseded: Vec<SupersededPart> = previous
-        .iter()
-        .flat_map(|m| {
-            m.files
-                .iter()
-                .map(|(part, entry)| SupersededPart { part: part.clone(), entry: entry.clone() })
-                .chain(m.superseded.iter().cloned())
-        })
-        .filter(|s| !live.contains(&s.entry.file.as_str()) && written_by_us(dir, s))
-        .collect();
+    let mut superseded: Vec<SupersededPart> = Vec::new();
+    for s in earlier {
+        if !live.contains(&s.entry.file.as_str()) && !superseded.contains(&s) && written_by_us(dir, &s) {
+            superseded.push(s);
+        }
+    }
     let manifest = Manifest { format: FORMAT.into(), files, superseded };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| unit_err(dir, e.to_string()))?;
     atomic_write(&dir.join(MANIFEST), &json)?;
-    // Published. The superseded generation is garbage now; failing to remove it is harmless (the
+    // Published. The superseded files are garbage now; failing to remove one is harmless (the
     // manifest records it, and the next save tries again).
     for s in &manifest.superseded {
         let _ = std::fs::remove_file(dir.join(&s.entry.file));
     }
+    let _ = std::fs::remove_file(dir.join(PENDING));
     let named: Vec<&str> =
         manifest.files.values().chain(manifest.superseded.iter().map(|s| &s.entry)).map(|e| e.file.as_str()).collect();
     remove_dead_temp_files(dir, &named);
@@ -362,8 +379,9 @@ pub fn unit_exists(dir: &Path) -> bool {
     dir.join(MANIFEST).is_file()
 }
 
-fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let mpath = dir.join(MANIFEST);
+/// Reads the manifest (or the pending record) `name` of the unit in `dir`.
+fn read_manifest(dir: &Path, name: &str) -> Result<Manifest> {
+    let mpath = dir.join(name);
     let bytes = read_part(dir, &mpath, MAX_MANIFEST_BYTES)?;
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| unit_err(&mpath, format!("corrupt manifest: {e}")))?;
@@ -386,7 +404,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
 /// checksum mismatch; each names the file.
 pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
     let mpath = dir.join(MANIFEST);
-    let manifest = read_manifest(dir)?;
+    let manifest = read_manifest(dir, MANIFEST)?;
     names
         .iter()
         .map(|name| {

@@ -190,6 +190,24 @@ mod checkpoint_units {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn parts_of_a_save_killed_before_publishing_are_removed_by_the_next() {
+        let dir = fresh_dir("unpublished");
+        save_unit(&dir, &[("w.bin", b"one")]).unwrap();
+        let published = names(&dir);
+        // Killed after writing its part, before publishing: the part is on disk, unnamed by the
+        // manifest, but announced by the pending record.
+        let e = tt_tensor::serialize::save_unit_interrupted(&dir, &[("w.bin", b"orphan")], 1).unwrap_err();
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        assert_eq!(names(&dir).len(), published.len() + 2, "the orphan part and the pending record");
+        assert_eq!(load_unit(&dir, &["w.bin"]).unwrap(), vec![b"one".to_vec()], "the old one still loads");
+        save_unit(&dir, &[("w.bin", b"two")]).unwrap();
+        let mut want = vec![stored(&dir, "w.bin"), MANIFEST.to_string()];
+        want.sort();
+        assert_eq!(names(&dir), want, "the old generation, the orphan and the record are gone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[cfg(unix)]
     #[test]
     fn loading_refuses_fifos_devices_and_links_out_of_the_unit() {
