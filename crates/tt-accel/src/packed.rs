@@ -80,7 +80,8 @@ impl PackedF32 {
         // The kernels read `packed` through raw pointers at offsets below this length.
         let len = panels.checked_mul(in_f).and_then(|n| n.checked_mul(PANEL));
         let mut packed = vec![0.0f32; len.expect("PackedF32: the packed matrix's length overflows usize")];
-        for (o, row) in w.outer_iter().enumerate() {
+        // With no inputs there is nothing to copy: do not walk the (possibly 2⁴⁰) empty rows.
+        for (o, row) in w.outer_iter().enumerate().take(if in_f == 0 { 0 } else { out_f }) {
             let (panel, lane) = (o / PANEL, o % PANEL);
             for (i, &v) in row.iter().enumerate() {
                 packed[(panel * in_f + i) * PANEL + lane] = v;

@@ -76,6 +76,9 @@ impl Projection for CsrF32 {
 
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
         let (out_f, in_f) = (self.out_f, self.in_f);
+        if out_f == 0 {
+            return; // no output to write: `rows` may be anything, even usize::MAX
+        }
         for r in 0..rows {
             let xr = &x[r * in_f..(r + 1) * in_f];
             for o in 0..out_f {

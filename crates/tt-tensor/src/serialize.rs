@@ -346,11 +346,15 @@ fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Res
 }
 
 /// Whether `s` is a file a save of ours wrote: its name is the content-addressed name of its part
-/// and checksum, and it is a regular file (not a link) of the recorded size.
+/// and checksum, and it is a regular file (not a link) of the recorded size and checksum.
 fn written_by_us(dir: &Path, s: &SupersededPart) -> bool {
+    let path = dir.join(&s.entry.file);
     is_plain_name(&s.entry.file)
         && s.entry.file == stored_name(&s.part, &s.entry.sha256)
-        && std::fs::symlink_metadata(dir.join(&s.entry.file)).is_ok_and(|m| m.is_file() && m.len() == s.entry.bytes)
+        && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == s.entry.bytes)
+        // A planted manifest can name any file with a matching size and name: only the content's
+        // own checksum proves it is the part the record describes.
+        && read_regular(&path, Some(s.entry.bytes), false).is_ok_and(|b| sha256_hex(&b) == s.entry.sha256)
 }
 
 /// Removes the temp files that [`atomic_write`] of one of `files` (names in `dir`) left when its
@@ -474,7 +478,10 @@ fn read_regular(path: &Path, limit: Option<u64>, follow: bool) -> std::result::R
     if meta.len() > limit {
         return Err(format!("{} bytes, more than the {limit} expected", meta.len()));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The size is the file's own claim (a sparse file can claim a terabyte): reserve fallibly.
+    let mut bytes = Vec::new();
+    let want = usize::try_from(meta.len()).map_err(|_| format!("{} bytes do not fit in memory", meta.len()))?;
+    bytes.try_reserve_exact(want).map_err(|_| format!("{} bytes do not fit in memory", meta.len()))?;
     f.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     if bytes.len() as u64 > limit {
         return Err(format!("grew past the {limit} bytes expected while being read"));

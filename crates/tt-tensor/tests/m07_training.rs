@@ -156,6 +156,16 @@ mod checkpoint_units {
         std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
         save_unit(&dir, &[("w.bin", b"three"), ("cfg.json", b"{}")]).unwrap();
         assert!(dir.join("notes.0123456789abcdef.txt").exists());
+        // Even a planted entry whose name, checksum prefix and size all fit the file: the file's
+        // content does not hash to the recorded checksum, so it is not ours.
+        let precious = "precious.0123456789abcdef.txt";
+        std::fs::write(dir.join(precious), "mine").unwrap();
+        let mut m = manifest(&dir);
+        m["files"]["precious.txt"] =
+            serde_json::json!({"file": precious, "sha256": format!("0123456789abcdef{}", "0".repeat(48)), "bytes": 4});
+        std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        save_unit(&dir, &[("w.bin", b"four"), ("cfg.json", b"{}")]).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(precious)).unwrap(), "mine");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -238,6 +248,12 @@ mod checkpoint_units {
         let d = dir.clone();
         let e = within_20s(move || load_unit(&d, &["c.json"])).unwrap_err().to_string();
         assert!(e.contains("symlink out of the checkpoint unit"), "{e}");
+        // A sparse file claiming a terabyte, declared as such: an error, not an abort.
+        std::fs::remove_file(&c).unwrap();
+        std::fs::File::create(&c).unwrap().set_len(1 << 40).unwrap();
+        let d = dir.clone();
+        let e = within_20s(move || load_unit(&d, &["c.json"])).unwrap_err().to_string();
+        assert!(e.contains("do not fit in memory"), "{e}");
         // A directory where a part should be.
         std::fs::remove_file(&c).unwrap();
         std::fs::create_dir(&c).unwrap();

@@ -747,3 +747,10 @@ proptest! {
         }
     }
 }
+
+/// Packing a matrix with 2⁴⁰ rows and no columns copies nothing and must not walk the rows.
+#[test]
+fn packing_a_huge_empty_matrix_does_not_walk_its_rows() {
+    let p = finishes_within(20, "PackedF32::new((2^40, 0))", || PackedF32::new(&Array2::zeros((1usize << 40, 0))));
+    assert_eq!((p.shape(), p.storage_bytes()), ((1 << 40, 0), 0));
+}
