@@ -399,7 +399,8 @@ mod avx2 {
 /// field is named). Returns how many layers were packed.
 ///
 /// # Errors
-/// The first layer whose weight no longer matches an installed projection.
+/// The first layer whose weight no longer matches an installed projection, or that carries a
+/// forward transform (see [`tt_tensor::nn::ForwardTransform`]).
 pub fn pack_linears(m: &mut dyn tt_tensor::Module) -> tt_tensor::Result<usize> {
     pack_linears_with(m, None)
 }
@@ -409,7 +410,16 @@ pub fn pack_linears(m: &mut dyn tt_tensor::Module) -> tt_tensor::Result<usize> {
 /// # Errors
 /// As [`pack_linears`].
 pub fn pack_linears_with(m: &mut dyn tt_tensor::Module, team: Option<Arc<Team>>) -> tt_tensor::Result<usize> {
-    tt_tensor::nn::map_linears(m, |_, l| {
+    tt_tensor::nn::map_linears(m, |name, l| {
+        // A layer with a forward transform (a mask, factors in training, fake quantization)
+        // computes something other than its stored weight: packing that weight would be silently
+        // wrong, so finish the transform first.
+        if let Some(t) = l.transform() {
+            return Err(tt_tensor::TensorError::InvalidArgument {
+                op: "pack_linears",
+                reason: format!("layer {name:?} carries a '{}' forward transform; finish it before packing", t.name()),
+            });
+        }
         let mut packed = PackedF32::pack(l.projection()?.as_ref());
         if let Some(t) = &team {
             packed = packed.with_team(Arc::clone(t));
