@@ -408,7 +408,8 @@ impl HeadsOut {
     /// `h·hd + hd` ≤ the buffer's length, and no one else uses these floats meanwhile.
     #[allow(clippy::mut_from_ref)]
     unsafe fn head(&self, h: usize, hd: usize) -> &mut [f32] {
-        // SAFETY: forwarded contract.
+        // SAFETY: forwarded contract. `h·hd` cannot wrap: callers pass h < heads, and
+        // `check_heads` proved `heads·hd` fits the buffer before any member started.
         unsafe { std::slice::from_raw_parts_mut(self.at(h * hd, hd), hd) }
     }
 }

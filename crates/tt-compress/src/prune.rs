@@ -229,14 +229,13 @@ impl Pruning {
         self.install(m, layers)
     }
 
-    /// Records the masks, zeroes the pruned weights and installs the forward masks.
-    fn install(&mut self, m: &mut dyn Module, layers: Vec<(String, Tensor, ArrayD<f32>)>) -> Result<()> {
-        // Refuse before changing anything if a layer carries a transform that is not ours.
-        let names: Vec<&str> = layers.iter().map(|l| l.0.as_str()).collect();
-        let mut clash = None;
+    /// The first layer of `names` (in model order) whose forward transform is not this
+    /// `Pruning`'s own mask, with the transform's name.
+    fn foreign_transform(&self, m: &mut dyn Module, names: &[&str]) -> Result<Option<(String, &'static str)>> {
+        let mut found = None;
         let mut check = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
             if let Some(t) = t.filter(|t| names.contains(&n) && !self.is_own_mask(n, t)) {
-                clash.get_or_insert((n.to_string(), t.name()));
+                found.get_or_insert((n.to_string(), t.name()));
             }
         };
         tt_tensor::nn::map_linears(m, |n, l| {
@@ -247,7 +246,14 @@ impl Pruning {
             check(n, c.transform());
             Ok(())
         })?;
-        if let Some((n, t)) = clash {
+        Ok(found)
+    }
+
+    /// Records the masks, zeroes the pruned weights and installs the forward masks.
+    fn install(&mut self, m: &mut dyn Module, layers: Vec<(String, Tensor, ArrayD<f32>)>) -> Result<()> {
+        // Refuse before changing anything if a layer carries a transform that is not ours.
+        let names: Vec<&str> = layers.iter().map(|l| l.0.as_str()).collect();
+        if let Some((n, t)) = self.foreign_transform(m, &names)? {
             return Err(CompressError::arg(
                 "Pruning",
                 format!("layer '{n}' already carries another forward transform ('{t}', not this Pruning's mask)"),
@@ -357,21 +363,8 @@ impl Pruning {
     pub fn make_permanent(self, m: &mut dyn Module) -> Result<()> {
         let op = "Pruning::make_permanent";
         self.check_model(&crate::sparsity::weights(m)?, op)?;
-        let mut covered = None;
-        let mut check = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
-            if let Some(t) = t.filter(|t| self.layers.iter().any(|l| l.name == n) && !self.is_own_mask(n, t)) {
-                covered.get_or_insert((n.to_string(), t.name()));
-            }
-        };
-        tt_tensor::nn::map_linears(m, |n, l| {
-            check(n, l.transform());
-            Ok(())
-        })?;
-        tt_tensor::nn::map_conv2ds(m, |n, c| {
-            check(n, c.transform());
-            Ok(())
-        })?;
-        if let Some((n, t)) = covered {
+        let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        if let Some((n, t)) = self.foreign_transform(m, &names)? {
             return Err(CompressError::arg(
                 op,
                 format!("layer '{n}' carries a '{t}' transform over its mask; finish that transform first"),
