@@ -410,16 +410,15 @@ pub fn pack_linears(m: &mut dyn tt_tensor::Module) -> tt_tensor::Result<usize> {
 /// # Errors
 /// As [`pack_linears`].
 pub fn pack_linears_with(m: &mut dyn tt_tensor::Module, team: Option<Arc<Team>>) -> tt_tensor::Result<usize> {
-    tt_tensor::nn::map_linears(m, |name, l| {
-        // A layer with a forward transform (a mask, factors in training, fake quantization)
-        // computes something other than its stored weight: packing that weight would be silently
-        // wrong, so finish the transform first.
-        if let Some(t) = l.transform() {
-            return Err(tt_tensor::TensorError::InvalidArgument {
-                op: "pack_linears",
-                reason: format!("layer {name:?} carries a '{}' forward transform; finish it before packing", t.name()),
-            });
-        }
+    // A layer with a forward transform (a mask, factors in training, fake quantization) computes
+    // something other than its stored weight: packing that weight would be silently wrong.
+    if let Some((layer, t)) = tt_tensor::nn::layer_transforms(m).into_iter().next() {
+        return Err(tt_tensor::TensorError::InvalidArgument {
+            op: "pack_linears",
+            reason: format!("layer {layer:?} carries a '{t}' forward transform; finish it before packing"),
+        });
+    }
+    tt_tensor::nn::map_linears(m, |_, l| {
         let mut packed = PackedF32::pack(l.projection()?.as_ref());
         if let Some(t) = &team {
             packed = packed.with_team(Arc::clone(t));

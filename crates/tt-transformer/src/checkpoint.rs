@@ -43,6 +43,15 @@ fn to_parts(model: &Gpt, tokenizer: &Tokenizer, info: serde_json::Value, dir: &P
             format!("tokenizer has {} ids but the model {}", tokenizer.vocab_size(), model.config.vocab_size),
         ));
     }
+    // A layer with a forward transform (low-rank factors in training, a mask not made
+    // permanent) computes something other than its stored weight: saving that weight would
+    // reload as a different model.
+    if let Some((layer, t)) = tt_tensor::nn::layer_transforms(model).into_iter().next() {
+        return Err(ck_err(
+            dir,
+            format!("layer {layer:?} carries a '{t}' forward transform; finish it before saving (its weight is not what it computes)"),
+        ));
+    }
     let weights = tt_tensor::serialize::to_safetensors_bytes(&model.named_parameters(), None)?;
     let tok = serde_json::to_vec(tokenizer).map_err(|e| ck_err(dir, e.to_string()))?;
     let cfg = ConfigFile { model: model.config.clone(), info };
@@ -54,8 +63,8 @@ fn to_parts(model: &Gpt, tokenizer: &Tokenizer, info: serde_json::Value, dir: &P
 /// there only once the new one is complete.
 ///
 /// # Errors
-/// A tokenizer whose vocabulary does not match the model, or an I/O failure (the previous
-/// checkpoint, if any, is then intact).
+/// A tokenizer whose vocabulary does not match the model, a layer that carries a forward
+/// transform, or an I/O failure (the previous checkpoint, if any, is then intact).
 pub fn save(dir: &Path, model: &Gpt, tokenizer: &Tokenizer, info: serde_json::Value) -> Result<()> {
     let parts = to_parts(model, tokenizer, info, dir)?;
     let named: Vec<(&str, &[u8])> = PARTS.iter().copied().zip(parts.iter().map(Vec::as_slice)).collect();

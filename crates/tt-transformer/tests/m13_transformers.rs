@@ -556,3 +556,40 @@ mod seam {
         }
     }
 }
+
+/// Doubles a weight: a layer carrying it computes something other than its stored weight.
+#[derive(Debug)]
+struct Doubled;
+
+impl tt_tensor::nn::ForwardTransform for Doubled {
+    fn weight(&self, w: &tt_tensor::Tensor) -> tt_tensor::Result<tt_tensor::Tensor> {
+        w.add(w)
+    }
+    fn input(&self, x: &tt_tensor::Tensor) -> tt_tensor::Result<tt_tensor::Tensor> {
+        Ok(x.clone())
+    }
+    fn name(&self) -> &'static str {
+        "doubled"
+    }
+}
+
+#[test]
+fn saving_a_model_whose_layer_carries_a_forward_transform_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tt-m13-transform-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tok = Tokenizer::Char(CharTokenizer::from_corpus("abcdefghi"));
+    let mut m = common::tiny(10, 4);
+    assert!(tt_tensor::nn::layer_transforms(&m).is_empty());
+    tt_tensor::nn::map_linears(&mut m, |name, l| {
+        if name == "blocks.1.mlp.fc" {
+            l.set_transform(Some(std::sync::Arc::new(Doubled)));
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(tt_tensor::nn::layer_transforms(&m), vec![("blocks.1.mlp.fc".to_string(), "doubled")]);
+    let e = checkpoint::save(&dir, &m, &tok, serde_json::Value::Null).unwrap_err().to_string();
+    assert!(e.contains("blocks.1.mlp.fc") && e.contains("doubled"), "{e}");
+    assert!(!checkpoint::exists(&dir), "nothing was published");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -241,6 +241,9 @@ impl Module for Conv2d {
     fn kind(&self) -> &'static str {
         "Conv2d"
     }
+    fn as_conv2d(&self) -> Option<&Conv2d> {
+        Some(self)
+    }
     fn as_conv2d_mut(&mut self) -> Option<&mut Conv2d> {
         Some(self)
     }

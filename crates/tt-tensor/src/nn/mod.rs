@@ -54,6 +54,11 @@ pub trait Module: Send + Sync {
     }
 
     /// `Some` if this layer is a [`Conv2d`].
+    fn as_conv2d(&self) -> Option<&Conv2d> {
+        None
+    }
+
+    /// `Some` if this layer is a [`Conv2d`].
     fn as_conv2d_mut(&mut self) -> Option<&mut Conv2d> {
         None
     }
@@ -89,6 +94,33 @@ pub fn walk_mut(m: &mut dyn Module, f: &mut dyn FnMut(&str, &mut dyn Module) -> 
         Ok(())
     }
     go(m, "", f)
+}
+
+/// Every layer below `m` that carries a [`ForwardTransform`], as `(path, transform name)` in
+/// [`Module::children`] order. Such a layer computes something other than its stored weight, so
+/// code that reads the stored weight as the layer's function (a checkpoint save, a packer, a
+/// quantizer, a structured pruner) must refuse it or compose with the transform.
+///
+/// ```
+/// use tt_tensor::nn::{layer_transforms, Linear, Sequential};
+/// let mlp = Sequential::new().layer(Linear::new(4, 2, true, 0));
+/// assert!(layer_transforms(&mlp).is_empty());
+/// ```
+pub fn layer_transforms(m: &dyn Module) -> Vec<(String, &'static str)> {
+    fn go(m: &dyn Module, prefix: &str, out: &mut Vec<(String, &'static str)>) {
+        for (name, child) in m.children() {
+            let path = join(prefix, &name);
+            let t =
+                child.as_linear().and_then(Linear::transform).or_else(|| child.as_conv2d().and_then(Conv2d::transform));
+            if let Some(t) = t {
+                out.push((path.clone(), t.name()));
+            }
+            go(child, &path, out);
+        }
+    }
+    let mut out = Vec::new();
+    go(m, "", &mut out);
+    out
 }
 
 /// Calls `f` on every [`Linear`] below `m` with its state-dict path (`"blocks.0.attn.qkv"`), so a
