@@ -322,13 +322,14 @@ fn low_rank(opts: &Options) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
     for rank in [4usize, 8, 16, 32, 64] {
         let mut m = load("mlp", opts)?;
-        let bytes = {
+        let (bytes, dense_bytes, (out_f, in_f)) = {
             let l = m.layers[0].as_linear_mut().ok_or_else(|| other("layer 0 of the MLP is a Linear"))?;
-            let w = l.projection()?.to_dense();
-            let lr = LowRank::factor(&w, rank).map_err(other)?;
+            let dense = l.projection()?;
+            let (dense_bytes, shape) = (dense.storage_bytes(), dense.shape());
+            let lr = LowRank::factor(&dense.to_dense(), rank).map_err(other)?;
             let b = lr.storage_bytes();
             l.set_projection(std::sync::Arc::new(lr))?;
-            b
+            (b, dense_bytes, shape)
         };
         let q = classifier::accuracy(&m, &test)?;
         let mut m = load("mlp", opts)?;
@@ -351,12 +352,12 @@ fn low_rank(opts: &Options) -> Result<Vec<Value>> {
         }
         let ft = classifier::accuracy(&m, &test)?;
         opts.say(format!(
-            "  mlp layer 0 (128×64) at rank {rank:>2}: {bytes:>6} B (dense 32768 B), accuracy {:6.2}%, {:6.2}% after {} fine-tuning epochs",
+            "  mlp layer 0 ({out_f}×{in_f}) at rank {rank:>2}: {bytes:>6} B (dense {dense_bytes} B), accuracy {:6.2}%, {:6.2}% after {} fine-tuning epochs",
             100.0 * q,
             100.0 * ft,
             cfg.epochs
         ));
-        rows.push(json!({"model": "mlp", "layer": "0", "rank": rank, "bytes": bytes, "dense_bytes": 4 * 128 * 64, "quality": q, "finetuned": ft, "finetune_epochs": cfg.epochs}));
+        rows.push(json!({"model": "mlp", "layer": "0", "rank": rank, "bytes": bytes, "dense_bytes": dense_bytes, "quality": q, "finetuned": ft, "finetune_epochs": cfg.epochs}));
     }
     Ok(rows)
 }

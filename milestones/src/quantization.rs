@@ -257,7 +257,9 @@ fn gpt_rows(opts: &Options, mem: &MemoryLevels) -> Result<(Vec<Value>, Value)> {
     let qat_i = SCHEMES.len() - 1;
     rows[qat_i]["control_fp32_finetuned"] = json!({"quality": control_em, "val_perplexity": control_ppl});
     // The int8 KV cache (q8 rows) on top of the int8 weights of PyTorch's default weight scheme.
-    let best = 2; // dynamic per-channel
+    // PyTorch's default weight scheme, found by name (not by its place in the list).
+    let best =
+        SCHEMES.iter().position(|&s| s == "dynamic_per_channel").ok_or_else(|| other("no dynamic_per_channel row"))?;
     let start = Instant::now();
     let (kv_em, _) = exact_match_with(|| engine_with(&models[best], KvStorage::Int8), &tokenizer, &test, 48, 2)?;
     let kv_ppl = next_token_loss(&mut engine_with(&models[best], KvStorage::Int8)?, &val_ids, 128, windows)?.exp();
