@@ -17,6 +17,22 @@
 //!
 //! Correctness: cached logits equal tt-transformer's full-recompute logits (see
 //! `tests/m14_kv_caching.rs`).
+//!
+//! ```
+//! use tt_kvcache::{generate_cached, generate_uncached, CachedGpt, OverflowPolicy};
+//! use tt_transformer::generate::GenerateConfig;
+//! use tt_transformer::{Gpt, GptConfig};
+//! let cfg = GptConfig { d_model: 16, n_layers: 2, n_heads: 2, max_seq_len: 32, ..GptConfig::default_model(10) };
+//! let model = Gpt::new(cfg)?;
+//! let mut engine = CachedGpt::new(&model, 1, OverflowPolicy::Error)?;
+//! let greedy = GenerateConfig::greedy(8);
+//! let cached = generate_cached(&mut engine, &[vec![1, 2, 3]], &greedy)?;
+//! let recomputed = generate_uncached(&mut engine, &[vec![1, 2, 3]], &greedy)?;
+//! // The same tokens; the cached run did O(1) projections per token instead of O(n).
+//! assert_eq!(cached.tokens, recomputed.tokens);
+//! assert_eq!(cached.tokens[0].len(), 8);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod cache;
 pub mod decoder;

@@ -12,6 +12,20 @@
 //!   KV caching).
 //! - [`checkpoint`]: safetensors weights + JSON config + tokenizer, atomic saves, checked loads.
 //! - [`corpus`], [`eval`]: the dialogue corpus and exact-match accuracy on unseen questions.
+//!
+//! ```
+//! use tt_transformer::generate::{generate, GenerateConfig};
+//! use tt_transformer::{CharTokenizer, Gpt, GptConfig, Tokenize};
+//! let tok = CharTokenizer::from_corpus("hello, world");
+//! let cfg = GptConfig { d_model: 16, n_layers: 1, n_heads: 2, max_seq_len: 32, ..GptConfig::default_model(tok.vocab_size()) };
+//! let model = Gpt::new(cfg)?; // untrained: seeded random weights, so the text is noise
+//! let prompt = tok.encode_ids("hello")?;
+//! let new = generate(&model, &prompt, &GenerateConfig::greedy(6))?;
+//! assert_eq!(new.len(), 6);
+//! assert_eq!(generate(&model, &prompt, &GenerateConfig::greedy(6))?, new, "same seed, same text");
+//! println!("{}", tok.decode_ids(&new)?);
+//! # Ok::<(), tt_transformer::TransformerError>(())
+//! ```
 
 pub mod attention;
 pub mod checkpoint;
