@@ -155,6 +155,10 @@ pub struct Milestone {
     pub module: &'static str,
     pub description: &'static str,
     pub uses: Uses,
+    /// Cache keys of the trained models it uses (loading a cached one, or training and caching
+    /// it), in the full-size settings (`--quick` ones carry a `-quick` suffix): what `tito
+    /// status` reports on.
+    pub models: &'static [&'static str],
     pub run: fn(&Options) -> Result<serde_json::Value>,
 }
 
@@ -163,6 +167,7 @@ pub fn all() -> &'static [Milestone] {
     &[
         Milestone {
             name: "mlp_digits",
+            models: &["mlp_digits"],
             uses: Uses { retrain: false, corpus: false },
             module: "07",
             description: "train an MLP on the UCI handwritten digits; held-out accuracy per epoch",
@@ -170,6 +175,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "cnn_digits",
+            models: &["cnn_digits"],
             uses: Uses { retrain: false, corpus: false },
             module: "09",
             description: "train a LeNet-style CNN on the UCI digits (8x8 images); held-out accuracy per epoch",
@@ -177,6 +183,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "transformer",
+            models: &["transformer"],
             uses: Uses { retrain: true, corpus: true },
             module: "13",
             description:
@@ -185,6 +192,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "kv_cache",
+            models: &["transformer"],
             uses: Uses { retrain: true, corpus: false },
             module: "14",
             description: "greedy generation with and without the KV cache: same tokens, tok/s, speedup, cache memory",
@@ -192,6 +200,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "profile",
+            models: &["transformer", "cnn_digits"],
             uses: Uses { retrain: true, corpus: false },
             module: "15",
             description: "profile the trained CNN and GPT: parameters, FLOPs, memory, latency, per-op table, roofline",
@@ -199,6 +208,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "acceleration",
+            models: &["transformer"],
             module: "16",
             uses: Uses { retrain: true, corpus: false },
             description: "measured machine limits, packed decode projections vs matrixmultiply, the accelerated decoder vs the reference",
@@ -206,6 +216,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "quantization",
+            models: &["mlp_digits", "cnn_digits", "transformer"],
             module: "17",
             uses: Uses { retrain: true, corpus: false },
             description: "int8 weights and integer kernels: MLP, CNN and GPT under each scheme (quality, bytes, latency), int8 vs f32 GEMM and decode",
@@ -213,6 +224,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "compression",
+            models: &["mlp_digits", "cnn_digits", "transformer"],
             module: "18",
             uses: Uses { retrain: false, corpus: false },
             description: "pruning (unstructured, structured: units, channels, heads), CSR and block-sparse vs dense, low-rank with fine-tuning, distillation on the digits models and the GPT",
@@ -220,6 +232,7 @@ pub fn all() -> &'static [Milestone] {
         },
         Milestone {
             name: "torchperf",
+            models: &["transformer", "cnn_digits", "torchperf/models/gpt-control", "torchperf/models/gpt-pruned50"],
             module: "19",
             uses: Uses { retrain: true, corpus: false },
             description: "MLPerf-style scenarios on the GPT and CNN, a TinyMLPerf-style suite, the ablation with its Pareto front, the production targets",

@@ -215,13 +215,14 @@ fn status() -> ExitCode {
     let cache = milestones::default_cache_dir();
     println!("\nmilestones (cache: {}):", cache.display());
     for ms in milestones::all() {
-        let cached = milestones::is_cached(&cache, ms.name);
-        println!(
-            "  {:<14} module {}  {}",
-            ms.name,
-            ms.module,
-            if cached { "trained model cached" } else { "no cached model" }
-        );
+        let models: Vec<String> = ms
+            .models
+            .iter()
+            .map(|key| {
+                format!("{key} ({})", if milestones::is_cached(&cache, key) { "cached" } else { "not cached yet" })
+            })
+            .collect();
+        println!("  {:<14} module {}  models: {}", ms.name, ms.module, models.join(", "));
     }
     ExitCode::SUCCESS
 }

@@ -40,6 +40,9 @@ fn status_lists_all_nineteen_modules() {
     let (code, out, _) = tito(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("01 tensor") && out.contains("19 benchmarking"), "{out}");
+    // Every milestone names the cached models it uses, torchperf's own among them.
+    assert!(out.contains("torchperf/models/gpt-control"), "{out}");
+    assert!(out.lines().filter(|l| l.contains(" module ")).all(|l| l.contains("models: ")), "{out}");
 }
 
 #[test]
