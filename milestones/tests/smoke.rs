@@ -220,3 +220,64 @@ fn compression_quick_run_reports_structured_rows_for_every_model() {
     assert_eq!(2 * heads["kv_cache_bytes"].as_u64().unwrap(), control["kv_cache_bytes"].as_u64().unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn quantization_quick_run_reports_every_scheme_with_measured_fields() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-quant-{}", std::process::id()));
+    let v = milestones::run("quantization", &opts(&dir)).unwrap();
+    assert_eq!(v["milestone"], "quantization");
+    let rows = v["models"].as_array().unwrap();
+    for model in ["mlp", "cnn", "gpt"] {
+        let schemes: Vec<&str> =
+            rows.iter().filter(|r| r["model"] == model).filter_map(|r| r["scheme"].as_str()).collect();
+        assert!(schemes.contains(&"fp32") && schemes.contains(&"dynamic_per_channel"), "{model}: {schemes:?}");
+    }
+    for r in rows {
+        for k in ["quality", "weight_bytes", "model_bytes"] {
+            assert!(r[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {r}");
+        }
+        // int8 weights really are smaller than the fp32 row of the same model.
+        if r["scheme"] != "fp32" {
+            let fp32 = rows.iter().find(|f| f["model"] == r["model"] && f["scheme"] == "fp32").unwrap();
+            assert!(r["weight_bytes"].as_u64() < fp32["weight_bytes"].as_u64(), "{r}");
+        }
+    }
+    for k in ["f32_gflops", "int8_gops", "speedup"] {
+        assert!(v["gemm"][k].as_f64().is_some_and(|x| x > 0.0), "gemm {k}: {}", v["gemm"]);
+    }
+    for k in ["fp32_tok_s", "int8_tok_s", "int8_kv_tok_s", "speedup", "int8_kv_speedup"] {
+        assert!(v["decode"][k].as_f64().is_some_and(|x| x > 0.0), "decode {k}: {}", v["decode"]);
+    }
+    assert_eq!(v["decode"]["int8_scheme"], "dynamic_per_channel");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn torchperf_quick_run_reports_scenarios_suite_ablation_and_targets() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-perf-{}", std::process::id()));
+    let v = milestones::run("torchperf", &opts(&dir)).unwrap();
+    assert_eq!(v["milestone"], "torchperf");
+    let scenarios = v["scenarios"].as_array().unwrap();
+    for sc in ["SingleStream", "MultiStream", "Server", "Offline"] {
+        assert!(scenarios.iter().any(|s| s["scenario"] == sc), "{sc} missing");
+    }
+    for s in scenarios {
+        assert!(s["result"] == "VALID" || s["result"] == "INVALID", "{s}");
+        assert!(std::path::Path::new(s["summary_path"].as_str().unwrap()).is_file(), "{s}");
+    }
+    assert!(!v["tiny_suite"].as_array().unwrap().is_empty());
+    let rows = v["ablation"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 32, "the full 2^5 design");
+    for r in rows {
+        for k in ["p50_ms", "p90_ms", "p99_ms", "quality", "model_bytes"] {
+            assert!(r[k].as_f64().is_some(), "{k}: {r}");
+        }
+    }
+    for t in v["production"].as_array().unwrap() {
+        // Measured (a verdict), or not measured and saying why (no serving process here).
+        let judged = t["met"].is_boolean() && t["measured"].is_number();
+        assert!(t["requirement"].is_string() && (judged || (t["met"].is_null() && t["why"].is_string())), "{t}");
+    }
+    assert!(v["gpt_sut_errors"].as_array().unwrap().is_empty(), "{}", v["gpt_sut_errors"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -100,3 +100,27 @@ fn a_corpus_given_as_a_pipe_is_read_once_and_trains() {
     assert!(v["val_perplexity"].as_f64().unwrap() > 1.0, "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn serve_qa_needs_a_trained_model_then_reports_its_run() {
+    let dir = std::env::temp_dir().join(format!("tt-cli-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap();
+    let (code, _, err) = tito(&["serve-qa", "--cache-dir", dir_s, "--quick"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no trained GPT") && !err.contains("panicked"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tito"))
+        .args(["milestone", "transformer", "--quick"])
+        .env("TT_CACHE_DIR", &dir)
+        .output()
+        .expect("tito runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, out, err) = tito(&["serve-qa", "--cache-dir", dir_s, "--quick"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    for k in ["queries", "p50_ms", "p90_ms", "p99_ms", "model_bytes"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+    assert!(v["valid"].is_boolean() && v["level"].is_string() && v["config"].is_string(), "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
