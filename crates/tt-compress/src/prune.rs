@@ -406,6 +406,10 @@ pub fn block_mask(w: &ArrayView2<f32>, mask: &ArrayView2<f32>, amount: f64) -> R
         return Err(CompressError::arg("block_mask", format!("mask {:?} for a {:?} weight", mask.dim(), w.dim())));
     }
     let (out_f, in_f) = w.dim();
+    if w.is_empty() {
+        // Nothing to prune; the block grid below would still walk 2³⁶ empty rows of a 2⁴⁰ × 0 matrix.
+        return Ok(mask.to_owned());
+    }
     let blocks = out_f.div_ceil(BLOCK);
     let rows = |b: usize| b * BLOCK..out_f.min((b + 1) * BLOCK);
     let mut live: Vec<(f64, usize, usize)> = Vec::new();
