@@ -75,23 +75,31 @@ fn refuse_transforms(op: &'static str, m: &mut dyn Module, names: &[String]) -> 
     }
 }
 
-/// Checks a producer's `units` (rows of `per_unit` weights each, and `bias`) before ranking them
-/// allocates per unit: a bias must hold one entry per unit (the fields are public), and a unit
-/// must hold a weight — `2⁴⁰` units of no inputs and no bias are a layer with no element, for
-/// which ranking would allocate terabytes.
-fn check_units(op: &'static str, what: &str, units: usize, per_unit: usize, bias: Option<&Tensor>) -> Result<()> {
+/// Refuses a bias that does not hold one entry per unit (the layers' fields are public).
+fn check_bias(op: &'static str, what: &str, units: usize, bias: Option<&Tensor>) -> Result<()> {
     match bias.map(Tensor::numel) {
         Some(n) if n != units => Err(CompressError::arg(op, format!("a bias of {n} for {units} {what}"))),
-        None if per_unit == 0 && units > 0 => {
-            Err(CompressError::arg(op, format!("{units} {what} with no weights and no bias: nothing to rank them by")))
-        }
         _ => Ok(()),
     }
 }
 
+/// Checks a producer's `units` (rows of `per_unit` weights each, and `bias`) before ranking them
+/// allocates per unit: its bias ([`check_bias`]), and a weight in every unit — `2⁴⁰` units of no
+/// inputs and no bias are a layer with no element, for which ranking would allocate terabytes.
+fn check_units(op: &'static str, what: &str, units: usize, per_unit: usize, bias: Option<&Tensor>) -> Result<()> {
+    check_bias(op, what, units, bias)?;
+    if bias.is_none() && per_unit == 0 && units > 0 {
+        return Err(CompressError::arg(
+            op,
+            format!("{units} {what} with no weights and no bias: nothing to rank them by"),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses `keep` unless it is strictly increasing and below `n`: kept units stay in their order,
-/// and no index twice bounds the rebuilt layer by the original (a repeated index would let a few
-/// bytes of indices ask for terabytes of copies).
+/// and with no index twice the rebuilt layer is no larger than the original (repeated indices
+/// would let a few bytes of them ask for terabytes of copies).
 fn check_keep(op: &'static str, keep: &[usize], n: usize, what: &str) -> Result<()> {
     if let Some(&bad) = keep.iter().find(|&&k| k >= n) {
         return Err(CompressError::arg(op, format!("{what} {bad} of {n}")));
@@ -136,6 +144,7 @@ pub fn keep_outputs(l: &Linear, keep: &[usize]) -> Result<Linear> {
         return Err(dropped_transform("keep_outputs", "the Linear", t.name()));
     }
     check_keep("keep_outputs", keep, out_f, "unit")?;
+    check_bias("keep_outputs", "units", out_f, l.bias.as_ref())?;
     let w = l.weight.to_vec();
     let rows: Vec<f32> = keep.iter().flat_map(|&o| w[o * in_f..(o + 1) * in_f].iter().copied()).collect();
     let weight = Tensor::param(

@@ -438,6 +438,10 @@ mod hostile {
         assert!(keep_outputs(&l, &[4]).is_err() && keep_inputs(&l, &[1 << 16]).is_err(), "out of range");
         let k = keep_inputs(&keep_outputs(&l, &[1, 3]).unwrap(), &[0, 7]).unwrap();
         assert_eq!((k.out_features(), k.in_features()), (2, 2));
+        let mut short_bias = linear(Array2::ones((4, 2)), Some(Array1::zeros(4)));
+        short_bias.bias = Some(Tensor::param(Array1::<f32>::zeros(2).into_dyn()));
+        assert!(keep_outputs(&short_bias, &[3]).is_err(), "a bias of 2 for 4 units");
+        assert!(units_to_keep(&short_bias, 0.5).is_err(), "a bias of 2 for 4 units");
     }
 
     #[test]
