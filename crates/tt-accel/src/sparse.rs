@@ -56,8 +56,9 @@ const ROWS: usize = 4;
 pub struct BlockSparseF32 {
     out_f: usize,
     in_f: usize,
-    /// Block `b`'s columns are `cols[ptr[b]..ptr[b + 1]]`; `ptr` has `blocks + 1` entries,
-    /// non-decreasing, ending at `cols.len()`.
+    /// Block `b`'s columns are `cols[ptr[b]..ptr[b + 1]]`; `ptr` has `blocks + 1` entries
+    /// ([`check_dims`]: no block, so one entry, when there are no inputs), non-decreasing,
+    /// ending at `cols.len()`.
     ptr: Vec<u32>,
     /// Strictly increasing inside a block, each `< in_f`.
     cols: Vec<u32>,
@@ -71,17 +72,17 @@ fn arg(op: &'static str, reason: String) -> TensorError {
 }
 
 /// The one check of a matrix's dimensions, before anything is allocated for it: outputs, inputs
-/// and the `ceil(out/16) × in` block grid must each be addressable by u32 indices. That also
-/// bounds the block pointers (`ceil(out/16) + 1` of them) by the size of the matrix rather than
-/// by a claimed shape: a `2⁴⁰ × 0` matrix is refused, not allocated. Returns the number of
-/// row blocks.
+/// and the `ceil(out/16) × in` block grid must each be addressable by u32 indices. Returns the
+/// number of row blocks given a pointer: `ceil(out/16)`, or none when there are no inputs — no
+/// block could hold a column, and the pointers of a `u32::MAX × 0` matrix would take 1 GiB for
+/// a matrix with no element. So the pointers stay proportional to the matrix's elements.
 fn check_dims(op: &'static str, out_f: usize, in_f: usize) -> tt_tensor::Result<usize> {
     let blocks = out_f.div_ceil(BLOCK);
     let max = u32::MAX as usize;
     if out_f > max || in_f > max || blocks.checked_mul(in_f).is_none_or(|n| n > max) {
         return Err(arg(op, format!("{out_f}×{in_f} is too large for u32 indices")));
     }
-    Ok(blocks)
+    Ok(if in_f == 0 { 0 } else { blocks })
 }
 
 impl BlockSparseF32 {
@@ -123,7 +124,7 @@ impl BlockSparseF32 {
     ///
     /// # Errors
     /// Dimensions as in [`BlockSparseF32::from_dense`]; `ptr` not `ceil(out/16) + 1` non-decreasing
-    /// entries from 0 to `cols.len()`, a column out of
+    /// entries from 0 to `cols.len()` (one entry, 0, when `in` is 0), a column out of
     /// range or not increasing within its block, `vals` not 16 per column, a non-finite value,
     /// or a value stored for an output past `out`.
     pub fn from_parts(
@@ -272,6 +273,17 @@ impl Projection for BlockSparseF32 {
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
         // The SIMD kernels read and write through raw pointers: every size is checked here.
         if !check_projection_rows("BlockSparseF32::forward_rows", self.shape(), x, rows, bias, y) {
+            return;
+        }
+        if self.in_f == 0 {
+            // No block is stored without inputs (`check_dims`), so the kernels would write
+            // nothing: every output is its bias. `rows·out` fits `y` (checked above).
+            for yr in y[..rows * self.out_f].chunks_exact_mut(self.out_f) {
+                match bias {
+                    Some(b) => yr.copy_from_slice(b),
+                    None => yr.fill(0.0),
+                }
+            }
             return;
         }
         // SAFETY: sizes checked above; column indices are below `in_f` (construction invariant).

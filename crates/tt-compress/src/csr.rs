@@ -19,6 +19,8 @@ use crate::error::{CompressError, Result};
 pub struct CsrF32 {
     out_f: usize,
     in_f: usize,
+    /// `out + 1` entries; one (0) when there are no inputs: no row can hold a non-zero then, and
+    /// a pointer per row would make a `2⁴⁰ × 0` matrix, which has no element, cost 4 TiB.
     indptr: Vec<u32>,
     indices: Vec<u32>,
     values: Vec<f32>,
@@ -40,9 +42,10 @@ impl CsrF32 {
         if let Some(bad) = w.iter().find(|v| !v.is_finite()) {
             return Err(CompressError::arg("CsrF32::from_dense", format!("weight {bad} is not finite")));
         }
-        let (mut indptr, mut indices, mut values) = (Vec::with_capacity(out_f + 1), Vec::new(), Vec::new());
+        let rows = if in_f == 0 { 0 } else { out_f }; // see `indptr`
+        let (mut indptr, mut indices, mut values) = (Vec::with_capacity(rows + 1), Vec::new(), Vec::new());
         indptr.push(0u32);
-        for row in w.outer_iter() {
+        for row in w.outer_iter().take(rows) {
             for (i, &v) in row.iter().enumerate() {
                 if v != 0.0 {
                     indices.push(i as u32);
@@ -79,6 +82,18 @@ impl Projection for CsrF32 {
         if out_f == 0 {
             return; // no output to write: `rows` may be anything, even usize::MAX
         }
+        if in_f == 0 {
+            // No row pointers are stored (see `indptr`): every output is its bias.
+            let n = rows.checked_mul(out_f).filter(|&n| n <= y.len());
+            let Some(n) = n else { panic!("CsrF32::forward_rows: {rows} rows of {out_f} outputs, {} given", y.len()) };
+            for yr in y[..n].chunks_exact_mut(out_f) {
+                match bias {
+                    Some(b) => yr.copy_from_slice(b),
+                    None => yr.fill(0.0),
+                }
+            }
+            return;
+        }
         for r in 0..rows {
             let xr = &x[r * in_f..(r + 1) * in_f];
             for o in 0..out_f {
@@ -92,7 +107,7 @@ impl Projection for CsrF32 {
 
     fn to_dense(&self) -> Array2<f32> {
         let mut w = Array2::zeros((self.out_f, self.in_f));
-        for o in 0..self.out_f {
+        for o in 0..self.indptr.len() - 1 {
             for k in self.indptr[o] as usize..self.indptr[o + 1] as usize {
                 w[[o, self.indices[k] as usize]] = self.values[k];
             }

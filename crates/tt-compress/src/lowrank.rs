@@ -51,7 +51,9 @@ pub fn rank_for_energy(singular: &[f64], fraction: f64) -> Result<usize> {
 
 /// The largest rank whose two factors fit `bytes` (4 per f32: `4·r·(out + in)`), at least 1.
 pub fn rank_for_bytes(out_f: usize, in_f: usize, bytes: usize) -> usize {
-    (bytes / (4 * (out_f + in_f)).max(1)).clamp(1, out_f.min(in_f).max(1))
+    // Saturating: a rank-1 pair of factors too large for `usize` fits no budget (rank 1 then).
+    let per_rank = 4usize.saturating_mul(out_f.saturating_add(in_f)).max(1);
+    (bytes / per_rank).clamp(1, out_f.min(in_f).max(1))
 }
 
 fn svd(w: &Array2<f32>) -> Result<nalgebra::SVD<f64, nalgebra::Dyn, nalgebra::Dyn>> {

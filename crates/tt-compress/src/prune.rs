@@ -229,31 +229,11 @@ impl Pruning {
         self.install(m, layers)
     }
 
-    /// The first layer of `names` (in model order) whose forward transform is not this
-    /// `Pruning`'s own mask, with the transform's name.
-    fn foreign_transform(&self, m: &mut dyn Module, names: &[&str]) -> Result<Option<(String, &'static str)>> {
-        let mut found = None;
-        let mut check = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
-            if let Some(t) = t.filter(|t| names.contains(&n) && !self.is_own_mask(n, t)) {
-                found.get_or_insert((n.to_string(), t.name()));
-            }
-        };
-        tt_tensor::nn::map_linears(m, |n, l| {
-            check(n, l.transform());
-            Ok(())
-        })?;
-        tt_tensor::nn::map_conv2ds(m, |n, c| {
-            check(n, c.transform());
-            Ok(())
-        })?;
-        Ok(found)
-    }
-
     /// Records the masks, zeroes the pruned weights and installs the forward masks.
     fn install(&mut self, m: &mut dyn Module, layers: Vec<(String, Tensor, ArrayD<f32>)>) -> Result<()> {
         // Refuse before changing anything if a layer carries a transform that is not ours.
         let names: Vec<&str> = layers.iter().map(|l| l.0.as_str()).collect();
-        if let Some((n, t)) = self.foreign_transform(m, &names)? {
+        if let Some((n, t)) = transform_on(m, &names, |n, t| self.is_own_mask(n, t))? {
             return Err(CompressError::arg(
                 "Pruning",
                 format!("layer '{n}' already carries another forward transform ('{t}', not this Pruning's mask)"),
@@ -364,7 +344,7 @@ impl Pruning {
         let op = "Pruning::make_permanent";
         self.check_model(&crate::sparsity::weights(m)?, op)?;
         let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
-        if let Some((n, t)) = self.foreign_transform(m, &names)? {
+        if let Some((n, t)) = transform_on(m, &names, |n, t| self.is_own_mask(n, t))? {
             return Err(CompressError::arg(
                 op,
                 format!("layer '{n}' carries a '{t}' transform over its mask; finish that transform first"),
@@ -387,6 +367,32 @@ impl Pruning {
     }
 }
 
+/// The first layer of `names` (Linears in model order, then Conv2ds) carrying a forward
+/// transform that `accept` does not accept, with the transform's name: what a call that rewrites
+/// a layer's weight or rebuilds the layer checks before changing anything, since the transform
+/// would be dropped or would run over the wrong weight.
+pub(crate) fn transform_on(
+    m: &mut dyn Module,
+    names: &[&str],
+    accept: impl Fn(&str, &Arc<dyn ForwardTransform>) -> bool,
+) -> Result<Option<(String, &'static str)>> {
+    let mut found = None;
+    let mut check = |n: &str, t: Option<&Arc<dyn ForwardTransform>>| {
+        if let Some(t) = t.filter(|t| names.contains(&n) && !accept(n, t)) {
+            found.get_or_insert((n.to_string(), t.name()));
+        }
+    };
+    tt_tensor::nn::map_linears(m, |n, l| {
+        check(n, l.transform());
+        Ok(())
+    })?;
+    tt_tensor::nn::map_conv2ds(m, |n, c| {
+        check(n, c.transform());
+        Ok(())
+    })?;
+    Ok(found)
+}
+
 /// Outputs per block of [`block_mask`] (tt-accel's `sparse::BLOCK`).
 pub const BLOCK: usize = tt_accel::sparse::BLOCK;
 
@@ -406,6 +412,10 @@ pub fn block_mask(w: &ArrayView2<f32>, mask: &ArrayView2<f32>, amount: f64) -> R
         return Err(CompressError::arg("block_mask", format!("mask {:?} for a {:?} weight", mask.dim(), w.dim())));
     }
     let (out_f, in_f) = w.dim();
+    if w.is_empty() {
+        // Nothing to prune; the block grid below would still walk 2³⁶ empty rows of a 2⁴⁰ × 0 matrix.
+        return Ok(mask.to_owned());
+    }
     let blocks = out_f.div_ceil(BLOCK);
     let rows = |b: usize| b * BLOCK..out_f.min((b + 1) * BLOCK);
     let mut live: Vec<(f64, usize, usize)> = Vec::new();

@@ -19,9 +19,15 @@
 //!
 //! Ties go to the lower index; kept units stay in their order. Every pruning leaves a model that
 //! equals the dense one with the removed units zeroed (tested).
+//!
+//! Layers are rebuilt from their stored weights, so a layer carrying a forward transform (a
+//! pruning mask, an unfinished low-rank factorization, QAT's fake quantization) is refused,
+//! before anything changes: the rebuilt layer would silently drop it (pruned weights would
+//! regrow, a factored layer would revert to its unused weight). Make the mask permanent, finish
+//! the factorization or convert QAT first.
 
 use tt_tensor::nn::{Conv2d, Linear, Sequential};
-use tt_tensor::Tensor;
+use tt_tensor::{Module, Tensor};
 
 use crate::error::{CompressError, Result};
 
@@ -47,13 +53,75 @@ fn sum_sq(xs: &[f32]) -> f64 {
     xs.iter().map(|&v| (v as f64).powi(2)).sum()
 }
 
+/// The error for `layer` (a name, or a description where there is none) carrying the forward
+/// transform `transform`, which rebuilding the layer would drop (see the module docs).
+fn dropped_transform(op: &'static str, layer: &str, transform: &str) -> CompressError {
+    CompressError::arg(
+        op,
+        format!(
+            "{layer} carries a '{transform}' forward transform, which rebuilding it would drop: make it permanent \
+             or finish it first (Pruning::make_permanent, Factored::finish, QAT's conversion)"
+        ),
+    )
+}
+
+/// Refuses `m` if a layer of `names` (the layers a structured pruning rebuilds) carries a
+/// forward transform.
+fn refuse_transforms(op: &'static str, m: &mut dyn Module, names: &[String]) -> Result<()> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    match crate::prune::transform_on(m, &names, |_, _| false)? {
+        Some((n, t)) => Err(dropped_transform(op, &format!("layer '{n}'"), t)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a bias that does not hold one entry per unit (the layers' fields are public).
+fn check_bias(op: &'static str, what: &str, units: usize, bias: Option<&Tensor>) -> Result<()> {
+    match bias.map(Tensor::numel) {
+        Some(n) if n != units => Err(CompressError::arg(op, format!("a bias of {n} for {units} {what}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a producer's `units` (rows of `per_unit` weights each, and `bias`) before ranking them
+/// allocates per unit: its bias ([`check_bias`]), and a weight in every unit — `2⁴⁰` units of no
+/// inputs and no bias are a layer with no element, for which ranking would allocate terabytes.
+fn check_units(op: &'static str, what: &str, units: usize, per_unit: usize, bias: Option<&Tensor>) -> Result<()> {
+    check_bias(op, what, units, bias)?;
+    if bias.is_none() && per_unit == 0 && units > 0 {
+        return Err(CompressError::arg(
+            op,
+            format!("{units} {what} with no weights and no bias: nothing to rank them by"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses `keep` unless it is strictly increasing and below `n`: kept units stay in their order,
+/// and with no index twice the rebuilt layer is no larger than the original (repeated indices
+/// would let a few bytes of them ask for terabytes of copies).
+fn check_keep(op: &'static str, keep: &[usize], n: usize, what: &str) -> Result<()> {
+    if let Some(&bad) = keep.iter().find(|&&k| k >= n) {
+        return Err(CompressError::arg(op, format!("{what} {bad} of {n}")));
+    }
+    if let Some(p) = keep.windows(2).find(|p| p[0] >= p[1]) {
+        return Err(CompressError::arg(
+            op,
+            format!("kept {what}s must be strictly increasing: {} then {}", p[0], p[1]),
+        ));
+    }
+    Ok(())
+}
+
 /// The hidden units kept when removing `round(amount · width)` of them by L2 norm of the rows of
 /// `producer` (its `[out, in]` weight and bias), in their original order.
 ///
 /// # Errors
-/// An amount outside `[0, 1]`, or one that would remove every unit.
+/// An amount outside `[0, 1]`, or one that would remove every unit; a bias not of one entry per
+/// unit, or units with neither inputs nor a bias (nothing to rank).
 pub fn units_to_keep(producer: &Linear, amount: f64) -> Result<Vec<usize>> {
     let (out_f, in_f) = (producer.out_features(), producer.in_features());
+    check_units("units_to_keep", "units", out_f, in_f, producer.bias.as_ref())?;
     let w = producer.weight.to_vec();
     let b = producer.bias.as_ref().map(Tensor::to_vec);
     let norms: Vec<f64> = (0..out_f)
@@ -68,12 +136,15 @@ pub fn units_to_keep(producer: &Linear, amount: f64) -> Result<Vec<usize>> {
 /// A `Linear` with only the output rows `keep` of `l`.
 ///
 /// # Errors
-/// An index out of range.
+/// An index out of range, `keep` not strictly increasing, or `l` carrying a forward transform
+/// (see the module docs).
 pub fn keep_outputs(l: &Linear, keep: &[usize]) -> Result<Linear> {
     let (out_f, in_f) = (l.out_features(), l.in_features());
-    if let Some(&bad) = keep.iter().find(|&&o| o >= out_f) {
-        return Err(CompressError::arg("keep_outputs", format!("unit {bad} of {out_f}")));
+    if let Some(t) = l.transform() {
+        return Err(dropped_transform("keep_outputs", "the Linear", t.name()));
     }
+    check_keep("keep_outputs", keep, out_f, "unit")?;
+    check_bias("keep_outputs", "units", out_f, l.bias.as_ref())?;
     let w = l.weight.to_vec();
     let rows: Vec<f32> = keep.iter().flat_map(|&o| w[o * in_f..(o + 1) * in_f].iter().copied()).collect();
     let weight = Tensor::param(
@@ -91,15 +162,21 @@ pub fn keep_outputs(l: &Linear, keep: &[usize]) -> Result<Linear> {
 /// A `Linear` with only the input columns `keep` of `l` (its bias unchanged).
 ///
 /// # Errors
-/// An index out of range.
+/// An index out of range, `keep` not strictly increasing, or `l` carrying a forward transform
+/// (see the module docs).
 pub fn keep_inputs(l: &Linear, keep: &[usize]) -> Result<Linear> {
     let (out_f, in_f) = (l.out_features(), l.in_features());
-    if let Some(&bad) = keep.iter().find(|&&i| i >= in_f) {
-        return Err(CompressError::arg("keep_inputs", format!("input {bad} of {in_f}")));
+    if let Some(t) = l.transform() {
+        return Err(dropped_transform("keep_inputs", "the Linear", t.name()));
     }
+    check_keep("keep_inputs", keep, in_f, "input")?;
     let w = l.weight.to_vec();
-    let cols: Vec<f32> =
-        (0..out_f).flat_map(|o| keep.iter().map(move |&i| (o, i))).map(|(o, i)| w[o * in_f + i]).collect();
+    // Nothing kept: no column to copy from any of the (possibly 2⁴⁰) rows, so do not walk them.
+    let cols: Vec<f32> = if keep.is_empty() {
+        Vec::new()
+    } else {
+        w.chunks_exact(in_f).flat_map(|row| keep.iter().map(|&i| row[i])).collect()
+    };
     let weight = Tensor::param(
         ndarray::Array2::from_shape_vec((out_f, keep.len()), cols)
             .map_err(|e| CompressError::arg("keep_inputs", e.to_string()))?
@@ -114,10 +191,11 @@ pub fn keep_inputs(l: &Linear, keep: &[usize]) -> Result<Linear> {
 /// units.
 ///
 /// # Errors
-/// Indices that are not `Linear` layers, widths that do not chain, or a bad amount; the model is
-/// unchanged then.
+/// Indices that are not `Linear` layers, widths that do not chain, a bad amount, or either layer
+/// carrying a forward transform (see the module docs); the model is unchanged then.
 pub fn prune_hidden_units(seq: &mut Sequential, producer: usize, consumer: usize, amount: f64) -> Result<Vec<usize>> {
     let op = "prune_hidden_units";
+    refuse_transforms(op, seq, &[producer.to_string(), consumer.to_string()])?;
     let get = |i: usize| -> Result<&Linear> {
         seq.layers
             .get(i)
@@ -149,9 +227,12 @@ pub fn prune_hidden_units(seq: &mut Sequential, producer: usize, consumer: usize
 /// those units zeroed. Returns the kept units of each block.
 ///
 /// # Errors
-/// A bad amount (checked for every block before any changes), or a block whose MLP does not
-/// chain.
+/// A bad amount, a block whose MLP does not chain, or an `mlp.fc` or `mlp.proj` carrying a
+/// forward transform (see the module docs); all checked for every block before any changes.
 pub fn prune_gpt_mlp(model: &mut tt_transformer::Gpt, amount: f64) -> Result<Vec<Vec<usize>>> {
+    let names: Vec<String> =
+        (0..model.blocks.len()).flat_map(|l| ["fc", "proj"].map(|n| format!("blocks.{l}.mlp.{n}"))).collect();
+    refuse_transforms("prune_gpt_mlp", model, &names)?;
     let mut plans = Vec::with_capacity(model.blocks.len());
     for b in &model.blocks {
         if b.mlp.fc.out_features() != b.mlp.proj.in_features() {
@@ -176,10 +257,12 @@ pub fn prune_gpt_mlp(model: &mut tt_transformer::Gpt, amount: f64) -> Result<Vec
 /// norm of each filter `[C_in, k_h, k_w]` with its bias, in their original order.
 ///
 /// # Errors
-/// An amount outside `[0, 1]`, or one that would remove every channel.
+/// An amount outside `[0, 1]`, or one that would remove every channel; a bias not of one entry
+/// per channel, or channels with neither weights nor a bias (nothing to rank).
 pub fn channels_to_keep(conv: &Conv2d, amount: f64) -> Result<Vec<usize>> {
-    let s = conv.weight.shape();
-    let (c_out, per) = (s[0], s[1..].iter().product::<usize>());
+    let s = conv_shape("channels_to_keep", conv)?;
+    let (c_out, per) = (s[0], s[1] * s[2] * s[3]);
+    check_units("channels_to_keep", "channels", c_out, per, conv.bias.as_ref())?;
     let w = conv.weight.to_vec();
     let b = conv.bias.as_ref().map(Tensor::to_vec);
     let norms: Vec<f64> = (0..c_out)
@@ -191,11 +274,22 @@ pub fn channels_to_keep(conv: &Conv2d, amount: f64) -> Result<Vec<usize>> {
     keep_by_norm("channels_to_keep", &norms, amount, "channels")
 }
 
+/// `conv`'s weight shape `[C_out, C_in, k_h, k_w]`, checked: the field is public. Its product
+/// cannot overflow, since the tensor holds that many elements (a zero axis aside, whose
+/// product is 0).
+fn conv_shape(op: &'static str, conv: &Conv2d) -> Result<[usize; 4]> {
+    let s = conv.weight.shape();
+    s.as_slice()
+        .try_into()
+        .map_err(|_| CompressError::arg(op, format!("Conv2d weight {s:?} is not [C_out, C_in, k_h, k_w]")))
+}
+
 /// A `Conv2d` like `like` (stride, padding) with `weight` `[C_out, C_in, k_h, k_w]` and `bias`.
 fn conv_from(like: &Conv2d, weight: Vec<f32>, shape: [usize; 4], bias: Option<Vec<f32>>) -> Result<Conv2d> {
     // Conv2d has no from-tensors constructor; its tensors are public, so build one of the right
-    // channel counts and replace them (the random init it draws is discarded).
-    let mut c = Conv2d::new(shape[1], shape[0], shape[2], like.stride, like.padding, 0);
+    // channel counts and replace them. Kernel 0: the random init it draws is discarded, and a
+    // `k_h × k_h` one could be far larger than a tall `k_h × 1` weight.
+    let mut c = Conv2d::new(shape[1], shape[0], 0, like.stride, like.padding, 0);
     c.weight = Tensor::param(
         ndarray::Array4::from_shape_vec(shape, weight)
             .map_err(|e| CompressError::arg("prune_conv_channels", e.to_string()))?
@@ -220,10 +314,11 @@ const CHANNEL_WISE: [&str; 6] = ["Relu", "Gelu", "Tanh", "Dropout", "MaxPool2d",
 ///
 /// # Errors
 /// A producer that is not a `Conv2d`, a consumer that is neither a `Conv2d` nor a `Linear`, a
-/// layer between them that mixes channels, widths that do not chain, or a bad amount; the model
-/// is unchanged then.
+/// layer between them that mixes channels, widths that do not chain, a bad amount, or either
+/// layer carrying a forward transform (see the module docs); the model is unchanged then.
 pub fn prune_conv_channels(seq: &mut Sequential, producer: usize, consumer: usize, amount: f64) -> Result<Vec<usize>> {
     let op = "prune_conv_channels";
+    refuse_transforms(op, seq, &[producer.to_string(), consumer.to_string()])?;
     let n = seq.layers.len();
     if producer >= consumer || consumer >= n {
         return Err(CompressError::arg(op, format!("layers {producer} → {consumer} of {n}: not a forward pair")));
@@ -238,7 +333,7 @@ pub fn prune_conv_channels(seq: &mut Sequential, producer: usize, consumer: usiz
         .as_conv2d_mut()
         .ok_or_else(|| CompressError::arg(op, format!("layer {producer} is not a Conv2d")))?;
     let keep = channels_to_keep(p, amount)?;
-    let ps = p.weight.shape();
+    let ps = conv_shape(op, p)?;
     let (c_out, per) = (ps[0], ps[1] * ps[2] * ps[3]);
     let w = p.weight.to_vec();
     let rows: Vec<f32> = keep.iter().flat_map(|&o| w[o * per..(o + 1) * per].iter().copied()).collect();
@@ -248,7 +343,7 @@ pub fn prune_conv_channels(seq: &mut Sequential, producer: usize, consumer: usiz
     });
     let new_p = conv_from(p, rows, [keep.len(), ps[1], ps[2], ps[3]], bias)?;
     let new_c: Box<dyn tt_tensor::Module> = if let Some(c) = seq.layers[consumer].as_conv2d_mut() {
-        let cs = c.weight.shape();
+        let cs = conv_shape(op, c)?;
         if flattens != 0 || cs[1] != c_out {
             return Err(CompressError::arg(
                 op,
@@ -258,12 +353,17 @@ pub fn prune_conv_channels(seq: &mut Sequential, producer: usize, consumer: usiz
                 ),
             ));
         }
-        let (ci, k) = (cs[1], cs[2] * cs[3]);
+        let k = cs[2] * cs[3];
         let w = c.weight.to_vec();
-        let kept: Vec<f32> = (0..cs[0])
-            .flat_map(|o| keep.iter().map(move |&i| (o, i)))
-            .flat_map(|(o, i)| w[(o * ci + i) * k..(o * ci + i + 1) * k].iter().copied())
-            .collect();
+        // An empty kernel has nothing to copy: do not walk its (possibly 2⁴⁰) filters.
+        let kept: Vec<f32> = if k == 0 {
+            Vec::new()
+        } else {
+            w.chunks_exact(cs[1] * k)
+                .flat_map(|f| keep.iter().flat_map(move |&i| &f[i * k..(i + 1) * k]))
+                .copied()
+                .collect()
+        };
         let bias = c.bias.as_ref().map(Tensor::to_vec);
         Box::new(conv_from(c, kept, [cs[0], keep.len(), cs[2], cs[3]], bias)?)
     } else if let Some(l) = seq.layers[consumer].as_linear() {
@@ -295,29 +395,40 @@ pub fn prune_conv_channels(seq: &mut Sequential, producer: usize, consumer: usiz
 /// heads of each block.
 ///
 /// # Errors
-/// A bad amount (checked for every block before any changes), or a block whose attention shapes
-/// do not match the config.
+/// A bad amount, a block whose attention shapes do not match the config, or an `attn.qkv` or
+/// `attn.proj` carrying a forward transform (see the module docs); all checked for every block
+/// before any changes.
 pub fn prune_gpt_heads(model: &mut tt_transformer::Gpt, amount: f64) -> Result<Vec<Vec<usize>>> {
     let op = "prune_gpt_heads";
-    let hd = model.config.head_dim();
+    let names: Vec<String> =
+        (0..model.blocks.len()).flat_map(|l| ["qkv", "proj"].map(|n| format!("blocks.{l}.attn.{n}"))).collect();
+    refuse_transforms(op, model, &names)?;
+    // Not `config.head_dim()`: the config's fields are public, 0 heads would divide by zero, and
+    // heads of width 0 would let any head count below match empty layers.
+    let (d, heads) = (model.config.d_model, model.config.n_heads);
+    let hd = d.checked_div(heads).filter(|&hd| hd > 0);
+    let hd = hd.ok_or_else(|| CompressError::arg(op, format!("d_model {d} over {heads} heads: no head width")))?;
     let mut plans = Vec::with_capacity(model.blocks.len());
     for (l, b) in model.blocks.iter().enumerate() {
         let (qkv, proj, h) = (&b.attn.qkv, &b.attn.proj, b.attn.n_heads);
-        let a = h * hd;
-        if qkv.out_features() != 3 * a || proj.in_features() != a {
+        // Checked: `n_heads` is a public field, and a wrapped product could match the layers'
+        // widths while the loops below walk `h` heads.
+        let a = h.checked_mul(hd).filter(|&a| a.checked_mul(3) == Some(qkv.out_features()) && proj.in_features() == a);
+        let Some(a) = a else {
             return Err(CompressError::arg(
                 op,
                 format!(
-                    "blocks.{l}: {h} heads of width {hd} need qkv [{}, _] and proj [_, {a}], not [{}, _] and [_, {}]",
-                    3 * a,
+                    "blocks.{l}: {h} heads of width {hd} need qkv [3·{h}·{hd}, _] and proj [_, {h}·{hd}], not [{}, _] \
+                     and [_, {}]",
                     qkv.out_features(),
                     proj.in_features()
                 ),
             ));
-        }
+        };
+        let in_f = qkv.in_features();
+        check_units(op, "qkv outputs", 3 * a, in_f, qkv.bias.as_ref())?;
         let (w, bias) = (qkv.weight.to_vec(), qkv.bias.as_ref().map(Tensor::to_vec));
         let (o, d) = (proj.weight.to_vec(), proj.out_features());
-        let in_f = qkv.in_features();
         let norms: Vec<f64> = (0..h)
             .map(|k| {
                 let v_rows = 2 * a + k * hd..2 * a + (k + 1) * hd;

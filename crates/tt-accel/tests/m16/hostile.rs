@@ -208,6 +208,26 @@ fn block_sparse_refuses_huge_shapes_before_allocating() {
     }
 }
 
+/// A matrix with no inputs has no element, so it stores nothing per row block (a `u32::MAX × 0`
+/// matrix once allocated 1 GiB of block pointers), and every output is its bias at every level.
+#[test]
+fn block_sparse_with_no_inputs_stores_no_block_pointers() {
+    let huge = BlockSparseF32::from_dense(&Array2::zeros((u32::MAX as usize, 0))).unwrap();
+    assert_eq!((huge.shape(), huge.parts().0, huge.storage_bytes()), ((u32::MAX as usize, 0), &[0u32][..], 4));
+    assert!(BlockSparseF32::from_parts(u32::MAX as usize, 0, vec![0], vec![], vec![]).is_ok());
+    assert!(BlockSparseF32::from_parts(20, 0, vec![0; 3], vec![], vec![]).is_err(), "pointers for no block");
+    let bias: Vec<f32> = (0..20).map(|o| o as f32).collect();
+    for level in available() {
+        let m = BlockSparseF32::from_dense_with_level(&Array2::zeros((20, 0)), level).unwrap();
+        assert_eq!(m.to_dense(), Array2::<f32>::zeros((20, 0)));
+        let mut y = vec![f32::NAN; 3 * 20];
+        project(&m, &[], 3, Some(&bias), &mut y, &mut []).unwrap();
+        assert_eq!(y, bias.repeat(3), "{level}: the bias");
+        project(&m, &[], 3, None, &mut y, &mut []).unwrap();
+        assert_eq!(y, vec![0.0; 3 * 20], "{level}: zeros without a bias");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The heads-parallel attention kernels (reached through the row-kernel table)
 // ---------------------------------------------------------------------------------------------

@@ -233,3 +233,18 @@ fn block_pruned_layers_run_as_block_sparse_projections() {
     assert!(p.block_magnitude(&mut m, &["nope"], 0.5).is_err());
     assert!(p.block_magnitude(&mut m, &["0"], -0.1).is_err());
 }
+
+/// An empty weight has no block to rank: `block_mask` returns at once (it walked the 2³⁶ row
+/// blocks of a `2⁴⁰ × 0` matrix, each with no column).
+#[test]
+fn block_mask_of_an_empty_matrix_returns_at_once() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ok = [(1usize << 40, 0usize), (0, 1 << 40), (0, 0)].into_iter().all(|shape| {
+            let w = Array2::<f32>::zeros(shape);
+            block_mask(&w.view(), &w.view(), 0.5).is_ok_and(|m| m.dim() == shape)
+        });
+        let _ = tx.send(ok);
+    });
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(20)), Ok(true), "still running after 20 s");
+}

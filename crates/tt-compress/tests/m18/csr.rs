@@ -59,3 +59,19 @@ fn csr_with_no_outputs_returns_at_once_for_any_row_count() {
     });
     assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(20)), Ok(true), "still running after 20 s");
 }
+
+/// A matrix with no inputs has no element, so it stores no row pointers (a `2⁴⁰ × 0` matrix once
+/// aborted allocating 4 TiB of them), and every output is its bias.
+#[test]
+fn csr_with_no_inputs_stores_no_row_pointers() {
+    let huge = CsrF32::from_dense(&Array2::zeros((1 << 40, 0))).unwrap();
+    assert_eq!((huge.shape(), huge.nnz(), huge.storage_bytes()), ((1 << 40, 0), 0, 4));
+    assert_eq!(huge.to_dense().dim(), (1 << 40, 0));
+    let m = CsrF32::from_dense(&Array2::zeros((5, 0))).unwrap();
+    let bias = [1.0, 2.0, 3.0, 4.0, 5.0];
+    let mut y = vec![f32::NAN; 3 * 5];
+    tt_tensor::projection::project(&m, &[], 3, Some(&bias), &mut y, &mut []).unwrap();
+    assert_eq!(y, bias.repeat(3));
+    tt_tensor::projection::project(&m, &[], 3, None, &mut y, &mut []).unwrap();
+    assert_eq!(y, vec![0.0; 15]);
+}

@@ -56,6 +56,26 @@ fn a_rank_one_matrix_is_exact_at_rank_one_and_ranks_are_chosen_by_energy_or_byte
     assert_eq!(rank_for_bytes(128, 512, 1), 1);
 }
 
+/// `4·(out + in)` bytes per rank overflowed `usize` for huge shapes (a panic in a debug build, a
+/// wrong rank in a release one): a factor pair that large fits no budget, so rank 1.
+#[test]
+fn rank_for_bytes_saturates_at_the_edges() {
+    let max = usize::MAX;
+    for (out_f, in_f, bytes, rank) in [
+        (0, 0, 0, 1),
+        (1, 1, 0, 1),
+        (1, 1, max, 1),
+        (max, max, max, 1),
+        (max, 1, max, 1),
+        (max / 4, max / 4, max, 1),
+        (1 << 62, 1 << 62, max, 1),
+        (max, max, 8, 1),
+    ] {
+        assert_eq!(rank_for_bytes(out_f, in_f, bytes), rank, "{out_f}×{in_f} in {bytes} bytes");
+    }
+    assert_eq!(rank_for_bytes(1 << 40, 1 << 40, max), (max / (1 << 43)).min(1 << 40), "no wrap below the limit");
+}
+
 #[test]
 fn bad_ranks_and_weights_are_errors() {
     let w = matrix(4, 6, 2);

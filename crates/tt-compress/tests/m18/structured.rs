@@ -64,7 +64,7 @@ mod gpt {
     use tt_tensor::{no_grad, Module};
     use tt_transformer::{Gpt, GptConfig, PositionEncoding};
 
-    fn config() -> GptConfig {
+    pub(super) fn config() -> GptConfig {
         GptConfig {
             vocab_size: 12,
             d_model: 32,
@@ -226,7 +226,7 @@ mod cnn {
     use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential, Sigmoid};
     use tt_tensor::{no_grad, Module, Tensor};
 
-    fn cnn() -> Sequential {
+    pub(super) fn cnn() -> Sequential {
         Sequential::new()
             .layer(Conv2d::new(1, 16, 3, 1, 1, 3))
             .layer(Relu)
@@ -298,5 +298,167 @@ mod cnn {
             Sequential::new().layer(Conv2d::new(1, 4, 3, 1, 1, 0)).layer(Sigmoid).layer(Conv2d::new(4, 2, 3, 1, 1, 1));
         assert!(prune_conv_channels(&mut sig, 0, 2, 0.5).is_err(), "sigmoid(0) = 0.5: a removed channel is not zero");
         assert_eq!(m.layers[0].as_conv2d_mut().unwrap().weight.shape()[0], 16, "unchanged after errors");
+    }
+}
+
+/// Structured pruning rebuilds layers from their stored weights, so a layer carrying a forward
+/// transform is refused before anything changes: rebuilt over a pruning mask, pruned weights
+/// regrew (and the `Pruning` then refused the model as another one); over an unfinished low-rank
+/// factorization, the layer reverted to its unused weight and `Factored::finish` failed.
+mod transforms {
+    use tt_compress::lowrank::Factored;
+    use tt_compress::prune::Pruning;
+    use tt_compress::structured::{keep_inputs, keep_outputs, prune_gpt_heads, prune_gpt_mlp, prune_hidden_units};
+    use tt_tensor::{no_grad, Module, Tensor};
+    use tt_transformer::Gpt;
+
+    use super::mlp;
+
+    fn message<T>(r: tt_compress::Result<T>) -> String {
+        r.err().expect("a layer with a forward transform must be refused").to_string()
+    }
+
+    #[test]
+    fn structured_pruning_refuses_a_masked_layer_and_leaves_the_model_unchanged() {
+        let x = Tensor::randn(&[3, 10], 0.0, 1.0, 2);
+        let mut m = mlp();
+        let mut p = Pruning::default();
+        p.magnitude(&mut m, &["0"], 0.5).unwrap();
+        let before = no_grad(|| m.forward(&x)).unwrap().to_vec();
+        let e = message(prune_hidden_units(&mut m, 0, 2, 0.0));
+        assert!(e.contains("'0'") && e.contains("'mask'") && e.contains("make_permanent"), "{e}");
+        let l = m.layers[0].as_linear().unwrap();
+        assert_eq!((l.out_features(), l.transform().map(|t| t.name())), (32, Some("mask")), "unchanged");
+        assert_eq!(no_grad(|| m.forward(&x)).unwrap().to_vec(), before);
+        let e = message(keep_outputs(l, &[0, 1]));
+        assert!(e.contains("'mask'"), "{e}");
+        // The Pruning still owns the model; once permanent, the layer prunes as before.
+        p.make_permanent(&mut m).unwrap();
+        assert_eq!(prune_hidden_units(&mut m, 0, 2, 0.5).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn structured_pruning_refuses_a_factored_layer_which_still_finishes() {
+        let mut m = mlp();
+        let f = Factored::factor(&mut m, &["2"], 2).unwrap();
+        let e = message(prune_hidden_units(&mut m, 0, 2, 0.0));
+        assert!(e.contains("'2'") && e.contains("'lowrank'") && e.contains("Factored::finish"), "{e}");
+        let e = message(keep_inputs(m.layers[2].as_linear().unwrap(), &[0]));
+        assert!(e.contains("'lowrank'"), "{e}");
+        f.finish(&mut m).unwrap();
+        assert_eq!(prune_hidden_units(&mut m, 0, 2, 0.5).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn gpt_pruning_refuses_a_masked_layer_in_any_block_before_changing_one() {
+        let mut m = Gpt::new(super::gpt::config()).unwrap();
+        let mut p = Pruning::default();
+        p.magnitude(&mut m, &["blocks.1.mlp.proj", "blocks.1.attn.qkv"], 0.5).unwrap();
+        let e = message(prune_gpt_mlp(&mut m, 0.5));
+        assert!(e.contains("'blocks.1.mlp.proj'") && e.contains("'mask'"), "{e}");
+        let e = message(prune_gpt_heads(&mut m, 0.5));
+        assert!(e.contains("'blocks.1.attn.qkv'") && e.contains("'mask'"), "{e}");
+        assert_eq!((m.blocks[0].mlp.fc.out_features(), m.blocks[0].attn.n_heads), (128, 4), "block 0 unchanged");
+        assert_eq!((m.config.mlp_hidden.clone(), m.config.heads_per_block.clone()), (None, None));
+        p.make_permanent(&mut m).unwrap();
+        assert_eq!(prune_gpt_mlp(&mut m, 0.5).unwrap()[1].len(), 64);
+    }
+
+    #[test]
+    fn conv_pruning_refuses_a_masked_conv() {
+        let mut m = super::cnn::cnn();
+        let mut p = Pruning::default();
+        p.magnitude(&mut m, &["3"], 0.5).unwrap();
+        let e = message(tt_compress::structured::prune_conv_channels(&mut m, 0, 3, 0.5));
+        assert!(e.contains("'3'") && e.contains("'mask'"), "{e}");
+        assert_eq!(m.layers[0].as_conv2d_mut().unwrap().weight.shape()[0], 16, "unchanged");
+    }
+}
+
+/// Shapes and fields a caller can set that once aborted, hung or panicked: ranking allocated per
+/// unit of a layer with no element, `keep_inputs` walked 2⁴⁰ empty rows, a repeated kept index
+/// multiplied the copy, and a public head count or weight shape was trusted.
+mod hostile {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use ndarray::{Array1, Array2, Array4};
+    use tt_compress::structured::{channels_to_keep, keep_inputs, keep_outputs, prune_gpt_heads, units_to_keep};
+    use tt_tensor::nn::{Conv2d, Linear};
+    use tt_tensor::Tensor;
+    use tt_transformer::Gpt;
+
+    fn within_20_s(f: impl FnOnce() -> bool + Send + 'static) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(true), "wrong, or still running after 20 s");
+    }
+
+    fn linear(w: Array2<f32>, bias: Option<Array1<f32>>) -> Linear {
+        Linear::from_tensors(Tensor::param(w.into_dyn()), bias.map(|b| Tensor::param(b.into_dyn()))).unwrap()
+    }
+
+    #[test]
+    fn units_with_no_element_are_refused_before_ranking() {
+        within_20_s(|| {
+            let empty = linear(Array2::zeros((1 << 40, 0)), None);
+            let e = units_to_keep(&empty, 0.5).unwrap_err().to_string();
+            // With a bias (or inputs) there is something to rank; a small layer still works.
+            let biased = linear(Array2::zeros((4, 0)), Some(Array1::from(vec![3.0, 1.0, 2.0, 4.0])));
+            e.contains("nothing to rank") && units_to_keep(&biased, 0.5).unwrap() == vec![0, 3]
+        });
+        let mut c = Conv2d::new(1, 2, 1, 1, 0, 0);
+        c.weight = Tensor::param(Array4::<f32>::zeros((1 << 40, 0, 3, 3)).into_dyn());
+        c.bias = None;
+        assert!(channels_to_keep(&c, 0.5).unwrap_err().to_string().contains("nothing to rank"));
+        c.weight = Tensor::param(Array2::<f32>::zeros((2, 9)).into_dyn());
+        assert!(channels_to_keep(&c, 0.5).is_err(), "a 2-D conv weight");
+        c.weight = Tensor::param(Array4::<f32>::zeros((2, 1, 1, 1)).into_dyn());
+        c.bias = Some(Tensor::param(Array1::<f32>::zeros(3).into_dyn()));
+        assert!(channels_to_keep(&c, 0.5).is_err(), "a bias of 3 for 2 channels");
+    }
+
+    #[test]
+    fn keeping_nothing_of_a_layer_with_no_inputs_returns_at_once() {
+        within_20_s(|| {
+            let l = linear(Array2::zeros((1 << 40, 0)), None);
+            keep_inputs(&l, &[]).is_ok_and(|k| (k.out_features(), k.in_features()) == (1 << 40, 0))
+        });
+    }
+
+    #[test]
+    fn kept_indices_must_be_strictly_increasing() {
+        let l = linear(Array2::ones((4, 1 << 16)), None);
+        // Repeated, a few bytes of indices would ask for 2¹⁶ copies of each row or column.
+        let many = vec![0usize; 1 << 16];
+        assert!(keep_outputs(&l, &many).is_err() && keep_inputs(&l, &many).is_err());
+        assert!(keep_outputs(&l, &[2, 1]).is_err() && keep_inputs(&l, &[5, 3]).is_err(), "decreasing");
+        assert!(keep_outputs(&l, &[4]).is_err() && keep_inputs(&l, &[1 << 16]).is_err(), "out of range");
+        let k = keep_inputs(&keep_outputs(&l, &[1, 3]).unwrap(), &[0, 7]).unwrap();
+        assert_eq!((k.out_features(), k.in_features()), (2, 2));
+        let mut short_bias = linear(Array2::ones((4, 2)), Some(Array1::zeros(4)));
+        short_bias.bias = Some(Tensor::param(Array1::<f32>::zeros(2).into_dyn()));
+        assert!(keep_outputs(&short_bias, &[3]).is_err(), "a bias of 2 for 4 units");
+        assert!(units_to_keep(&short_bias, 0.5).is_err(), "a bias of 2 for 4 units");
+    }
+
+    #[test]
+    fn head_counts_that_wrap_or_divide_by_zero_are_errors() {
+        let mut m = Gpt::new(super::gpt::config()).unwrap();
+        // 2⁶³ heads of width 8 (d_model 32 / 4 heads): the product wraps to 0 in a release build.
+        m.blocks[0].attn.n_heads = 1 << 63;
+        assert!(prune_gpt_heads(&mut m, 0.25).is_err());
+        m.blocks[0].attn.n_heads = 4;
+        m.config.n_heads = 0;
+        assert!(prune_gpt_heads(&mut m, 0.25).is_err(), "no heads: no head width");
+        m.config.n_heads = 64; // head width 32 / 64 = 0
+        assert!(prune_gpt_heads(&mut m, 0.25).is_err(), "heads of width 0");
+        m.config.n_heads = 4;
+        assert_eq!(
+            prune_gpt_heads(&mut m, 0.25).unwrap(),
+            prune_gpt_heads(&mut Gpt::new(super::gpt::config()).unwrap(), 0.25).unwrap()
+        );
     }
 }
