@@ -1021,7 +1021,8 @@ pub struct PeakStep {
 }
 
 /// FindPeakPerformance: the highest Server target rate whose run is VALID, found by doubling (at
-/// most 8 times, and never past a rate whose settings are invalid) or halving (at most 4 times)
+/// most 8 times, and never past a rate whose settings are invalid or whose run cannot fit
+/// [`TestSettings::max_record_bytes`]) or halving (at most 4 times)
 /// from `server_target_qps` to bracket it, then bisecting `peak_search_steps` times. Every loop
 /// is bounded by those counts, so the search ends whatever the system does.
 /// Returns every step and the judged result of the best valid run (if any).
@@ -1083,11 +1084,16 @@ pub fn find_peak_with_clock(
             if at(lo * 2.0).validate().is_err() {
                 break;
             }
-            if try_qps(lo * 2.0, qsl)? {
-                lo *= 2.0;
-            } else {
-                hi = Some(lo * 2.0);
-                break;
+            match try_qps(lo * 2.0, qsl) {
+                Ok(true) => lo *= 2.0,
+                Ok(false) => {
+                    hi = Some(lo * 2.0);
+                    break;
+                }
+                // A rate whose run cannot fit the memory budget is not tried: the search stays
+                // below it, as below an invalid setting.
+                Err(PerfError::OverBudget { .. }) => break,
+                Err(e) => return Err(e),
             }
         }
         (Some(lo), hi)

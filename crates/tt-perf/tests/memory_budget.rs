@@ -258,3 +258,25 @@ fn tiny_responses_are_counted_at_their_heap_cost() {
     over_budget(&e);
     assert_eq!(run(records + 32 * 1000, 1).unwrap().accuracy.len(), 1000);
 }
+
+#[test]
+fn a_peak_search_stays_below_a_rate_whose_run_cannot_fit() {
+    let mut s = TestSettings::scaled(Scenario::Server, Duration::from_secs(1), 500);
+    s.server_target_qps = 1000.0;
+    let lib = || Library::new(10, 10);
+    // What one sample costs, and the run's fixed part, from the budget's own refusals.
+    let (_, per_sample, _) =
+        over_budget(&loadgen::poisson_schedule(&TestSettings { max_record_bytes: 0, ..s.clone() }).unwrap_err());
+    let zero = TestSettings { max_record_bytes: 0, ..s.clone() };
+    let (planned, bytes, _) = over_budget(
+        &loadgen::start_test_with_clock(&Answers { len: 0 }, &mut lib(), &zero, Arc::new(ManualClock::new()))
+            .unwrap_err(),
+    );
+    let fixed = bytes - u128::from(planned) * per_sample;
+    // About 1,000 arrivals fit (1 s at 1000/s), the doubled rate's 2,000 do not.
+    s.max_record_bytes = u64::try_from(fixed + 1500 * per_sample).unwrap();
+    let fast = Parallel { latency: Box::new(|_| 1_000_000) };
+    let (steps, best) = loadgen::find_peak_with_clock(&fast, &mut lib(), &s, &|| Arc::new(ManualClock::new())).unwrap();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert!(steps[0].valid && best.unwrap().log.settings.server_target_qps == 1000.0);
+}
