@@ -505,7 +505,7 @@ impl Responder {
                 let bytes = b.base + u128::from(data_bytes);
                 if bytes > u128::from(b.limit) {
                     l.fault = Some(Fault::OverBudget {
-                        what: "an accuracy run's responses",
+                        what: "the accuracy run's responses",
                         samples: l.completed as u64,
                         bytes,
                         limit: b.limit,
@@ -621,7 +621,7 @@ pub fn start_test_with_clock(
     let budget = Budget::new(settings, total, perf);
     // The fewest samples the run issues: every sample once, or the settings' minimum.
     let planned = if accuracy { total as u64 } else { settings.planned_samples()? };
-    let what = format!("a {} {} run of library {}", settings.scenario.name(), settings.mode.name(), qsl.name());
+    let what = format!("the {} {} run of library {}", settings.scenario.name(), settings.mode.name(), qsl.name());
     budget.check(&what, planned)?;
     let mut ledger = Ledger::default();
     // Within MAX_SAMPLES, so within usize.
@@ -801,7 +801,7 @@ impl Issuer<'_> {
                     if next > capacity && by_budget {
                         return Err(PerfError::OverBudget {
                             what: format!(
-                                "a {} run still short of its min_duration {:?} (set max_duration or lower min_duration)",
+                                "the {} run, still short of its min_duration {:?} (set max_duration or lower min_duration)",
                                 s.scenario.name(),
                                 s.min_duration
                             ),
@@ -828,7 +828,7 @@ impl Issuer<'_> {
             }
             Scenario::Server => {
                 let times = poisson_schedule(s)?;
-                self.budget.check("a Server schedule", times.len() as u64)?;
+                self.budget.check("the Server schedule", times.len() as u64)?;
                 let idx = choose(times.len())?;
                 let mut l = self.shared.ledger.lock().expect("ledger lock");
                 let more = times.len().saturating_sub(l.records.len());
@@ -986,7 +986,7 @@ pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
         let next = times.len() as u64 + 1;
         if next > capacity && by_budget {
             return Err(PerfError::OverBudget {
-                what: format!("a Server schedule at {}/s covering {:?}", s.server_target_qps, s.min_duration),
+                what: format!("the Server schedule at {}/s covering {:?}", s.server_target_qps, s.min_duration),
                 samples: next,
                 bytes: budget.bytes(next),
                 limit: budget.limit,
