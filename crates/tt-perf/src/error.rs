@@ -15,6 +15,19 @@ pub enum PerfError {
     /// before allocating.
     #[error("{what} is {count}, above the limit of {limit}")]
     TooLarge { what: String, count: u128, limit: u64 },
+    /// What a run would retain is beyond its memory budget
+    /// ([`crate::loadgen::TestSettings::max_record_bytes`]): refused before allocating when the
+    /// samples it must issue cannot fit, or the run stopped cleanly when its issued samples or the
+    /// responses kept for an accuracy log grew past it. `samples` and `bytes` are what it would
+    /// have held.
+    #[error(
+        "{what}: {samples} samples would retain about {bytes} bytes, above the budget of {limit} bytes (TestSettings::max_record_bytes)"
+    )]
+    OverBudget { what: String, samples: u64, bytes: u128, limit: u64 },
+    /// The allocator refused memory within the budget (the machine has less free than the
+    /// budget assumes): an error, not an abort.
+    #[error("allocating {bytes} bytes for {what} failed")]
+    Alloc { what: &'static str, bytes: u128 },
     /// The system under test answered wrongly: an unknown or repeated response id, a missing response.
     #[error("system under test: {0}")]
     Sut(String),

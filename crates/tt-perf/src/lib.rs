@@ -9,6 +9,12 @@
 //!   Tukey outlier labels. [`early_stopping`]: the binomial criterion via `statrs`.
 //! - [`ablation`]: factors × levels, main effects, interactions, Pareto front, the walk.
 //!
+//! Memory is bounded by design: a run retains at most `TestSettings::max_record_bytes` (default
+//! [`loadgen::MAX_RECORD_BYTES`], 2 GiB) of its own records, logs and kept responses. A run whose
+//! samples cannot fit is refused before allocating ([`PerfError::OverBudget`]); one that outgrows
+//! it stops with that error; the allocator refusing within it is [`PerfError::Alloc`], not an
+//! abort. Counts are capped separately at [`loadgen::MAX_SAMPLES`].
+//!
 //! What it deliberately does not do: know any model. Systems under test live with their models
 //! (the course's are in `milestones::torchperf`); this crate depends on nothing of the course, so
 //! a practitioner can benchmark their own system with it. It measures no energy.

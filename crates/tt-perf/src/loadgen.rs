@@ -72,10 +72,17 @@ impl Mode {
     }
 }
 
-/// The most samples one run may issue, and the most a library may claim: a run keeps a record
-/// per sample (about 100 bytes), so beyond this the records alone take gigabytes. A larger count
-/// is a typo or a hostile library, refused before anything is allocated.
+/// The most samples one run may issue, and the most a library may claim. A larger count is a
+/// typo or a hostile library, refused before anything is allocated. This bounds counts (records
+/// index samples and queries in `u32`); memory is bounded by [`TestSettings::max_record_bytes`],
+/// which at its default admits far fewer samples.
 pub const MAX_SAMPLES: u64 = 100_000_000;
+const _: () = assert!(MAX_SAMPLES <= u32::MAX as u64);
+
+/// The default of [`TestSettings::max_record_bytes`]: 2 GiB of LoadGen's own bookkeeping, about
+/// 16 million samples of a performance run or 13 million of an accuracy run (fewer with large
+/// responses) — far beyond any run here, and well within a 24 GB machine with the model beside it.
+pub const MAX_RECORD_BYTES: u64 = 2 << 30;
 
 /// FindPeakPerformance bisection steps beyond this cannot move an `f64` rate (each halves the
 /// bracket), and each step is a whole run.
@@ -137,6 +144,13 @@ pub struct TestSettings {
     /// FindPeakPerformance: bisection steps after the valid/invalid bracket is found (at most
     /// [`MAX_PEAK_SEARCH_STEPS`]).
     pub peak_search_steps: usize,
+    /// The most bytes a run may retain for its own bookkeeping: a record per issued sample, the
+    /// issue and log vectors, the loaded sample set, and (AccuracyOnly) the responses' data as
+    /// the allocator holds it. Not the system's or the library's own memory. A run whose
+    /// samples cannot fit is refused before allocating; one that grows past it (a SingleStream
+    /// run that never reaches `min_duration`, large accuracy responses) stops with
+    /// [`PerfError::OverBudget`]. Default [`MAX_RECORD_BYTES`].
+    pub max_record_bytes: u64,
 }
 
 impl TestSettings {
@@ -172,6 +186,7 @@ impl TestSettings {
             schedule_seed: 0x5eed_0003,
             completion_timeout: Duration::from_secs(120),
             peak_search_steps: 4,
+            max_record_bytes: MAX_RECORD_BYTES,
         }
     }
 
@@ -318,22 +333,124 @@ pub trait SystemUnderTest: Send + Sync {
     fn flush_queries(&self) {}
 }
 
+/// One issued sample. Indices and query numbers are below [`MAX_SAMPLES`], so `u32`; response
+/// data lives in [`Ledger::accuracy`], only for accuracy runs.
 #[derive(Debug, Clone, Default)]
 struct Record {
-    index: usize,
-    query: usize,
     scheduled_ns: u64,
     done_ns: Option<u64>,
     first_token_ns: Option<u64>,
     tokens: Option<u32>,
-    data: Vec<u8>,
+    index: u32,
+    query: u32,
+}
+
+/// Why a run stops, recorded by whichever thread finds it and reported by the issuer.
+#[derive(Debug, Clone)]
+enum Fault {
+    Sut(String),
+    OverBudget { what: &'static str, samples: u64, bytes: u128, limit: u64 },
+}
+
+impl Fault {
+    fn error(&self) -> PerfError {
+        match self {
+            Fault::Sut(e) => PerfError::Sut(e.clone()),
+            &Fault::OverBudget { what, samples, bytes, limit } => {
+                PerfError::OverBudget { what: what.into(), samples, bytes, limit }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Ledger {
     records: Vec<Record>,
+    /// AccuracyOnly: `(sample index, response data)` per record, in issue order.
+    accuracy: Vec<(usize, Vec<u8>)>,
     completed: usize,
-    error: Option<String>,
+    /// Response data retained so far, as [`heap_bytes`] counts it.
+    data_bytes: u64,
+    fault: Option<Fault>,
+}
+
+/// What a run may retain ([`TestSettings::max_record_bytes`]) and what it costs: an upper
+/// estimate per issued sample plus a fixed part for the loaded sample set.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    limit: u64,
+    per_sample: u64,
+    fixed: u128,
+}
+
+impl Budget {
+    /// The budget of a run of `settings` that loads `loaded` of a library's `total` samples at
+    /// a time.
+    fn new(settings: &TestSettings, total: usize, loaded: usize) -> Budget {
+        use std::mem::size_of;
+        let accuracy = settings.mode == Mode::AccuracyOnly;
+        // The run log's four latency vectors (sample, query, first token, per output token).
+        let log = 4 * size_of::<u64>();
+        // While issuing: the chosen library index, the QuerySample handed to the system and a
+        // Server arrival time, whose growing vector may hold up to twice its length.
+        let issue = size_of::<usize>() + size_of::<QuerySample>() + 2 * size_of::<u64>();
+        let entry = if accuracy { size_of::<(usize, Vec<u8>)>() } else { 0 };
+        let per_sample = (size_of::<Record>() + log + issue + entry) as u64;
+        // The loaded indices, and rand's `index::sample` choosing them: it holds up to the
+        // library's length in u32s when that is under about 37 times the amount chosen (and
+        // under 2 MB when the factor is larger, for lengths below 500,000).
+        let (total, loaded) = (total as u128, loaded as u128);
+        let fixed = loaded * size_of::<usize>() as u128 + total.min(37 * loaded) * size_of::<u32>() as u128;
+        Budget { limit: settings.max_record_bytes, per_sample, fixed }
+    }
+
+    fn bytes(&self, samples: u64) -> u128 {
+        self.fixed + u128::from(samples) * u128::from(self.per_sample)
+    }
+
+    /// # Errors
+    /// [`PerfError::OverBudget`] if `samples` cannot fit, naming `what`.
+    fn check(&self, what: &str, samples: u64) -> Result<()> {
+        let bytes = self.bytes(samples);
+        if bytes > u128::from(self.limit) {
+            return Err(PerfError::OverBudget { what: what.into(), samples, bytes, limit: self.limit });
+        }
+        Ok(())
+    }
+
+    /// The most samples that fit, and whether the budget (rather than [`MAX_SAMPLES`]) binds.
+    fn sample_capacity(&self) -> (u64, bool) {
+        let by_budget = (u128::from(self.limit).saturating_sub(self.fixed) / u128::from(self.per_sample))
+            .try_into()
+            .unwrap_or(u64::MAX);
+        (by_budget.min(MAX_SAMPLES), by_budget < MAX_SAMPLES)
+    }
+}
+
+/// The heap a `Vec<u8>` of `len` bytes holds: its bytes rounded up to 16, plus the
+/// allocator's 16-byte header — a 1-byte response costs 32 bytes, which a count of response
+/// bytes alone would miss by 32 times. Empty vectors allocate nothing.
+fn heap_bytes(len: usize) -> u64 {
+    if len == 0 {
+        0
+    } else {
+        (len as u64).saturating_add(15) / 16 * 16 + 16
+    }
+}
+
+/// Room for `additional` more items in `v`, or [`PerfError::Alloc`] naming `what`.
+fn try_reserve<T>(v: &mut Vec<T>, additional: usize, what: &'static str) -> Result<()> {
+    v.try_reserve_exact(additional).map_err(|_| PerfError::Alloc {
+        what,
+        bytes: (v.len() as u128 + additional as u128) * std::mem::size_of::<T>() as u128,
+    })
+}
+
+/// AccuracyOnly: where response data may go. `base` is what the run's records take.
+#[derive(Debug, Clone, Copy)]
+struct DataBudget {
+    base: u128,
+    limit: u64,
 }
 
 #[derive(Debug)]
@@ -341,7 +458,8 @@ struct Shared {
     ledger: Mutex<Ledger>,
     changed: Condvar,
     clock: Arc<dyn Clock>,
-    keep_data: bool,
+    /// `Some` in accuracy runs, which keep every response's data.
+    keep_data: Option<DataBudget>,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -367,24 +485,40 @@ impl Responder {
     /// call [`Responder::complete`].
     pub fn complete_at(&self, responses: &[QuerySampleResponse], at_ns: u64) {
         let now = at_ns;
-        let mut l = self.shared.ledger.lock().expect("ledger lock");
+        let mut guard = self.shared.ledger.lock().expect("ledger lock");
+        let l = &mut *guard;
         for r in responses {
-            let Some(rec) = usize::try_from(r.id).ok().and_then(|i| l.records.get_mut(i)) else {
-                l.error.get_or_insert(format!("response for unknown id {}", r.id));
+            let Some((i, rec)) = usize::try_from(r.id).ok().and_then(|i| Some(i).zip(l.records.get_mut(i))) else {
+                l.fault.get_or_insert(Fault::Sut(format!("response for unknown id {}", r.id)));
                 continue;
             };
             if rec.done_ns.is_some() {
-                l.error.get_or_insert(format!("second response for id {}", r.id));
+                l.fault.get_or_insert(Fault::Sut(format!("second response for id {}", r.id)));
                 continue;
             }
             rec.done_ns = Some(now);
             rec.tokens = r.tokens;
-            if self.shared.keep_data {
-                rec.data = r.data.clone();
-            }
             l.completed += 1;
+            // Once the run is stopping, nothing more is kept: the issuer reports the fault.
+            if let (Some(b), None) = (self.shared.keep_data, &l.fault) {
+                let data_bytes = l.data_bytes.saturating_add(heap_bytes(r.data.len()));
+                let bytes = b.base + u128::from(data_bytes);
+                if bytes > u128::from(b.limit) {
+                    l.fault = Some(Fault::OverBudget {
+                        what: "the accuracy run's responses",
+                        samples: l.completed as u64,
+                        bytes,
+                        limit: b.limit,
+                    });
+                    continue;
+                }
+                l.data_bytes = data_bytes;
+                if let Some(entry) = l.accuracy.get_mut(i) {
+                    entry.1 = r.data.clone();
+                }
+            }
         }
-        drop(l);
+        drop(guard);
         self.shared.changed.notify_all();
     }
 
@@ -397,7 +531,7 @@ impl Responder {
                 rec.first_token_ns.get_or_insert(now);
             }
             None => {
-                l.error.get_or_insert(format!("first token for unknown id {id}"));
+                l.fault.get_or_insert(Fault::Sut(format!("first token for unknown id {id}")));
             }
         }
     }
@@ -438,10 +572,14 @@ pub struct RunLog {
 ///
 /// # Errors
 /// Invalid settings ([`TestSettings::validate`]); an empty library, or one claiming more than
-/// [`MAX_SAMPLES`] samples ([`PerfError::TooLarge`], before anything is allocated); a
-/// SingleStream or MultiStream run reaching [`MAX_SAMPLES`] before its minimum duration; the
-/// system answering an unknown id, twice, or not at all within `completion_timeout`; the
-/// library's own load errors.
+/// [`MAX_SAMPLES`] samples ([`PerfError::TooLarge`], before anything is allocated); a run whose
+/// samples (every library sample for AccuracyOnly, the settings' minimum or the Server
+/// schedule otherwise) cannot fit [`TestSettings::max_record_bytes`] ([`PerfError::OverBudget`],
+/// before allocating them); a SingleStream or MultiStream run reaching that budget or
+/// [`MAX_SAMPLES`] before its minimum duration, or accuracy responses outgrowing the budget
+/// ([`PerfError::OverBudget`], the run stopped); the allocator refusing memory within the budget
+/// ([`PerfError::Alloc`]); the system answering an unknown id, twice, or not at all within
+/// `completion_timeout`; the library's own load errors.
 pub fn start_test(
     sut: &dyn SystemUnderTest,
     qsl: &mut dyn QuerySampleLibrary,
@@ -480,11 +618,22 @@ pub fn start_test_with_clock(
         return Err(PerfError::Settings(format!("library {} has no samples to issue", qsl.name())));
     }
     let accuracy = settings.mode == Mode::AccuracyOnly;
+    let budget = Budget::new(settings, total, perf);
+    // The fewest samples the run issues: every sample once, or the settings' minimum.
+    let planned = if accuracy { total as u64 } else { settings.planned_samples()? };
+    let what = format!("the {} {} run of library {}", settings.scenario.name(), settings.mode.name(), qsl.name());
+    budget.check(&what, planned)?;
+    let mut ledger = Ledger::default();
+    // Within MAX_SAMPLES, so within usize.
+    try_reserve(&mut ledger.records, planned as usize, "the run's records")?;
+    if accuracy {
+        try_reserve(&mut ledger.accuracy, total, "the accuracy log")?;
+    }
     let shared = Arc::new(Shared {
-        ledger: Mutex::new(Ledger::default()),
+        ledger: Mutex::new(ledger),
         changed: Condvar::new(),
         clock: clock.clone(),
-        keep_data: accuracy,
+        keep_data: accuracy.then(|| DataBudget { base: budget.bytes(planned), limit: budget.limit }),
     });
     let responder = Responder { shared: shared.clone() };
     let mut run = Issuer {
@@ -494,13 +643,16 @@ pub fn start_test_with_clock(
         max_ns: settings.max_duration.map(|d| duration_ns("max_duration", d)).transpose()?,
         shared: &shared,
         responder: &responder,
+        budget,
         queries: 0,
         final_issue: 0,
         start: None,
     };
     if accuracy {
         for first in (0..total).step_by(perf) {
-            let chunk: Vec<usize> = (first..total.min(first + perf)).collect();
+            let mut chunk = Vec::new();
+            try_reserve(&mut chunk, perf, "an accuracy chunk's indices")?;
+            chunk.extend(first..total.min(first + perf));
             qsl.load_samples(&chunk)?;
             let issued = run.accuracy_chunk(&chunk);
             qsl.unload_samples(&chunk)?;
@@ -517,8 +669,9 @@ pub fn start_test_with_clock(
     }
     // Times count from the first issue, after the samples are loaded: loading is not the run.
     let (queries, final_issue, run_start) = (run.queries, run.final_issue, run.start.unwrap_or(0));
-    let l = shared.ledger.lock().expect("ledger lock");
-    collect(sut, qsl, settings, &l, queries, final_issue, run_start)
+    // Taken, not cloned: the records and responses are freed as the log is built.
+    let l = std::mem::take(&mut *shared.ledger.lock().expect("ledger lock"));
+    collect(sut, qsl, settings, l, queries, final_issue, run_start)
 }
 
 struct Issuer<'a> {
@@ -529,6 +682,7 @@ struct Issuer<'a> {
     max_ns: Option<u64>,
     shared: &'a Arc<Shared>,
     responder: &'a Responder,
+    budget: Budget,
     queries: usize,
     final_issue: u64,
     /// When issuing began (after the first load).
@@ -540,21 +694,49 @@ impl Issuer<'_> {
         self.shared.clock.now_ns()
     }
 
-    /// Appends records for one query; returns their samples.
-    fn register(&mut self, indices: &[usize], scheduled_ns: u64) -> Vec<QuerySample> {
-        let mut l = self.shared.ledger.lock().expect("ledger lock");
-        let q = self.queries;
-        let first = l.records.len() as u64;
-        l.records.extend(indices.iter().map(|&index| Record { index, query: q, scheduled_ns, ..Record::default() }));
+    /// Appends records for one query; returns their samples. The caller has kept the run's
+    /// samples within the budget's capacity, so the records never grow past it.
+    ///
+    /// # Errors
+    /// A fault already recorded (the run stops issuing); the allocator refusing the records.
+    fn register(&mut self, indices: &[usize], scheduled_ns: u64) -> Result<Vec<QuerySample>> {
+        let mut guard = self.shared.ledger.lock().expect("ledger lock");
+        let l = &mut *guard;
+        if let Some(f) = &l.fault {
+            return Err(f.error());
+        }
+        let len = l.records.len();
+        if l.records.capacity() - len < indices.len() {
+            // Doubling, but never past what the budget admits.
+            let cap = usize::try_from(self.budget.sample_capacity().0).unwrap_or(usize::MAX);
+            let want = (2 * l.records.capacity()).min(cap).max(len + indices.len());
+            try_reserve(&mut l.records, want - len, "the run's records")?;
+        }
+        // Indices are below the library's count and queries below its samples, both within
+        // MAX_SAMPLES, which fits u32.
+        let query = self.queries as u32;
+        l.records.extend(indices.iter().map(|&index| Record {
+            index: index as u32,
+            query,
+            scheduled_ns,
+            ..Record::default()
+        }));
+        if self.shared.keep_data.is_some() {
+            try_reserve(&mut l.accuracy, indices.len(), "the accuracy log")?;
+            l.accuracy.extend(indices.iter().map(|&index| (index, Vec::new())));
+        }
         self.queries += 1;
-        indices.iter().enumerate().map(|(k, &index)| QuerySample { id: first + k as u64, index }).collect()
+        let mut samples = Vec::new();
+        try_reserve(&mut samples, indices.len(), "a query's samples")?;
+        samples.extend(indices.iter().enumerate().map(|(k, &index)| QuerySample { id: (len + k) as u64, index }));
+        Ok(samples)
     }
 
-    fn issue(&mut self, indices: &[usize], scheduled_ns: u64) -> usize {
-        let samples = self.register(indices, scheduled_ns);
+    fn issue(&mut self, indices: &[usize], scheduled_ns: u64) -> Result<usize> {
+        let samples = self.register(indices, scheduled_ns)?;
         self.final_issue = self.now();
         self.sut.issue_query(&samples, self.responder);
-        samples.len()
+        Ok(samples.len())
     }
 
     /// Blocks until `n` records are complete (or the timeout passes, or the system misbehaved).
@@ -566,8 +748,8 @@ impl Issuer<'_> {
         })?;
         let mut l = self.shared.ledger.lock().expect("ledger lock");
         loop {
-            if let Some(e) = &l.error {
-                return Err(PerfError::Sut(e.clone()));
+            if let Some(f) = &l.fault {
+                return Err(f.error());
             }
             if l.completed >= n {
                 return Ok(());
@@ -599,18 +781,36 @@ impl Issuer<'_> {
     fn performance(&mut self, loaded: &[usize]) -> Result<()> {
         let s = self.settings;
         let mut pick = ChaCha8Rng::seed_from_u64(s.sample_index_seed);
-        let mut choose =
-            |n: usize| -> Vec<usize> { (0..n).map(|_| loaded[pick.random_range(0..loaded.len())]).collect() };
+        let mut choose = |n: usize| -> Result<Vec<usize>> {
+            let mut v = Vec::new();
+            try_reserve(&mut v, n, "the chosen sample indices")?;
+            v.extend((0..n).map(|_| loaded[pick.random_range(0..loaded.len())]));
+            Ok(v)
+        };
         let start = self.now();
         self.start.get_or_insert(start);
         match s.scenario {
             Scenario::SingleStream | Scenario::MultiStream => {
                 let per_query = if s.scenario == Scenario::SingleStream { 1 } else { s.multi_stream_samples_per_query };
+                let (capacity, by_budget) = self.budget.sample_capacity();
                 let mut issued = 0usize;
                 while !self.minimums_met(start) && !self.over_max(start) {
                     // A fast system under a long minimum duration would otherwise grow the
-                    // records without bound; validate() keeps per_query within the limit.
-                    if (issued + per_query) as u64 > MAX_SAMPLES {
+                    // records without bound; validate() keeps per_query within MAX_SAMPLES.
+                    let next = (issued + per_query) as u64;
+                    if next > capacity && by_budget {
+                        return Err(PerfError::OverBudget {
+                            what: format!(
+                                "the {} run, still short of its min_duration {:?} (set max_duration or lower min_duration)",
+                                s.scenario.name(),
+                                s.min_duration
+                            ),
+                            samples: next,
+                            bytes: self.budget.bytes(next),
+                            limit: self.budget.limit,
+                        });
+                    }
+                    if next > capacity {
                         return Err(PerfError::InvalidSetting {
                             field: "min_duration",
                             reason: format!(
@@ -619,17 +819,21 @@ impl Issuer<'_> {
                             ),
                         });
                     }
-                    let idx = choose(per_query);
+                    let idx = choose(per_query)?;
                     let t = self.now();
-                    issued += self.issue(&idx, t);
+                    issued += self.issue(&idx, t)?;
                     self.wait_completed(issued)?;
                 }
                 self.sut.flush_queries();
             }
             Scenario::Server => {
                 let times = poisson_schedule(s)?;
-                let idx = choose(times.len());
-                self.shared.ledger.lock().expect("ledger lock").records.reserve(times.len());
+                self.budget.check("the Server schedule", times.len() as u64)?;
+                let idx = choose(times.len())?;
+                let mut l = self.shared.ledger.lock().expect("ledger lock");
+                let more = times.len().saturating_sub(l.records.len());
+                try_reserve(&mut l.records, more, "the run's records")?;
+                drop(l);
                 for (k, &at) in times.iter().enumerate() {
                     let due = start.checked_add(at).ok_or_else(|| PerfError::InvalidSetting {
                         field: "min_duration",
@@ -638,7 +842,7 @@ impl Issuer<'_> {
                         ),
                     })?;
                     self.shared.clock.sleep_until_ns(due);
-                    self.issue(&idx[k..k + 1], due);
+                    self.issue(&idx[k..k + 1], due)?;
                 }
                 self.sut.flush_queries();
                 self.wait_completed(times.len())?;
@@ -646,8 +850,8 @@ impl Issuer<'_> {
             Scenario::Offline => {
                 // Within MAX_SAMPLES, so it fits usize.
                 let n = s.offline_sample_count()? as usize;
-                let idx = choose(n);
-                self.issue(&idx, start);
+                let idx = choose(n)?;
+                self.issue(&idx, start)?;
                 self.sut.flush_queries();
                 self.wait_completed(idx.len())?;
             }
@@ -669,7 +873,7 @@ impl Issuer<'_> {
         self.start.get_or_insert(now);
         for q in chunk.chunks(per_query) {
             let t = self.now();
-            issued += self.issue(q, t);
+            issued += self.issue(q, t)?;
             if sequential {
                 self.wait_completed(issued)?;
             }
@@ -683,23 +887,33 @@ fn collect(
     sut: &dyn SystemUnderTest,
     qsl: &dyn QuerySampleLibrary,
     settings: &TestSettings,
-    l: &Ledger,
+    l: Ledger,
     queries: usize,
     final_issue: u64,
     start: u64,
 ) -> Result<RunLog> {
-    if let Some(e) = &l.error {
-        return Err(PerfError::Sut(e.clone()));
+    if let Some(f) = &l.fault {
+        return Err(f.error());
     }
-    let mut sample_latencies_ns = Vec::with_capacity(l.records.len());
-    let mut query_latencies_ns = vec![0u64; queries];
+    // Sized exactly (counted first) and fallibly: these are the budget's log vectors.
+    let with_first_token = l.records.iter().filter(|r| r.first_token_ns.is_some()).count();
+    let with_tokens =
+        l.records.iter().filter(|r| r.first_token_ns.is_some() && r.tokens.is_some_and(|n| n >= 2)).count();
+    let mut sample_latencies_ns = Vec::new();
+    try_reserve(&mut sample_latencies_ns, l.records.len(), "the sample latencies")?;
+    let mut query_latencies_ns = Vec::new();
+    try_reserve(&mut query_latencies_ns, queries, "the query latencies")?;
+    query_latencies_ns.resize(queries, 0u64);
     let (mut first_token_ns, mut time_per_output_token_ns) = (Vec::new(), Vec::new());
+    try_reserve(&mut first_token_ns, with_first_token, "the first-token latencies")?;
+    try_reserve(&mut time_per_output_token_ns, with_tokens, "the per-token latencies")?;
     let (mut tokens, mut final_completion_ns, mut final_scheduled) = (0u64, 0u64, 0u64);
     for r in &l.records {
         let done = r.done_ns.ok_or_else(|| PerfError::Sut(format!("sample {} never answered", r.index)))?;
         let lat = done.saturating_sub(r.scheduled_ns);
         sample_latencies_ns.push(lat);
-        query_latencies_ns[r.query] = query_latencies_ns[r.query].max(lat);
+        let q = &mut query_latencies_ns[r.query as usize];
+        *q = (*q).max(lat);
         final_completion_ns = final_completion_ns.max(done);
         final_scheduled = final_scheduled.max(r.scheduled_ns);
         if let Some(ft) = r.first_token_ns {
@@ -710,11 +924,10 @@ fn collect(
         }
         tokens += u64::from(r.tokens.unwrap_or(0));
     }
-    let mut accuracy: Vec<(usize, Vec<u8>)> = Vec::new();
-    if settings.mode == Mode::AccuracyOnly {
-        accuracy = l.records.iter().map(|r| (r.index, r.data.clone())).collect();
-        accuracy.sort_by_key(|a| a.0);
-    }
+    drop(l.records);
+    let mut accuracy = l.accuracy;
+    // Every index once, so unstable is stable, and it sorts in place.
+    accuracy.sort_unstable_by_key(|a| a.0);
     Ok(RunLog {
         sut_name: sut.name(),
         qsl_name: qsl.name(),
@@ -738,9 +951,15 @@ fn collect(
 ///
 /// # Errors
 /// Invalid settings ([`TestSettings::validate`]); a schedule that, by the draw of its gaps,
-/// would pass [`MAX_SAMPLES`] arrivals or the clock's `u64` nanoseconds.
+/// would pass [`MAX_SAMPLES`] arrivals or the clock's `u64` nanoseconds; one whose run could not
+/// fit [`TestSettings::max_record_bytes`] ([`PerfError::OverBudget`], stopped when it gets
+/// there).
 pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
     s.validate()?;
+    // The run's records before any library is loaded: a schedule the run could not hold is
+    // refused as it reaches that length, not after.
+    let budget = Budget::new(s, 0, 0);
+    let (capacity, by_budget) = budget.sample_capacity();
     let gap = Exp::new(s.server_target_qps)
         .map_err(|e| PerfError::InvalidSetting { field: "server_target_qps", reason: e.to_string() })?;
     let mut sched = ChaCha8Rng::seed_from_u64(s.schedule_seed);
@@ -764,7 +983,16 @@ pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
                 ),
             });
         }
-        if times.len() as u64 >= MAX_SAMPLES {
+        let next = times.len() as u64 + 1;
+        if next > capacity && by_budget {
+            return Err(PerfError::OverBudget {
+                what: format!("the Server schedule at {}/s covering {:?}", s.server_target_qps, s.min_duration),
+                samples: next,
+                bytes: budget.bytes(next),
+                limit: budget.limit,
+            });
+        }
+        if next > capacity {
             return Err(PerfError::InvalidSetting {
                 field: "server_target_qps",
                 reason: format!(
@@ -772,6 +1000,11 @@ pub fn poisson_schedule(s: &TestSettings) -> Result<Vec<u64>> {
                     s.server_target_qps, s.min_duration
                 ),
             });
+        }
+        if times.len() == times.capacity() {
+            // Doubling, but never past the run's capacity; within MAX_SAMPLES, so usize.
+            let more = times.len().max(1024).min(capacity as usize - times.len());
+            try_reserve(&mut times, more, "the Server schedule")?;
         }
         // Within u64 (checked above); the sub-nanosecond fraction is dropped.
         times.push(t as u64);
@@ -788,7 +1021,8 @@ pub struct PeakStep {
 }
 
 /// FindPeakPerformance: the highest Server target rate whose run is VALID, found by doubling (at
-/// most 8 times, and never past a rate whose settings are invalid) or halving (at most 4 times)
+/// most 8 times, and never past a rate whose settings are invalid or whose run cannot fit
+/// [`TestSettings::max_record_bytes`]) or halving (at most 4 times)
 /// from `server_target_qps` to bracket it, then bisecting `peak_search_steps` times. Every loop
 /// is bounded by those counts, so the search ends whatever the system does.
 /// Returns every step and the judged result of the best valid run (if any).
@@ -850,11 +1084,16 @@ pub fn find_peak_with_clock(
             if at(lo * 2.0).validate().is_err() {
                 break;
             }
-            if try_qps(lo * 2.0, qsl)? {
-                lo *= 2.0;
-            } else {
-                hi = Some(lo * 2.0);
-                break;
+            match try_qps(lo * 2.0, qsl) {
+                Ok(true) => lo *= 2.0,
+                Ok(false) => {
+                    hi = Some(lo * 2.0);
+                    break;
+                }
+                // A rate whose run cannot fit the memory budget is not tried: the search stays
+                // below it, as below an invalid setting.
+                Err(PerfError::OverBudget { .. }) => break,
+                Err(e) => return Err(e),
             }
         }
         (Some(lo), hi)

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use tt_perf::ablation::{self, Factor};
 use tt_perf::clock::{Clock, ManualClock};
 use tt_perf::early_stopping::{self, CONFIDENCE};
-use tt_perf::loadgen::{self, Mode, Scenario, TestSettings, MAX_PEAK_SEARCH_STEPS, MAX_SAMPLES};
+use tt_perf::loadgen::{self, Mode, Scenario, TestSettings, MAX_PEAK_SEARCH_STEPS, MAX_RECORD_BYTES, MAX_SAMPLES};
 use tt_perf::{results, stats, PerfError};
 
 use crate::fakes::{Library, Parallel, Serial};
@@ -416,25 +416,31 @@ fn settings() -> impl Strategy<Value = TestSettings> {
     (
         (scenario, mode, durations(), counts(), proptest::option::of(durations()), durations()),
         (probabilities(), rates(), rates(), counts(), any::<u64>(), durations()),
-        prop_oneof![Just(0usize), Just(1), Just(64), Just(65), Just(usize::MAX), 0usize..100],
+        (
+            prop_oneof![Just(0usize), Just(1), Just(64), Just(65), Just(usize::MAX), 0usize..100],
+            prop_oneof![Just(0u64), Just(1), Just(4096), Just(MAX_RECORD_BYTES), Just(u64::MAX), any::<u64>()],
+        ),
     )
-        .prop_map(|((scenario, mode, min_d, n, max_d, lat), (p, sq, oq, per_query, seed, timeout), steps)| {
-            TestSettings {
-                mode,
-                max_duration: max_d,
-                target_latency: lat,
-                target_latency_percentile: p,
-                server_target_qps: sq,
-                offline_expected_qps: oq,
-                multi_stream_samples_per_query: per_query.try_into().unwrap_or(usize::MAX),
-                qsl_seed: seed,
-                sample_index_seed: seed.rotate_left(1),
-                schedule_seed: seed.rotate_left(2),
-                completion_timeout: timeout,
-                peak_search_steps: steps,
-                ..TestSettings::scaled(scenario, min_d, n)
-            }
-        })
+        .prop_map(
+            |((scenario, mode, min_d, n, max_d, lat), (p, sq, oq, per_query, seed, timeout), (steps, budget))| {
+                TestSettings {
+                    mode,
+                    max_duration: max_d,
+                    target_latency: lat,
+                    target_latency_percentile: p,
+                    server_target_qps: sq,
+                    offline_expected_qps: oq,
+                    multi_stream_samples_per_query: per_query.try_into().unwrap_or(usize::MAX),
+                    qsl_seed: seed,
+                    sample_index_seed: seed.rotate_left(1),
+                    schedule_seed: seed.rotate_left(2),
+                    completion_timeout: timeout,
+                    peak_search_steps: steps,
+                    max_record_bytes: budget,
+                    ..TestSettings::scaled(scenario, min_d, n)
+                }
+            },
+        )
 }
 
 /// Whether a validated run is small enough to carry out here: at most a few thousand samples on
@@ -472,7 +478,11 @@ proptest! {
                     return;
                 }
                 if s.scenario == Scenario::Server {
-                    assert!(loadgen::poisson_schedule(&s).unwrap().len() as u64 <= MAX_SAMPLES);
+                    // Within the counts, or refused by the memory budget.
+                    match loadgen::poisson_schedule(&s) {
+                        Ok(times) => assert!(times.len() as u64 <= MAX_SAMPLES),
+                        Err(e) => assert!(matches!(e, PerfError::OverBudget { .. }), "{e}"),
+                    }
                 }
                 let clock = Arc::new(ManualClock::new());
                 let sut = Serial::new(clock.clone(), |_| MS);
