@@ -29,10 +29,10 @@
 //!    at n = 1024), which does not fit in L2, so it leans on L3 bandwidth — and once B outgrows L3,
 //!    on DRAM.
 //! 3. **blocked** ([`Rung::Blocked`]): the reordered loop, run tile by tile so that a tile of B is read
-//!    from cache many times before it is evicted. Tile sizes come from this machine's caches (L1d
-//!    48 KiB, L2 1 MiB per core; see [`kernels::L1D_BYTES`]): a `BLOCK_KC × BLOCK_NC` = 48×128 tile
-//!    of B fills half of L1 and is reused by every row of a `BLOCK_MC` = 64-row block of A, whose
-//!    `BLOCK_MC × BLOCK_KC` block (plus the C rows it updates) stays in L2 while the tile of B
+//!    from cache many times before it is evicted. Tile sizes come from this machine's caches, read
+//!    at run time ([`crate::caches::CacheSizes::detect`], [`block_sizes`]): a `KC × BLOCK_NC` tile
+//!    of B (48×128 with a 48 KiB L1d) fills half of L1 and is reused by every row of an `MC`-row
+//!    block of A (64 with a 1 MiB L2), whose `MC × KC` block (plus the C rows it updates) stays in L2 while the tile of B
 //!    walks along n. The inner loops are still the scalar `c += a·b` of rung 2: what changes is
 //!    where the loads come from (L1 instead of L3/DRAM), not how many there are — so on a CPU whose
 //!    L3 holds all of B it is no faster than rung 2 (measured: equal up to n = 2048, 1.5× at n =
@@ -81,7 +81,7 @@ use crate::bounds::strided_len;
 use crate::dispatch::{self, Level};
 use tt_tensor::TensorError;
 
-pub use blocked::{BLOCK_KC, BLOCK_MC, BLOCK_NC};
+pub use blocked::{block_sizes, BLOCK_NC};
 pub use kernels::Blocking;
 pub use threaded::MAX_THREADS;
 

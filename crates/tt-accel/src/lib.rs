@@ -2,6 +2,7 @@
 //!
 //! Course module 16: making the same math fast on this CPU, one measured step at a time.
 //!
+//! - [`caches`]: the cache sizes (L1d, L2, L3) read at run time, which the GEMM blocks follow.
 //! - [`dispatch`]: run-time CPU feature detection (AVX-512F, AVX2+FMA, scalar), chosen once, with
 //!   a way to force a lower level so tests run every path on one machine.
 //! - [`gemm`]: the GEMM ladder — naive → loop-reordered → cache-blocked → packed panels with a
@@ -42,6 +43,7 @@
 //! ```
 
 mod bounds;
+pub mod caches;
 pub mod dispatch;
 pub mod fused;
 pub mod gemm;

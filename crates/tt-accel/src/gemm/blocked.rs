@@ -14,15 +14,16 @@
 //!             c[i][j] += a[i][p] * b[p][j]
 //! ```
 //!
-//! Tile sizes, derived from this machine's per-core caches (L1d 48 KiB, L2 1 MiB):
+//! Tile sizes, derived from this machine's per-core caches, read at run time ([`block_sizes`];
+//! the figures below are for a 48 KiB L1d and a 1 MiB L2):
 //! - `BLOCK_NC = 128`: the inner loop's C row segment is 512 B (8 cache lines), long enough for
 //!   the vectorized loop to run at speed and short enough to stay in L1.
-//! - `BLOCK_KC = (L1/2) / (NC·4 B) = 48`: the KC×NC tile of B is 24 KiB, half of L1 (the other
-//!   half holds the C row segment, the A values and slack for associativity). Each tile is read
-//!   from L2/L3 once and from L1 `MC` times.
-//! - `BLOCK_MC = (L2/2) / (2048·4 B) = 64`: every `pc` pass updates the whole MC×n panel of C
-//!   again; with MC = 64 that panel stays in half of L2 for n ≤ 2048 (256 KiB at n = 1024),
-//!   together with the 12 KiB MC×KC block of A that the `jc` sweep reuses.
+//! - `KC = (L1d/2) / (NC·4 B)` (48): the KC×NC tile of B is half of L1 (the other half holds the
+//!   C row segment, the A values and slack for associativity). Each tile is read from L2/L3 once
+//!   and from L1 `MC` times.
+//! - `MC = (L2/2) / (2048·4 B)` (64): every `pc` pass updates the whole MC×n panel of C again;
+//!   that panel stays in half of L2 for n ≤ 2048 (256 KiB at n = 1024), together with the
+//!   MC×KC block of A (12 KiB) that the `jc` sweep reuses.
 //!
 //! Each `c[i][j]` still receives its k products in increasing `p` order, one rounding each,
 //! starting from zero — exactly the arithmetic of rungs 1 and 2, so the three agree bit for bit.
@@ -37,25 +38,30 @@
 //! cannot fix is that every multiply-add still loads and stores C: rung 4 keeps a tile of C in
 //! registers instead.
 
-use super::kernels::{L1D_BYTES, L2_BYTES};
 use super::{zero_rows, Args};
+use crate::caches::CacheSizes;
 
 /// Columns per tile of B/C: a 512 B C row segment for the vectorized inner loop.
 pub const BLOCK_NC: usize = 128;
-/// Depth per tile of B: the KC×NC tile fills half of L1.
-pub const BLOCK_KC: usize = L1D_BYTES / 2 / (BLOCK_NC * 4);
-/// Rows per block of A/C: an MC×2048 panel of C fills half of L2.
-pub const BLOCK_MC: usize = L2_BYTES / 2 / (2048 * 4);
 
-const _: () = assert!(BLOCK_KC == 48 && BLOCK_MC == 64);
+/// The blocked rung's tile sizes `(KC, MC)` for `caches`: the KC×NC tile of B fills half of L1d,
+/// and an MC×2048 panel of C fills half of L2 (48 and 64 with a 48 KiB L1d and a 1 MiB L2).
+pub const fn block_sizes(caches: CacheSizes) -> (usize, usize) {
+    let kc = caches.l1d / 2 / (BLOCK_NC * 4);
+    let mc = caches.l2 / 2 / (2048 * 4);
+    (if kc == 0 { 1 } else { kc }, if mc == 0 { 1 } else { mc })
+}
+
+const _: () = assert!(matches!(block_sizes(CacheSizes::FALLBACK), (48, 64)));
 
 pub(super) fn blocked(x: Args<'_>) {
     let Args { a, lda, b, ldb, c, ldc, m, k, n } = x;
+    let (block_kc, block_mc) = block_sizes(CacheSizes::detect());
     zero_rows(c, ldc, m, n);
-    for ic in (0..m).step_by(BLOCK_MC) {
-        let rows = ic..m.min(ic + BLOCK_MC);
-        for pc in (0..k).step_by(BLOCK_KC) {
-            let kc = BLOCK_KC.min(k - pc);
+    for ic in (0..m).step_by(block_mc) {
+        let rows = ic..m.min(ic + block_mc);
+        for pc in (0..k).step_by(block_kc) {
+            let kc = block_kc.min(k - pc);
             for jc in (0..n).step_by(BLOCK_NC) {
                 let nc = BLOCK_NC.min(n - jc);
                 for i in rows.clone() {

@@ -35,16 +35,12 @@
 //! and contain no `unsafe`. The kernels slice their inputs with bounds checks once per tile and
 //! use raw pointers only for vector loads/stores inside those checked slices.
 
+use crate::caches::CacheSizes;
 use crate::dispatch::{self, Level};
 
-/// Per-core L1 data cache of the machine the block sizes were derived for (Zen 5 / Emerald
-/// Rapids class: 48 KiB).
-pub const L1D_BYTES: usize = 48 * 1024;
-/// Per-core L2 (1 MiB per core as reported by sysfs on the course machine; a 2 MiB L2 only
-/// makes these blocks fit more comfortably).
-pub const L2_BYTES: usize = 1024 * 1024;
-/// The share of the (shared, slower) L3 that one packed MC×KC block of A may take.
-pub const L3_SHARE_BYTES: usize = 4 * 1024 * 1024;
+/// The share of the (shared, slower) L3 that one packed MC×KC block of A may take: an eighth, so
+/// the other cores' blocks and the streaming B panels keep the rest (4 MiB of a 32 MiB L3).
+pub const L3_SHARE: usize = 8;
 
 /// The block sizes of the packed algorithm for one microkernel shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,20 +59,20 @@ pub struct Blocking {
 
 impl Blocking {
     /// Derives the block sizes for an MR×NR microkernel (which broadcasts A and loads rows of B)
-    /// from the cache sizes:
+    /// from `caches` (this machine's: [`CacheSizes::detect`]):
     /// - `kc`: the MR×KC micro-panel of A that one row of microkernel calls reuses takes half of
     ///   L1 (the other half for the KC×NR micro-panels of B streaming past it from L2, and C);
     /// - `nc`: the packed KC×NC panel of B, reused by every MR-row panel of A, takes half of L2
     ///   (rounded down to a multiple of NR);
     /// - `mc`: the packed MC×KC block of A, reused by every NC panel of B, takes
-    ///   [`L3_SHARE_BYTES`] (rounded down to a multiple of MR).
+    ///   `L3 /` [`L3_SHARE`] (rounded down to a multiple of MR).
     ///
     /// (This is BLIS's analytical model with the roles of its A and B swapped, since row-major
     /// `C = A·B` is column-major `Cᵀ = Bᵀ·Aᵀ`.)
     ///
     /// A 0 in the shape counts as 1, and a tile too big for the caches still gets blocks of one
     /// tile (`kc ≥ 1`, `nc ≥ nr`, `mc ≥ mr`): every size is usable as a loop step.
-    pub const fn derive(mr: usize, nr: usize) -> Blocking {
+    pub const fn derive(mr: usize, nr: usize, caches: CacheSizes) -> Blocking {
         const fn at_least(x: usize, min: usize) -> usize {
             if x < min {
                 min
@@ -85,25 +81,28 @@ impl Blocking {
             }
         }
         let (mr, nr) = (at_least(mr, 1), at_least(nr, 1));
-        let kc = at_least(L1D_BYTES / 2 / mr.saturating_mul(4), 1);
-        let nc = at_least(L2_BYTES / 2 / (kc * 4) / nr * nr, nr);
-        let mc = at_least(L3_SHARE_BYTES / (kc * 4) / mr * mr, mr);
+        let kc = at_least(caches.l1d / 2 / mr.saturating_mul(4), 1);
+        let nc = at_least(caches.l2 / 2 / (kc * 4) / nr * nr, nr);
+        let mc = at_least(caches.l3 / L3_SHARE / (kc * 4) / mr * mr, mr);
         Blocking { mr, nr, kc, mc, nc }
     }
 
-    /// The blocking rung 4 uses at `level` (whether or not this CPU has it).
+    /// The blocking rung 4 uses at `level` (whether or not this CPU has it), for this machine's
+    /// caches.
     pub fn for_level(level: Level) -> Blocking {
-        match level {
-            Level::Avx512 => Blocking::derive(12, 32),
-            Level::Avx2 => Blocking::derive(6, 16),
-            Level::Scalar => Blocking::derive(4, 8),
-        }
+        let (mr, nr) = match level {
+            Level::Avx512 => (12, 32),
+            Level::Avx2 => (6, 16),
+            Level::Scalar => (4, 8),
+        };
+        Blocking::derive(mr, nr, CacheSizes::detect())
     }
 }
 
-// AVX-512 12×32: kc = 24 KiB / 48 B = 512, nc = 512 KiB / 2 KiB = 256, mc = 4 MiB / 2 KiB → 2040.
+// AVX-512 12×32 with a 48 KiB L1d, 1 MiB L2, 32 MiB L3: kc = 24 KiB / 48 B = 512,
+// nc = 512 KiB / 2 KiB = 256, mc = 4 MiB / 2 KiB → 2040.
 const _: () = {
-    let b = Blocking::derive(12, 32);
+    let b = Blocking::derive(12, 32, CacheSizes::FALLBACK);
     assert!(b.kc == 512 && b.nc == 256 && b.mc == 2040);
 };
 

@@ -11,8 +11,9 @@
 //! γ_k·(|A|·|B|)_ij.
 
 use crate::common::{random, ODD_SIZES};
+use tt_accel::caches::CacheSizes;
 use tt_accel::dispatch::{available, with_level, Level};
-use tt_accel::gemm::{self, gemm, Blocking, Rung, BLOCK_KC, BLOCK_MC, BLOCK_NC, MAX_THREADS};
+use tt_accel::gemm::{self, block_sizes, gemm, Blocking, Rung, BLOCK_NC, MAX_THREADS};
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
@@ -143,9 +144,10 @@ fn every_rung_matches_naive_around_each_levels_tile_edges() {
         Problem::new(2 * bl.mr + 1, bl.kc - 1, 2 * bl.nr + 3, seed + 2).check_all_rungs();
         Problem::new(bl.mc + 1, 3, bl.nr + 1, seed + 3).check_all_rungs();
     }
-    // The blocked rung's own tiles.
-    Problem::new(BLOCK_MC + 1, BLOCK_KC + 1, BLOCK_NC + 1, 250).check_all_rungs();
-    Problem::new(2 * BLOCK_MC - 1, 2 * BLOCK_KC - 1, 2 * BLOCK_NC - 1, 251).check_all_rungs();
+    // The blocked rung's own tiles, as this machine's caches set them.
+    let (kc, mc) = block_sizes(CacheSizes::detect());
+    Problem::new(mc + 1, kc + 1, BLOCK_NC + 1, 250).check_all_rungs();
+    Problem::new(2 * mc - 1, 2 * kc - 1, 2 * BLOCK_NC - 1, 251).check_all_rungs();
 }
 
 #[test]

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use ndarray::Array2;
 use proptest::prelude::*;
+use tt_accel::caches::CacheSizes;
 use tt_accel::dispatch::{available, with_level, Level};
 use tt_accel::fused;
-use tt_accel::gemm::{gemm, Blocking, Rung};
+use tt_accel::gemm::{block_sizes, gemm, Blocking, Rung};
 use tt_accel::packed::PackedF32;
 use tt_accel::sparse::BlockSparseF32;
 use tt_accel::team::{share, Team, MAX_SIZE};
@@ -516,10 +517,16 @@ fn threaded_gemm_keeps_only_a_few_pools() {
 #[test]
 fn blocking_derive_never_divides_by_zero() {
     for (mr, nr) in [(0usize, 0usize), (1, 1), (usize::MAX, usize::MAX), (1 << 20, 1 << 20), (12, 32)] {
-        let b = Blocking::derive(mr, nr);
+        let b = Blocking::derive(mr, nr, CacheSizes::FALLBACK);
         assert!(b.mr >= 1 && b.nr >= 1 && b.kc >= 1 && b.nc >= b.nr && b.mc >= b.mr, "{mr}×{nr}: {b:?}");
     }
-    assert_eq!(Blocking::derive(12, 32), Blocking::for_level(Level::Avx512), "the real shapes are unchanged");
+    let here = CacheSizes::detect();
+    assert_eq!(Blocking::derive(12, 32, here), Blocking::for_level(Level::Avx512), "the real shapes are unchanged");
+    // Caches too small to hold one tile still give usable blocks.
+    let tiny = CacheSizes { l1d: 1, l2: 1, l3: 1, detected: false };
+    let b = Blocking::derive(12, 32, tiny);
+    assert!(b.kc >= 1 && b.nc >= b.nr && b.mc >= b.mr, "{b:?}");
+    assert_eq!(block_sizes(tiny), (1, 1));
 }
 
 // ---------------------------------------------------------------------------------------------
