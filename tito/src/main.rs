@@ -77,6 +77,9 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Milestones time their work: counting every allocation (shared atomics) would slow what they
+    // time. Memory figures open their own counting windows (`alloc::measure_peak`).
+    tt_profile::alloc::set_counting(false);
     let cli = Cli::parse();
     match cli.command {
         Cmd::Test { modules } => match modules::resolve(&modules) {

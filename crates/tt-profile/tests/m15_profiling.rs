@@ -178,6 +178,21 @@ fn allocator_counts_a_known_allocation_exactly() {
 }
 
 #[test]
+fn switched_off_the_allocator_counts_only_inside_measure_peak() {
+    let _g = lock();
+    tt_profile::alloc::set_counting(false);
+    let before = tt_profile::alloc::thread_snapshot();
+    let uncounted = vec![1u8; 1 << 16];
+    assert_eq!(tt_profile::alloc::thread_snapshot(), before, "nothing counted while off");
+    let (v, peak) = measure_peak(|| vec![7u8; 1 << 20]);
+    assert_eq!(peak, 1 << 20, "the window counts");
+    drop((v, uncounted));
+    tt_profile::alloc::set_counting(true);
+    let (_, peak) = measure_peak(|| vec![7u8; 1 << 10]);
+    assert_eq!(peak, 1 << 10);
+}
+
+#[test]
 fn percentiles_bootstrap_and_outliers_on_known_data() {
     let _g = lock();
     let data: Vec<f64> = (1..=10).map(f64::from).collect();
