@@ -545,26 +545,11 @@ pub fn decode_attention_at(
 ///
 /// # Errors
 /// As [`decode_attention`], for codes instead of floats (and scale vectors of `slots` entries).
-pub fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) -> Result<()> {
-    decode_attention_q8_at(dispatch::level(), q, kv, scale, out)
-}
-
-/// [`decode_attention_q8`] at `level`: the one-pass online kernel is portable code at every level
-/// (the SIMD int8 kernel is [`decode_attention_q8_2pass`], which the decoder's tables use).
 ///
-/// # Errors
-/// As [`decode_attention_q8`].
-pub fn decode_attention_q8_at(
-    level: Level,
-    q: &[f32],
-    kv: &tt_tensor::kernels::Q8Head,
-    scale: f32,
-    out: &mut [f32],
-) -> Result<()> {
+/// One portable kernel at every level (it takes no level): the SIMD int8 path is the two-pass
+/// [`decode_attention_q8_2pass`], which the decoder's tables use.
+pub fn decode_attention_q8(q: &[f32], kv: &tt_tensor::kernels::Q8Head, scale: f32, out: &mut [f32]) -> Result<()> {
     check_q8("fused::decode_attention_q8", q, kv, scale, out)?;
-    // One portable kernel at every level: the fast int8 path is the two-pass one
-    // ([`decode_attention_q8_2pass`]), which the decoder uses.
-    let _ = level;
     scalar::decode_attention_q8(q, kv, scale, out);
     Ok(())
 }
@@ -644,7 +629,7 @@ pub fn decode_attention_q8_2pass_at(
     check_scores("fused::decode_attention_q8_2pass", kv.key_scales.len(), scores)?;
     let level = level.min(dispatch::level());
     if level != Level::Avx512 {
-        return decode_attention_q8_at(level, q, kv, scale, out);
+        return decode_attention_q8(q, kv, scale, out);
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the level is AVX-512, at most `dispatch::level()`; lengths checked above.

@@ -426,13 +426,13 @@ fn q8_attention_refuses_inconsistent_shapes_at_every_level() {
         let mut out = [0.0f32; 4];
         let mut scores = [0.0f32; 2];
         for head in [kv(7, 2, 8, 2), kv(8, 2, 7, 2), kv(8, 2, 8, 1), kv(8, 1, 8, 1), kv(0, 0, 0, 0), kv(8, 0, 8, 0)] {
-            assert!(fused::decode_attention_q8_at(level, &q, &head, 0.5, &mut out).is_err());
+            assert!(fused::decode_attention_q8(&q, &head, 0.5, &mut out).is_err());
             assert!(fused::decode_attention_q8_2pass_at(level, &q, &head, 0.5, &mut scores, &mut out).is_err());
         }
         assert!(
             fused::decode_attention_q8_2pass_at(level, &q, &kv(8, 2, 8, 2), 0.5, &mut scores[..1], &mut out).is_err()
         );
-        assert!(fused::decode_attention_q8_at(level, &[], &kv(0, 2, 0, 2), 0.5, &mut []).is_err());
+        assert!(fused::decode_attention_q8(&[], &kv(0, 2, 0, 2), 0.5, &mut []).is_err());
         fused::decode_attention_q8_2pass_at(level, &q, &kv(8, 2, 8, 2), 0.5, &mut scores, &mut out).unwrap();
         let mut want = [0.0f32; 4];
         decode_attention_q8_reference(&q, &kv(8, 2, 8, 2), 0.5, &mut [0.0; 2], &mut want);
