@@ -11,7 +11,7 @@ use tt_perf::loadgen::{self, Mode, Scenario, TestSettings};
 use tt_tensor::data::{digits, Dataset};
 use tt_transformer::corpus::QaPair;
 use tt_transformer::tokenizer::CharTokenizer;
-use tt_transformer::{Gpt, GptConfig, PositionEncoding, Tokenizer};
+use tt_transformer::{Gpt, Tokenizer};
 
 fn accuracy_settings() -> TestSettings {
     let mut s = TestSettings::scaled(Scenario::Offline, Duration::ZERO, 1);
@@ -33,20 +33,8 @@ fn pairs() -> Vec<QaPair> {
 fn qa_system_answers_as_the_reference_scorer() {
     let text: String = pairs().iter().map(|p| p.to_text()).collect();
     let tokenizer = Tokenizer::Char(CharTokenizer::from_corpus(&text));
-    let cfg = GptConfig {
-        vocab_size: tt_transformer::Tokenize::vocab_size(&tokenizer),
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 4,
-        max_seq_len: 64,
-        mlp_ratio: 4,
-        mlp_hidden: None,
-        heads_per_block: None,
-        tie_weights: true,
-        position: PositionEncoding::Learned,
-        dropout: 0.0,
-        seed: 5,
-    };
+    let cfg = tt_transformer::testing::tiny_config(tt_transformer::Tokenize::vocab_size(&tokenizer), 5);
+
     let model = Arc::new(Gpt::new(cfg.clone()).unwrap());
     let pairs = pairs();
     // The reference: greedy answers by full recomputation with the tensor model, at most the

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tt_tensor::nn::Sequential;
 use tt_tensor::Module;
-use tt_transformer::{checkpoint, BpeTokenizer, CharTokenizer, Gpt, GptConfig, PositionEncoding, Tokenize, Tokenizer};
+use tt_transformer::{checkpoint, BpeTokenizer, CharTokenizer, Gpt, GptConfig, Tokenize, Tokenizer};
 
 /// What is fuzzed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,18 +100,12 @@ const TEXT: &str = "Q: what is 3 plus 4?\nA: 7\nQ: hello there, who are you?\nA:
 
 fn tiny_config(vocab: usize) -> GptConfig {
     GptConfig {
-        vocab_size: vocab,
         d_model: 8,
         n_layers: 1,
-        n_heads: 2,
         max_seq_len: 16,
         mlp_ratio: 2,
-        mlp_hidden: None,
-        heads_per_block: None,
-        tie_weights: true,
-        position: PositionEncoding::Learned,
-        dropout: 0.0,
-        seed: 7,
+        n_heads: 2,
+        ..tt_transformer::testing::tiny_config(vocab, 7)
     }
 }
 

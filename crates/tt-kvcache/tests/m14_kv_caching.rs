@@ -12,11 +12,9 @@ use std::cell::Cell;
 
 use tt_kvcache::{generate_cached, generate_uncached, CacheError, CachedGpt, KvCache, KvError, OverflowPolicy};
 use tt_tensor::kernels::{dot, linear_rows, linear_rows_reference};
-use tt_tensor::loss::cross_entropy;
-use tt_tensor::optim::{Adam, Optimizer};
-use tt_tensor::{no_grad, Module};
+use tt_tensor::no_grad;
 use tt_transformer::generate::{generate_batch, GenerateConfig, Sampling};
-use tt_transformer::{Gpt, GptConfig, PositionEncoding, TransformerError};
+use tt_transformer::{Gpt, GptConfig, TransformerError};
 
 /// Counts allocations made by the current thread (tests run on parallel threads).
 struct CountingAlloc;
@@ -46,32 +44,13 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 const TOL: f32 = 1e-4;
 
 fn config(vocab: usize, seed: u64, layers: usize) -> GptConfig {
-    GptConfig {
-        vocab_size: vocab,
-        d_model: 32,
-        n_layers: layers,
-        n_heads: 4,
-        max_seq_len: 40,
-        mlp_ratio: 4,
-        mlp_hidden: None,
-        heads_per_block: None,
-        tie_weights: true,
-        position: PositionEncoding::Learned,
-        dropout: 0.0,
-        seed,
-    }
+    GptConfig { n_layers: layers, max_seq_len: 40, ..tt_transformer::testing::tiny_config(vocab, seed) }
 }
 
 /// A model trained briefly on a repeating pattern, so its logits are far from uniform.
 fn trained(seed: u64) -> Gpt {
     let m = Gpt::new(config(12, seed, 2)).unwrap();
-    let seq: Vec<usize> = (0..33).map(|i| [1, 5, 9, 2, 7, 7, 3][i % 7]).collect();
-    let mut opt = Adam::new(m.parameters(), 1e-2, 0.0).unwrap();
-    for _ in 0..60 {
-        opt.zero_grad();
-        cross_entropy(&m.forward_ids(&seq[..32], 1, 32).unwrap(), &seq[1..]).unwrap().backward().unwrap();
-        opt.step().unwrap();
-    }
+    tt_transformer::testing::train_on_pattern(&m, 60).unwrap();
     m
 }
 

@@ -12,6 +12,7 @@
 //!   KV caching).
 //! - [`checkpoint`]: safetensors weights + JSON config + tokenizer, atomic saves, checked loads.
 //! - [`corpus`], [`eval`]: the dialogue corpus and exact-match accuracy on unseen questions.
+//! - [`testing`]: the tiny GPT every crate's tests share.
 //!
 //! ```
 //! use tt_transformer::generate::{generate, GenerateConfig};
@@ -34,6 +35,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod testing;
 pub mod tokenizer;
 pub mod train;
 

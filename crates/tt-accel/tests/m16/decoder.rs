@@ -5,38 +5,13 @@
 use tt_accel::dispatch::{available, with_level};
 use tt_accel::packed::pack_linears;
 use tt_kvcache::{generate_cached, CachedGpt, OverflowPolicy};
-use tt_tensor::loss::cross_entropy;
-use tt_tensor::optim::{Adam, Optimizer};
-use tt_tensor::Module;
 use tt_transformer::generate::GenerateConfig;
-use tt_transformer::{Gpt, GptConfig, PositionEncoding};
+use tt_transformer::Gpt;
 
 use crate::common::max_diff;
 
 fn trained() -> Gpt {
-    let cfg = GptConfig {
-        vocab_size: 12,
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 4,
-        max_seq_len: 64,
-        mlp_ratio: 4,
-        mlp_hidden: None,
-        heads_per_block: None,
-        tie_weights: true,
-        position: PositionEncoding::Learned,
-        dropout: 0.0,
-        seed: 3,
-    };
-    let m = Gpt::new(cfg).unwrap();
-    let seq: Vec<usize> = (0..33).map(|i| [1, 5, 9, 2, 7, 7, 3][i % 7]).collect();
-    let mut opt = Adam::new(m.parameters(), 1e-2, 0.0).unwrap();
-    for _ in 0..40 {
-        opt.zero_grad();
-        cross_entropy(&m.forward_ids(&seq[..32], 1, 32).unwrap(), &seq[1..]).unwrap().backward().unwrap();
-        opt.step().unwrap();
-    }
-    m
+    tt_transformer::testing::trained_tiny(3).unwrap()
 }
 
 #[test]

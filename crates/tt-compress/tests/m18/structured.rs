@@ -62,23 +62,10 @@ mod gpt {
     use tt_compress::structured::prune_gpt_mlp;
     use tt_kvcache::{CachedGpt, OverflowPolicy};
     use tt_tensor::{no_grad, Module};
-    use tt_transformer::{Gpt, GptConfig, PositionEncoding};
+    use tt_transformer::{Gpt, GptConfig};
 
     pub(super) fn config() -> GptConfig {
-        GptConfig {
-            vocab_size: 12,
-            d_model: 32,
-            n_layers: 2,
-            n_heads: 4,
-            max_seq_len: 32,
-            mlp_ratio: 4,
-            mlp_hidden: None,
-            heads_per_block: None,
-            tie_weights: true,
-            position: PositionEncoding::Learned,
-            dropout: 0.0,
-            seed: 4,
-        }
+        GptConfig { max_seq_len: 32, ..tt_transformer::testing::tiny_config(12, 4) }
     }
 
     fn logits(m: &Gpt, ids: &[usize]) -> Vec<f32> {
