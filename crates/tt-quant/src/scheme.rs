@@ -340,7 +340,8 @@ impl QuantizedMatrix {
     }
 
     /// A matrix from its stored parts (row-major `codes`, `params` as in the type's docs),
-    /// checked for everything the kernels and `dequantize` rely on: one code per element, the
+    /// checked for everything the kernels and `dequantize` rely on: one code per element, at most
+    /// [`MAX_UNBACKED`] rows if there are no columns (as [`QuantizedMatrix::quantize`]), the
     /// parameter count of the granularity, zero points and codes inside the scheme's range
     /// ([`QuantizedMatrix::code_range`], which keeps the integer sums within i32), and scales
     /// with which every code dequantizes to a finite f32. A matrix from
