@@ -32,8 +32,10 @@
 //! keep the names and shapes a reader of the fp32 model expects, and everything needed to rebuild
 //! the integer kernels — which codes range, how the inputs are quantized — is in the file, not in
 //! code that must match it. Kernel choice (VNNI / AVX2 / scalar) is not stored: the outputs are
-//! bit-identical at every level. Nor are forward transforms (QAT's fake quantization, which
-//! `convert_qat` removes): they are training-time state, and a loaded model keeps its own.
+//! bit-identical at every level. Nor are forward transforms (a pruning mask, a low-rank
+//! factorization, QAT's fake quantization): they are training-time state, and a layer carrying
+//! one computes something other than its stored weight, so saving it is refused until the
+//! transform is finished; a loaded model keeps its own.
 //!
 //! [`save`] writes the file as one checkpoint unit (`tt_tensor::serialize::save_unit`: content
 //! addressed, published by one atomic rename); [`load`] verifies its checksum
@@ -67,12 +69,12 @@ use std::sync::Arc;
 use ndarray::{ArrayD, IxDyn};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use tt_tensor::nn::{map_conv2ds, map_linears};
+use tt_tensor::nn::{map_conv2ds, map_linears, ForwardTransform};
 use tt_tensor::serialize::{load_unit, save_unit};
 use tt_tensor::{Module, Projection, Tensor};
 
 use crate::error::{QuantError, Result};
-use crate::linear::{Activations, Int8Linear, QuantizedLayer};
+use crate::linear::{carries_transform, Activations, Int8Linear, QuantizedLayer};
 use crate::scheme::{Granularity, Part, QParams, QuantizedMatrix, Scheme};
 
 /// The checkpoint unit's part holding the weights.
@@ -96,10 +98,17 @@ struct Layer {
     rows: usize,
     cols: usize,
     projection: Option<Arc<dyn Projection>>,
+    transform: Option<Arc<dyn ForwardTransform>>,
 }
 
 impl Layer {
-    fn new(name: &str, kind: &'static str, weight: &Tensor, projection: Option<&Arc<dyn Projection>>) -> Layer {
+    fn new(
+        name: &str,
+        kind: &'static str,
+        weight: &Tensor,
+        projection: Option<&Arc<dyn Projection>>,
+        transform: Option<&Arc<dyn ForwardTransform>>,
+    ) -> Layer {
         let shape = weight.shape();
         Layer {
             name: name.to_string(),
@@ -108,6 +117,7 @@ impl Layer {
             rows: shape.first().copied().unwrap_or(0),
             cols: shape.iter().skip(1).product(),
             projection: projection.cloned(),
+            transform: transform.cloned(),
         }
     }
 
@@ -124,11 +134,11 @@ impl Layer {
 fn find_layers(model: &mut dyn Module) -> Result<Vec<Layer>> {
     let mut out = Vec::new();
     map_linears(model, |name, l| {
-        out.push(Layer::new(name, "Linear", &l.weight, l.installed_projection()));
+        out.push(Layer::new(name, "Linear", &l.weight, l.installed_projection(), l.transform()));
         Ok(())
     })?;
     map_conv2ds(model, |name, c| {
-        out.push(Layer::new(name, "Conv2d", &c.weight, c.installed_projection()));
+        out.push(Layer::new(name, "Conv2d", &c.weight, c.installed_projection(), c.transform()));
         Ok(())
     })?;
     Ok(out)
@@ -166,7 +176,11 @@ fn check_activations(layer: &str, a: StoredActivations) -> std::result::Result<A
 /// The model as safetensors bytes in the format of the module docs.
 ///
 /// # Errors
-/// An int8 layer whose weight no longer equals its projection (written after quantization: a
+/// A layer carrying a forward transform (a pruning mask not made permanent, a low-rank
+/// factorization in training, QAT's fake quantization): it computes a transform of its stored
+/// weight, which is what would be saved, and a model loading the file would compute something
+/// else — finish the transform first, as for [`crate::quantize_layers`]. An int8 layer whose
+/// weight no longer equals its projection (written after quantization: a
 /// training step or a loaded checkpoint — quantize again, or clear the projection), a stored
 /// weight that [`load`] would refuse (see the module docs), two parameters with one name, or a
 /// parameter named like the scale or zero point of an int8 layer.
@@ -176,11 +190,16 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     let params = model.named_parameters();
     let mut int8: HashMap<String, (&Layer, &Int8Linear)> = HashMap::new();
     let mut metadata = HashMap::from([(FORMAT_KEY.to_string(), FORMAT.to_string())]);
+    if let Some((layer, t)) = layers.iter().find_map(|l| Some((l, l.transform.as_ref()?))) {
+        return Err(err(format!("{} {}", layer.kind, carries_transform(&layer.name, t.as_ref(), "saving"))));
+    }
     for layer in &layers {
         let Some(q) = layer.int8() else { continue };
         let dense = q.to_dense();
         let weight = layer.weight.data();
-        if weight.len() != dense.len() || weight.iter().zip(dense.iter()).any(|(a, b)| a.to_bits() != b.to_bits()) {
+        let (weight, dense) = (weight.as_standard_layout(), dense.as_standard_layout());
+        let (weight, dense) = (weight.as_slice().expect("standard layout"), dense.as_slice().expect("standard layout"));
+        if weight.len() != dense.len() || weight.iter().zip(dense).any(|(a, b)| a.to_bits() != b.to_bits()) {
             return Err(err(format!(
                 "{} {}: its weight no longer equals its '{}' projection (written after quantization: a training \
                  step or a loaded checkpoint); quantize it again or clear the projection",
@@ -207,8 +226,8 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
                 let w = q.weight();
                 raw.push((name.clone(), Dtype::I8, t.shape(), w.codes().iter().map(|&c| c as u8).collect()));
                 let n = w.params().len();
-                let scales = w.params().iter().flat_map(|p| p.scale().to_le_bytes()).collect();
-                raw.push((format!("{}.{SCALE}", layer.name), Dtype::F32, vec![n], scales));
+                let scales: Vec<f32> = w.params().iter().map(|p| p.scale()).collect();
+                raw.push((format!("{}.{SCALE}", layer.name), Dtype::F32, vec![n], le_bytes(&scales)));
                 if w.scheme() == Scheme::Affine {
                     // In [−128, 127]: a `QuantizedMatrix` invariant.
                     let zps = w.params().iter().map(|p| p.zero_point() as i8 as u8).collect();
@@ -216,7 +235,9 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
                 }
             }
             None => {
-                raw.push((name.clone(), Dtype::F32, t.shape(), t.data().iter().flat_map(|v| v.to_le_bytes()).collect()))
+                let data = t.data();
+                let data = data.as_standard_layout();
+                raw.push((name.clone(), Dtype::F32, t.shape(), le_bytes(data.as_slice().expect("standard layout"))))
             }
         }
     }
@@ -240,6 +261,16 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| err(e.to_string()))?;
     sort_metadata(bytes, &metadata).map_err(err)
+}
+
+/// The little-endian bytes of `values`, by a plain slice loop: ndarray's `IxDyn` iterator under a
+/// `flat_map` drew valgrind reports of branches on uninitialised values here.
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * values.len());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }
 
 /// safetensors writes `__metadata__` (a `HashMap`) in the map's random order, so the same model

@@ -31,6 +31,17 @@ impl QuantError {
     }
 }
 
+/// An empty `Vec` with room for `n` values, or an error naming `op` where that much memory cannot
+/// be had: sizes a caller asks for (a reference product's `rows·out`, a weight's per-group
+/// parameters) become an error instead of aborting the process (`vec![x; n]` aborts).
+pub(crate) fn try_with_capacity<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        QuantError::arg(op, format!("{n} values of {} bytes do not fit in memory", std::mem::size_of::<T>()))
+    })?;
+    Ok(v)
+}
+
 /// Lets quantizers run inside tt-tensor's visitors (`map_linears`), whose callbacks return
 /// `tt_tensor::Result`.
 impl From<QuantError> for TensorError {

@@ -23,7 +23,7 @@
 //!   half the work per instruction.
 //! - **Scalar**: the reference; index order, wrapping i32 adds (which never wrap: see [`MAX_K`]).
 
-use crate::error::{QuantError, Result};
+use crate::error::{try_with_capacity, QuantError, Result};
 
 /// Outputs per panel (one 512-bit register of i32).
 pub const PANEL: usize = 16;
@@ -32,8 +32,11 @@ pub const PANEL: usize = 16;
 /// corrections: `|Σ (a − Z_a)(w − Z_w)| ≤ K·255·255 < 2³¹`.
 pub const MAX_K: usize = (i32::MAX as usize) / (255 * 255);
 
-/// The largest result a reference computes over no inputs (`in = 0`): its size then comes from
-/// the caller's row and output counts alone, which no slice it passed bounds.
+/// The most values this crate builds from a count that no stored data backs: the result of a
+/// reference product over no inputs (`in = 0`), whose size comes from the caller's row and output
+/// counts alone, and the rows of a matrix with no columns (each would get a scale, a code sum and
+/// accumulators of its own: see [`crate::QuantizedMatrix::quantize`]). Sizes backed by data are
+/// bounded by that data.
 pub const MAX_UNBACKED: usize = 1 << 16;
 
 /// An integer kernel level, ordered `Scalar < Avx2 < Avx512Vnni`.
@@ -245,30 +248,42 @@ fn scalar_matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
 /// (`a` is `rows × in`, unpadded). What the tests compare every level with.
 ///
 /// # Errors
-/// `a` shorter than `rows·in_f`, `w` shorter than `out_f·in_f`, a `rows·out_f` result that
-/// overflows `usize`, or, with no inputs (`in_f = 0`), a result (all zeros) of more than
-/// [`MAX_UNBACKED`] values.
+/// `a` shorter than `rows·in_f`, `w` shorter than `out_f·in_f`, `in_f > MAX_K` (the i32 sums
+/// could overflow), a `rows·out_f` result that overflows `usize` or does not fit in memory (the
+/// slices bound each factor, not the product: 2²⁰ rows against 2²⁰ outputs of one input ask for
+/// 4 TiB), or, with no inputs (`in_f = 0`), a result (all zeros) of more than [`MAX_UNBACKED`]
+/// values.
 pub fn matmul_reference(a: &[u8], w: &[i8], rows: usize, in_f: usize, out_f: usize) -> Result<Vec<i32>> {
+    let op = "matmul_reference";
     let fits = |have: usize, n: usize| n.checked_mul(in_f).is_some_and(|k| have >= k);
     let out = rows.checked_mul(out_f);
-    // With in_f > 0 the result is at most a.len()·w.len() values; with in_f = 0 empty inputs
-    // pass for any rows and out_f.
+    // With in_f = 0 empty inputs pass for any rows and out_f.
     let backed = in_f > 0 || out.is_some_and(|n| n <= MAX_UNBACKED);
-    match out {
-        Some(n) if fits(a.len(), rows) && fits(w.len(), out_f) && backed => {
-            let mut acc = vec![0i32; n];
-            for r in 0..rows {
-                for o in 0..out_f {
-                    acc[r * out_f + o] = (0..in_f).map(|i| a[r * in_f + i] as i32 * w[o * in_f + i] as i32).sum();
-                }
-            }
-            Ok(acc)
+    let n = match out {
+        Some(n) if fits(a.len(), rows) && fits(w.len(), out_f) && backed && in_f <= MAX_K => n,
+        _ => {
+            return Err(QuantError::arg(
+                op,
+                format!(
+                    "{} activations and {} codes for {rows} rows of a {out_f}×{in_f} matrix (at most {MAX_K} inputs)",
+                    a.len(),
+                    w.len()
+                ),
+            ))
         }
-        _ => Err(QuantError::arg(
-            "matmul_reference",
-            format!("{} activations and {} codes for {rows} rows of a {out_f}×{in_f} matrix", a.len(), w.len()),
-        )),
+    };
+    let mut acc = try_with_capacity(op, n)?;
+    // An empty row (in_f = 0) has no chunks: such results are all zeros.
+    if in_f == 0 {
+        acc.resize(n, 0);
+        return Ok(acc);
     }
+    for ar in a.chunks_exact(in_f).take(rows) {
+        for wo in w.chunks_exact(in_f).take(out_f) {
+            acc.push(ar.iter().zip(wo).map(|(&x, &c)| x as i32 * c as i32).sum());
+        }
+    }
+    Ok(acc)
 }
 
 #[cfg(target_arch = "x86_64")]

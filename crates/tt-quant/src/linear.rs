@@ -98,8 +98,8 @@ impl Int8Linear {
     /// # Errors
     /// Non-finite weights; per-group weights (the integer kernel keeps one scale per output row —
     /// per-group scales would need float partial sums per group, not implemented); more inputs
-    /// than [`crate::kernels::MAX_K`]; a per-tensor matrix with rows but no columns (see
-    /// [`QuantizedMatrix::row_params`]).
+    /// than [`crate::kernels::MAX_K`]; no inputs and more than [`crate::kernels::MAX_UNBACKED`]
+    /// outputs (see [`QuantizedMatrix::quantize`]).
     pub fn new(w: &Array2<f32>, cfg: WeightConfig, activations: Activations) -> Result<Int8Linear> {
         Self::from_quantized(QuantizedMatrix::quantize(w, cfg.scheme, cfg.granularity)?, activations)
     }
@@ -160,10 +160,12 @@ impl Int8Linear {
     /// formula with.
     ///
     /// # Errors
-    /// `x` shorter than `rows` rows.
+    /// `x` shorter than `rows` rows; with no inputs, more than [`crate::kernels::MAX_UNBACKED`]
+    /// rows (which `x` does not bound).
     pub fn quantize_inputs(&self, x: &[f32], rows: usize) -> Result<Vec<(Vec<u8>, Option<QParams>)>> {
         let in_f = self.weight.cols();
-        if rows.checked_mul(in_f).is_none_or(|n| x.len() < n) {
+        let unbacked = in_f == 0 && rows > crate::kernels::MAX_UNBACKED;
+        if unbacked || rows.checked_mul(in_f).is_none_or(|n| x.len() < n) {
             return Err(QuantError::arg(
                 "Int8Linear::quantize_inputs",
                 format!("{} values for {rows} rows of {in_f}", x.len()),
@@ -345,6 +347,16 @@ pub(crate) enum Transforms {
     Through,
 }
 
+/// Why a layer carrying a forward transform is refused before `doing` something with its stored
+/// weight (quantizing it, saving it): what the layer computes is the transform of that weight.
+pub(crate) fn carries_transform(name: &str, t: &dyn tt_tensor::nn::ForwardTransform, doing: &str) -> String {
+    format!(
+        "layer '{name}' carries a '{}' forward transform: it computes a transform of its stored weight, not the \
+         weight; finish or remove the transform before {doing}",
+        t.name()
+    )
+}
+
 /// The matrix a layer computes with: its dense weight (`dense`, of the layer's `[out, …]`
 /// `shape`), through its transform if it has one and `transforms` allows it.
 fn layer_matrix(
@@ -359,11 +371,7 @@ fn layer_matrix(
     if transforms == Transforms::Refuse {
         return Err(tt_tensor::TensorError::InvalidArgument {
             op,
-            reason: format!(
-                "layer '{name}' carries a '{}' forward transform: it computes a transform of its stored weight, \
-                 not the weight; finish or remove the transform before quantizing",
-                t.name()
-            ),
+            reason: carries_transform(name, t.as_ref(), "quantizing"),
         });
     }
     let (rows, cols) = dense.dim();

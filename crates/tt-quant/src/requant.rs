@@ -15,7 +15,7 @@
 //! of `M₀` (relative 2⁻³¹), so results agree exactly except within a hair of a rounding tie, and
 //! never by more than one code (tested).
 
-use crate::error::{QuantError, Result};
+use crate::error::{try_with_capacity, QuantError, Result};
 use crate::kernels::{IntLevel, PackedI8};
 use crate::scheme::{QParams, QuantizedMatrix, Scheme};
 
@@ -226,24 +226,31 @@ impl IntegerLinear {
     ///
     /// # Errors
     /// As [`IntegerLinear::forward`]; a result over no inputs (`in = 0`) of more than
-    /// [`crate::kernels::MAX_UNBACKED`] codes.
+    /// [`crate::kernels::MAX_UNBACKED`] codes; a `rows·out` result that does not fit in memory
+    /// (`a` bounds `rows`, the weight `out`, but not their product).
     pub fn float_reference(&self, a: &[u8], rows: usize) -> Result<Vec<u8>> {
+        let op = "IntegerLinear::float_reference";
         let (out_f, in_f) = self.packed.shape();
+        // Checked product rows·out_f (with no output buffer to bound it).
         let n = self.check(a, rows, usize::MAX)?;
         if in_f == 0 && n > crate::kernels::MAX_UNBACKED {
             return Err(QuantError::arg(
-                "IntegerLinear::float_reference",
+                op,
                 format!("{rows}×{out_f} results over no inputs (at most {})", crate::kernels::MAX_UNBACKED),
             ));
         }
-        let mut out = vec![0u8; n];
+        let mut out = try_with_capacity(op, n)?;
+        // No outputs: nothing to compute (and with no inputs either, `rows` bounds nothing).
+        if n == 0 {
+            return Ok(out);
+        }
         for r in 0..rows {
             for o in 0..out_f {
                 let dot: i64 = (0..in_f)
                     .map(|i| (a[r * in_f + i] as i64 - self.input.zero_point() as i64) * self.packed.code(o, i) as i64)
                     .sum();
                 let y = self.output.zero_point() as f64 + self.ratios[o] * dot as f64 + self.bias_out[o];
-                out[r * out_f + o] = y.round().clamp(0.0, 255.0) as u8;
+                out.push(y.round().clamp(0.0, 255.0) as u8);
             }
         }
         Ok(out)

@@ -26,7 +26,8 @@
 
 use ndarray::Array2;
 
-use crate::error::{QuantError, Result};
+use crate::error::{try_with_capacity, QuantError, Result};
+use crate::kernels::MAX_UNBACKED;
 
 /// Inclusive range of integer codes, `min < max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,48 +271,77 @@ pub(crate) enum Part {
 impl QuantizedMatrix {
     /// Quantizes `w` (`[rows, cols]`). Symmetric matrices use `[−127, 127]`, affine `[−128, 127]`.
     ///
+    /// A matrix with no columns still gets one parameter per row (per-channel, per-group), as the
+    /// integer kernels keep one per output; its rows are then backed by no data, so at most
+    /// [`MAX_UNBACKED`] of them are accepted (a `2⁴⁰ × 0` weight would otherwise ask for terabytes
+    /// of parameters that store nothing).
+    ///
     /// # Errors
-    /// A non-finite weight, or a group size of 0.
+    /// A non-finite weight; a group size of 0; no columns and more than [`MAX_UNBACKED`] rows;
+    /// codes or parameters that do not fit in memory (per-group parameters take twice the bytes
+    /// of the f32 weight at group size 1).
     pub fn quantize(w: &Array2<f32>, scheme: Scheme, granularity: Granularity) -> Result<QuantizedMatrix> {
+        let op = "QuantizedMatrix::quantize";
         let (rows, cols) = w.dim();
-        if let Granularity::PerGroup(0) = granularity {
-            return Err(QuantError::arg("QuantizedMatrix::quantize", "group size must be at least 1"));
-        }
+        let n_params = Self::param_count(rows, cols, granularity).map_err(|reason| QuantError::arg(op, reason))?;
         if let Some(bad) = w.iter().find(|v| !v.is_finite()) {
-            return Err(QuantError::arg("QuantizedMatrix::quantize", format!("weight {bad} is not finite")));
+            return Err(QuantError::arg(op, format!("weight {bad} is not finite")));
         }
         let range = Self::code_range(scheme);
         let w = w.as_standard_layout();
         let data = w.as_slice().expect("standard layout");
-        let group = Self::group_len(granularity, cols);
+        let mut codes = try_with_capacity(op, data.len())?;
+        codes.resize(data.len(), 0i8);
+        let mut params = try_with_capacity(op, n_params)?;
         // Every group is a contiguous run of the row-major data; per-tensor is one run of all.
-        let mut params = Vec::new();
-        // An ndarray's element count fits usize.
-        let mut codes = vec![0i8; data.len()];
-        let runs: Vec<std::ops::Range<usize>> = match granularity {
-            Granularity::PerTensor => std::iter::once(0..data.len()).collect(),
-            // At least one (possibly empty) run per row, so a per-channel matrix with no
-            // columns still has one parameter per row.
-            _ => (0..rows)
-                .flat_map(|r| {
-                    (0..cols.div_ceil(group.max(1)).max(1))
-                        .map(move |g| r * cols + (g * group).min(cols)..r * cols + ((g + 1) * group).min(cols))
-                })
-                .collect(),
-        };
-        for run in runs {
-            let (lo, hi) = finite_range(&data[run.clone()]);
+        let mut run = |x: &[f32], q: &mut [i8]| -> Result<()> {
+            let (lo, hi) = finite_range(x);
             let p = QParams::from_range(lo, hi, scheme, range)?;
-            for i in run {
-                codes[i] = p.quantize(data[i], range) as i8;
+            for (c, &v) in q.iter_mut().zip(x) {
+                *c = p.quantize(v, range) as i8;
             }
             params.push(p);
+            Ok(())
+        };
+        match granularity {
+            Granularity::PerTensor => run(data, &mut codes)?,
+            // `chunks_exact(0)` would panic; each empty row gets its (unit) parameter.
+            _ if cols == 0 => (0..rows).try_for_each(|_| run(&[], &mut []))?,
+            _ => {
+                let group = Self::group_len(granularity, cols);
+                for (x, q) in data.chunks_exact(cols).zip(codes.chunks_exact_mut(cols)) {
+                    x.chunks(group).zip(q.chunks_mut(group)).try_for_each(|(x, q)| run(x, q))?;
+                }
+            }
         }
+        debug_assert_eq!(params.len(), n_params);
         Ok(QuantizedMatrix { rows, cols, codes, params, scheme, granularity })
     }
 
+    /// How many `(S, Z)` a `rows × cols` matrix of `granularity` has (see the type's docs), checked
+    /// for what every matrix must satisfy before anything is allocated: a group size of at least
+    /// 1, and at most [`MAX_UNBACKED`] rows if there are no columns (then a per-channel or
+    /// per-group count is the row count itself, backed by nothing stored). With columns the count
+    /// is at most `rows·cols`, the number of codes.
+    fn param_count(rows: usize, cols: usize, granularity: Granularity) -> std::result::Result<usize, String> {
+        if cols == 0 && rows > MAX_UNBACKED {
+            return Err(format!(
+                "a {rows}×0 matrix: rows with no columns store nothing, and at most {MAX_UNBACKED} of them get \
+                 parameters"
+            ));
+        }
+        match granularity {
+            Granularity::PerTensor => Ok(1),
+            Granularity::PerChannel => Ok(rows),
+            Granularity::PerGroup(0) => Err("group size must be at least 1".into()),
+            // ≤ rows·cols, or = rows ≤ MAX_UNBACKED with no columns: cannot overflow.
+            Granularity::PerGroup(g) => Ok(rows * cols.div_ceil(g).max(1)),
+        }
+    }
+
     /// A matrix from its stored parts (row-major `codes`, `params` as in the type's docs),
-    /// checked for everything the kernels and `dequantize` rely on: one code per element, the
+    /// checked for everything the kernels and `dequantize` rely on: one code per element, at most
+    /// [`MAX_UNBACKED`] rows if there are no columns (as [`QuantizedMatrix::quantize`]), the
     /// parameter count of the granularity, zero points and codes inside the scheme's range
     /// ([`QuantizedMatrix::code_range`], which keeps the integer sums within i32), and scales
     /// with which every code dequantizes to a finite f32. A matrix from
@@ -350,18 +380,12 @@ impl QuantizedMatrix {
         if rows.checked_mul(cols) != Some(self.codes.len()) {
             return Err((Part::Shape, format!("{} codes for a {rows}×{cols} matrix", self.codes.len())));
         }
-        let want = match self.granularity {
-            Granularity::PerTensor => Some(1),
-            Granularity::PerChannel => Some(rows),
-            Granularity::PerGroup(0) => return Err((Part::Params, "group size 0".into())),
-            Granularity::PerGroup(g) => rows.checked_mul(cols.div_ceil(g.min(cols.max(1))).max(1)),
-        };
-        if want != Some(self.params.len()) {
-            let need = want.map_or("more than fit in memory".to_string(), |n| n.to_string());
+        let want = Self::param_count(rows, cols, self.granularity).map_err(|e| (Part::Shape, e))?;
+        if want != self.params.len() {
             return Err((
                 Part::Params,
                 format!(
-                    "{} parameters for a {} {rows}×{cols} matrix (need {need})",
+                    "{} parameters for a {} {rows}×{cols} matrix (need {want})",
                     self.params.len(),
                     self.granularity.name()
                 ),
@@ -453,18 +477,13 @@ impl QuantizedMatrix {
         Self::code_range(self.scheme)
     }
 
-    /// One `(S, Z)` per row, for kernels that keep one scale per output.
+    /// One `(S, Z)` per row, for kernels that keep one scale per output (at most the number of
+    /// codes, or [`MAX_UNBACKED`] with no columns: see [`QuantizedMatrix::quantize`]).
     ///
     /// # Errors
-    /// Per-group parameters (a row has several); a per-tensor matrix with more rows than it
-    /// stores codes (only possible with no columns): the per-row copies would be an allocation
-    /// that nothing stored bounds.
+    /// Per-group parameters (a row has several).
     pub fn row_params(&self) -> Result<Vec<QParams>> {
         match self.granularity {
-            Granularity::PerTensor if self.rows > self.codes.len().max(1) => Err(QuantError::arg(
-                "QuantizedMatrix::row_params",
-                format!("a per-tensor {}×{} matrix stores nothing per row; use per-channel", self.rows, self.cols),
-            )),
             Granularity::PerTensor => Ok(vec![self.params[0]; self.rows]),
             Granularity::PerChannel => Ok(self.params.clone()),
             Granularity::PerGroup(g) => Err(QuantError::Unsupported(format!(
@@ -499,9 +518,23 @@ impl QuantizedMatrix {
 
     /// The dequantized matrix `S·(q − Z)` (finite: see [`QuantizedMatrix::from_parts`]).
     pub fn dequantize(&self) -> Array2<f32> {
-        Array2::from_shape_fn((self.rows, self.cols), |(r, c)| {
-            self.params_at(r, c).dequantize(self.codes[r * self.cols + c] as i32)
-        })
+        // Plain slice loops over each parameter's run of codes: ndarray's index iterator
+        // (`from_shape_fn`) drew valgrind reports of branches on uninitialised values here.
+        let mut out = Vec::with_capacity(self.codes.len());
+        let mut run = |codes: &[i8], p: QParams| out.extend(codes.iter().map(|&q| p.dequantize(q as i32)));
+        match self.granularity {
+            Granularity::PerTensor => run(&self.codes, self.params[0]),
+            // No codes (and `chunks_exact(0)` would panic).
+            _ if self.cols == 0 => {}
+            _ => {
+                let group = Self::group_len(self.granularity, self.cols);
+                let per_row = self.cols.div_ceil(group);
+                for (row, ps) in self.codes.chunks_exact(self.cols).zip(self.params.chunks_exact(per_row)) {
+                    row.chunks(group).zip(ps).for_each(|(codes, &p)| run(codes, p));
+                }
+            }
+        }
+        Array2::from_shape_vec((self.rows, self.cols), out).expect("one value per code of a rows×cols matrix")
     }
 
     /// Bytes stored: one per code, four per scale, one per zero point (affine only — symmetric

@@ -55,8 +55,8 @@ fn quantized_matrices_are_validated_before_the_kernels_read_them() {
 }
 
 /// The probe's example: a hand-built 2³² × 2³² matrix with no codes (the product wraps to 0)
-/// is refused, and one whose rows nothing stored backs (2³² × 0, per-tensor) is refused before
-/// the per-row allocation an int8 layer would make.
+/// is refused, and so is one whose rows nothing stored backs (2³² × 0, per-tensor), before the
+/// per-row allocation an int8 layer would make.
 #[test]
 fn hand_built_matrices_whose_sizes_wrap_are_refused() {
     let p = QParams::new(1.0, 0).unwrap();
@@ -66,8 +66,8 @@ fn hand_built_matrices_whose_sizes_wrap_are_refused() {
         assert!(wrapped.unwrap_err().to_string().contains("codes for a"), "{g:?}");
     }
     let unbacked = QuantizedMatrix::from_parts(big, 0, vec![], vec![p], Scheme::Symmetric, Granularity::PerTensor);
-    let e = Int8Linear::from_quantized(unbacked.unwrap(), Activations::Dynamic).unwrap_err();
-    assert!(e.to_string().contains("stores nothing per row"), "{e}");
+    let e = unbacked.unwrap_err().to_string();
+    assert!(e.contains("4294967296×0 matrix"), "{e}");
     // The same with the parameter per row it would need: parameters that really exist.
     let m = QuantizedMatrix::from_parts(3, 0, vec![], vec![p; 3], Scheme::Symmetric, Granularity::PerChannel);
     assert!(Int8Linear::from_quantized(m.unwrap(), Activations::Dynamic).is_ok());
@@ -136,5 +136,79 @@ fn tiny_kv_rows_keep_their_bound() {
     assert!(d > 0.0);
     for (&v, &q) in x.iter().zip(&c) {
         assert!((v - d * q as f32).abs() <= d / 2.0 + f32::from_bits(1), "{v} → {q}");
+    }
+}
+
+/// Runs `f` on its own thread and fails the test if it takes more than 20 s (a hang, or a loop
+/// over a count nothing bounds).
+fn within_20s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// The probe's examples: huge matrices with no columns (no data at all) aborted on allocating a
+/// parameter per row or group — `2⁴⁰ × 0` per-channel ran out of memory, per-group asked for
+/// 16 GiB, and an int8 layer or `quantize_dynamic` over such a weight aborted. Rows with no
+/// columns are now bounded by `MAX_UNBACKED` before anything is allocated, naming the shape; up
+/// to that bound they still quantize, one parameter per row.
+#[test]
+fn huge_matrices_with_no_columns_are_refused_before_allocating() {
+    use tt_quant::kernels::MAX_UNBACKED;
+    within_20s("quantizing empty rows", || {
+        let huge = Array2::<f32>::zeros((1 << 40, 0));
+        for g in [Granularity::PerTensor, Granularity::PerChannel, Granularity::PerGroup(4), Granularity::PerGroup(1)] {
+            for scheme in [Scheme::Symmetric, Scheme::Affine] {
+                let e = QuantizedMatrix::quantize(&huge, scheme, g).unwrap_err().to_string();
+                assert!(e.contains("1099511627776×0 matrix"), "{g:?} {scheme:?}: {e}");
+            }
+        }
+        let e = Int8Linear::new(&Array2::zeros((1 << 36, 0)), WeightConfig::PER_CHANNEL, Activations::Dynamic);
+        assert!(e.unwrap_err().to_string().contains("68719476736×0 matrix"));
+        let weight = Tensor::param(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1 << 40, 0])));
+        let mut m = Sequential::new().layer(Linear::from_tensors(weight, None).unwrap());
+        let e = tt_quant::quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap_err().to_string();
+        assert!(e.contains("1099511627776×0 matrix"), "{e}");
+        assert!(m.layers[0].as_linear().unwrap().installed_projection().is_none(), "the model is unchanged");
+        // At the bound: one parameter per row, and an int8 layer that computes the bias.
+        let edge = Array2::<f32>::zeros((MAX_UNBACKED, 0));
+        let q = QuantizedMatrix::quantize(&edge, Scheme::Symmetric, Granularity::PerChannel).unwrap();
+        assert_eq!((q.params().len(), q.dequantize().dim()), (MAX_UNBACKED, (MAX_UNBACKED, 0)));
+        assert!(QuantizedMatrix::quantize(
+            &Array2::zeros((MAX_UNBACKED + 1, 0)),
+            Scheme::Affine,
+            Granularity::PerTensor
+        )
+        .is_err());
+        let layer = Int8Linear::new(&edge, WeightConfig::PER_TENSOR, Activations::Dynamic).unwrap();
+        assert_eq!(layer.weight().params().len(), 1);
+        // Rows of no inputs are bounded too (no slice bounds them).
+        assert!(layer.quantize_inputs(&[], usize::MAX).is_err());
+        assert!(layer.quantize_inputs(&[], MAX_UNBACKED + 1).is_err());
+        assert_eq!(layer.quantize_inputs(&[], 3).unwrap().len(), 3);
+    });
+}
+
+/// Dequantizing walks each parameter's run of codes by slices: equal, bit for bit, to the
+/// affine map of each element's own parameters, at every granularity, over shapes with short
+/// last groups and no rows or columns.
+#[test]
+fn dequantize_is_the_affine_map_of_each_elements_parameters() {
+    for (rows, cols) in [(0usize, 0usize), (0, 3), (3, 0), (1, 1), (3, 7), (5, 16)] {
+        let w = Array2::from_shape_fn((rows, cols), |(r, c)| ((r * 31 + c * 17) % 23) as f32 - 11.0 + r as f32 * 9.0);
+        for g in [Granularity::PerTensor, Granularity::PerChannel, Granularity::PerGroup(3), Granularity::PerGroup(99)]
+        {
+            for scheme in [Scheme::Symmetric, Scheme::Affine] {
+                let q = QuantizedMatrix::quantize(&w, scheme, g).unwrap();
+                let d = q.dequantize();
+                assert_eq!(d.dim(), (rows, cols));
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let want = q.params_at(r, c).dequantize(q.codes()[r * cols + c] as i32);
+                        assert_eq!(d[[r, c]].to_bits(), want.to_bits(), "{rows}×{cols} {g:?} {scheme:?} ({r}, {c})");
+                    }
+                }
+            }
+        }
     }
 }

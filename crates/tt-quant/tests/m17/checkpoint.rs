@@ -672,3 +672,51 @@ fn weights_near_f32_max_quantize_save_and_load() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A transform that doubles the weight: what the layer computes is not what it stores.
+#[derive(Debug)]
+struct Doubled;
+
+impl tt_tensor::nn::ForwardTransform for Doubled {
+    fn weight(&self, w: &Tensor) -> tt_tensor::Result<Tensor> {
+        Ok(w.mul_scalar(2.0))
+    }
+    fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn name(&self) -> &'static str {
+        "doubled"
+    }
+}
+
+/// The probe's example: saving during an unfinished low-rank factorization stored the layer's
+/// unused weight, and the reloaded model silently computed something else. A layer carrying any
+/// forward transform (int8 or f32) is refused, naming it, and nothing is written; once the
+/// transform is finished the model saves and reloads to what it computes.
+#[test]
+fn saving_a_layer_that_carries_a_transform_is_refused() {
+    use tt_compress::lowrank::Factored;
+    let dir = temp_dir("transform");
+    let x = input(&[2, 16], 3);
+    let mut m = small_mlp(1);
+    let f = Factored::factor(&mut m, &["2"], 2).unwrap();
+    let e = checkpoint::save(&mut m, &dir).unwrap_err().to_string();
+    assert!(e.contains("layer '2' carries a 'lowrank' forward transform"), "{e}");
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(), "nothing written");
+    f.finish(&mut m).unwrap();
+    checkpoint::save(&mut m, &dir).unwrap();
+    let mut loaded = small_mlp(9);
+    checkpoint::load(&mut loaded, &dir).unwrap();
+    // The finished layer keeps its low-rank projection; the loaded one is dense: equal but for
+    // the rounding of the two products.
+    let (a, b) = (no_grad(|| loaded.forward(&x)).unwrap().to_vec(), no_grad(|| m.forward(&x)).unwrap().to_vec());
+    assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= 1e-5), "{a:?} vs {b:?}");
+    // Any transform, on an int8 layer too (its projection computes without it, training with it).
+    let mut q = small_saved();
+    q.layers[0].as_linear_mut().unwrap().set_transform(Some(Arc::new(Doubled)));
+    let e = checkpoint::to_safetensors(&mut q).unwrap_err().to_string();
+    assert!(e.contains("layer '0' carries a 'doubled' forward transform"), "{e}");
+    q.layers[0].as_linear_mut().unwrap().set_transform(None);
+    assert!(checkpoint::to_safetensors(&mut q).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

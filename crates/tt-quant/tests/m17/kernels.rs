@@ -131,6 +131,25 @@ fn kernel_sizes_at_the_edges_are_results_or_errors() {
     assert!(matmul_reference(&[1; 3], &[1; 4], 2, 2, 2).is_err(), "a short activation slice");
 }
 
+/// The probe's example: 2²⁰ rows against 2²⁰ outputs of one input — 1 MiB slices — aborted
+/// asking for 4 TiB of results. The product is checked and the result reserved fallibly: an
+/// error, quickly. Sums wider than `MAX_K` inputs (which could overflow i32) are refused as the
+/// packing refuses them; at `MAX_K` the extreme codes sum exactly.
+#[test]
+fn reference_results_that_do_not_fit_or_overflow_are_errors() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (a, w) = (vec![0u8; 1 << 20], vec![0i8; 1 << 20]);
+        tx.send(matmul_reference(&a, &w, 1 << 20, 1, 1 << 20).map(|v| v.len()).map_err(|e| e.to_string()))
+    });
+    let e = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("within 20 s").unwrap_err();
+    assert!(e.contains("do not fit in memory"), "{e}");
+    let (a, w) = (vec![255u8; MAX_K + 1], vec![-128i8; MAX_K + 1]);
+    assert!(matmul_reference(&a, &w, 1, MAX_K + 1, 1).is_err(), "MAX_K + 1 inputs");
+    let want = 255 * -128 * MAX_K as i32;
+    assert_eq!(matmul_reference(&a[..MAX_K], &w[..MAX_K], 1, MAX_K, 1).unwrap(), [want]);
+}
+
 #[test]
 #[should_panic(expected = "outside 2×3")]
 fn a_code_outside_the_matrix_panics_as_documented() {

@@ -117,3 +117,35 @@ fn hand_built_multipliers_at_the_extremes_saturate() {
         }
     }
 }
+
+/// Runs `f` on its own thread and fails the test if it takes more than 20 s.
+fn within_20s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// The probe's example: the float reference of a 2²⁰-output, one-input layer over 2²⁰ rows
+/// aborted asking for 1 TiB — the slices bound the rows and the outputs, not their product. Here
+/// 2²² rows against 2¹⁷ outputs ask for 512 GiB: an error, quickly; and no outputs over no inputs
+/// is an empty result for any row count, without looping over them.
+#[test]
+fn float_reference_results_that_do_not_fit_are_errors() {
+    within_20s("float_reference", || {
+        let p = QParams::new(0.01, 0).unwrap();
+        let unit = QParams::new(1.0, 128).unwrap();
+        let out_f = 1 << 17;
+        let w =
+            QuantizedMatrix::from_parts(out_f, 1, vec![1; out_f], vec![p], Scheme::Symmetric, Granularity::PerTensor)
+                .unwrap();
+        let layer = IntegerLinear::new(&w, None, unit, unit).unwrap();
+        let e = layer.float_reference(&vec![0u8; 1 << 22], 1 << 22).unwrap_err().to_string();
+        assert!(e.contains("do not fit in memory"), "{e}");
+        assert_eq!(layer.float_reference(&[3, 4], 2).unwrap().len(), 2 * out_f);
+        let empty =
+            QuantizedMatrix::from_parts(0, 0, vec![], vec![p], Scheme::Symmetric, Granularity::PerTensor).unwrap();
+        let layer = IntegerLinear::new(&empty, None, unit, unit).unwrap();
+        assert_eq!(layer.float_reference(&[], usize::MAX).unwrap(), Vec::<u8>::new());
+        layer.forward(&[], usize::MAX, &mut []).unwrap();
+    });
+}

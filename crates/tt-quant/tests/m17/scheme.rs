@@ -170,6 +170,8 @@ proptest! {
                 for ((r, c), &x) in w.indexed_iter() {
                     let s = q.params_at(r, c).scale();
                     prop_assert!((d[[r, c]] - x).abs() <= bound(s, x), "{scheme:?} {g:?} ({r},{c}): {x} vs {}", d[[r, c]]);
+                    let own = q.params_at(r, c).dequantize(q.codes()[r * cols + c] as i32);
+                    prop_assert_eq!(d[[r, c]].to_bits(), own.to_bits(), "{:?} {:?} ({}, {})", scheme, g, r, c);
                 }
             }
         }
