@@ -68,7 +68,13 @@ pub fn to_safetensors_bytes(
     let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let bytes = t.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+            let data = t.data();
+            let data = data.as_standard_layout();
+            let floats = data.as_slice().expect("standard layout");
+            let mut bytes = Vec::with_capacity(4 * floats.len());
+            for v in floats {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
             (n.clone(), t.shape(), bytes)
         })
         .collect();
