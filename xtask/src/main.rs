@@ -23,6 +23,23 @@ fn main() -> ExitCode {
         "fuzz" => return fuzz::orchestrate(&args[1..]),
         "fuzz-worker" => return fuzz::worker(&args[1..]),
         "fuzz-one" => return fuzz::one(&args[1..]),
+        "levels" => {
+            // The SIMD levels this CPU runs, one `family level` line each, in the form the
+            // kernels record under TT_ACCEL_LEVEL_LOG: what `.ci/levels` requires the suites to reach.
+            for l in tt_accel::dispatch::Level::ALL.into_iter().filter(|&l| l <= tt_accel::dispatch::detected()) {
+                println!("f32 {}", l.name());
+            }
+            let mut int: Vec<_> = tt_accel::dispatch::Level::ALL
+                .into_iter()
+                .filter(|&l| l <= tt_accel::dispatch::detected())
+                .map(tt_quant::IntLevel::for_level)
+                .collect();
+            int.dedup();
+            for l in int {
+                println!("int {}", l.name());
+            }
+            return ExitCode::SUCCESS;
+        }
         _ => {}
     }
     let steps: &[&[&str]] = match task.as_str() {
@@ -33,7 +50,7 @@ fn main() -> ExitCode {
         ],
         "bench" => &[&["bench", "-p", "tt-benches"]],
         _ => {
-            eprintln!("xtask: error: unknown task '{task}' (known: ci, bench, fuzz, fuzz-one)");
+            eprintln!("xtask: error: unknown task '{task}' (known: ci, bench, fuzz, fuzz-one, levels)");
             return ExitCode::from(2);
         }
     };

@@ -109,7 +109,34 @@ pub fn with_level<R>(l: Level, f: impl FnOnce(Level) -> R) -> R {
         }
     }
     let _restore = Restore(prev);
-    f(level())
+    let used = level();
+    record_level_use("f32", used.name());
+    f(used)
+}
+
+/// Appends `"{family} {level}"` (e.g. `f32 avx2`) to the file named by `TT_ACCEL_LEVEL_LOG`, once
+/// per process and value: how CI proves which levels a test suite really ran (`.ci/levels`), so
+/// a level the CPU has that no test reached is a failure rather than a silent skip. With the
+/// variable unset (always, outside CI) it costs one read of a value initialized once.
+pub fn record_level_use(family: &str, level: &str) {
+    use std::io::Write;
+    static LOG: OnceLock<Option<(std::path::PathBuf, std::sync::Mutex<Vec<String>>)>> = OnceLock::new();
+    let Some((path, seen)) =
+        LOG.get_or_init(|| std::env::var_os("TT_ACCEL_LEVEL_LOG").map(|p| (p.into(), Default::default()))).as_ref()
+    else {
+        return;
+    };
+    let line = format!("{family} {level}");
+    let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.contains(&line) {
+        return;
+    }
+    // A log that cannot be written is CI's to notice (the coverage check then fails).
+    let written =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{line}"));
+    if written.is_ok() {
+        seen.push(line);
+    }
 }
 
 /// Levels this machine can run, lowest first (what the tests iterate over).

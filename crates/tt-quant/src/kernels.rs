@@ -208,6 +208,7 @@ impl PackedI8 {
             return Ok(());
         }
         let level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        tt_accel::dispatch::record_level_use("int", level.name());
         match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the level is clamped to what the CPU supports (VNNI detected); `a` holds
