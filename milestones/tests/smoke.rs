@@ -269,9 +269,16 @@ fn torchperf_quick_run_reports_scenarios_suite_ablation_and_targets() {
     let rows = v["ablation"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 32, "the full 2^5 design");
     for r in rows {
-        for k in ["p50_ms", "p90_ms", "p99_ms", "quality", "model_bytes"] {
+        for k in ["tpot_ms", "ttft_ms", "p50_ms", "p90_ms", "p99_ms", "quality", "model_bytes"] {
             assert!(r[k].as_f64().is_some(), "{k}: {r}");
         }
+        // Per output token, median of at least three rounds, with its range.
+        assert!(r["rounds"].as_u64().unwrap() >= 3, "{r}");
+        let (lo, hi) = (r["tpot_range_ms"][0].as_f64().unwrap(), r["tpot_range_ms"][1].as_f64().unwrap());
+        assert!(lo <= r["tpot_ms"].as_f64().unwrap() && r["tpot_ms"].as_f64().unwrap() <= hi, "{r}");
+    }
+    for w in v["ablation"]["walk"].as_array().unwrap() {
+        assert!(w["tpot_ms"].as_f64().is_some() && w["speedup_over_baseline"].as_f64().is_some(), "{w}");
     }
     for t in v["production"].as_array().unwrap() {
         // Measured (a verdict), or not measured and saying why (no serving process here).

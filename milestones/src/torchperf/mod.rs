@@ -35,6 +35,10 @@ use qa::{QaLibrary, QaSut, Variant};
 use tensor_sut::{Output, Samples, TensorSut};
 
 pub const NAME: &str = "torchperf";
+/// Rounds every ablation configuration is timed in (each round in its own shuffled order).
+pub const ABLATION_ROUNDS: usize = 3;
+/// Seeds the rounds' orders.
+pub const ABLATION_SEED: u64 = 0;
 
 /// An accuracy run's responses, `(sample index, data)`.
 type Responses = [(usize, Vec<u8>)];
@@ -482,7 +486,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     ];
     let configs = ablation::full_factorial(&factors).map_err(perf_err)?;
     opts.say(format!(
-        "\nablation: {} configurations of the GPT question answerer (pruning 0 = the unpruned model fine-tuned as many steps as the pruned one); quality = exact match over {} questions (AccuracyOnly), latency from a SingleStream run",
+        "\nablation: {} configurations of the GPT question answerer (pruning 0 = the unpruned model fine-tuned as many steps as the pruned one); quality = exact match over {} questions (AccuracyOnly); latency per output token (and to the first token, and per answer) from SingleStream runs in {ABLATION_ROUNDS} rounds, each in its own shuffled order (seed {ABLATION_SEED}): medians, with the per-token range",
         configs.len(),
         qa_lib.prompts.len()
     ));
@@ -495,7 +499,9 @@ pub fn run(opts: &Options) -> Result<Value> {
         s.completion_timeout = Duration::from_secs(600);
         s
     };
-    let study = ablation::run(&factors, &configs, |c| {
+    // Quality is deterministic (greedy answers), so each configuration's accuracy run happens once.
+    let mut quality_of: std::collections::HashMap<Vec<usize>, f64> = std::collections::HashMap::new();
+    let study = ablation::run_rounds(&factors, &configs, ABLATION_ROUNDS, Some(ABLATION_SEED), |c| {
         let v = Variant {
             kv_cache: c[0] == 1,
             accelerated: c[1] == 1,
@@ -509,11 +515,18 @@ pub fn run(opts: &Options) -> Result<Value> {
             .map_err(|e| tt_perf::PerfError::Sut(e.to_string()))?;
         let sut = QaSut::new(&v.name(), Arc::new(p.model), v, &tokenizer, Arc::clone(&qa_lib.prompts), 1, 1)
             .map_err(|e| tt_perf::PerfError::Sut(e.to_string()))?;
-        let mut acc = TestSettings::scaled(Scenario::SingleStream, Duration::ZERO, 1);
-        acc.mode = Mode::AccuracyOnly;
-        acc.completion_timeout = Duration::from_secs(600);
-        let answers = loadgen::start_test(&sut, &mut qa_lib, &acc)?.accuracy;
-        let quality = qa_lib.exact_match(&answers);
+        let quality = match quality_of.get(c) {
+            Some(&q) => q,
+            None => {
+                let mut acc = TestSettings::scaled(Scenario::SingleStream, Duration::ZERO, 1);
+                acc.mode = Mode::AccuracyOnly;
+                acc.completion_timeout = Duration::from_secs(600);
+                let answers = loadgen::start_test(&sut, &mut qa_lib, &acc)?.accuracy;
+                let q = qa_lib.exact_match(&answers);
+                quality_of.insert(c.to_vec(), q);
+                q
+            }
+        };
         let j = results::judge(loadgen::start_test(&sut, &mut qa_lib, &ss_small)?)?;
         let ms = |x: f64| x / 1e6;
         let m = Measurement {
@@ -523,13 +536,16 @@ pub fn run(opts: &Options) -> Result<Value> {
             p99_ms: ms(j.sample_latency.at(0.99).unwrap_or(f64::NAN)),
             throughput: 1e9 / j.sample_latency.mean,
             model_bytes: p.model_bytes,
+            ttft_ms: j.first_token_latency.as_ref().map(|t| ms(t.median)),
+            tpot_ms: j.time_per_output_token.as_ref().map(|t| ms(t.median)),
         };
         opts.say(format!(
-            "  {:<62} exact match {:.4}  p50 {:7.3} ms  p99 {:7.3} ms  {:>9} B",
+            "  {:<62} exact match {:.4}  per token {:7.4} ms  first token {:7.3} ms  per answer p50 {:7.3} ms  {:>9} B",
             v.name(),
             m.quality,
+            m.latency_ms(),
+            m.ttft_ms.unwrap_or(f64::NAN),
             m.p50_ms,
-            m.p99_ms,
             m.model_bytes
         ));
         Ok(m)
@@ -548,22 +564,22 @@ pub fn run(opts: &Options) -> Result<Value> {
         ],
     )
     .map_err(perf_err)?;
-    opts.say("\nmain effects (matched pairs; latency × < 1 is faster):");
+    opts.say("\nmain effects (matched pairs; latency per output token, × < 1 is faster; 'within noise': pairs whose ranges over the rounds overlap):");
     for e in &study.main_effects {
         opts.say(format!(
-            "  {:<9} {} -> {:<12} quality {:+.4}  latency x{:.3}  bytes x{:.3}  ({} pairs)",
-            e.factor, e.from, e.to, e.quality_delta, e.latency_ratio, e.bytes_ratio, e.pairs
+            "  {:<9} {} -> {:<12} quality {:+.4}  latency x{:.3}  bytes x{:.3}  ({} pairs, {} within noise)",
+            e.factor, e.from, e.to, e.quality_delta, e.latency_ratio, e.bytes_ratio, e.pairs, e.pairs_within_noise
         ));
     }
     opts.say("largest interactions (latency; 1 = the two speedups multiply):");
     for i in study.interactions.iter().take(3) {
         opts.say(format!("  {} x {}: {:.3}", i.factors.0, i.factors.1, i.latency_interaction));
     }
-    opts.say("walk:");
+    opts.say("walk (per output token):");
     for w in &walk {
         opts.say(format!(
-            "  {:<10} exact match {:.4} ({:+.4})  p50 {:7.3} ms  {:5.2}x the previous step, {:6.2}x the baseline  {:>9} B",
-            w.step, w.quality, w.quality_delta, w.p50_ms, w.speedup_over_previous, w.speedup_over_baseline, w.model_bytes
+            "  {:<10} exact match {:.4} ({:+.4})  {:7.4} ms/token ({:.4}–{:.4})  {:5.2}x the previous step, {:6.2}x the baseline  per answer p50 {:7.3} ms  {:>9} B",
+            w.step, w.quality, w.quality_delta, w.latency_ms, w.latency_range_ms.0, w.latency_range_ms.1, w.speedup_over_previous, w.speedup_over_baseline, w.p50_ms, w.model_bytes
         ));
     }
     let ablation_md = results_dir.join("ablation.md");
@@ -648,12 +664,16 @@ pub fn run(opts: &Options) -> Result<Value> {
         "ablation": {
             "factors": study.factors,
             "rows": study.rows.iter().map(|r| json!({
-                "config": r.name, "quality": r.measured.quality, "p50_ms": r.measured.p50_ms, "p90_ms": r.measured.p90_ms,
+                "config": r.name, "quality": r.measured.quality,
+                "tpot_ms": r.measured.tpot_ms, "tpot_range_ms": [r.latency_range_ms.0, r.latency_range_ms.1],
+                "ttft_ms": r.measured.ttft_ms, "rounds": r.rounds,
+                "p50_ms": r.measured.p50_ms, "p90_ms": r.measured.p90_ms,
                 "p99_ms": r.measured.p99_ms, "throughput": r.measured.throughput, "model_bytes": r.measured.model_bytes, "pareto": r.pareto,
             })).collect::<Vec<_>>(),
             "main_effects": study.main_effects,
             "interactions": study.interactions,
-            "walk": walk.iter().map(|w| json!({"step": w.step, "config": w.name, "quality": w.quality, "p50_ms": w.p50_ms, "model_bytes": w.model_bytes, "speedup_over_previous": w.speedup_over_previous, "speedup_over_baseline": w.speedup_over_baseline})).collect::<Vec<_>>(),
+            "walk": walk.iter().map(|w| json!({"step": w.step, "config": w.name, "quality": w.quality, "tpot_ms": w.latency_ms, "tpot_range_ms": [w.latency_range_ms.0, w.latency_range_ms.1], "p50_ms": w.p50_ms, "model_bytes": w.model_bytes, "speedup_over_previous": w.speedup_over_previous, "speedup_over_baseline": w.speedup_over_baseline})).collect::<Vec<_>>(),
+            "rounds": ABLATION_ROUNDS, "seed": ABLATION_SEED,
             "latency_settings": {"min_duration_s": ss_small.min_duration.as_secs_f64(), "min_query_count": ss_small.min_query_count},
         },
         "production": production,
@@ -680,17 +700,17 @@ mod charts {
         MilestoneError::Other(format!("chart {}: {e}", path.display()))
     }
 
-    /// Quality against p50 latency (log), every configuration; the Pareto front filled.
+    /// Quality against per-token latency (log), every configuration; the Pareto front filled.
     pub fn pareto(path: &Path, study: &Study) -> Result<()> {
         let root = SVGBackend::new(path, (780, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(path, e))?;
-        let lat: Vec<f64> = study.rows.iter().map(|r| r.measured.p50_ms).collect();
+        let lat: Vec<f64> = study.rows.iter().map(|r| r.measured.latency_ms()).collect();
         let (lo, hi) = (lat.iter().copied().fold(f64::INFINITY, f64::min), lat.iter().copied().fold(0.0, f64::max));
         let qmin = study.rows.iter().map(|r| r.measured.quality).fold(1.0, f64::min);
         let qmax = study.rows.iter().map(|r| r.measured.quality).fold(0.0, f64::max);
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                "ablation: exact match vs p50 latency (filled: Pareto front over quality, latency, bytes)",
+                "ablation: exact match vs latency per output token (filled: Pareto front over quality, latency, bytes)",
                 ("sans-serif", 16),
             )
             .margin(12)
@@ -700,7 +720,7 @@ mod charts {
             .map_err(|e| err(path, e))?;
         chart
             .configure_mesh()
-            .x_desc("p50 latency per answer (ms, log)")
+            .x_desc("median latency per output token (ms, log)")
             .y_desc("exact match")
             .draw()
             .map_err(|e| err(path, e))?;
@@ -708,7 +728,7 @@ mod charts {
             let rows: Vec<_> = study.rows.iter().filter(|r| (r.config[2] == 1) == int8).collect();
             chart
                 .draw_series(rows.iter().map(|r| {
-                    let p = (r.measured.p50_ms, r.measured.quality);
+                    let p = (r.measured.latency_ms(), r.measured.quality);
                     if r.pareto {
                         Circle::new(p, 5, color.filled())
                     } else {
@@ -729,13 +749,13 @@ mod charts {
         root.present().map_err(|e| err(path, e))
     }
 
-    /// The walk as a waterfall: each step's bar spans the previous step's p50 to its own.
+    /// The walk as a waterfall: each step's bar spans the previous step's per-token latency to its own.
     pub fn waterfall(path: &Path, walk: &[WalkStep]) -> Result<()> {
         let root = SVGBackend::new(path, (780, 440)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(path, e))?;
-        let top = walk.iter().map(|w| w.p50_ms).fold(0.0, f64::max) * 1.15;
+        let top = walk.iter().map(|w| w.latency_ms).fold(0.0, f64::max) * 1.15;
         let mut chart = ChartBuilder::on(&root)
-            .caption("the walk: p50 latency per answer after each step (ms)", ("sans-serif", 16))
+            .caption("the walk: median latency per output token after each step (ms)", ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(52)
@@ -745,16 +765,16 @@ mod charts {
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(0)
-            .x_desc("step (each bar: from the previous step's latency to its own)")
+            .x_desc("step (each bar: from the previous step's per-token latency to its own)")
             .y_desc("ms")
             .draw()
             .map_err(|e| err(path, e))?;
-        let mut prev = walk.first().map_or(0.0, |w| w.p50_ms);
+        let mut prev = walk.first().map_or(0.0, |w| w.latency_ms);
         for (i, w) in walk.iter().enumerate() {
-            let (a, b) = if i == 0 { (0.0, w.p50_ms) } else { (w.p50_ms, prev) };
+            let (a, b) = if i == 0 { (0.0, w.latency_ms) } else { (w.latency_ms, prev) };
             let color = if i == 0 {
                 BLUE
-            } else if w.p50_ms <= prev {
+            } else if w.latency_ms <= prev {
                 GREEN
             } else {
                 RED
@@ -767,12 +787,12 @@ mod charts {
                 .map_err(|e| err(path, e))?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!("{} {:.2}", w.step, w.p50_ms),
-                    (i as f64 + 0.1, if i == 0 { w.p50_ms } else { prev.max(w.p50_ms) } + top * 0.03),
+                    format!("{} {:.2}", w.step, w.latency_ms),
+                    (i as f64 + 0.1, if i == 0 { w.latency_ms } else { prev.max(w.latency_ms) } + top * 0.03),
                     ("sans-serif", 12),
                 )))
                 .map_err(|e| err(path, e))?;
-            prev = w.p50_ms;
+            prev = w.latency_ms;
         }
         root.present().map_err(|e| err(path, e))
     }

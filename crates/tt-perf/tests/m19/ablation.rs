@@ -28,6 +28,8 @@ fn model(c: &[usize]) -> Measurement {
         p99_ms: lat * 1.2,
         throughput: 1000.0 / lat,
         model_bytes: if c[1] == 1 { 250 } else { 1000 },
+        ttft_ms: None,
+        tpot_ms: None,
     }
 }
 
@@ -98,4 +100,59 @@ fn pareto_front_on_fixed_points() {
         (0.89, 4.0, 250.0),   // a tie with point 2: both stay
     ];
     assert_eq!(ablation::pareto_front(&pts), vec![false, true, true, false, true, true]);
+}
+
+/// Rounds: every configuration measured in each round, each round in its own seeded order; the
+/// median and range are kept, the effect uses the per-token latency, and an effect inside the
+/// rounds' spread is counted as noise.
+#[test]
+fn rounds_are_shuffled_seeded_and_summarised_by_median_and_range() {
+    let f = factors();
+    let configs = ablation::full_factorial(&f).unwrap();
+    let run = |seed| {
+        let mut order = Vec::new();
+        let mut calls = std::collections::HashMap::new();
+        let study = ablation::run_rounds(&f, &configs, 3, Some(seed), |c| {
+            order.push(c.to_vec());
+            let k = calls.entry(c.to_vec()).or_insert(0usize);
+            *k += 1;
+            // Per-answer time is 10× the per-token time for the threads=2 variants only (they
+            // answer with more tokens): per-answer comparisons would call threads slower.
+            let mut m = model(c);
+            let wobble = [1.0, 1.1, 0.9][*k - 1];
+            m.tpot_ms = Some(m.p50_ms * wobble);
+            m.ttft_ms = Some(2.0 * m.p50_ms);
+            if c[2] == 1 {
+                m.p50_ms *= 10.0;
+            }
+            Ok(m)
+        })
+        .unwrap();
+        (study, order)
+    };
+    let (study, order) = run(7);
+    assert_eq!(order.len(), 24, "3 rounds of 8");
+    let rounds: Vec<&[Vec<usize>]> = order.chunks(8).collect();
+    assert!(rounds.iter().all(|r| r.iter().collect::<std::collections::HashSet<_>>().len() == 8), "each round has all");
+    assert!(rounds[0] != rounds[1] || rounds[1] != rounds[2], "rounds are shuffled");
+    assert_eq!(run(7).1, order, "the same seed gives the same orders");
+    assert_ne!(run(8).1, order, "another seed, other orders");
+    let base = study.rows.iter().find(|r| r.config == vec![0, 0, 0]).unwrap();
+    assert_eq!(base.rounds, 3);
+    assert_eq!(base.measured.tpot_ms, Some(10.0), "the median of 10, 11, 9");
+    assert_eq!(base.latency_range_ms, (9.0, 11.0));
+    // Threads speed up per token (0.6 and 0.9), although per answer they are slower.
+    let threads = study.main_effects.iter().find(|e| e.factor == "threads").unwrap();
+    assert!((threads.latency_ratio - (0.6f64 * 0.9).sqrt()).abs() < 1e-9, "{threads:?}");
+    // kv (× 0.5) separates every pair; threads with the cache on (× 0.9) falls inside the ±10%.
+    let kv = study.main_effects.iter().find(|e| e.factor == "kv").unwrap();
+    assert_eq!(kv.pairs_within_noise, 0);
+    assert_eq!(threads.pairs_within_noise, 2, "the two cache-on pairs");
+    let walk = ablation::walk(&study, &[("baseline", vec![0, 0, 0]), ("+threads", vec![0, 0, 1])]).unwrap();
+    assert!((walk[1].speedup_over_previous - 1.0 / 0.6).abs() < 1e-9, "per token");
+    assert!(walk[1].p50_ms > walk[0].p50_ms, "per answer beside it");
+    assert!(ablation::markdown(&study).contains("(3 rounds)"));
+    for bad in [0, ablation::MAX_ROUNDS + 1] {
+        assert!(ablation::run_rounds(&f, &configs, bad, None, |c| Ok(model(c))).is_err(), "{bad} rounds");
+    }
 }
