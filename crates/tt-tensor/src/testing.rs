@@ -158,3 +158,20 @@ impl crate::Projection for TransposedF64 {
         "f64-transposed"
     }
 }
+
+/// A forward transform that doubles the weight: a layer carrying it computes something other
+/// than its stored weight — what tests of "refuse a layer with a transform" install.
+#[derive(Debug)]
+pub struct DoubledWeight;
+
+impl crate::nn::ForwardTransform for DoubledWeight {
+    fn weight(&self, w: &Tensor) -> Result<Tensor> {
+        Ok(w.mul_scalar(2.0))
+    }
+    fn input(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn name(&self) -> &'static str {
+        "doubled"
+    }
+}

@@ -557,22 +557,6 @@ mod seam {
     }
 }
 
-/// Doubles a weight: a layer carrying it computes something other than its stored weight.
-#[derive(Debug)]
-struct Doubled;
-
-impl tt_tensor::nn::ForwardTransform for Doubled {
-    fn weight(&self, w: &tt_tensor::Tensor) -> tt_tensor::Result<tt_tensor::Tensor> {
-        w.add(w)
-    }
-    fn input(&self, x: &tt_tensor::Tensor) -> tt_tensor::Result<tt_tensor::Tensor> {
-        Ok(x.clone())
-    }
-    fn name(&self) -> &'static str {
-        "doubled"
-    }
-}
-
 #[test]
 fn saving_a_model_whose_layer_carries_a_forward_transform_is_refused() {
     let dir = std::env::temp_dir().join(format!("tt-m13-transform-{}", std::process::id()));
@@ -582,7 +566,7 @@ fn saving_a_model_whose_layer_carries_a_forward_transform_is_refused() {
     assert!(tt_tensor::nn::layer_transforms(&m).is_empty());
     tt_tensor::nn::map_linears(&mut m, |name, l| {
         if name == "blocks.1.mlp.fc" {
-            l.set_transform(Some(std::sync::Arc::new(Doubled)));
+            l.set_transform(Some(std::sync::Arc::new(tt_tensor::testing::DoubledWeight)));
         }
         Ok(())
     })

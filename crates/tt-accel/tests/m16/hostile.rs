@@ -782,28 +782,12 @@ fn packing_a_huge_empty_matrix_does_not_walk_its_rows() {
     assert_eq!((p.shape(), p.storage_bytes()), ((1 << 40, 0), 0));
 }
 
-/// Doubles the weight: a layer carrying it computes something other than its stored weight.
-#[derive(Debug)]
-struct Doubled;
-
-impl tt_tensor::nn::ForwardTransform for Doubled {
-    fn weight(&self, w: &tt_tensor::Tensor) -> tt_tensor::Result<tt_tensor::Tensor> {
-        w.add(w)
-    }
-    fn input(&self, x: &tt_tensor::Tensor) -> tt_tensor::Result<tt_tensor::Tensor> {
-        Ok(x.clone())
-    }
-    fn name(&self) -> &'static str {
-        "doubled"
-    }
-}
-
 /// Packing the stored weight of a layer with a forward transform would be silently wrong.
 #[test]
 fn packing_refuses_a_layer_that_carries_a_forward_transform() {
     let mut m = tt_tensor::nn::Sequential::new().layer(tt_tensor::nn::Linear::new(4, 3, true, 0));
     tt_tensor::nn::map_linears(&mut m, |_, l| {
-        l.set_transform(Some(Arc::new(Doubled)));
+        l.set_transform(Some(Arc::new(tt_tensor::testing::DoubledWeight)));
         Ok(())
     })
     .unwrap();

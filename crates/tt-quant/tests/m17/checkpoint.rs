@@ -673,22 +673,6 @@ fn weights_near_f32_max_quantize_save_and_load() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A transform that doubles the weight: what the layer computes is not what it stores.
-#[derive(Debug)]
-struct Doubled;
-
-impl tt_tensor::nn::ForwardTransform for Doubled {
-    fn weight(&self, w: &Tensor) -> tt_tensor::Result<Tensor> {
-        Ok(w.mul_scalar(2.0))
-    }
-    fn input(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
-        Ok(x.clone())
-    }
-    fn name(&self) -> &'static str {
-        "doubled"
-    }
-}
-
 /// The probe's example: saving during an unfinished low-rank factorization stored the layer's
 /// unused weight, and the reloaded model silently computed something else. A layer carrying any
 /// forward transform (int8 or f32) is refused, naming it, and nothing is written; once the
@@ -713,7 +697,7 @@ fn saving_a_layer_that_carries_a_transform_is_refused() {
     assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= 1e-5), "{a:?} vs {b:?}");
     // Any transform, on an int8 layer too (its projection computes without it, training with it).
     let mut q = small_saved();
-    q.layers[0].as_linear_mut().unwrap().set_transform(Some(Arc::new(Doubled)));
+    q.layers[0].as_linear_mut().unwrap().set_transform(Some(Arc::new(tt_tensor::testing::DoubledWeight)));
     let e = checkpoint::to_safetensors(&mut q).unwrap_err().to_string();
     assert!(e.contains("layer '0' carries a 'doubled' forward transform"), "{e}");
     q.layers[0].as_linear_mut().unwrap().set_transform(None);

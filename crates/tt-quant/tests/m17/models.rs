@@ -9,7 +9,7 @@ use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential};
 use tt_tensor::optim::{Adam, Optimizer};
 use tt_tensor::{no_grad, randn_array, Module, Tensor};
 use tt_transformer::generate::{FullRecompute, GenerateConfig, NextTokenSource};
-use tt_transformer::{Gpt, GptConfig, PositionEncoding};
+use tt_transformer::Gpt;
 
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let (a, b) = (a.data(), b.data());
@@ -58,29 +58,7 @@ fn an_int8_mlp_and_cnn_stay_close_to_fp32_and_train_on_f32_weights() {
 
 /// A 2-layer GPT trained briefly on a repeating sequence (shared with `checkpoint.rs`).
 pub(crate) fn tiny_gpt() -> Gpt {
-    let cfg = GptConfig {
-        vocab_size: 12,
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 4,
-        max_seq_len: 64,
-        mlp_ratio: 4,
-        mlp_hidden: None,
-        heads_per_block: None,
-        tie_weights: true,
-        position: PositionEncoding::Learned,
-        dropout: 0.0,
-        seed: 3,
-    };
-    let m = Gpt::new(cfg).unwrap();
-    let seq: Vec<usize> = (0..33).map(|i| [1, 5, 9, 2, 7, 7, 3][i % 7]).collect();
-    let mut opt = Adam::new(m.parameters(), 1e-2, 0.0).unwrap();
-    for _ in 0..40 {
-        opt.zero_grad();
-        cross_entropy(&m.forward_ids(&seq[..32], 1, 32).unwrap(), &seq[1..]).unwrap().backward().unwrap();
-        opt.step().unwrap();
-    }
-    m
+    tt_transformer::testing::trained_tiny(3).unwrap()
 }
 
 /// The decoder and the tensor model hold the same int8 projections; their activations differ
