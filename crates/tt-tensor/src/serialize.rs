@@ -45,7 +45,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .ok_or_else(|| TensorError::File { path: path.display().to_string(), reason: "not a file path".into() })?;
     let tmp = path.with_file_name(temp_name(&file_name.to_string_lossy()));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A stale temp file of ours, or a link planted at its name, is unlinked (never followed or
+        // written through); `create_new` then refuses anything that appears there meanwhile, so
+        // the bytes only ever go into a file this call created.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -196,6 +203,10 @@ const FORMAT: &str = "tinytorch-rs checkpoint unit 1";
 /// The parts a save is about to write, recorded before it writes them and removed once the
 /// manifest is published: what lets the next save remove the parts of a save killed in between.
 const PENDING: &str = "manifest.pending.json";
+/// The file saves lock (exclusively) and loads lock (shared), so that saves to one unit, from any
+/// process, run one at a time and a load never reads a generation a save is removing. Released
+/// when the process dies, so a killed save leaves no stale lock.
+const LOCK: &str = "manifest.lock";
 /// A manifest larger than this is not ours (ours are a few hundred bytes).
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -249,6 +260,20 @@ fn temp_name(file: &str) -> String {
     format!(".{file}.{}.tmp", std::process::id())
 }
 
+/// Locks the unit in `dir` (see [`LOCK`]); the lock is released when the returned file closes.
+fn lock_unit(dir: &Path, exclusive: bool) -> Result<std::fs::File> {
+    let path = dir.join(LOCK);
+    let err = |e: std::io::Error| unit_err(&path, format!("cannot lock the checkpoint: {e}"));
+    let f = if exclusive {
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+    } else {
+        std::fs::File::open(&path)
+    }
+    .map_err(err)?;
+    if exclusive { f.lock() } else { f.lock_shared() }.map_err(err)?;
+    Ok(f)
+}
+
 fn unit_err(dir: &Path, reason: impl Into<String>) -> TensorError {
     TensorError::File { path: dir.display().to_string(), reason: reason.into() }
 }
@@ -274,9 +299,12 @@ pub fn prepare_unit_dir(dir: &Path) -> Result<()> {
 /// name, each still a regular file of the recorded size under its content-addressed name; and
 /// temp files of those names left by a killed save. Nothing else in `dir` is touched.
 ///
+/// Saves to one unit run one at a time, across processes (`manifest.lock`); a load waits for a
+/// save in progress.
+///
 /// # Errors
-/// An invalid part name (a plain file name, not starting with `.`, other than the manifest's
-/// and the pending record's), a `dir` that
+/// An invalid part name (a plain file name, not starting with `.`, other than the manifest's,
+/// the pending record's and the lock's), a `dir` that
 /// is not a directory, or any I/O failure; the previous checkpoint in `dir`, if any, is then
 /// still intact.
 pub fn save_unit(dir: &Path, parts: &[(&str, &[u8])]) -> Result<()> {
@@ -292,12 +320,15 @@ pub fn save_unit_interrupted(dir: &Path, parts: &[(&str, &[u8])], parts_written:
 
 fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Result<()> {
     for (i, (name, _)) in parts.iter().enumerate() {
-        let plain = is_plain_name(name) && *name != MANIFEST && *name != PENDING && !name.starts_with('.');
+        let plain = is_plain_name(name) && ![MANIFEST, PENDING, LOCK].contains(name) && !name.starts_with('.');
         if !plain || parts[..i].iter().any(|(n, _)| n == name) {
             return Err(unit_err(dir, format!("part name {name:?} is not a plain, unique file name")));
         }
     }
     prepare_unit_dir(dir)?;
+    // One save at a time per unit (other processes included): two interleaved saves would each
+    // remove parts the other's manifest names. Held until this function returns.
+    let _lock = lock_unit(dir, true)?;
     // What earlier saves wrote, read before anything changes: the published generation and the
     // parts a save killed before publishing had announced. These are the only files this save
     // may remove; a record that cannot be read proves nothing, so nothing of it is removed.
@@ -377,7 +408,9 @@ fn remove_dead_temp_files(dir: &Path, files: &[&str]) {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else { continue };
         let Some((file, pid)) = rest.rsplit_once('.') else { continue };
-        let dead = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        // Only the names `atomic_write` makes: a pid in plain decimal (no sign, no leading zero).
+        let decimal = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !pid.starts_with('0');
+        let dead = decimal && pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
         if dead && files.contains(&file) && e.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(e.path());
         }
@@ -413,6 +446,9 @@ fn read_manifest(dir: &Path, name: &str) -> Result<Manifest> {
 /// a plain file name in `dir`, a missing file or one that is not a regular file, or a size or
 /// checksum mismatch; each names the file.
 pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+    // Shared with other loads, exclusive of a save: the manifest and its parts are read as one
+    // generation. A unit no save of this version wrote has no lock file, and needs none.
+    let _lock = if dir.join(LOCK).exists() { Some(lock_unit(dir, false)?) } else { None };
     let mpath = dir.join(MANIFEST);
     let manifest = read_manifest(dir, MANIFEST)?;
     names

@@ -192,7 +192,7 @@ mod checkpoint_units {
         save_unit(&dir, &[("w.bin", b"three")]).unwrap();
         let gen3 = stored(&dir, "w.bin");
         let mut want: Vec<String> = theirs.iter().map(|s| s.to_string()).collect();
-        want.extend([gen3, MANIFEST.to_string()]);
+        want.extend([gen3, MANIFEST.to_string(), "manifest.lock".to_string()]);
         want.sort();
         if Path::new("/proc/self").exists() {
             assert_eq!(names(&dir), want);
@@ -212,7 +212,7 @@ mod checkpoint_units {
         assert_eq!(names(&dir).len(), published.len() + 2, "the orphan part and the pending record");
         assert_eq!(load_unit(&dir, &["w.bin"]).unwrap(), vec![b"one".to_vec()], "the old one still loads");
         save_unit(&dir, &[("w.bin", b"two")]).unwrap();
-        let mut want = vec![stored(&dir, "w.bin"), MANIFEST.to_string()];
+        let mut want = vec![stored(&dir, "w.bin"), MANIFEST.to_string(), "manifest.lock".to_string()];
         want.sort();
         assert_eq!(names(&dir), want, "the old generation, the orphan and the record are gone");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -279,6 +279,82 @@ mod checkpoint_units {
             let e = within_20s(move || tt_tensor::serialize::load_safetensors(&fifo)).unwrap_err();
             assert!(e.to_string().contains("not a regular file"), "{e}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A link planted at the temp file's name is unlinked, never written through: not to a file
+    /// outside the unit (symlink), not to a user's file inside it (hard link).
+    #[cfg(unix)]
+    #[test]
+    fn a_link_planted_at_the_temp_name_is_never_written_through() {
+        let dir = fresh_dir("tmp-links");
+        let outside = fresh_dir("tmp-links-victim").join("victim.txt");
+        std::fs::write(&outside, "victim").unwrap();
+        let mine = dir.join("mine.txt");
+        std::fs::write(&mine, "mine").unwrap();
+        let pid = std::process::id();
+        std::os::unix::fs::symlink(&outside, dir.join(format!(".manifest.json.{pid}.tmp"))).unwrap();
+        std::fs::hard_link(&mine, dir.join(format!(".manifest.pending.json.{pid}.tmp"))).unwrap();
+        save_unit(&dir, &[("w.bin", b"weights")]).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "victim");
+        assert_eq!(std::fs::read_to_string(&mine).unwrap(), "mine");
+        assert_eq!(load_unit(&dir, &["w.bin"]).unwrap(), vec![b"weights".to_vec()]);
+        assert!(!std::fs::symlink_metadata(dir.join(MANIFEST)).unwrap().file_type().is_symlink());
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(outside.parent().unwrap()).unwrap();
+    }
+
+    /// Only the temp names `atomic_write` makes count as its own: a pid in plain decimal.
+    #[test]
+    fn temp_files_with_odd_pids_are_not_taken_for_a_dead_writers() {
+        let dir = fresh_dir("odd-pids");
+        save_unit(&dir, &[("w.bin", b"one")]).unwrap();
+        let odd = [".manifest.json.+4000001.tmp", ".manifest.json.0.tmp", ".manifest.json.04000001.tmp"];
+        for f in odd {
+            std::fs::write(dir.join(f), "user").unwrap();
+        }
+        save_unit(&dir, &[("w.bin", b"two")]).unwrap();
+        for f in odd {
+            assert!(dir.join(f).exists(), "{f}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Saves to one unit run one at a time (the lock is per open file, so threads of one process
+    /// contend like processes do): every save succeeds and the unit always loads, whole.
+    #[test]
+    fn concurrent_saves_to_one_unit_leave_it_loadable() {
+        let dir = fresh_dir("concurrent");
+        save_unit(&dir, &[("w.bin", b"seed"), ("c.json", b"{}")]).unwrap();
+        let writers: Vec<_> = (0..2u8)
+            .map(|t| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        let w = vec![t, i, 7];
+                        save_unit(&dir, &[("w.bin", &w), ("c.json", &[b'{', t, i, b'}'])]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    let parts = load_unit(&dir, &["w.bin", "c.json"]).unwrap();
+                    // One generation: both parts from the same save.
+                    if parts[0] != b"seed" {
+                        assert_eq!(&parts[1][1..3], &parts[0][..2], "parts of two saves mixed");
+                    }
+                }
+            })
+        };
+        for w in writers {
+            w.join().unwrap();
+        }
+        reader.join().unwrap();
+        let last = load_unit(&dir, &["w.bin"]).unwrap();
+        assert_eq!(last[0][1..], [19, 7]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

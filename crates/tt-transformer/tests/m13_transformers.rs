@@ -228,7 +228,7 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_loadable() {
     checkpoint::save(&dir, &new, &tok, serde_json::json!("new")).unwrap();
     assert_eq!(checkpoint::load(&dir).unwrap().2, "new");
     let files = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(files, 4, "three parts and the manifest");
+    assert_eq!(files, 5, "three parts, the manifest and its lock");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -513,3 +513,29 @@ proptest! {
         });
     }
 }
+
+/// Logs are written through a fresh, exclusively created temp file: a link planted at a fixed
+/// temp name, or a user's own `*.tmp` file, is neither written through nor renamed into place.
+#[cfg(unix)]
+#[test]
+fn write_atomic_never_writes_through_a_planted_temp_name() {
+    let dir = std::env::temp_dir().join(format!("tt-m19-atomic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, "victim").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("mlperf_log_summary.txt.tmp")).unwrap();
+    std::fs::write(dir.join("data.json.tmp"), "the user's").unwrap();
+    let summary = dir.join("mlperf_log_summary.txt");
+    tt_perf::results::write_atomic(&summary, b"summary").unwrap();
+    tt_perf::results::write_atomic(&dir.join("data.json"), b"{}").unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+    assert_eq!(std::fs::read_to_string(&summary).unwrap(), "summary");
+    assert_eq!(std::fs::read_to_string(dir.join("data.json")).unwrap(), "{}");
+    assert_eq!(std::fs::read_to_string(dir.join("data.json.tmp")).unwrap(), "the user's");
+    let leftovers = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tt-perf-"));
+    assert_eq!(leftovers.count(), 0, "no temp file left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
