@@ -66,11 +66,35 @@ fn dropped_transform(op: &'static str, layer: &str, transform: &str) -> Compress
 }
 
 /// Refuses `m` if a layer of `names` (the layers a structured pruning rebuilds) carries a
-/// forward transform.
+/// forward transform, or an installed projection in another format than dense f32: rebuilt from
+/// its dense weight, the layer would silently lose it (an int8 layer would come back f32).
 fn refuse_transforms(op: &'static str, m: &mut dyn Module, names: &[String]) -> Result<()> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    match crate::prune::transform_on(m, &names, |_, _| false)? {
-        Some((n, t)) => Err(dropped_transform(op, &format!("layer '{n}'"), t)),
+    if let Some((n, t)) = crate::prune::transform_on(m, &names, |_, _| false)? {
+        return Err(dropped_transform(op, &format!("layer '{n}'"), t));
+    }
+    let mut installed = None;
+    let mut check = |n: &str, p: Option<&std::sync::Arc<dyn tt_tensor::Projection>>| {
+        if let Some(p) = p.filter(|p| names.contains(&n) && p.format() != "f32") {
+            installed.get_or_insert((n.to_string(), p.format()));
+        }
+    };
+    tt_tensor::nn::map_linears(m, |n, l| {
+        check(n, l.installed_projection());
+        Ok(())
+    })?;
+    tt_tensor::nn::map_conv2ds(m, |n, c| {
+        check(n, c.installed_projection());
+        Ok(())
+    })?;
+    match installed {
+        Some((n, format)) => Err(CompressError::arg(
+            op,
+            format!(
+                "layer '{n}' runs an installed '{format}' projection, which rebuilding it from its dense weight would \
+                 drop: prune before quantizing, packing or factoring"
+            ),
+        )),
         None => Ok(()),
     }
 }

@@ -305,6 +305,18 @@ mod transforms {
         r.err().expect("a layer with a forward transform must be refused").to_string()
     }
 
+    /// A layer running another format (packed here; int8 alike) would come back dense f32 from its
+    /// rebuilt weight: refused, naming the layer and the format, and the model keeps it.
+    #[test]
+    fn structured_pruning_refuses_a_layer_running_an_installed_format() {
+        let mut m = mlp();
+        assert_eq!(tt_accel::packed::pack_linears(&mut m).unwrap(), 2);
+        let e = message(prune_hidden_units(&mut m, 0, 2, 0.5));
+        assert!(e.contains("'0'") && e.contains("f32-packed") && e.contains("prune before"), "{e}");
+        let l = m.layers[0].as_linear().unwrap();
+        assert_eq!((l.out_features(), l.installed_projection().map(|p| p.format())), (32, Some("f32-packed")));
+    }
+
     #[test]
     fn structured_pruning_refuses_a_masked_layer_and_leaves_the_model_unchanged() {
         let x = Tensor::randn(&[3, 10], 0.0, 1.0, 2);
@@ -325,7 +337,7 @@ mod transforms {
     }
 
     #[test]
-    fn structured_pruning_refuses_a_factored_layer_which_still_finishes() {
+    fn structured_pruning_refuses_a_factored_layer_before_and_after_it_finishes() {
         let mut m = mlp();
         let f = Factored::factor(&mut m, &["2"], 2).unwrap();
         let e = message(prune_hidden_units(&mut m, 0, 2, 0.0));
@@ -333,7 +345,10 @@ mod transforms {
         let e = message(keep_inputs(m.layers[2].as_linear().unwrap(), &[0]));
         assert!(e.contains("'lowrank'"), "{e}");
         f.finish(&mut m).unwrap();
-        assert_eq!(prune_hidden_units(&mut m, 0, 2, 0.5).unwrap().len(), 16);
+        // Finished, the layer runs the factors as a low-rank projection, which a layer rebuilt
+        // from its dense weight would drop: still refused, now naming the installed format.
+        let e = message(prune_hidden_units(&mut m, 0, 2, 0.5));
+        assert!(e.contains("'2'") && e.contains("installed 'lowrank' projection"), "{e}");
     }
 
     #[test]
