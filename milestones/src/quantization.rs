@@ -167,6 +167,63 @@ fn classifier_rows(opts: &Options, name: &str) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+/// The digits MLP run fully in integers (`tt_quant::requant::IntegerLinear`): u8 pixels in, each
+/// layer's u8 codes out, no float at run time. Activation ranges come from the 512 calibration
+/// samples; the hidden layer's range starts at 0, so clamping to its zero point is the ReLU.
+/// The class is the largest output code (the u8 map is monotone). Reports the accuracy and how
+/// often the integer layers' codes equal the float formula's (`float_reference`).
+fn integer_mlp(opts: &Options) -> Result<Value> {
+    use tt_quant::requant::IntegerLinear;
+    use tt_quant::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};
+    let (train, test) = digits::standard_split()?;
+    let m = mlp_digits::load_or_train(&Options { quiet: true, ..opts.clone() })?.0;
+    let linear = |i: usize| m.layers[i].as_linear().ok_or_else(|| other(format!("layer {i} of the MLP is a Linear")));
+    let (l1, l2) = (linear(0)?, linear(2)?);
+    let calib = DataLoader::new(&train, 512, false, 0)?.epoch(0).next().map(|b| b.x).ok_or_else(|| other("no data"))?;
+    let range = |t: &Tensor| {
+        let v = t.to_vec();
+        (v.iter().copied().fold(0.0f32, f32::min), v.iter().copied().fold(0.0f32, f32::max))
+    };
+    let hidden = no_grad(|| m.layers[1].forward(&l1.forward(&calib)?))?;
+    let logits = no_grad(|| m.forward(&calib))?;
+    let u8_params = |(lo, hi): (f32, f32)| QParams::from_range(lo, hi, Scheme::Affine, QRange::U8).map_err(other);
+    let (p_in, p_hidden, p_out) = (u8_params(range(&calib))?, u8_params(range(&hidden))?, u8_params(range(&logits))?);
+    let layer = |l: &tt_tensor::nn::Linear, input: QParams, output: QParams| -> Result<IntegerLinear> {
+        let w = l.projection()?.to_dense();
+        let q = QuantizedMatrix::quantize(&w, Scheme::Symmetric, Granularity::PerChannel).map_err(other)?;
+        let bias = l.bias.as_ref().map(|b| b.to_vec());
+        IntegerLinear::new(&q, bias.as_deref(), input, output).map_err(other)
+    };
+    let (i1, i2) = (layer(l1, p_in, p_hidden)?, layer(l2, p_hidden, p_out)?);
+    let x = DataLoader::new(&test, test.labels().len(), false, 0)?
+        .epoch(0)
+        .next()
+        .ok_or_else(|| other("empty test set"))?;
+    let rows = x.y.len();
+    let a: Vec<u8> = x.x.to_vec().iter().map(|&v| p_in.quantize(v, QRange::U8) as u8).collect();
+    let (mut h, mut out) = (vec![0u8; rows * 128], vec![0u8; rows * 10]);
+    i1.forward(&a, rows, &mut h).map_err(other)?;
+    i2.forward(&h, rows, &mut out).map_err(other)?;
+    let correct = out
+        .chunks_exact(10)
+        .zip(&x.y)
+        .filter(|(codes, &y)| {
+            codes.iter().enumerate().max_by_key(|&(i, &c)| (c, std::cmp::Reverse(i))).map(|(i, _)| i) == Some(y)
+        })
+        .count();
+    // Agreement with the float formula, layer by layer on the same integer inputs.
+    let (want_h, want_out) =
+        (i1.float_reference(&a, rows).map_err(other)?, i2.float_reference(&h, rows).map_err(other)?);
+    let pairs: Vec<(u8, u8)> = h.iter().zip(&want_h).chain(out.iter().zip(&want_out)).map(|(&g, &w)| (g, w)).collect();
+    let equal = pairs.iter().filter(|(g, w)| g == w).count() as f64 / pairs.len() as f64;
+    let max_diff = pairs.iter().map(|(g, w)| g.abs_diff(*w)).max().unwrap_or(0);
+    Ok(json!({
+        "model": "mlp", "scheme": "integer_only", "metric": "test_accuracy", "quality": correct as f64 / rows as f64,
+        "codes_equal_float_reference": equal, "max_code_difference": max_diff, "samples": rows,
+        "integer_level": IntLevel::current().name(),
+    }))
+}
+
 fn engine(m: &Gpt) -> std::result::Result<CachedGpt, TransformerError> {
     engine_with(m, KvStorage::F32)
 }
@@ -457,6 +514,14 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
         rows.extend(r);
     }
+    let integer = integer_mlp(opts)?;
+    opts.say(format!(
+        "  {:<20} accuracy {:6.2}%  (u8 in, u8 out, no float at run time; {:.2}% of its output codes equal the float reference's, none more than {} code off)",
+        "integer-only",
+        100.0 * integer["quality"].as_f64().unwrap_or(0.0),
+        100.0 * integer["codes_equal_float_reference"].as_f64().unwrap_or(0.0),
+        integer["max_code_difference"]
+    ));
     opts.say("\ngpt (exact match on unseen questions and validation perplexity, scored by each quantized decoder):");
     let (gpt, decode) = gpt_rows(opts, &mem)?;
     rows.extend(gpt);
@@ -468,6 +533,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         "milestone": NAME,
         "machine": {"peak_gflops_1core": peak, "l2_read_gbs": mem.l2_read_gbs, "l3_read_gbs": mem.l3_read_gbs},
         "gemm": gemm,
+        "integer_mlp": integer,
         "models": rows,
         "decode": decode,
         "chart": path,

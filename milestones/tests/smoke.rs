@@ -249,6 +249,13 @@ fn quantization_quick_run_reports_every_scheme_with_measured_fields() {
         assert!(v["decode"][k].as_f64().is_some_and(|x| x > 0.0), "decode {k}: {}", v["decode"]);
     }
     assert_eq!(v["decode"]["int8_scheme"], "dynamic_per_channel");
+    // The fully integer MLP: measured accuracy, and its codes against the float formula's (the
+    // layer's documented bound: never more than one code off).
+    let int = &v["integer_mlp"];
+    let fp32 = rows.iter().find(|r| r["model"] == "mlp" && r["scheme"] == "fp32").unwrap();
+    assert!(int["quality"].as_f64().unwrap() > fp32["quality"].as_f64().unwrap() - 0.05, "{int}");
+    assert!(int["max_code_difference"].as_u64().unwrap() <= 1, "{int}");
+    assert!(int["codes_equal_float_reference"].as_f64().unwrap() > 0.9, "{int}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
