@@ -147,6 +147,9 @@ pub struct Study {
     pub main_effects: Vec<MainEffect>,
     /// Sorted by how far the latency interaction is from 1, largest first.
     pub interactions: Vec<Interaction>,
+    /// What every latency comparison used: `"per output token"` when every row has one, else
+    /// `"p50 per sample"` — one unit for the whole study.
+    pub latency_unit: &'static str,
 }
 
 /// Measure each configuration once with `measure`, in the given order, then analyse.
@@ -205,6 +208,12 @@ pub fn run_rounds(
             measured[i].push(measure(&configs[i])?);
         }
     }
+    // One latency unit for the whole study: if any run had no per-token time (answers of fewer
+    // than two tokens), every comparison uses the per-sample p50 instead, so no ratio or range
+    // mixes the two.
+    if measured.iter().flatten().any(|m| m.tpot_ms.is_none()) {
+        measured.iter_mut().flatten().for_each(|m| m.tpot_ms = None);
+    }
     let rows = configs
         .iter()
         .zip(measured)
@@ -257,8 +266,17 @@ fn median_of(ms: &[Measurement]) -> Measurement {
 /// Main effects, interactions and the Pareto front of measured rows.
 ///
 /// # Errors
-/// A row whose configuration does not match the factors.
+/// A row whose configuration does not match the factors, or rows of which some have a time per
+/// output token and others not (two latency units).
 pub fn analyse(factors: &[Factor], mut rows: Vec<Row>) -> Result<Study> {
+    let per_token = rows.iter().filter(|r| r.measured.tpot_ms.is_some()).count();
+    if per_token != 0 && per_token != rows.len() {
+        return Err(PerfError::Settings(format!(
+            "{per_token} of {} rows have a time per output token: latencies in two units cannot be compared",
+            rows.len()
+        )));
+    }
+    let latency_unit = if per_token > 0 { "per output token" } else { "p50 per sample" };
     if let Some(r) = rows
         .iter()
         .find(|r| r.config.len() != factors.len() || r.config.iter().zip(factors).any(|(&l, f)| l >= f.levels.len()))
@@ -336,7 +354,7 @@ pub fn analyse(factors: &[Factor], mut rows: Vec<Row>) -> Result<Study> {
         }
     }
     interactions.sort_by(|x, y| y.latency_interaction.ln().abs().total_cmp(&x.latency_interaction.ln().abs()));
-    Ok(Study { factors: factors.to_vec(), rows, main_effects, interactions })
+    Ok(Study { factors: factors.to_vec(), rows, main_effects, interactions, latency_unit })
 }
 
 /// Which points no other point dominates, for (quality ↑, latency ↓, bytes ↓): `j` dominates `i`

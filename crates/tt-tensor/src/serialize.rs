@@ -255,23 +255,41 @@ fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(['/', '\\', '\0']) && name != "." && name != ".."
 }
 
-/// The sibling temp file [`atomic_write`] writes `file` through, for this process.
+/// The sibling temp file [`atomic_write`] writes `file` through: `.<file>.<pid>-<n>.tmp`, `n`
+/// counting this process's writes, so two threads writing one path never share a temp file.
 fn temp_name(file: &str) -> String {
-    format!(".{file}.{}.tmp", std::process::id())
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{file}.{}-{n}.tmp", std::process::id())
 }
 
 /// Locks the unit in `dir` (see [`LOCK`]); the lock is released when the returned file closes.
-fn lock_unit(dir: &Path, exclusive: bool) -> Result<std::fs::File> {
+/// The lock file is opened like a part (no link followed, no blocking open) and must be a
+/// regular file: a FIFO or a link planted at its name is an error, not a wait or a file created
+/// elsewhere. `Ok(None)` when a load finds no lock file.
+fn lock_unit(dir: &Path, exclusive: bool) -> Result<Option<std::fs::File>> {
     let path = dir.join(LOCK);
     let err = |e: std::io::Error| unit_err(&path, format!("cannot lock the checkpoint: {e}"));
-    let f = if exclusive {
-        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
-    } else {
-        std::fs::File::open(&path)
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if exclusive {
+        options.write(true).create(true).truncate(false);
     }
-    .map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let f = match options.open(&path) {
+        Ok(f) => f,
+        Err(e) if !exclusive && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(unit_err(&path, "not a regular file: cannot lock the checkpoint with it"));
+    }
     if exclusive { f.lock() } else { f.lock_shared() }.map_err(err)?;
-    Ok(f)
+    Ok(Some(f))
 }
 
 fn unit_err(dir: &Path, reason: impl Into<String>) -> TensorError {
@@ -347,9 +365,17 @@ fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Res
             (name.to_string(), ManifestEntry { file: stored_name(name, &sha), sha256: sha, bytes: bytes.len() as u64 })
         })
         .collect();
-    // Announce the parts before writing them, so a save killed before publishing leaves a
-    // record that proves the next save may remove them.
-    let pending = Manifest { format: FORMAT.into(), files: files.clone(), superseded: Vec::new() };
+    let live: Vec<&str> = files.values().map(|e| e.file.as_str()).collect();
+    let mut superseded: Vec<SupersededPart> = Vec::new();
+    for s in earlier {
+        if !live.contains(&s.entry.file.as_str()) && !superseded.contains(&s) && written_by_us(dir, &s) {
+            superseded.push(s);
+        }
+    }
+    // Announce the parts before writing them, with what they supersede (an earlier killed save's
+    // parts included), so a save killed before publishing leaves a record that proves the next
+    // save may remove all of them.
+    let pending = Manifest { format: FORMAT.into(), files: files.clone(), superseded: superseded.clone() };
     atomic_write(&dir.join(PENDING), &serde_json::to_vec_pretty(&pending).map_err(|e| unit_err(dir, e.to_string()))?)?;
     for (i, (name, bytes)) in parts.iter().enumerate() {
         if i == stop_after {
@@ -359,13 +385,6 @@ fn save_unit_impl(dir: &Path, parts: &[(&str, &[u8])], stop_after: usize) -> Res
     }
     if stop_after < usize::MAX && stop_after >= parts.len() {
         return Err(unit_err(dir, "save interrupted before the manifest was published"));
-    }
-    let live: Vec<&str> = files.values().map(|e| e.file.as_str()).collect();
-    let mut superseded: Vec<SupersededPart> = Vec::new();
-    for s in earlier {
-        if !live.contains(&s.entry.file.as_str()) && !superseded.contains(&s) && written_by_us(dir, &s) {
-            superseded.push(s);
-        }
     }
     let manifest = Manifest { format: FORMAT.into(), files, superseded };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| unit_err(dir, e.to_string()))?;
@@ -408,9 +427,17 @@ fn remove_dead_temp_files(dir: &Path, files: &[&str]) {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else { continue };
         let Some((file, pid)) = rest.rsplit_once('.') else { continue };
-        // Only the names `atomic_write` makes: a pid in plain decimal (no sign, no leading zero).
-        let decimal = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !pid.starts_with('0');
-        let dead = decimal && pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        // Only the names `atomic_write` makes: `<pid>-<n>` (or a bare `<pid>`, as earlier versions
+        // named them), each in plain decimal (no sign, no leading zero).
+        let decimal =
+            |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) && (d == "0" || !d.starts_with('0'));
+        let pid = match pid.split_once('-') {
+            Some((pid, n)) if decimal(n) => pid,
+            Some(_) => continue,
+            None => pid,
+        };
+        let dead =
+            decimal(pid) && pid != "0" && pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
         if dead && files.contains(&file) && e.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(e.path());
         }
@@ -448,7 +475,7 @@ fn read_manifest(dir: &Path, name: &str) -> Result<Manifest> {
 pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
     // Shared with other loads, exclusive of a save: the manifest and its parts are read as one
     // generation. A unit no save of this version wrote has no lock file, and needs none.
-    let _lock = if dir.join(LOCK).exists() { Some(lock_unit(dir, false)?) } else { None };
+    let _lock = lock_unit(dir, false)?;
     let mpath = dir.join(MANIFEST);
     let manifest = read_manifest(dir, MANIFEST)?;
     names

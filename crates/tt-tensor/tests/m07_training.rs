@@ -218,6 +218,51 @@ mod checkpoint_units {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Threads of one process writing one path each get their own temp file: a reader sees one
+    /// writer's whole bytes, never a mixture or a truncated file.
+    #[test]
+    fn atomic_writes_from_two_threads_never_publish_a_partial_file() {
+        let dir = fresh_dir("atomic-threads");
+        let path = dir.join("report.json");
+        let contents = [vec![b'a'; 1 << 16], vec![b'b'; 1 << 16]];
+        tt_tensor::serialize::atomic_write(&path, &contents[0]).unwrap();
+        let writers: Vec<_> = contents
+            .iter()
+            .cloned()
+            .map(|c| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        tt_tensor::serialize::atomic_write(&path, &c).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..200 {
+            let got = std::fs::read(&path).unwrap();
+            assert!(contents.contains(&got), "a partial or mixed file: {} bytes", got.len());
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_saves_killed_in_a_row_leave_nothing_behind_after_the_next() {
+        let dir = fresh_dir("killed-twice");
+        save_unit(&dir, &[("w.bin", b"one")]).unwrap();
+        for orphan in [&b"two"[..], b"three"] {
+            assert!(tt_tensor::serialize::save_unit_interrupted(&dir, &[("w.bin", orphan)], 1).is_err());
+        }
+        assert_eq!(load_unit(&dir, &["w.bin"]).unwrap(), vec![b"one".to_vec()]);
+        save_unit(&dir, &[("w.bin", b"four")]).unwrap();
+        let mut want = vec![stored(&dir, "w.bin"), MANIFEST.to_string(), "manifest.lock".to_string()];
+        want.sort();
+        assert_eq!(names(&dir), want, "both killed saves' parts are gone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[cfg(unix)]
     #[test]
     fn loading_refuses_fifos_devices_and_links_out_of_the_unit() {
@@ -259,6 +304,18 @@ mod checkpoint_units {
         std::fs::create_dir(&c).unwrap();
         let e = load_unit(&dir, &["c.json"]).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
+        // A FIFO where the lock file should be: refused at once by a load and by a save.
+        let lock = dir.join("manifest.lock");
+        let _ = std::fs::remove_file(&lock);
+        if std::process::Command::new("mkfifo").arg(&lock).status().is_ok_and(|s| s.success()) {
+            let d = dir.clone();
+            let e = within_20s(move || load_unit(&d, &["w.bin"])).unwrap_err().to_string();
+            assert!(e.contains("manifest.lock"), "{e}");
+            let d = dir.clone();
+            let e = within_20s(move || save_unit(&d, &[("w.bin", b"x")])).unwrap_err().to_string();
+            assert!(e.contains("manifest.lock"), "{e}");
+            std::fs::remove_file(&lock).unwrap();
+        }
         // The manifest itself is held to the same rule.
         std::fs::remove_file(dir.join(MANIFEST)).unwrap();
         std::os::unix::fs::symlink("/dev/zero", dir.join(MANIFEST)).unwrap();
@@ -292,9 +349,12 @@ mod checkpoint_units {
         std::fs::write(&outside, "victim").unwrap();
         let mine = dir.join("mine.txt");
         std::fs::write(&mine, "mine").unwrap();
+        // At every name this process's next writes could use (`<pid>-<n>`, n counting writes).
         let pid = std::process::id();
-        std::os::unix::fs::symlink(&outside, dir.join(format!(".manifest.json.{pid}.tmp"))).unwrap();
-        std::fs::hard_link(&mine, dir.join(format!(".manifest.pending.json.{pid}.tmp"))).unwrap();
+        for n in 0..512 {
+            std::os::unix::fs::symlink(&outside, dir.join(format!(".manifest.json.{pid}-{n}.tmp"))).unwrap();
+            std::fs::hard_link(&mine, dir.join(format!(".manifest.pending.json.{pid}-{n}.tmp"))).unwrap();
+        }
         save_unit(&dir, &[("w.bin", b"weights")]).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "victim");
         assert_eq!(std::fs::read_to_string(&mine).unwrap(), "mine");

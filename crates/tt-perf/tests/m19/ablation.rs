@@ -152,6 +152,21 @@ fn rounds_are_shuffled_seeded_and_summarised_by_median_and_range() {
     assert!((walk[1].speedup_over_previous - 1.0 / 0.6).abs() < 1e-9, "per token");
     assert!(walk[1].p50_ms > walk[0].p50_ms, "per answer beside it");
     assert!(ablation::markdown(&study).contains("(3 rounds)"));
+    assert_eq!(study.latency_unit, "per output token");
+    // One run without a per-token time (answers of one token): the whole study falls back to the
+    // per-sample p50, never mixing the two units in a ratio or a range.
+    let mut first = true;
+    let mixed = ablation::run_rounds(&f, &configs, 3, Some(1), |c| {
+        let mut m = model(c);
+        m.tpot_ms = if std::mem::take(&mut first) { None } else { Some(m.p50_ms / 10.0) };
+        Ok(m)
+    })
+    .unwrap();
+    assert_eq!(mixed.latency_unit, "p50 per sample");
+    assert!(mixed.rows.iter().all(|r| r.measured.tpot_ms.is_none() && r.latency_range_ms.0 == r.measured.p50_ms));
+    let mut rows = study.rows.clone();
+    rows[0].measured.tpot_ms = None;
+    assert!(ablation::analyse(&f, rows).unwrap_err().to_string().contains("two units"));
     for bad in [0, ablation::MAX_ROUNDS + 1] {
         assert!(ablation::run_rounds(&f, &configs, bad, None, |c| Ok(model(c))).is_err(), "{bad} rounds");
     }
