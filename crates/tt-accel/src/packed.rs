@@ -114,12 +114,49 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl PackedF32 {
+    /// `forward_rows`, with `gelu` as the epilogue when given.
+    fn run(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], gelu: Option<fn(&mut [f32])>) {
+        // The kernels below write through raw pointers: every size they rely on is checked here.
+        if !check_projection_rows("PackedF32::forward_rows", self.shape(), x, rows, bias, y) {
+            return;
+        }
+        let panels = self.out_f.div_ceil(PANEL);
+        let out = OutPtr(y.as_mut_ptr());
+        match &self.team {
+            Some(team) if team.size() > 1 && panels > 1 => {
+                let members = team.size().min(panels);
+                team.run(&|i| {
+                    if i < members {
+                        // SAFETY: sizes checked above (`check_projection_rows`); members write
+                        // disjoint panel ranges.
+                        unsafe { self.panels(x, rows, bias, out, share(panels, members, i), None) }
+                    }
+                });
+                // The row kernel dispatches at the calling thread's level (`with_level` does not
+                // reach the members), so the epilogue runs here, over the finished rows.
+                if let Some(gelu) = gelu {
+                    y[..rows * self.out_f].chunks_exact_mut(self.out_f).for_each(gelu);
+                }
+            }
+            // SAFETY: as above; the whole range on this thread.
+            _ => unsafe { self.panels(x, rows, bias, out, 0..panels, gelu) },
+        }
+    }
+
     /// Outputs of panels `range` for all `rows`, four rows at a time.
     ///
     /// # Safety
     /// `x` holds `rows × in`, `out` points to `rows × out` writable floats of which no other
     /// thread writes the columns of `range`, `bias` (if any) holds `out` floats.
-    unsafe fn panels(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, out: OutPtr, range: Range<usize>) {
+    unsafe fn panels(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        out: OutPtr,
+        range: Range<usize>,
+        gelu: Option<fn(&mut [f32])>,
+    ) {
         let (out_f, in_f) = (self.out_f, self.in_f);
         let mut r0 = 0;
         while r0 < rows {
@@ -140,6 +177,15 @@ impl PackedF32 {
                 // SAFETY: as above (portable code).
                 _ => unsafe { scalar_rows(&self.packed, xs, r, in_f, out_f, bias, y, p) },
             }
+            // The epilogue: this group's outputs were just written and are still in cache.
+            if let Some(gelu) = gelu {
+                let (o0, o1) = (range.start * PANEL, (range.end * PANEL).min(out_f));
+                for i in 0..r {
+                    // SAFETY: row r0 + i < rows and columns o0..o1 < out_f are this call's own
+                    // outputs (forwarded contract); no other thread writes them.
+                    gelu(unsafe { std::slice::from_raw_parts_mut(y.add(i * out_f + o0), o1 - o0) });
+                }
+            }
             r0 += r;
         }
     }
@@ -151,26 +197,23 @@ impl Projection for PackedF32 {
     }
 
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], _ws: &mut [u8]) {
-        // The kernels below write through raw pointers: every size they rely on is checked here.
-        if !check_projection_rows("PackedF32::forward_rows", self.shape(), x, rows, bias, y) {
-            return;
-        }
-        let panels = self.out_f.div_ceil(PANEL);
-        let out = OutPtr(y.as_mut_ptr());
-        match &self.team {
-            Some(team) if team.size() > 1 && panels > 1 => {
-                let members = team.size().min(panels);
-                team.run(&|i| {
-                    if i < members {
-                        // SAFETY: sizes checked above (`check_projection_rows`); members write
-                        // disjoint panel ranges.
-                        unsafe { self.panels(x, rows, bias, out, share(panels, members, i)) }
-                    }
-                });
-            }
-            // SAFETY: as above; the whole range on this thread.
-            _ => unsafe { self.panels(x, rows, bias, out, 0..panels) },
-        }
+        self.run(x, rows, bias, y, None);
+    }
+
+    /// GELU applied to each group of up to four rows right after the group's outputs are written,
+    /// while they are in cache (see [`Projection::forward_rows_gelu`]); split across a team, it
+    /// runs on the calling thread once the members are done (the row kernel dispatches at the
+    /// caller's level).
+    fn forward_rows_gelu(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        _ws: &mut [u8],
+        gelu: fn(&mut [f32]),
+    ) {
+        self.run(x, rows, bias, y, Some(gelu));
     }
 
     fn to_dense(&self) -> Array2<f32> {

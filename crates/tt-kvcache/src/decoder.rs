@@ -54,6 +54,21 @@ impl Proj {
         let bias = bias.as_ref().map(|b| b.as_slice().expect("tensor data is standard layout"));
         self.p.forward_rows(&x[..rows * in_f], rows, bias, &mut y[..rows * out_f], ws);
     }
+
+    /// [`Proj::run`] with `gelu` as the projection's epilogue (`Projection::forward_rows_gelu`):
+    /// the MLP's `fc`, reported as one `linear+gelu` op.
+    fn run_gelu(&self, x: &[f32], rows: usize, y: &mut [f32], ws: &mut [u8], gelu: fn(&mut [f32])) {
+        let (out_f, in_f) = self.p.shape();
+        let _op = OpScope::begin("linear+gelu", || OpInfo {
+            input_shapes: vec![vec![rows, in_f], vec![out_f, in_f]],
+            // GELU counted as elsewhere in this decoder: 10 FLOPs per element.
+            flops: (2 * rows * in_f * out_f + 10 * rows * out_f) as u64,
+            bytes: (4 * rows * (in_f + out_f) + self.p.storage_bytes()) as u64,
+        });
+        let bias = self.bias.as_ref().map(Tensor::data);
+        let bias = bias.as_ref().map(|b| b.as_slice().expect("tensor data is standard layout"));
+        self.p.forward_rows_gelu(&x[..rows * in_f], rows, bias, &mut y[..rows * out_f], ws, gelu);
+    }
 }
 
 /// A layer norm's parameters, shared with the model.
@@ -446,11 +461,9 @@ impl CachedGpt {
                     attention(k, cache, l, blk.n_heads, blk.qkv.shape().0 / 3, b, n, s)?;
                     blk.attn_proj.run(&s.att, rows, &mut s.tmp, s.ws.bytes());
                     add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
-                    // MLP sub-block: x += proj(gelu(fc(ln2(x)))).
+                    // MLP sub-block: x += proj(gelu(fc(ln2(x)))), GELU as fc's epilogue.
                     blk.ln2.run(k, &s.x, rows, d, &mut s.h);
-                    let hidden = blk.fc.shape().0;
-                    blk.fc.run(&s.h, rows, &mut s.hidden, s.ws.bytes());
-                    gelu(k, &mut s.hidden[..rows * hidden]);
+                    blk.fc.run_gelu(&s.h, rows, &mut s.hidden, s.ws.bytes(), k.gelu);
                     blk.mlp_proj.run(&s.hidden, rows, &mut s.tmp, s.ws.bytes());
                     add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
                     Ok(())
@@ -487,16 +500,6 @@ fn add_residual(x: &mut [f32], t: &[f32]) {
         bytes: (4 * 3 * x.len()) as u64,
     });
     x.iter_mut().zip(t).for_each(|(x, t)| *x += t);
-}
-
-/// GELU in place, reported as `gelu`.
-fn gelu(k: &RowKernels, h: &mut [f32]) {
-    let _op = OpScope::begin("gelu", || OpInfo {
-        input_shapes: vec![vec![h.len()]],
-        flops: (10 * h.len()) as u64,
-        bytes: (4 * 2 * h.len()) as u64,
-    });
-    (k.gelu)(h);
 }
 
 /// Appends this chunk's keys and values to layer `l` of the cache, then runs every (sequence,

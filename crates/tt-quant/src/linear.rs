@@ -205,17 +205,17 @@ impl Int8Linear {
     }
 }
 
-impl Projection for Int8Linear {
-    fn shape(&self) -> (usize, usize) {
-        (self.weight.rows(), self.weight.cols())
-    }
-
-    /// `usize::MAX` where the size overflows: no caller has that much, so `project` refuses.
-    fn workspace_len(&self, rows: usize) -> usize {
-        self.layout(rows).map_or(usize::MAX, |l| l.total)
-    }
-
-    fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8]) {
+impl Int8Linear {
+    /// `forward_rows`, with `gelu` applied to each row after its epilogue when given.
+    fn run(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [u8],
+        gelu: Option<fn(&mut [f32])>,
+    ) {
         let (out_f, in_f) = (self.weight.rows(), self.weight.cols());
         let (cols, kb) = (self.packed.acc_cols(), self.packed.row_bytes());
         // The trait's documented `# Panics`; `tt_tensor::projection::project` checks first.
@@ -257,7 +257,39 @@ impl Projection for Int8Linear {
             }
             let (sa, za, asum) = (f32::from_bits(s), z as i32, sum as i32);
             epilogue.row(&acc[r * cols..r * cols + out_f], sa, za, asum, yr, simd);
+            if let Some(gelu) = gelu {
+                gelu(yr);
+            }
         }
+    }
+}
+
+impl Projection for Int8Linear {
+    fn shape(&self) -> (usize, usize) {
+        (self.weight.rows(), self.weight.cols())
+    }
+
+    /// `usize::MAX` where the size overflows: no caller has that much, so `project` refuses.
+    fn workspace_len(&self, rows: usize) -> usize {
+        self.layout(rows).map_or(usize::MAX, |l| l.total)
+    }
+
+    fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8]) {
+        self.run(x, rows, bias, y, ws, None);
+    }
+
+    /// GELU applied to each row right after its epilogue wrote it (see
+    /// [`Projection::forward_rows_gelu`]).
+    fn forward_rows_gelu(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [u8],
+        gelu: fn(&mut [f32]),
+    ) {
+        self.run(x, rows, bias, y, ws, Some(gelu));
     }
 
     fn to_dense(&self) -> Array2<f32> {

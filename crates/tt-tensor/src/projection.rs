@@ -62,6 +62,32 @@ pub trait Projection: Send + Sync + Debug {
     /// May panic if a slice is shorter than stated above; [`project`] checks them first.
     fn forward_rows(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8]);
 
+    /// [`Projection::forward_rows`] followed by `gelu` on every output row (after the bias): the
+    /// MLP's `fc` with its activation as an epilogue. A format overrides it to apply `gelu` to
+    /// each group of rows right after writing them, while they are still in cache, instead of a
+    /// second pass over the whole output; the result is the same either way, since `gelu` is the
+    /// caller's elementwise row kernel.
+    ///
+    /// # Panics
+    /// As [`Projection::forward_rows`].
+    fn forward_rows_gelu(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [u8],
+        gelu: fn(&mut [f32]),
+    ) {
+        self.forward_rows(x, rows, bias, y, ws);
+        let out_f = self.shape().0;
+        // forward_rows checked that y holds rows × out, so the product cannot overflow here.
+        let n = rows.checked_mul(out_f).expect("forward_rows checked rows × out");
+        if out_f > 0 {
+            y[..n].chunks_exact_mut(out_f).for_each(gelu);
+        }
+    }
+
     /// The matrix this projection applies, `[out, in]` (dequantized / densified): the reference.
     fn to_dense(&self) -> Array2<f32>;
 

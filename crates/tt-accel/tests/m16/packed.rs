@@ -104,3 +104,32 @@ fn an_idle_team_sleeps_and_wakes_for_the_next_job() {
     }
     assert_eq!(n.load(Ordering::Relaxed), 8, "two members ran each of four jobs");
 }
+
+/// GELU as the epilogue (`forward_rows_gelu`) equals the projection followed by the GELU row
+/// kernel bit for bit, at every level, on one thread and split across a team: it is the same
+/// elementwise kernel applied to the same outputs, only earlier (while they are in cache).
+#[test]
+fn the_gelu_epilogue_equals_projection_then_gelu_bit_for_bit_at_every_level() {
+    let team = Arc::new(tt_accel::team::Team::new(2).unwrap());
+    for level in available() {
+        with_level(level, |_| {
+            for &(out_f, in_f) in &[(1, 3), (17, 33), (64, 16), (129, 65)] {
+                let w = matrix(out_f, in_f, (out_f * 31 + in_f) as u64);
+                for p in [PackedF32::with_level(&w, level), PackedF32::with_level(&w, level).with_team(team.clone())] {
+                    for rows in [1, 3, 4, 5, 9] {
+                        let x = random(rows * in_f, 17);
+                        // Outputs spread over GELU's curved range, negatives included.
+                        let b: Vec<f32> = random(out_f, 18).iter().map(|v| 3.0 * v).collect();
+                        let mut want = vec![f32::NAN; rows * out_f];
+                        p.forward_rows(&x, rows, Some(&b), &mut want, &mut []);
+                        want.chunks_exact_mut(out_f).for_each(tt_accel::fused::gelu);
+                        let mut got = vec![f32::NAN; rows * out_f];
+                        p.forward_rows_gelu(&x, rows, Some(&b), &mut got, &mut [], tt_accel::fused::gelu);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "{level}: {rows}×{in_f}→{out_f}");
+                    }
+                }
+            }
+        });
+    }
+}

@@ -197,3 +197,28 @@ proptest::proptest! {
         }
     }
 }
+
+/// GELU as the int8 projection's epilogue equals the projection followed by the GELU row
+/// kernel bit for bit, at every integer level (and the dense reference's default likewise).
+#[test]
+fn the_gelu_epilogue_equals_projection_then_gelu_bit_for_bit_at_every_level() {
+    let (n, in_f, out_f) = (5usize, 33usize, 40usize);
+    let w = matrix(out_f, in_f, 7);
+    let x = rows(n, in_f, 8);
+    let bias: Vec<f32> = (0..out_f).map(|o| 0.2 * o as f32 - 4.0).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let base = Int8Linear::new(&w, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap();
+    let dense = tt_tensor::projection::DenseF32::from_array(w.clone());
+    let mut layers: Vec<Box<dyn Projection>> = vec![Box::new(dense)];
+    layers
+        .extend(IntLevel::available().into_iter().map(|l| Box::new(base.clone().with_level(l)) as Box<dyn Projection>));
+    for p in layers {
+        let mut want = forward(p.as_ref(), &x, n, Some(&bias));
+        want.chunks_exact_mut(out_f).for_each(tt_accel::fused::gelu);
+        let mut ws = Workspace::default();
+        ws.ensure(p.workspace_len(n));
+        let mut got = vec![f32::NAN; n * out_f];
+        p.forward_rows_gelu(&x, n, Some(&bias), &mut got, ws.bytes(), tt_accel::fused::gelu);
+        assert_eq!(bits(&got), bits(&want), "{}", p.format());
+    }
+}
