@@ -222,6 +222,10 @@ pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
             layer_norm(x, g, b, eps, out).expect("layer norm row widths agree");
         },
         gelu,
+        softmax: |row| {
+            // The decoder passes non-empty probability rows; reported loudly if not.
+            softmax(row).expect("a softmax row is not empty");
+        },
         decode_attention: |q, keys, values, _hd, scale, scores, out| {
             // As above: the cache's rows are head_dim wide, out is one head, and the decoder's
             // scratch row holds every slot.
@@ -251,15 +255,16 @@ pub fn row_kernels_threaded() -> tt_tensor::kernels::RowKernels {
 }
 
 /// A prefill chunk's heads split across [`crate::team::global`]'s members; each head is computed
-/// by one member with `tt_tensor::kernels::attention_head` into its own scratch, then copied to its
-/// columns of `out` — so the result equals the head-by-head loop bit for bit. Allocates the
+/// by one member with `tt_tensor::kernels::attention_head_with` and the fused softmax rows (at the
+/// caller's level) into its own scratch, then copied to its columns of `out` — so the result
+/// equals the one-thread table's head-by-head loop bit for bit. Allocates the
 /// members' scratch per call (prefill is not the allocation-free path).
 ///
 /// Panics, naming the problem, if the job's geometry is inconsistent (see [`check_heads`]) or the
 /// probabilities' scratch cannot be allocated: the kernel table has no error channel, and the
 /// decoder sizes every buffer itself.
 fn prefill_heads_on_team(job: &PrefillHeadsJob, out: &mut [f32], out_stride: usize) {
-    use tt_tensor::kernels::{attention_head, Rows};
+    use tt_tensor::kernels::{attention_head_with, Rows};
     let (hd, nh, n, slots) = (job.head_dim, job.heads, job.rows, job.slots);
     let geometry = Heads {
         heads: nh,
@@ -284,12 +289,16 @@ fn prefill_heads_on_team(job: &PrefillHeadsJob, out: &mut [f32], out_stride: usi
         v.resize(len, 0.0f32);
         v
     };
+    // The softmax rows run at the caller's level on every member (`with_level` does not reach
+    // them), so the split equals the one-thread table's result bit for bit.
+    let level = dispatch::level();
+    let softmax_row = |row: &mut [f32]| softmax_at(level, row).expect("a softmax row is not empty");
     let head = |h: usize, probs: &mut [f32], local: &mut [f32]| {
         let span = h * job.head_stride..h * job.head_stride + slots * hd;
         let k = Rows { data: &job.keys[span.clone()], rows: slots, cols: hd, stride: hd };
         let v = Rows { data: &job.values[span], rows: slots, cols: hd, stride: hd };
         let q = Rows { data: &job.q[h * hd..], rows: n, cols: hd, stride: job.q_stride };
-        attention_head(q, k, v, job.scale, probs, local, hd);
+        attention_head_with(q, k, v, job.scale, probs, local, hd, &softmax_row);
     };
     let ptr = HeadsOut(out.as_mut_ptr(), out.len());
     let write = |h: usize, local: &[f32]| {

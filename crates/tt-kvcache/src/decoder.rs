@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
-use tt_tensor::kernels::{attention_head, HeadsJob, PrefillHeadsJob, Q8Head, RowKernels, Rows};
+use tt_tensor::kernels::{attention_head_with, HeadsJob, PrefillHeadsJob, Q8Head, RowKernels, Rows};
 use tt_tensor::nn::{LayerNorm, Linear};
 use tt_tensor::projection::{DenseF32, Projection, Workspace};
 use tt_tensor::Tensor;
@@ -600,7 +600,7 @@ fn attention(
             let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride: 3 * attn };
             let kr = Rows { data: keys, rows: slots, cols: hd, stride: hd };
             let v = Rows { data: vals, rows: slots, cols: hd, stride: hd };
-            attention_head(q, kr, v, scale, &mut s.scores, out, attn);
+            attention_head_with(q, kr, v, scale, &mut s.scores, out, attn, &k.softmax);
         }
     }
     Ok(())
@@ -642,7 +642,7 @@ fn attention_q8(
             let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride: 3 * attn };
             let kr = Rows { data: &s.kdq[..slots * hd], rows: slots, cols: hd, stride: hd };
             let v = Rows { data: &s.vdq[..slots * hd], rows: slots, cols: hd, stride: hd };
-            attention_head(q, kr, v, scale, &mut s.scores, out, attn);
+            attention_head_with(q, kr, v, scale, &mut s.scores, out, attn, &k.softmax);
         }
     }
     Ok(())

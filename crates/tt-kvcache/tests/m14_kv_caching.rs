@@ -536,6 +536,38 @@ mod all_heads {
     }
 }
 
+/// The engine's softmax row kernel is what prefill attention runs (the fused one in tt-accel's
+/// table): a table whose softmax is marked changes the prefill's logits, and decode steps (whose
+/// attention kernel owns its softmax) do not call it.
+mod softmax_row_kernel {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::trained;
+    use tt_kvcache::{CachedGpt, OverflowPolicy};
+    use tt_tensor::kernels::{softmax_row, RowKernels};
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn counted(row: &mut [f32]) {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        softmax_row(row);
+    }
+
+    #[test]
+    fn prefill_attention_runs_the_tables_softmax() {
+        let m = trained(14);
+        let mut plain = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        let mut counting = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        counting.set_row_kernels(RowKernels { softmax: counted, ..RowKernels::reference() });
+        let before = CALLS.load(Ordering::Relaxed);
+        let a = plain.prefill(&[1, 2, 3, 4], 4).unwrap().to_vec();
+        let b = counting.prefill(&[1, 2, 3, 4], 4).unwrap().to_vec();
+        assert_eq!(a, b, "the same softmax, counted");
+        // 4 query rows per head, 4 heads, 2 layers.
+        assert_eq!(CALLS.load(Ordering::Relaxed) - before, 4 * 4 * 2);
+    }
+}
+
 /// The int8 storage option: rows quantized within half a step, the same cache protocol, and a
 /// decoder whose prefill and decode steps see the same quantized rows.
 mod int8_cache {

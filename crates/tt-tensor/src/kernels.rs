@@ -179,6 +179,24 @@ impl<'a> Rows<'a> {
 /// If shapes disagree (`q.cols = k.cols = v.cols`, `k.rows = v.rows = slots ≥ n = q.rows`) or a
 /// buffer is short.
 pub fn attention_head(q: Rows, k: Rows, v: Rows, scale: f32, probs: &mut [f32], out: &mut [f32], out_stride: usize) {
+    attention_head_with(q, k, v, scale, probs, out, out_stride, &softmax_row);
+}
+
+/// [`attention_head`] with `softmax` for each row of probabilities (a fused row kernel; it
+/// receives the visible prefix of the row).
+///
+/// # Panics
+/// As [`attention_head`].
+pub fn attention_head_with(
+    q: Rows,
+    k: Rows,
+    v: Rows,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+    out_stride: usize,
+    softmax: &dyn Fn(&mut [f32]),
+) {
     let (n, slots, hd) = (q.rows, k.rows, q.cols);
     assert!(k.cols == hd && v.cols == hd && v.rows == slots && n <= slots, "attention_head shapes");
     assert!(q.fits() && k.fits() && v.fits(), "attention_head: rows outside their data");
@@ -192,7 +210,7 @@ pub fn attention_head(q: Rows, k: Rows, v: Rows, scale: f32, probs: &mut [f32], 
         for t in 0..n {
             let visible = slots - n + t + 1;
             let row = &mut probs[t * slots..(t + 1) * slots];
-            softmax_row(&mut row[..visible]);
+            softmax(&mut row[..visible]);
             row[visible..].fill(0.0);
         }
         let o = ArrayViewMut2::from_shape((n, hd).strides((out_stride, 1)), out).expect("out inside buffer");
@@ -206,7 +224,7 @@ pub fn attention_head(q: Rows, k: Rows, v: Rows, scale: f32, probs: &mut [f32], 
         for (j, sj) in row[..visible].iter_mut().enumerate() {
             *sj = dot(qt, k.row(j)) * scale;
         }
-        softmax_row(&mut row[..visible]);
+        softmax(&mut row[..visible]);
         row[visible..].fill(0.0);
         let o = &mut out[t * out_stride..t * out_stride + hd];
         o.fill(0.0);
@@ -230,6 +248,8 @@ pub struct RowKernels {
     pub layer_norm: LayerNormFn,
     /// GELU (tanh form) in place over a slice.
     pub gelu: fn(h: &mut [f32]),
+    /// A softmax row in place: prefill attention's probability rows.
+    pub softmax: fn(row: &mut [f32]),
     /// One query `q` (`head_dim`) against `keys`/`values` (`[slots, head_dim]`, contiguous):
     /// `out = softmax(scale·q·Kᵀ)·V`. `scores` has room for `slots` floats (a kernel may use it).
     pub decode_attention: DecodeAttentionFn,
@@ -337,6 +357,7 @@ impl RowKernels {
                 layer_norm_row(x, g, b, eps, out);
             },
             gelu: |h| h.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+            softmax: softmax_row,
             decode_attention: |q, keys, values, hd, scale, scores, out| {
                 let slots = keys.len() / hd;
                 let rows = |data| Rows { data, rows: slots, cols: hd, stride: hd };

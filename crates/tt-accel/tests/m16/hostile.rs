@@ -23,7 +23,7 @@ use tt_accel::packed::PackedF32;
 use tt_accel::sparse::BlockSparseF32;
 use tt_accel::team::{share, Team, MAX_SIZE};
 use tt_tensor::kernels::{
-    attention_head, decode_attention_q8_reference, linear_rows_reference, HeadsJob, PrefillHeadsJob, Q8Head, Rows,
+    decode_attention_q8_reference, linear_rows_reference, HeadsJob, PrefillHeadsJob, Q8Head, Rows,
 };
 use tt_tensor::projection::{project, Projection};
 
@@ -272,7 +272,7 @@ impl Prefill {
         }
     }
 
-    /// Head by head with `attention_head`, rows `out_stride` apart (what the kernel must equal).
+    /// Head by head with `attention_head_with` and the fused softmax, rows `out_stride` apart (what the kernel must equal).
     fn reference(&self, out_stride: usize) -> Vec<f32> {
         let (hd, n, slots) = (self.hd, self.rows, self.slots);
         let mut out = vec![f32::NAN; (n - 1) * out_stride + self.heads * hd];
@@ -282,7 +282,9 @@ impl Prefill {
             let k = Rows { data: &self.keys[span.clone()], rows: slots, cols: hd, stride: hd };
             let v = Rows { data: &self.values[span], rows: slots, cols: hd, stride: hd };
             let q = Rows { data: &self.q[h * hd..], rows: n, cols: hd, stride: self.heads * hd };
-            attention_head(q, k, v, 0.5, &mut probs, &mut out[h * hd..], out_stride);
+            // The head-by-head loop with the fused softmax rows, as the one-thread table runs it.
+            let softmax = |row: &mut [f32]| fused::softmax(row).unwrap();
+            tt_tensor::kernels::attention_head_with(q, k, v, 0.5, &mut probs, &mut out[h * hd..], out_stride, &softmax);
         }
         out
     }
