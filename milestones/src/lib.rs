@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod mlp_digits;
 pub mod profile;
 pub mod quantization;
+pub mod report;
 pub mod torchperf;
 pub mod transformer;
 
