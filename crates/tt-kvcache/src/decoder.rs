@@ -13,14 +13,13 @@
 //! scope and every block a layer scope, so tt-profile sees a decode step like a forward pass.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
 use tt_tensor::kernels::{attention_head_with, HeadsJob, PrefillHeadsJob, Q8Head, RowKernels, Rows};
 use tt_tensor::nn::{LayerNorm, Linear};
 use tt_tensor::projection::{DenseF32, Projection, Workspace};
 use tt_tensor::Tensor;
-use tt_transformer::generate::{GenerateConfig, NextTokenSource, Sampler};
+use tt_transformer::generate::{generate_traced, GenerateConfig, NextTokenSource, Trace, WithoutCache};
 use tt_transformer::{Gpt, TransformerError};
 
 use crate::cache::{KvCache, KvStorage, OverflowPolicy};
@@ -655,8 +654,8 @@ fn engine_error(e: KvError) -> TransformerError {
     }
 }
 
-/// A batch-1 engine scores one sequence for evaluation (exact match, perplexity) with its own
-/// weights and kernels.
+/// The engine scores its batch of sequences for generation and evaluation (exact match,
+/// perplexity) with its own weights and kernels.
 impl NextTokenSource for CachedGpt {
     fn vocab_size(&self) -> usize {
         self.dims.vocab
@@ -664,116 +663,57 @@ impl NextTokenSource for CachedGpt {
     fn max_seq_len(&self) -> usize {
         self.max_seq_len
     }
+    fn batch(&self) -> usize {
+        self.batch
+    }
     fn reset(&mut self) {
         self.cache.reset();
     }
     fn append(&mut self, ids: &[usize]) -> tt_transformer::Result<&[f32]> {
-        if self.batch != 1 {
-            return Err(engine_error(KvError::Input(format!("a next-token source needs batch 1, not {}", self.batch))));
-        }
-        self.forward(ids, ids.len()).map_err(engine_error)
+        let n = ids.len() / self.batch;
+        self.forward(ids, n).map_err(engine_error)
     }
     fn append_all(&mut self, ids: &[usize], out: &mut Vec<f32>) -> tt_transformer::Result<()> {
-        if self.batch != 1 {
-            return Err(engine_error(KvError::Input(format!("a next-token source needs batch 1, not {}", self.batch))));
-        }
-        let l = self.forward_all(ids, ids.len()).map_err(engine_error)?;
+        let n = ids.len() / self.batch;
+        let l = self.forward_all(ids, n).map_err(engine_error)?;
         out.clear();
         out.extend_from_slice(l);
         Ok(())
     }
 }
 
-/// Generated tokens with the wall time of every step.
-#[derive(Debug, Clone)]
-pub struct Trace {
-    /// New tokens per sequence (a stop token, if hit, is the last one).
-    pub tokens: Vec<Vec<usize>>,
-    /// `step_seconds[0]` covers the prompt and the first token; each later entry one more token.
-    pub step_seconds: Vec<f64>,
-}
-
-impl Trace {
-    /// Total tokens generated per second over all steps (batch × steps / time).
-    pub fn tokens_per_second(&self, batch: usize) -> f64 {
-        (batch * self.step_seconds.len()) as f64 / self.step_seconds.iter().sum::<f64>()
+/// The engine's own error back from the generation loop (which carries it boxed).
+fn from_engine(e: TransformerError) -> KvError {
+    match e {
+        TransformerError::Engine(b) => match b.downcast::<KvError>() {
+            Ok(k) => *k,
+            Err(b) => KvError::Model(TransformerError::Engine(b)),
+        },
+        other => KvError::Model(other),
     }
 }
 
-fn check_prompts(prompts: &[Vec<usize>], batch: usize) -> Result<usize, KvError> {
-    let n = prompts.first().map_or(0, Vec::len);
-    if prompts.len() != batch || n == 0 || prompts.iter().any(|p| p.len() != n) {
-        return Err(KvError::Input(format!("need {batch} non-empty prompts of equal length")));
-    }
-    Ok(n)
-}
-
-/// Generation with the cache: one prefill, then one decode step per token. Samplers are seeded
-/// exactly as in `tt_transformer::generate::generate_batch` (seed + sequence index), so both
-/// produce the same tokens from the same logits.
+/// Generation with the cache: one prefill, then one decode step per token, by the workspace's
+/// one generation loop (`tt_transformer::generate::generate_traced`), so the tokens equal
+/// `generate_batch`'s for the same logits. `prompts` are one per batch row, of equal length.
+///
+/// # Errors
+/// As `generate_traced`; the engine's errors as themselves.
 pub fn generate_cached(engine: &mut CachedGpt, prompts: &[Vec<usize>], cfg: &GenerateConfig) -> Result<Trace, KvError> {
-    run_generation(engine, prompts, cfg, true)
+    let rows: Vec<&[usize]> = prompts.iter().map(Vec::as_slice).collect();
+    generate_traced(engine, &rows, cfg, &mut |_| {}).map_err(from_engine)
 }
 
 /// The baseline: the same engine and kernels, but every step resets the cache and re-runs the
 /// whole sequence so far (what generation costs without a cache).
+///
+/// # Errors
+/// As [`generate_cached`].
 pub fn generate_uncached(
     engine: &mut CachedGpt,
     prompts: &[Vec<usize>],
     cfg: &GenerateConfig,
 ) -> Result<Trace, KvError> {
-    run_generation(engine, prompts, cfg, false)
-}
-
-fn run_generation(
-    engine: &mut CachedGpt,
-    prompts: &[Vec<usize>],
-    cfg: &GenerateConfig,
-    cached: bool,
-) -> Result<Trace, KvError> {
-    let b = engine.batch;
-    let n = check_prompts(prompts, b)?;
-    // Checked before anything is allocated for the new tokens (a typo of 2^40 must not try to
-    // reserve terabytes): the same rule as tt-transformer's reference generation.
-    let total = n.saturating_add(cfg.max_new_tokens);
-    if total > engine.max_seq_len {
-        return Err(TransformerError::ContextOverflow { position: total - 1, max_seq_len: engine.max_seq_len }.into());
-    }
-    let v = engine.dims.vocab;
-    let mut samplers: Vec<Sampler> =
-        (0..b).map(|i| Sampler::new(cfg.sampling, cfg.seed.wrapping_add(i as u64))).collect::<Result<_, _>>()?;
-    let mut seqs: Vec<usize> = Vec::with_capacity(b * (n + cfg.max_new_tokens));
-    // Sequences stay row-major [b, len]; uncached steps need the whole of each.
-    let mut rows: Vec<Vec<usize>> = prompts.to_vec();
-    rows.iter_mut().for_each(|r| r.reserve(cfg.max_new_tokens));
-    let mut out: Vec<Vec<usize>> = (0..b).map(|_| Vec::with_capacity(cfg.max_new_tokens)).collect();
-    let mut done = vec![false; b];
-    let mut step_seconds = Vec::with_capacity(cfg.max_new_tokens);
-    let mut next = vec![0usize; b];
-    for step in 0..cfg.max_new_tokens {
-        let start = Instant::now();
-        let logits = if step == 0 || !cached {
-            let len = rows[0].len();
-            seqs.clear();
-            rows.iter().for_each(|r| seqs.extend_from_slice(r));
-            engine.prefill(&seqs, len)?
-        } else {
-            engine.decode_step(&next)?
-        };
-        for i in 0..b {
-            next[i] = samplers[i].next(&logits[i * v..(i + 1) * v])?;
-        }
-        step_seconds.push(start.elapsed().as_secs_f64());
-        for i in 0..b {
-            rows[i].push(next[i]);
-            if !done[i] {
-                out[i].push(next[i]);
-                done[i] = cfg.stop_tokens.contains(&next[i]);
-            }
-        }
-        if done.iter().all(|&d| d) {
-            break;
-        }
-    }
-    Ok(Trace { tokens: out, step_seconds })
+    let rows: Vec<&[usize]> = prompts.iter().map(Vec::as_slice).collect();
+    generate_traced(&mut WithoutCache::new(engine), &rows, cfg, &mut |_| {}).map_err(from_engine)
 }

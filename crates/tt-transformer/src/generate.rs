@@ -1,5 +1,10 @@
-//! Generation without a cache: every step re-runs the model over the whole sequence. This is the
-//! reference path that module 14's KV-cached generation is tested against, so it is kept simple.
+//! Generation: sampling, the [`NextTokenSource`] seam every engine implements, and the one
+//! generation loop ([`generate_traced`]) that the tensor model, the KV-cached decoder, the
+//! evaluation scorers and the benchmark's question answerer all run. [`FullRecompute`] (the
+//! tensor model re-run over the whole sequence each step) is the reference that module 14's
+//! KV-cached generation is tested against.
+
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -146,67 +151,107 @@ fn check_logits(logits: &[f32]) -> Result<()> {
 
 pub use tt_tensor::kernels::argmax;
 
-/// Anything that scores the next token of one growing sequence: the tensor model by full
+/// Anything that scores the next token of a growing batch of sequences: the tensor model by full
 /// recomputation ([`FullRecompute`]) or a KV-cached decoder (tt-kvcache's `CachedGpt`, with
-/// whatever weight formats it holds). Evaluation takes one, so a quantized or pruned engine is
-/// measured by itself, not by its dense twin.
+/// whatever weight formats it holds). Evaluation and generation take one, so a quantized or
+/// pruned engine is measured by itself, not by its dense twin.
+///
+/// A source holds [`Self::batch`] sequences of equal length; ids are passed row-major,
+/// `[batch, n]`, and logits come back `[batch, vocab]`. Most sources hold one.
 pub trait NextTokenSource {
     fn vocab_size(&self) -> usize;
     /// Longest sequence it can score.
     fn max_seq_len(&self) -> usize;
-    /// Forgets the current sequence.
+    /// Sequences it scores side by side.
+    fn batch(&self) -> usize {
+        1
+    }
+    /// Forgets the current sequences.
     fn reset(&mut self);
-    /// Appends `ids` to the current sequence and returns the next-token logits after its last
-    /// position, `[vocab]`.
+    /// Appends `n = ids.len() / batch` ids to every sequence (`ids` row-major, `[batch, n]`) and
+    /// returns the next-token logits after each sequence's last position, `[batch, vocab]`.
     ///
     /// # Errors
-    /// Empty `ids`, an id outside the vocabulary, or a sequence longer than [`Self::max_seq_len`].
+    /// No ids, a length that is not a multiple of the batch, an id outside the vocabulary, or a
+    /// sequence longer than [`Self::max_seq_len`].
     fn append(&mut self, ids: &[usize]) -> Result<&[f32]>;
     /// Like [`Self::append`], but returns the logits after **each** appended position,
-    /// `[ids.len(), vocab]` (for perplexity). By default one position at a time.
+    /// `[batch, n, vocab]` (for perplexity). By default one position at a time.
     ///
     /// # Errors
     /// As [`Self::append`].
     fn append_all(&mut self, ids: &[usize], out: &mut Vec<f32>) -> Result<()> {
+        let (b, v) = (self.batch(), self.vocab_size());
+        let n = rows_of(ids.len(), b)?;
         out.clear();
-        for &id in ids {
-            let l = self.append(&[id])?;
-            out.extend_from_slice(l);
+        out.resize(b * n * v, 0.0);
+        let mut col = vec![0; b];
+        for t in 0..n {
+            for (i, c) in col.iter_mut().enumerate() {
+                *c = ids[i * n + t];
+            }
+            let l = self.append(&col)?;
+            for i in 0..b {
+                out[(i * n + t) * v..(i * n + t + 1) * v].copy_from_slice(&l[i * v..(i + 1) * v]);
+            }
         }
         Ok(())
     }
 }
 
-/// The tensor [`Gpt`] as a [`NextTokenSource`]: every call re-runs the whole sequence (no cache).
+/// Ids per sequence when `len` ids are spread over `batch` sequences.
+fn rows_of(len: usize, batch: usize) -> Result<usize> {
+    if batch == 0 || len == 0 || !len.is_multiple_of(batch) {
+        return Err(TransformerError::Config(format!("{len} ids do not form {batch} non-empty sequences")));
+    }
+    Ok(len / batch)
+}
+
+/// The tensor [`Gpt`] as a [`NextTokenSource`]: every call re-runs the whole sequences (no cache).
 /// The reference that cached engines are compared with.
 pub struct FullRecompute<'a> {
     model: &'a Gpt,
+    batch: usize,
+    /// The sequences so far, row-major `[batch, len]`.
     ids: Vec<usize>,
+    len: usize,
     logits: Vec<f32>,
 }
 
 impl<'a> FullRecompute<'a> {
+    /// One sequence.
     pub fn new(model: &'a Gpt) -> FullRecompute<'a> {
-        FullRecompute { model, ids: Vec::new(), logits: Vec::new() }
+        FullRecompute::batched(model, 1)
     }
 
-    /// Appends `ids` and leaves the logits of the last `keep` positions in `self.logits`.
-    fn run(&mut self, ids: &[usize], keep: usize) -> Result<()> {
-        if ids.is_empty() {
-            return Err(TransformerError::Config("append needs at least one id".into()));
+    /// `batch` sequences, run as one batched forward per call.
+    pub fn batched(model: &'a Gpt, batch: usize) -> FullRecompute<'a> {
+        FullRecompute { model, batch, ids: Vec::new(), len: 0, logits: Vec::new() }
+    }
+
+    /// Appends `ids` and leaves the logits of the last `keep` positions of each sequence in
+    /// `self.logits`, `[batch, keep, vocab]`.
+    fn run(&mut self, ids: &[usize], keep: impl Fn(usize) -> usize) -> Result<()> {
+        let (b, v) = (self.batch, self.model.config.vocab_size);
+        let n = rows_of(ids.len(), b)?;
+        let len = self.len + n;
+        // Built aside: a rejected append leaves the sequences unchanged.
+        let mut all = Vec::with_capacity(b * len);
+        for i in 0..b {
+            all.extend_from_slice(&self.ids[i * self.len..(i + 1) * self.len]);
+            all.extend_from_slice(&ids[i * n..(i + 1) * n]);
         }
-        let len = self.ids.len() + ids.len();
-        // Check before growing: a rejected append leaves the sequence unchanged.
-        let mut all = self.ids.clone();
-        all.extend_from_slice(ids);
-        self.model.check_input(&all, 1, len)?;
-        let logits = no_grad(|| self.model.forward_ids(&all, 1, len))?;
-        let v = self.model.config.vocab_size;
+        self.model.check_input(&all, b, len)?;
+        let logits = no_grad(|| self.model.forward_ids(&all, b, len))?;
         let data = logits.data();
         let flat = data.as_slice().expect("standard layout");
+        let keep = keep(n);
         self.logits.clear();
-        self.logits.extend_from_slice(&flat[(len - keep) * v..]);
+        for i in 0..b {
+            self.logits.extend_from_slice(&flat[(i * len + len - keep) * v..(i + 1) * len * v]);
+        }
         self.ids = all;
+        self.len = len;
         Ok(())
     }
 }
@@ -218,100 +263,200 @@ impl NextTokenSource for FullRecompute<'_> {
     fn max_seq_len(&self) -> usize {
         self.model.config.max_seq_len
     }
+    fn batch(&self) -> usize {
+        self.batch
+    }
     fn reset(&mut self) {
         self.ids.clear();
+        self.len = 0;
     }
     fn append(&mut self, ids: &[usize]) -> Result<&[f32]> {
-        self.run(ids, 1)?;
+        self.run(ids, |_| 1)?;
         Ok(&self.logits)
     }
     fn append_all(&mut self, ids: &[usize], out: &mut Vec<f32>) -> Result<()> {
-        self.run(ids, ids.len())?;
+        self.run(ids, |n| n)?;
         out.clear();
         out.extend_from_slice(&self.logits);
         Ok(())
     }
 }
 
-/// Generates up to `max_new_tokens` after `prompt` from any [`NextTokenSource`] (it is reset
-/// first). Returns only the new tokens; a stop token, if hit, is the last one. The sampler is
-/// seeded with `cfg.seed`, as in [`generate`], so equal logits give equal text.
+/// Any source with its cache thrown away at every step: each append resets it and re-runs the
+/// whole sequences so far. What generation costs without a KV cache, on the same engine and
+/// kernels (the baseline of module 14 and of the ablation's `kv=off` cells).
+pub struct WithoutCache<'a> {
+    inner: &'a mut dyn NextTokenSource,
+    /// The sequences so far, one `Vec` per row.
+    rows: Vec<Vec<usize>>,
+    flat: Vec<usize>,
+}
+
+impl<'a> WithoutCache<'a> {
+    pub fn new(inner: &'a mut dyn NextTokenSource) -> WithoutCache<'a> {
+        let rows = vec![Vec::new(); inner.batch()];
+        WithoutCache { inner, rows, flat: Vec::new() }
+    }
+}
+
+impl NextTokenSource for WithoutCache<'_> {
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_seq_len(&self) -> usize {
+        self.inner.max_seq_len()
+    }
+    fn batch(&self) -> usize {
+        self.rows.len()
+    }
+    fn reset(&mut self) {
+        self.rows.iter_mut().for_each(Vec::clear);
+        self.inner.reset();
+    }
+    fn append(&mut self, ids: &[usize]) -> Result<&[f32]> {
+        let n = rows_of(ids.len(), self.rows.len())?;
+        let len = self.rows[0].len() + n;
+        self.flat.clear();
+        for (i, r) in self.rows.iter().enumerate() {
+            self.flat.extend_from_slice(r);
+            self.flat.extend_from_slice(&ids[i * n..(i + 1) * n]);
+        }
+        self.inner.reset();
+        let logits = self.inner.append(&self.flat)?;
+        // Committed only once the engine took them: a rejected append changes nothing.
+        for (r, chunk) in self.rows.iter_mut().zip(self.flat.chunks(len)) {
+            r.clear();
+            r.extend_from_slice(chunk);
+        }
+        Ok(logits)
+    }
+}
+
+/// What a generation reports as it goes, for callers that stream text or time answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// `row` produced `token` (rows that already finished produce no more events).
+    Token { row: usize, token: usize },
+    /// Every row has its first token: the prompt is processed (time to first token).
+    First,
+    /// `row` reached a stop token or the length cap; `tokens` is its whole output. Sent exactly
+    /// once per row, also for rows with nothing to generate (`max_new_tokens` 0).
+    Finished { row: usize, tokens: &'a [usize] },
+}
+
+/// Generated tokens with the wall time of every step.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// New tokens per sequence (a stop token, if hit, is the last one).
+    pub tokens: Vec<Vec<usize>>,
+    /// `step_seconds[0]` covers the prompt and the first token (time to first token); each later
+    /// entry one more token per sequence: scoring it and sampling it.
+    pub step_seconds: Vec<f64>,
+}
+
+impl Trace {
+    /// Total tokens generated per second over all steps (batch × steps / time).
+    pub fn tokens_per_second(&self, batch: usize) -> f64 {
+        (batch * self.step_seconds.len()) as f64 / self.step_seconds.iter().sum::<f64>()
+    }
+}
+
+/// **The** generation loop: every generator of this workspace runs it. The prompts (equal
+/// lengths, one per row of `source`) are appended in one call, then one token per row per step
+/// until every row has hit a stop token (end of line, EOS: whatever `cfg.stop_tokens` holds; it
+/// is kept as the row's last token) or `cfg.max_new_tokens`. A row that finished keeps being
+/// scored (the batch stays rectangular) but its output ends there. Row `i` samples with seed
+/// `cfg.seed + i`, so the same logits give the same text alone or in a batch. `on_event` sees
+/// each token, the first step's end and each row's end, as they happen.
 ///
 /// # Errors
-/// An empty prompt, a prompt plus `max_new_tokens` longer than the source's context (checked
-/// before anything runs), invalid sampling settings, or the source's own errors.
-pub fn generate_with(source: &mut dyn NextTokenSource, prompt: &[usize], cfg: &GenerateConfig) -> Result<Vec<usize>> {
-    if prompt.is_empty() {
-        return Err(TransformerError::Config("the prompt is empty".into()));
+/// No prompts, an empty prompt, prompts of unequal length or a count other than the source's
+/// batch, a prompt plus `max_new_tokens` longer than the source's context (all checked before
+/// anything runs), invalid sampling settings, or the source's own errors.
+pub fn generate_traced(
+    source: &mut dyn NextTokenSource,
+    prompts: &[&[usize]],
+    cfg: &GenerateConfig,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Trace> {
+    let b = prompts.len();
+    let n = prompts.first().map_or(0, |p| p.len());
+    if b == 0 || n == 0 || prompts.iter().any(|p| p.len() != n) {
+        return Err(TransformerError::Config("prompts must be non-empty and of equal length".into()));
     }
-    // The same rule as [`generate_batch`]: prompt and new tokens must fit the context.
-    let total = prompt.len().saturating_add(cfg.max_new_tokens);
+    if b != source.batch() {
+        return Err(TransformerError::Config(format!("{b} prompts for a source of batch {}", source.batch())));
+    }
+    // Checked before anything is allocated for the new tokens: a typo of 2^40 must not try to
+    // reserve terabytes.
+    let total = n.saturating_add(cfg.max_new_tokens);
     if total > source.max_seq_len() {
         return Err(TransformerError::ContextOverflow { position: total - 1, max_seq_len: source.max_seq_len() });
     }
-    let mut sampler = Sampler::new(cfg.sampling, cfg.seed)?;
-    let mut out = Vec::with_capacity(cfg.max_new_tokens);
+    let v = source.vocab_size();
+    let mut samplers: Vec<Sampler> =
+        (0..b).map(|i| Sampler::new(cfg.sampling, cfg.seed.wrapping_add(i as u64))).collect::<Result<_>>()?;
+    let mut out: Vec<Vec<usize>> = (0..b).map(|_| Vec::with_capacity(cfg.max_new_tokens)).collect();
+    let mut done = vec![false; b];
+    let mut next: Vec<usize> = prompts.concat();
+    let mut step_seconds = Vec::with_capacity(cfg.max_new_tokens);
     source.reset();
-    if cfg.max_new_tokens == 0 {
-        return Ok(out);
-    }
-    let mut tok = sampler.next(source.append(prompt)?)?;
-    loop {
-        out.push(tok);
-        if out.len() == cfg.max_new_tokens || cfg.stop_tokens.contains(&tok) {
-            return Ok(out);
+    for step in 0..cfg.max_new_tokens {
+        let start = Instant::now();
+        let logits = source.append(&next)?;
+        next.truncate(b);
+        for (i, s) in samplers.iter_mut().enumerate() {
+            next[i] = s.next(&logits[i * v..(i + 1) * v])?;
         }
-        tok = sampler.next(source.append(&[tok])?)?;
+        step_seconds.push(start.elapsed().as_secs_f64());
+        for i in (0..b).filter(|&i| !done[i]) {
+            out[i].push(next[i]);
+            on_event(Event::Token { row: i, token: next[i] });
+        }
+        if step == 0 {
+            on_event(Event::First);
+        }
+        for i in 0..b {
+            if !done[i] && (cfg.stop_tokens.contains(&next[i]) || out[i].len() == cfg.max_new_tokens) {
+                done[i] = true;
+                on_event(Event::Finished { row: i, tokens: &out[i] });
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
     }
+    if cfg.max_new_tokens == 0 {
+        (0..b).for_each(|i| on_event(Event::Finished { row: i, tokens: &[] }));
+    }
+    Ok(Trace { tokens: out, step_seconds })
+}
+
+/// Generates up to `max_new_tokens` after `prompt` from any single-sequence [`NextTokenSource`]
+/// (it is reset first). Returns only the new tokens; a stop token, if hit, is the last one.
+///
+/// # Errors
+/// As [`generate_traced`].
+pub fn generate_with(source: &mut dyn NextTokenSource, prompt: &[usize], cfg: &GenerateConfig) -> Result<Vec<usize>> {
+    Ok(generate_traced(source, &[prompt], cfg, &mut |_| {})?.tokens.remove(0))
 }
 
 /// Generates up to `max_new_tokens` after `prompt` by full recomputation. Returns only the new
-/// tokens (a stop token, if hit, is the last one). Errors if the sequence would exceed the
-/// model's context.
+/// tokens (a stop token, if hit, is the last one).
+///
+/// # Errors
+/// As [`generate_traced`].
 pub fn generate(model: &Gpt, prompt: &[usize], cfg: &GenerateConfig) -> Result<Vec<usize>> {
-    Ok(generate_batch(model, &[prompt.to_vec()], cfg)?.remove(0))
+    generate_with(&mut FullRecompute::new(model), prompt, cfg)
 }
 
-/// Generates for several equal-length prompts at once (one batched forward per step). A sequence
-/// that hit a stop token keeps being computed (so the batch stays rectangular) but its output ends
-/// at the stop token.
+/// Generates for several equal-length prompts at once, one batched forward per step (see
+/// [`generate_traced`] for the rules).
+///
+/// # Errors
+/// As [`generate_traced`].
 pub fn generate_batch(model: &Gpt, prompts: &[Vec<usize>], cfg: &GenerateConfig) -> Result<Vec<Vec<usize>>> {
-    let b = prompts.len();
-    let t0 = prompts.first().map_or(0, Vec::len);
-    if b == 0 || t0 == 0 || prompts.iter().any(|p| p.len() != t0) {
-        return Err(TransformerError::Config("prompts must be non-empty and of equal length".into()));
-    }
-    let total = t0.saturating_add(cfg.max_new_tokens);
-    if total > model.config.max_seq_len {
-        return Err(TransformerError::ContextOverflow { position: total - 1, max_seq_len: model.config.max_seq_len });
-    }
-    let mut samplers: Vec<Sampler> =
-        (0..b).map(|i| Sampler::new(cfg.sampling, cfg.seed.wrapping_add(i as u64))).collect::<Result<_>>()?;
-    let mut seqs: Vec<Vec<usize>> = prompts.to_vec();
-    let mut outs: Vec<Vec<usize>> = vec![Vec::new(); b];
-    let mut done = vec![false; b];
-    let v = model.config.vocab_size;
-    no_grad(|| -> Result<()> {
-        for _ in 0..cfg.max_new_tokens {
-            let len = seqs[0].len();
-            let flat: Vec<usize> = seqs.iter().flatten().copied().collect();
-            let logits = model.forward_ids(&flat, b, len)?;
-            let data = logits.data();
-            let all = data.as_slice().expect("standard layout");
-            for i in 0..b {
-                let row = &all[(i * len + len - 1) * v..(i * len + len) * v];
-                let tok = samplers[i].next(row)?;
-                seqs[i].push(tok);
-                if !done[i] {
-                    outs[i].push(tok);
-                    done[i] = cfg.stop_tokens.contains(&tok);
-                }
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-        }
-        Ok(())
-    })?;
-    Ok(outs)
+    let rows: Vec<&[usize]> = prompts.iter().map(Vec::as_slice).collect();
+    let mut source = FullRecompute::batched(model, prompts.len());
+    Ok(generate_traced(&mut source, &rows, cfg, &mut |_| {})?.tokens)
 }

@@ -577,3 +577,133 @@ fn saving_a_model_whose_layer_carries_a_forward_transform_is_refused() {
     assert!(!checkpoint::exists(&dir), "nothing was published");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- The one generation loop: events, batching, sources without a cache ----
+
+mod generation_loop {
+    use super::common;
+    use tt_transformer::generate::{
+        generate, generate_batch, generate_traced, Event, FullRecompute, GenerateConfig, NextTokenSource, Sampling,
+        WithoutCache,
+    };
+
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Token(usize, usize),
+        First,
+        Finished(usize, Vec<usize>),
+    }
+
+    fn record(events: &mut Vec<Seen>) -> impl FnMut(Event<'_>) + '_ {
+        |e| {
+            events.push(match e {
+                Event::Token { row, token } => Seen::Token(row, token),
+                Event::First => Seen::First,
+                Event::Finished { row, tokens } => Seen::Finished(row, tokens.to_vec()),
+            })
+        }
+    }
+
+    #[test]
+    fn events_are_each_token_then_first_then_each_rows_end_once() {
+        let m = common::tiny(11, 3);
+        let prompts: [&[usize]; 2] = [&[1, 2, 3], &[4, 5, 6]];
+        // Stop on the first token row 0 generates, so the rows end at different steps.
+        let first0 = generate(&m, prompts[0], &GenerateConfig::greedy(1)).unwrap()[0];
+        let cfg = GenerateConfig::greedy(6).with_stop(&[first0]);
+        let mut events = Vec::new();
+        let trace =
+            generate_traced(&mut FullRecompute::batched(&m, 2), &prompts, &cfg, &mut record(&mut events)).unwrap();
+        assert_eq!(trace.tokens[0], vec![first0]);
+        // Rebuild the events the rules promise from the trace alone.
+        let mut want = Vec::new();
+        let steps = trace.tokens.iter().map(Vec::len).max().unwrap();
+        for step in 0..steps {
+            for (row, t) in trace.tokens.iter().enumerate() {
+                if step < t.len() {
+                    want.push(Seen::Token(row, t[step]));
+                }
+            }
+            if step == 0 {
+                want.push(Seen::First);
+            }
+            for (row, t) in trace.tokens.iter().enumerate() {
+                if step + 1 == t.len() {
+                    want.push(Seen::Finished(row, t.clone()));
+                }
+            }
+        }
+        assert_eq!(events, want);
+        // One timed step per token of the longest row; the first covers the prompt.
+        assert_eq!(trace.step_seconds.len(), steps);
+        assert!(trace.step_seconds.iter().all(|&s| s > 0.0));
+    }
+
+    #[test]
+    fn nothing_to_generate_still_ends_every_row() {
+        let m = common::tiny(11, 3);
+        let mut events = Vec::new();
+        let trace = generate_traced(
+            &mut FullRecompute::batched(&m, 2),
+            &[&[1], &[2]],
+            &GenerateConfig::greedy(0),
+            &mut record(&mut events),
+        )
+        .unwrap();
+        assert_eq!(events, vec![Seen::Finished(0, vec![]), Seen::Finished(1, vec![])]);
+        assert!(trace.step_seconds.is_empty());
+    }
+
+    #[test]
+    fn a_batch_generates_what_each_row_generates_alone_with_its_seed() {
+        let m = common::tiny(11, 4);
+        let prompts = vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10, 0, 1]];
+        let sampling = Sampling::Sample { temperature: 0.9, top_k: Some(5), top_p: Some(0.9) };
+        let cfg = GenerateConfig { max_new_tokens: 10, sampling, seed: 17, stop_tokens: vec![3] };
+        let batch = generate_batch(&m, &prompts, &cfg).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = GenerateConfig { seed: 17 + i as u64, ..cfg.clone() };
+            assert_eq!(batch[i], generate(&m, p, &alone).unwrap(), "row {i}");
+        }
+    }
+
+    #[test]
+    fn sources_without_a_cache_or_batched_score_like_the_reference() {
+        let m = common::tiny(11, 5);
+        let ids: Vec<usize> = (0..2 * 7).map(|i| (i * 5 + 2) % 11).collect();
+        let mut want = Vec::new();
+        FullRecompute::batched(&m, 2).append_all(&ids, &mut want).unwrap();
+        // Row by row: the batched source returns [batch, n, vocab].
+        for row in 0..2 {
+            let mut alone = Vec::new();
+            FullRecompute::new(&m).append_all(&ids[row * 7..(row + 1) * 7], &mut alone).unwrap();
+            assert_eq!(alone, want[row * 7 * 11..(row + 1) * 7 * 11], "row {row}");
+        }
+        // The trait's default append_all (one position at a time) through WithoutCache.
+        let mut inner = FullRecompute::batched(&m, 2);
+        let mut got = Vec::new();
+        WithoutCache::new(&mut inner).append_all(&ids, &mut got).unwrap();
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        // The same sums, but over sequences of different lengths (a different batch shape).
+        assert!(diff < 1e-5, "max |Δ| {diff}");
+        // A rejected append changes nothing.
+        let mut inner = FullRecompute::new(&m);
+        let mut src = WithoutCache::new(&mut inner);
+        let before = src.append(&[1, 2]).unwrap().to_vec();
+        assert!(src.append(&[99]).is_err());
+        src.reset();
+        assert_eq!(src.append(&[1, 2]).unwrap(), &before[..]);
+    }
+
+    #[test]
+    fn prompts_that_do_not_fit_the_source_are_errors() {
+        let m = common::tiny(11, 5);
+        let cfg = GenerateConfig::greedy(2);
+        let mut one = FullRecompute::new(&m);
+        assert!(generate_traced(&mut one, &[&[1], &[2]], &cfg, &mut |_| {}).is_err(), "2 prompts, batch 1");
+        let mut two = FullRecompute::batched(&m, 2);
+        assert!(generate_traced(&mut two, &[&[1], &[2, 3]], &cfg, &mut |_| {}).is_err(), "unequal lengths");
+        assert!(generate_traced(&mut two, &[], &cfg, &mut |_| {}).is_err(), "no prompts");
+        assert!(two.append(&[1, 2, 3]).is_err(), "3 ids over 2 rows");
+    }
+}

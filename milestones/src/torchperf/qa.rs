@@ -14,9 +14,9 @@ use tt_perf::loadgen::{QuerySample, QuerySampleLibrary, QuerySampleResponse, Res
 
 use super::queue::{Pending, WorkQueue};
 use tt_quant::{quantize_dynamic, WeightConfig};
-use tt_tensor::kernels::argmax;
 use tt_tensor::Module;
 use tt_transformer::corpus::QaPair;
+use tt_transformer::generate::{generate_traced, Event, GenerateConfig, WithoutCache};
 use tt_transformer::{Gpt, Tokenize, Tokenizer};
 
 use crate::{MilestoneError, Result};
@@ -109,13 +109,14 @@ pub fn engine(model: &Gpt, v: &Variant, batch: usize) -> Result<CachedGpt> {
     Ok(e)
 }
 
-/// Greedy answers to `prompts` (equal lengths) in one batched generation, read top to bottom:
-/// one prefill, then a decode step per token (or, without the cache, the whole sequence again).
-/// `first` runs once the first token of every row exists; `finished(row, tokens)` as each row
-/// reaches a stop token or the limit.
+/// Greedy answers to `prompts` (equal lengths) in one batched generation by the workspace's one
+/// generation loop: one prefill, then a decode step per token (or, without the cache, the whole
+/// sequence again). An answer ends at a stop token or after [`MAX_NEW_TOKENS`], fewer if the
+/// context ends first. `first` runs once the first token of every row exists;
+/// `finished(row, tokens)` as each row ends.
 ///
 /// # Errors
-/// The decoder's; prompts of unequal length.
+/// The decoder's; prompts of unequal length or a count other than the engine's batch.
 pub fn generate(
     engine: &mut CachedGpt,
     kv_cache: bool,
@@ -124,55 +125,17 @@ pub fn generate(
     mut first: impl FnMut(),
     mut finished: impl FnMut(usize, &[usize]),
 ) -> Result<()> {
-    let b = prompts.len();
-    let Some(n) = prompts.first().map(|p| p.len()) else {
-        return Err(MilestoneError::Other("generate needs at least one prompt".into()));
+    let n = prompts.first().map_or(0, |p| p.len());
+    let cfg = GenerateConfig::greedy(MAX_NEW_TOKENS.min(engine.max_seq_len().saturating_sub(n))).with_stop(stops);
+    let mut on_event = |e: Event<'_>| match e {
+        Event::First => first(),
+        Event::Finished { row, tokens } => finished(row, tokens),
+        Event::Token { .. } => {}
     };
-    if prompts.iter().any(|p| p.len() != n) || b != engine.batch() {
-        return Err(MilestoneError::Other(format!("a batch of {b} needs {} prompts of equal length", engine.batch())));
-    }
-    let v = engine.vocab_size();
-    let max_new = MAX_NEW_TOKENS.min(engine.max_seq_len().saturating_sub(n));
-    let mut rows: Vec<Vec<usize>> = prompts.iter().map(|p| p.to_vec()).collect();
-    let mut flat: Vec<usize> = rows.concat();
-    let mut out: Vec<Vec<usize>> = vec![Vec::with_capacity(max_new); b];
-    let mut done = vec![false; b];
-    let mut next = vec![0usize; b];
-    let mut logits = engine.prefill(&flat, n)?;
-    for step in 0..max_new {
-        for i in 0..b {
-            next[i] = argmax(&logits[i * v..(i + 1) * v]);
-        }
-        if step == 0 {
-            first();
-        }
-        for i in 0..b {
-            if !done[i] {
-                out[i].push(next[i]);
-                if stops.contains(&next[i]) || out[i].len() == max_new {
-                    done[i] = true;
-                    finished(i, &out[i]);
-                }
-            }
-        }
-        if done.iter().all(|&d| d) {
-            return Ok(());
-        }
-        logits = if kv_cache {
-            engine.decode_step(&next)?
-        } else {
-            for (r, &t) in rows.iter_mut().zip(&next) {
-                r.push(t);
-            }
-            flat.clear();
-            rows.iter().for_each(|r| flat.extend_from_slice(r));
-            engine.prefill(&flat, rows[0].len())?
-        };
-    }
-    for i in 0..b {
-        if !done[i] {
-            finished(i, &out[i]);
-        }
+    if kv_cache {
+        generate_traced(engine, prompts, &cfg, &mut on_event)?;
+    } else {
+        generate_traced(&mut WithoutCache::new(engine), prompts, &cfg, &mut on_event)?;
     }
     Ok(())
 }
