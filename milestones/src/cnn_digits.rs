@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use tt_tensor::data::{digits, Dataset};
-use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential};
+use tt_tensor::nn::Sequential;
 use tt_tensor::Module;
 
 use crate::classifier::{self, SavedClassifier, TrainConfig};
@@ -10,19 +10,9 @@ use crate::{Options, Result};
 
 pub const NAME: &str = "cnn_digits";
 
-/// conv3×3(1→16) → ReLU → pool2 → conv3×3(16→32) → ReLU → pool2 → 128 → Linear(64) → ReLU → Linear(10).
+/// The course's digits CNN (`tt_tensor::data::digits::cnn`).
 pub fn build(seed: u64) -> Sequential {
-    Sequential::new()
-        .layer(Conv2d::new(1, 16, 3, 1, 1, seed))
-        .layer(Relu)
-        .layer(MaxPool2d { kernel: 2, stride: 2 })
-        .layer(Conv2d::new(16, 32, 3, 1, 1, seed + 1))
-        .layer(Relu)
-        .layer(MaxPool2d { kernel: 2, stride: 2 })
-        .layer(Flatten)
-        .layer(Linear::new(128, 64, true, seed + 2))
-        .layer(Relu)
-        .layer(Linear::new(64, 10, true, seed + 3))
+    tt_tensor::data::digits::cnn(seed)
 }
 
 pub fn config(quick: bool) -> TrainConfig {

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use tt_tensor::data::{digits, Dataset};
-use tt_tensor::nn::{Linear, Relu, Sequential};
+use tt_tensor::nn::Sequential;
 use tt_tensor::Module;
 
 use crate::classifier::{self, SavedClassifier, TrainConfig};
@@ -10,9 +10,9 @@ use crate::{Options, Result};
 
 pub const NAME: &str = "mlp_digits";
 
-/// 64 → 128 → ReLU → 10.
+/// The course's digits MLP (`tt_tensor::data::digits::mlp`).
 pub fn build(seed: u64) -> Sequential {
-    Sequential::new().layer(Linear::new(64, 128, true, seed)).layer(Relu).layer(Linear::new(128, 10, true, seed + 1))
+    tt_tensor::data::digits::mlp(seed)
 }
 
 pub fn config(quick: bool) -> TrainConfig {

@@ -252,4 +252,34 @@ pub mod digits {
     pub fn standard_split() -> Result<(ClassificationData, ClassificationData)> {
         split(&load()?, 0.2, 0)
     }
+
+    /// The course's digits MLP (milestone `mlp_digits`): 64 → Linear(128) → ReLU → Linear(10);
+    /// layer `i` is initialised with seed `seed + i`.
+    pub fn mlp(seed: u64) -> crate::nn::Sequential {
+        use crate::nn::{Linear, Relu, Sequential};
+        Sequential::new().layer(Linear::new(64, 128, true, seed)).layer(Relu).layer(Linear::new(
+            128,
+            10,
+            true,
+            seed + 1,
+        ))
+    }
+
+    /// The course's digits CNN (milestone `cnn_digits`), on `[1, 8, 8]` images:
+    /// conv3×3(1→16) → ReLU → pool2 → conv3×3(16→32) → ReLU → pool2 → 128 → Linear(64) → ReLU →
+    /// Linear(10); layer `i` is initialised with seed `seed + i`.
+    pub fn cnn(seed: u64) -> crate::nn::Sequential {
+        use crate::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential};
+        Sequential::new()
+            .layer(Conv2d::new(1, 16, 3, 1, 1, seed))
+            .layer(Relu)
+            .layer(MaxPool2d { kernel: 2, stride: 2 })
+            .layer(Conv2d::new(16, 32, 3, 1, 1, seed + 1))
+            .layer(Relu)
+            .layer(MaxPool2d { kernel: 2, stride: 2 })
+            .layer(Flatten)
+            .layer(Linear::new(128, 64, true, seed + 2))
+            .layer(Relu)
+            .layer(Linear::new(64, 10, true, seed + 3))
+    }
 }

@@ -107,9 +107,7 @@ fn seeded_dropout_op() {
 mod seam {
     use std::sync::Arc;
 
-    use tt_tensor::nn::{
-        linears, map_conv2ds, map_linears, walk_mut, Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential,
-    };
+    use tt_tensor::nn::{linears, map_conv2ds, map_linears, walk_mut, Linear, Sequential};
     use tt_tensor::optim::{Optimizer, Sgd};
     use tt_tensor::projection::{check_projection, project, DenseF32, Projection, Workspace};
     use tt_tensor::testing::TransposedF64;
@@ -117,22 +115,12 @@ mod seam {
 
     /// The digits MLP (milestone `mlp_digits`).
     fn mlp() -> Sequential {
-        Sequential::new().layer(Linear::new(64, 128, true, 0)).layer(Relu).layer(Linear::new(128, 10, true, 1))
+        tt_tensor::data::digits::mlp(0)
     }
 
     /// The digits CNN (milestone `cnn_digits`).
     fn cnn() -> Sequential {
-        Sequential::new()
-            .layer(Conv2d::new(1, 16, 3, 1, 1, 0))
-            .layer(Relu)
-            .layer(MaxPool2d { kernel: 2, stride: 2 })
-            .layer(Conv2d::new(16, 32, 3, 1, 1, 1))
-            .layer(Relu)
-            .layer(MaxPool2d { kernel: 2, stride: 2 })
-            .layer(Flatten)
-            .layer(Linear::new(128, 64, true, 2))
-            .layer(Relu)
-            .layer(Linear::new(64, 10, true, 3))
+        tt_tensor::data::digits::cnn(0)
     }
 
     /// Installs `TransposedF64` (with `error` on output 0) in every Linear and Conv2d, by name only.

@@ -210,21 +210,11 @@ mod gpt {
 /// channel zero. Tolerance 1e-5 relative: the same products, summed over fewer zero terms.
 mod cnn {
     use tt_compress::structured::{channels_to_keep, prune_conv_channels};
-    use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential, Sigmoid};
+    use tt_tensor::nn::{Conv2d, Sequential, Sigmoid};
     use tt_tensor::{no_grad, Module, Tensor};
 
     pub(super) fn cnn() -> Sequential {
-        Sequential::new()
-            .layer(Conv2d::new(1, 16, 3, 1, 1, 3))
-            .layer(Relu)
-            .layer(MaxPool2d { kernel: 2, stride: 2 })
-            .layer(Conv2d::new(16, 32, 3, 1, 1, 4))
-            .layer(Relu)
-            .layer(MaxPool2d { kernel: 2, stride: 2 })
-            .layer(Flatten)
-            .layer(Linear::new(128, 64, true, 5))
-            .layer(Relu)
-            .layer(Linear::new(64, 10, true, 6))
+        tt_tensor::data::digits::cnn(3)
     }
 
     fn zero_filters(m: &mut Sequential, layer: usize, keep: &[usize]) {

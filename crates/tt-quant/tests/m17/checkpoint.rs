@@ -12,7 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 use tt_kvcache::{CachedGpt, OverflowPolicy};
 use tt_quant::checkpoint::{self, FORMAT, FORMAT_KEY, WEIGHTS_PART};
 use tt_quant::{Activations, Granularity, Int8Linear, QParams, QRange, Scheme, WeightConfig};
-use tt_tensor::nn::{map_conv2ds, map_linears, Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential};
+use tt_tensor::nn::{map_conv2ds, map_linears, Linear, Relu, Sequential};
 use tt_tensor::projection::{DenseF32, Projection};
 use tt_tensor::{no_grad, randn_array, Module, Tensor};
 use tt_transformer::generate::NextTokenSource;
@@ -44,21 +44,6 @@ fn mlp(seed: u64) -> Sequential {
         .layer(Linear::new(256, 128, true, seed + 2))
         .layer(Relu)
         .layer(Linear::new(128, 10, true, seed + 3))
-}
-
-/// milestones/src/cnn_digits.rs's architecture, on 8×8 digits.
-fn cnn(seed: u64) -> Sequential {
-    Sequential::new()
-        .layer(Conv2d::new(1, 16, 3, 1, 1, seed))
-        .layer(Relu)
-        .layer(MaxPool2d { kernel: 2, stride: 2 })
-        .layer(Conv2d::new(16, 32, 3, 1, 1, seed + 1))
-        .layer(Relu)
-        .layer(MaxPool2d { kernel: 2, stride: 2 })
-        .layer(Flatten)
-        .layer(Linear::new(128, 64, true, seed + 2))
-        .layer(Relu)
-        .layer(Linear::new(64, 10, true, seed + 3))
 }
 
 const AFFINE_PER_TENSOR: WeightConfig = WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerTensor };
@@ -202,11 +187,11 @@ fn an_int8_mlp_round_trips_bit_for_bit_in_a_quarter_of_the_bytes() {
 
 #[test]
 fn an_int8_cnn_round_trips_bit_for_bit_with_conv_weights_in_their_own_shape() {
-    let mut saved = cnn(3);
+    let mut saved = tt_tensor::data::digits::cnn(3);
     let quantized = quantize_mixed(&mut saved, &[]);
     // Linears first: "7", "9", then the convolutions "0", "3".
     assert_eq!(quantized.iter().map(|q| q.0.as_str()).collect::<Vec<_>>(), ["7", "9", "0", "3"]);
-    round_trip("cnn", &mut saved, &mut cnn(60), &input(&[4, 1, 8, 8], 2), &quantized);
+    round_trip("cnn", &mut saved, &mut tt_tensor::data::digits::cnn(60), &input(&[4, 1, 8, 8], 2), &quantized);
     let bytes = checkpoint::to_safetensors(&mut saved).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     for (name, shape) in [("0.weight", [16, 1, 3, 3]), ("3.weight", [32, 16, 3, 3])] {

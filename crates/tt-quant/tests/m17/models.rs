@@ -5,7 +5,6 @@ use ndarray::Array2;
 use tt_kvcache::{generate_cached, CachedGpt, OverflowPolicy};
 use tt_quant::{quantize_dynamic, IntLevel, WeightConfig};
 use tt_tensor::loss::cross_entropy;
-use tt_tensor::nn::{Conv2d, Flatten, Linear, MaxPool2d, Relu, Sequential};
 use tt_tensor::optim::{Adam, Optimizer};
 use tt_tensor::{no_grad, randn_array, Module, Tensor};
 use tt_transformer::generate::{FullRecompute, GenerateConfig, NextTokenSource};
@@ -24,21 +23,9 @@ fn input(shape: &[usize], seed: u64) -> Tensor {
 
 #[test]
 fn an_int8_mlp_and_cnn_stay_close_to_fp32_and_train_on_f32_weights() {
-    let mlp =
-        || Sequential::new().layer(Linear::new(64, 128, true, 1)).layer(Relu).layer(Linear::new(128, 10, true, 2));
-    let cnn = || {
-        Sequential::new()
-            .layer(Conv2d::new(1, 16, 3, 1, 1, 3))
-            .layer(Relu)
-            .layer(MaxPool2d { kernel: 2, stride: 2 })
-            .layer(Conv2d::new(16, 32, 3, 1, 1, 4))
-            .layer(Relu)
-            .layer(MaxPool2d { kernel: 2, stride: 2 })
-            .layer(Flatten)
-            .layer(Linear::new(128, 10, true, 5))
-    };
+    use tt_tensor::data::digits;
     for (name, mut m, x, layers) in
-        [("mlp", mlp(), input(&[32, 64], 0), 2usize), ("cnn", cnn(), input(&[8, 1, 8, 8], 1), 3)]
+        [("mlp", digits::mlp(1), input(&[32, 64], 0), 2usize), ("cnn", digits::cnn(3), input(&[8, 1, 8, 8], 1), 4)]
     {
         let fp32 = no_grad(|| m.forward(&x)).unwrap();
         assert_eq!(quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap().len(), layers, "{name}");
