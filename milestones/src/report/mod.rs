@@ -229,6 +229,56 @@ pub fn array<'a>(summary: &'a Value, path: &str) -> Result<&'a [Value]> {
         .ok_or_else(|| MilestoneError::Other(format!("report: {path} is not an array in the summary")))
 }
 
+/// The string at `path`.
+///
+/// # Errors
+/// No value there, or it is not a string.
+pub fn text<'a>(summary: &'a Value, path: &str) -> Result<&'a str> {
+    get(summary, path)?
+        .as_str()
+        .ok_or_else(|| MilestoneError::Other(format!("report: {path} is not a string in the summary")))
+}
+
+/// The boolean at `path`.
+///
+/// # Errors
+/// No value there, or it is not a boolean.
+pub fn flag(summary: &Value, path: &str) -> Result<bool> {
+    get(summary, path)?
+        .as_bool()
+        .ok_or_else(|| MilestoneError::Other(format!("report: {path} is not a boolean in the summary")))
+}
+
+/// `x` with `decimals` digits after the point and commas between thousands: `12,345.6`.
+pub fn grouped(x: f64, decimals: usize) -> String {
+    let s = format!("{:.*}", decimals, x.abs());
+    let (int, frac) = s.split_once('.').map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
+    let mut out = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if let Some(f) = frac {
+        out.push('.');
+        out.push_str(f);
+    }
+    if x.is_sign_negative() && s.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// "yes" or "NO" (a failed check stands out in a table).
+pub fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
 /// A markdown table: a header row, its separator, then one line per row. A cell is the text
 /// given (no escaping beyond `|`, which would split a cell).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -252,6 +302,15 @@ mod tests {
     fn table_escapes_pipes_and_lines_up() {
         let t = table(&["a", "b"], &[vec!["1".into(), "x|y".into()]]);
         assert_eq!(t, "| a | b |\n| --- | --- |\n| 1 | x\\|y |\n");
+    }
+
+    #[test]
+    fn grouped_numbers() {
+        assert_eq!(grouped(3286.4, 0), "3,286");
+        assert_eq!(grouped(1234567.891, 2), "1,234,567.89");
+        assert_eq!(grouped(-999.0, 1), "-999.0");
+        assert_eq!(grouped(-0.01, 1), "0.0");
+        assert_eq!(grouped(65.0, 0), "65");
     }
 
     #[test]
