@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{array, flag, grouped, num, table, text, yes_no, Region};
+use super::{array, flag, grouped, median_of, num, table, text, yes_no, Region};
 use crate::Result;
 
 /// Charts the milestone writes: (path relative to the cache directory, name under docs/figures/).
@@ -29,7 +29,7 @@ pub fn render(summary: &Value) -> Result<Vec<Region>> {
     }
     let repeats = match num(summary, "/repeats")? {
         1.0 => "one run".to_string(),
-        n => format!("the median of {n} runs, the two sides interleaved"),
+        n => format!("{}, the two sides interleaved", median_of(n)),
     };
     let mut generation = format!(
         "Greedy generation after the {}-token prompt, batch 1, {} thread; each cell {repeats}.\n\n",

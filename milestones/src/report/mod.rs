@@ -270,6 +270,26 @@ pub fn grouped(x: f64, decimals: usize) -> String {
     out
 }
 
+/// A byte count in binary units: `32 KiB`, `1 MiB`, `21.3 KiB` (one decimal when not whole).
+pub fn iec(bytes: f64) -> String {
+    let (v, unit) =
+        if bytes >= (1u64 << 20) as f64 { (bytes / (1u64 << 20) as f64, "MiB") } else { (bytes / 1024.0, "KiB") };
+    if v.fract() == 0.0 {
+        format!("{v} {unit}")
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
+
+/// How a cell was summarised over `runs` runs: "one run" or "the median of N runs".
+pub fn median_of(runs: f64) -> String {
+    if runs == 1.0 {
+        "one run".into()
+    } else {
+        format!("the median of {runs} runs")
+    }
+}
+
 /// "yes" or "NO" (a failed check stands out in a table).
 pub fn yes_no(b: bool) -> &'static str {
     if b {
@@ -311,6 +331,9 @@ mod tests {
         assert_eq!(grouped(-999.0, 1), "-999.0");
         assert_eq!(grouped(-0.01, 1), "0.0");
         assert_eq!(grouped(65.0, 0), "65");
+        assert_eq!(iec(32768.0), "32 KiB");
+        assert_eq!(iec(21845.0), "21.3 KiB");
+        assert_eq!(iec(33554432.0), "32 MiB");
     }
 
     #[test]

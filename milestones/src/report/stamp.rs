@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tt_accel::caches::CacheSizes;
 
-use super::{get, num};
+use super::{get, iec, num};
 use crate::Result;
 
 /// This machine, now: the stamp of a measurement about to be made (`quick`: small settings).
@@ -54,15 +54,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// `32 KiB`, `1 MiB`, `1.25 MiB`.
-fn size(bytes: f64) -> String {
-    if bytes >= (1u64 << 20) as f64 {
-        format!("{} MiB", bytes / (1u64 << 20) as f64)
-    } else {
-        format!("{} KiB", bytes / 1024.0)
-    }
-}
-
 /// The stamp region's sentence.
 ///
 /// # Errors
@@ -72,9 +63,9 @@ pub fn markdown(stamp: &Value) -> Result<String> {
     let caches = if get(stamp, "/caches_detected")?.as_bool() == Some(true) {
         format!(
             "L1d {} / L2 {} per core, L3 {}",
-            size(num(stamp, "/l1d_bytes")?),
-            size(num(stamp, "/l2_bytes")?),
-            size(num(stamp, "/l3_bytes")?)
+            iec(num(stamp, "/l1d_bytes")?),
+            iec(num(stamp, "/l2_bytes")?),
+            iec(num(stamp, "/l3_bytes")?)
         )
     } else {
         "cache sizes not readable (the kernels assumed tt-accel's fallback sizes)".to_string()
