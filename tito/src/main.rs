@@ -76,7 +76,7 @@ enum Cmd {
         /// The docs directory to write (default: the workspace's docs/).
         #[arg(long, value_name = "DIR")]
         docs: Option<PathBuf>,
-        /// Re-render from DIR/data/<milestone>.json without measuring (keeps the saved stamp).
+        /// Re-render from `DIR/data/MILESTONE.json` without measuring (keeps the saved stamp).
         #[arg(long, conflicts_with = "quick")]
         from_data: bool,
     },
