@@ -50,7 +50,7 @@ pub fn time_per_call(samples: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-fn gemv_rows(opts: &Options, peak: f64) -> Vec<Value> {
+fn gemv_rows(opts: &Options, peak: f64, mem: &MemoryLevels) -> Vec<Value> {
     let samples = if opts.quick { 3 } else { 9 };
     opts.say(format!(
         "\ndecode-shaped products y = x·Wᵀ (GFLOP/s, median of {samples}); packed = tt-accel PackedF32 (weights packed once), matrixmultiply packs W every call:"
@@ -76,9 +76,16 @@ fn gemv_rows(opts: &Options, peak: f64) -> Vec<Value> {
             gp / gm,
             100.0 * gp / peak
         ));
-        rows.push(
-            json!({"m": m, "k": k, "n": n, "packed_gflops": gp, "matrixmultiply_gflops": gm, "speedup": gp / gm}),
-        );
+        // Each weight is read once per call: the packed kernel's weight stream, against the read
+        // bandwidth of the level the weights fit in.
+        let weight_bytes = 4 * k * n;
+        let (level, level_gbs) = mem.for_working_set(weight_bytes);
+        let weight_gbs = weight_bytes as f64 / tp / 1e9;
+        rows.push(json!({
+            "m": m, "k": k, "n": n, "packed_gflops": gp, "matrixmultiply_gflops": gm, "speedup": gp / gm,
+            "pct_of_peak": 100.0 * gp / peak, "weight_bytes": weight_bytes, "weight_gbs": weight_gbs,
+            "level": level, "pct_of_level_bandwidth": 100.0 * weight_gbs / level_gbs,
+        }));
     }
     rows
 }
@@ -354,7 +361,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     let chart = opts.cache_dir.join(NAME).join("gemm_ladder.svg");
     ladder_chart(&chart, &gemm_rows, peak)?;
     opts.say(format!("chart: {}", chart.display()));
-    let gemv = gemv_rows(opts, peak);
+    let gemv = gemv_rows(opts, peak, &mem);
     let fusion_rows = fusion(opts, &mem)?;
 
     // The decoder: the same CachedGpt, reference layers vs packed layers installed by name.
@@ -469,14 +476,26 @@ pub fn run(opts: &Options) -> Result<Value> {
             "l3_read_gbs": mem.l3_read_gbs,
             "dram_read_gbs": mem.dram_read_gbs,
             "caches": mem.caches,
+            "working_set_bytes": MemoryLevels::sizes(mem.caches),
             "dispatch_level": tt_accel::level().name(),
         },
+        "gemm_samples": if opts.quick { 2 } else { 5 },
         "gemm": gemm_rows,
         "gemm_chart": chart,
         "gemv": gemv,
         "fusion": fusion_rows,
         "decode": {
             "tokens": tokens,
+            "prompt_tokens": prompt.len(),
+            "repeats": repeats,
+            "packed_layers": packed_layers,
+            "threads": team.size(),
+            "weight_bytes": weight_bytes,
+            "kv_bytes": kv_bytes,
+            "sync_us": sync_us,
+            "syncs_per_token": syncs_per_token,
+            "breakdown_position": prompt.len() + mid,
+            "breakdown_steps": 64,
             "reference_tok_s": ref_tps,
             "accelerated_tok_s": acc_tps,
             "threads2_tok_s": two_tps,
@@ -490,6 +509,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         },
         "prefill": {
             "tokens": long.len(),
+            "samples": samples,
             "one_thread_ms": 1e3 * prefill_s[0],
             "threads2_ms": 1e3 * prefill_s[1],
             "speedup": prefill_s[0] / prefill_s[1],

@@ -122,8 +122,12 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
         "outputs_identical": all_identical,
         "reference_identical": reference_identical,
         "reference_tok_s": reference_tps,
+        "reference_tokens": longest,
         "rows": rows,
         "cache_bytes_allocated": engine.cache().memory_bytes(),
+        "cache_capacity": engine.cache().capacity(),
+        "sample": format!("{PROMPT}{preview}"),
         "threads": 1,
+        "repeats": repeats,
     }))
 }

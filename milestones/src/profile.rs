@@ -120,6 +120,7 @@ fn report_model(
         ));
         ops.push(json!({"op": s.op, "calls": s.calls, "time_us": s.total_us, "flops": s.flops, "bytes": bytes, "bytes_per_call": per_call, "memory_level": level, "roofline": pl}));
     }
+    let op_time_us: f64 = prof.summary(SortBy::Time).iter().map(|s| s.total_us).sum();
     let trace = opts.cache_dir.join(NAME).join(format!("{name}_trace.json"));
     prof.write_chrome_trace(&trace)?;
     opts.say(format!("trace: {}", trace.display()));
@@ -135,6 +136,7 @@ fn report_model(
         "peak_heap_bytes_no_grad": peak_infer,
         "latency_ms": lat,
         "ops": ops,
+        "op_time_us": op_time_us,
         "trace": trace,
     }))
 }
@@ -191,8 +193,9 @@ pub fn run(opts: &Options) -> Result<serde_json::Value> {
         kv_bytes(c.max_seq_len),
         c.max_seq_len
     ));
-    gpt_json["kv_cache_bytes"] = json!({"n_ctx": kv_bytes(n_ctx), "max_seq_len": kv_bytes(c.max_seq_len)});
-    gpt_json["analytic"] = json!({"computed": computed, "useful_causal": useful, "kaplan": kaplan, "useful_over_kaplan": tu as f64 / kaplan as f64, "n_ctx": n_ctx});
+    gpt_json["kv_cache_bytes"] =
+        json!({"n_ctx": kv_bytes(n_ctx), "max_seq_len": kv_bytes(c.max_seq_len), "context": c.max_seq_len});
+    gpt_json["analytic"] = json!({"computed": computed, "useful_causal": useful, "computed_total": tc, "useful_total": tu, "kaplan": kaplan, "useful_over_kaplan": tu as f64 / kaplan as f64, "n_ctx": n_ctx});
 
     let report = json!({
         "milestone": NAME,

@@ -2,6 +2,7 @@
 //! the `milestones` library. Bad input prints one `tito: error: ...` line and exits non-zero.
 
 mod modules;
+mod report;
 
 /// Counts heap use so `tito milestone profile` can report a measured peak.
 #[global_allocator]
@@ -62,6 +63,22 @@ enum Cmd {
         quick: bool,
         #[arg(long)]
         full: bool,
+    },
+    /// Regenerate the measured regions of docs/14–19 (tables, charts, machine stamp) from the
+    /// milestones, run here and now.
+    Report {
+        /// Small settings, for trying the pages out; only with --docs naming another directory.
+        #[arg(long)]
+        quick: bool,
+        /// Only this page's milestone (repeatable), e.g. `--only kv_cache`.
+        #[arg(long, value_name = "MILESTONE")]
+        only: Vec<String>,
+        /// The docs directory to write (default: the workspace's docs/).
+        #[arg(long, value_name = "DIR")]
+        docs: Option<PathBuf>,
+        /// Re-render from `DIR/data/MILESTONE.json` without measuring (keeps the saved stamp).
+        #[arg(long, conflicts_with = "quick")]
+        from_data: bool,
     },
     /// Show which modules and milestones exist and which models are cached.
     Status,
@@ -133,6 +150,13 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(format!("milestone {name}: {e}")),
+            }
+        }
+        Cmd::Report { quick, only, docs, from_data } => {
+            let docs = docs.unwrap_or_else(milestones::report::workspace_docs);
+            match report::run(&docs, &only, quick, from_data) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
             }
         }
         Cmd::Status => status(),

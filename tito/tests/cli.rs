@@ -124,3 +124,70 @@ fn serve_qa_needs_a_trained_model_then_reports_its_run() {
     assert!(v["valid"].is_boolean() && v["level"].is_string() && v["config"].is_string(), "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The text of a page outside its report regions (the markers included).
+fn prose(page: &str) -> String {
+    let spans = milestones::report::regions::spans("page", page).expect("balanced markers");
+    let (mut out, mut at) = (String::new(), 0);
+    for s in spans {
+        out.push_str(&page[at..s.start]);
+        at = s.end;
+    }
+    out + &page[at..]
+}
+
+#[test]
+fn report_rewrites_only_the_regions_of_its_pages_and_saves_their_data() {
+    let dir = std::env::temp_dir().join(format!("tt-cli-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let pages =
+        [("kv_cache", "14-kv-caching.md"), ("profile", "15-profiling.md"), ("acceleration", "16-acceleration.md")];
+    let mut before = Vec::new();
+    for (_, page) in pages {
+        let text = std::fs::read_to_string(milestones::report::workspace_docs().join(page)).unwrap();
+        std::fs::write(docs.join(page), &text).unwrap();
+        before.push(text);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tito"))
+        .args(["report", "--quick", "--only", "kv_cache", "--only", "profile", "--only", "acceleration", "--docs"])
+        .arg(&docs)
+        .env("TT_CACHE_DIR", dir.join("cache"))
+        .output()
+        .expect("tito runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut after = Vec::new();
+    for ((milestone, page), before) in pages.iter().zip(&before) {
+        let text = std::fs::read_to_string(docs.join(page)).unwrap();
+        assert_eq!(prose(&text), prose(before), "{page}: text outside the regions changed");
+        assert!(text.contains("_Measured by `cargo tito report` on ") && text.contains("quick settings"), "{text}");
+        assert!(!text.contains("not yet generated"), "{page}: a region was not rendered");
+        let data: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(docs.join(format!("data/{milestone}.json"))).unwrap())
+                .unwrap();
+        assert!(data["stamp"]["cores"].as_u64().is_some_and(|c| c >= 1), "{data}");
+        assert_eq!(data["summary"]["milestone"], *milestone, "{data}");
+        after.push(text);
+    }
+    assert!(after[0].contains("| tokens | uncached tok/s | cached tok/s |"), "{}", after[0]);
+    assert!(docs.join("figures/16-gemm-ladder.svg").is_file(), "the ladder chart was copied");
+    // Re-rendering from the saved data gives the same pages: nothing is measured again.
+    let (code, _, err) = tito(&["report", "--from-data", "--docs", docs.to_str().unwrap(), "--only", "kv_cache"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(docs.join(pages[0].1)).unwrap(), after[0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn report_refuses_quick_figures_for_the_workspace_docs_and_missing_pages() {
+    let (code, _, err) = tito(&["report", "--quick", "--only", "kv_cache"]);
+    assert_ne!(code, 0);
+    assert!(err.starts_with("tito: error:") && err.contains("--quick figures never go into"), "{err}");
+    let empty = std::env::temp_dir().join(format!("tt-cli-report-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, err) = tito(&["report", "--quick", "--only", "profile", "--docs", empty.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("15-profiling.md") && !err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&empty).unwrap();
+}
