@@ -57,7 +57,7 @@ fn unstructured_digits(s: &Value) -> Result<Region> {
         ]);
     }
     let mut md = table(&["sparsity (measured)", "MLP one-shot", "MLP gradual", "CNN one-shot", "CNN gradual"], &rows);
-    md.push_str(&format!("\nGradual: {:.0} fine-tuning epochs.\n", num(mlp[0].1, "/finetune_epochs")?));
+    md.push_str(&format!("\nGradual: over {:.0} fine-tuning epoch(s).\n", num(mlp[0].1, "/finetune_epochs")?));
     Ok(Region { name: "unstructured_digits", markdown: md })
 }
 
@@ -69,9 +69,8 @@ fn structured_digits(s: &Value) -> Result<Region> {
             let (removed, before) = if ratio == 0.0 {
                 (format!("{}, none removed", model.to_uppercase()), pct(num(r, "/quality")?, 2))
             } else {
-                let widths = r["widths"].as_array().map(|w| {
-                    w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
-                });
+                let widths =
+                    r["widths"].as_array().map(|w| w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
                 (
                     format!("{label}, {:.0}% removed (widths {})", 100.0 * ratio, widths.unwrap_or_default()),
                     pct(num(r, "/quality_before_finetune")?, 2),
@@ -83,12 +82,18 @@ fn structured_digits(s: &Value) -> Result<Region> {
                 format!("{} ({} B)", int(num(r, "/params")?), int(num(r, "/bytes")?)),
                 before,
                 after,
-                format!("{:.0} µs ({:.2}×)", num(r, "/latency_us")?, num(r, "/latency_speedup")?),
+                format!("{} µs ({:.2}×)", int(num(r, "/latency_us")?), num(r, "/latency_speedup")?),
             ]);
         }
     }
     let md = table(
-        &["model, units removed", "parameters (bytes)", "accuracy right after", "after fine-tuning", "batch-256 forward (speedup)"],
+        &[
+            "model, units removed",
+            "parameters (bytes)",
+            "accuracy right after",
+            "after fine-tuning",
+            "batch-256 forward (speedup)",
+        ],
         &rows,
     );
     Ok(Region { name: "structured_digits", markdown: md })
@@ -244,7 +249,11 @@ fn lowrank_mlp(s: &Value) -> Result<Region> {
         .map(|r| {
             Ok(vec![
                 format!("{:.0}", num(r, "/rank")?),
-                format!("{} ({:.0}% of dense)", int(num(r, "/bytes")?), 100.0 * num(r, "/bytes")? / num(r, "/dense_bytes")?),
+                format!(
+                    "{} ({:.0}% of dense)",
+                    int(num(r, "/bytes")?),
+                    100.0 * num(r, "/bytes")? / num(r, "/dense_bytes")?
+                ),
                 pct(num(r, "/quality")?, 2),
                 pct(num(r, "/finetuned")?, 2),
             ])
@@ -253,7 +262,7 @@ fn lowrank_mlp(s: &Value) -> Result<Region> {
     let mut md = table(&["rank", "bytes", "accuracy", "after fine-tuning"], &rows);
     let first = mlp.first().copied().unwrap_or(&Value::Null);
     md.push_str(&format!(
-        "\nDense layer: {} bytes; fine-tuning: {:.0} epochs.\n",
+        "\nDense layer: {} bytes; fine-tuning epochs: {:.0}.\n",
         int(num(first, "/dense_bytes")?),
         num(first, "/finetune_epochs")?
     ));
@@ -262,12 +271,20 @@ fn lowrank_mlp(s: &Value) -> Result<Region> {
 
 fn lowrank_gpt(s: &Value) -> Result<Region> {
     let gpt = of(s, "/low_rank", "gpt")?;
-    let control = find(array(s, "/structured")?, "/structured", &[("model", "gpt".into()), ("unit", "control".into())])?;
+    let control =
+        find(array(s, "/structured")?, "/structured", &[("model", "gpt".into()), ("unit", "control".into())])?;
     let dense = pct(num(s, "/gpt_distillation/teacher/quality")?, 1);
     let first = gpt.first().copied().unwrap_or(&Value::Null);
     let rows = gpt
         .iter()
-        .map(|r| Ok(vec![format!("{:.0}", num(r, "/rank")?), int(num(r, "/bytes")?), pct(num(r, "/quality")?, 1), pct(num(r, "/finetuned")?, 1)]))
+        .map(|r| {
+            Ok(vec![
+                format!("{:.0}", num(r, "/rank")?),
+                int(num(r, "/bytes")?),
+                pct(num(r, "/quality")?, 1),
+                pct(num(r, "/finetuned")?, 1),
+            ])
+        })
         .collect::<Result<Vec<_>>>()?;
     let md = table(
         &[
@@ -291,12 +308,7 @@ fn distill_digits(s: &Value) -> Result<Region> {
     let vals = grid.iter().map(|g| num(g, "/val_quality")).collect::<Result<Vec<_>>>()?;
     let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
     let rows = vec![
-        vec![
-            "teacher (CNN)".into(),
-            int(num(d, "/teacher/params")?),
-            pct(num(d, "/teacher/quality")?, 2),
-            "—".into(),
-        ],
+        vec!["teacher (CNN)".into(), int(num(d, "/teacher/params")?), pct(num(d, "/teacher/quality")?, 2), "—".into()],
         vec![
             "student from scratch".into(),
             int(num(d, "/student_scratch/params")?),
@@ -304,7 +316,11 @@ fn distill_digits(s: &Value) -> Result<Region> {
             pct(num(d, "/student_scratch/val_quality")?, 2),
         ],
         vec![
-            format!("student distilled (T {}, α {}, chosen on validation)", num(d, "/temperature")?, num(d, "/alpha")?),
+            format!(
+                "student distilled (T {:.1}, α {:.1}, chosen on validation)",
+                num(d, "/temperature")?,
+                num(d, "/alpha")?
+            ),
             int(num(d, "/student_distilled/params")?),
             pct(num(d, "/student_distilled/quality")?, 2),
             pct(num(d, "/student_distilled/val_quality")?, 2),
@@ -312,7 +328,7 @@ fn distill_digits(s: &Value) -> Result<Region> {
     ];
     let mut md = table(&["", "parameters", "test accuracy", "validation"], &rows);
     md.push_str(&format!(
-        "\n{:.0} epochs each; {} settings tried, validation accuracy {}–{}.\n",
+        "\nEpochs, each student: {:.0}; {} settings tried, validation accuracy {}–{}.\n",
         num(d, "/epochs")?,
         grid.len(),
         pct(lo, 1),
@@ -334,7 +350,10 @@ fn distill_gpt(s: &Value) -> Result<Region> {
     let rows = vec![
         row("teacher".into(), "teacher")?,
         row("student from scratch".into(), "student_scratch")?,
-        row(format!("student distilled (T {}, α {})", num(d, "/temperature")?, num(d, "/alpha")?), "student_distilled")?,
+        row(
+            format!("student distilled (T {:.1}, α {:.1})", num(d, "/temperature")?, num(d, "/alpha")?),
+            "student_distilled",
+        )?,
     ];
     let mut md = table(&["", "parameters", "exact match (unseen questions)", "validation perplexity"], &rows);
     md.push_str(&format!("\nBoth students: {:.0} training steps, same data and seed.\n", num(d, "/steps")?));

@@ -1,7 +1,8 @@
 //! The measured regions of the quantization milestone's docs page (docs/17): the int8 GEMM, every
 //! model under every scheme, and the int8 KV cache's decode step.
 //!
-//! Also the number formats the pages of modules 17–19 share ([`int`], [`pct`], [`opt_ms`]).
+//! Also the number formats and lookups the renderers of docs/17–19 share (`int`, `pct`, `opt_ms`,
+//! `text`, `find`).
 
 use serde_json::Value;
 
@@ -139,31 +140,44 @@ fn models(s: &Value) -> Result<Region> {
                 label.into(),
                 quality(r)?,
                 format!("{} ({:.2}×)", int(bytes), fp32_bytes / bytes),
-                format!("{} ({:.2}×)", int(num(r, "/model_bytes")?), num(fp32, "/model_bytes")? / num(r, "/model_bytes")?),
+                format!(
+                    "{} ({:.2}×)",
+                    int(num(r, "/model_bytes")?),
+                    num(fp32, "/model_bytes")? / num(r, "/model_bytes")?
+                ),
                 latency(lat),
                 format!("{:.2}×", speed(lat)),
             ]);
         }
         if gpt {
-            let r = find(rows, "/models", &[("model", "gpt".into()), ("scheme", text(s, "/decode/int8_scheme")?.into())])?;
+            let r =
+                find(rows, "/models", &[("model", "gpt".into()), ("scheme", text(s, "/decode/int8_scheme")?.into())])?;
             let bytes = num(r, "/weight_bytes")?;
             let tok_s = num(s, "/decode/int8_kv_tok_s")?;
             out.push(vec![
                 "GPT".into(),
-                format!("{} + int8 KV cache", SCHEME_NAMES.iter().find(|(k, _)| *k == r["scheme"]).map_or("?", |n| n.1)),
+                format!(
+                    "{} + int8 KV cache",
+                    SCHEME_NAMES.iter().find(|(k, _)| *k == r["scheme"]).map_or("?", |n| n.1)
+                ),
                 format!(
                     "{} (ppl {:.3})",
                     pct(num(s, "/decode/int8_kv_exact_match")?, 1),
                     num(s, "/decode/int8_kv_val_perplexity")?
                 ),
                 format!("{} ({:.2}×)", int(bytes), fp32_bytes / bytes),
-                format!("{} ({:.2}×)", int(num(r, "/model_bytes")?), num(fp32, "/model_bytes")? / num(r, "/model_bytes")?),
+                format!(
+                    "{} ({:.2}×)",
+                    int(num(r, "/model_bytes")?),
+                    num(fp32, "/model_bytes")? / num(r, "/model_bytes")?
+                ),
                 format!("**{} tok/s**", int(tok_s)),
                 format!("**{:.2}×**", num(s, "/decode/int8_kv_speedup")?),
             ]);
         }
     }
-    let mut md = table(&["model", "scheme", "quality", "weight bytes", "model bytes", "latency", "speed vs fp32"], &out);
+    let mut md =
+        table(&["model", "scheme", "quality", "weight bytes", "model bytes", "latency", "speed vs fp32"], &out);
     let qat = find(rows, "/models", &[("model", "gpt".into()), ("scheme", "qat".into())])?;
     let int = get(s, "/integer_mlp")?;
     md.push_str(&format!(
@@ -199,8 +213,9 @@ fn int8_kv(s: &Value) -> Result<Region> {
         "A decode step at mid-generation reads {} bytes with int8 weights **and** the int8 cache ({} of weights, \
          packed with their scales and code sums, + {} of cache), against {} with int8 weights and the f32 cache \
          ({} of it cache) and {} for the f32 decoder. Measured: **{} tok/s, {:.2}× the f32 decoder in the same run**, \
-         exact match {} (perplexity {:.3}). Bounds for reading those bytes: {} from {}, {} tok/s from L2 \
-         (the milestone's levels: L2 read at {:.0} GB/s, L3 at {:.0} GB/s, measured in the same run).\n\n",
+         exact match {} (perplexity {:.3}). Reading those bytes bounds a step at {} tok/s from {} (the \
+         milestone's level rule) and {} tok/s from L2 (read bandwidths measured in the same run: L2 {:.0} GB/s, \
+         L3 {:.0} GB/s).\n\n",
         int(kv_w + kv_kv),
         int(kv_w),
         int(kv_kv),
@@ -223,7 +238,13 @@ fn int8_kv(s: &Value) -> Result<Region> {
     ));
     let ops = array(s, "/decode/int8_kv_step_breakdown")?
         .iter()
-        .map(|o| Ok(vec![text(o, "/op")?.to_string(), format!("{:.2}", num(o, "/us_per_step")?), format!("{:.1}%", num(o, "/percent")?)]))
+        .map(|o| {
+            Ok(vec![
+                text(o, "/op")?.to_string(),
+                format!("{:.2}", num(o, "/us_per_step")?),
+                format!("{:.1}%", num(o, "/percent")?),
+            ])
+        })
         .collect::<Result<Vec<_>>>()?;
     md.push_str(&table(&["op", "µs per step", "share"], &ops));
     Ok(Region { name: "int8_kv", markdown: md })

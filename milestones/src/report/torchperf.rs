@@ -40,13 +40,14 @@ fn scenarios(s: &Value) -> Result<Region> {
             "FindPeakPerformance" => (
                 format!("{scenario} (peak)"),
                 text(r, "/result")?.to_string(),
-                format!("{value:.0} samples/s at {:.0}/s", num(r, "/target_qps")?),
+                format!("{} samples/s at {}/s", int(value), int(num(r, "/target_qps")?)),
             ),
             _ => (
                 scenario.to_string(),
                 text(r, "/result")?.to_string(),
                 match metric.split_once("th percentile latency (ns)") {
                     Some((p, _)) => format!("p{p} {:.3} ms", value / 1e6),
+                    None if metric.to_lowercase().contains("samples per second") => format!("{} samples/s", int(value)),
                     None => format!("{value:.0} ({metric})"),
                 },
             ),
@@ -77,8 +78,8 @@ fn scenarios(s: &Value) -> Result<Region> {
             .iter()
             .map(|p| {
                 Ok(format!(
-                    "{:.0}/s {} (p99 {:.1} ms)",
-                    num(p, "/target_qps")?,
+                    "{}/s {} (p99 {:.1} ms)",
+                    int(num(p, "/target_qps")?),
                     if get(p, "/valid")? == true { "valid" } else { "invalid" },
                     num(p, "/p99_ns")? / 1e6
                 ))
@@ -134,7 +135,8 @@ fn main_effects(s: &Value) -> Result<Region> {
             ])
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut md = table(&["factor", "quality Δ", "latency × (per output token)", "pairs within noise", "bytes ×"], &rows);
+    let mut md =
+        table(&["factor", "quality Δ", "latency × (per output token)", "pairs within noise", "bytes ×"], &rows);
     md.push_str(&format!(
         "\nLatency unit: {}; {:.0} rounds, each SingleStream run at least {} s and {:.0} queries. {}\n",
         text(s, "/ablation/latency_unit")?,
@@ -179,7 +181,14 @@ fn pareto(s: &Value) -> Result<Region> {
         })
         .collect::<Result<Vec<_>>>()?;
     let md = table(
-        &["configuration", "exact match", "ms per output token (range over rounds)", "TTFT ms", "p50 per answer ms", "model bytes"],
+        &[
+            "configuration",
+            "exact match",
+            "ms per output token (range over rounds)",
+            "TTFT ms",
+            "p50 per answer ms",
+            "model bytes",
+        ],
         &rows,
     );
     Ok(Region { name: "pareto", markdown: md })
@@ -202,7 +211,15 @@ fn walk(s: &Value) -> Result<Region> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut md = table(
-        &["step", "exact match", "ms per output token (range over rounds)", "× previous", "TTFT ms", "p50 per answer ms", "model bytes"],
+        &[
+            "step",
+            "exact match",
+            "ms per output token (range over rounds)",
+            "× previous",
+            "TTFT ms",
+            "p50 per answer ms",
+            "model bytes",
+        ],
         &rows,
     );
     let (first, last) = match (steps.first(), steps.last()) {
@@ -210,7 +227,7 @@ fn walk(s: &Value) -> Result<Region> {
         _ => return Err(MilestoneError::Other("report: /ablation/walk is empty".into())),
     };
     md.push_str(&format!(
-        "\nFrom the baseline to the last step: {:.1}× faster per output token, {:.1}× fewer model bytes, exact match {:+.4}.\n",
+        "\nFrom the baseline to the last step: {:.2}× the baseline's speed per output token, {:.2}× fewer model bytes, exact match {:+.4}.\n",
         num(last, "/speedup_over_baseline")?,
         num(first, "/model_bytes")? / num(last, "/model_bytes")?,
         num(last, "/quality")? - num(first, "/quality")?
@@ -230,10 +247,19 @@ fn production(s: &Value) -> Result<Region> {
                 Value::Null => "—".to_string(),
                 c => c.as_str().map_or_else(|| c.to_string(), str::to_string),
             };
-            Ok(vec![text(p, "/target")?.replace('_', " "), text(p, "/requirement")?.to_string(), measured, config, yes_no(p, "/met")?.into()])
+            Ok(vec![
+                text(p, "/target")?.replace('_', " "),
+                text(p, "/requirement")?.to_string(),
+                measured,
+                config,
+                yes_no(p, "/met")?.into(),
+            ])
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Region { name: "production", markdown: table(&["target", "requirement", "measured", "configuration", "met"], &rows) })
+    Ok(Region {
+        name: "production",
+        markdown: table(&["target", "requirement", "measured", "configuration", "met"], &rows),
+    })
 }
 
 /// # Errors
