@@ -196,14 +196,23 @@ fn pareto(s: &Value) -> Result<Region> {
 
 fn walk(s: &Value) -> Result<Region> {
     let steps = array(s, "/ablation/walk")?;
+    let bounds = |w: &Value| -> Result<(f64, f64)> { Ok((num(w, "/tpot_range_ms/0")?, num(w, "/tpot_range_ms/1")?)) };
     let rows = steps
         .iter()
-        .map(|w| {
+        .enumerate()
+        .map(|(i, w)| {
+            // A step whose range over the rounds overlaps the previous step's did not measurably
+            // change the latency, whatever its ratio says.
+            let (lo, hi) = bounds(w)?;
+            let noise = match i.checked_sub(1).map(|p| bounds(&steps[p])).transpose()? {
+                Some((plo, phi)) if lo <= phi && plo <= hi => " (within noise)",
+                _ => "",
+            };
             Ok(vec![
                 format!("{} (`{}`)", text(w, "/step")?, text(w, "/config")?),
                 format!("{:.4}", num(w, "/quality")?),
                 format!("{:.4} ({})", num(w, "/tpot_ms")?, range(w, "/tpot_range_ms", 4)?),
-                format!("{:.2}", num(w, "/speedup_over_previous")?),
+                format!("{:.2}{noise}", num(w, "/speedup_over_previous")?),
                 opt_ms(w, "/ttft_ms", 3)?,
                 format!("{:.3}", num(w, "/p50_ms")?),
                 int(num(w, "/model_bytes")?),
@@ -273,4 +282,29 @@ pub fn render(summary: &Value) -> Result<Vec<Region>> {
         walk(summary)?,
         production(summary)?,
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, tpot: f64, lo: f64, hi: f64, speedup: f64) -> Value {
+        serde_json::json!({"step": name, "config": name, "quality": 0.5, "tpot_ms": tpot, "tpot_range_ms": [lo, hi],
+            "speedup_over_previous": speedup, "speedup_over_baseline": 1.0, "ttft_ms": null, "p50_ms": 1.0, "model_bytes": 100})
+    }
+
+    #[test]
+    fn a_walk_step_overlapping_the_previous_range_is_within_noise() {
+        let s = serde_json::json!({"ablation": {"walk": [
+            step("baseline", 1.0, 0.9, 1.1, 1.0),
+            step("+fast", 0.5, 0.45, 0.55, 2.0),
+            step("+noise", 0.52, 0.5, 0.6, 0.96),
+        ]}});
+        let md = walk(&s).unwrap().markdown;
+        assert!(md.contains("| 2.00 |"), "{md}");
+        assert!(md.contains("| 0.96 (within noise) |"), "{md}");
+        let mut missing = s.clone();
+        missing["ablation"]["walk"][1].as_object_mut().unwrap().remove("p50_ms");
+        assert!(walk(&missing).unwrap_err().to_string().contains("/p50_ms"));
+    }
 }
