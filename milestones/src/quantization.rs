@@ -364,7 +364,7 @@ fn gpt_rows(opts: &Options, mem: &MemoryLevels) -> Result<(Vec<Value>, Value)> {
             weights + kv,
             100.0 * tps[i] / roof
         ));
-        bound.push((level, roof, l2_roof));
+        bound.push((level, roof, l2_roof, weights, kv));
     }
     for (i, row) in rows.iter_mut().enumerate() {
         row["latency"] = json!(tps[i]);
@@ -373,6 +373,8 @@ fn gpt_rows(opts: &Options, mem: &MemoryLevels) -> Result<(Vec<Value>, Value)> {
         row["roofline_level"] = json!(bound[i].0);
         row["roofline_tok_s"] = json!(bound[i].1);
         row["l2_bound_tok_s"] = json!(bound[i].2);
+        row["weight_bytes_read_per_token"] = json!(bound[i].3);
+        row["kv_bytes_read_per_token"] = json!(bound[i].4);
     }
     let kv_i = engines.len() - 1;
     let breakdown = step_breakdown(opts, &mut engines[kv_i], &prompt, tokens / 2, "int8 weights + int8 KV")?;
@@ -391,7 +393,12 @@ fn gpt_rows(opts: &Options, mem: &MemoryLevels) -> Result<(Vec<Value>, Value)> {
         "int8_kv_roofline_level": bound[kv_i].0,
         "int8_kv_roofline_tok_s": bound[kv_i].1,
         "int8_kv_l2_bound_tok_s": bound[kv_i].2,
+        "int8_kv_weight_bytes_read_per_token": bound[kv_i].3,
+        "int8_kv_kv_bytes_read_per_token": bound[kv_i].4,
         "int8_kv_step_breakdown": breakdown,
+        "breakdown_position": prompt.len() + tokens / 2,
+        "prompt_tokens": prompt.len(),
+        "repeats": repeats,
     });
     Ok((rows, decode))
 }

@@ -18,6 +18,36 @@ fn opts(dir: &std::path::Path) -> Options {
     }
 }
 
+/// The region names `docs/<page>` marks with `<!-- report:NAME -->`, in page order, less `stamp`
+/// (the report driver writes that one itself).
+fn page_regions(milestone: &str) -> Vec<String> {
+    let page = milestones::report::PAGES.iter().find(|p| p.milestone == milestone).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(page.doc);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let names: Vec<String> = text
+        .split("<!-- report:")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(" -->").map(|(name, _)| name.to_string()))
+        .filter(|name| name != "stamp")
+        .collect();
+    for n in &names {
+        assert_eq!(text.matches(&format!("<!-- /report:{n} -->")).count(), 1, "{n} is closed once in {}", page.doc);
+    }
+    names
+}
+
+/// The page's renderer turns a quick summary into exactly the regions its docs page marks, each
+/// with some markdown, so a renamed key or region fails here rather than in `cargo tito report`.
+fn renders_every_region(milestone: &str, summary: &serde_json::Value) {
+    let page = milestones::report::PAGES.iter().find(|p| p.milestone == milestone).unwrap();
+    let regions = (page.render)(summary).unwrap_or_else(|e| panic!("{milestone}: {e}"));
+    let names: Vec<String> = regions.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(names, page_regions(milestone), "{milestone}: rendered regions against {}", page.doc);
+    for r in &regions {
+        assert!(!r.markdown.trim().is_empty(), "{milestone}: region {} is empty", r.name);
+    }
+}
+
 #[test]
 fn mlp_digits_quick_run_reports_measured_accuracy() {
     let dir = std::env::temp_dir().join(format!("tt-ms-mlp-{}", std::process::id()));
@@ -218,6 +248,7 @@ fn compression_quick_run_reports_structured_rows_for_every_model() {
     let control = rows.iter().find(|r| r["unit"] == "control").unwrap();
     assert!(heads["heads_per_block"].as_array().unwrap().iter().all(|h| h == 2), "{heads}");
     assert_eq!(2 * heads["kv_cache_bytes"].as_u64().unwrap(), control["kv_cache_bytes"].as_u64().unwrap());
+    renders_every_region("compression", &v);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -256,6 +287,7 @@ fn quantization_quick_run_reports_every_scheme_with_measured_fields() {
     assert!(int["quality"].as_f64().unwrap() > fp32["quality"].as_f64().unwrap() - 0.05, "{int}");
     assert!(int["max_code_difference"].as_u64().unwrap() <= 1, "{int}");
     assert!(int["codes_equal_float_reference"].as_f64().unwrap() > 0.9, "{int}");
+    renders_every_region("quantization", &v);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -293,5 +325,6 @@ fn torchperf_quick_run_reports_scenarios_suite_ablation_and_targets() {
         assert!(t["requirement"].is_string() && (judged || (t["met"].is_null() && t["why"].is_string())), "{t}");
     }
     assert!(v["gpt_sut_errors"].as_array().unwrap().is_empty(), "{}", v["gpt_sut_errors"]);
+    renders_every_region("torchperf", &v);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -627,7 +627,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
     }
     if small.is_empty() {
-        production.push(json!({"target": "small_device", "requirement": "p99 < 100 ms with one thread and AVX2 or scalar kernels", "measured": Value::Null, "met": Value::Null, "why": "not measured: needs a separate serving process (run through `tito milestone torchperf`)"}));
+        production.push(json!({"target": "small_device", "requirement": "p99 < 100 ms with one thread and AVX2 or scalar kernels", "measured": Value::Null, "config": Value::Null, "met": Value::Null, "why": "not measured: needs a separate serving process (run through `tito milestone torchperf`)"}));
     } else {
         let best = small.iter().map(|v| v["p99_ms"].as_f64().unwrap_or(f64::NAN)).fold(f64::INFINITY, f64::min);
         let met_by: Vec<String> = small
@@ -672,7 +672,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             })).collect::<Vec<_>>(),
             "main_effects": study.main_effects,
             "interactions": study.interactions,
-            "walk": walk.iter().map(|w| json!({"step": w.step, "config": w.name, "quality": w.quality, "tpot_ms": w.latency_ms, "tpot_range_ms": [w.latency_range_ms.0, w.latency_range_ms.1], "p50_ms": w.p50_ms, "model_bytes": w.model_bytes, "speedup_over_previous": w.speedup_over_previous, "speedup_over_baseline": w.speedup_over_baseline})).collect::<Vec<_>>(),
+            "walk": walk.iter().map(|w| json!({"step": w.step, "config": w.name, "quality": w.quality, "tpot_ms": w.latency_ms, "tpot_range_ms": [w.latency_range_ms.0, w.latency_range_ms.1], "ttft_ms": study.rows.iter().find(|r| r.name == w.name).and_then(|r| r.measured.ttft_ms), "p50_ms": w.p50_ms, "model_bytes": w.model_bytes, "speedup_over_previous": w.speedup_over_previous, "speedup_over_baseline": w.speedup_over_baseline})).collect::<Vec<_>>(),
             "rounds": ABLATION_ROUNDS, "seed": ABLATION_SEED, "latency_unit": study.latency_unit,
             "latency_settings": {"min_duration_s": ss_small.min_duration.as_secs_f64(), "min_query_count": ss_small.min_query_count},
         },
