@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use super::quantization::{find, int, pct, text};
 use super::{array, get, num, table, Region};
+use super::{find, grouped_int, pct, text};
 use crate::Result;
 
 /// Charts the milestone writes: (path relative to the cache directory, name under docs/figures/).
@@ -79,10 +79,10 @@ fn structured_digits(s: &Value) -> Result<Region> {
             let after = if ratio == 0.0 { "—".into() } else { pct(num(r, "/quality")?, 2) };
             rows.push(vec![
                 removed,
-                format!("{} ({} B)", int(num(r, "/params")?), int(num(r, "/bytes")?)),
+                format!("{} ({} B)", grouped_int(num(r, "/params")?), grouped_int(num(r, "/bytes")?)),
                 before,
                 after,
-                format!("{} µs ({:.2}×)", int(num(r, "/latency_us")?), num(r, "/latency_speedup")?),
+                format!("{} µs ({:.2}×)", grouped_int(num(r, "/latency_us")?), num(r, "/latency_speedup")?),
             ]);
         }
     }
@@ -115,10 +115,10 @@ fn gpt_structured(s: &Value) -> Result<Region> {
         };
         rows.push(vec![
             removed,
-            format!("{} ({} B)", int(num(r, "/params")?), int(num(r, "/bytes")?)),
-            format!("{} B", int(num(r, "/kv_cache_bytes")?)),
+            format!("{} ({} B)", grouped_int(num(r, "/params")?), grouped_int(num(r, "/bytes")?)),
+            format!("{} B", grouped_int(num(r, "/kv_cache_bytes")?)),
             format!("{} → {}", pct(num(r, "/quality_before_finetune")?, 1), pct(num(r, "/quality")?, 1)),
-            format!("{} ({:.2}×)", int(num(r, "/decode_tok_s")?), num(r, "/latency_speedup")?),
+            format!("{} ({:.2}×)", grouped_int(num(r, "/decode_tok_s")?), num(r, "/latency_speedup")?),
             format!("{:.2} ({:.2}×)", num(r, "/mlp_block_us")?, num(r, "/mlp_speedup")?),
             format!("{:.2} ({:.2}×)", num(r, "/attn_proj_block_us")?, num(r, "/attn_proj_speedup")?),
         ]);
@@ -183,13 +183,14 @@ fn block16(s: &Value, base: &str, name: &'static str) -> Result<Region> {
             us(num(r, "/block_pruned/csr_us")?),
             format!(
                 "{} / {} / {}",
-                int(num(r, "/csr_bytes")?),
-                int(num(r, "/block_bytes")?),
-                int(num(r, "/block_pruned/block_bytes")?)
+                grouped_int(num(r, "/csr_bytes")?),
+                grouped_int(num(r, "/block_bytes")?),
+                grouped_int(num(r, "/block_pruned/block_bytes")?)
             ),
         ]);
     }
-    let bytes_header = format!("bytes: CSR / block16 unstr. / block16 block-pruned (dense {})", int(dense_bytes));
+    let bytes_header =
+        format!("bytes: CSR / block16 unstr. / block16 block-pruned (dense {})", grouped_int(dense_bytes));
     let mut md = table(
         &[
             "density",
@@ -251,7 +252,7 @@ fn lowrank_mlp(s: &Value) -> Result<Region> {
                 format!("{:.0}", num(r, "/rank")?),
                 format!(
                     "{} ({:.0}% of dense)",
-                    int(num(r, "/bytes")?),
+                    grouped_int(num(r, "/bytes")?),
                     100.0 * num(r, "/bytes")? / num(r, "/dense_bytes")?
                 ),
                 pct(num(r, "/quality")?, 2),
@@ -263,7 +264,7 @@ fn lowrank_mlp(s: &Value) -> Result<Region> {
     let first = mlp.first().copied().unwrap_or(&Value::Null);
     md.push_str(&format!(
         "\nDense layer: {} bytes; fine-tuning epochs: {:.0}.\n",
-        int(num(first, "/dense_bytes")?),
+        grouped_int(num(first, "/dense_bytes")?),
         num(first, "/finetune_epochs")?
     ));
     Ok(Region { name: "lowrank_mlp", markdown: md })
@@ -280,7 +281,7 @@ fn lowrank_gpt(s: &Value) -> Result<Region> {
         .map(|r| {
             Ok(vec![
                 format!("{:.0}", num(r, "/rank")?),
-                int(num(r, "/bytes")?),
+                grouped_int(num(r, "/bytes")?),
                 pct(num(r, "/quality")?, 1),
                 pct(num(r, "/finetuned")?, 1),
             ])
@@ -289,7 +290,7 @@ fn lowrank_gpt(s: &Value) -> Result<Region> {
     let md = table(
         &[
             "rank",
-            &format!("bytes of linear weights (dense {})", int(num(first, "/dense_bytes")?)),
+            &format!("bytes of linear weights (dense {})", grouped_int(num(first, "/dense_bytes")?)),
             &format!("exact match as factored (dense {dense})"),
             &format!(
                 "after {:.0} fine-tuning steps (control {})",
@@ -308,10 +309,15 @@ fn distill_digits(s: &Value) -> Result<Region> {
     let vals = grid.iter().map(|g| num(g, "/val_quality")).collect::<Result<Vec<_>>>()?;
     let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
     let rows = vec![
-        vec!["teacher (CNN)".into(), int(num(d, "/teacher/params")?), pct(num(d, "/teacher/quality")?, 2), "—".into()],
+        vec![
+            "teacher (CNN)".into(),
+            grouped_int(num(d, "/teacher/params")?),
+            pct(num(d, "/teacher/quality")?, 2),
+            "—".into(),
+        ],
         vec![
             "student from scratch".into(),
-            int(num(d, "/student_scratch/params")?),
+            grouped_int(num(d, "/student_scratch/params")?),
             pct(num(d, "/student_scratch/quality")?, 2),
             pct(num(d, "/student_scratch/val_quality")?, 2),
         ],
@@ -321,7 +327,7 @@ fn distill_digits(s: &Value) -> Result<Region> {
                 num(d, "/temperature")?,
                 num(d, "/alpha")?
             ),
-            int(num(d, "/student_distilled/params")?),
+            grouped_int(num(d, "/student_distilled/params")?),
             pct(num(d, "/student_distilled/quality")?, 2),
             pct(num(d, "/student_distilled/val_quality")?, 2),
         ],
@@ -342,7 +348,7 @@ fn distill_gpt(s: &Value) -> Result<Region> {
     let row = |label: String, key: &str| -> Result<Vec<String>> {
         Ok(vec![
             format!("{label} ({})", text(d, &format!("/{key}/model"))?),
-            int(num(d, &format!("/{key}/params"))?),
+            grouped_int(num(d, &format!("/{key}/params"))?),
             pct(num(d, &format!("/{key}/quality"))?, 1),
             format!("{:.3}", num(d, &format!("/{key}/val_perplexity"))?),
         ])

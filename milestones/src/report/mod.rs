@@ -270,6 +270,11 @@ pub fn grouped(x: f64, decimals: usize) -> String {
     out
 }
 
+/// A count with thousands separators: `3526144` → `3,526,144`.
+pub fn grouped_int(x: f64) -> String {
+    grouped(x, 0)
+}
+
 /// A byte count in binary units: `32 KiB`, `1 MiB`, `21.3 KiB` (one decimal when not whole).
 pub fn iec(bytes: f64) -> String {
     let (v, unit) =
@@ -290,12 +295,58 @@ pub fn median_of(runs: f64) -> String {
     }
 }
 
-/// "yes" or "NO" (a failed check stands out in a table).
+/// "yes" or "**no**" (a failed check stands out in a table).
 pub fn yes_no(b: bool) -> &'static str {
     if b {
         "yes"
     } else {
-        "NO"
+        "**no**"
+    }
+}
+
+/// The boolean at `path` as [`yes_no`]; `null` (not judged) as "n/a".
+///
+/// # Errors
+/// No value there, or neither a boolean nor `null`.
+pub fn yes_no_at(summary: &Value, path: &str) -> Result<&'static str> {
+    match get(summary, path)? {
+        Value::Bool(b) => Ok(yes_no(*b)),
+        Value::Null => Ok("n/a"),
+        _ => Err(MilestoneError::Other(format!("report: {path} is not a boolean in the summary"))),
+    }
+}
+
+/// A fraction as a percentage with `decimals` places: `0.98333` → `98.33%`.
+pub fn pct(x: f64, decimals: usize) -> String {
+    format!("{:.*}%", decimals, 100.0 * x)
+}
+
+/// Milliseconds at `path`, or `—` where the summary holds `null` there (a latency the system
+/// does not have, such as time to first token for a classifier). The key must exist.
+///
+/// # Errors
+/// No value at `path`, or one that is neither a number nor `null`.
+pub fn opt_ms(summary: &Value, path: &str, decimals: usize) -> Result<String> {
+    match get(summary, path)? {
+        Value::Null => Ok("—".into()),
+        v => v
+            .as_f64()
+            .map(|x| format!("{x:.decimals$}"))
+            .ok_or_else(|| MilestoneError::Other(format!("report: {path} is neither a number nor null"))),
+    }
+}
+
+/// The one element of `rows` that has every `(key, value)` of `conds`; `what` names the array in
+/// the error.
+///
+/// # Errors
+/// None or several match.
+pub fn find<'a>(rows: &'a [Value], what: &str, conds: &[(&str, Value)]) -> Result<&'a Value> {
+    let mut hits = rows.iter().filter(|r| conds.iter().all(|(k, v)| &r[*k] == v));
+    match (hits.next(), hits.next()) {
+        (Some(r), None) => Ok(r),
+        (None, _) => Err(MilestoneError::Other(format!("report: no row of {what} with {conds:?}"))),
+        _ => Err(MilestoneError::Other(format!("report: several rows of {what} with {conds:?}"))),
     }
 }
 
@@ -342,5 +393,17 @@ mod tests {
         assert_eq!(num(&v, "/decode/tok_s").unwrap(), 3.5);
         let e = num(&v, "/decode/ms").unwrap_err().to_string();
         assert!(e.contains("/decode/ms"), "{e}");
+    }
+
+    #[test]
+    fn numbers_read_as_the_pages_print_them() {
+        assert_eq!(grouped_int(3_526_144.0), "3,526,144");
+        assert_eq!(grouped_int(999.0), "999");
+        assert_eq!(grouped_int(-1234.4), "-1,234");
+        assert_eq!(pct(0.98333, 2), "98.33%");
+        let v = serde_json::json!({"a": null, "b": 1.23456});
+        assert_eq!(opt_ms(&v, "/a", 2).unwrap(), "—");
+        assert_eq!(opt_ms(&v, "/b", 2).unwrap(), "1.23");
+        assert!(opt_ms(&v, "/c", 2).is_err());
     }
 }

@@ -1,76 +1,13 @@
 //! The measured regions of the quantization milestone's docs page (docs/17): the int8 GEMM, every
 //! model under every scheme, and the int8 KV cache's decode step.
-//!
-//! Also the number formats and lookups the renderers of docs/17–19 share (`int`, `pct`, `opt_ms`,
-//! `text`, `find`).
 
 use serde_json::Value;
 
-use super::{array, get, num, table, Region};
-use crate::{MilestoneError, Result};
+use super::{array, find, get, grouped_int, num, pct, table, text, Region};
+use crate::Result;
 
 /// Charts the milestone writes: (path relative to the cache directory, name under docs/figures/).
 pub const FIGURES: &[(&str, &str)] = &[("quantization/quality_vs_bytes.svg", "17-quality-vs-bytes.svg")];
-
-/// A count with thousands separators: `3526144` → `3,526,144`.
-pub(super) fn int(x: f64) -> String {
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if x < 0.0 && digits != "0" {
-        out.insert(0, '-');
-    }
-    out
-}
-
-/// A fraction as a percentage with `decimals` places: `0.98333` → `98.33%`.
-pub(super) fn pct(x: f64, decimals: usize) -> String {
-    format!("{:.*}%", decimals, 100.0 * x)
-}
-
-/// Milliseconds at `path`, or `—` where the summary holds `null` there (a latency the system
-/// does not have, such as time to first token for a classifier). The key must exist.
-///
-/// # Errors
-/// No value at `path`, or one that is neither a number nor `null`.
-pub(super) fn opt_ms(summary: &Value, path: &str, decimals: usize) -> Result<String> {
-    match get(summary, path)? {
-        Value::Null => Ok("—".into()),
-        v => v
-            .as_f64()
-            .map(|x| format!("{x:.decimals$}"))
-            .ok_or_else(|| MilestoneError::Other(format!("report: {path} is neither a number nor null"))),
-    }
-}
-
-/// The string at `path`.
-///
-/// # Errors
-/// No value there, or not a string.
-pub(super) fn text<'a>(summary: &'a Value, path: &str) -> Result<&'a str> {
-    get(summary, path)?
-        .as_str()
-        .ok_or_else(|| MilestoneError::Other(format!("report: {path} is not a string in the summary")))
-}
-
-/// The one element of `rows` that has every `(key, value)` of `conds`; `what` names the array in
-/// the error.
-///
-/// # Errors
-/// None or several match.
-pub(super) fn find<'a>(rows: &'a [Value], what: &str, conds: &[(&str, Value)]) -> Result<&'a Value> {
-    let mut hits = rows.iter().filter(|r| conds.iter().all(|(k, v)| &r[*k] == v));
-    match (hits.next(), hits.next()) {
-        (Some(r), None) => Ok(r),
-        (None, _) => Err(MilestoneError::Other(format!("report: no row of {what} with {conds:?}"))),
-        _ => Err(MilestoneError::Other(format!("report: several rows of {what} with {conds:?}"))),
-    }
-}
 
 const SCHEME_NAMES: [(&str, &str); 6] = [
     ("fp32", "fp32"),
@@ -127,7 +64,7 @@ fn models(s: &Value) -> Result<Region> {
         let speed = |latency: f64| if gpt { latency / fp32_latency } else { fp32_latency / latency };
         let latency = |latency: f64| {
             if gpt {
-                format!("{} tok/s", int(latency))
+                format!("{} tok/s", grouped_int(latency))
             } else {
                 format!("{latency:.2} µs/sample")
             }
@@ -139,10 +76,10 @@ fn models(s: &Value) -> Result<Region> {
                 model.to_uppercase(),
                 label.into(),
                 quality(r)?,
-                format!("{} ({:.2}×)", int(bytes), fp32_bytes / bytes),
+                format!("{} ({:.2}×)", grouped_int(bytes), fp32_bytes / bytes),
                 format!(
                     "{} ({:.2}×)",
-                    int(num(r, "/model_bytes")?),
+                    grouped_int(num(r, "/model_bytes")?),
                     num(fp32, "/model_bytes")? / num(r, "/model_bytes")?
                 ),
                 latency(lat),
@@ -165,13 +102,13 @@ fn models(s: &Value) -> Result<Region> {
                     pct(num(s, "/decode/int8_kv_exact_match")?, 1),
                     num(s, "/decode/int8_kv_val_perplexity")?
                 ),
-                format!("{} ({:.2}×)", int(bytes), fp32_bytes / bytes),
+                format!("{} ({:.2}×)", grouped_int(bytes), fp32_bytes / bytes),
                 format!(
                     "{} ({:.2}×)",
-                    int(num(r, "/model_bytes")?),
+                    grouped_int(num(r, "/model_bytes")?),
                     num(fp32, "/model_bytes")? / num(r, "/model_bytes")?
                 ),
-                format!("**{} tok/s**", int(tok_s)),
+                format!("**{} tok/s**", grouped_int(tok_s)),
                 format!("**{:.2}×**", num(s, "/decode/int8_kv_speedup")?),
             ]);
         }
@@ -216,19 +153,19 @@ fn int8_kv(s: &Value) -> Result<Region> {
          exact match {} (perplexity {:.3}). Reading those bytes bounds a step at {} tok/s from {} (the \
          milestone's level rule) and {} tok/s from L2 (read bandwidths measured in the same run: L2 {:.0} GB/s, \
          L3 {:.0} GB/s).\n\n",
-        int(kv_w + kv_kv),
-        int(kv_w),
-        int(kv_kv),
-        int(read(int8)?),
-        int(num(int8, "/kv_bytes_read_per_token")?),
-        int(read(fp32)?),
-        int(tok_s),
+        grouped_int(kv_w + kv_kv),
+        grouped_int(kv_w),
+        grouped_int(kv_kv),
+        grouped_int(read(int8)?),
+        grouped_int(num(int8, "/kv_bytes_read_per_token")?),
+        grouped_int(read(fp32)?),
+        grouped_int(tok_s),
         num(s, "/decode/int8_kv_speedup")?,
         pct(num(s, "/decode/int8_kv_exact_match")?, 1),
         num(s, "/decode/int8_kv_val_perplexity")?,
-        int(num(s, "/decode/int8_kv_roofline_tok_s")?),
+        grouped_int(num(s, "/decode/int8_kv_roofline_tok_s")?),
         text(s, "/decode/int8_kv_roofline_level")?,
-        int(num(s, "/decode/int8_kv_l2_bound_tok_s")?),
+        grouped_int(num(s, "/decode/int8_kv_l2_bound_tok_s")?),
         num(s, "/machine/l2_read_gbs")?,
         num(s, "/machine/l3_read_gbs")?,
     );
@@ -254,21 +191,4 @@ fn int8_kv(s: &Value) -> Result<Region> {
 /// A key the page needs is missing from the summary.
 pub fn render(summary: &Value) -> Result<Vec<Region>> {
     Ok(vec![gemm(summary)?, models(summary)?, int8_kv(summary)?])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_read_as_the_pages_print_them() {
-        assert_eq!(int(3_526_144.0), "3,526,144");
-        assert_eq!(int(999.0), "999");
-        assert_eq!(int(-1234.4), "-1,234");
-        assert_eq!(pct(0.98333, 2), "98.33%");
-        let v = serde_json::json!({"a": null, "b": 1.23456});
-        assert_eq!(opt_ms(&v, "/a", 2).unwrap(), "—");
-        assert_eq!(opt_ms(&v, "/b", 2).unwrap(), "1.23");
-        assert!(opt_ms(&v, "/c", 2).is_err());
-    }
 }

@@ -4,8 +4,7 @@
 
 use serde_json::Value;
 
-use super::quantization::{int, opt_ms, text};
-use super::{array, get, num, table, Region};
+use super::{array, get, grouped_int, num, opt_ms, table, text, yes_no_at, Region};
 use crate::{MilestoneError, Result};
 
 /// Charts the milestone writes: (path relative to the cache directory, name under docs/figures/).
@@ -13,16 +12,6 @@ use crate::{MilestoneError, Result};
 /// `results-quick`, so its charts never reach docs/).
 pub const FIGURES: &[(&str, &str)] =
     &[("torchperf/results/pareto.svg", "19-pareto.svg"), ("torchperf/results/walk.svg", "19-walk.svg")];
-
-/// `true`/`false` at `path` as yes/no; `null` as "n/a".
-fn yes_no(v: &Value, path: &str) -> Result<&'static str> {
-    match get(v, path)? {
-        Value::Bool(true) => Ok("yes"),
-        Value::Bool(false) => Ok("**no**"),
-        Value::Null => Ok("n/a"),
-        _ => Err(MilestoneError::Other(format!("report: {path} is not a boolean"))),
-    }
-}
 
 /// A range `[lo, hi]` at `path`, as `lo–hi` with `decimals` places.
 fn range(v: &Value, path: &str, decimals: usize) -> Result<String> {
@@ -40,14 +29,16 @@ fn scenarios(s: &Value) -> Result<Region> {
             "FindPeakPerformance" => (
                 format!("{scenario} (peak)"),
                 text(r, "/result")?.to_string(),
-                format!("{} samples/s at {}/s", int(value), int(num(r, "/target_qps")?)),
+                format!("{} samples/s at {}/s", grouped_int(value), grouped_int(num(r, "/target_qps")?)),
             ),
             _ => (
                 scenario.to_string(),
                 text(r, "/result")?.to_string(),
                 match metric.split_once("th percentile latency (ns)") {
                     Some((p, _)) => format!("p{p} {:.3} ms", value / 1e6),
-                    None if metric.to_lowercase().contains("samples per second") => format!("{} samples/s", int(value)),
+                    None if metric.to_lowercase().contains("samples per second") => {
+                        format!("{} samples/s", grouped_int(value))
+                    }
                     None => format!("{value:.0} ({metric})"),
                 },
             ),
@@ -62,7 +53,7 @@ fn scenarios(s: &Value) -> Result<Region> {
             label,
             result,
             shown,
-            format!("{} ({})", int(num(r, "/queries")?), int(num(r, "/samples")?)),
+            format!("{} ({})", grouped_int(num(r, "/queries")?), grouped_int(num(r, "/samples")?)),
             latencies,
             opt_ms(r, "/ttft_p50_ms", 3)?,
             opt_ms(r, "/tpot_p50_ms", 4)?,
@@ -79,7 +70,7 @@ fn scenarios(s: &Value) -> Result<Region> {
             .map(|p| {
                 Ok(format!(
                     "{}/s {} (p99 {:.1} ms)",
-                    int(num(p, "/target_qps")?),
+                    grouped_int(num(p, "/target_qps")?),
                     if get(p, "/valid")? == true { "valid" } else { "invalid" },
                     num(p, "/p99_ns")? / 1e6
                 ))
@@ -106,9 +97,9 @@ fn tiny_suite(s: &Value) -> Result<Region> {
                 format!("{:.4}", num(r, "/fp32_quality")?),
                 format!("{:.4}", num(r, "/quality")?),
                 format!("{:.4}", num(r, "/target")?),
-                yes_no(r, "/passed")?.to_string(),
+                yes_no_at(r, "/passed")?.to_string(),
                 format!("{:.3} ms", num(r, "/median_latency_ms")?),
-                int(num(r, "/samples")?),
+                grouped_int(num(r, "/samples")?),
             ])
         })
         .collect::<Result<Vec<_>>>()?;
@@ -176,7 +167,7 @@ fn pareto(s: &Value) -> Result<Region> {
                 format!("{:.4} ({})", num(r, "/tpot_ms")?, range(r, "/tpot_range_ms", 4)?),
                 opt_ms(r, "/ttft_ms", 3)?,
                 format!("{:.3}", num(r, "/p50_ms")?),
-                int(num(r, "/model_bytes")?),
+                grouped_int(num(r, "/model_bytes")?),
             ])
         })
         .collect::<Result<Vec<_>>>()?;
@@ -215,7 +206,7 @@ fn walk(s: &Value) -> Result<Region> {
                 format!("{:.2}{noise}", num(w, "/speedup_over_previous")?),
                 opt_ms(w, "/ttft_ms", 3)?,
                 format!("{:.3}", num(w, "/p50_ms")?),
-                int(num(w, "/model_bytes")?),
+                grouped_int(num(w, "/model_bytes")?),
             ])
         })
         .collect::<Result<Vec<_>>>()?;
@@ -261,7 +252,7 @@ fn production(s: &Value) -> Result<Region> {
                 text(p, "/requirement")?.to_string(),
                 measured,
                 config,
-                yes_no(p, "/met")?.into(),
+                yes_no_at(p, "/met")?.into(),
             ])
         })
         .collect::<Result<Vec<_>>>()?;
