@@ -402,6 +402,34 @@ mod seam {
         assert!(max_diff(&got, &reference_last(&m, &[seq])) <= TOL);
     }
 
+    /// A GPT whose projections are all in another format, frozen (the dense weights released),
+    /// decodes and generates exactly as before freezing, and saves the same checkpoint.
+    #[test]
+    fn a_frozen_gpt_decodes_and_saves_as_before() {
+        use tt_kvcache::generate_cached;
+        use tt_transformer::generate::GenerateConfig;
+        let mut m = trained(12);
+        map_linears(&mut m, |_, l| l.set_projection(Arc::new(TransposedF64::of(l.projection()?.as_ref())))).unwrap();
+        let params =
+            |m: &Gpt| tt_tensor::serialize::to_safetensors_bytes(&tt_tensor::Module::named_parameters(m), None);
+        let saved = params(&m).unwrap();
+        let prompts = vec![vec![1usize, 5, 9, 2]];
+        let cfg = GenerateConfig::greedy(30);
+        let mut before = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        let want = generate_cached(&mut before, &prompts, &cfg).unwrap().tokens;
+        let want_logits = before.prefill(&prompts[0], 4).unwrap().to_vec();
+        drop(before);
+
+        let frozen = tt_tensor::nn::freeze(&mut m).unwrap();
+        assert_eq!(frozen.layers.len(), 8, "{:?}", frozen.layers);
+        assert!(m.blocks.iter().all(|b| b.mlp.fc.weight.is_released()));
+        let mut after = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+        assert_eq!(generate_cached(&mut after, &prompts, &cfg).unwrap().tokens, want);
+        assert_eq!(after.prefill(&prompts[0], 4).unwrap(), &want_logits[..]);
+        assert_eq!(params(&m).unwrap(), saved);
+        assert!(m.blocks.iter().all(|b| b.mlp.fc.weight.is_released()), "saving made a weight resident");
+    }
+
     #[test]
     fn inconsistent_layer_shapes_are_errors_naming_the_block() {
         let mut m = Gpt::new(config(12, 0, 2)).unwrap();

@@ -40,4 +40,6 @@ pub use error::{Result, TensorError};
 pub use nn::Module;
 pub use ops::broadcast_shape;
 pub use projection::Projection;
-pub use tensor::{is_grad_enabled, no_grad, randn_array, uniform_array, Array, BackwardFn, NoGradGuard, Tensor};
+pub use tensor::{
+    is_grad_enabled, no_grad, randn_array, uniform_array, Array, BackwardFn, DataRef, Materialize, NoGradGuard, Tensor,
+};

@@ -305,6 +305,35 @@ impl InstalledProjection {
     pub(crate) fn projection(&self) -> &Arc<dyn Projection> {
         &self.projection
     }
+
+    /// Releases `weight`'s dense values (see [`Tensor::release`]): reads recompute them from the
+    /// projection, so the projection's storage is the only copy resident. Returns the bytes freed.
+    ///
+    /// # Errors
+    /// The weight changed since installing (the projection would recompute other values).
+    pub(crate) fn release(&self, op: &'static str, label: &str, weight: &Tensor) -> Result<usize> {
+        let p = self.current(op, weight)?.clone();
+        let shape = weight.shape();
+        let materialize: crate::tensor::Materialize = Arc::new(move || {
+            // install() checked that to_dense() is (rows, cols) of this shape.
+            p.to_dense().into_shape_with_order(ndarray::IxDyn(&shape)).expect("checked at install").into_dyn()
+        });
+        weight.release(label, materialize)
+    }
+}
+
+/// Refuses an op that needs `weight`'s values in memory — a recorded graph (training, gradient
+/// checks) — when they were released for inference.
+pub(crate) fn check_resident(op: &'static str, weight: &Tensor) -> Result<()> {
+    match weight.released_label() {
+        Some(label) => Err(TensorError::arg(
+            op,
+            format!(
+                "{label} was released for inference (nn::freeze): training needs the dense weight; call nn::thaw on the model first"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether an op over these inputs records a graph (then the dense weight must be used).

@@ -45,6 +45,38 @@ struct Inner {
     /// values it was built from have changed.
     version: AtomicU64,
     node: Option<Node>,
+    /// Set while the values are released ([`Tensor::release`]); the flag lets `data()` skip the
+    /// lock on every resident tensor.
+    is_released: AtomicBool,
+    released: Mutex<Option<Released>>,
+}
+
+/// Recomputes a released tensor's values on demand: the array it held, in its shape.
+pub type Materialize = Arc<dyn Fn() -> Array + Send + Sync>;
+
+/// What a released tensor keeps instead of its values.
+struct Released {
+    /// Names the tensor in errors (`"blocks.0.mlp.fc.weight"`).
+    label: String,
+    shape: Vec<usize>,
+    materialize: Materialize,
+}
+
+/// Read access to a tensor's values: the resident array, or — for a released tensor — a
+/// temporary copy recomputed for this read and freed when it is dropped.
+pub enum DataRef<'a> {
+    Resident(RwLockReadGuard<'a, Array>),
+    Materialized(Array),
+}
+
+impl std::ops::Deref for DataRef<'_> {
+    type Target = Array;
+    fn deref(&self) -> &Array {
+        match self {
+            DataRef::Resident(g) => g,
+            DataRef::Materialized(a) => a,
+        }
+    }
 }
 
 /// An n-dimensional f32 tensor with optional gradient tracking. Cloning is cheap (shared handle).
@@ -96,6 +128,10 @@ impl Drop for NoGradGuard {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(label) = self.released_label() {
+            // Printing must not recompute a released weight.
+            return f.debug_struct("Tensor").field("shape", &self.shape()).field("released", &label).finish();
+        }
         let data = self.data();
         let mut d = f.debug_struct("Tensor");
         d.field("shape", &data.shape());
@@ -121,6 +157,8 @@ impl Tensor {
                 requires_grad: AtomicBool::new(requires_grad),
                 version: AtomicU64::new(0),
                 node,
+                is_released: AtomicBool::new(false),
+                released: Mutex::new(None),
             }),
         }
     }
@@ -272,17 +310,80 @@ impl Tensor {
         self.inner.id
     }
 
-    /// Read access to the underlying array.
-    pub fn data(&self) -> RwLockReadGuard<'_, Array> {
-        self.inner.data.read().unwrap_or_else(|e| e.into_inner())
+    /// Read access to the values. A released tensor ([`Tensor::release`]) recomputes them for
+    /// this read only: the copy is freed when the returned value is dropped, so reading (saving a
+    /// checkpoint, `to_dense`, a debug print) never makes the dense values resident again.
+    pub fn data(&self) -> DataRef<'_> {
+        if self.inner.is_released.load(Ordering::Acquire) {
+            if let Some(r) = self.released_state().as_ref() {
+                return DataRef::Materialized((r.materialize)());
+            }
+        }
+        DataRef::Resident(self.inner.data.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Write access to the underlying array, for optimizers and weight surgery. Writing through it
-    /// must keep the shape (use [`Tensor::set_data`] to change values wholesale).
+    /// must keep the shape (use [`Tensor::set_data`] to change values wholesale). A released
+    /// tensor is made resident first ([`Tensor::make_resident`]): writing means training or
+    /// surgery, which needs the values in memory.
     pub fn data_mut(&self) -> RwLockWriteGuard<'_, Array> {
+        self.make_resident();
         let guard = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
         self.inner.version.fetch_add(1, Ordering::Relaxed);
         guard
+    }
+
+    fn released_state(&self) -> std::sync::MutexGuard<'_, Option<Released>> {
+        self.inner.released.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frees the values, keeping the shape and a way to recompute them: after a weight format was
+    /// installed over this tensor (so `materialize` — the format's `to_dense` — gives exactly the
+    /// values it holds), the format's bytes become the only copy resident. Reads recompute a
+    /// temporary copy ([`Tensor::data`]); writes make it resident again. The version does not
+    /// change: the values are the same. `label` names the tensor in errors. Returns the bytes
+    /// freed (0 if it was already released).
+    ///
+    /// # Errors
+    /// `materialize` gives an array of another shape (checked once, here).
+    pub fn release(&self, label: &str, materialize: Materialize) -> Result<usize> {
+        let mut state = self.released_state();
+        if state.is_some() {
+            return Ok(0);
+        }
+        let mut data = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
+        let check = materialize();
+        if check.shape() != data.shape() {
+            return Err(TensorError::shape("Tensor::release (materialized vs held)", check.shape(), data.shape()));
+        }
+        drop(check);
+        let freed = data.len() * std::mem::size_of::<f32>();
+        let shape = data.shape().to_vec();
+        *data = Array::zeros(IxDyn(&[0]));
+        *state = Some(Released { label: label.to_string(), shape, materialize });
+        self.inner.is_released.store(true, Ordering::Release);
+        Ok(freed)
+    }
+
+    /// Whether the values are released ([`Tensor::release`]).
+    pub fn is_released(&self) -> bool {
+        self.inner.is_released.load(Ordering::Acquire)
+    }
+
+    /// The label a released tensor was given, for errors; `None` if it is resident.
+    pub fn released_label(&self) -> Option<String> {
+        self.released_state().as_ref().map(|r| r.label.clone())
+    }
+
+    /// Brings a released tensor's values back into memory (no version change: the values are the
+    /// ones it was released with); nothing for a resident tensor.
+    pub fn make_resident(&self) {
+        let mut state = self.released_state();
+        if let Some(r) = state.take() {
+            let values = (r.materialize)();
+            *self.inner.data.write().unwrap_or_else(|e| e.into_inner()) = values;
+            self.inner.is_released.store(false, Ordering::Release);
+        }
     }
 
     /// How many times the values were opened for writing ([`Tensor::data_mut`], [`Tensor::set_data`],
@@ -307,16 +408,22 @@ impl Tensor {
         Ok(())
     }
 
+    /// The shape (of the values a released tensor would recompute).
     pub fn shape(&self) -> Vec<usize> {
-        self.data().shape().to_vec()
+        if self.is_released() {
+            if let Some(r) = self.released_state().as_ref() {
+                return r.shape.clone();
+            }
+        }
+        self.inner.data.read().unwrap_or_else(|e| e.into_inner()).shape().to_vec()
     }
 
     pub fn ndim(&self) -> usize {
-        self.data().ndim()
+        self.shape().len()
     }
 
     pub fn numel(&self) -> usize {
-        self.data().len()
+        self.shape().iter().product()
     }
 
     /// Flat copy of the values in row-major order.

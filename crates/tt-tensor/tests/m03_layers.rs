@@ -361,3 +361,108 @@ mod forward_transform {
         assert_eq!(c.forward(&img).unwrap().to_vec(), want.to_vec());
     }
 }
+
+// ---- Inference-only weights: freeze releases the dense copy a weight format made redundant ----
+
+mod freeze {
+    use std::sync::Arc;
+
+    use tt_tensor::data::digits;
+    use tt_tensor::nn::{freeze, map_conv2ds, map_linears, thaw, Linear, Sequential};
+    use tt_tensor::optim::{Optimizer, Sgd};
+    use tt_tensor::serialize::to_safetensors_bytes;
+    use tt_tensor::testing::TransposedF64;
+    use tt_tensor::{no_grad, Module, Tensor};
+
+    /// The digits CNN with every conv and linear layer in another format (f64, transposed): its
+    /// dense weights are then redundant copies.
+    fn cnn_in_f64() -> Sequential {
+        let mut m = digits::cnn(0);
+        map_linears(&mut m, |_, l| l.set_projection(Arc::new(TransposedF64::of(l.projection()?.as_ref())))).unwrap();
+        map_conv2ds(&mut m, |_, c| {
+            let dense = tt_tensor::projection::DenseF32::from_array(
+                c.weight.data().clone().into_shape_with_order(c.matrix_shape()).unwrap(),
+            );
+            c.set_projection(Arc::new(TransposedF64::of(&dense)))
+        })
+        .unwrap();
+        m
+    }
+
+    fn input() -> Tensor {
+        Tensor::randn(&[3, 1, 8, 8], 0.0, 1.0, 9)
+    }
+
+    #[test]
+    fn a_frozen_model_computes_the_same_and_holds_only_its_formats() {
+        let mut m = cnn_in_f64();
+        let x = input();
+        let before = no_grad(|| m.forward(&x)).unwrap().to_vec();
+        let checkpoint = to_safetensors_bytes(&m.named_parameters(), None).unwrap();
+        let params: usize = m.parameters().iter().map(Tensor::numel).sum();
+
+        let frozen = freeze(&mut m).unwrap();
+        assert_eq!(frozen.layers, ["0", "3", "7", "9"]);
+        let weights = 4 * (16 * 9 + 32 * 16 * 9 + 64 * 128 + 10 * 64);
+        assert_eq!(frozen.bytes_freed, weights);
+        // Bit for bit the same function; shapes and counts are unchanged.
+        assert_eq!(no_grad(|| m.forward(&x)).unwrap().to_vec(), before);
+        assert_eq!(m.parameters().iter().map(Tensor::numel).sum::<usize>(), params);
+        // Saving reads each released weight through its format: the same file as before.
+        assert_eq!(to_safetensors_bytes(&m.named_parameters(), None).unwrap(), checkpoint);
+        // ... and reading does not bring the dense copy back.
+        let released: Vec<bool> = m.parameters().iter().map(Tensor::is_released).collect();
+        assert_eq!(released.iter().filter(|&&r| r).count(), 4);
+        // Freezing again frees nothing more.
+        assert_eq!(freeze(&mut m).unwrap().bytes_freed, 0);
+    }
+
+    #[test]
+    fn training_a_frozen_weight_is_an_error_naming_it_until_thawed() {
+        let mut m = cnn_in_f64();
+        freeze(&mut m).unwrap();
+        let x = input();
+        let e = m.forward(&x).unwrap_err().to_string();
+        assert!(e.contains("0.weight") && e.contains("released"), "{e}");
+        // Thawed, the model trains again: the dense weights are back, equal to the formats'.
+        assert_eq!(thaw(&m), 4);
+        assert!(m.parameters().iter().all(|t| !t.is_released()));
+        let y = m.forward(&x).unwrap();
+        let mut opt = Sgd::new(m.parameters(), 0.1, 0.0, 0.0).unwrap();
+        y.sum().backward().unwrap();
+        opt.step().unwrap();
+        // A step changed the weights, so the installed formats are stale: an error, not the
+        // old function.
+        assert!(no_grad(|| m.forward(&x)).is_err());
+    }
+
+    #[test]
+    fn a_write_to_a_released_weight_makes_it_resident_and_the_format_stale() {
+        let mut l = Linear::new(6, 4, true, 1);
+        l.set_projection(Arc::new(TransposedF64::of(l.projection().unwrap().as_ref()))).unwrap();
+        let dense = l.weight.to_vec();
+        assert_eq!(l.release_weight("fc.weight").unwrap(), 4 * 6 * 4);
+        assert!(l.weight.is_released());
+        assert_eq!(l.weight.shape(), [4, 6]);
+        assert_eq!(l.weight.to_vec(), dense, "a read recomputes the same values");
+        assert!(format!("{:?}", l.weight).contains("fc.weight"));
+        l.weight.data_mut()[[0, 0]] += 1.0;
+        assert!(!l.weight.is_released());
+        assert!(l.projection().is_err(), "the format no longer matches the weight");
+    }
+
+    #[test]
+    fn only_layers_with_a_format_can_release_their_weight() {
+        let l = Linear::new(3, 2, false, 0);
+        let e = l.release_weight("head.weight").unwrap_err().to_string();
+        assert!(e.contains("head.weight") && e.contains("only copy"), "{e}");
+        let mut plain = digits::mlp(0);
+        assert_eq!(freeze(&mut plain).unwrap(), tt_tensor::nn::Frozen::default());
+        // Clearing the format of a frozen layer gives the layer its dense weight back.
+        let mut l = Linear::new(3, 2, false, 0);
+        l.set_projection(Arc::new(TransposedF64::of(l.projection().unwrap().as_ref()))).unwrap();
+        l.release_weight("w").unwrap();
+        l.clear_projection();
+        assert!(!l.weight.is_released());
+    }
+}

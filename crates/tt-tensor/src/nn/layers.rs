@@ -5,7 +5,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::Module;
 use crate::error::{Result, TensorError};
-use crate::projection::{records_graph, DenseF32, InstalledProjection, Projection};
+use crate::projection::{check_resident, records_graph, DenseF32, InstalledProjection, Projection};
 use crate::tensor::{check_normal, checked_numel, randn_array, uniform_array, Array, Tensor};
 
 /// A reparametrization of a layer's dense forward pass: the weight and the input pass through
@@ -88,9 +88,28 @@ impl Linear {
         Ok(())
     }
 
-    /// Removes the installed projection (the dense weight stays as it is) and returns it.
+    /// Removes the installed projection and returns it; the dense weight stays (made resident
+    /// again if it was released: without the projection it is the layer's only copy).
     pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
+        self.weight.make_resident();
         self.projection.take().map(|i| i.projection().clone())
+    }
+
+    /// Frees the dense weight so the installed projection's storage is the only copy in memory
+    /// (inference only; see [`crate::nn::freeze`], which calls this for every layer by name).
+    /// Returns the bytes freed.
+    ///
+    /// # Errors
+    /// No projection installed (the dense weight is then the layer's only copy), or the weight
+    /// changed since it was installed.
+    pub fn release_weight(&self, label: &str) -> Result<usize> {
+        match &self.projection {
+            Some(i) => i.release("Linear::release_weight", label, &self.weight),
+            None => Err(TensorError::arg(
+                "Linear::release_weight",
+                format!("{label}: no weight format installed, so the dense weight is the only copy"),
+            )),
+        }
     }
 
     /// Installs (Some) or removes (None) a [`ForwardTransform`]; returns the previous one.
@@ -127,10 +146,13 @@ impl Module for Linear {
             Some(i) if !records_graph(&[Some(x), Some(&self.weight), self.bias.as_ref()]) => {
                 x.project(i.current("Linear", &self.weight)?.as_ref(), self.bias.as_ref())
             }
-            _ => match &self.transform {
-                Some(t) => t.input(x)?.linear(&t.weight(&self.weight)?, self.bias.as_ref()),
-                None => x.linear(&self.weight, self.bias.as_ref()),
-            },
+            _ => {
+                check_resident("Linear", &self.weight)?;
+                match &self.transform {
+                    Some(t) => t.input(x)?.linear(&t.weight(&self.weight)?, self.bias.as_ref()),
+                    None => x.linear(&self.weight, self.bias.as_ref()),
+                }
+            }
         }
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -195,9 +217,24 @@ impl Conv2d {
         Ok(())
     }
 
-    /// Removes the installed projection (the dense weight stays as it is) and returns it.
+    /// Removes the installed projection and returns it (see [`Linear::clear_projection`]).
     pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
+        self.weight.make_resident();
         self.projection.take().map(|i| i.projection().clone())
+    }
+
+    /// Frees the dense weight (see [`Linear::release_weight`]).
+    ///
+    /// # Errors
+    /// As [`Linear::release_weight`].
+    pub fn release_weight(&self, label: &str) -> Result<usize> {
+        match &self.projection {
+            Some(i) => i.release("Conv2d::release_weight", label, &self.weight),
+            None => Err(TensorError::arg(
+                "Conv2d::release_weight",
+                format!("{label}: no weight format installed, so the dense weight is the only copy"),
+            )),
+        }
     }
 
     /// The installed projection, if any.
@@ -225,10 +262,15 @@ impl Module for Conv2d {
                 let p = i.current("Conv2d", &self.weight)?;
                 x.conv2d_projected(p.as_ref(), (s[2], s[3]), self.bias.as_ref(), self.stride, self.padding)
             }
-            _ => match &self.transform {
-                Some(t) => t.input(x)?.conv2d(&t.weight(&self.weight)?, self.bias.as_ref(), self.stride, self.padding),
-                None => x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding),
-            },
+            _ => {
+                check_resident("Conv2d", &self.weight)?;
+                match &self.transform {
+                    Some(t) => {
+                        t.input(x)?.conv2d(&t.weight(&self.weight)?, self.bias.as_ref(), self.stride, self.padding)
+                    }
+                    None => x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding),
+                }
+            }
         }
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

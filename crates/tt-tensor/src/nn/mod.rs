@@ -192,3 +192,69 @@ pub fn linears(m: &dyn Module) -> Vec<(String, &Linear)> {
 pub fn prefixed(prefix: &str, params: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     params.into_iter().map(|(n, t)| (format!("{prefix}.{n}"), t)).collect()
 }
+
+/// What [`freeze`] released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frozen {
+    /// Paths of the layers whose dense weight was released (`"blocks.0.mlp.fc"`).
+    pub layers: Vec<String>,
+    /// Bytes of dense f32 weights freed.
+    pub bytes_freed: usize,
+}
+
+/// Inference-only weights: releases the dense weight of every [`Linear`] and [`Conv2d`] below
+/// `m` that carries a weight format ([`Linear::set_projection`]), so the format's bytes are the
+/// only copy in memory. Layers still in dense f32 keep their weight: it is their storage.
+///
+/// Nothing else changes: the model computes the same function (its layers run their formats, as
+/// before), a read of a released weight recomputes a temporary copy from its format (so saving a
+/// checkpoint writes the same file as before freezing), and an op that records a graph over one
+/// — training, a gradient check — is an error naming it. [`thaw`] undoes it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tt_tensor::nn::{freeze, map_linears, Linear, Relu, Sequential};
+/// use tt_tensor::projection::DenseF32;
+/// let mut mlp = Sequential::new().layer(Linear::new(4, 8, true, 0)).layer(Relu).layer(Linear::new(8, 2, true, 1));
+/// map_linears(&mut mlp, |_, l| {
+///     let copy = DenseF32::from_array(l.projection()?.to_dense());
+///     l.set_projection(Arc::new(copy))
+/// })
+/// .unwrap();
+/// let frozen = freeze(&mut mlp).unwrap();
+/// assert_eq!(frozen.layers, ["0", "2"]);
+/// assert_eq!(frozen.bytes_freed, 4 * (8 * 4 + 2 * 8));
+/// ```
+///
+/// # Errors
+/// A layer whose weight changed after its format was installed (its format would recompute
+/// other values): nothing after it is released.
+pub fn freeze(m: &mut dyn Module) -> Result<Frozen> {
+    let mut frozen = Frozen::default();
+    walk_mut(m, &mut |path, layer| {
+        let label = format!("{path}.weight");
+        let freed = if let Some(l) = layer.as_linear().filter(|l| l.installed_projection().is_some()) {
+            l.release_weight(&label)?
+        } else if let Some(c) = layer.as_conv2d().filter(|c| c.installed_projection().is_some()) {
+            c.release_weight(&label)?
+        } else {
+            return Ok(());
+        };
+        frozen.layers.push(path.to_string());
+        frozen.bytes_freed += freed;
+        Ok(())
+    })?;
+    Ok(frozen)
+}
+
+/// Makes every released parameter of `m` resident again (see [`freeze`]); returns how many were.
+/// Training can then resume; a step that changes a weight makes its installed format stale, which
+/// the layer reports when next used without a graph.
+pub fn thaw(m: &dyn Module) -> usize {
+    let mut n = 0;
+    for t in m.parameters().iter().filter(|t| t.is_released()) {
+        t.make_resident();
+        n += 1;
+    }
+    n
+}
