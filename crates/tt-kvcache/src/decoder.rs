@@ -191,7 +191,27 @@ impl CachedGpt {
     /// `fc` out equal to its `proj` in). Blocks may differ in head count (pruned heads) but must
     /// agree on the head width (one cache row width).
     pub fn new(model: &Gpt, batch: usize, policy: OverflowPolicy) -> Result<CachedGpt, KvError> {
+        CachedGpt::with_context(model, batch, policy, model.config.max_seq_len)
+    }
+
+    /// [`CachedGpt::new`] for sequences of at most `context` positions (at most the model's
+    /// `max_seq_len`): the KV cache holds `context` positions — its memory is
+    /// `2·layers·batch·heads·context·head_dim` values — and longer sequences are refused. What a
+    /// server or a benchmark that generates a known length allocates, rather than the model's
+    /// whole context.
+    ///
+    /// # Errors
+    /// As [`CachedGpt::new`], and a `context` of 0 or past the model's `max_seq_len`.
+    pub fn with_context(
+        model: &Gpt,
+        batch: usize,
+        policy: OverflowPolicy,
+        context: usize,
+    ) -> Result<CachedGpt, KvError> {
         let c = &model.config;
+        if context == 0 || context > c.max_seq_len {
+            return Err(KvError::Input(format!("context {context} must be in 1..={}", c.max_seq_len)));
+        }
         let d = c.d_model;
         let bad = |m: String| Err(KvError::Input(m));
         let tok = model.tok_emb.weight.shape();
@@ -256,7 +276,7 @@ impl CachedGpt {
         if head.shape() != (c.vocab_size, d) {
             return bad(format!("lm_head {:?} is not (vocab {}, d_model {d})", head.shape(), c.vocab_size));
         }
-        let cache = KvCache::with_layer_heads(&layer_heads, batch, c.max_seq_len, head_dim, policy, KvStorage::F32)?;
+        let cache = KvCache::with_layer_heads(&layer_heads, batch, context, head_dim, policy, KvStorage::F32)?;
         let mut engine = CachedGpt {
             tok_emb: model.tok_emb.weight.clone(),
             pos_emb: model.pos_emb.clone(),
@@ -264,7 +284,7 @@ impl CachedGpt {
             ln_f: Norm::of(&model.ln_f),
             head,
             dims: Dims { d, attn, hidden, vocab: c.vocab_size },
-            max_seq_len: c.max_seq_len,
+            max_seq_len: context,
             cache,
             batch,
             s: Scratch::default(),

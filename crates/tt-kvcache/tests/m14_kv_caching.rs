@@ -221,6 +221,23 @@ fn overflow_is_an_error_naming_position_and_capacity() {
 }
 
 #[test]
+fn a_shorter_context_sizes_the_cache_and_computes_the_same() {
+    let m = trained(13);
+    let mut full = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+    let mut short = CachedGpt::with_context(&m, 1, OverflowPolicy::Error, 12).unwrap();
+    assert_eq!(short.cache().memory_bytes() * m.config.max_seq_len, full.cache().memory_bytes() * 12);
+    let seq = [1usize, 5, 9, 2];
+    assert_eq!(short.prefill(&seq, 4).unwrap(), full.prefill(&seq, 4).unwrap());
+    for t in 0..8 {
+        assert_eq!(short.decode_step(&[t]).unwrap(), full.decode_step(&[t]).unwrap(), "step {t}");
+    }
+    assert!(matches!(short.decode_step(&[0]), Err(KvError::Model(TransformerError::ContextOverflow { .. }))));
+    for bad in [0, m.config.max_seq_len + 1] {
+        assert!(CachedGpt::with_context(&m, 1, OverflowPolicy::Error, bad).is_err(), "context {bad}");
+    }
+}
+
+#[test]
 fn sliding_window_cache_keeps_the_last_w_positions() {
     let mut c = KvCache::new(1, 1, 1, 8, 1, OverflowPolicy::SlidingWindow(3)).unwrap();
     assert_eq!(c.capacity(), 3);

@@ -313,13 +313,36 @@ impl InstalledProjection {
     /// The weight changed since installing (the projection would recompute other values).
     pub(crate) fn release(&self, op: &'static str, label: &str, weight: &Tensor) -> Result<usize> {
         let p = self.current(op, weight)?.clone();
-        let shape = weight.shape();
-        let materialize: crate::tensor::Materialize = Arc::new(move || {
-            // install() checked that to_dense() is (rows, cols) of this shape.
-            p.to_dense().into_shape_with_order(ndarray::IxDyn(&shape)).expect("checked at install").into_dyn()
-        });
-        weight.release(label, materialize)
+        weight.release(label, materializer(p, weight.shape()))
     }
+
+    /// A layer's weight that exists only as `p` (see [`Tensor::released_param`]): `shape` is the
+    /// weight's, whose element count must be `p`'s `out × in`.
+    pub(crate) fn born_released(
+        op: &'static str,
+        label: &str,
+        shape: &[usize],
+        p: Arc<dyn Projection>,
+    ) -> Result<(Tensor, InstalledProjection)> {
+        let (rows, cols) = p.shape();
+        if shape.first() != Some(&rows) || shape.iter().skip(1).product::<usize>() != cols {
+            return Err(TensorError::arg(
+                op,
+                format!("a '{}' projection of shape {:?} does not fit weight {shape:?}", p.format(), p.shape()),
+            ));
+        }
+        let weight = Tensor::released_param(shape, label, materializer(p.clone(), shape.to_vec()));
+        let installed = InstalledProjection { projection: p, weight_id: weight.id(), weight_version: weight.version() };
+        Ok((weight, installed))
+    }
+}
+
+/// Recomputes a weight of `shape` from `p` (whose `(out, in)` flattens `shape`).
+fn materializer(p: Arc<dyn Projection>, shape: Vec<usize>) -> crate::tensor::Materialize {
+    Arc::new(move || {
+        // install() / born_released() checked that (out, in) flattens this shape.
+        p.to_dense().into_shape_with_order(ndarray::IxDyn(&shape)).expect("checked when built").into_dyn()
+    })
 }
 
 /// Refuses an op that needs `weight`'s values in memory — a recorded graph (training, gradient

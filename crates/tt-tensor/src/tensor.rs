@@ -365,6 +365,17 @@ impl Tensor {
         Ok(freed)
     }
 
+    /// A parameter born released: it never holds its values, only `materialize`, which must give
+    /// an array of `shape` (the caller's invariant: layers build it from a format of that
+    /// shape). What a model built format by format uses ([`crate::nn::Linear::from_projection`]),
+    /// so its dense weights never exist all at once.
+    pub(crate) fn released_param(shape: &[usize], label: &str, materialize: Materialize) -> Tensor {
+        let t = Tensor::make(Array::zeros(IxDyn(&[0])), true, None);
+        *t.released_state() = Some(Released { label: label.to_string(), shape: shape.to_vec(), materialize });
+        t.inner.is_released.store(true, Ordering::Release);
+        t
+    }
+
     /// Whether the values are released ([`Tensor::release`]).
     pub fn is_released(&self) -> bool {
         self.inner.is_released.load(Ordering::Acquire)

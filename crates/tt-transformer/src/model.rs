@@ -9,12 +9,14 @@
 //! or replace it. The forward pass here is the full-recompute reference: it always processes the
 //! whole sequence.
 
+use std::sync::Arc;
+
 use ndarray::{Array2, IxDyn};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tt_tensor::nn::{prefixed, Embedding, LayerNorm, Linear};
-use tt_tensor::{randn_array, Array, Module, Tensor};
+use tt_tensor::{randn_array, Array, Module, Projection, Tensor};
 
 use crate::error::{Result, TransformerError};
 
@@ -27,6 +29,9 @@ pub enum PositionEncoding {
     /// Fixed sin/cos table (Vaswani et al.), not trained.
     Sinusoidal,
 }
+
+/// How [`Gpt::new_with`] stores a linear weight as it is drawn: `Some(format)` or `None` (dense).
+pub type WeightFormat<'a> = dyn FnMut(&str, &Array2<f32>) -> tt_tensor::Result<Option<Arc<dyn Projection>>> + 'a;
 
 /// Model hyper-parameters (saved as JSON with every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,36 +410,57 @@ impl Gpt {
     /// A freshly initialized model: GPT-2 init, N(0, 0.02) weights, zero biases, residual output
     /// projections scaled by 1/√(2·n_layers).
     pub fn new(config: GptConfig) -> Result<Gpt> {
+        Gpt::new_with(config, &mut |_, _| Ok(None))
+    }
+
+    /// [`Gpt::new`] with each linear weight stored as `format(path, weight)` decides the moment
+    /// it is drawn: a weight format (the layer then holds only the format: see
+    /// [`Linear::from_projection`]) or `None` to keep it dense. The weights drawn are `Gpt::new`'s
+    /// for the same seed, so `format = quantize` builds exactly the quantized `Gpt::new(config)`
+    /// while holding at most one layer's f32 weight at a time — how a model too large for its
+    /// f32 form is built for inference. Paths are the state-dict names (`"blocks.0.mlp.fc"`,
+    /// `"lm_head"`).
+    ///
+    /// # Errors
+    /// An invalid config, or the first error `format` returns.
+    pub fn new_with(config: GptConfig, format: &mut WeightFormat<'_>) -> Result<Gpt> {
         config.validate()?;
         let (d, v, l) = (config.d_model, config.vocab_size, config.n_layers);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let mut normal = |shape: &[usize], std: f32| Tensor::param(randn_array(shape, 0.0, std, &mut rng));
+        let mut normal = |shape: &[usize], std: f32| randn_array(shape, 0.0, std, &mut rng);
         let zeros = |n: usize| Tensor::param(Array::zeros(IxDyn(&[n])));
         let resid_std = 0.02 / ((2 * l) as f32).sqrt();
-        let linear = |w: Tensor, n: usize| Linear::from_tensors(w, Some(zeros(n))).expect("shapes built consistently");
-        let tok_emb = Embedding { weight: normal(&[v, d], 0.02) };
+        let mut linear = |path: String, w: Array, bias: Option<usize>| -> Result<Linear> {
+            let w2 = w.into_dimensionality::<ndarray::Ix2>().expect("drawn 2-D");
+            let bias = bias.map(zeros);
+            Ok(match format(&path, &w2)? {
+                Some(p) => Linear::from_projection(p, bias, &format!("{path}.weight"))?,
+                None => Linear::from_tensors(Tensor::param(w2.into_dyn()), bias).expect("shapes built consistently"),
+            })
+        };
+        let tok_emb = Embedding { weight: Tensor::param(normal(&[v, d], 0.02)) };
         let pos_emb = match config.position {
-            PositionEncoding::Learned => normal(&[config.max_seq_len, d], 0.01),
+            PositionEncoding::Learned => Tensor::param(normal(&[config.max_seq_len, d], 0.01)),
             PositionEncoding::Sinusoidal => Tensor::from_array(sinusoidal_table(config.max_seq_len, d)),
         };
         let mut blocks = Vec::with_capacity(l);
         for b in 0..l {
             let (hidden, a) = (config.hidden(b), config.attn_width(b));
+            let qkv = linear(format!("blocks.{b}.attn.qkv"), normal(&[3 * a, d], 0.02), Some(3 * a))?;
+            let proj = linear(format!("blocks.{b}.attn.proj"), normal(&[d, a], resid_std), Some(d))?;
+            let fc = linear(format!("blocks.{b}.mlp.fc"), normal(&[hidden, d], 0.02), Some(hidden))?;
+            let mlp_proj = linear(format!("blocks.{b}.mlp.proj"), normal(&[d, hidden], resid_std), Some(d))?;
             blocks.push(Block {
                 ln1: LayerNorm::new(d),
-                attn: CausalSelfAttention {
-                    qkv: linear(normal(&[3 * a, d], 0.02), 3 * a),
-                    proj: linear(normal(&[d, a], resid_std), d),
-                    n_heads: config.heads(b),
-                },
+                attn: CausalSelfAttention { qkv, proj, n_heads: config.heads(b) },
                 ln2: LayerNorm::new(d),
-                mlp: Mlp {
-                    fc: linear(normal(&[hidden, d], 0.02), hidden),
-                    proj: linear(normal(&[d, hidden], resid_std), d),
-                },
+                mlp: Mlp { fc, proj: mlp_proj },
             });
         }
-        let lm_head = (!config.tie_weights).then(|| Linear::from_tensors(normal(&[v, d], 0.02), None).expect("shape"));
+        let lm_head = match config.tie_weights {
+            true => None,
+            false => Some(linear("lm_head".into(), normal(&[v, d], 0.02), None)?),
+        };
         Ok(Gpt { config, tok_emb, pos_emb, blocks, ln_f: LayerNorm::new(d), lm_head })
     }
 

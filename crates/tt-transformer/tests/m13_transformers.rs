@@ -432,6 +432,37 @@ mod seam {
         }
     }
 
+    /// Built format by format, the model is `Gpt::new`'s with the same seed: same parameters
+    /// (read through the formats), same logits; no linear weight is resident.
+    #[test]
+    fn a_gpt_built_format_by_format_is_gpt_new() {
+        use tt_tensor::projection::DenseF32;
+        for tie in [true, false] {
+            let mut cfg = common::tiny_config(11, 4);
+            cfg.tie_weights = tie;
+            let plain = Gpt::new(cfg.clone()).unwrap();
+            let mut paths = Vec::new();
+            let built = Gpt::new_with(cfg.clone(), &mut |path, w| {
+                paths.push(path.to_string());
+                Ok(Some(Arc::new(DenseF32::from_array(w.clone()))))
+            })
+            .unwrap();
+            assert_eq!(paths.len(), 4 * cfg.n_layers + usize::from(!tie));
+            assert_eq!(paths[..2], ["blocks.0.attn.qkv", "blocks.0.attn.proj"]);
+            let released = built.named_parameters().into_iter().filter(|(_, t)| t.is_released()).count();
+            assert_eq!(released, paths.len());
+            let bytes = |m: &Gpt| tt_tensor::serialize::to_safetensors_bytes(&m.named_parameters(), None).unwrap();
+            assert_eq!(bytes(&built), bytes(&plain), "tie {tie}");
+            let ids: Vec<usize> = (0..2 * 9).map(|i| (i * 7 + 3) % 11).collect();
+            assert_eq!(logits(&built, &ids), logits(&plain, &ids));
+            // A format's error stops the build, naming nothing half-made.
+            let e = Gpt::new_with(cfg, &mut |path, _| {
+                Err(tt_tensor::TensorError::InvalidArgument { op: "test", reason: path.to_string() })
+            });
+            assert!(e.is_err());
+        }
+    }
+
     #[test]
     fn gpt_children_mut_walks_the_state_dict_tree() {
         let mut m = common::tiny(10, 0);

@@ -72,6 +72,25 @@ impl Linear {
         Ok(Linear { weight, bias, projection: None, transform: None })
     }
 
+    /// A layer whose weight exists only in the format `p` (`[out, in]` = `p.shape()`): the dense
+    /// weight is never built, as after [`Linear::release_weight`]. How a model is built — or
+    /// loaded — format by format without ever holding all its f32 weights. `label` names the
+    /// weight in errors (`"blocks.0.mlp.fc.weight"`).
+    ///
+    /// # Errors
+    /// A bias whose length is not `p`'s output count.
+    pub fn from_projection(p: Arc<dyn Projection>, bias: Option<Tensor>, label: &str) -> Result<Linear> {
+        let (out_f, in_f) = p.shape();
+        if let Some(b) = &bias {
+            if b.shape() != [out_f] {
+                return Err(TensorError::shape("Linear::from_projection (bias)", &b.shape(), &[out_f]));
+            }
+        }
+        let (weight, installed) =
+            InstalledProjection::born_released("Linear::from_projection", label, &[out_f, in_f], p)?;
+        Ok(Linear { weight, bias, projection: Some(installed), transform: None })
+    }
+
     pub fn in_features(&self) -> usize {
         self.weight.shape()[1]
     }
