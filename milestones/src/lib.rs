@@ -9,10 +9,12 @@
 //! `TT_CACHE_DIR` environment variable) so later milestones reuse them; `--retrain` forces training.
 
 pub mod acceleration;
+pub mod child;
 pub mod classifier;
 pub mod cnn_digits;
 pub mod compression;
 pub mod kv_cache;
+pub mod memory;
 pub mod mlp_digits;
 pub mod profile;
 pub mod quantization;
@@ -222,6 +224,14 @@ pub fn all() -> &'static [Milestone] {
             uses: Uses { retrain: true, corpus: false },
             description: "int8 weights and integer kernels: MLP, CNN and GPT under each scheme (quality, bytes, latency), int8 vs f32 GEMM and decode",
             run: quantization::run,
+        },
+        Milestone {
+            name: "memory",
+            models: &["transformer"],
+            module: "17",
+            uses: Uses { retrain: false, corpus: false },
+            description: "resident memory of separate processes decoding 256 tokens: the course GPT and the stories42M / stories110M shapes in fp32, int8, int4 and 50% pruned; weight and KV bytes, tok/s, roofline",
+            run: memory::run,
         },
         Milestone {
             name: "compression",

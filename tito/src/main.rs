@@ -80,6 +80,17 @@ enum Cmd {
         #[arg(long, conflicts_with = "quick")]
         from_data: bool,
     },
+    /// One row of the memory milestone: build a model in a weight format, decode, print JSON.
+    #[command(hide = true)]
+    MemoryChild {
+        /// The model's `GptConfig` as JSON.
+        #[arg(long)]
+        config: String,
+        #[arg(long)]
+        weights: String,
+        #[arg(long)]
+        tokens: usize,
+    },
     /// Show which modules and milestones exist and which models are cached.
     Status,
 }
@@ -157,6 +168,19 @@ fn main() -> ExitCode {
             match report::run(&docs, &only, quick, from_data) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
+            }
+        }
+        Cmd::MemoryChild { config, weights, tokens } => {
+            let config = match serde_json::from_str(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(format!("memory-child: --config is not a GptConfig: {e}")),
+            };
+            match milestones::memory::child_main(config, &weights, tokens) {
+                Ok(v) => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("memory-child: {e}")),
             }
         }
         Cmd::Status => status(),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
 use tt_tensor::kernels::{attention_head_with, HeadsJob, PrefillHeadsJob, Q8Head, RowKernels, Rows};
 use tt_tensor::nn::{LayerNorm, Linear};
-use tt_tensor::projection::{DenseF32, Projection, Workspace};
+use tt_tensor::projection::{Projection, Workspace};
 use tt_tensor::Tensor;
 use tt_transformer::generate::{generate_traced, GenerateConfig, NextTokenSource, Trace, WithoutCache};
 use tt_transformer::{Gpt, TransformerError};
@@ -164,7 +164,9 @@ impl Scratch {
 
 /// A GPT with a KV cache for a batch of equal-length sequences.
 pub struct CachedGpt {
-    tok_emb: Tensor,
+    /// The token table as a projection (its format, or a dense view of the shared tensor): rows
+    /// are looked up with `dense_row`, and a tied head multiplies by it.
+    tok_emb: Arc<dyn Projection>,
     pos_emb: Tensor,
     blocks: Vec<DecoderBlock>,
     ln_f: Norm,
@@ -271,14 +273,14 @@ impl CachedGpt {
         };
         let head = match &model.lm_head {
             Some(h) => Proj::of(h)?,
-            None => Proj { p: Arc::new(DenseF32::new(model.tok_emb.weight.clone())?), bias: None },
+            None => Proj { p: model.tok_emb.projection()?, bias: None },
         };
         if head.shape() != (c.vocab_size, d) {
             return bad(format!("lm_head {:?} is not (vocab {}, d_model {d})", head.shape(), c.vocab_size));
         }
         let cache = KvCache::with_layer_heads(&layer_heads, batch, context, head_dim, policy, KvStorage::F32)?;
         let mut engine = CachedGpt {
-            tok_emb: model.tok_emb.weight.clone(),
+            tok_emb: model.tok_emb.projection()?,
             pos_emb: model.pos_emb.clone(),
             blocks,
             ln_f: Norm::of(&model.ln_f),
@@ -459,13 +461,14 @@ impl CachedGpt {
                     flops: (rows * d) as u64,
                     bytes: (4 * 3 * rows * d) as u64,
                 });
-                let (tok, pos) = (tok_emb.data(), pos_emb.data());
-                let (tok, pos) = (tok.as_slice().expect("standard layout"), pos.as_slice().expect("standard layout"));
+                let pos = pos_emb.data();
+                let pos = pos.as_slice().expect("standard layout");
                 for (r, &id) in ids.iter().enumerate() {
                     let p = pos0 + r % n;
                     let xr = &mut s.x[r * d..(r + 1) * d];
+                    tok_emb.dense_row(id, xr);
                     for j in 0..d {
-                        xr[j] = tok[id * d + j] + pos[p * d + j];
+                        xr[j] += pos[p * d + j];
                     }
                 }
             },

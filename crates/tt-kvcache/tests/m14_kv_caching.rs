@@ -427,6 +427,9 @@ mod seam {
         use tt_transformer::generate::GenerateConfig;
         let mut m = trained(12);
         map_linears(&mut m, |_, l| l.set_projection(Arc::new(TransposedF64::of(l.projection()?.as_ref())))).unwrap();
+        // The token table too: lookups read its rows, and the tied head multiplies by it.
+        let table = Arc::new(TransposedF64::of(m.tok_emb.projection().unwrap().as_ref()));
+        m.tok_emb.set_projection(table).unwrap();
         let params =
             |m: &Gpt| tt_tensor::serialize::to_safetensors_bytes(&tt_tensor::Module::named_parameters(m), None);
         let saved = params(&m).unwrap();
@@ -438,8 +441,8 @@ mod seam {
         drop(before);
 
         let frozen = tt_tensor::nn::freeze(&mut m).unwrap();
-        assert_eq!(frozen.layers.len(), 8, "{:?}", frozen.layers);
-        assert!(m.blocks.iter().all(|b| b.mlp.fc.weight.is_released()));
+        assert_eq!(frozen.layers.len(), 9, "{:?}", frozen.layers);
+        assert!(m.tok_emb.weight.is_released() && m.blocks.iter().all(|b| b.mlp.fc.weight.is_released()));
         let mut after = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
         assert_eq!(generate_cached(&mut after, &prompts, &cfg).unwrap().tokens, want);
         assert_eq!(after.prefill(&prompts[0], 4).unwrap(), &want_logits[..]);

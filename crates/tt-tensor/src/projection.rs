@@ -91,6 +91,16 @@ pub trait Projection: Send + Sync + Debug {
     /// The matrix this projection applies, `[out, in]` (dequantized / densified): the reference.
     fn to_dense(&self) -> Array2<f32>;
 
+    /// Row `o` of [`Projection::to_dense`] into `out` (`in` values): an embedding lookup, when
+    /// the matrix is a token table (a tied head's). The default builds the whole dense matrix —
+    /// correct, and far too slow for a table: a format that can serve as one overrides it.
+    ///
+    /// # Panics
+    /// `o ≥ out` or `out.len() ≠ in`.
+    fn dense_row(&self, o: usize, out: &mut [f32]) {
+        out.copy_from_slice(self.to_dense().row(o).as_slice().expect("to_dense is standard layout"));
+    }
+
     /// Bytes the stored weight occupies.
     fn storage_bytes(&self) -> usize;
 
@@ -210,6 +220,11 @@ impl Projection for DenseF32 {
     }
     fn to_dense(&self) -> Array2<f32> {
         self.weight.data().clone().into_dimensionality::<Ix2>().expect("checked 2-D at construction")
+    }
+    fn dense_row(&self, o: usize, out: &mut [f32]) {
+        let in_f = self.shape.1;
+        let w = self.weight.data();
+        out.copy_from_slice(&w.as_slice().expect("tensor data is standard layout")[o * in_f..(o + 1) * in_f]);
     }
     fn storage_bytes(&self) -> usize {
         4 * self.shape.0 * self.shape.1

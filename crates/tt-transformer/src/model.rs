@@ -413,8 +413,8 @@ impl Gpt {
         Gpt::new_with(config, &mut |_, _| Ok(None))
     }
 
-    /// [`Gpt::new`] with each linear weight stored as `format(path, weight)` decides the moment
-    /// it is drawn: a weight format (the layer then holds only the format: see
+    /// [`Gpt::new`] with each linear weight — and the token table (`"tok_emb"`, which a tied head
+    /// shares) — stored as `format(path, weight)` decides the moment it is drawn: a weight format (the layer then holds only the format: see
     /// [`Linear::from_projection`]) or `None` to keep it dense. The weights drawn are `Gpt::new`'s
     /// for the same seed, so `format = quantize` builds exactly the quantized `Gpt::new(config)`
     /// while holding at most one layer's f32 weight at a time — how a model too large for its
@@ -430,6 +430,14 @@ impl Gpt {
         let mut normal = |shape: &[usize], std: f32| randn_array(shape, 0.0, std, &mut rng);
         let zeros = |n: usize| Tensor::param(Array::zeros(IxDyn(&[n])));
         let resid_std = 0.02 / ((2 * l) as f32).sqrt();
+        // In a block: a table stored in a format is dropped before the layers are drawn.
+        let tok_emb = {
+            let table = normal(&[v, d], 0.02).into_dimensionality::<ndarray::Ix2>().expect("drawn 2-D");
+            match format("tok_emb", &table)? {
+                Some(p) => Embedding::from_projection(p, "tok_emb.weight")?,
+                None => Embedding::from_tensor(Tensor::param(table.into_dyn()))?,
+            }
+        };
         let mut linear = |path: String, w: Array, bias: Option<usize>| -> Result<Linear> {
             let w2 = w.into_dimensionality::<ndarray::Ix2>().expect("drawn 2-D");
             let bias = bias.map(zeros);
@@ -438,7 +446,6 @@ impl Gpt {
                 None => Linear::from_tensors(Tensor::param(w2.into_dyn()), bias).expect("shapes built consistently"),
             })
         };
-        let tok_emb = Embedding { weight: Tensor::param(normal(&[v, d], 0.02)) };
         let pos_emb = match config.position {
             PositionEncoding::Learned => Tensor::param(normal(&[config.max_seq_len, d], 0.01)),
             PositionEncoding::Sinusoidal => Tensor::from_array(sinusoidal_table(config.max_seq_len, d)),
@@ -493,7 +500,13 @@ impl Gpt {
         let h = self.ln_f.forward(h)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&h)?,
-            None => h.linear(&self.tok_emb.weight, None)?,
+            // Tied: the embedding table's own format, as for any layer, when no graph is recorded.
+            None => match self.tok_emb.installed_projection() {
+                Some(_) if !tt_tensor::is_grad_enabled() || !self.tok_emb.weight.requires_grad() => {
+                    h.project(self.tok_emb.projection()?.as_ref(), None)?
+                }
+                _ => h.linear(&self.tok_emb.weight, None)?,
+            },
         })
     }
 

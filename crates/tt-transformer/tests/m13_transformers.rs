@@ -447,8 +447,8 @@ mod seam {
                 Ok(Some(Arc::new(DenseF32::from_array(w.clone()))))
             })
             .unwrap();
-            assert_eq!(paths.len(), 4 * cfg.n_layers + usize::from(!tie));
-            assert_eq!(paths[..2], ["blocks.0.attn.qkv", "blocks.0.attn.proj"]);
+            assert_eq!(paths.len(), 1 + 4 * cfg.n_layers + usize::from(!tie));
+            assert_eq!(paths[..3], ["tok_emb", "blocks.0.attn.qkv", "blocks.0.attn.proj"]);
             let released = built.named_parameters().into_iter().filter(|(_, t)| t.is_released()).count();
             assert_eq!(released, paths.len());
             let bytes = |m: &Gpt| tt_tensor::serialize::to_safetensors_bytes(&m.named_parameters(), None).unwrap();

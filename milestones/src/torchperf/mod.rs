@@ -275,34 +275,9 @@ fn serve_child(opts: &Options, level: Option<&str>) -> Result<Option<Value>> {
         Some(l) => cmd.env("TT_ACCEL_LEVEL", l),
         None => cmd.env_remove("TT_ACCEL_LEVEL"),
     };
-    // A hung child must not hang the milestone: its SingleStream run takes seconds (600 s with
-    // --full), so allow that and a margin.
+    // Its SingleStream run takes seconds (600 s with --full): allow that and a margin.
     let limit = Duration::from_secs(if opts.full { 900 } else { 300 });
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| MilestoneError::Other(format!("cannot run {}: {e}", exe.display())))?;
-    let started = std::time::Instant::now();
-    while child.try_wait().map_err(|e| MilestoneError::Other(format!("serving process: {e}")))?.is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(MilestoneError::Other(format!("serving process did not finish in {limit:?}")));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().map_err(|e| MilestoneError::Other(format!("serving process: {e}")))?;
-    if !out.status.success() {
-        return Err(MilestoneError::Other(format!(
-            "serving process failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    serde_json::from_slice(&out.stdout)
-        .map(Some)
-        .map_err(|e| MilestoneError::Other(format!("serving process printed no JSON: {e}")))
+    crate::child::run_json(cmd, limit, "serving process").map(Some)
 }
 
 /// Peak resident set of this process in bytes (`VmHWM` in `/proc/self/status`), if the OS says.

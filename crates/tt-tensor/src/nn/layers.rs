@@ -353,8 +353,13 @@ impl Module for Flatten {
 }
 
 /// Lookup table `[num_embeddings, dim]`.
+///
+/// Like [`Linear`], it may carry a [`Projection`] of its table (out = rows, in = dim) — the same
+/// matrix in another format, int8 for instance, which a tied output head then runs as well.
+/// Without a recorded graph, lookups read rows from it ([`Projection::dense_row`]).
 pub struct Embedding {
     pub weight: Tensor,
+    projection: Option<InstalledProjection>,
 }
 
 impl Embedding {
@@ -366,22 +371,102 @@ impl Embedding {
         check_normal("Embedding::new", 0.0, std)?;
         checked_numel("Embedding::new", &[num, dim])?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Ok(Embedding { weight: Tensor::param(randn_array(&[num, dim], 0.0, std, &mut rng)) })
+        Ok(Embedding { weight: Tensor::param(randn_array(&[num, dim], 0.0, std, &mut rng)), projection: None })
     }
 
-    /// Looks up ids; the output has shape `ids_shape + [dim]`.
+    /// Wraps an existing table `[num, dim]`.
     ///
     /// # Errors
-    /// An `ids_shape` that does not hold `ids.len()` ids (or whose size overflows), or an id
-    /// outside the table.
+    /// A table that is not 2-D.
+    pub fn from_tensor(weight: Tensor) -> Result<Embedding> {
+        let s = weight.shape();
+        if s.len() != 2 {
+            return Err(TensorError::invalid_shape("Embedding::from_tensor", &s, "table must be [num, dim]"));
+        }
+        Ok(Embedding { weight, projection: None })
+    }
+
+    /// A table that exists only in the format `p` (see [`Linear::from_projection`]).
+    pub fn from_projection(p: Arc<dyn Projection>, label: &str) -> Result<Embedding> {
+        let (rows, dim) = p.shape();
+        let (weight, installed) =
+            InstalledProjection::born_released("Embedding::from_projection", label, &[rows, dim], p)?;
+        Ok(Embedding { weight, projection: Some(installed) })
+    }
+
+    /// Installs `p` as the table's format and sets `weight` to `p.to_dense()` (see
+    /// [`Linear::set_projection`]).
+    ///
+    /// # Errors
+    /// If `p.shape()` is not the table's `(num, dim)`.
+    pub fn set_projection(&mut self, p: Arc<dyn Projection>) -> Result<()> {
+        self.projection = Some(InstalledProjection::install("Embedding::set_projection", &self.weight, p)?);
+        Ok(())
+    }
+
+    /// The installed projection, if any.
+    pub fn installed_projection(&self) -> Option<&Arc<dyn Projection>> {
+        self.projection.as_ref().map(InstalledProjection::projection)
+    }
+
+    /// The table as a projection: the installed format, or a [`DenseF32`] sharing `weight`.
+    ///
+    /// # Errors
+    /// If `weight` was written after the installed projection was built from it.
+    pub fn projection(&self) -> Result<Arc<dyn Projection>> {
+        match &self.projection {
+            Some(i) => Ok(i.current("Embedding", &self.weight)?.clone()),
+            None => Ok(Arc::new(DenseF32::new(self.weight.clone())?)),
+        }
+    }
+
+    /// Frees the dense table (see [`Linear::release_weight`]).
+    ///
+    /// # Errors
+    /// As [`Linear::release_weight`].
+    pub fn release_weight(&self, label: &str) -> Result<usize> {
+        match &self.projection {
+            Some(i) => i.release("Embedding::release_weight", label, &self.weight),
+            None => Err(TensorError::arg(
+                "Embedding::release_weight",
+                format!("{label}: no format installed, so the dense table is the only copy"),
+            )),
+        }
+    }
+
+    /// Looks up ids; the output has shape `ids_shape + [dim]`. Reads rows from the installed
+    /// format when no graph is recorded.
+    ///
+    /// # Errors
+    /// An `ids_shape` that does not hold `ids.len()` ids (or whose size overflows), an id
+    /// outside the table, a stale format, or a released table while a graph is recorded.
     pub fn forward_ids(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Tensor> {
         if checked_numel("Embedding", ids_shape)? != ids.len() {
             return Err(TensorError::invalid_shape("Embedding", ids_shape, format!("does not hold {} ids", ids.len())));
         }
-        let rows = self.weight.index_select_rows(ids)?;
+        let (rows, dim) = {
+            let s = self.weight.shape();
+            (s[0], s[1])
+        };
         let mut shape = ids_shape.to_vec();
-        shape.push(self.weight.shape()[1]);
-        rows.reshape(&shape)
+        shape.push(dim);
+        match &self.projection {
+            Some(i) if !records_graph(&[Some(&self.weight)]) => {
+                let p = i.current("Embedding", &self.weight)?;
+                if let Some(&bad) = ids.iter().find(|&&id| id >= rows) {
+                    return Err(TensorError::arg("Embedding", format!("id {bad} out of range for {rows} rows")));
+                }
+                let mut out = vec![0.0f32; ids.len() * dim];
+                for (o, &id) in out.chunks_exact_mut(dim.max(1)).zip(ids) {
+                    p.dense_row(id, o);
+                }
+                Tensor::from_vec(out, &shape)
+            }
+            _ => {
+                check_resident("Embedding", &self.weight)?;
+                self.weight.index_select_rows(ids)?.reshape(&shape)
+            }
+        }
     }
 }
 
@@ -408,6 +493,9 @@ impl Module for Embedding {
     }
     fn kind(&self) -> &'static str {
         "Embedding"
+    }
+    fn as_embedding(&self) -> Option<&Embedding> {
+        Some(self)
     }
 }
 

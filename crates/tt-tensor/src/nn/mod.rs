@@ -63,6 +63,11 @@ pub trait Module: Send + Sync {
         None
     }
 
+    /// `Some` if this layer is an [`Embedding`].
+    fn as_embedding(&self) -> Option<&Embedding> {
+        None
+    }
+
     /// All parameters, unnamed.
     fn parameters(&self) -> Vec<Tensor> {
         self.named_parameters().into_iter().map(|(_, t)| t).collect()
@@ -202,8 +207,8 @@ pub struct Frozen {
     pub bytes_freed: usize,
 }
 
-/// Inference-only weights: releases the dense weight of every [`Linear`] and [`Conv2d`] below
-/// `m` that carries a weight format ([`Linear::set_projection`]), so the format's bytes are the
+/// Inference-only weights: releases the dense weight of every [`Linear`], [`Conv2d`] and
+/// [`Embedding`] below `m` that carries a weight format ([`Linear::set_projection`]), so the format's bytes are the
 /// only copy in memory. Layers still in dense f32 keep their weight: it is their storage.
 ///
 /// Nothing else changes: the model computes the same function (its layers run their formats, as
@@ -237,6 +242,8 @@ pub fn freeze(m: &mut dyn Module) -> Result<Frozen> {
             l.release_weight(&label)?
         } else if let Some(c) = layer.as_conv2d().filter(|c| c.installed_projection().is_some()) {
             c.release_weight(&label)?
+        } else if let Some(e) = layer.as_embedding().filter(|e| e.installed_projection().is_some()) {
+            e.release_weight(&label)?
         } else {
             return Ok(());
         };

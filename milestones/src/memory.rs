@@ -1,0 +1,205 @@
+//! Milestone `memory` (module 17, issue 20): the memory a process really holds for a model in each
+//! weight format, at sizes where it binds.
+//!
+//! For each model shape (the course GPT; GPTs of the llama2.c `stories42M` and `stories110M`
+//! shapes, random weights) and each format (fp32, int8, int4, 50% of the MLP units pruned), a
+//! **separate process** (`tito memory-child`) builds the model format by format
+//! (`Gpt::new_with`: no f32 copy of a quantized layer ever exists beside its codes), decodes 256
+//! tokens with the KV-cached decoder and reports its peak resident set (`VmHWM`), the bytes of
+//! its weights and of its KV cache, and its decode rate. The parent adds each row's roofline
+//! bound: the bytes one decode step reads, over the measured bandwidth of the memory level they
+//! live in. Bytes on disk play no part: every figure is what the process held or read.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ndarray::Array2;
+use serde_json::{json, Value};
+use tt_accel::packed::PackedF32;
+use tt_kvcache::{generate_cached, CachedGpt, OverflowPolicy};
+use tt_profile::roofline::MemoryLevels;
+use tt_quant::{Activations, Int8Linear, WeightConfig};
+use tt_tensor::{Module, Projection};
+use tt_transformer::generate::GenerateConfig;
+use tt_transformer::{Gpt, GptConfig};
+
+use crate::{transformer, MilestoneError, Options, Result};
+
+pub const NAME: &str = "memory";
+
+/// Tokens decoded after the prompt.
+pub const TOKENS: usize = 256;
+const PROMPT: usize = 16;
+
+/// The weight formats measured, by the name the JSON rows carry.
+pub const WEIGHTS: [&str; 4] = ["fp32", "int8", "int4", "pruned50"];
+
+/// The model shapes: the course GPT (`vocab` from its tokenizer) and llama2.c's two TinyStories
+/// shapes (d_model, layers, heads; context 1024, vocabulary 32,000) as GPT-2-style blocks.
+fn shapes(vocab: usize, quick: bool) -> Vec<(&'static str, GptConfig)> {
+    let course = transformer::model_config(vocab, false);
+    let stories = |d, layers, heads| GptConfig {
+        vocab_size: 32_000,
+        d_model: d,
+        n_layers: layers,
+        n_heads: heads,
+        max_seq_len: 1024,
+        ..GptConfig::default_model(32_000)
+    };
+    let mut v = vec![("course", course)];
+    if !quick {
+        v.push(("stories42M", stories(512, 8, 8)));
+        v.push(("stories110M", stories(768, 12, 12)));
+    }
+    v
+}
+
+/// The body of `tito memory-child`: builds `config` in `weights`, decodes [`TOKENS`] tokens
+/// (fewer with `tokens`), and reports what the process held. Run it in a process of its own:
+/// the peak resident set is the whole process's.
+///
+/// # Errors
+/// An unknown format, a format not implemented yet, or the decoder's errors.
+pub fn child_main(config: GptConfig, weights: &str, tokens: usize) -> Result<Value> {
+    let mut config = config;
+    match weights {
+        "fp32" | "int8" => {}
+        "pruned50" => config.mlp_hidden = Some((0..config.n_layers).map(|l| config.hidden(l) / 2).collect()),
+        "int4" => return Err(MilestoneError::Other("int4 weights are not implemented yet".into())),
+        other => return Err(MilestoneError::Other(format!("unknown weight format '{other}' (one of {WEIGHTS:?})"))),
+    }
+    let model = Gpt::new_with(config.clone(), &mut |path, w| layer_format(weights, path, w))?;
+    let context = PROMPT + tokens;
+    let mut engine = CachedGpt::with_context(&model, 1, OverflowPolicy::Error, context)?;
+    engine.set_row_kernels(tt_accel::fused::row_kernels());
+    let projections: usize = engine.projection_formats().iter().map(|p| p.2).sum();
+    // Everything else the model holds in f32: embeddings, norms, biases (released weights hold
+    // nothing; their bytes are the formats' above).
+    let dense: usize = model.parameters().iter().filter(|t| !t.is_released()).map(|t| 4 * t.numel()).sum();
+    // A tied head is the token table: a dense one is counted in `dense` already.
+    let shared_head = model.lm_head.is_none() && !model.tok_emb.weight.is_released();
+    let head = engine.projection_formats().last().map_or(0, |p| p.2);
+    let weight_bytes = projections + dense - if shared_head { head } else { 0 };
+    let prompt: Vec<usize> = (0..PROMPT).map(|i| (i * 7919 + 13) % config.vocab_size).collect();
+    let trace = generate_cached(&mut engine, &[prompt], &GenerateConfig::greedy(tokens))?;
+    let decode_s: f64 = trace.step_seconds.iter().skip(1).sum();
+    let kv_bytes = engine.cache().memory_bytes();
+    Ok(json!({
+        "weights": weights,
+        "params": model.num_parameters(),
+        "weight_bytes": weight_bytes,
+        "projection_bytes": projections,
+        "kv_bytes": kv_bytes,
+        "context": context,
+        "tokens": trace.tokens[0].len(),
+        "decode_tok_s": (trace.step_seconds.len().saturating_sub(1)) as f64 / decode_s,
+        "peak_rss_bytes": crate::torchperf::peak_rss_bytes(),
+        "level": tt_accel::level().name(),
+        "int_level": tt_quant::IntLevel::current().name(),
+    }))
+}
+
+/// The format of the layer at `path` in `weights`; `None` keeps it dense f32. The fp32 rows run
+/// tt-accel's packed projections (the fastest f32 engine here, the same bytes as dense).
+fn layer_format(weights: &str, path: &str, w: &Array2<f32>) -> tt_tensor::Result<Option<Arc<dyn Projection>>> {
+    Ok(match weights {
+        "int8" => Some(Arc::new(
+            Int8Linear::new(w, WeightConfig::PER_CHANNEL, Activations::Dynamic)
+                .map_err(|e| tt_tensor::TensorError::InvalidArgument { op: "int8", reason: e.to_string() })?,
+        )),
+        _ if path == "tok_emb" => None,
+        _ => Some(Arc::new(PackedF32::new(w))),
+    })
+}
+
+/// Bytes one decode step reads: every projection once (the head included), and the KV cache up
+/// to the middle of the generation on average.
+fn bytes_per_step(row: &Value) -> Result<usize> {
+    let n = |k: &str| row[k].as_u64().map(|v| v as usize).ok_or_else(|| bad_row(k));
+    let kv_mid = n("kv_bytes")? * (PROMPT + n("tokens")? / 2) / n("context")?.max(1);
+    Ok(n("projection_bytes")? + kv_mid)
+}
+
+fn bad_row(key: &str) -> MilestoneError {
+    MilestoneError::Other(format!("memory: a child's row has no '{key}'"))
+}
+
+/// Runs one child and returns its row.
+fn child(exe: &Path, config: &GptConfig, weights: &str, tokens: usize) -> Result<Value> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("memory-child")
+        .arg("--config")
+        .arg(serde_json::to_string(config).map_err(|e| MilestoneError::Other(e.to_string()))?)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--tokens")
+        .arg(tokens.to_string());
+    crate::child::run_json(cmd, Duration::from_secs(600), "memory child")
+}
+
+pub fn run(opts: &Options) -> Result<Value> {
+    let Some(exe) = &opts.serve_exe else {
+        return Err(MilestoneError::Other(
+            "the memory milestone measures separate processes: run it from tito (`cargo tito milestone memory`)".into(),
+        ));
+    };
+    let (model, _, _, _) = transformer::load_or_train(&Options { corpus: None, quiet: true, ..opts.clone() })?;
+    let vocab = model.config.vocab_size;
+    drop(model);
+    let tokens = if opts.quick { 32 } else { TOKENS };
+    let mem = MemoryLevels::measure(opts.quick)?;
+    opts.say(format!(
+        "memory: each row a separate process that builds the model format by format and decodes {tokens} tokens after a {PROMPT}-token prompt (batch 1, one thread, f32 KV cache sized for {} positions)",
+        PROMPT + tokens
+    ));
+    opts.say(format!(
+        "{:<12} {:<9} {:>12} {:>12} {:>12} {:>9} {:>10} {:>14}",
+        "shape", "weights", "weights MB", "KV cache MB", "peak RSS MB", "× fp32", "tok/s", "roofline tok/s"
+    ));
+    let mut rows = Vec::new();
+    for (shape, config) in shapes(vocab, opts.quick) {
+        let mut fp32_rss = None;
+        for weights in WEIGHTS {
+            let mut row = match child(exe, &config, weights, tokens) {
+                Ok(r) => r,
+                Err(e) if weights == "int4" => {
+                    opts.say(format!("{shape:<12} {weights:<9} not measured: {e}"));
+                    rows.push(json!({"shape": shape, "weights": weights, "error": e.to_string()}));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (level, roof) = mem.decode_bound_tok_s(bytes_per_step(&row)?);
+            row["shape"] = json!(shape);
+            row["config"] = json!({"d_model": config.d_model, "n_layers": config.n_layers, "n_heads": config.n_heads, "vocab_size": config.vocab_size, "max_seq_len": config.max_seq_len});
+            row["roofline_tok_s"] = json!(roof);
+            row["roofline_level"] = json!(level);
+            row["bytes_per_step"] = json!(bytes_per_step(&row)?);
+            let rss = row["peak_rss_bytes"].as_f64().ok_or_else(|| bad_row("peak_rss_bytes"))?;
+            let fp32 = *fp32_rss.get_or_insert(rss);
+            row["rss_vs_fp32"] = json!(rss / fp32);
+            let mb = |k: &str| row[k].as_f64().unwrap_or(f64::NAN) / 1e6;
+            opts.say(format!(
+                "{shape:<12} {weights:<9} {:>12.1} {:>12.1} {:>12.1} {:>8.2}x {:>10.1} {:>10.1} ({level})",
+                mb("weight_bytes"),
+                mb("kv_bytes"),
+                rss / 1e6,
+                rss / fp32,
+                row["decode_tok_s"].as_f64().unwrap_or(f64::NAN),
+                roof
+            ));
+            rows.push(row);
+        }
+    }
+    Ok(json!({
+        "milestone": NAME,
+        "tokens": tokens,
+        "prompt_tokens": PROMPT,
+        "memory_levels": {
+            "l1_read_gbs": mem.l1_read_gbs, "l2_read_gbs": mem.l2_read_gbs,
+            "l3_read_gbs": mem.l3_read_gbs, "dram_read_gbs": mem.dram_read_gbs,
+        },
+        "rows": rows,
+    }))
+}
