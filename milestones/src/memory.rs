@@ -192,6 +192,9 @@ pub fn run(opts: &Options) -> Result<Value> {
             rows.push(row);
         }
     }
+    let path = opts.cache_dir.join(NAME).join("peak_rss.svg");
+    chart(&path, &rows)?;
+    opts.say(format!("chart: {}", path.display()));
     Ok(json!({
         "milestone": NAME,
         "tokens": tokens,
@@ -202,4 +205,51 @@ pub fn run(opts: &Options) -> Result<Value> {
         },
         "rows": rows,
     }))
+}
+
+/// Peak resident memory of each row as bars, grouped by shape, the weights' share darker.
+fn chart(path: &Path, rows: &[Value]) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let measured: Vec<&Value> = rows.iter().filter(|r| r["peak_rss_bytes"].is_number()).collect();
+    let top = measured.iter().filter_map(|r| r["peak_rss_bytes"].as_f64()).fold(1.0, f64::max) / 1e6 * 1.15;
+    let root = SVGBackend::new(path, (820, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("peak resident memory per process (MB; dark: weight bytes)", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(0f64..measured.len().max(1) as f64, 0f64..top)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .x_desc("shape / weights")
+        .y_desc("MB")
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (i, r) in measured.iter().enumerate() {
+        let mb = |k: &str| r[k].as_f64().unwrap_or(0.0) / 1e6;
+        let x = i as f64;
+        chart
+            .draw_series([
+                Rectangle::new([(x + 0.1, 0.0), (x + 0.9, mb("peak_rss_bytes"))], BLUE.mix(0.35).filled()),
+                Rectangle::new([(x + 0.1, 0.0), (x + 0.9, mb("weight_bytes"))], BLUE.filled()),
+            ])
+            .map_err(|e| err(e.to_string()))?;
+        let label = format!("{} {}", r["shape"].as_str().unwrap_or(""), r["weights"].as_str().unwrap_or(""));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label,
+                (x + 0.1, mb("peak_rss_bytes") + top * 0.02),
+                ("sans-serif", 10),
+            )))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))
 }
