@@ -352,6 +352,45 @@ impl InstalledProjection {
     }
 }
 
+/// The projection a layer with format `slot` computes with: the installed one, or a [`DenseF32`]
+/// sharing `weight` (no copy).
+pub(crate) fn layer_projection(
+    op: &'static str,
+    slot: &Option<InstalledProjection>,
+    weight: &Tensor,
+) -> Result<Arc<dyn Projection>> {
+    match slot {
+        Some(i) => Ok(i.current(op, weight)?.clone()),
+        None => Ok(Arc::new(DenseF32::new(weight.clone())?)),
+    }
+}
+
+/// Releases the dense `weight` of a layer with format `slot` (see [`Tensor::release`]).
+pub(crate) fn release_layer_weight(
+    op: &'static str,
+    slot: &Option<InstalledProjection>,
+    label: &str,
+    weight: &Tensor,
+) -> Result<usize> {
+    match slot {
+        Some(i) => i.release(op, label, weight),
+        None => Err(TensorError::arg(
+            op,
+            format!("{label}: no weight format installed, so the dense weight is the only copy"),
+        )),
+    }
+}
+
+/// Removes a layer's format; its dense weight becomes the layer's only copy, so it is made
+/// resident again if it was released.
+pub(crate) fn clear_layer_format(
+    slot: &mut Option<InstalledProjection>,
+    weight: &Tensor,
+) -> Option<Arc<dyn Projection>> {
+    weight.make_resident();
+    slot.take().map(|i| i.projection)
+}
+
 /// Recomputes a weight of `shape` from `p` (whose `(out, in)` flattens `shape`).
 fn materializer(p: Arc<dyn Projection>, shape: Vec<usize>) -> crate::tensor::Materialize {
     Arc::new(move || {

@@ -5,7 +5,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::Module;
 use crate::error::{Result, TensorError};
-use crate::projection::{check_resident, records_graph, DenseF32, InstalledProjection, Projection};
+use crate::projection::{
+    check_resident, clear_layer_format, layer_projection, records_graph, release_layer_weight, InstalledProjection,
+    Projection,
+};
 use crate::tensor::{check_normal, checked_numel, randn_array, uniform_array, Array, Tensor};
 
 /// A reparametrization of a layer's dense forward pass: the weight and the input pass through
@@ -110,8 +113,7 @@ impl Linear {
     /// Removes the installed projection and returns it; the dense weight stays (made resident
     /// again if it was released: without the projection it is the layer's only copy).
     pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
-        self.weight.make_resident();
-        self.projection.take().map(|i| i.projection().clone())
+        clear_layer_format(&mut self.projection, &self.weight)
     }
 
     /// Frees the dense weight so the installed projection's storage is the only copy in memory
@@ -122,13 +124,7 @@ impl Linear {
     /// No projection installed (the dense weight is then the layer's only copy), or the weight
     /// changed since it was installed.
     pub fn release_weight(&self, label: &str) -> Result<usize> {
-        match &self.projection {
-            Some(i) => i.release("Linear::release_weight", label, &self.weight),
-            None => Err(TensorError::arg(
-                "Linear::release_weight",
-                format!("{label}: no weight format installed, so the dense weight is the only copy"),
-            )),
-        }
+        release_layer_weight("Linear::release_weight", &self.projection, label, &self.weight)
     }
 
     /// Installs (Some) or removes (None) a [`ForwardTransform`]; returns the previous one.
@@ -146,16 +142,13 @@ impl Linear {
         self.projection.as_ref().map(InstalledProjection::projection)
     }
 
-    /// The projection this layer computes with: the installed one, or else a [`DenseF32`] that
+    /// The projection this layer computes with: the installed one, or else a [`DenseF32`](crate::projection::DenseF32) that
     /// **shares** `weight` (no copy). What the KV-cached decoder holds.
     ///
     /// # Errors
     /// If `weight` was written after the installed projection was built from it.
     pub fn projection(&self) -> Result<Arc<dyn Projection>> {
-        match &self.projection {
-            Some(i) => Ok(i.current("Linear", &self.weight)?.clone()),
-            None => Ok(Arc::new(DenseF32::new(self.weight.clone())?)),
-        }
+        layer_projection("Linear", &self.projection, &self.weight)
     }
 }
 
@@ -238,8 +231,7 @@ impl Conv2d {
 
     /// Removes the installed projection and returns it (see [`Linear::clear_projection`]).
     pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
-        self.weight.make_resident();
-        self.projection.take().map(|i| i.projection().clone())
+        clear_layer_format(&mut self.projection, &self.weight)
     }
 
     /// Frees the dense weight (see [`Linear::release_weight`]).
@@ -247,13 +239,7 @@ impl Conv2d {
     /// # Errors
     /// As [`Linear::release_weight`].
     pub fn release_weight(&self, label: &str) -> Result<usize> {
-        match &self.projection {
-            Some(i) => i.release("Conv2d::release_weight", label, &self.weight),
-            None => Err(TensorError::arg(
-                "Conv2d::release_weight",
-                format!("{label}: no weight format installed, so the dense weight is the only copy"),
-            )),
-        }
+        release_layer_weight("Conv2d::release_weight", &self.projection, label, &self.weight)
     }
 
     /// The installed projection, if any.
@@ -409,15 +395,12 @@ impl Embedding {
         self.projection.as_ref().map(InstalledProjection::projection)
     }
 
-    /// The table as a projection: the installed format, or a [`DenseF32`] sharing `weight`.
+    /// The table as a projection: the installed format, or a [`DenseF32`](crate::projection::DenseF32) sharing `weight`.
     ///
     /// # Errors
     /// If `weight` was written after the installed projection was built from it.
     pub fn projection(&self) -> Result<Arc<dyn Projection>> {
-        match &self.projection {
-            Some(i) => Ok(i.current("Embedding", &self.weight)?.clone()),
-            None => Ok(Arc::new(DenseF32::new(self.weight.clone())?)),
-        }
+        layer_projection("Embedding", &self.projection, &self.weight)
     }
 
     /// Frees the dense table (see [`Linear::release_weight`]).
@@ -425,13 +408,7 @@ impl Embedding {
     /// # Errors
     /// As [`Linear::release_weight`].
     pub fn release_weight(&self, label: &str) -> Result<usize> {
-        match &self.projection {
-            Some(i) => i.release("Embedding::release_weight", label, &self.weight),
-            None => Err(TensorError::arg(
-                "Embedding::release_weight",
-                format!("{label}: no format installed, so the dense table is the only copy"),
-            )),
-        }
+        release_layer_weight("Embedding::release_weight", &self.projection, label, &self.weight)
     }
 
     /// Looks up ids; the output has shape `ids_shape + [dim]`. Reads rows from the installed
