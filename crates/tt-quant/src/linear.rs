@@ -124,6 +124,14 @@ struct RowQ {
     finite: bool,
 }
 
+/// A finite row's quantization as the epilogues read it: `S_a`, `Z_a`, `Σa`.
+#[derive(Debug, Clone, Copy)]
+struct RowIn {
+    sa: f32,
+    za: i32,
+    asum: i32,
+}
+
 /// Where the parts of a forward call's workspace go, for `rows` rows: i32 accumulators (f32 sums
 /// for per-group weights), per-row `[scale bits, Z, Σa, finite]` as u32s, per-row `Z` as i32s
 /// (the group kernels' operand), then the activation bytes. The first three parts get slack (8,
@@ -287,7 +295,7 @@ impl Int8Linear {
     fn quantize_row_packed(&self, x: &[f32], out: &mut [u8]) -> RowQ {
         let packed = self.kernel.packed();
         let group = packed.group();
-        if group % 4 == 0 || packed.groups() <= 1 {
+        if group.is_multiple_of(4) || packed.groups() <= 1 {
             return self.quantize_row(x, out);
         }
         let (q, simd) = self.row_params(x);
@@ -366,7 +374,7 @@ impl Int8Linear {
         }
         let simd = self.level == IntLevel::Avx512Vnni;
         // Each row's outputs once its product is done: NaN for a non-finite row, else `write`.
-        let mut rows_out = |write: &mut dyn FnMut(usize, f32, i32, i32, &mut [f32])| {
+        let mut rows_out = |write: &mut dyn FnMut(usize, RowIn, &mut [f32])| {
             for r in 0..rows {
                 let [s, z, sum, finite] = rq[r];
                 let yr = &mut y[r * out_f..(r + 1) * out_f];
@@ -374,7 +382,7 @@ impl Int8Linear {
                     yr.fill(f32::NAN);
                     continue;
                 }
-                write(r, f32::from_bits(s), z as i32, sum as i32, yr);
+                write(r, RowIn { sa: f32::from_bits(s), za: z as i32, asum: sum as i32 }, yr);
                 if let Some(gelu) = gelu {
                     gelu(yr);
                 }
@@ -384,23 +392,18 @@ impl Int8Linear {
             Kernel::Rows { packed, scales, zero_points, code_sums } => {
                 // SAFETY: every bit pattern is a valid i32; the aligned middle is at least acc_bytes.
                 let acc = unsafe { ints.align_to_mut::<i32>().1 };
-                packed.matmul(self.level, a, rows, acc).expect("the workspace layout holds rows × row_bytes and acc_cols");
-                let epilogue = rowops::Epilogue {
-                    code_sums,
-                    zero_points: zero_points.as_deref(),
-                    scales,
-                    bias,
-                    in_f,
-                };
-                rows_out(&mut |r, sa, za, asum, yr| {
-                    epilogue.row(&acc[r * cols..r * cols + out_f], sa, za, asum, yr, simd)
-                });
+                packed
+                    .matmul(self.level, a, rows, acc)
+                    .expect("the workspace layout holds rows × row_bytes and acc_cols");
+                let epilogue = rowops::Epilogue { code_sums, zero_points: zero_points.as_deref(), scales, bias, in_f };
+                rows_out(&mut |r, q, yr| epilogue.row(&acc[r * cols..r * cols + out_f], q.sa, q.za, q.asum, yr, simd));
             }
             Kernel::Groups(g) => {
                 // SAFETY: as above, for f32.
                 let sums = unsafe { ints.align_to_mut::<f32>().1 };
-                g.matmul(self.level, a, za, rows, sums).expect("the workspace layout holds rows × row_bytes and acc_cols");
-                rows_out(&mut |r, sa, _, _, yr| rowops::scale_row(&sums[r * cols..r * cols + out_f], sa, bias, yr));
+                g.matmul(self.level, a, za, rows, sums)
+                    .expect("the workspace layout holds rows × row_bytes and acc_cols");
+                rows_out(&mut |r, q, yr| rowops::scale_row(&sums[r * cols..r * cols + out_f], q.sa, bias, yr));
             }
         }
     }

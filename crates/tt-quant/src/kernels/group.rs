@@ -210,7 +210,7 @@ fn scalar_matmul(w: &PackedGroups, a: &[u8], za: &[i32], rows: usize, out: &mut 
                 let at = (panel * w.per_row + g) * PANEL;
                 for lane in 0..PANEL {
                     let t = s[lane].wrapping_sub(za[r].wrapping_mul(w.sums[at + lane]));
-                    f[lane] = f[lane] + t as f32 * w.scales[at + lane];
+                    f[lane] += t as f32 * w.scales[at + lane];
                 }
             }
             out[r * cols + panel * PANEL..][..PANEL].copy_from_slice(&f);
@@ -237,7 +237,11 @@ pub fn matmul_reference(a: &[u8], za: &[i32], q: &QuantizedMatrix, rows: usize) 
         _ => {
             return Err(QuantError::arg(
                 op,
-                format!("{} activations and {} zero points for {rows} rows of a {out_f}×{in_f} matrix", a.len(), za.len()),
+                format!(
+                    "{} activations and {} zero points for {rows} rows of a {out_f}×{in_f} matrix",
+                    a.len(),
+                    za.len()
+                ),
             ))
         }
     };
@@ -255,7 +259,7 @@ pub fn matmul_reference(a: &[u8], za: &[i32], q: &QuantizedMatrix, rows: usize) 
                     let s: i32 = ag.iter().zip(wg).map(|(&x, &c)| x as i32 * c as i32).sum();
                     let cs: i32 = wg.iter().map(|&c| c as i32).sum();
                     let t = s.wrapping_sub(za[r].wrapping_mul(cs));
-                    f = f + t as f32 * p.scale();
+                    f += t as f32 * p.scale();
                 }
             }
             y.push(f);
@@ -356,7 +360,10 @@ mod vnni {
                 let at = ((p0 + p) * w.per_row + g) * PANEL;
                 // SAFETY: panel p0 + p and group g < per_row: 16 values inside `sums`, `scales`.
                 let (cs, sc) = unsafe {
-                    (_mm512_loadu_si512(w.sums.as_ptr().add(at) as *const _), _mm512_loadu_ps(w.scales.as_ptr().add(at)))
+                    (
+                        _mm512_loadu_si512(w.sums.as_ptr().add(at) as *const _),
+                        _mm512_loadu_ps(w.scales.as_ptr().add(at)),
+                    )
                 };
                 for r in 0..R {
                     // SAFETY: r < R values inside `za`.

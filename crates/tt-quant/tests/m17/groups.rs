@@ -9,7 +9,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tt_quant::kernels::group::{matmul_reference, PackedGroups};
 use tt_quant::kernels::IntLevel;
-use tt_quant::{quantize_dynamic, Activations, Granularity, Int8Linear, QParams, QuantizedMatrix, Scheme, WeightConfig};
+use tt_quant::{
+    quantize_dynamic, Activations, Granularity, Int8Linear, QParams, QuantizedMatrix, Scheme, WeightConfig,
+};
 use tt_tensor::projection::{project, Projection, Workspace};
 
 const GROUPS: [usize; 9] = [1, 3, 5, 32, 64, 128, 200, 4096, 33];
