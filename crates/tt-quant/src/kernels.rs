@@ -9,12 +9,12 @@
 //! ```
 //!
 //! (for weights in groups of `g` inputs, `4k + j` counts the inputs with each group padded to a
-//! multiple of 4: [`PackedI8::new_grouped`]), so one 64-byte load holds 4 consecutive inputs of 16 outputs — exactly the operand of
-//! AVX-512 VNNI's `vpdpbusd`, which multiplies 4 u8·i8 pairs per 32-bit lane and adds them to
-//! the lane's i32 accumulator. Broadcasting 4 activation bytes of one row against that load
-//! advances 16 outputs by 4 inputs in one instruction; a tile of up to 12 rows × 2 panels keeps
-//! 24 accumulators in registers (each weight load serves up to 12 rows, each activation
-//! broadcast 2–4 panels). Activations are rows of `K4·4` bytes (zero-padded).
+//! multiple of 4: [`PackedI8::new_grouped`]), so one 64-byte load holds 4 consecutive inputs of 16
+//! outputs — exactly the operand of AVX-512 VNNI's `vpdpbusd`, which multiplies 4 u8·i8 pairs per
+//! 32-bit lane and adds them to the lane's i32 accumulator. Broadcasting 4 activation bytes of one
+//! row against that load advances 16 outputs by 4 inputs in one instruction; a tile of up to 12
+//! rows × 2 panels keeps 24 accumulators in registers (each weight load serves up to 12 rows, each
+//! activation broadcast 2–4 panels). Activations are rows of `K4·4` bytes (zero-padded).
 //!
 //! ## Levels ([`IntLevel`], from tt-accel's dispatch)
 //! - **AVX-512 VNNI**: `vpdpbusd` — no intermediate saturation, so exact for all codes.

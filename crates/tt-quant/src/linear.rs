@@ -24,16 +24,20 @@
 //! `t_g = Σ_{i∈g} (a_i − Z_a)·w_i`, folded into an f32 sum `f = Σ_g t_g·S_w[o, g]` in group order,
 //! then `y = f·S_a + b[o]`. Every level runs the same float operations in that one order, so the
 //! outputs are again bit-identical at every level (tested), and agree with the float formula to
-//! the rounding of `G + 2` f32 operations per output (`G` groups).
+//! the rounding of the f32 steps alone: per output a product and a sum per group, the scaling
+//! and the bias, `2G + 2` roundings of at most `2⁻²⁴` of `Σ_i |â_i·ŵ_i| + |b|` each (`G` groups;
+//! groups wider than 518 inputs add the conversion of `t_g`, exact below 2²⁴). The test allows
+//! `(2G + 3)·2⁻²⁴` of that sum.
 //!
 //! The activations stay quantized **per row, affine u8**, as for per-channel weights — where
 //! `runq.c` quantizes them per group, symmetric int8. Per row keeps one activation path for
 //! every weight format (the same rounding, NaN handling and workspace, so per-group and
 //! per-channel layers differ only in the weights), and u8 is the operand `vpdpbusd` takes
 //! (signed activations would need a shift by 128 and its correction anyway, the same work as
-//! `Z_a`'s). Per-group activation scales would cost a second scale per group in the inner loop
-//! and help only rows whose range one outlier dominates; the weights' groups are where Q8_0's
-//! accuracy comes from. Only symmetric per-group weights are accepted: an affine zero point
+//! `Z_a`'s). Per-group activation scales would add a multiply per group and row to the fold,
+//! a quantization pass per group, and a scale per group to the workspace, and they help only
+//! rows whose range one outlier dominates; the weights' groups are where Q8_0's accuracy comes
+//! from. Only symmetric per-group weights are accepted: an affine zero point
 //! per group would need the activations' sum per group in every row.
 //!
 //! ## One copy of the weight
