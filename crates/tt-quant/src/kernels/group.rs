@@ -157,7 +157,7 @@ impl PackedGroups {
             return Err(QuantError::arg(
                 "PackedGroups::matmul",
                 format!(
-                    "{rows} rows need {}·{rows} activation bytes, {rows} zero points, {}·{rows} outputs; got {}, {}, {}",
+                    "{rows} rows need {}·{rows} bytes, {rows} zero points, {}·{rows} outputs; got {}, {}, {}",
                     p.row_bytes(),
                     p.acc_cols(),
                     a.len(),
