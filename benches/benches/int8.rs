@@ -1,5 +1,6 @@
 //! int8 against f32 in one run: the integer GEMM (`PackedI8`, activations already u8) and the
-//! whole int8 projection (`Int8Linear`: quantize the rows, integer product, epilogue) against
+//! whole int8 projection (`Int8Linear`: quantize the rows, integer product, epilogue), per output
+//! channel and per group of 32 inputs (ggml's Q8_0 layout: the group kernels), against
 //! tt-accel's f32 projection (`PackedF32`) and packed GEMM, at decode shapes (1–8 rows) and at
 //! 512³. Throughput is in operations (2 per multiply-accumulate).
 
@@ -8,7 +9,7 @@ use ndarray::Array2;
 use tt_accel::gemm::{gemm, Rung};
 use tt_accel::packed::PackedF32;
 use tt_quant::kernels::IntLevel;
-use tt_quant::{Activations, Int8Linear, WeightConfig};
+use tt_quant::{Activations, Granularity, Int8Linear, Scheme, WeightConfig};
 use tt_tensor::projection::{Projection, Workspace};
 
 fn bench(c: &mut Criterion) {
@@ -28,6 +29,12 @@ fn bench(c: &mut Criterion) {
         ws.ensure(q.workspace_len(m));
         g.bench_function(BenchmarkId::new("int8_projection", &id), |b| {
             b.iter(|| q.forward_rows(&x, m, None, &mut y, ws.bytes()))
+        });
+        let q8_0 = WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(32) };
+        let qg = Int8Linear::new(&w, q8_0, Activations::Dynamic).expect("finite weights");
+        ws.ensure(qg.workspace_len(m));
+        g.bench_function(BenchmarkId::new("int8_group32_projection", &id), |b| {
+            b.iter(|| qg.forward_rows(&x, m, None, &mut y, ws.bytes()))
         });
         let packed = q.packed();
         let a = vec![77u8; m * packed.row_bytes()];

@@ -8,12 +8,13 @@
 //! packed[((panel·K4 + k)·16 + lane)·4 + j] = W[panel·16 + lane, 4k + j]     (0 past the edges)
 //! ```
 //!
-//! so one 64-byte load holds 4 consecutive inputs of 16 outputs — exactly the operand of
-//! AVX-512 VNNI's `vpdpbusd`, which multiplies 4 u8·i8 pairs per 32-bit lane and adds them to
-//! the lane's i32 accumulator. Broadcasting 4 activation bytes of one row against that load
-//! advances 16 outputs by 4 inputs in one instruction; a tile of up to 12 rows × 2 panels keeps
-//! 24 accumulators in registers (each weight load serves up to 12 rows, each activation
-//! broadcast 2–4 panels). Activations are rows of `K4·4` bytes (zero-padded).
+//! (for weights in groups of `g` inputs, `4k + j` counts the inputs with each group padded to a
+//! multiple of 4: [`PackedI8::new_grouped`]), so one 64-byte load holds 4 consecutive inputs of 16
+//! outputs — exactly the operand of AVX-512 VNNI's `vpdpbusd`, which multiplies 4 u8·i8 pairs per
+//! 32-bit lane and adds them to the lane's i32 accumulator. Broadcasting 4 activation bytes of one
+//! row against that load advances 16 outputs by 4 inputs in one instruction; a tile of up to 12
+//! rows × 2 panels keeps 24 accumulators in registers (each weight load serves up to 12 rows, each
+//! activation broadcast 2–4 panels). Activations are rows of `K4·4` bytes (zero-padded).
 //!
 //! ## Levels ([`IntLevel`], from tt-accel's dispatch)
 //! - **AVX-512 VNNI**: `vpdpbusd` — no intermediate saturation, so exact for all codes.
@@ -24,6 +25,8 @@
 //! - **Scalar**: the reference; index order, wrapping i32 adds (which never wrap: see [`MAX_K`]).
 
 use crate::error::{try_with_capacity, QuantError, Result};
+
+pub mod group;
 
 /// Outputs per panel (one 512-bit register of i32).
 pub const PANEL: usize = 16;
@@ -102,13 +105,19 @@ fn vnni_detected() -> bool {
 /// An int8 `[out, in]` matrix packed for the kernels (see the module docs).
 ///
 /// Every size the kernels' pointer arithmetic relies on — the packed length, `row_bytes`,
-/// `acc_cols` — is computed once, with checked arithmetic, in [`PackedI8::new`]; [`PackedI8::matmul`]
-/// checks the caller's slices against them (checked products) before any pointer is formed.
+/// `acc_cols` — is computed once, with checked arithmetic, in [`PackedI8::new_grouped`];
+/// [`PackedI8::matmul`] checks the caller's slices against them (checked products) before any
+/// pointer is formed.
 #[derive(Debug, Clone)]
 pub struct PackedI8 {
     packed: Vec<i8>,
     out_f: usize,
     in_f: usize,
+    /// Inputs per group (`in_f` for an ungrouped matrix; at least 1).
+    group: usize,
+    /// 4-input blocks per group: `ceil(group / 4)`.
+    gk4: usize,
+    /// 4-input blocks per row: `groups · gk4`.
     k4: usize,
     /// `k4·4`: bytes per activation row.
     row_bytes: usize,
@@ -117,39 +126,96 @@ pub struct PackedI8 {
 }
 
 impl PackedI8 {
-    /// Packs row-major codes `w` of an `[out_f, in_f]` matrix.
+    /// Packs row-major codes `w` of an `[out_f, in_f]` matrix (one group: the whole row).
     ///
     /// # Errors
     /// `w.len() != out_f·in_f`, `in_f > MAX_K` (its sums could overflow i32), or `out_f` so
     /// large that its padded width overflows `usize`.
     pub fn new(w: &[i8], out_f: usize, in_f: usize) -> Result<PackedI8> {
+        Self::new_grouped(w, out_f, in_f, in_f.max(1))
+    }
+
+    /// Packs row-major codes `w` of an `[out_f, in_f]` matrix whose rows are cut into groups of
+    /// `group` inputs (the last one ragged when `group` does not divide `in_f`; a group wider than
+    /// the row is the row). Each group starts on a 4-input block and its padding holds 0 codes,
+    /// so a group's inputs are whole blocks of the kernels' loop, never shared with the next
+    /// group; activation rows follow the same layout ([`PackedI8::padded_input`]).
+    ///
+    /// # Errors
+    /// As [`PackedI8::new`], and `group = 0`.
+    pub fn new_grouped(w: &[i8], out_f: usize, in_f: usize, group: usize) -> Result<PackedI8> {
+        let op = "PackedI8::new";
         if out_f.checked_mul(in_f) != Some(w.len()) {
-            return Err(QuantError::arg("PackedI8::new", format!("{} codes for a {out_f}×{in_f} matrix", w.len())));
+            return Err(QuantError::arg(op, format!("{} codes for a {out_f}×{in_f} matrix", w.len())));
         }
         if in_f > MAX_K {
             return Err(QuantError::arg(
-                "PackedI8::new",
+                op,
                 format!("{in_f} inputs: int32 accumulation is exact only up to {MAX_K} inputs"),
             ));
         }
-        let (panels, k4) = (out_f.div_ceil(PANEL), in_f.div_ceil(4));
-        // in_f ≤ MAX_K, so k4·4 cannot overflow; the panel sizes can (out_f near usize::MAX with
-        // in_f = 0 passes the product check above).
+        if group == 0 {
+            return Err(QuantError::arg(op, "group size must be at least 1"));
+        }
+        let group = group.min(in_f.max(1));
+        let gk4 = group.div_ceil(4);
+        // in_f ≤ MAX_K and k4 ≤ in_f blocks (a block per input at worst, group 1): no overflow; the
+        // panel sizes can (out_f near usize::MAX with in_f = 0 passes the product check above).
+        let (panels, k4) = (out_f.div_ceil(PANEL), in_f.div_ceil(group) * gk4);
         let sizes = panels.checked_mul(PANEL).zip(panels.checked_mul(k4).and_then(|n| n.checked_mul(PANEL * 4)));
         let Some((acc_cols, len)) = sizes else {
-            return Err(QuantError::arg("PackedI8::new", format!("{out_f} outputs: the padded size overflows usize")));
+            return Err(QuantError::arg(op, format!("{out_f} outputs: the padded size overflows usize")));
         };
-        let mut packed = vec![0i8; len];
+        let mut packed = try_with_capacity(op, len)?;
+        packed.resize(len, 0i8);
+        let mut p = PackedI8 { packed, out_f, in_f, group, gk4, k4, row_bytes: k4 * 4, acc_cols };
         // `chunks_exact(0)` would panic; with no inputs there is nothing to pack.
         if in_f > 0 {
             for (o, row) in w.chunks_exact(in_f).enumerate() {
-                let (panel, lane) = (o / PANEL, o % PANEL);
                 for (i, &c) in row.iter().enumerate() {
-                    packed[((panel * k4 + i / 4) * PANEL + lane) * 4 + i % 4] = c;
+                    let at = p.index(o, i);
+                    p.packed[at] = c;
                 }
             }
         }
-        Ok(PackedI8 { packed, out_f, in_f, k4, row_bytes: k4 * 4, acc_cols })
+        Ok(p)
+    }
+
+    /// Where `W[o, i]` is in `packed`.
+    fn index(&self, o: usize, i: usize) -> usize {
+        let pi = self.padded_input(i);
+        (((o / PANEL) * self.k4 + pi / 4) * PANEL + o % PANEL) * 4 + pi % 4
+    }
+
+    /// The byte of an activation row that input `i` goes to: `i` itself for an ungrouped matrix
+    /// or groups of a multiple of 4 inputs, else `i` with each earlier group padded to a
+    /// multiple of 4.
+    pub fn padded_input(&self, i: usize) -> usize {
+        (i / self.group) * self.gk4 * 4 + i % self.group
+    }
+
+    /// Inputs per group (`in` for an ungrouped matrix, at least 1).
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// Groups per row: `ceil(in / group)` (0 with no inputs).
+    pub fn groups(&self) -> usize {
+        self.in_f.div_ceil(self.group)
+    }
+
+    /// Bytes of an activation row per group: `group` rounded up to a multiple of 4.
+    pub fn group_bytes(&self) -> usize {
+        self.gk4 * 4
+    }
+
+    /// The row-major codes, unpacked (what [`crate::QuantizedMatrix`] holds).
+    pub fn unpack(&self) -> Vec<i8> {
+        let mut w = Vec::with_capacity(self.out_f * self.in_f);
+        for o in 0..self.out_f {
+            w.extend((0..self.in_f).map(|i| self.packed[self.index(o, i)]));
+        }
+        w
     }
 
     /// `(out, in)`.
@@ -157,7 +223,8 @@ impl PackedI8 {
         (self.out_f, self.in_f)
     }
 
-    /// Bytes per activation row: `in` rounded up to a multiple of 4.
+    /// Bytes per activation row: `in` rounded up to a multiple of 4 (each group's inputs, for a
+    /// grouped matrix).
     pub fn row_bytes(&self) -> usize {
         self.row_bytes
     }
@@ -178,10 +245,10 @@ impl PackedI8 {
     /// `o ≥ out` or `i ≥ in` (the padding is no element of the matrix).
     pub fn code(&self, o: usize, i: usize) -> i8 {
         assert!(o < self.out_f && i < self.in_f, "PackedI8::code: ({o}, {i}) outside {}×{}", self.out_f, self.in_f);
-        self.packed[(((o / PANEL) * self.k4 + i / 4) * PANEL + o % PANEL) * 4 + i % 4]
+        self.packed[self.index(o, i)]
     }
 
-    /// `acc[r·acc_cols + o] = Σ_i a[r·row_bytes + i]·W[o, i]` for `r < rows`, at `level`
+    /// `acc[r·acc_cols + o] = Σ_i a[r·row_bytes + padded_input(i)]·W[o, i]` for `r < rows`, at `level`
     /// (clamped to what the CPU runs). Padding bytes of `a` must be 0 (or are multiplied by 0
     /// weights: the result is the same); columns past `out` are written with 0.
     ///

@@ -9,9 +9,11 @@
 //!   observers that choose an activation range from calibration data.
 //! - [`kernels`]: the integer product `Σ u8·i8 → i32` over weights packed once, with AVX-512
 //!   VNNI, AVX2 and scalar paths chosen at run time (through tt-accel's dispatch level), each
-//!   exactly equal to the scalar reference.
+//!   exactly equal to the scalar reference; [`kernels::group`], the same for symmetric
+//!   per-group weights (ggml's Q8_0), exact i32 per group, folded into f32 in one fixed order.
 //! - [`linear`]: [`Int8Linear`], a `tt_tensor::Projection` (activations quantized per row into
-//!   the workspace, integer product, zero points folded in), and [`quantize_dynamic`], which
+//!   the workspace, integer product, zero points folded in; per-tensor, per-channel or
+//!   per-group weights, held once, packed), and [`quantize_dynamic`], which
 //!   installs it in every `Linear` and `Conv2d` of a model by name — the model, the KV-cached
 //!   decoder and the evaluation code stay as they are.
 //! - [`mod@calibrate`]: static quantization's calibration — an observer per layer watches its
@@ -26,7 +28,8 @@
 //!   safetensors reader, loaded back bit for bit, hostile files rejected before anything changes.
 //!
 //! What it deliberately does not do: own a model or a decoder, or approximate what it does not
-//! implement (per-group weights in the integer kernel are an error, not a silent fallback).
+//! implement (affine per-group weights, and per-group weights in checkpoints and the fully
+//! integer [`requant`] layer, are errors, not silent fallbacks).
 //!
 //! ```
 //! use ndarray::array;

@@ -15,11 +15,43 @@
 //!
 //! A row with a NaN or infinite input yields NaN outputs (the dense layer would propagate them
 //! too), rather than numbers computed from a clamped code.
+//!
+//! ## Per-group weights (Q8_0)
+//! Symmetric weights with one scale per group of `g` inputs of a row (ggml's Q8_0 at `g = 32`,
+//! llama2.c's `runq.c` at 64; any `g ≥ 1`: a group wider than the row is the row, and when `g`
+//! does not divide the row its last group is the shorter remainder, with its own scale) run the
+//! group kernels of [`crate::kernels::group`]: per group, the exact i32 sum
+//! `t_g = Σ_{i∈g} (a_i − Z_a)·w_i`, folded into an f32 sum `f = Σ_g t_g·S_w[o, g]` in group order,
+//! then `y = f·S_a + b[o]`. Every level runs the same float operations in that one order, so the
+//! outputs are again bit-identical at every level (tested), and agree with the float formula to
+//! the rounding of the f32 steps alone: per output a product and a sum per group, the scaling
+//! and the bias, `2G + 2` roundings of at most `2⁻²⁴` of `Σ_i |â_i·ŵ_i| + |b|` each (`G` groups;
+//! groups wider than 518 inputs add the conversion of `t_g`, exact below 2²⁴). The test allows
+//! `(2G + 3)·2⁻²⁴` of that sum.
+//!
+//! The activations stay quantized **per row, affine u8**, as for per-channel weights — where
+//! `runq.c` quantizes them per group, symmetric int8. Per row keeps one activation path for
+//! every weight format (the same rounding, NaN handling and workspace, so per-group and
+//! per-channel layers differ only in the weights), and u8 is the operand `vpdpbusd` takes
+//! (signed activations would need a shift by 128 and its correction anyway, the same work as
+//! `Z_a`'s). Per-group activation scales would add a multiply per group and row to the fold,
+//! a quantization pass per group, and a scale per group to the workspace, and they help only
+//! rows whose range one outlier dominates; the weights' groups are where Q8_0's accuracy comes
+//! from. Only symmetric per-group weights are accepted: an affine zero point
+//! per group would need the activations' sum per group in every row.
+//!
+//! ## One copy of the weight
+//! The layer keeps what its kernel reads and nothing else — the packed codes, and per output
+//! (or per output and group) the scales, code sums and affine zero points. The
+//! [`QuantizedMatrix`] it was built from is rebuilt from those when asked for
+//! ([`Int8Linear::weight`]: checkpoints, `to_dense`, reports), so [`Projection::storage_bytes`]
+//! is every byte the layer holds for its weight.
 
 use ndarray::Array2;
 use tt_tensor::Projection;
 
 use crate::error::{QuantError, Result};
+use crate::kernels::group::PackedGroups;
 use crate::kernels::{IntLevel, PackedI8};
 use crate::rowops;
 use crate::scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};
@@ -52,16 +84,40 @@ impl WeightConfig {
 /// An int8 weight with integer kernels (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Int8Linear {
-    weight: QuantizedMatrix,
-    packed: PackedI8,
-    /// `S_w` per output (a per-tensor scale repeated).
-    scales: Vec<f32>,
-    /// `Z_w` per output; `None` for symmetric weights (all 0).
-    zero_points: Option<Vec<i32>>,
-    /// `Σ_i q_w[o, i]` per output, for the activation zero point.
-    code_sums: Vec<i32>,
+    kernel: Kernel,
+    /// The weight's scheme and granularity: with the kernel's parts, what rebuilds its
+    /// [`QuantizedMatrix`].
+    scheme: Scheme,
+    granularity: Granularity,
     activations: Activations,
     level: IntLevel,
+}
+
+/// The weight as its kernel reads it — the layer's only copy.
+#[derive(Debug, Clone)]
+enum Kernel {
+    /// One scale per output (per-tensor, per-channel): the i32 product, then `rowops`' epilogue.
+    Rows {
+        packed: PackedI8,
+        /// `S_w` per output (a per-tensor scale repeated; one even with no outputs, so that the
+        /// matrix can be rebuilt).
+        scales: Vec<f32>,
+        /// `Z_w` per output (as `scales`); `None` for symmetric weights (all 0).
+        zero_points: Option<Vec<i32>>,
+        /// `Σ_i q_w[o, i]` per output, for the activation zero point.
+        code_sums: Vec<i32>,
+    },
+    /// Symmetric per-group weights: the group kernels.
+    Groups(PackedGroups),
+}
+
+impl Kernel {
+    fn packed(&self) -> &PackedI8 {
+        match self {
+            Kernel::Rows { packed, .. } => packed,
+            Kernel::Groups(g) => g.packed(),
+        }
+    }
 }
 
 /// Per-row quantization parameters as kept in the workspace.
@@ -72,13 +128,23 @@ struct RowQ {
     finite: bool,
 }
 
-/// Where the parts of a forward call's workspace go, for `rows` rows: i32 accumulators, per-row
-/// `[scale bits, Z, Σa, finite]` as u32s, then the activation bytes. The first two parts get
-/// slack (8 and 16 bytes, ≥ the 3 an alignment to 4 can cost) so their aligned middles still
-/// hold what they need.
+/// A finite row's quantization as the epilogues read it: `S_a`, `Z_a`, `Σa`.
+#[derive(Debug, Clone, Copy)]
+struct RowIn {
+    sa: f32,
+    za: i32,
+    asum: i32,
+}
+
+/// Where the parts of a forward call's workspace go, for `rows` rows: i32 accumulators (f32 sums
+/// for per-group weights), per-row `[scale bits, Z, Σa, finite]` as u32s, per-row `Z` as i32s
+/// (the group kernels' operand), then the activation bytes. The first three parts get slack (8,
+/// 16 and 8 bytes, ≥ the 3 an alignment to 4 can cost) so their aligned middles still hold what
+/// they need.
 struct Layout {
     acc_bytes: usize,
     rowq_bytes: usize,
+    za_bytes: usize,
     act_bytes: usize,
     total: usize,
 }
@@ -96,10 +162,9 @@ impl Int8Linear {
     /// current integer level ([`IntLevel::current`]).
     ///
     /// # Errors
-    /// Non-finite weights; per-group weights (the integer kernel keeps one scale per output row —
-    /// per-group scales would need float partial sums per group, not implemented); more inputs
-    /// than [`crate::kernels::MAX_K`]; no inputs and more than [`crate::kernels::MAX_UNBACKED`]
-    /// outputs (see [`QuantizedMatrix::quantize`]).
+    /// Non-finite weights; affine per-group weights ([`QuantError::Unsupported`]: see the module
+    /// docs) or a group size of 0; more inputs than [`crate::kernels::MAX_K`]; no inputs and
+    /// more than [`crate::kernels::MAX_UNBACKED`] outputs (see [`QuantizedMatrix::quantize`]).
     pub fn new(w: &Array2<f32>, cfg: WeightConfig, activations: Activations) -> Result<Int8Linear> {
         Self::from_quantized(QuantizedMatrix::quantize(w, cfg.scheme, cfg.granularity)?, activations)
     }
@@ -109,8 +174,6 @@ impl Int8Linear {
     /// # Errors
     /// As [`Int8Linear::new`], and static activation parameters that are not a u8 affine map.
     pub fn from_quantized(weight: QuantizedMatrix, activations: Activations) -> Result<Int8Linear> {
-        let (out_f, in_f) = (weight.rows(), weight.cols());
-        let per_out = weight.row_params()?;
         if let Activations::Static(p) = activations {
             if !p.is_u8_affine() {
                 return Err(QuantError::arg(
@@ -119,19 +182,26 @@ impl Int8Linear {
                 ));
             }
         }
-        let packed = PackedI8::new(weight.codes(), out_f, in_f)?;
-        let code_sums = row_code_sums(weight.codes(), out_f, in_f);
-        let zero_points =
-            (weight.scheme() == Scheme::Affine).then(|| per_out.iter().map(|p| p.zero_point()).collect::<Vec<_>>());
-        Ok(Int8Linear {
-            scales: per_out.iter().map(|p| p.scale()).collect(),
-            zero_points,
-            code_sums,
-            packed,
-            weight,
-            activations,
-            level: IntLevel::current(),
-        })
+        let (scheme, granularity) = (weight.scheme(), weight.granularity());
+        let kernel = match granularity {
+            Granularity::PerGroup(_) => Kernel::Groups(PackedGroups::new(&weight)?),
+            Granularity::PerTensor | Granularity::PerChannel => {
+                let (out_f, in_f) = (weight.rows(), weight.cols());
+                let mut per_out = weight.row_params()?;
+                if per_out.is_empty() {
+                    // A per-tensor matrix with no rows still has its one parameter.
+                    per_out.extend(weight.params().first());
+                }
+                Kernel::Rows {
+                    packed: PackedI8::new(weight.codes(), out_f, in_f)?,
+                    scales: per_out.iter().map(|p| p.scale()).collect(),
+                    zero_points: (scheme == Scheme::Affine).then(|| per_out.iter().map(|p| p.zero_point()).collect()),
+                    code_sums: row_code_sums(weight.codes(), out_f, in_f),
+                }
+            }
+        };
+        // `weight` is dropped here: the kernel's parts are the only copy.
+        Ok(Int8Linear { kernel, scheme, granularity, activations, level: IntLevel::current() })
     }
 
     /// Runs the kernels at `level` (clamped to what the CPU has) instead of the current one.
@@ -140,9 +210,38 @@ impl Int8Linear {
         self
     }
 
-    /// The quantized weight (codes, scales, zero points).
-    pub fn weight(&self) -> &QuantizedMatrix {
-        &self.weight
+    /// The quantized weight (codes, scales, zero points), rebuilt from the packed form — the
+    /// same matrix the layer was built from. It costs a copy of the codes: the layer does not
+    /// keep one.
+    pub fn weight(&self) -> QuantizedMatrix {
+        let (out_f, in_f) = self.shape();
+        match &self.kernel {
+            Kernel::Groups(g) => g.to_quantized(),
+            Kernel::Rows { packed, scales, zero_points, .. } => {
+                let param = |o: usize| {
+                    let z = zero_points.as_ref().map_or(0, |z| z[o]);
+                    QParams::new(scales[o], z).expect("a scale taken from a valid QParams")
+                };
+                let params = match self.granularity {
+                    Granularity::PerTensor => vec![param(0)],
+                    _ => (0..out_f).map(param).collect(),
+                };
+                QuantizedMatrix::from_valid_parts(out_f, in_f, packed.unpack(), params, self.scheme, self.granularity)
+            }
+        }
+    }
+
+    /// [`QuantizedMatrix::storage_bytes`] of [`Int8Linear::weight`] (the weight as a checkpoint
+    /// stores it), without rebuilding it.
+    pub fn weight_bytes(&self) -> usize {
+        let (out_f, in_f) = self.shape();
+        let params = QuantizedMatrix::params_len(out_f, in_f, self.granularity);
+        QuantizedMatrix::stored_bytes(out_f * in_f, params, self.scheme)
+    }
+
+    /// The weight's granularity.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
     }
 
     /// How inputs are quantized.
@@ -152,7 +251,15 @@ impl Int8Linear {
 
     /// The packed codes the kernels read.
     pub fn packed(&self) -> &PackedI8 {
-        &self.packed
+        self.kernel.packed()
+    }
+
+    /// The per-group kernel's weight (codes, scales, code sums), for per-group layers.
+    pub fn groups(&self) -> Option<&PackedGroups> {
+        match &self.kernel {
+            Kernel::Groups(g) => Some(g),
+            Kernel::Rows { .. } => None,
+        }
     }
 
     /// The u8 code of every input of `rows` rows as `forward_rows` computes them, with each row's
@@ -163,7 +270,7 @@ impl Int8Linear {
     /// `x` shorter than `rows` rows; with no inputs, more than [`crate::kernels::MAX_UNBACKED`]
     /// rows (which `x` does not bound).
     pub fn quantize_inputs(&self, x: &[f32], rows: usize) -> Result<Vec<(Vec<u8>, Option<QParams>)>> {
-        let in_f = self.weight.cols();
+        let in_f = self.shape().1;
         let unbacked = in_f == 0 && rows > crate::kernels::MAX_UNBACKED;
         if unbacked || rows.checked_mul(in_f).is_none_or(|n| x.len() < n) {
             return Err(QuantError::arg(
@@ -180,7 +287,30 @@ impl Int8Linear {
             .collect())
     }
 
+    /// Quantizes row `x` into `out`, contiguous (`quantize_inputs`).
     fn quantize_row(&self, x: &[f32], out: &mut [u8]) -> RowQ {
+        let (q, simd) = self.row_params(x);
+        RowQ { code_sum: rowops::quantize_row(x, q.params, out, simd), ..q }
+    }
+
+    /// Quantizes row `x` into `out` as the kernel reads it: for groups of a size that is not a
+    /// multiple of 4, each group at its padded place ([`PackedI8::padded_input`]). The code sum
+    /// is only used by affine weights, which are never grouped.
+    fn quantize_row_packed(&self, x: &[f32], out: &mut [u8]) -> RowQ {
+        let packed = self.kernel.packed();
+        let group = packed.group();
+        if group.is_multiple_of(4) || packed.groups() <= 1 {
+            return self.quantize_row(x, out);
+        }
+        let (q, simd) = self.row_params(x);
+        for (xg, og) in x.chunks(group).zip(out.chunks_mut(packed.group_bytes())) {
+            rowops::quantize_row(xg, q.params, og, simd);
+        }
+        q
+    }
+
+    /// The row's quantization parameters (code sum 0) and whether the AVX-512 row steps run.
+    fn row_params(&self, x: &[f32]) -> (RowQ, bool) {
         let simd = self.level == IntLevel::Avx512Vnni;
         let (finite, lo, hi) = rowops::row_stats(x, simd);
         let p = match self.activations {
@@ -191,17 +321,20 @@ impl Int8Linear {
             }
             Activations::Dynamic => QParams::UNIT,
         };
-        RowQ { params: p, code_sum: rowops::quantize_row(x, p, out, simd), finite }
+        (RowQ { params: p, code_sum: 0, finite }, simd)
     }
 
     /// The workspace layout of `rows` rows, every size checked: `None` if one overflows `usize`
     /// (no workspace can be that large).
     fn layout(&self, rows: usize) -> Option<Layout> {
-        let acc_bytes = rows.checked_mul(self.packed.acc_cols())?.checked_mul(4)?;
+        let packed = self.kernel.packed();
+        let acc_bytes = rows.checked_mul(packed.acc_cols())?.checked_mul(4)?;
         let rowq_bytes = rows.checked_mul(16)?;
-        let act_bytes = rows.checked_mul(self.packed.row_bytes())?;
-        let total = acc_bytes.checked_add(rowq_bytes)?.checked_add(act_bytes)?.checked_add(64)?;
-        Some(Layout { acc_bytes, rowq_bytes, act_bytes, total })
+        let za_bytes = rows.checked_mul(4)?;
+        let act_bytes = rows.checked_mul(packed.row_bytes())?;
+        let total =
+            acc_bytes.checked_add(rowq_bytes)?.checked_add(za_bytes)?.checked_add(act_bytes)?.checked_add(64)?;
+        Some(Layout { acc_bytes, rowq_bytes, za_bytes, act_bytes, total })
     }
 }
 
@@ -216,49 +349,65 @@ impl Int8Linear {
         ws: &mut [u8],
         gelu: Option<fn(&mut [f32])>,
     ) {
-        let (out_f, in_f) = (self.weight.rows(), self.weight.cols());
-        let (cols, kb) = (self.packed.acc_cols(), self.packed.row_bytes());
+        let (out_f, in_f) = self.shape();
+        let packed = self.kernel.packed();
+        let (cols, kb) = (packed.acc_cols(), packed.row_bytes());
         // The trait's documented `# Panics`; `tt_tensor::projection::project` checks first.
         let fits = |have: usize, per: usize| rows.checked_mul(per).is_some_and(|n| have >= n);
         assert!(fits(x.len(), in_f) && fits(y.len(), out_f), "Int8Linear::forward_rows sizes");
         // The AVX-512 epilogue reads the bias without bounds checks.
         assert!(bias.is_none_or(|b| b.len() == out_f), "Int8Linear::forward_rows bias length");
         let layout = self.layout(rows).filter(|l| ws.len() >= l.total);
-        let Some(Layout { acc_bytes, rowq_bytes, act_bytes, .. }) = layout else {
+        let Some(Layout { acc_bytes, rowq_bytes, za_bytes, act_bytes, .. }) = layout else {
             panic!("Int8Linear::forward_rows workspace: {} bytes for {rows} rows", ws.len())
         };
         let (ints, rest) = ws.split_at_mut(acc_bytes + 8);
-        // SAFETY: every bit pattern is a valid i32; the aligned middle is at least acc_bytes.
-        let acc = unsafe { ints.align_to_mut::<i32>().1 };
-        let (rq, a) = rest.split_at_mut(rowq_bytes + 16);
-        // SAFETY: as above, for u32.
+        let (rq, rest) = rest.split_at_mut(rowq_bytes + 16);
+        // SAFETY: every bit pattern is a valid u32 / i32; the aligned middles are at least
+        // rowq_bytes and za_bytes.
         let rq = unsafe { rq.align_to_mut::<[u32; 4]>().1 };
+        let (za, a) = rest.split_at_mut(za_bytes + 8);
+        // SAFETY: as above.
+        let za = &mut unsafe { za.align_to_mut::<i32>().1 }[..rows];
         let a = &mut a[..act_bytes];
         for r in 0..rows {
-            let q = self.quantize_row(&x[r * in_f..(r + 1) * in_f], &mut a[r * kb..(r + 1) * kb]);
+            let q = self.quantize_row_packed(&x[r * in_f..(r + 1) * in_f], &mut a[r * kb..(r + 1) * kb]);
             let p = q.params;
             rq[r] = [p.scale().to_bits(), p.zero_point() as u32, q.code_sum as u32, q.finite as u32];
+            za[r] = p.zero_point();
         }
-        self.packed.matmul(self.level, a, rows, acc).expect("the workspace layout holds rows × row_bytes and acc_cols");
-        let epilogue = rowops::Epilogue {
-            code_sums: &self.code_sums,
-            zero_points: self.zero_points.as_deref(),
-            scales: &self.scales,
-            bias,
-            in_f,
-        };
         let simd = self.level == IntLevel::Avx512Vnni;
-        for r in 0..rows {
-            let [s, z, sum, finite] = rq[r];
-            let yr = &mut y[r * out_f..(r + 1) * out_f];
-            if finite == 0 {
-                yr.fill(f32::NAN);
-                continue;
+        // Each row's outputs once its product is done: NaN for a non-finite row, else `write`.
+        let mut rows_out = |write: &mut dyn FnMut(usize, RowIn, &mut [f32])| {
+            for r in 0..rows {
+                let [s, z, sum, finite] = rq[r];
+                let yr = &mut y[r * out_f..(r + 1) * out_f];
+                if finite == 0 {
+                    yr.fill(f32::NAN);
+                    continue;
+                }
+                write(r, RowIn { sa: f32::from_bits(s), za: z as i32, asum: sum as i32 }, yr);
+                if let Some(gelu) = gelu {
+                    gelu(yr);
+                }
             }
-            let (sa, za, asum) = (f32::from_bits(s), z as i32, sum as i32);
-            epilogue.row(&acc[r * cols..r * cols + out_f], sa, za, asum, yr, simd);
-            if let Some(gelu) = gelu {
-                gelu(yr);
+        };
+        match &self.kernel {
+            Kernel::Rows { packed, scales, zero_points, code_sums } => {
+                // SAFETY: every bit pattern is a valid i32; the aligned middle is at least acc_bytes.
+                let acc = unsafe { ints.align_to_mut::<i32>().1 };
+                packed
+                    .matmul(self.level, a, rows, acc)
+                    .expect("the workspace layout holds rows × row_bytes and acc_cols");
+                let epilogue = rowops::Epilogue { code_sums, zero_points: zero_points.as_deref(), scales, bias, in_f };
+                rows_out(&mut |r, q, yr| epilogue.row(&acc[r * cols..r * cols + out_f], q.sa, q.za, q.asum, yr, simd));
+            }
+            Kernel::Groups(g) => {
+                // SAFETY: as above, for f32.
+                let sums = unsafe { ints.align_to_mut::<f32>().1 };
+                g.matmul(self.level, a, za, rows, sums)
+                    .expect("the workspace layout holds rows × row_bytes and acc_cols");
+                rows_out(&mut |r, q, yr| rowops::scale_row(&sums[r * cols..r * cols + out_f], q.sa, bias, yr));
             }
         }
     }
@@ -266,7 +415,7 @@ impl Int8Linear {
 
 impl Projection for Int8Linear {
     fn shape(&self) -> (usize, usize) {
-        (self.weight.rows(), self.weight.cols())
+        self.kernel.packed().shape()
     }
 
     /// `usize::MAX` where the size overflows: no caller has that much, so `project` refuses.
@@ -292,21 +441,30 @@ impl Projection for Int8Linear {
         self.run(x, rows, bias, y, ws, Some(gelu));
     }
 
+    /// Dequantizes the weight rebuilt from the packed form ([`Int8Linear::weight`]).
     fn to_dense(&self) -> Array2<f32> {
-        self.weight.dequantize()
+        self.weight().dequantize()
     }
 
-    /// What a forward call reads besides its inputs: the packed codes (padding included), the
-    /// per-output scales, code sums and (affine) zero points it keeps as f32/i32. (The layer also
-    /// keeps the unpacked `QuantizedMatrix` for `to_dense` and checkpoints, which no call reads.)
+    /// Every byte the layer holds for its weight, which is what a forward call reads besides its
+    /// inputs: the packed codes (padding included) and, per output (or per output and group), the
+    /// scales, code sums and (affine) zero points it keeps as f32/i32.
     fn storage_bytes(&self) -> usize {
-        let zp = self.zero_points.as_ref().map_or(0, Vec::len);
-        self.packed.bytes() + 4 * (self.scales.len() + self.code_sums.len() + zp)
+        match &self.kernel {
+            Kernel::Rows { packed, scales, zero_points, code_sums } => {
+                let zp = zero_points.as_ref().map_or(0, Vec::len);
+                packed.bytes() + 4 * (scales.len() + code_sums.len() + zp)
+            }
+            Kernel::Groups(g) => g.bytes(),
+        }
     }
 
     fn format(&self) -> &'static str {
         let stat = matches!(self.activations, Activations::Static(_));
-        match (stat, self.weight.granularity(), self.weight.scheme()) {
+        match (stat, self.granularity, self.scheme) {
+            // Symmetric only (`from_quantized` refuses affine groups).
+            (false, Granularity::PerGroup(_), _) => "int8-dyn/group",
+            (true, Granularity::PerGroup(_), _) => "int8-static/group",
             (false, Granularity::PerTensor, Scheme::Symmetric) => "int8-dyn/tensor",
             (false, Granularity::PerTensor, Scheme::Affine) => "int8-dyn/tensor-affine",
             (false, _, Scheme::Symmetric) => "int8-dyn/ch",
@@ -333,8 +491,8 @@ pub struct QuantizedLayer {
     pub shape: (usize, usize),
     /// Bytes of the quantized weight as stored: codes, scales, zero points.
     pub weight_bytes: usize,
-    /// Bytes a forward call reads ([`Projection::storage_bytes`]: packed codes with their padding,
-    /// per-output scales, code sums and zero points).
+    /// Bytes the layer holds, all of which a forward call reads ([`Projection::storage_bytes`]:
+    /// packed codes with their padding, scales, code sums and zero points).
     pub storage_bytes: usize,
 }
 
@@ -434,7 +592,7 @@ pub(crate) fn install_int8(
             name: name.to_string(),
             format: q.format(),
             shape: q.shape(),
-            weight_bytes: q.weight().storage_bytes(),
+            weight_bytes: q.weight_bytes(),
             storage_bytes: q.storage_bytes(),
         });
         built.push(q);

@@ -1,5 +1,6 @@
 //! The per-row steps around the integer product: a row's range, its quantization to u8, and the
-//! epilogue that folds the zero points in and scales back to f32.
+//! epilogues that fold the zero points in and scale back to f32 (per output, or, for per-group
+//! weights whose kernel has folded the zero point and weight scales in, by `S_a` alone).
 //!
 //! Each has a scalar version (the reference, and what the AVX2 and scalar levels run) and an
 //! AVX-512 version for the VNNI level. Both perform the same IEEE operations in the same order —
@@ -132,6 +133,15 @@ impl Epilogue<'_> {
                 None => v,
             };
         }
+    }
+}
+
+/// The per-group epilogue: `y[o] = f[o]·S_a + b[o]` from the group kernels' sums `f`. One
+/// multiply and one add, the same code at every level.
+pub(crate) fn scale_row(f: &[f32], sa: f32, bias: Option<&[f32]>, y: &mut [f32]) {
+    match bias {
+        Some(b) => y.iter_mut().zip(f).zip(b).for_each(|((y, &f), &b)| *y = f * sa + b),
+        None => y.iter_mut().zip(f).for_each(|(y, &f)| *y = f * sa),
     }
 }
 

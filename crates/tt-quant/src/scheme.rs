@@ -308,7 +308,7 @@ impl QuantizedMatrix {
             // `chunks_exact(0)` would panic; each empty row gets its (unit) parameter.
             _ if cols == 0 => (0..rows).try_for_each(|_| run(&[], &mut []))?,
             _ => {
-                let group = Self::group_len(granularity, cols);
+                let group = Self::group_len_of(granularity, cols);
                 for (x, q) in data.chunks_exact(cols).zip(codes.chunks_exact_mut(cols)) {
                     x.chunks(group).zip(q.chunks_mut(group)).try_for_each(|(x, q)| run(x, q))?;
                 }
@@ -359,6 +359,21 @@ impl QuantizedMatrix {
     ) -> Result<QuantizedMatrix> {
         Self::build(rows, cols, codes, params, scheme, granularity)
             .map_err(|(_, reason)| QuantError::arg("QuantizedMatrix::from_parts", reason))
+    }
+
+    /// A matrix rebuilt from the parts of one that was valid (a packed kernel format unpacking
+    /// what it was built from): not checked again, except in debug builds.
+    pub(crate) fn from_valid_parts(
+        rows: usize,
+        cols: usize,
+        codes: Vec<i8>,
+        params: Vec<QParams>,
+        scheme: Scheme,
+        granularity: Granularity,
+    ) -> QuantizedMatrix {
+        let q = QuantizedMatrix { rows, cols, codes, params, scheme, granularity };
+        debug_assert_eq!(q.check(), Ok(()));
+        q
     }
 
     /// [`QuantizedMatrix::from_parts`] with the part each failure is in.
@@ -487,13 +502,20 @@ impl QuantizedMatrix {
             Granularity::PerTensor => Ok(vec![self.params[0]; self.rows]),
             Granularity::PerChannel => Ok(self.params.clone()),
             Granularity::PerGroup(g) => Err(QuantError::Unsupported(format!(
-                "per-group ({g}) weights in an integer kernel, which keeps one scale per output row; use per-channel"
+                "per-group ({g}) weights in a kernel that keeps one scale per output row (the per-group int8 kernel \
+                 is `Int8Linear`'s)"
             ))),
         }
     }
 
+    /// Inputs per `(S, Z)` within a row: the group size, clamped to the row (at least 1); the
+    /// last group of a row is shorter when it does not divide `cols`.
+    pub(crate) fn group_len(&self) -> usize {
+        Self::group_len_of(self.granularity, self.cols)
+    }
+
     /// Inputs per `(S, Z)` within a row (`cols` for per-tensor and per-channel).
-    fn group_len(g: Granularity, cols: usize) -> usize {
+    fn group_len_of(g: Granularity, cols: usize) -> usize {
         match g {
             Granularity::PerGroup(n) => n.min(cols.max(1)),
             _ => cols,
@@ -509,7 +531,7 @@ impl QuantizedMatrix {
             Granularity::PerTensor => self.params[0],
             Granularity::PerChannel => self.params[r],
             Granularity::PerGroup(_) => {
-                let g = Self::group_len(self.granularity, self.cols);
+                let g = Self::group_len_of(self.granularity, self.cols);
                 assert!(c < self.cols, "QuantizedMatrix::params_at: column {c} of {}", self.cols);
                 self.params[r * self.cols.div_ceil(g) + c / g]
             }
@@ -527,7 +549,7 @@ impl QuantizedMatrix {
             // No codes (and `chunks_exact(0)` would panic).
             _ if self.cols == 0 => {}
             _ => {
-                let group = Self::group_len(self.granularity, self.cols);
+                let group = Self::group_len_of(self.granularity, self.cols);
                 let per_row = self.cols.div_ceil(group);
                 for (row, ps) in self.codes.chunks_exact(self.cols).zip(self.params.chunks_exact(per_row)) {
                     row.chunks(group).zip(ps).for_each(|(codes, &p)| run(codes, p));
@@ -540,7 +562,19 @@ impl QuantizedMatrix {
     /// Bytes stored: one per code, four per scale, one per zero point (affine only — symmetric
     /// zero points are all 0 and need no storage).
     pub fn storage_bytes(&self) -> usize {
-        let per_param = if self.scheme == Scheme::Affine { 5 } else { 4 };
-        self.codes.len() + per_param * self.params.len()
+        Self::stored_bytes(self.codes.len(), self.params.len(), self.scheme)
+    }
+
+    /// [`QuantizedMatrix::storage_bytes`] of a matrix of `codes` codes and `params` parameters,
+    /// for formats that do not keep the matrix itself.
+    pub(crate) fn stored_bytes(codes: usize, params: usize, scheme: Scheme) -> usize {
+        let per_param = if scheme == Scheme::Affine { 5 } else { 4 };
+        codes + per_param * params
+    }
+
+    /// The parameter count of a `rows × cols` matrix of `granularity` (see the type's docs),
+    /// for a valid matrix's shape.
+    pub(crate) fn params_len(rows: usize, cols: usize, granularity: Granularity) -> usize {
+        Self::param_count(rows, cols, granularity).unwrap_or(0)
     }
 }

@@ -147,7 +147,7 @@ fn unsupported_and_invalid_settings_are_errors() {
     let w = matrix(4, 8, 0);
     let e = Int8Linear::new(
         &w,
-        WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(4) },
+        WeightConfig { scheme: Scheme::Affine, granularity: Granularity::PerGroup(4) },
         Activations::Dynamic,
     )
     .unwrap_err();
