@@ -69,7 +69,7 @@ pub fn child_main(config: GptConfig, weights: &str, tokens: usize) -> Result<Val
         "int4" => return Err(MilestoneError::Other("int4 weights are not implemented yet".into())),
         other => return Err(MilestoneError::Other(format!("unknown weight format '{other}' (one of {WEIGHTS:?})"))),
     }
-    let model = Gpt::new_with(config.clone(), &mut |path, w| layer_format(weights, path, w))?;
+    let model = Gpt::new_with(config.clone(), &mut |path, _, draw| layer_format(weights, path, &draw()))?;
     let context = PROMPT + tokens;
     let mut engine = CachedGpt::with_context(&model, 1, OverflowPolicy::Error, context)?;
     engine.set_row_kernels(tt_accel::fused::row_kernels());

@@ -446,6 +446,34 @@ impl Projection for Int8Linear {
         self.weight().dequantize()
     }
 
+    /// One row dequantized from the packed codes, with the same arithmetic as
+    /// [`QParams::dequantize`] (so it equals the row of `to_dense`): an embedding lookup of a
+    /// token table stored in int8, without rebuilding the matrix.
+    fn dense_row(&self, o: usize, out: &mut [f32]) {
+        let (out_f, in_f) = self.shape();
+        assert!(
+            o < out_f && out.len() == in_f,
+            "Int8Linear::dense_row: row {o} of {out_f}, {} values for {in_f}",
+            out.len()
+        );
+        match &self.kernel {
+            Kernel::Rows { packed, scales, zero_points, .. } => {
+                let p = QParams::new(scales[o], zero_points.as_ref().map_or(0, |z| z[o]))
+                    .expect("a scale taken from a valid QParams");
+                for (i, v) in out.iter_mut().enumerate() {
+                    *v = p.dequantize(packed.code(o, i) as i32);
+                }
+            }
+            Kernel::Groups(g) => {
+                let group = g.packed().group();
+                for (i, v) in out.iter_mut().enumerate() {
+                    let p = QParams::new(g.scale(o, i / group), 0).expect("a scale taken from a valid QParams");
+                    *v = p.dequantize(g.packed().code(o, i) as i32);
+                }
+            }
+        }
+    }
+
     /// Every byte the layer holds for its weight, which is what a forward call reads besides its
     /// inputs: the packed codes (padding included) and, per output (or per output and group), the
     /// scales, code sums and (affine) zero points it keeps as f32/i32.

@@ -30,8 +30,10 @@ pub enum PositionEncoding {
     Sinusoidal,
 }
 
-/// How [`Gpt::new_with`] stores a linear weight as it is drawn: `Some(format)` or `None` (dense).
-pub type WeightFormat<'a> = dyn FnMut(&str, &Array2<f32>) -> tt_tensor::Result<Option<Arc<dyn Projection>>> + 'a;
+/// How [`Gpt::new_with`] stores a weight: given its path, its `[out, in]` shape and a way to draw
+/// its initial values, `Some(format)` or `None` (keep the drawn values, dense).
+pub type WeightFormat<'a> = dyn FnMut(&str, (usize, usize), &mut dyn FnMut() -> Array2<f32>) -> tt_tensor::Result<Option<Arc<dyn Projection>>>
+    + 'a;
 
 /// Model hyper-parameters (saved as JSON with every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -410,16 +412,18 @@ impl Gpt {
     /// A freshly initialized model: GPT-2 init, N(0, 0.02) weights, zero biases, residual output
     /// projections scaled by 1/√(2·n_layers).
     pub fn new(config: GptConfig) -> Result<Gpt> {
-        Gpt::new_with(config, &mut |_, _| Ok(None))
+        Gpt::new_with(config, &mut |_, _, _| Ok(None))
     }
 
     /// [`Gpt::new`] with each linear weight — and the token table (`"tok_emb"`, which a tied head
-    /// shares) — stored as `format(path, weight)` decides the moment it is drawn: a weight format (the layer then holds only the format: see
-    /// [`Linear::from_projection`]) or `None` to keep it dense. The weights drawn are `Gpt::new`'s
-    /// for the same seed, so `format = quantize` builds exactly the quantized `Gpt::new(config)`
-    /// while holding at most one layer's f32 weight at a time — how a model too large for its
-    /// f32 form is built for inference. Paths are the state-dict names (`"blocks.0.mlp.fc"`,
-    /// `"lm_head"`).
+    /// shares) — stored as `format(path, shape, draw)` decides: a weight format (the layer then
+    /// holds only the format: see [`Linear::from_projection`]) or `None` to keep the values
+    /// drawn. `draw` gives `Gpt::new`'s initial values for that weight; a format that calls it
+    /// for every weight builds exactly the quantized `Gpt::new(config)`, holding at most one f32
+    /// weight at a time, and a loader that never calls it builds the model without any f32 copy
+    /// of its formatted weights (the weights it skips are not drawn, so later ones are drawn
+    /// differently, which a loader overwrites anyway). Paths are the state-dict names
+    /// (`"tok_emb"`, `"blocks.0.mlp.fc"`, `"lm_head"`).
     ///
     /// # Errors
     /// An invalid config, or the first error `format` returns.
@@ -427,36 +431,43 @@ impl Gpt {
         config.validate()?;
         let (d, v, l) = (config.d_model, config.vocab_size, config.n_layers);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let mut normal = |shape: &[usize], std: f32| randn_array(shape, 0.0, std, &mut rng);
-        let zeros = |n: usize| Tensor::param(Array::zeros(IxDyn(&[n])));
         let resid_std = 0.02 / ((2 * l) as f32).sqrt();
-        // In a block: a table stored in a format is dropped before the layers are drawn.
-        let tok_emb = {
-            let table = normal(&[v, d], 0.02).into_dimensionality::<ndarray::Ix2>().expect("drawn 2-D");
-            match format("tok_emb", &table)? {
-                Some(p) => Embedding::from_projection(p, "tok_emb.weight")?,
-                None => Embedding::from_tensor(Tensor::param(table.into_dyn()))?,
-            }
-        };
-        let mut linear = |path: String, w: Array, bias: Option<usize>| -> Result<Linear> {
-            let w2 = w.into_dimensionality::<ndarray::Ix2>().expect("drawn 2-D");
-            let bias = bias.map(zeros);
-            Ok(match format(&path, &w2)? {
-                Some(p) => Linear::from_projection(p, bias, &format!("{path}.weight"))?,
-                None => Linear::from_tensors(Tensor::param(w2.into_dyn()), bias).expect("shapes built consistently"),
+        // One weight, drawn only if the format asks for its values or keeps them dense: the
+        // format's projection, or the dense values.
+        type Stored = std::result::Result<Arc<dyn Projection>, Array2<f32>>;
+        let mut weight = |rng: &mut ChaCha8Rng, path: &str, shape: (usize, usize), std: f32| -> Result<Stored> {
+            let mut drawn: Option<Array2<f32>> = None;
+            let draw = |rng: &mut ChaCha8Rng| -> Array2<f32> {
+                randn_array(&[shape.0, shape.1], 0.0, std, rng).into_dimensionality().expect("drawn 2-D")
+            };
+            let p = format(path, shape, &mut || drawn.insert(draw(rng)).clone())?;
+            Ok(match p {
+                Some(p) => Ok(p),
+                None => Err(drawn.unwrap_or_else(|| draw(rng))),
             })
         };
+        let tok_emb = match weight(&mut rng, "tok_emb", (v, d), 0.02)? {
+            Ok(p) => Embedding::from_projection(p, "tok_emb.weight")?,
+            Err(table) => Embedding::from_tensor(Tensor::param(table.into_dyn()))?,
+        };
         let pos_emb = match config.position {
-            PositionEncoding::Learned => Tensor::param(normal(&[config.max_seq_len, d], 0.01)),
+            PositionEncoding::Learned => Tensor::param(randn_array(&[config.max_seq_len, d], 0.0, 0.01, &mut rng)),
             PositionEncoding::Sinusoidal => Tensor::from_array(sinusoidal_table(config.max_seq_len, d)),
+        };
+        let mut linear = |path: String, shape: (usize, usize), std: f32, bias: bool| -> Result<Linear> {
+            let bias = bias.then(|| Tensor::param(Array::zeros(IxDyn(&[shape.0]))));
+            Ok(match weight(&mut rng, &path, shape, std)? {
+                Ok(p) => Linear::from_projection(p, bias, &format!("{path}.weight"))?,
+                Err(w) => Linear::from_tensors(Tensor::param(w.into_dyn()), bias).expect("shapes built consistently"),
+            })
         };
         let mut blocks = Vec::with_capacity(l);
         for b in 0..l {
             let (hidden, a) = (config.hidden(b), config.attn_width(b));
-            let qkv = linear(format!("blocks.{b}.attn.qkv"), normal(&[3 * a, d], 0.02), Some(3 * a))?;
-            let proj = linear(format!("blocks.{b}.attn.proj"), normal(&[d, a], resid_std), Some(d))?;
-            let fc = linear(format!("blocks.{b}.mlp.fc"), normal(&[hidden, d], 0.02), Some(hidden))?;
-            let mlp_proj = linear(format!("blocks.{b}.mlp.proj"), normal(&[d, hidden], resid_std), Some(d))?;
+            let qkv = linear(format!("blocks.{b}.attn.qkv"), (3 * a, d), 0.02, true)?;
+            let proj = linear(format!("blocks.{b}.attn.proj"), (d, a), resid_std, true)?;
+            let fc = linear(format!("blocks.{b}.mlp.fc"), (hidden, d), 0.02, true)?;
+            let mlp_proj = linear(format!("blocks.{b}.mlp.proj"), (d, hidden), resid_std, true)?;
             blocks.push(Block {
                 ln1: LayerNorm::new(d),
                 attn: CausalSelfAttention { qkv, proj, n_heads: config.heads(b) },
@@ -466,7 +477,7 @@ impl Gpt {
         }
         let lm_head = match config.tie_weights {
             true => None,
-            false => Some(linear("lm_head".into(), normal(&[v, d], 0.02), None)?),
+            false => Some(linear("lm_head".into(), (v, d), 0.02, false)?),
         };
         Ok(Gpt { config, tok_emb, pos_emb, blocks, ln_f: LayerNorm::new(d), lm_head })
     }

@@ -442,9 +442,11 @@ mod seam {
             cfg.tie_weights = tie;
             let plain = Gpt::new(cfg.clone()).unwrap();
             let mut paths = Vec::new();
-            let built = Gpt::new_with(cfg.clone(), &mut |path, w| {
+            let built = Gpt::new_with(cfg.clone(), &mut |path, shape, draw| {
                 paths.push(path.to_string());
-                Ok(Some(Arc::new(DenseF32::from_array(w.clone()))))
+                let w = draw();
+                assert_eq!(w.dim(), shape, "{path}");
+                Ok(Some(Arc::new(DenseF32::from_array(w))))
             })
             .unwrap();
             assert_eq!(paths.len(), 1 + 4 * cfg.n_layers + usize::from(!tie));
@@ -456,10 +458,16 @@ mod seam {
             let ids: Vec<usize> = (0..2 * 9).map(|i| (i * 7 + 3) % 11).collect();
             assert_eq!(logits(&built, &ids), logits(&plain, &ids));
             // A format's error stops the build, naming nothing half-made.
-            let e = Gpt::new_with(cfg, &mut |path, _| {
+            let e = Gpt::new_with(cfg.clone(), &mut |path, _, _| {
                 Err(tt_tensor::TensorError::InvalidArgument { op: "test", reason: path.to_string() })
             });
             assert!(e.is_err());
+            // A loader that never draws: the layers hold its formats, nothing else is drawn.
+            let zeros = Gpt::new_with(cfg.clone(), &mut |_, (o, i), _| {
+                Ok(Some(Arc::new(DenseF32::from_array(ndarray::Array2::zeros((o, i))))))
+            })
+            .unwrap();
+            assert!(zeros.blocks[0].mlp.fc.weight.to_vec().iter().all(|&w| w == 0.0));
         }
     }
 

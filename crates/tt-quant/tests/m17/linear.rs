@@ -222,3 +222,20 @@ fn the_gelu_epilogue_equals_projection_then_gelu_bit_for_bit_at_every_level() {
         assert_eq!(bits(&got), bits(&want), "{}", p.format());
     }
 }
+
+/// A row read on its own (an embedding lookup of an int8 token table) is exactly that row of
+/// `to_dense`, for every scheme and granularity, per-group with a ragged last group included.
+#[test]
+fn a_dense_row_is_the_row_of_to_dense() {
+    let w = matrix(37, 70, 5);
+    let grouped = WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(32) };
+    for cfg in configs().into_iter().chain([grouped]) {
+        let l = Int8Linear::new(&w, cfg, Activations::Dynamic).unwrap();
+        let dense = l.to_dense();
+        let mut row = vec![0.0; 70];
+        for o in [0, 1, 16, 36] {
+            l.dense_row(o, &mut row);
+            assert_eq!(row, dense.row(o).to_vec(), "{cfg:?} row {o}");
+        }
+    }
+}
