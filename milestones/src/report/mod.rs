@@ -20,6 +20,7 @@
 pub mod acceleration;
 pub mod compression;
 pub mod kv_cache;
+pub mod memory;
 pub mod profile;
 pub mod quantization;
 pub mod regions;
@@ -67,6 +68,7 @@ pub const PAGES: &[Page] = &[
         render: quantization::render,
         figures: quantization::FIGURES,
     },
+    Page { milestone: "memory", doc: "17-memory.md", render: memory::render, figures: memory::FIGURES },
     Page {
         milestone: "compression",
         doc: "18-compression.md",
