@@ -1,7 +1,7 @@
 //! Module 17 — quantization: the math on known values and as properties, the observers on known
 //! data, every integer kernel exactly equal to the scalar reference at every level, the int8
 //! projection against the float formula, int8 models through the seam (tensor model and
-//! KV-cached decoder), and quantized checkpoints (safetensors with I8 tensors, hostile files).
+//! KV-cached decoder), int4 weights (kernels exact at every level, `Int4Linear`, int4 models), and quantized checkpoints (safetensors with I8 tensors, hostile files).
 //!
 //! Each part lives in its own file under `tests/m17/`.
 
@@ -9,6 +9,8 @@
 mod boundaries;
 #[path = "m17/checkpoint.rs"]
 mod checkpoint;
+#[path = "m17/int4.rs"]
+mod int4;
 #[path = "m17/kernels.rs"]
 mod kernels;
 #[path = "m17/linear.rs"]

@@ -120,7 +120,10 @@ impl PackedI4 {
         if out_f.checked_mul(row_bytes) != Some(bytes.len()) {
             return Err(QuantError::arg(
                 op,
-                format!("{} bytes for {out_f} rows of {row_bytes} bytes ({in_f} inputs in groups of {group})", bytes.len()),
+                format!(
+                    "{} bytes for {out_f} rows of {row_bytes} bytes ({in_f} inputs in groups of {group})",
+                    bytes.len()
+                ),
             ));
         }
         if row_bytes > 0 {
@@ -154,12 +157,15 @@ impl PackedI4 {
             ));
         }
         if let Some(i) = scales.iter().position(|s| !(s.is_finite() && s.to_f32() > 0.0)) {
-            return Err(QuantError::arg(op, format!("scale {} at flat index {i} is not finite and positive", scales[i])));
+            return Err(QuantError::arg(
+                op,
+                format!("scale {} at flat index {i} is not finite and positive", scales[i]),
+            ));
         }
         let (blocks, panels) = (groups * (group / BLOCK), out_f.div_ceil(PANEL));
-        let sizes = panels.checked_mul(PANEL).and_then(|lanes| {
-            Some((lanes.checked_mul(blocks)?.checked_mul(BLOCK / 2)?, lanes.checked_mul(groups)?))
-        });
+        let sizes = panels
+            .checked_mul(PANEL)
+            .and_then(|lanes| Some((lanes.checked_mul(blocks)?.checked_mul(BLOCK / 2)?, lanes.checked_mul(groups)?)));
         let Some((code_len, scale_len)) = sizes else {
             return Err(QuantError::arg(op, format!("a {out_f}×{in_f} matrix: the padded size overflows usize")));
         };
@@ -232,7 +238,12 @@ impl PackedI4 {
     /// # Panics
     /// `o ≥ out` or `g ≥ groups`.
     pub fn scale(&self, o: usize, g: usize) -> f16 {
-        assert!(o < self.out_f && g < self.groups, "PackedI4::scale: ({o}, {g}) outside {}×{}", self.out_f, self.groups);
+        assert!(
+            o < self.out_f && g < self.groups,
+            "PackedI4::scale: ({o}, {g}) outside {}×{}",
+            self.out_f,
+            self.groups
+        );
         self.scales[((o / PANEL) * self.groups + g) * PANEL + o % PANEL]
     }
 

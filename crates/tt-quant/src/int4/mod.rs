@@ -39,13 +39,13 @@ pub mod kernels;
 
 use std::sync::Arc;
 
-use half::f16;
 use ndarray::Array2;
 use tt_tensor::Projection;
 
 use crate::error::{QuantError, Result};
 use crate::kernels::IntLevel;
 use crate::linear::{carries_transform, conv_matrix, QuantizedLayer};
+pub use half::f16;
 pub use kernels::{Acts, PackedI4, BLOCK, GROUPS};
 
 /// The group of ggml's Q4_0, and what [`quantize_int4`] is normally given.
@@ -181,7 +181,9 @@ impl Int4Linear {
             ) as u8;
         }
         let acts = Acts { codes, scales, sums };
-        self.packed.matmul(self.level, acts, rows, y).expect("the workspace layout holds rows of codes, scales and sums");
+        self.packed
+            .matmul(self.level, acts, rows, y)
+            .expect("the workspace layout holds rows of codes, scales and sums");
         for r in 0..rows {
             let yr = &mut y[r * out_f..(r + 1) * out_f];
             if finite[r] == 0 {
@@ -236,7 +238,9 @@ impl Projection for Int4Linear {
     fn to_dense(&self) -> Array2<f32> {
         let (out_f, in_f) = self.packed.shape();
         let g = self.packed.group();
-        Array2::from_shape_fn((out_f, in_f), |(o, i)| self.packed.code(o, i) as f32 * self.packed.scale(o, i / g).to_f32())
+        Array2::from_shape_fn((out_f, in_f), |(o, i)| {
+            self.packed.code(o, i) as f32 * self.packed.scale(o, i / g).to_f32()
+        })
     }
 
     /// The packed codes and f16 scales, panel padding included: the only copy of the weight
