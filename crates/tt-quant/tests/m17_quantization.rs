@@ -11,6 +11,8 @@ mod boundaries;
 mod checkpoint;
 #[path = "m17/int4.rs"]
 mod int4;
+#[path = "m17/int4_checkpoint.rs"]
+mod int4_checkpoint;
 #[path = "m17/kernels.rs"]
 mod kernels;
 #[path = "m17/linear.rs"]
