@@ -273,9 +273,11 @@ impl PackedI4 {
     pub fn matmul(&self, level: IntLevel, a: Acts<'_>, rows: usize, y: &mut [f32]) -> Result<()> {
         let need = |have: usize, per: usize| rows.checked_mul(per).is_some_and(|n| have >= n);
         let kb = self.blocks * BLOCK;
-        if !(need(a.codes.len(), kb) && need(a.scales.len(), self.groups) && need(a.sums.len(), self.groups))
-            || !need(y.len(), self.out_f)
-        {
+        let fits = need(a.codes.len(), kb)
+            && need(a.scales.len(), self.groups)
+            && need(a.sums.len(), self.groups)
+            && need(y.len(), self.out_f);
+        if !fits {
             return Err(QuantError::arg(
                 "PackedI4::matmul",
                 format!(
