@@ -41,6 +41,7 @@ use half::f16;
 
 use crate::error::{try_with_capacity, QuantError, Result};
 use crate::kernels::{IntLevel, MAX_UNBACKED, PANEL};
+use crate::rowops::MAGIC;
 
 /// Inputs per code block: 16 bytes of nibbles.
 pub const BLOCK: usize = 32;
@@ -324,7 +325,7 @@ pub struct Acts<'a> {
 
 /// Quantizes one row `x` (`in` values) per group, symmetric to `[−127, 127]`:
 /// `S_a = max|x|/127` (0 for an all-zero group, whose codes are 0), `a = round_half_even(x/S_a)`
-/// computed as `x·(1/S_a)`. Writes `codes` (`blocks·32`, zero past `x`), `scales` and `sums`
+/// computed as `x·(1/S_a)` clamped to ±127. Writes `codes` (`blocks·32`, zero past `x`), `scales` and `sums`
 /// (`groups` each). Returns whether every value was finite (if not, the codes mean nothing).
 ///
 /// # Panics
@@ -340,7 +341,10 @@ pub fn quantize_row(x: &[f32], group: usize, codes: &mut [i8], scales: &mut [f32
         let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
         let mut sum = 0i32;
         for (c, &v) in codes[g * group..].iter_mut().zip(xs) {
-            let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            // Clamped first, then rounded by adding and subtracting MAGIC (ties to even, like
+            // `round_ties_even`, which without SSE4.1 is a libm call per value).
+            let t = (v * inv).clamp(-127.0, 127.0);
+            let q = ((t + MAGIC) - MAGIC) as i8;
             *c = q;
             sum += q as i32;
         }
