@@ -1,5 +1,5 @@
-//! Quantized checkpoints: a model with [`Int8Linear`] layers saved as **safetensors with real
-//! `I8` tensors**, readable by any safetensors reader (Python's `safetensors`, candle, …), and
+//! Quantized checkpoints: a model with [`Int8Linear`] and [`Int4Linear`] layers saved as
+//! **safetensors with real `I8` / packed `U8` tensors**, readable by any safetensors reader (Python's `safetensors`, candle, …), and
 //! loaded back into a freshly built fp32 model of the same architecture with the same codes and
 //! scales — so the loaded model's outputs equal the saved model's bit for bit.
 //!
@@ -16,17 +16,36 @@
 //!
 //! The codes are row-major over the layer's `[out, in·k·k]` matrix, which is the same order as
 //! the row-major weight tensor, so the weight keeps its real shape and `S·(q − Z)` in any reader
-//! gives the dequantized weight (symmetric weights have `Z = 0` and store none). Every other
+//! gives the dequantized weight (symmetric weights have `Z = 0` and store none).
+//!
+//! For every layer whose projection is an [`Int4Linear`] of group `G` (inputs `K = in·k·k`,
+//! `N = ⌈K/G⌉` groups per row):
+//!
+//! | tensor                 | dtype | shape                  |
+//! |------------------------|-------|------------------------|
+//! | `<layer>.weight`       | `U8`  | `[out, N·G/2]`         |
+//! | `<layer>.weight_scale` | `F16` | `[out, N]` (row-major) |
+//!
+//! Two codes per byte, ggml's Q4_0 order: in each block of 32 inputs of a row (16 bytes), byte `i`
+//! holds input `i` in its low nibble and input `i + 16` in its high nibble, each as `q + 8` for
+//! the code `q ∈ [−8, 7]`; inputs past `K` (a ragged last group) are code 0, nibble 8. Weight
+//! `[o, i]` is `(nibble − 8)·scale[o, i/G]`. The codes keep the row-major `[out, K]` order, so a
+//! convolution's weight is stored as its matrix, not in its 4-D shape.
+//!
+//! Every other
 //! parameter — biases, norms, embeddings, layers left in f32 or stored in another format — is
 //! `F32` under its state-dict name, as in `tt_tensor::serialize`.
 //!
 //! `__metadata__` (string → string):
 //! - `format`: [`FORMAT`];
+//! - per int4 layer, `<layer>.int4_group`: `G`, in decimal (32, 64 or 128);
 //! - per int8 layer, `<layer>.scheme` (`symmetric` | `affine`), `<layer>.granularity`
 //!   (`per-tensor` | `per-channel`) and `<layer>.activations`: `dynamic`, or
 //!   `static:0x<bits>:<zero_point>` — the frozen input scale as its IEEE bit pattern (8 hex digits,
 //!   so it round-trips exactly; in numpy `np.uint32(0x<bits>).view(np.float32)`) and the u8 zero
 //!   point.
+//!
+//! Files of format 1 (`tt-quant int8 checkpoint 1`, int8 only) still load.
 //!
 //! Why this shape: the int8 bytes are what is stored (a quarter of the f32 file), the tensors
 //! keep the names and shapes a reader of the fp32 model expects, and everything needed to rebuild
@@ -42,8 +61,9 @@
 //! (`tt_tensor::serialize::load_unit`) and then [`from_safetensors`] validates **everything
 //! before changing anything**: the metadata, every tensor's name, dtype and shape against the
 //! model's parameters and layers (no unknown or missing tensors or keys), then the values — f32
-//! finite, scales positive normal f32s, symmetric codes in `[−127, 127]`, static activation zero
-//! points in `[0, 255]`, dequantized weights finite. A file that fails any check is an `Err`
+//! finite, scales positive normal f32s (int4: finite positive f16s), symmetric codes in
+//! `[−127, 127]`, static activation zero points in `[0, 255]`, dequantized weights finite, int4
+//! padding nibbles code 0. A file that fails any check is an `Err`
 //! naming the tensor or key, and the model is left as it was.
 //!
 //! ```
@@ -74,6 +94,7 @@ use tt_tensor::serialize::{load_unit, save_unit};
 use tt_tensor::{Module, Projection, Tensor};
 
 use crate::error::{QuantError, Result};
+use crate::int4::{f16, Int4Linear, PackedI4, BLOCK};
 use crate::linear::{carries_transform, Activations, Int8Linear, QuantizedLayer};
 use crate::scheme::{Granularity, Part, QParams, QuantizedMatrix, Scheme};
 
@@ -81,12 +102,16 @@ use crate::scheme::{Granularity, Part, QParams, QuantizedMatrix, Scheme};
 pub const WEIGHTS_PART: &str = "model.safetensors";
 /// Metadata key naming the format.
 pub const FORMAT_KEY: &str = "format";
-/// The value of [`FORMAT_KEY`] this module writes and reads.
-pub const FORMAT: &str = "tt-quant int8 checkpoint 1";
+/// The value of [`FORMAT_KEY`] this module writes (int8 and int4 layers).
+pub const FORMAT: &str = "tt-quant checkpoint 2";
+/// The previous format (int8 layers only), still read.
+pub const FORMAT_1: &str = "tt-quant int8 checkpoint 1";
 
 const SCALE: &str = "weight_scale";
 const ZERO_POINT: &str = "weight_zero_point";
 const META_FIELDS: [&str; 3] = ["scheme", "granularity", "activations"];
+/// The one metadata field of an int4 layer.
+const INT4_GROUP: &str = "int4_group";
 
 /// A `Linear` or `Conv2d` of the model, as found by the visitors.
 struct Layer {
@@ -127,6 +152,10 @@ impl Layer {
 
     fn int8(&self) -> Option<&Int8Linear> {
         self.projection.as_deref()?.as_any()?.downcast_ref::<Int8Linear>()
+    }
+
+    fn int4(&self) -> Option<&Int4Linear> {
+        self.projection.as_deref()?.as_any()?.downcast_ref::<Int4Linear>()
     }
 }
 
@@ -179,11 +208,11 @@ fn check_activations(layer: &str, a: StoredActivations) -> std::result::Result<A
 /// A layer carrying a forward transform (a pruning mask not made permanent, a low-rank
 /// factorization in training, QAT's fake quantization): it computes a transform of its stored
 /// weight, which is what would be saved, and a model loading the file would compute something
-/// else — finish the transform first, as for [`crate::quantize_layers`]. An int8 layer whose
+/// else — finish the transform first, as for [`crate::quantize_layers`]. An int8 or int4 layer whose
 /// weight no longer equals its projection (written after quantization: a
 /// training step or a loaded checkpoint — quantize again, or clear the projection), a stored
 /// weight that [`load`] would refuse (see the module docs), two parameters with one name, or a
-/// parameter named like the scale or zero point of an int8 layer.
+/// parameter named like the scale or zero point of a quantized layer.
 pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     let err = |reason: String| QuantError::Checkpoint { path: WEIGHTS_PART.into(), reason };
     let layers = find_layers(model)?;
@@ -193,8 +222,8 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     if let Some((layer, t)) = layers.iter().find_map(|l| Some((l, l.transform.as_ref()?))) {
         return Err(err(format!("{} {}", layer.kind, carries_transform(&layer.name, t.as_ref(), "saving"))));
     }
-    for layer in &layers {
-        let Some(q) = layer.int8() else { continue };
+    let mut int4: HashMap<String, (&Layer, &Int4Linear)> = HashMap::new();
+    let fresh = |layer: &Layer, q: &dyn Projection| -> Result<()> {
         let dense = q.to_dense();
         let weight = layer.weight.data();
         let (weight, dense) = (weight.as_standard_layout(), dense.as_standard_layout());
@@ -208,6 +237,17 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
                 q.format()
             )));
         }
+        Ok(())
+    };
+    for layer in &layers {
+        if let Some(q) = layer.int4() {
+            fresh(layer, q)?;
+            metadata.insert(format!("{}.{INT4_GROUP}", layer.name), q.group().to_string());
+            int4.insert(layer.weight_name(), (layer, q));
+            continue;
+        }
+        let Some(q) = layer.int8() else { continue };
+        fresh(layer, q)?;
         let w = q.weight();
         // `Int8Linear` keeps one scale per output: never per-group (which the format cannot say).
         if let Granularity::PerGroup(g) = w.granularity() {
@@ -221,6 +261,13 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     // (name, dtype, shape, little-endian bytes)
     let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in &params {
+        if let Some((layer, q)) = int4.get(name) {
+            let p = q.packed();
+            raw.push((name.clone(), Dtype::U8, vec![layer.rows, p.blocks() * BLOCK / 2], p.nibbles()));
+            let scales = p.row_scales().iter().flat_map(|s| s.to_bits().to_le_bytes()).collect();
+            raw.push((format!("{}.{SCALE}", layer.name), Dtype::F16, vec![layer.rows, p.groups()], scales));
+            continue;
+        }
         match int8.get(name) {
             Some((layer, q)) => {
                 let w = q.weight();
@@ -248,8 +295,8 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
              scale or zero point)"
         )));
     }
-    if let Some(missing) = int8.keys().find(|n| !params.iter().any(|(p, _)| p == *n)) {
-        return Err(err(format!("the int8 layer weight {missing} is not among the model's parameters")));
+    if let Some(missing) = int8.keys().chain(int4.keys()).find(|n| !params.iter().any(|(p, _)| p == *n)) {
+        return Err(err(format!("the quantized layer weight {missing} is not among the model's parameters")));
     }
     let views = raw
         .iter()
@@ -318,9 +365,11 @@ pub fn save_with(model: &mut dyn Module, dir: &Path, extra_parts: &[(&str, &[u8]
 
 /// Loads the checkpoint unit in `dir` into `model` (built with the same architecture; fp32 or
 /// not): f32 parameters are set, and every layer stored as `I8` gets an [`Int8Linear`] over the
-/// stored codes and scales, installed with `set_projection` (which sets its dense weight to the
-/// dequantized values). Layers stored as `F32` end up dense: a projection installed in them
-/// before is removed (it would be stale). Returns the int8 layers, in the model's order.
+/// stored codes and scales, every layer stored as `U8` an [`Int4Linear`] over its nibbles and f16
+/// scales (packed straight from the file's bytes), installed with `set_projection` (which sets
+/// its dense weight to the dequantized values). Layers stored as `F32` end up dense: a projection
+/// installed in them before is removed (it would be stale). Returns the quantized layers, in the
+/// model's order.
 ///
 /// # Errors
 /// A missing or corrupt unit, a checksum mismatch (`load_unit`), or any problem
@@ -342,8 +391,12 @@ pub fn load(model: &mut dyn Module, dir: &Path) -> Result<Vec<QuantizedLayer>> {
 /// tensor; a tensor of the wrong dtype or shape (for the model's layer, or for the number of
 /// scales its granularity needs); a scale that is not a positive normal f32, a non-finite f32
 /// value, a symmetric code of −128, a static activation zero point outside `[0, 255]`, a
-/// dequantized weight that overflows f32, or a layer `Int8Linear` refuses. Each error names the
-/// tensor or key; the model is then unchanged.
+/// dequantized weight that overflows f32, or a layer `Int8Linear` refuses; for int4 layers (format
+/// 2 only), a missing, unparsable or unsupported `int4_group`, int8 fields beside it, codes or
+/// scales whose shape or byte count does not match the layer and group (a truncated tensor, a
+/// wrong group size), a scale that is not a finite positive f16 (NaN, ±∞, ±0, negative), or a
+/// padding nibble that is not code 0. Each error names the tensor or key; the model is then
+/// unchanged.
 pub fn from_safetensors(model: &mut dyn Module, bytes: &[u8]) -> Result<Vec<QuantizedLayer>> {
     read_into(model, bytes, WEIGHTS_PART)
 }
@@ -352,6 +405,7 @@ pub fn from_safetensors(model: &mut dyn Module, bytes: &[u8]) -> Result<Vec<Quan
 struct Plan {
     f32s: Vec<(Tensor, ArrayD<f32>)>,
     int8: HashMap<String, Arc<Int8Linear>>,
+    int4: HashMap<String, Arc<Int4Linear>>,
 }
 
 fn read_into(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Vec<QuantizedLayer>> {
@@ -405,21 +459,24 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
         .metadata()
         .as_ref()
         .ok_or_else(|| err(format!("no __metadata__ (a tt-quant checkpoint names its format under {FORMAT_KEY:?})")))?;
-    match meta.get(FORMAT_KEY) {
-        Some(f) if f == FORMAT => {}
-        Some(f) => return Err(err(format!("metadata {FORMAT_KEY}: {f:?} is not {FORMAT:?}"))),
+    let int4_allowed = match meta.get(FORMAT_KEY) {
+        Some(f) if f == FORMAT => true,
+        Some(f) if f == FORMAT_1 => false,
+        Some(f) => return Err(err(format!("metadata {FORMAT_KEY}: {f:?} is not {FORMAT:?} (or {FORMAT_1:?})"))),
         None => return Err(err(format!("metadata has no {FORMAT_KEY:?} key (not a tt-quant checkpoint)"))),
-    }
+    };
     let by_name: HashMap<&str, &Layer> = layers.iter().map(|l| (l.name.as_str(), l)).collect();
     let mut layer_meta: BTreeMap<&str, LayerMeta<'_>> = BTreeMap::new();
     let mut entries: Vec<(&String, &String)> = meta.iter().filter(|(k, _)| *k != FORMAT_KEY).collect();
     entries.sort();
     for (key, value) in entries {
-        let known =
-            key.rsplit_once('.').filter(|(layer, field)| META_FIELDS.contains(field) && by_name.contains_key(layer));
+        let known = key.rsplit_once('.').filter(|(layer, field)| {
+            (META_FIELDS.contains(field) || (int4_allowed && *field == INT4_GROUP)) && by_name.contains_key(layer)
+        });
         let Some((layer, field)) = known else {
+            let int4 = if int4_allowed { ", or .int4_group" } else { "" };
             return Err(err(format!(
-                "metadata key {key:?} is unknown (expected <layer>.scheme, .granularity or .activations for a \
+                "metadata key {key:?} is unknown (expected <layer>.scheme, .granularity or .activations{int4} for a \
                  Linear or Conv2d of the model)"
             )));
         };
@@ -454,27 +511,77 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
         granularity: Granularity,
         activations: Activations,
     }
+    struct Int4Spec<'v, 'd> {
+        layer: &'v Layer,
+        codes: &'v TensorView<'d>,
+        scales: &'v TensorView<'d>,
+        group: usize,
+    }
     let mut used: HashSet<String> = HashSet::new();
     let mut specs: Vec<Int8Spec<'_, '_>> = Vec::new();
+    let mut specs4: Vec<Int4Spec<'_, '_>> = Vec::new();
     for layer in &layers {
         let wname = layer.weight_name();
         let Some(view) = tensor(&wname) else { continue };
-        if view.dtype() != Dtype::I8 {
-            if let Some(m) = layer_meta.get(layer.name.as_str()) {
-                let field = m.fields.keys().next().copied().unwrap_or("scheme");
+        let m = layer_meta.get(layer.name.as_str());
+        // What the metadata says the layer is: the first field it gives, and the dtype that goes
+        // with it.
+        let described = m.and_then(|m| m.fields.keys().next().copied()).map(|field| match field {
+            INT4_GROUP => (field, "an int4", Dtype::U8),
+            _ => (field, "an int8", Dtype::I8),
+        });
+        match described {
+            Some((field, what, dtype)) if view.dtype() != dtype => {
                 return Err(err(format!(
-                    "metadata {}.{field} describes an int8 layer, but tensor {wname} has dtype {} (an int8 weight is I8)",
+                    "metadata {}.{field} describes {what} layer, but tensor {wname} has dtype {} ({what} weight is \
+                     {dtype})",
                     layer.name,
                     view.dtype()
                 )));
             }
-            continue; // an f32 weight: checked with the other parameters below
+            None if view.dtype() == Dtype::U8 && int4_allowed => {
+                return Err(err(format!("tensor {wname} is U8 (int4) but metadata has no {}.{INT4_GROUP}", layer.name)))
+            }
+            None if view.dtype() == Dtype::I8 => {}
+            None => continue, // an f32 weight (or not): checked with the other parameters below
+            Some(_) => {}
         }
         if !param_names.contains_key(wname.as_str()) {
             return Err(err(format!("tensor {wname} is not a parameter of the model")));
         }
+        if view.dtype() == Dtype::U8 {
+            let m = m.map(|m| &m.fields);
+            if let Some(f) = m.and_then(|m| m.keys().find(|f| **f != INT4_GROUP)) {
+                return Err(err(format!(
+                    "metadata {}.{f} is an int8 field, but {wname} is an int4 layer (U8, {}.{INT4_GROUP})",
+                    layer.name, layer.name
+                )));
+            }
+            let g = m.and_then(|m| m.get(INT4_GROUP).copied()).unwrap_or("");
+            let group = g
+                .parse::<usize>()
+                .ok()
+                .filter(|n| g.bytes().all(|b| b.is_ascii_digit()) && crate::int4::GROUPS.contains(n))
+                .ok_or_else(|| {
+                    err(format!(
+                        "metadata {}.{INT4_GROUP}: {g:?} is not a supported int4 group size ({:?})",
+                        layer.name,
+                        crate::int4::GROUPS
+                    ))
+                })?;
+            let groups = layer.cols.div_ceil(group);
+            // Shapes the model fixes: a wrong group or a truncated tensor is caught here, before
+            // anything is read.
+            check(&wname, view, Dtype::U8, &[layer.rows, groups * group / 2])?;
+            let sname = format!("{}.{SCALE}", layer.name);
+            let scales =
+                tensor(&sname).ok_or_else(|| err(format!("tensor {sname} is missing (the scales of int4 {wname})")))?;
+            check(&sname, scales, Dtype::F16, &[layer.rows, groups])?;
+            used.extend([wname, sname]);
+            specs4.push(Int4Spec { layer, codes: view, scales, group });
+            continue;
+        }
         check(&wname, view, Dtype::I8, &layer.weight.shape())?;
-        let m = layer_meta.get(layer.name.as_str());
         let field = |f: &str| -> Result<&str> {
             m.and_then(|m| m.fields.get(f).copied())
                 .ok_or_else(|| err(format!("tensor {wname} is I8 but metadata has no {}.{f}", layer.name)))
@@ -513,10 +620,12 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
         }
         specs.push(Int8Spec { layer, codes: view, scales, zero_points, scheme, granularity, activations });
     }
-    if let Some((layer, m)) = layer_meta.iter().find(|(l, _)| !specs.iter().any(|s| s.layer.name == **l)) {
+    let specified = |l: &str| specs.iter().any(|s| s.layer.name == l) || specs4.iter().any(|s| s.layer.name == l);
+    if let Some((layer, m)) = layer_meta.iter().find(|(l, _)| !specified(l)) {
         let field = m.fields.keys().next().copied().unwrap_or("scheme");
+        let (what, dtype) = if field == INT4_GROUP { ("an int4", "U8") } else { ("an int8", "I8") };
         return Err(err(format!(
-            "metadata {layer}.{field} describes an int8 layer, but tensor {layer}.weight is not stored as I8"
+            "metadata {layer}.{field} describes {what} layer, but tensor {layer}.weight is not stored as {dtype}"
         )));
     }
     let mut f32_views = Vec::new();
@@ -531,7 +640,8 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
     }
     if let Some(extra) = tensors.keys().find(|n| !used.contains(*n)) {
         return Err(err(format!(
-            "tensor {extra} is unexpected (neither a parameter of the model nor the scale or zero point of an int8 layer)"
+            "tensor {extra} is unexpected (neither a parameter of the model nor the scale or zero point of a quantized \
+             layer)"
         )));
     }
 
@@ -580,37 +690,56 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
             .map_err(|e| err(format!("{} {name}: the int8 layer cannot be built: {e}", s.layer.kind)))?;
         int8.insert(name.clone(), Arc::new(layer));
     }
-    Ok(Plan { f32s, int8 })
+    let mut int4 = HashMap::new();
+    for s in specs4 {
+        let name = &s.layer.name;
+        let scales: Vec<f16> =
+            s.scales.data().chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect();
+        if let Some(i) = scales.iter().position(|v| !(v.is_finite() && v.to_f32() > 0.0)) {
+            return Err(err(format!(
+                "tensor {name}.{SCALE}: scale {} at flat index {i} is not a finite positive f16",
+                scales[i]
+            )));
+        }
+        let packed = PackedI4::from_nibbles(s.codes.data(), &scales, s.layer.rows, s.layer.cols, s.group)
+            .map_err(|e| err(format!("tensor {name}.weight: {e}")))?;
+        int4.insert(name.clone(), Arc::new(Int4Linear::from_packed(packed)));
+    }
+    Ok(Plan { f32s, int8, int4 })
 }
 
 /// Applies a validated plan. Every step's only error is a shape mismatch, which validation has
 /// excluded (f32 arrays have their parameter's shape; each `Int8Linear` has its layer's matrix
 /// shape), so a plan is applied whole.
 fn apply(model: &mut dyn Module, plan: Plan) -> Result<Vec<QuantizedLayer>> {
-    let Plan { f32s, mut int8 } = plan;
+    let Plan { f32s, mut int8, mut int4 } = plan;
     for (t, arr) in f32s {
         t.set_data(arr)?;
     }
     let mut done = Vec::new();
-    let mut install = |name: &str, q: Option<Arc<Int8Linear>>| -> Option<Arc<dyn Projection>> {
-        let q = q?;
+    let mut install = |name: &str| -> Option<Arc<dyn Projection>> {
+        let (q, weight_bytes): (Arc<dyn Projection>, usize) = match (int8.remove(name), int4.remove(name)) {
+            (Some(q), _) => (q.clone(), q.weight().storage_bytes()),
+            (None, Some(q)) => (q.clone(), q.weight_bytes()),
+            (None, None) => return None,
+        };
         done.push(QuantizedLayer {
             name: name.to_string(),
             format: q.format(),
             shape: q.shape(),
-            weight_bytes: q.weight().storage_bytes(),
+            weight_bytes,
             storage_bytes: q.storage_bytes(),
         });
         Some(q)
     };
-    map_linears(model, |name, l| match install(name, int8.remove(name)) {
+    map_linears(model, |name, l| match install(name) {
         Some(q) => l.set_projection(q),
         None => {
             l.clear_projection();
             Ok(())
         }
     })?;
-    map_conv2ds(model, |name, c| match install(name, int8.remove(name)) {
+    map_conv2ds(model, |name, c| match install(name) {
         Some(q) => c.set_projection(q),
         None => {
             c.clear_projection();

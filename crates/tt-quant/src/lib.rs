@@ -23,6 +23,9 @@
 //!   requantization multiplier `M = M₀·2⁻³¹·2⁻ⁿ`, tested against the float formula.
 //! - [`qat`]: quantization-aware training — a fake-quantize autograd op (straight-through inside
 //!   the clamp range) installed in every layer as a forward transform, then converted to int8.
+//! - [`int4`]: [`Int4Linear`], symmetric 4-bit weights per group of 32 (ggml's Q4_0: f16
+//!   scales, two codes per byte, packed once) times int8 activations per group, exact in the
+//!   integer kernels at every level, and [`quantize_int4`], which installs it by name.
 //! - [`checkpoint`]: quantized models saved and loaded as safetensors with real `I8` weight
 //!   tensors, their scales and zero points, and the scheme in the metadata — readable by any
 //!   safetensors reader, loaded back bit for bit, hostile files rejected before anything changes.
@@ -48,6 +51,7 @@
 pub mod calibrate;
 pub mod checkpoint;
 pub mod error;
+pub mod int4;
 pub mod kernels;
 pub mod linear;
 pub mod observer;
@@ -58,6 +62,7 @@ pub mod scheme;
 
 pub use calibrate::{calibrate, Calibration};
 pub use error::{QuantError, Result};
+pub use int4::{quantize_int4, Int4Linear, PackedI4};
 pub use kernels::{IntLevel, PackedI8};
 pub use linear::{quantize_dynamic, quantize_layers, Activations, Int8Linear, QuantizedLayer, WeightConfig};
 pub use scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};

@@ -1,7 +1,8 @@
 //! Module 17 — quantization: the math on known values and as properties, the observers on known
 //! data, every integer kernel exactly equal to the scalar reference at every level (per-group
-//! included), the int8 projection against the float formula, int8 models through the seam (tensor model and
-//! KV-cached decoder), and quantized checkpoints (safetensors with I8 tensors, hostile files).
+//! included), the int8 projection against the float formula, int8 models through the seam (tensor
+//! model and KV-cached decoder), int4 weights (kernels exact at every level, `Int4Linear`, int4
+//! models), and quantized checkpoints (safetensors with I8 and int4 tensors, hostile files).
 //!
 //! Each part lives in its own file under `tests/m17/`.
 
@@ -11,6 +12,10 @@ mod boundaries;
 mod checkpoint;
 #[path = "m17/groups.rs"]
 mod groups;
+#[path = "m17/int4.rs"]
+mod int4;
+#[path = "m17/int4_checkpoint.rs"]
+mod int4_checkpoint;
 #[path = "m17/kernels.rs"]
 mod kernels;
 #[path = "m17/linear.rs"]
