@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tt_accel::packed::PackedF32;
 use tt_kvcache::{generate_cached, CachedGpt, OverflowPolicy};
 use tt_profile::roofline::MemoryLevels;
+use tt_quant::int4::Int4Linear;
 use tt_quant::{Activations, Int8Linear, WeightConfig};
 use tt_tensor::{Module, Projection};
 use tt_transformer::generate::GenerateConfig;
@@ -64,9 +65,8 @@ fn shapes(vocab: usize, quick: bool) -> Vec<(&'static str, GptConfig)> {
 pub fn child_main(config: GptConfig, weights: &str, tokens: usize) -> Result<Value> {
     let mut config = config;
     match weights {
-        "fp32" | "int8" => {}
+        "fp32" | "int8" | "int4" => {}
         "pruned50" => config.mlp_hidden = Some((0..config.n_layers).map(|l| config.hidden(l) / 2).collect()),
-        "int4" => return Err(MilestoneError::Other("int4 weights are not implemented yet".into())),
         other => return Err(MilestoneError::Other(format!("unknown weight format '{other}' (one of {WEIGHTS:?})"))),
     }
     let model = Gpt::new_with(config.clone(), &mut |path, _, draw| layer_format(weights, path, &draw()))?;
@@ -107,6 +107,10 @@ fn layer_format(weights: &str, path: &str, w: &Array2<f32>) -> tt_tensor::Result
         "int8" => Some(Arc::new(
             Int8Linear::new(w, WeightConfig::PER_CHANNEL, Activations::Dynamic)
                 .map_err(|e| tt_tensor::TensorError::InvalidArgument { op: "int8", reason: e.to_string() })?,
+        )),
+        "int4" => Some(Arc::new(
+            Int4Linear::new(w, 32)
+                .map_err(|e| tt_tensor::TensorError::InvalidArgument { op: "int4", reason: e.to_string() })?,
         )),
         _ if path == "tok_emb" => None,
         _ => Some(Arc::new(PackedF32::new(w))),

@@ -35,8 +35,17 @@ fn main() -> ExitCode {
                 .map(tt_quant::IntLevel::for_level)
                 .collect();
             int.dedup();
-            for l in int {
+            for l in &int {
                 println!("int {}", l.name());
+            }
+            // int4's AVX2 kernel also needs F16C (its scales are f16): without it, that level
+            // runs the scalar kernel, which is listed already.
+            #[cfg(target_arch = "x86_64")]
+            let f16c = std::arch::is_x86_feature_detected!("f16c");
+            #[cfg(not(target_arch = "x86_64"))]
+            let f16c = false;
+            for l in int.into_iter().filter(|&l| l != tt_quant::IntLevel::Avx2 || f16c) {
+                println!("int4 {}", l.name());
             }
             return ExitCode::SUCCESS;
         }

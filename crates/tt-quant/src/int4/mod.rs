@@ -243,6 +243,20 @@ impl Projection for Int4Linear {
         })
     }
 
+    /// One row, as `to_dense` computes it: an embedding lookup of an int4 token table.
+    fn dense_row(&self, o: usize, out: &mut [f32]) {
+        let (out_f, in_f) = self.packed.shape();
+        assert!(
+            o < out_f && out.len() == in_f,
+            "Int4Linear::dense_row: row {o} of {out_f}, {} values for {in_f}",
+            out.len()
+        );
+        let g = self.packed.group();
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = self.packed.code(o, i) as f32 * self.packed.scale(o, i / g).to_f32();
+        }
+    }
+
     /// The packed codes and f16 scales, panel padding included: the only copy of the weight
     /// this layer keeps.
     fn storage_bytes(&self) -> usize {

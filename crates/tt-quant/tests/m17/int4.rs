@@ -370,3 +370,19 @@ proptest::proptest! {
         }
     }
 }
+
+/// A row read on its own (an embedding lookup of an int4 token table) is that row of `to_dense`,
+/// for every group size, with a ragged last group.
+#[test]
+fn a_dense_row_is_the_row_of_to_dense() {
+    let w = randn_array(&[19, 75], 0.0, 1.0, &mut ChaCha8Rng::seed_from_u64(3)).into_dimensionality().unwrap();
+    for g in GROUPS {
+        let l = Int4Linear::new(&w, g).unwrap();
+        let dense = l.to_dense();
+        let mut row = vec![0.0; 75];
+        for o in [0, 7, 18] {
+            l.dense_row(o, &mut row);
+            assert_eq!(row, dense.row(o).to_vec(), "group {g} row {o}");
+        }
+    }
+}
