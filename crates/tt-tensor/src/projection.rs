@@ -290,6 +290,12 @@ impl InstalledProjection {
                 ),
             ));
         }
+        // A released weight stays released: the new format becomes its only copy (what a loader
+        // filling a model built format by format does), and the values changed, so the version.
+        if let Some(label) = weight.released_label() {
+            weight.replace_released(&label, materializer(p.clone(), shape));
+            return Ok(InstalledProjection { projection: p, weight_id: weight.id(), weight_version: weight.version() });
+        }
         let dense = p.to_dense();
         if dense.dim() != (rows, cols) {
             return Err(TensorError::arg(

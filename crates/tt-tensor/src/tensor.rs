@@ -376,6 +376,20 @@ impl Tensor {
         t
     }
 
+    /// Gives a released tensor new values to recompute (a new format installed over it), as a
+    /// write: the version changes. A resident tensor is released with them.
+    pub(crate) fn replace_released(&self, label: &str, materialize: Materialize) {
+        let mut state = self.released_state();
+        let shape = match state.as_ref() {
+            Some(r) => r.shape.clone(),
+            None => self.inner.data.read().unwrap_or_else(|e| e.into_inner()).shape().to_vec(),
+        };
+        *self.inner.data.write().unwrap_or_else(|e| e.into_inner()) = Array::zeros(IxDyn(&[0]));
+        *state = Some(Released { label: label.to_string(), shape, materialize });
+        self.inner.is_released.store(true, Ordering::Release);
+        self.inner.version.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether the values are released ([`Tensor::release`]).
     pub fn is_released(&self) -> bool {
         self.inner.is_released.load(Ordering::Acquire)

@@ -451,6 +451,26 @@ mod freeze {
         assert!(l.projection().is_err(), "the format no longer matches the weight");
     }
 
+    /// Installing a format over a released weight keeps it released: the new format is the only
+    /// copy (a loader filling a model built without weights), and reads see its values.
+    #[test]
+    fn a_format_installed_over_a_released_weight_keeps_it_released() {
+        let mut l = Linear::new(6, 4, true, 1);
+        l.set_projection(Arc::new(TransposedF64::of(l.projection().unwrap().as_ref()))).unwrap();
+        l.release_weight("fc.weight").unwrap();
+        let other = Linear::new(6, 4, true, 2);
+        let version = l.weight.version();
+        l.set_projection(Arc::new(TransposedF64::of(other.projection().unwrap().as_ref()))).unwrap();
+        assert!(l.weight.is_released());
+        assert_ne!(l.weight.version(), version, "the values changed");
+        assert_eq!(l.weight.to_vec(), other.weight.to_vec());
+        let x = Tensor::randn(&[2, 6], 0.0, 1.0, 4);
+        let (a, b) =
+            (no_grad(|| l.forward(&x)).unwrap(), no_grad(|| x.linear(&other.weight, l.bias.as_ref())).unwrap());
+        let diff = a.to_vec().iter().zip(b.to_vec()).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-6, "{diff}");
+    }
+
     #[test]
     fn only_layers_with_a_format_can_release_their_weight() {
         let l = Linear::new(3, 2, false, 0);
