@@ -3,8 +3,10 @@
 //! latency — plus the int8 GEMM against tt-accel's f32 GEMM and the int8 decode against the f32
 //! decode, all in one run.
 //!
-//! Schemes: `fp32`; `dynamic_per_tensor` and `dynamic_per_channel` (symmetric int8 weights,
-//! activations quantized per row at run time); `static_minmax` and `static_histogram`
+//! Schemes: `fp32`; `dynamic_per_tensor`, `dynamic_per_channel` and `dynamic_per_group64`
+//! (symmetric int8 weights — one scale per matrix, per output, per 64 inputs of an output, as
+//! llama2.c's Q8_0 — activations quantized per row at run time); `int4_g32` (symmetric 4-bit
+//! weights, one f16 scale per 32 inputs as ggml's Q4_0, activations int8 per group); `static_minmax` and `static_histogram`
 //! (per-channel weights, activation `(S, Z)` frozen from calibration on training data); and for
 //! the GPT, dynamic per-channel weights with the int8 KV cache; `qat` (the fp32 model fine-tuned
 //! through fake quantization — per-channel weights, calibrated min-max input ranges — then
@@ -22,7 +24,10 @@ use tt_profile::roofline::{peak_gflops, MemoryLevels};
 use tt_quant::kernels::{vnni_peak_gops, IntLevel, PackedI8};
 use tt_quant::observer::{Histogram, MinMax, Observer};
 use tt_quant::qat::{convert_qat, prepare_qat};
-use tt_quant::{calibrate, quantize_dynamic, quantize_layers, Activations, Int8Linear, QuantizedLayer, WeightConfig};
+use tt_quant::{
+    calibrate, quantize_dynamic, quantize_int4, quantize_layers, Activations, Granularity, Int8Linear, QuantizedLayer,
+    Scheme, WeightConfig,
+};
 use tt_tensor::data::{digits, ClassificationData, DataLoader};
 use tt_tensor::nn::Sequential;
 use tt_tensor::projection::{Projection, Workspace};
@@ -38,8 +43,16 @@ pub const NAME: &str = "quantization";
 
 const PROMPT: &str = "Q: what is 3 plus 4?\nA:";
 
-const SCHEMES: [&str; 6] =
-    ["fp32", "dynamic_per_tensor", "dynamic_per_channel", "static_minmax", "static_histogram", "qat"];
+const SCHEMES: [&str; 8] = [
+    "fp32",
+    "dynamic_per_tensor",
+    "dynamic_per_channel",
+    "dynamic_per_group64",
+    "int4_g32",
+    "static_minmax",
+    "static_histogram",
+    "qat",
+];
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -71,6 +84,10 @@ fn apply(
         "fp32" => Vec::new(),
         "dynamic_per_tensor" => quantize_dynamic(m, WeightConfig::PER_TENSOR)?,
         "dynamic_per_channel" => quantize_dynamic(m, WeightConfig::PER_CHANNEL)?,
+        "dynamic_per_group64" => {
+            quantize_dynamic(m, WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(64) })?
+        }
+        "int4_g32" => quantize_int4(m, 32)?,
         "qat" => {
             let cal = calibrate(m, &|| observer("static_minmax"), run).map_err(other)?;
             prepare_qat(m, WeightConfig::PER_CHANNEL, &cal).map_err(other)?;
@@ -311,7 +328,7 @@ fn gpt_rows(opts: &Options, mem: &MemoryLevels) -> Result<(Vec<Value>, Value)> {
         100.0 * control_em,
         qat_cfg.steps
     ));
-    let qat_i = SCHEMES.len() - 1;
+    let qat_i = SCHEMES.iter().position(|&s| s == "qat").ok_or_else(|| other("no qat row"))?;
     rows[qat_i]["control_fp32_finetuned"] = json!({"quality": control_em, "val_perplexity": control_ppl});
     // The int8 KV cache (q8 rows) on top of the int8 weights of PyTorch's default weight scheme.
     // PyTorch's default weight scheme, found by name (not by its place in the list).

@@ -9,10 +9,12 @@ use crate::Result;
 /// Charts the milestone writes: (path relative to the cache directory, name under docs/figures/).
 pub const FIGURES: &[(&str, &str)] = &[("quantization/quality_vs_bytes.svg", "17-quality-vs-bytes.svg")];
 
-const SCHEME_NAMES: [(&str, &str); 6] = [
+const SCHEME_NAMES: [(&str, &str); 8] = [
     ("fp32", "fp32"),
     ("dynamic_per_tensor", "dynamic per-tensor"),
     ("dynamic_per_channel", "dynamic per-channel"),
+    ("dynamic_per_group64", "dynamic per-group (64)"),
+    ("int4_g32", "int4 (group 32)"),
     ("static_minmax", "static min-max"),
     ("static_histogram", "static histogram"),
     ("qat", "QAT"),
