@@ -53,3 +53,11 @@ pub fn run_json(mut cmd: Command, limit: Duration, what: &str) -> Result<Value> 
     }
     serde_json::from_slice(&stdout).map_err(|e| err(format!("printed no JSON: {e}")))
 }
+
+/// A `/proc/self/status` size in bytes (`VmHWM`: the peak resident set; `VmRSS`: the current
+/// one), if the OS says.
+pub fn proc_status_bytes(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}

@@ -56,20 +56,64 @@ fn shapes(vocab: usize, quick: bool) -> Vec<(&'static str, GptConfig)> {
     v
 }
 
-/// The body of `tito memory-child`: builds `config` in `weights`, decodes [`TOKENS`] tokens
-/// (fewer with `tokens`), and reports what the process held. Run it in a process of its own:
-/// the peak resident set is the whole process's.
-///
-/// # Errors
-/// An unknown format, a format not implemented yet, or the decoder's errors.
-pub fn child_main(config: GptConfig, weights: &str, tokens: usize) -> Result<Value> {
-    let mut config = config;
+/// What `tito memory-child` does with a model.
+#[derive(Debug, Clone)]
+pub enum ChildMode {
+    /// Build it format by format in this process, then decode.
+    Build,
+    /// Build it, then save it as a quantized checkpoint unit in this directory (with its config).
+    Save(std::path::PathBuf),
+    /// Load it from a checkpoint [`ChildMode::Save`] wrote — no f32 copy of a quantized layer is
+    /// ever made — then decode.
+    Load(std::path::PathBuf),
+}
+
+/// The checkpoint part holding the model's `GptConfig`.
+const CONFIG_PART: &str = "config.json";
+
+/// The model of a row: `config` (halved MLPs for pruned50) with each weight in `weights`' format.
+fn build(config: &GptConfig, weights: &str) -> Result<Gpt> {
+    let mut config = config.clone();
     match weights {
         "fp32" | "int8" | "int4" => {}
         "pruned50" => config.mlp_hidden = Some((0..config.n_layers).map(|l| config.hidden(l) / 2).collect()),
         other => return Err(MilestoneError::Other(format!("unknown weight format '{other}' (one of {WEIGHTS:?})"))),
     }
-    let model = Gpt::new_with(config.clone(), &mut |path, _, draw| layer_format(weights, path, &draw()))?;
+    Ok(Gpt::new_with(config, &mut |path, _, draw| layer_format(weights, path, &draw()))?)
+}
+
+/// The skeleton of the model saved in `dir` (every weight an `Unloaded` placeholder: no weight
+/// memory), filled from the checkpoint.
+fn load(dir: &Path) -> Result<Gpt> {
+    let err = |e: tt_quant::QuantError| MilestoneError::Other(format!("{}: {e}", dir.display()));
+    let config = tt_tensor::serialize::load_unit(dir, &[CONFIG_PART])?.remove(0);
+    let config: GptConfig = serde_json::from_slice(&config)
+        .map_err(|e| MilestoneError::Other(format!("{}: {CONFIG_PART}: {e}", dir.display())))?;
+    let mut model =
+        Gpt::new_with(config, &mut |_, (o, i), _| Ok(Some(Arc::new(tt_tensor::projection::Unloaded::new(o, i)))))?;
+    tt_quant::checkpoint::load(&mut model, dir).map_err(err)?;
+    Ok(model)
+}
+
+/// The body of `tito memory-child`: the row's model built, saved or loaded (see [`ChildMode`]),
+/// then [`TOKENS`] tokens decoded (`tokens`), and what the process held. Run it in a process of
+/// its own: the peak resident set is the whole process's.
+///
+/// # Errors
+/// An unknown format, checkpoint errors, or the decoder's errors.
+pub fn child_main(config: GptConfig, weights: &str, tokens: usize, mode: ChildMode) -> Result<Value> {
+    let model = match &mode {
+        ChildMode::Build => build(&config, weights)?,
+        ChildMode::Save(dir) => {
+            let mut model = build(&config, weights)?;
+            let config = serde_json::to_vec(&model.config).map_err(|e| MilestoneError::Other(e.to_string()))?;
+            tt_quant::checkpoint::save_with(&mut model, dir, &[(CONFIG_PART, &config)])
+                .map_err(|e| MilestoneError::Other(format!("{}: {e}", dir.display())))?;
+            return Ok(json!({"saved": dir.display().to_string()}));
+        }
+        ChildMode::Load(dir) => load(dir)?,
+    };
+    let (load_peak, loaded_rss) = (crate::child::proc_status_bytes("VmHWM"), crate::child::proc_status_bytes("VmRSS"));
     let context = PROMPT + tokens;
     let mut engine = CachedGpt::with_context(&model, 1, OverflowPolicy::Error, context)?;
     engine.set_row_kernels(tt_accel::fused::row_kernels());
@@ -81,12 +125,13 @@ pub fn child_main(config: GptConfig, weights: &str, tokens: usize) -> Result<Val
     let shared_head = model.lm_head.is_none() && !model.tok_emb.weight.is_released();
     let head = engine.projection_formats().last().map_or(0, |p| p.2);
     let weight_bytes = projections + dense - if shared_head { head } else { 0 };
-    let prompt: Vec<usize> = (0..PROMPT).map(|i| (i * 7919 + 13) % config.vocab_size).collect();
+    let prompt: Vec<usize> = (0..PROMPT).map(|i| (i * 7919 + 13) % model.config.vocab_size).collect();
     let trace = generate_cached(&mut engine, &[prompt], &GenerateConfig::greedy(tokens))?;
     let decode_s: f64 = trace.step_seconds.iter().skip(1).sum();
     let kv_bytes = engine.cache().memory_bytes();
     Ok(json!({
         "weights": weights,
+        "loaded_from_checkpoint": matches!(mode, ChildMode::Load(_)),
         "params": model.num_parameters(),
         "weight_bytes": weight_bytes,
         "projection_bytes": projections,
@@ -94,7 +139,9 @@ pub fn child_main(config: GptConfig, weights: &str, tokens: usize) -> Result<Val
         "context": context,
         "tokens": trace.tokens[0].len(),
         "decode_tok_s": (trace.step_seconds.len().saturating_sub(1)) as f64 / decode_s,
-        "peak_rss_bytes": crate::torchperf::peak_rss_bytes(),
+        "load_peak_rss_bytes": load_peak,
+        "loaded_rss_bytes": loaded_rss,
+        "peak_rss_bytes": crate::child::proc_status_bytes("VmHWM"),
         "level": tt_accel::level().name(),
         "int_level": tt_quant::IntLevel::current().name(),
     }))
@@ -129,8 +176,8 @@ fn bad_row(key: &str) -> MilestoneError {
     MilestoneError::Other(format!("memory: a child's row has no '{key}'"))
 }
 
-/// Runs one child and returns its row.
-fn child(exe: &Path, config: &GptConfig, weights: &str, tokens: usize) -> Result<Value> {
+/// Runs one child (`mode`: `--save DIR`, `--load DIR` or neither) and returns what it printed.
+fn child(exe: &Path, config: &GptConfig, weights: &str, tokens: usize, mode: &[&std::ffi::OsStr]) -> Result<Value> {
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("memory-child")
         .arg("--config")
@@ -138,8 +185,22 @@ fn child(exe: &Path, config: &GptConfig, weights: &str, tokens: usize) -> Result
         .arg("--weights")
         .arg(weights)
         .arg("--tokens")
-        .arg(tokens.to_string());
+        .arg(tokens.to_string())
+        .args(mode);
     crate::child::run_json(cmd, Duration::from_secs(600), "memory child")
+}
+
+/// One row: a quantized model is saved as a checkpoint by one process and loaded by another
+/// (what a deployment does: the measured process never sees f32 weights); an f32 one is built
+/// in the measured process (loading f32 values holds the same bytes).
+fn row(exe: &Path, opts: &Options, shape: &str, config: &GptConfig, weights: &str, tokens: usize) -> Result<Value> {
+    if weights == "fp32" || weights == "pruned50" {
+        return child(exe, config, weights, tokens, &[]);
+    }
+    let dir = opts.cache_dir.join(NAME).join(format!("{shape}-{weights}"));
+    let (save, load) = (std::ffi::OsStr::new("--save"), std::ffi::OsStr::new("--load"));
+    child(exe, config, weights, tokens, &[save, dir.as_os_str()])?;
+    child(exe, config, weights, tokens, &[load, dir.as_os_str()])
 }
 
 pub fn run(opts: &Options) -> Result<Value> {
@@ -165,7 +226,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     for (shape, config) in shapes(vocab, opts.quick) {
         let mut fp32_rss = None;
         for weights in WEIGHTS {
-            let mut row = match child(exe, &config, weights, tokens) {
+            let mut row = match row(exe, opts, shape, &config, weights, tokens) {
                 Ok(r) => r,
                 Err(e) if weights == "int4" => {
                     opts.say(format!("{shape:<12} {weights:<9} not measured: {e}"));

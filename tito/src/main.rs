@@ -90,6 +90,12 @@ enum Cmd {
         weights: String,
         #[arg(long)]
         tokens: usize,
+        /// Build the model and save it as a quantized checkpoint unit here (no decoding).
+        #[arg(long, conflicts_with = "load")]
+        save: Option<PathBuf>,
+        /// Load the model from a checkpoint unit `--save` wrote.
+        #[arg(long)]
+        load: Option<PathBuf>,
     },
     /// Show which modules and milestones exist and which models are cached.
     Status,
@@ -170,12 +176,17 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Cmd::MemoryChild { config, weights, tokens } => {
+        Cmd::MemoryChild { config, weights, tokens, save, load } => {
+            let mode = match (save, load) {
+                (Some(dir), _) => milestones::memory::ChildMode::Save(dir),
+                (_, Some(dir)) => milestones::memory::ChildMode::Load(dir),
+                _ => milestones::memory::ChildMode::Build,
+            };
             let config = match serde_json::from_str(&config) {
                 Ok(c) => c,
                 Err(e) => return fail(format!("memory-child: --config is not a GptConfig: {e}")),
             };
-            match milestones::memory::child_main(config, &weights, tokens) {
+            match milestones::memory::child_main(config, &weights, tokens, mode) {
                 Ok(v) => {
                     println!("{v}");
                     ExitCode::SUCCESS

@@ -280,13 +280,6 @@ fn serve_child(opts: &Options, level: Option<&str>) -> Result<Option<Value>> {
     crate::child::run_json(cmd, limit, "serving process").map(Some)
 }
 
-/// Peak resident set of this process in bytes (`VmHWM` in `/proc/self/status`), if the OS says.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
-
 /// The body of `tito serve-qa`: load the trained GPT, install the submission variant with one
 /// thread, serve a SingleStream run, and report its latency, the kernel level and the peak RSS.
 ///
@@ -310,7 +303,7 @@ pub fn serve_main(opts: &Options) -> Result<Value> {
         "threads": 1, "queries": j.log.queries_issued, "valid": j.valid,
         "p50_ms": j.sample_latency.median / 1e6, "p90_ms": j.target_percentile_ns as f64 / 1e6,
         "p99_ms": j.sample_latency.at(0.99).unwrap_or(f64::NAN) / 1e6,
-        "peak_rss_bytes": peak_rss_bytes(), "model_bytes": p.model_bytes, "config": v.name(),
+        "peak_rss_bytes": crate::child::proc_status_bytes("VmHWM"), "model_bytes": p.model_bytes, "config": v.name(),
     }))
 }
 
