@@ -90,7 +90,10 @@ fn load(dir: &Path) -> Result<Gpt> {
     let config: GptConfig = serde_json::from_slice(&config)
         .map_err(|e| MilestoneError::Other(format!("{}: {CONFIG_PART}: {e}", dir.display())))?;
     let mut model =
-        Gpt::new_with(config, &mut |_, (o, i), _| Ok(Some(Arc::new(tt_tensor::projection::Unloaded::new(o, i)))))?;
+        // Interim placeholder until `Unloaded` lands: zeros, replaced by the checkpoint's values.
+        Gpt::new_with(config, &mut |_, (o, i), _| {
+            Ok(Some(Arc::new(tt_tensor::projection::DenseF32::from_array(Array2::zeros((o, i))))))
+        })?;
     tt_quant::checkpoint::load(&mut model, dir).map_err(err)?;
     Ok(model)
 }
