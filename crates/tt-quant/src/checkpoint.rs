@@ -1,16 +1,18 @@
 //! Quantized checkpoints: a model with [`Int8Linear`] and [`Int4Linear`] layers saved as
 //! **safetensors with real `I8` / packed `U8` tensors**, readable by any safetensors reader (Python's `safetensors`, candle, …), and
-//! loaded back into a freshly built fp32 model of the same architecture with the same codes and
-//! scales — so the loaded model's outputs equal the saved model's bit for bit.
+//! loaded back into a freshly built model of the same architecture with the same codes and
+//! scales — so the loaded model's outputs equal the saved model's bit for bit. The model loaded
+//! into may be an fp32 model or a skeleton that holds no weights at all (see [`load`]): then no
+//! f32 copy of a quantized weight is ever built.
 //!
 //! # The format (`model.safetensors`)
 //!
-//! For every `Linear` / `Conv2d` whose installed projection is an [`Int8Linear`], named by its
-//! state-dict path `<layer>` (`"blocks.0.mlp.fc"`, `"0"`):
+//! For every `Linear` / `Conv2d` / `Embedding` whose installed projection is an [`Int8Linear`],
+//! named by its state-dict path `<layer>` (`"blocks.0.mlp.fc"`, `"0"`, `"tok_emb"`):
 //!
 //! | tensor                     | dtype | shape                                        |
 //! |----------------------------|-------|----------------------------------------------|
-//! | `<layer>.weight`           | `I8`  | the weight's own: `[out, in]`, `[C_out, C_in, k, k]` |
+//! | `<layer>.weight`           | `I8`  | the weight's own: `[out, in]`, `[C_out, C_in, k, k]`, `[rows, dim]` |
 //! | `<layer>.weight_scale`     | `F32` | `[1]` per-tensor, `[out]` per-channel        |
 //! | `<layer>.weight_zero_point`| `I8`  | as the scale; **affine weights only**        |
 //!
@@ -32,9 +34,10 @@
 //! `[o, i]` is `(nibble − 8)·scale[o, i/G]`. The codes keep the row-major `[out, K]` order, so a
 //! convolution's weight is stored as its matrix, not in its 4-D shape.
 //!
-//! Every other
-//! parameter — biases, norms, embeddings, layers left in f32 or stored in another format — is
-//! `F32` under its state-dict name, as in `tt_tensor::serialize`.
+//! A token table (an `Embedding`, `[rows, dim]`) whose format is int8 or int4 is stored exactly as
+//! a `Linear` of that shape (out = rows, in = dim), metadata included. Every other
+//! parameter — biases, norms, position tables, embeddings and layers left in f32 or stored in
+//! another format — is `F32` under its state-dict name, as in `tt_tensor::serialize`.
 //!
 //! `__metadata__` (string → string):
 //! - `format`: [`FORMAT`];
@@ -58,8 +61,9 @@
 //!
 //! [`save`] writes the file as one checkpoint unit (`tt_tensor::serialize::save_unit`: content
 //! addressed, published by one atomic rename); [`load`] verifies its checksum
-//! (`tt_tensor::serialize::load_unit`) and then [`from_safetensors`] validates **everything
-//! before changing anything**: the metadata, every tensor's name, dtype and shape against the
+//! (`tt_tensor::serialize::open_unit_part`, streaming: the file is never held whole) and then,
+//! like [`from_safetensors`] for bytes in memory, validates **everything before changing
+//! anything**, reading one tensor at a time: the metadata, every tensor's name, dtype and shape against the
 //! model's parameters and layers (no unknown or missing tensors or keys), then the values — f32
 //! finite, scales positive normal f32s (int4: finite positive f16s), symmetric codes in
 //! `[−127, 127]`, static activation zero points in `[0, 255]`, dequantized weights finite, int4
