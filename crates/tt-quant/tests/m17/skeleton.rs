@@ -64,9 +64,9 @@ fn all_released(m: &Gpt) -> bool {
 fn decoded(m: &Gpt) -> Vec<Vec<u32>> {
     let mut eng = CachedGpt::new(m, 1, OverflowPolicy::Error).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let mut out = vec![bits(&eng.prefill(&[1, 5, 9, 2], 4).unwrap().to_vec())];
+    let mut out = vec![bits(eng.prefill(&[1, 5, 9, 2], 4).unwrap())];
     for t in [7usize, 3, 11] {
-        out.push(bits(&eng.append(&[t]).unwrap().to_vec()));
+        out.push(bits(eng.append(&[t]).unwrap()));
     }
     out
 }
