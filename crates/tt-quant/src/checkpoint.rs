@@ -96,7 +96,7 @@ use ndarray::{Array2, ArrayD, IxDyn};
 use safetensors::tensor::{Metadata, TensorView};
 use safetensors::Dtype;
 use tt_tensor::nn::{map_conv2ds, map_embeddings, map_linears, ForwardTransform};
-use tt_tensor::projection::DenseF32;
+use tt_tensor::projection::{DenseF32, Unloaded};
 use tt_tensor::serialize::{open_unit_part, save_unit, UnitPart};
 use tt_tensor::{Module, Projection, Tensor};
 
@@ -223,8 +223,9 @@ fn check_activations(layer: &str, a: StoredActivations) -> std::result::Result<A
 /// else — finish the transform first, as for [`crate::quantize_layers`]. An int8 or int4 layer whose
 /// weight no longer equals its projection (written after quantization: a
 /// training step or a loaded checkpoint — quantize again, or clear the projection), a stored
-/// weight that [`load`] would refuse (see the module docs), two parameters with one name, or a
-/// parameter named like the scale or zero point of a quantized layer.
+/// weight that [`load`] would refuse (see the module docs), two parameters with one name, a
+/// parameter named like the scale or zero point of a quantized layer, or a layer still holding an
+/// [`Unloaded`] placeholder (a skeleton not loaded).
 pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     let err = |reason: String| QuantError::Checkpoint { path: WEIGHTS_PART.into(), reason };
     let layers = find_layers(model)?;
@@ -233,6 +234,15 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     let mut metadata = HashMap::from([(FORMAT_KEY.to_string(), FORMAT.to_string())]);
     if let Some((layer, t)) = layers.iter().find_map(|l| Some((l, l.transform.as_ref()?))) {
         return Err(err(format!("{} {}", layer.kind, carries_transform(&layer.name, t.as_ref(), "saving"))));
+    }
+    // A skeleton's placeholder has no values to save (reading it would panic).
+    if let Some(layer) =
+        layers.iter().find(|l| l.projection.as_deref().and_then(|p| p.as_any()).is_some_and(|a| a.is::<Unloaded>()))
+    {
+        return Err(err(format!(
+            "{} {}: its weights were never loaded (an Unloaded placeholder): nothing to save",
+            layer.kind, layer.name
+        )));
     }
     let mut int4: HashMap<String, (&Layer, &Int4Linear)> = HashMap::new();
     let fresh = |layer: &Layer, q: &dyn Projection| -> Result<()> {
@@ -817,7 +827,9 @@ fn validate(model: &mut dyn Module, src: &dyn Source, label: &str) -> Result<Pla
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let codes = read(&s.layer.weight_name(), s.codes)?.iter().map(|&b| b as i8).collect();
+        // Converted in place when the bytes were read for this (a `Vec<u8>` becomes the `Vec<i8>`):
+        // the largest transient of a load is then one tensor's bytes.
+        let codes = read(&s.layer.weight_name(), s.codes)?.into_owned().into_iter().map(|b| b as i8).collect();
         let q = QuantizedMatrix::build(s.layer.rows, s.layer.cols, codes, params, s.scheme, s.granularity).map_err(
             |(part, reason)| {
                 let tensor = match part {

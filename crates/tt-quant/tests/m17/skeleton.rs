@@ -85,6 +85,8 @@ fn int8_and_int4_checkpoints_load_into_a_skeleton_without_any_f32_weight() {
         let mut skel = skeleton(saved.config.clone());
         assert!(all_released(&skel), "{tag}: the skeleton is built without weights");
         assert!(formats(&skel).iter().all(|(_, f)| *f == "unloaded"), "{tag}");
+        let e = checkpoint::to_safetensors(&mut skel).unwrap_err().to_string();
+        assert!(e.contains("never loaded"), "{tag}: a skeleton has nothing to save: {e}");
         let layers = checkpoint::load(&mut skel, &dir).unwrap();
         assert_eq!(layers.len(), 8, "{tag}: 7 linears and the token table");
         assert!(layers.iter().any(|l| l.name == "tok_emb"), "{tag}");
