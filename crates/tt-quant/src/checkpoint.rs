@@ -1,16 +1,18 @@
 //! Quantized checkpoints: a model with [`Int8Linear`] and [`Int4Linear`] layers saved as
 //! **safetensors with real `I8` / packed `U8` tensors**, readable by any safetensors reader (Python's `safetensors`, candle, …), and
-//! loaded back into a freshly built fp32 model of the same architecture with the same codes and
-//! scales — so the loaded model's outputs equal the saved model's bit for bit.
+//! loaded back into a freshly built model of the same architecture with the same codes and
+//! scales — so the loaded model's outputs equal the saved model's bit for bit. The model loaded
+//! into may be an fp32 model or a skeleton that holds no weights at all (see [`load`]): then no
+//! f32 copy of a quantized weight is ever built.
 //!
 //! # The format (`model.safetensors`)
 //!
-//! For every `Linear` / `Conv2d` whose installed projection is an [`Int8Linear`], named by its
-//! state-dict path `<layer>` (`"blocks.0.mlp.fc"`, `"0"`):
+//! For every `Linear` / `Conv2d` / `Embedding` whose installed projection is an [`Int8Linear`],
+//! named by its state-dict path `<layer>` (`"blocks.0.mlp.fc"`, `"0"`, `"tok_emb"`):
 //!
 //! | tensor                     | dtype | shape                                        |
 //! |----------------------------|-------|----------------------------------------------|
-//! | `<layer>.weight`           | `I8`  | the weight's own: `[out, in]`, `[C_out, C_in, k, k]` |
+//! | `<layer>.weight`           | `I8`  | the weight's own: `[out, in]`, `[C_out, C_in, k, k]`, `[rows, dim]` |
 //! | `<layer>.weight_scale`     | `F32` | `[1]` per-tensor, `[out]` per-channel        |
 //! | `<layer>.weight_zero_point`| `I8`  | as the scale; **affine weights only**        |
 //!
@@ -32,9 +34,10 @@
 //! `[o, i]` is `(nibble − 8)·scale[o, i/G]`. The codes keep the row-major `[out, K]` order, so a
 //! convolution's weight is stored as its matrix, not in its 4-D shape.
 //!
-//! Every other
-//! parameter — biases, norms, embeddings, layers left in f32 or stored in another format — is
-//! `F32` under its state-dict name, as in `tt_tensor::serialize`.
+//! A token table (an `Embedding`, `[rows, dim]`) whose format is int8 or int4 is stored exactly as
+//! a `Linear` of that shape (out = rows, in = dim), metadata included. Every other
+//! parameter — biases, norms, position tables, embeddings and layers left in f32 or stored in
+//! another format — is `F32` under its state-dict name, as in `tt_tensor::serialize`.
 //!
 //! `__metadata__` (string → string):
 //! - `format`: [`FORMAT`];
@@ -58,8 +61,9 @@
 //!
 //! [`save`] writes the file as one checkpoint unit (`tt_tensor::serialize::save_unit`: content
 //! addressed, published by one atomic rename); [`load`] verifies its checksum
-//! (`tt_tensor::serialize::load_unit`) and then [`from_safetensors`] validates **everything
-//! before changing anything**: the metadata, every tensor's name, dtype and shape against the
+//! (`tt_tensor::serialize::open_unit_part`, streaming: the file is never held whole) and then,
+//! like [`from_safetensors`] for bytes in memory, validates **everything before changing
+//! anything**, reading one tensor at a time: the metadata, every tensor's name, dtype and shape against the
 //! model's parameters and layers (no unknown or missing tensors or keys), then the values — f32
 //! finite, scales positive normal f32s (int4: finite positive f16s), symmetric codes in
 //! `[−127, 127]`, static activation zero points in `[0, 255]`, dequantized weights finite, int4
@@ -86,11 +90,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, IxDyn};
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
-use tt_tensor::nn::{map_conv2ds, map_linears, ForwardTransform};
-use tt_tensor::serialize::{load_unit, save_unit};
+use std::borrow::Cow;
+
+use ndarray::{Array2, ArrayD, IxDyn};
+use safetensors::tensor::{Metadata, TensorView};
+use safetensors::Dtype;
+use tt_tensor::nn::{map_conv2ds, map_embeddings, map_linears, ForwardTransform};
+use tt_tensor::projection::{DenseF32, Unloaded};
+use tt_tensor::serialize::{open_unit_part, save_unit, UnitPart};
 use tt_tensor::{Module, Projection, Tensor};
 
 use crate::error::{QuantError, Result};
@@ -113,7 +120,7 @@ const META_FIELDS: [&str; 3] = ["scheme", "granularity", "activations"];
 /// The one metadata field of an int4 layer.
 const INT4_GROUP: &str = "int4_group";
 
-/// A `Linear` or `Conv2d` of the model, as found by the visitors.
+/// A `Linear`, `Conv2d` or `Embedding` of the model, as found by the visitors.
 struct Layer {
     name: String,
     kind: &'static str,
@@ -159,7 +166,8 @@ impl Layer {
     }
 }
 
-/// Every `Linear`, then every `Conv2d`, below `model` (read only, though the visitors take `&mut`).
+/// Every `Linear`, then every `Conv2d`, then every `Embedding` below `model` (read only, though
+/// the visitors take `&mut`).
 fn find_layers(model: &mut dyn Module) -> Result<Vec<Layer>> {
     let mut out = Vec::new();
     map_linears(model, |name, l| {
@@ -168,6 +176,10 @@ fn find_layers(model: &mut dyn Module) -> Result<Vec<Layer>> {
     })?;
     map_conv2ds(model, |name, c| {
         out.push(Layer::new(name, "Conv2d", &c.weight, c.installed_projection(), c.transform()));
+        Ok(())
+    })?;
+    map_embeddings(model, |name, e| {
+        out.push(Layer::new(name, "Embedding", &e.weight, e.installed_projection(), None));
         Ok(())
     })?;
     Ok(out)
@@ -211,8 +223,9 @@ fn check_activations(layer: &str, a: StoredActivations) -> std::result::Result<A
 /// else — finish the transform first, as for [`crate::quantize_layers`]. An int8 or int4 layer whose
 /// weight no longer equals its projection (written after quantization: a
 /// training step or a loaded checkpoint — quantize again, or clear the projection), a stored
-/// weight that [`load`] would refuse (see the module docs), two parameters with one name, or a
-/// parameter named like the scale or zero point of a quantized layer.
+/// weight that [`load`] would refuse (see the module docs), two parameters with one name, a
+/// parameter named like the scale or zero point of a quantized layer, or a layer still holding an
+/// [`Unloaded`] placeholder (a skeleton not loaded).
 pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     let err = |reason: String| QuantError::Checkpoint { path: WEIGHTS_PART.into(), reason };
     let layers = find_layers(model)?;
@@ -221,6 +234,15 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
     let mut metadata = HashMap::from([(FORMAT_KEY.to_string(), FORMAT.to_string())]);
     if let Some((layer, t)) = layers.iter().find_map(|l| Some((l, l.transform.as_ref()?))) {
         return Err(err(format!("{} {}", layer.kind, carries_transform(&layer.name, t.as_ref(), "saving"))));
+    }
+    // A skeleton's placeholder has no values to save (reading it would panic).
+    if let Some(layer) =
+        layers.iter().find(|l| l.projection.as_deref().and_then(|p| p.as_any()).is_some_and(|a| a.is::<Unloaded>()))
+    {
+        return Err(err(format!(
+            "{} {}: its weights were never loaded (an Unloaded placeholder): nothing to save",
+            layer.kind, layer.name
+        )));
     }
     let mut int4: HashMap<String, (&Layer, &Int4Linear)> = HashMap::new();
     let fresh = |layer: &Layer, q: &dyn Projection| -> Result<()> {
@@ -363,30 +385,37 @@ pub fn save_with(model: &mut dyn Module, dir: &Path, extra_parts: &[(&str, &[u8]
     Ok(save_unit(dir, &parts)?)
 }
 
-/// Loads the checkpoint unit in `dir` into `model` (built with the same architecture; fp32 or
-/// not): f32 parameters are set, and every layer stored as `I8` gets an [`Int8Linear`] over the
-/// stored codes and scales, every layer stored as `U8` an [`Int4Linear`] over its nibbles and f16
-/// scales (packed straight from the file's bytes), installed with `set_projection` (which sets
-/// its dense weight to the dequantized values). Layers stored as `F32` end up dense: a projection
-/// installed in them before is removed (it would be stale). Returns the quantized layers, in the
-/// model's order.
+/// Loads the checkpoint unit in `dir` into `model` (built with the same architecture): f32
+/// parameters are set, and every layer stored as `I8` gets an [`Int8Linear`] over the stored codes
+/// and scales, every layer stored as `U8` an [`Int4Linear`] over its nibbles and f16 scales
+/// (packed straight from the file's bytes), installed with `set_projection`. Layers stored as
+/// `F32` end up dense: a projection installed in them before is removed (it would be stale).
+/// Returns the quantized layers, in the model's order.
+///
+/// `model` may be a skeleton holding no weights — layers built with `from_projection` over
+/// [`tt_tensor::projection::Unloaded`] placeholders (`tt_transformer::Gpt::new_with`): a layer
+/// whose weight is released stays released, its loaded format the only copy (a layer stored as
+/// `F32` gets a `DenseF32` of the stored values as its format), so no f32 copy of a quantized
+/// weight is ever built. The file is not read into memory: its checksum is verified streaming
+/// (`tt_tensor::serialize::open_unit_part`), then each tensor is read on its own, so loading holds
+/// at most the finished formats plus one tensor's bytes beyond what the model keeps.
 ///
 /// # Errors
-/// A missing or corrupt unit, a checksum mismatch (`load_unit`), or any problem
-/// [`from_safetensors`] reports; the model is then unchanged.
+/// A missing or corrupt unit, a checksum mismatch (`open_unit_part`), or any problem
+/// [`from_safetensors`] reports; the model is then unchanged. Only a read failing after
+/// everything was validated (the file changed by another program while loading) can leave
+/// the model partly loaded; that error says so.
 pub fn load(model: &mut dyn Module, dir: &Path) -> Result<Vec<QuantizedLayer>> {
-    let bytes = load_unit(dir, &[WEIGHTS_PART])?.into_iter().next().ok_or_else(|| QuantError::Checkpoint {
-        path: dir.display().to_string(),
-        reason: format!("the unit returned no {WEIGHTS_PART}"),
-    })?;
-    read_into(model, &bytes, &dir.join(WEIGHTS_PART).display().to_string())
+    let part = open_unit_part(dir, WEIGHTS_PART)?;
+    let label = part.path().display().to_string();
+    read_into(model, &part, &label)
 }
 
 /// [`load`] from safetensors bytes in memory.
 ///
 /// # Errors
 /// Bytes that are not a complete safetensors file; missing metadata or an unknown format; a
-/// metadata key that names no `Linear`/`Conv2d`, or an int8 layer without its scheme,
+/// metadata key that names no `Linear`/`Conv2d`/`Embedding`, or an int8 layer without its scheme,
 /// granularity or activations, or with a value that does not parse; a missing or unexpected
 /// tensor; a tensor of the wrong dtype or shape (for the model's layer, or for the number of
 /// scales its granularity needs); a scale that is not a positive normal f32, a non-finite f32
@@ -398,19 +427,119 @@ pub fn load(model: &mut dyn Module, dir: &Path) -> Result<Vec<QuantizedLayer>> {
 /// padding nibble that is not code 0. Each error names the tensor or key; the model is then
 /// unchanged.
 pub fn from_safetensors(model: &mut dyn Module, bytes: &[u8]) -> Result<Vec<QuantizedLayer>> {
-    read_into(model, bytes, WEIGHTS_PART)
+    read_into(model, &bytes, WEIGHTS_PART)
 }
 
-/// What loading will do, fully validated.
+/// Where a checkpoint's bytes come from: the whole file in memory ([`from_safetensors`]) or a
+/// verified unit part read one tensor at a time ([`load`]). One loader reads both.
+trait Source {
+    /// The file's size in bytes.
+    fn size(&self) -> u64;
+    /// `len` bytes from `offset`; an error (a reason) for a range past the end.
+    fn bytes_at(&self, offset: u64, len: usize) -> std::result::Result<Cow<'_, [u8]>, String>;
+}
+
+impl Source for &[u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn bytes_at(&self, offset: u64, len: usize) -> std::result::Result<Cow<'_, [u8]>, String> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(len)?))
+            .map(Cow::Borrowed)
+            .ok_or_else(|| format!("{len} bytes at offset {offset} go past the end of the {} bytes", self.len()))
+    }
+}
+
+impl Source for UnitPart {
+    fn size(&self) -> u64 {
+        self.len()
+    }
+    fn bytes_at(&self, offset: u64, len: usize) -> std::result::Result<Cow<'_, [u8]>, String> {
+        self.read_at(offset, len).map(Cow::Owned).map_err(|e| e.to_string())
+    }
+}
+
+/// The largest header read: safetensors' own limit (its `MAX_HEADER_SIZE`).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// The header's length prefix: a little-endian u64.
+const LEN_BYTES: usize = 8;
+
+/// One tensor of the file, from the header: what it is and where its bytes are.
+#[derive(Clone)]
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// From the start of the file.
+    offset: u64,
+    len: usize,
+}
+
+/// A file's header, checked as `SafeTensors::read_metadata` checks it: the length prefix, the
+/// JSON, every tensor's byte range (contiguous from the data's start, each the size its dtype and
+/// shape say) ending exactly at the end of the file. Reads only the header.
+struct Header {
+    metadata: Option<HashMap<String, String>>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+fn read_header(src: &dyn Source, err: &dyn Fn(String) -> QuantError) -> Result<Header> {
+    let incomplete = |why: String| err(format!("not a complete safetensors file: {why}"));
+    let size = src.size();
+    let prefix = src
+        .bytes_at(0, LEN_BYTES)
+        .map_err(|_| incomplete(format!("{size} bytes cannot hold the 8-byte header length")))?;
+    let n = u64::from_le_bytes(prefix[..LEN_BYTES].try_into().expect("read 8 bytes"));
+    if n > MAX_HEADER_BYTES {
+        return Err(incomplete(format!("a header of {n} bytes is over the {MAX_HEADER_BYTES} allowed")));
+    }
+    let json = usize::try_from(n)
+        .map_err(|e| e.to_string())
+        .and_then(|len| src.bytes_at(LEN_BYTES as u64, len))
+        .map_err(|_| incomplete(format!("a header of {n} bytes does not fit in the {size}-byte file")))?;
+    let meta: Metadata = serde_json::from_slice(&json).map_err(|e| incomplete(format!("invalid header: {e}")))?;
+    let data_start = LEN_BYTES as u64 + n;
+    // Metadata's own validation made the ranges contiguous from 0: the data must end the file.
+    let end = data_start.checked_add(meta.data_len() as u64);
+    if end != Some(size) {
+        return Err(incomplete(format!(
+            "its tensors end at byte {}, the file has {size} bytes",
+            end.map_or("(overflow)".to_string(), |e| e.to_string())
+        )));
+    }
+    let tensors = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (start, stop) = info.data_offsets;
+            let entry = Entry {
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                offset: data_start + start as u64,
+                len: stop - start,
+            };
+            (name, entry)
+        })
+        .collect();
+    Ok(Header { metadata: meta.metadata().clone(), tensors })
+}
+
+/// What loading will do, fully validated. The quantized formats are built (they are the memory
+/// the loaded model keeps); f32 parameters are checked but re-read when applied, so validation
+/// never holds a second copy of the model's f32 values.
 struct Plan {
-    f32s: Vec<(Tensor, ArrayD<f32>)>,
+    /// f32 parameters to set, with where their values are.
+    f32s: Vec<(Tensor, String, Entry)>,
     int8: HashMap<String, Arc<Int8Linear>>,
     int4: HashMap<String, Arc<Int4Linear>>,
+    /// Layers whose weight is released and whose file weight is `F32`: the values as their format.
+    dense: HashMap<String, Arc<DenseF32>>,
 }
 
-fn read_into(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Vec<QuantizedLayer>> {
-    let plan = validate(model, bytes, label)?;
-    apply(model, plan)
+fn read_into(model: &mut dyn Module, src: &dyn Source, label: &str) -> Result<Vec<QuantizedLayer>> {
+    let plan = validate(model, src, label)?;
+    apply(model, plan, src, label)
 }
 
 /// The stored descriptions of one int8 layer, from the metadata.
@@ -441,22 +570,36 @@ fn parse_activations(s: &str) -> Option<StoredActivations> {
     Some(StoredActivations::Static { scale, zero_point })
 }
 
-fn f32_values(view: &TensorView<'_>) -> Vec<f32> {
-    view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+/// Little-endian f32s (`bytes` holds whole values: its length was checked against the shape).
+fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
+/// Every little-endian f32 in `bytes` is finite; the error names the first that is not.
+fn check_finite(name: &str, bytes: &[u8]) -> std::result::Result<(), String> {
+    let bad = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .enumerate()
+        .find(|(_, v)| !v.is_finite());
+    match bad {
+        Some((i, v)) => Err(format!("tensor {name} holds a non-finite value ({v}) at flat index {i}")),
+        None => Ok(()),
+    }
+}
+
+fn validate(model: &mut dyn Module, src: &dyn Source, label: &str) -> Result<Plan> {
     let err = |reason: String| QuantError::Checkpoint { path: label.to_string(), reason };
-    let (_, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a complete safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a complete safetensors file: {e}")))?;
-    let tensors: BTreeMap<String, TensorView<'_>> = st.tensors().into_iter().collect();
+    let header = read_header(src, &err)?;
+    let tensors = &header.tensors;
+    // One tensor's bytes, read when its turn comes (and dropped after).
+    let read = |name: &str, e: &Entry| src.bytes_at(e.offset, e.len).map_err(|r| err(format!("tensor {name}: {r}")));
     let layers = find_layers(model)?;
     let params = model.named_parameters();
 
     // 1. Metadata: the format, then one entry per (layer, field), every key known.
     let meta = header
-        .metadata()
+        .metadata
         .as_ref()
         .ok_or_else(|| err(format!("no __metadata__ (a tt-quant checkpoint names its format under {FORMAT_KEY:?})")))?;
     let int4_allowed = match meta.get(FORMAT_KEY) {
@@ -477,7 +620,7 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
             let int4 = if int4_allowed { ", or .int4_group" } else { "" };
             return Err(err(format!(
                 "metadata key {key:?} is unknown (expected <layer>.scheme, .granularity or .activations{int4} for a \
-                 Linear or Conv2d of the model)"
+                 Linear, Conv2d or Embedding of the model)"
             )));
         };
         layer_meta.entry(layer).or_default().fields.insert(field, value.as_str());
@@ -489,37 +632,37 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
         return Err(err("the model lists two parameters under one name".into()));
     }
     let tensor = |name: &str| tensors.get(name);
-    let check = |name: &str, view: &TensorView<'_>, dtype: Dtype, shape: &[usize]| -> Result<()> {
-        if view.dtype() != dtype {
-            return Err(err(format!("tensor {name} has dtype {}, expected {dtype}", view.dtype())));
+    let check = |name: &str, view: &Entry, dtype: Dtype, shape: &[usize]| -> Result<()> {
+        if view.dtype != dtype {
+            return Err(err(format!("tensor {name} has dtype {}, expected {dtype}", view.dtype)));
         }
-        if view.shape() != shape {
-            return Err(err(format!("tensor {name} has shape {:?}, expected {shape:?}", view.shape())));
+        if view.shape != shape {
+            return Err(err(format!("tensor {name} has shape {:?}, expected {shape:?}", view.shape)));
         }
         let want = shape.iter().product::<usize>() * (dtype.bitsize() / 8);
-        if view.data().len() != want {
-            return Err(err(format!("tensor {name} holds {} bytes, expected {want}", view.data().len())));
+        if view.len != want {
+            return Err(err(format!("tensor {name} holds {} bytes, expected {want}", view.len)));
         }
         Ok(())
     };
-    struct Int8Spec<'v, 'd> {
+    struct Int8Spec<'v> {
         layer: &'v Layer,
-        codes: &'v TensorView<'d>,
-        scales: &'v TensorView<'d>,
-        zero_points: Option<&'v TensorView<'d>>,
+        codes: &'v Entry,
+        scales: &'v Entry,
+        zero_points: Option<&'v Entry>,
         scheme: Scheme,
         granularity: Granularity,
         activations: Activations,
     }
-    struct Int4Spec<'v, 'd> {
+    struct Int4Spec<'v> {
         layer: &'v Layer,
-        codes: &'v TensorView<'d>,
-        scales: &'v TensorView<'d>,
+        codes: &'v Entry,
+        scales: &'v Entry,
         group: usize,
     }
     let mut used: HashSet<String> = HashSet::new();
-    let mut specs: Vec<Int8Spec<'_, '_>> = Vec::new();
-    let mut specs4: Vec<Int4Spec<'_, '_>> = Vec::new();
+    let mut specs: Vec<Int8Spec<'_>> = Vec::new();
+    let mut specs4: Vec<Int4Spec<'_>> = Vec::new();
     for layer in &layers {
         let wname = layer.weight_name();
         let Some(view) = tensor(&wname) else { continue };
@@ -531,25 +674,24 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
             _ => (field, "an int8", Dtype::I8),
         });
         match described {
-            Some((field, what, dtype)) if view.dtype() != dtype => {
+            Some((field, what, dtype)) if view.dtype != dtype => {
                 return Err(err(format!(
                     "metadata {}.{field} describes {what} layer, but tensor {wname} has dtype {} ({what} weight is \
                      {dtype})",
-                    layer.name,
-                    view.dtype()
+                    layer.name, view.dtype
                 )));
             }
-            None if view.dtype() == Dtype::U8 && int4_allowed => {
+            None if view.dtype == Dtype::U8 && int4_allowed => {
                 return Err(err(format!("tensor {wname} is U8 (int4) but metadata has no {}.{INT4_GROUP}", layer.name)))
             }
-            None if view.dtype() == Dtype::I8 => {}
+            None if view.dtype == Dtype::I8 => {}
             None => continue, // an f32 weight (or not): checked with the other parameters below
             Some(_) => {}
         }
         if !param_names.contains_key(wname.as_str()) {
             return Err(err(format!("tensor {wname} is not a parameter of the model")));
         }
-        if view.dtype() == Dtype::U8 {
+        if view.dtype == Dtype::U8 {
             let m = m.map(|m| &m.fields);
             if let Some(f) = m.and_then(|m| m.keys().find(|f| **f != INT4_GROUP)) {
                 return Err(err(format!(
@@ -628,7 +770,7 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
             "metadata {layer}.{field} describes {what} layer, but tensor {layer}.weight is not stored as {dtype}"
         )));
     }
-    let mut f32_views = Vec::new();
+    let mut f32_entries = Vec::new();
     for (name, t) in &params {
         if used.contains(name) {
             continue;
@@ -636,7 +778,7 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
         let view = tensor(name).ok_or_else(|| err(format!("tensor {name} is missing (a parameter of the model)")))?;
         check(name, view, Dtype::F32, &t.shape())?;
         used.insert(name.clone());
-        f32_views.push((name, t, view));
+        f32_entries.push((name, t, view));
     }
     if let Some(extra) = tensors.keys().find(|n| !used.contains(*n)) {
         return Err(err(format!(
@@ -645,22 +787,32 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
         )));
     }
 
-    // 3. Values: sizes are now the model's own, so reading them allocates what the model holds.
-    let mut f32s = Vec::with_capacity(f32_views.len());
-    for (name, t, view) in f32_views {
-        let vals = f32_values(view);
-        if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
-            return Err(err(format!("tensor {name} holds a non-finite value ({}) at flat index {i}", vals[i])));
+    // 3. Values, one tensor at a time: sizes are now the model's own. An f32 parameter is only
+    // checked here (the model already holds its memory; `apply` reads it again), except the weight
+    // of a layer whose weight is released (a skeleton's): its values become its format, memory
+    // the loaded model keeps.
+    let released: HashMap<String, &Layer> =
+        layers.iter().filter(|l| l.weight.is_released()).map(|l| (l.weight_name(), l)).collect();
+    let mut f32s = Vec::with_capacity(f32_entries.len());
+    let mut dense = HashMap::new();
+    for (name, t, entry) in f32_entries {
+        let bytes = read(name, entry)?;
+        check_finite(name, &bytes).map_err(err)?;
+        match released.get(name.as_str()) {
+            Some(layer) => {
+                let w = Array2::from_shape_vec((layer.rows, layer.cols), f32_values(&bytes))
+                    .map_err(|e| err(format!("tensor {name}: {e}")))?;
+                dense.insert(layer.name.clone(), Arc::new(DenseF32::from_array(w)));
+            }
+            None => f32s.push(((*t).clone(), name.clone(), entry.clone())),
         }
-        let arr = ArrayD::from_shape_vec(IxDyn(view.shape()), vals).map_err(|e| err(format!("tensor {name}: {e}")))?;
-        f32s.push(((*t).clone(), arr));
     }
     let mut int8 = HashMap::new();
     for s in specs {
         let name = &s.layer.name;
-        let scales = f32_values(s.scales);
-        let zps: Vec<i32> = match &s.zero_points {
-            Some(z) => z.data().iter().map(|&b| b as i8 as i32).collect(),
+        let scales = f32_values(&read(&format!("{name}.{SCALE}"), s.scales)?);
+        let zps: Vec<i32> = match s.zero_points {
+            Some(z) => read(&format!("{name}.{ZERO_POINT}"), z)?.iter().map(|&b| b as i8 as i32).collect(),
             None => vec![0; scales.len()],
         };
         let params = scales
@@ -675,7 +827,9 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let codes = s.codes.data().iter().map(|&b| b as i8).collect();
+        // Converted in place when the bytes were read for this (a `Vec<u8>` becomes the `Vec<i8>`):
+        // the largest transient of a load is then one tensor's bytes.
+        let codes = read(&s.layer.weight_name(), s.codes)?.into_owned().into_iter().map(|b| b as i8).collect();
         let q = QuantizedMatrix::build(s.layer.rows, s.layer.cols, codes, params, s.scheme, s.granularity).map_err(
             |(part, reason)| {
                 let tensor = match part {
@@ -693,35 +847,48 @@ fn validate(model: &mut dyn Module, bytes: &[u8], label: &str) -> Result<Plan> {
     let mut int4 = HashMap::new();
     for s in specs4 {
         let name = &s.layer.name;
-        let scales: Vec<f16> =
-            s.scales.data().chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect();
+        let scales: Vec<f16> = read(&format!("{name}.{SCALE}"), s.scales)?
+            .chunks_exact(2)
+            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+            .collect();
         if let Some(i) = scales.iter().position(|v| !(v.is_finite() && v.to_f32() > 0.0)) {
             return Err(err(format!(
                 "tensor {name}.{SCALE}: scale {} at flat index {i} is not a finite positive f16",
                 scales[i]
             )));
         }
-        let packed = PackedI4::from_nibbles(s.codes.data(), &scales, s.layer.rows, s.layer.cols, s.group)
+        let nibbles = read(&s.layer.weight_name(), s.codes)?;
+        let packed = PackedI4::from_nibbles(&nibbles, &scales, s.layer.rows, s.layer.cols, s.group)
             .map_err(|e| err(format!("tensor {name}.weight: {e}")))?;
         int4.insert(name.clone(), Arc::new(Int4Linear::from_packed(packed)));
     }
-    Ok(Plan { f32s, int8, int4 })
+    Ok(Plan { f32s, int8, int4, dense })
 }
 
-/// Applies a validated plan. Every step's only error is a shape mismatch, which validation has
-/// excluded (f32 arrays have their parameter's shape; each `Int8Linear` has its layer's matrix
-/// shape), so a plan is applied whole.
-fn apply(model: &mut dyn Module, plan: Plan) -> Result<Vec<QuantizedLayer>> {
-    let Plan { f32s, mut int8, mut int4 } = plan;
-    for (t, arr) in f32s {
+/// Applies a validated plan. Installing a format cannot fail (each has its layer's shape, which
+/// validation checked), and the f32 values were checked in validation: what is left to fail is
+/// reading them again, which only a file changed by another program since it was verified can
+/// make fail — then the model is partly loaded, and the error says so.
+fn apply(model: &mut dyn Module, plan: Plan, src: &dyn Source, label: &str) -> Result<Vec<QuantizedLayer>> {
+    let Plan { f32s, mut int8, mut int4, mut dense } = plan;
+    let changed = |reason: String| QuantError::Checkpoint {
+        path: label.to_string(),
+        reason: format!("{reason}: the file changed while loading (the model is partly loaded)"),
+    };
+    for (t, name, entry) in f32s {
+        let bytes = src.bytes_at(entry.offset, entry.len).map_err(|r| changed(format!("tensor {name}: {r}")))?;
+        check_finite(&name, &bytes).map_err(changed)?;
+        let arr = ArrayD::from_shape_vec(IxDyn(&entry.shape), f32_values(&bytes))
+            .map_err(|e| changed(format!("tensor {name}: {e}")))?;
         t.set_data(arr)?;
     }
     let mut done = Vec::new();
+    // The layer's new format, if it gets one; quantized formats are reported.
     let mut install = |name: &str| -> Option<Arc<dyn Projection>> {
         let (q, weight_bytes): (Arc<dyn Projection>, usize) = match (int8.remove(name), int4.remove(name)) {
             (Some(q), _) => (q.clone(), q.weight().storage_bytes()),
             (None, Some(q)) => (q.clone(), q.weight_bytes()),
-            (None, None) => return None,
+            (None, None) => return dense.remove(name).map(|d| d as Arc<dyn Projection>),
         };
         done.push(QuantizedLayer {
             name: name.to_string(),
@@ -732,6 +899,8 @@ fn apply(model: &mut dyn Module, plan: Plan) -> Result<Vec<QuantizedLayer>> {
         });
         Some(q)
     };
+    // A layer without a new format is dense (its weight was set above): a format installed before
+    // would be stale.
     map_linears(model, |name, l| match install(name) {
         Some(q) => l.set_projection(q),
         None => {
@@ -743,6 +912,13 @@ fn apply(model: &mut dyn Module, plan: Plan) -> Result<Vec<QuantizedLayer>> {
         Some(q) => c.set_projection(q),
         None => {
             c.clear_projection();
+            Ok(())
+        }
+    })?;
+    map_embeddings(model, |name, e| match install(name) {
+        Some(q) => e.set_projection(q),
+        None => {
+            e.clear_projection();
             Ok(())
         }
     })?;

@@ -2,7 +2,8 @@
 //! data, every integer kernel exactly equal to the scalar reference at every level (per-group
 //! included), the int8 projection against the float formula, int8 models through the seam (tensor
 //! model and KV-cached decoder), int4 weights (kernels exact at every level, `Int4Linear`, int4
-//! models), and quantized checkpoints (safetensors with I8 and int4 tensors, hostile files).
+//! models), and quantized checkpoints (safetensors with I8 and int4 tensors, hostile files, loaded into a
+//! skeleton without f32 weights).
 //!
 //! Each part lives in its own file under `tests/m17/`.
 
@@ -30,3 +31,5 @@ mod qat;
 mod requant;
 #[path = "m17/scheme.rs"]
 mod scheme;
+#[path = "m17/skeleton.rs"]
+mod skeleton;

@@ -234,6 +234,72 @@ impl Projection for DenseF32 {
     }
 }
 
+/// A weight that is not there yet: a projection of a known shape with no values, the placeholder a
+/// model skeleton holds until a loader installs each layer's real format. Building a model with it
+/// allocates no weight memory at all:
+///
+/// ```
+/// use std::sync::Arc;
+/// use tt_tensor::nn::Linear;
+/// use tt_tensor::projection::{Projection, Unloaded};
+/// let layer = Linear::from_projection(Arc::new(Unloaded::new(4096, 4096)), None, "fc.weight").unwrap();
+/// let p = layer.installed_projection().unwrap();
+/// assert_eq!((p.shape(), p.format(), p.storage_bytes()), ((4096, 4096), "unloaded", 0));
+/// assert!(layer.weight.is_released());
+/// ```
+///
+/// Computing with it is a bug in the loader (a loader replaces every placeholder, and refuses a
+/// file that leaves one out), so its computing methods panic rather than return made-up values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unloaded {
+    shape: (usize, usize),
+}
+
+impl Unloaded {
+    /// A placeholder for a `[out, in]` weight.
+    pub fn new(out_features: usize, in_features: usize) -> Unloaded {
+        Unloaded { shape: (out_features, in_features) }
+    }
+
+    fn never_loaded(&self, what: &str) -> ! {
+        panic!(
+            "{what} of an unloaded {}x{} weight: the layer's weights were never loaded (a model skeleton used \
+             before a checkpoint filled it)",
+            self.shape.0, self.shape.1
+        )
+    }
+}
+
+impl Projection for Unloaded {
+    fn shape(&self) -> (usize, usize) {
+        self.shape
+    }
+    /// # Panics
+    /// Always: the layer's weights were never loaded.
+    fn forward_rows(&self, _x: &[f32], _rows: usize, _bias: Option<&[f32]>, _y: &mut [f32], _ws: &mut [u8]) {
+        self.never_loaded("forward_rows")
+    }
+    /// # Panics
+    /// Always: the layer's weights were never loaded.
+    fn to_dense(&self) -> Array2<f32> {
+        self.never_loaded("to_dense")
+    }
+    /// # Panics
+    /// Always: the layer's weights were never loaded.
+    fn dense_row(&self, _o: usize, _out: &mut [f32]) {
+        self.never_loaded("dense_row")
+    }
+    fn storage_bytes(&self) -> usize {
+        0
+    }
+    fn format(&self) -> &'static str {
+        "unloaded"
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
 /// Runs `p` on a few random rows and compares with `to_dense()` in f64: the maximum absolute
 /// difference. Implementations of new formats call this in their tests.
 pub fn check_projection(p: &dyn Projection, rows: usize, seed: u64) -> Result<f32> {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -476,40 +476,160 @@ pub fn load_unit(dir: &Path, names: &[&str]) -> Result<Vec<Vec<u8>>> {
     // Shared with other loads, exclusive of a save: the manifest and its parts are read as one
     // generation. A unit no save of this version wrote has no lock file, and needs none.
     let _lock = lock_unit(dir, false)?;
-    let mpath = dir.join(MANIFEST);
     let manifest = read_manifest(dir, MANIFEST)?;
     names
         .iter()
         .map(|name| {
-            let e = manifest.files.get(*name).ok_or_else(|| {
-                unit_err(&mpath, format!("names no part {name:?} (it has {:?})", manifest.files.keys()))
-            })?;
-            if !is_plain_name(&e.file) {
-                return Err(unit_err(&mpath, format!("part {name:?} points outside the checkpoint: {:?}", e.file)));
-            }
-            let path = dir.join(&e.file);
+            let (e, path) = part_entry(dir, &manifest, name)?;
             let bytes = read_part(dir, &path, e.bytes)?;
-            if bytes.len() as u64 != e.bytes {
-                return Err(unit_err(
-                    &path,
-                    format!("truncated: {} bytes, the manifest says {}", bytes.len(), e.bytes),
-                ));
-            }
-            let sha = sha256_hex(&bytes);
-            if sha != e.sha256 {
-                return Err(unit_err(
-                    &path,
-                    format!("checksum mismatch: SHA-256 {sha}, the manifest says {} (corrupted or edited)", e.sha256),
-                ));
-            }
+            check_size(&path, bytes.len() as u64, e)?;
+            check_sha(&path, &sha256_hex(&bytes), e)?;
             Ok(bytes)
         })
         .collect()
 }
 
+/// The manifest's entry for part `name` and the path of its file, which must be a plain name in
+/// `dir`.
+fn part_entry<'m>(dir: &Path, manifest: &'m Manifest, name: &str) -> Result<(&'m ManifestEntry, PathBuf)> {
+    let mpath = dir.join(MANIFEST);
+    let e = manifest
+        .files
+        .get(name)
+        .ok_or_else(|| unit_err(&mpath, format!("names no part {name:?} (it has {:?})", manifest.files.keys())))?;
+    if !is_plain_name(&e.file) {
+        return Err(unit_err(&mpath, format!("part {name:?} points outside the checkpoint: {:?}", e.file)));
+    }
+    Ok((e, dir.join(&e.file)))
+}
+
+fn check_size(path: &Path, len: u64, e: &ManifestEntry) -> Result<()> {
+    if len != e.bytes {
+        return Err(unit_err(path, format!("truncated: {len} bytes, the manifest says {}", e.bytes)));
+    }
+    Ok(())
+}
+
+fn check_sha(path: &Path, sha: &str, e: &ManifestEntry) -> Result<()> {
+    if sha != e.sha256 {
+        return Err(unit_err(
+            path,
+            format!("checksum mismatch: SHA-256 {sha}, the manifest says {} (corrupted or edited)", e.sha256),
+        ));
+    }
+    Ok(())
+}
+
+/// One part of a checkpoint unit, verified and open for reading piece by piece: what a loader
+/// uses to read a file larger than it wants to hold (see [`open_unit_part`]). It holds the
+/// unit's shared lock while it lives, so no save of ours replaces the generation it reads.
+#[derive(Debug)]
+pub struct UnitPart {
+    file: std::fs::File,
+    len: u64,
+    path: PathBuf,
+    _lock: Option<std::fs::File>,
+}
+
+/// Bytes hashed per read while verifying a part: the memory a verification holds.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// Opens the part `name` of the checkpoint unit in `dir` with the checks of [`load_unit`] — the
+/// manifest names it, its file is a plain name in `dir`, a regular file (a symlink only to one in
+/// `dir`), of the manifest's size and SHA-256 — without reading it into memory: the checksum is
+/// computed over the open file in 1 MiB chunks, and [`UnitPart::read_at`] then reads from that
+/// same open file.
+///
+/// The bytes are verified as they were when opened: a published part is never rewritten by a
+/// save of ours (its name is its checksum), and the lock keeps our saves from removing it, but
+/// another program writing into the file afterwards is not detected by this check.
+///
+/// # Errors
+/// As [`load_unit`].
+pub fn open_unit_part(dir: &Path, name: &str) -> Result<UnitPart> {
+    let lock = lock_unit(dir, false)?;
+    let manifest = read_manifest(dir, MANIFEST)?;
+    let (e, path) = part_entry(dir, &manifest, name)?;
+    let (mut file, len) = open_part(dir, &path, e.bytes)?;
+    check_size(&path, len, e)?;
+    let io = |err: std::io::Error| unit_err(&path, format!("read failed: {err}"));
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; HASH_CHUNK];
+    let mut hashed = 0u64;
+    // One byte past the size: a file that grew since its size was read is caught by the count.
+    let mut reader = (&mut file).take(len.saturating_add(1));
+    loop {
+        let n = reader.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+        hashed += n as u64;
+    }
+    check_size(&path, hashed, e)?;
+    let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    check_sha(&path, &sha, e)?;
+    Ok(UnitPart { file, len, path, _lock: lock })
+}
+
+impl UnitPart {
+    /// The verified size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the part holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file this part is stored in (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `len` bytes from `offset`.
+    ///
+    /// # Errors
+    /// A range that goes past the verified size (or whose end overflows), or a failed read (the
+    /// file shrank since it was verified: changed by another program).
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = u64::try_from(len).ok().and_then(|l| offset.checked_add(l));
+        if end.is_none_or(|end| end > self.len) {
+            return Err(unit_err(
+                &self.path,
+                format!("a read of {len} bytes at offset {offset} goes past the part's {} bytes", self.len),
+            ));
+        }
+        let mut out = vec![0u8; len];
+        read_exact_at(&self.file, &mut out, offset)
+            .map_err(|e| unit_err(&self.path, format!("read of {len} bytes at offset {offset} failed: {e}")))?;
+        Ok(out)
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(mut file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    file.read_exact(buf)
+}
+
 /// Reads the file `path` of the unit in `dir`: at most `limit` bytes, and only if it is a regular
 /// file (a symlink is followed only to a regular file in `dir` itself).
 fn read_part(dir: &Path, path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let (file, len) = open_part(dir, path, limit)?;
+    read_open(file, len, limit).map_err(|reason| unit_err(path, reason))
+}
+
+/// Opens the file `path` of the unit in `dir` as [`read_part`] reads it; returns it with its size
+/// (at most `limit`).
+fn open_part(dir: &Path, path: &Path, limit: u64) -> Result<(std::fs::File, u64)> {
     let err = |reason: String| unit_err(path, reason);
     let link = std::fs::symlink_metadata(path).map_err(|e| err(io_reason(&e)))?;
     let target = if link.file_type().is_symlink() {
@@ -522,7 +642,7 @@ fn read_part(dir: &Path, path: &Path, limit: u64) -> Result<Vec<u8>> {
     } else {
         path.to_path_buf()
     };
-    read_regular(&target, Some(limit), false).map_err(err)
+    open_regular(&target, Some(limit), false).map_err(err)
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -538,19 +658,30 @@ fn io_reason(e: &std::io::Error) -> String {
 /// file's metadata before anything is read, so a device, an endless or a huge file is never read
 /// into memory. With `follow` false, a final symlink is refused.
 fn read_regular(path: &Path, limit: Option<u64>, follow: bool) -> std::result::Result<Vec<u8>, String> {
+    let (file, len) = open_regular(path, limit, follow)?;
+    read_open(file, len, limit.unwrap_or(len))
+}
+
+/// Opens `path` as [`read_regular`] reads it: a regular file of at most `limit` bytes (default:
+/// any size); returns it with its size.
+fn open_regular(path: &Path, limit: Option<u64>, follow: bool) -> std::result::Result<(std::fs::File, u64), String> {
     let f = open_nonblocking(path, follow).map_err(|e| io_reason(&e))?;
     let meta = f.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err(format!("not a regular file ({:?})", meta.file_type()));
     }
-    let limit = limit.unwrap_or(meta.len());
-    if meta.len() > limit {
+    if let Some(limit) = limit.filter(|&l| meta.len() > l) {
         return Err(format!("{} bytes, more than the {limit} expected", meta.len()));
     }
+    Ok((f, meta.len()))
+}
+
+/// Reads the open file `f` of `len` bytes (its size when opened), refusing more than `limit`.
+fn read_open(f: std::fs::File, len: u64, limit: u64) -> std::result::Result<Vec<u8>, String> {
     // The size is the file's own claim (a sparse file can claim a terabyte): reserve fallibly.
     let mut bytes = Vec::new();
-    let want = usize::try_from(meta.len()).map_err(|_| format!("{} bytes do not fit in memory", meta.len()))?;
-    bytes.try_reserve_exact(want).map_err(|_| format!("{} bytes do not fit in memory", meta.len()))?;
+    let want = usize::try_from(len).map_err(|_| format!("{len} bytes do not fit in memory"))?;
+    bytes.try_reserve_exact(want).map_err(|_| format!("{len} bytes do not fit in memory"))?;
     f.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     if bytes.len() as u64 > limit {
         return Err(format!("grew past the {limit} bytes expected while being read"));

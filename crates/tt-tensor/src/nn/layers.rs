@@ -229,17 +229,17 @@ impl Conv2d {
         Ok(())
     }
 
-    /// Removes the installed projection and returns it (see [`Linear::clear_projection`]).
-    pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
-        clear_layer_format(&mut self.projection, &self.weight)
-    }
-
     /// Frees the dense weight (see [`Linear::release_weight`]).
     ///
     /// # Errors
     /// As [`Linear::release_weight`].
     pub fn release_weight(&self, label: &str) -> Result<usize> {
         release_layer_weight("Conv2d::release_weight", &self.projection, label, &self.weight)
+    }
+
+    /// Removes the installed projection and returns it (see [`Linear::clear_projection`]).
+    pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
+        clear_layer_format(&mut self.projection, &self.weight)
     }
 
     /// The installed projection, if any.
@@ -390,6 +390,11 @@ impl Embedding {
         Ok(())
     }
 
+    /// Removes the installed projection and returns it (see [`Linear::clear_projection`]).
+    pub fn clear_projection(&mut self) -> Option<Arc<dyn Projection>> {
+        clear_layer_format(&mut self.projection, &self.weight)
+    }
+
     /// The installed projection, if any.
     pub fn installed_projection(&self) -> Option<&Arc<dyn Projection>> {
         self.projection.as_ref().map(InstalledProjection::projection)
@@ -472,6 +477,9 @@ impl Module for Embedding {
         "Embedding"
     }
     fn as_embedding(&self) -> Option<&Embedding> {
+        Some(self)
+    }
+    fn as_embedding_mut(&mut self) -> Option<&mut Embedding> {
         Some(self)
     }
 }

@@ -68,6 +68,11 @@ pub trait Module: Send + Sync {
         None
     }
 
+    /// `Some` if this layer is an [`Embedding`].
+    fn as_embedding_mut(&mut self) -> Option<&mut Embedding> {
+        None
+    }
+
     /// All parameters, unnamed.
     fn parameters(&self) -> Vec<Tensor> {
         self.named_parameters().into_iter().map(|(_, t)| t).collect()
@@ -175,6 +180,15 @@ fn map_layers<T: ?Sized>(
 /// The first error `f` returns.
 pub fn map_conv2ds(m: &mut dyn Module, f: impl FnMut(&str, &mut Conv2d) -> Result<()>) -> Result<usize> {
     map_layers(m, |l| l.as_conv2d_mut(), f)
+}
+
+/// Like [`map_linears`] for every [`Embedding`] (whose table is a `[num, dim]` projection): how a
+/// checkpoint reaches token tables stored in a weight format.
+///
+/// # Errors
+/// The first error `f` returns.
+pub fn map_embeddings(m: &mut dyn Module, f: impl FnMut(&str, &mut Embedding) -> Result<()>) -> Result<usize> {
+    map_layers(m, |l| l.as_embedding_mut(), f)
 }
 
 /// Every [`Linear`] below `m` with its path, read-only (the decoder, reports).

@@ -1,0 +1,94 @@
+//! The heap a quantized checkpoint's load takes, measured by the counting allocator (a binary of
+//! its own: the allocator is process-wide). Loading an int8 or int4 GPT into a skeleton of
+//! `Unloaded` placeholders never builds its f32 weights and never holds the file whole, so the
+//! heap's peak while building the skeleton and loading stays within 1.2× of what the loaded model
+//! keeps, plus [`SLACK`] for the parser's fixed costs.
+
+use std::sync::Arc;
+
+use tt_profile::alloc::{measure_peak, thread_snapshot, CountingAllocator};
+use tt_quant::checkpoint;
+use tt_quant::{quantize_dynamic, quantize_int4, Activations, Int4Linear, Int8Linear, WeightConfig};
+use tt_tensor::projection::{Projection, Unloaded};
+use tt_tensor::serialize::{load_unit, open_unit_part};
+use tt_transformer::testing::tiny_config;
+use tt_transformer::{Gpt, GptConfig};
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator;
+
+/// Fixed costs of a load whatever the model's size: the 1 MiB buffer the checksum is computed
+/// through, the header's JSON and its parsed maps, the manifest, layer lists and names. The model
+/// below keeps several MB, so the 1.2× bound is what is tested, not the slack.
+const SLACK: usize = (1 << 20) + (128 << 10);
+
+/// 4 blocks of width 384, vocabulary 1024: about 7.5 M weights, large enough that the fixed costs
+/// are small beside them.
+fn config() -> GptConfig {
+    GptConfig { d_model: 384, n_heads: 6, n_layers: 4, ..tiny_config(1024, 5) }
+}
+
+fn quantized(int4: bool) -> Gpt {
+    let mut m = Gpt::new(config()).unwrap();
+    if int4 {
+        quantize_int4(&mut m, 32).unwrap();
+    } else {
+        quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap();
+    }
+    let table = m.tok_emb.weight.data().clone().into_dimensionality().unwrap();
+    let q: Arc<dyn Projection> = if int4 {
+        Arc::new(Int4Linear::new(&table, 32).unwrap())
+    } else {
+        Arc::new(Int8Linear::new(&table, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap())
+    };
+    m.tok_emb.set_projection(q).unwrap();
+    m
+}
+
+#[test]
+fn loading_into_a_skeleton_peaks_within_1_2x_of_the_loaded_model() {
+    for int4 in [false, true] {
+        let tag = if int4 { "int4" } else { "int8" };
+        let dir = std::env::temp_dir().join(format!("tt-load-peak-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut saved = quantized(int4);
+        checkpoint::save(&mut saved, &dir).unwrap();
+        let file_bytes = open_unit_part(&dir, checkpoint::WEIGHTS_PART).unwrap().len();
+        drop(saved);
+
+        let ((model, kept), peak) = measure_peak(|| {
+            let start = thread_snapshot().0;
+            let mut skel =
+                Gpt::new_with(config(), &mut |_, (o, i), _| Ok(Some(Arc::new(Unloaded::new(o, i))))).unwrap();
+            checkpoint::load(&mut skel, &dir).unwrap();
+            let kept = usize::try_from(thread_snapshot().0 - start).unwrap();
+            (skel, kept)
+        });
+        let formats: usize = tt_tensor::nn::linears(&model)
+            .iter()
+            .map(|(_, l)| l.installed_projection().unwrap().storage_bytes())
+            .sum::<usize>()
+            + model.tok_emb.installed_projection().unwrap().storage_bytes();
+        drop(model);
+        // The way without a skeleton, for comparison: an f32 model built, the file read whole.
+        let (_, resident_peak) = measure_peak(|| {
+            let mut m = Gpt::new(config()).unwrap();
+            let bytes = load_unit(&dir, &[checkpoint::WEIGHTS_PART]).unwrap().remove(0);
+            checkpoint::from_safetensors(&mut m, &bytes).unwrap();
+            m
+        });
+        eprintln!(
+            "{tag}: file {file_bytes} bytes, formats' storage {formats} bytes, loaded model keeps {kept} bytes, load \
+             peak {peak} bytes ({:.3}× kept); an f32 model loaded from the whole file in memory peaks at \
+             {resident_peak} bytes",
+            peak as f64 / kept as f64
+        );
+        assert!(peak < resident_peak, "{tag}");
+        assert!(kept >= formats, "{tag}: the model keeps at least its formats' bytes ({kept} < {formats})");
+        assert!(
+            peak as f64 <= 1.2 * kept as f64 + SLACK as f64,
+            "{tag}: peak {peak} bytes is over 1.2 × {kept} + {SLACK}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
