@@ -90,10 +90,7 @@ fn load(dir: &Path) -> Result<Gpt> {
     let config: GptConfig = serde_json::from_slice(&config)
         .map_err(|e| MilestoneError::Other(format!("{}: {CONFIG_PART}: {e}", dir.display())))?;
     let mut model =
-        // Interim placeholder until `Unloaded` lands: zeros, replaced by the checkpoint's values.
-        Gpt::new_with(config, &mut |_, (o, i), _| {
-            Ok(Some(Arc::new(tt_tensor::projection::DenseF32::from_array(Array2::zeros((o, i))))))
-        })?;
+        Gpt::new_with(config, &mut |_, (o, i), _| Ok(Some(Arc::new(tt_tensor::projection::Unloaded::new(o, i)))))?;
     tt_quant::checkpoint::load(&mut model, dir).map_err(err)?;
     Ok(model)
 }
@@ -141,7 +138,7 @@ pub fn child_main(config: GptConfig, weights: &str, tokens: usize, mode: ChildMo
         "kv_bytes": kv_bytes,
         "context": context,
         "tokens": trace.tokens[0].len(),
-        "decode_tok_s": (trace.step_seconds.len().saturating_sub(1)) as f64 / decode_s,
+        "tok_s": (trace.step_seconds.len().saturating_sub(1)) as f64 / decode_s,
         "load_peak_rss_bytes": load_peak,
         "loaded_rss_bytes": loaded_rss,
         "peak_rss_bytes": crate::child::proc_status_bytes("VmHWM"),
@@ -254,7 +251,7 @@ pub fn run(opts: &Options) -> Result<Value> {
                 mb("kv_bytes"),
                 rss / 1e6,
                 rss / fp32,
-                row["decode_tok_s"].as_f64().unwrap_or(f64::NAN),
+                row["tok_s"].as_f64().unwrap_or(f64::NAN),
                 roof
             ));
             rows.push(row);

@@ -191,3 +191,36 @@ fn report_refuses_quick_figures_for_the_workspace_docs_and_missing_pages() {
     assert!(err.contains("15-profiling.md") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&empty).unwrap();
 }
+
+/// The memory milestone's quick run: one separate process per format (the quantized ones saved
+/// by one process and loaded by another), every row with the keys issue 20 names, and the page's
+/// regions rendered from it.
+#[test]
+fn memory_quick_run_reports_every_format_in_its_own_process() {
+    let dir = std::env::temp_dir().join(format!("tt-cli-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_tito"))
+        .args(["milestone", "memory", "--quick", "--json"])
+        .env("TT_CACHE_DIR", &dir)
+        .output()
+        .expect("tito runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let rows = v["rows"].as_array().expect("rows");
+    let weights: Vec<&str> = rows.iter().filter_map(|r| r["weights"].as_str()).collect();
+    assert_eq!(weights, ["fp32", "int8", "int4", "pruned50"]);
+    for r in rows {
+        assert_eq!(r["shape"], "course", "{r}");
+        for k in ["weight_bytes", "kv_bytes", "peak_rss_bytes", "tok_s", "roofline_tok_s"] {
+            assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {r}");
+        }
+        let loaded = r["weights"] == "int8" || r["weights"] == "int4";
+        assert_eq!(r["loaded_from_checkpoint"], loaded, "{r}");
+    }
+    // Quantized weights are smaller than fp32's in the process that holds them.
+    let bytes = |w: &str| rows.iter().find(|r| r["weights"] == w).unwrap()["weight_bytes"].as_f64().unwrap();
+    assert!(bytes("int4") < bytes("int8") && bytes("int8") < bytes("fp32"));
+    let regions = milestones::report::memory::render(&v).expect("the page renders");
+    assert_eq!(regions.iter().map(|r| r.name).collect::<Vec<_>>(), ["rows", "goals"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -47,12 +47,12 @@ pub fn render(summary: &Value) -> Result<Vec<Region>> {
             mb(r, "/kv_bytes")?,
             mb(r, "/peak_rss_bytes")?,
             format!("{:.2}×", num(r, "/rss_vs_fp32")?),
-            format!("{:.1}", num(r, "/decode_tok_s")?),
+            format!("{:.1}", num(r, "/tok_s")?),
             format!(
                 "{:.1} ({}, {:.0}%)",
                 num(r, "/roofline_tok_s")?,
                 text(r, "/roofline_level")?,
-                100.0 * num(r, "/decode_tok_s")? / num(r, "/roofline_tok_s")?
+                100.0 * num(r, "/tok_s")? / num(r, "/roofline_tok_s")?
             ),
         ]);
     }
@@ -79,9 +79,9 @@ pub fn render(summary: &Value) -> Result<Vec<Region>> {
 
 fn goals(rows: &[Value]) -> Result<String> {
     let rss = |s: &str, w: &str| row(rows, s, w).map(|r| num(r, "/peak_rss_bytes")).transpose();
-    let tps = |s: &str, w: &str| row(rows, s, w).map(|r| num(r, "/decode_tok_s")).transpose();
+    let tps = |s: &str, w: &str| row(rows, s, w).map(|r| num(r, "/tok_s")).transpose();
     let roof = |s: &str, w: &str| -> Result<Option<f64>> {
-        row(rows, s, w).map(|r| Ok(num(r, "/decode_tok_s")? / num(r, "/roofline_tok_s")?)).transpose()
+        row(rows, s, w).map(|r| Ok(num(r, "/tok_s")? / num(r, "/roofline_tok_s")?)).transpose()
     };
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
     let judge = |v: Option<f64>, ok: &dyn Fn(f64) -> bool, fmt: &dyn Fn(f64) -> String| match v {
