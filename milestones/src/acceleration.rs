@@ -229,14 +229,10 @@ fn fusion(opts: &Options, mem: &MemoryLevels) -> Result<Vec<Value>> {
 /// An SVG chart of the ladder: GFLOP/s against n per rung, with the measured peak as a line.
 fn ladder_chart(path: &std::path::Path, rows: &[Value], peak: f64) -> Result<()> {
     use plotters::prelude::*;
-    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
+    let err = |e: String| crate::chart::err(path, e);
     let max_n = rows.iter().filter_map(|r| r["n"].as_f64()).fold(1.0, f64::max);
     let top = rows.iter().filter_map(|r| r["gflops"].as_f64()).fold(peak, f64::max) * 1.1;
-    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let root = crate::chart::canvas(path, (760, 460))?;
     let mut chart = ChartBuilder::on(&root)
         .caption("GEMM ladder on this machine (1 core unless threaded)", ("sans-serif", 18))
         .margin(12)
@@ -267,13 +263,7 @@ fn ladder_chart(path: &std::path::Path, rows: &[Value], peak: f64) -> Result<()>
         .map_err(|e| err(e.to_string()))?
         .label(format!("measured 1-core peak {peak:.0}"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.4)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    crate::chart::legend(path, &mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
 }

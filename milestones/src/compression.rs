@@ -725,14 +725,10 @@ fn line_chart(
     x_log: bool,
 ) -> Result<()> {
     use plotters::prelude::*;
-    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
+    let err = |e: String| crate::chart::err(path, e);
     let pts = series.iter().flat_map(|(_, p)| p.iter());
     let (x0, x1) = pts.clone().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let root = crate::chart::canvas(path, (760, 460))?;
     let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     let mut builder = ChartBuilder::on(&root);
     builder.caption(title, ("sans-serif", 18)).margin(12).x_label_area_size(36).y_label_area_size(52);
@@ -758,13 +754,7 @@ fn line_chart(
                     .draw_series(p.iter().map(|&q| Circle::new(q, 3, color.filled())))
                     .map_err(|e| err(e.to_string()))?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
+            crate::chart::legend(path, &mut chart, SeriesLabelPosition::LowerLeft)?;
         }};
     }
     if x_log {

@@ -275,14 +275,10 @@ pub fn run(opts: &Options) -> Result<Value> {
 /// Peak resident memory of each row as bars, grouped by shape, the weights' share darker.
 fn chart(path: &Path, rows: &[Value]) -> Result<()> {
     use plotters::prelude::*;
-    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
+    let err = |e: String| crate::chart::err(path, e);
     let measured: Vec<&Value> = rows.iter().filter(|r| r["peak_rss_bytes"].is_number()).collect();
     let top = measured.iter().filter_map(|r| r["peak_rss_bytes"].as_f64()).fold(1.0, f64::max) / 1e6 * 1.15;
-    let root = SVGBackend::new(path, (820, 460)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let root = crate::chart::canvas(path, (820, 460))?;
     let mut chart = ChartBuilder::on(&root)
         .caption("peak resident memory per process (MB; dark: weight bytes)", ("sans-serif", 16))
         .margin(12)

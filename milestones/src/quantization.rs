@@ -466,12 +466,8 @@ fn gemm_row(opts: &Options) -> Result<Value> {
 /// Accuracy against bytes for every model and scheme, as an SVG.
 fn chart(path: &std::path::Path, rows: &[Value]) -> Result<()> {
     use plotters::prelude::*;
-    let err = |e: String| MilestoneError::Other(format!("chart {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let err = |e: String| crate::chart::err(path, e);
+    let root = crate::chart::canvas(path, (760, 460))?;
     let max_kb = rows.iter().filter_map(|r| r["weight_bytes"].as_f64()).fold(1.0, f64::max) / 1024.0;
     // Start the quality axis a little below the worst point, so the schemes' differences show.
     let worst = rows.iter().filter_map(|r| r["quality"].as_f64()).fold(1.0, f64::min);
@@ -501,13 +497,7 @@ fn chart(path: &std::path::Path, rows: &[Value]) -> Result<()> {
             .label(model)
             .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    crate::chart::legend(path, &mut chart, SeriesLabelPosition::LowerLeft)?;
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
 }

@@ -662,16 +662,13 @@ mod charts {
     use plotters::prelude::*;
     use tt_perf::ablation::{Study, WalkStep};
 
-    use crate::{MilestoneError, Result};
+    use crate::Result;
 
-    fn err(path: &Path, e: impl std::fmt::Display) -> MilestoneError {
-        MilestoneError::Other(format!("chart {}: {e}", path.display()))
-    }
+    use crate::chart::err;
 
     /// Quality against per-token latency (log), every configuration; the Pareto front filled.
     pub fn pareto(path: &Path, study: &Study) -> Result<()> {
-        let root = SVGBackend::new(path, (780, 480)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(path, e))?;
+        let root = crate::chart::canvas(path, (780, 480))?;
         let lat: Vec<f64> = study.rows.iter().map(|r| r.measured.latency_ms()).collect();
         let (lo, hi) = (lat.iter().copied().fold(f64::INFINITY, f64::min), lat.iter().copied().fold(0.0, f64::max));
         let qmin = study.rows.iter().map(|r| r.measured.quality).fold(1.0, f64::min);
@@ -707,20 +704,13 @@ mod charts {
                 .label(label)
                 .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(path, e))?;
+        crate::chart::legend(path, &mut chart, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(|e| err(path, e))
     }
 
     /// The walk as a waterfall: each step's bar spans the previous step's per-token latency to its own.
     pub fn waterfall(path: &Path, walk: &[WalkStep]) -> Result<()> {
-        let root = SVGBackend::new(path, (780, 440)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(path, e))?;
+        let root = crate::chart::canvas(path, (780, 440))?;
         let top = walk.iter().map(|w| w.latency_ms).fold(0.0, f64::max) * 1.15;
         let mut chart = ChartBuilder::on(&root)
             .caption("the walk: median latency per output token after each step (ms)", ("sans-serif", 16))
