@@ -498,18 +498,24 @@ mod avx2 {
         }
     }
 
-    /// `R` rows × one panel. Each 16-byte quarter of a 64-byte group (4 outputs × 4 inputs) is
-    /// widened to 16 i16; the row's 4 activation bytes, widened and repeated, multiply it with
-    /// `vpmaddwd`, giving 2 partial sums per output, added at the end.
+    /// `s[r][q] +=` the products of row `r`'s activation bytes with quarter `q` of the 64-byte
+    /// weight groups `ks` of `panel`, as `vpmaddwd` pair sums: the exact i32 tile that the plain
+    /// and the per-group kernels (which sum one group's blocks at a time) both accumulate.
     ///
     /// # Safety
-    /// `a` holds `R` rows of `row_bytes`, `acc` `R` rows of `acc_cols`; panel < panels; AVX2.
+    /// `a` holds `R` rows of `row_bytes`; panel < panels; `ks` within `0..k4`; AVX2.
+    #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn tile<const R: usize>(w: &PackedI8, a: *const u8, acc: *mut i32, panel: usize) {
-        let (k4, kb, cols) = (w.k4, w.row_bytes(), w.acc_cols());
+    pub(super) unsafe fn sum_blocks<const R: usize>(
+        w: &PackedI8,
+        a: *const u8,
+        panel: usize,
+        ks: std::ops::Range<usize>,
+        s: &mut [[__m256i; 4]; R],
+    ) {
+        let (k4, kb) = (w.k4, w.row_bytes());
         let base = w.packed.as_ptr();
-        let mut s = [[_mm256_setzero_si256(); 4]; R];
-        for k in 0..k4 {
+        for k in ks {
             let mut av = [_mm256_setzero_si256(); R];
             for (r, v) in av.iter_mut().enumerate() {
                 // SAFETY: row r < R, bytes 4k..4k + 4 inside `a`.
@@ -526,6 +532,20 @@ mod avx2 {
                 }
             }
         }
+    }
+
+    /// `R` rows × one panel. Each 16-byte quarter of a 64-byte group (4 outputs × 4 inputs) is
+    /// widened to 16 i16; the row's 4 activation bytes, widened and repeated, multiply it with
+    /// `vpmaddwd`, giving 2 partial sums per output, added at the end.
+    ///
+    /// # Safety
+    /// `a` holds `R` rows of `row_bytes`, `acc` `R` rows of `acc_cols`; panel < panels; AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile<const R: usize>(w: &PackedI8, a: *const u8, acc: *mut i32, panel: usize) {
+        let cols = w.acc_cols();
+        let mut s = [[_mm256_setzero_si256(); 4]; R];
+        // SAFETY: as this function's contract, for the blocks 0..k4.
+        unsafe { sum_blocks(w, a, panel, 0..w.k4, &mut s) };
         for (r, row) in s.iter().enumerate() {
             let mut buf = [0i32; 2 * PANEL];
             for (q, v) in row.iter().enumerate() {

@@ -64,5 +64,8 @@ pub use calibrate::{calibrate, Calibration};
 pub use error::{QuantError, Result};
 pub use int4::{quantize_int4, Int4Linear, PackedI4};
 pub use kernels::{IntLevel, PackedI8};
-pub use linear::{quantize_dynamic, quantize_layers, Activations, Int8Linear, QuantizedLayer, WeightConfig};
+pub use linear::{
+    quantize_dynamic, quantize_embeddings, quantize_layers, Activations, Int8Linear, QuantizedLayer, TableFormat,
+    WeightConfig,
+};
 pub use scheme::{Granularity, QParams, QRange, QuantizedMatrix, Scheme};

@@ -555,6 +555,50 @@ pub fn quantize_layers(
     install_int8(m, cfg, act, Transforms::Refuse)
 }
 
+/// How [`quantize_embeddings`] stores a table: its `[rows, dim]` values in, a format out.
+pub type TableFormat<'a> = dyn Fn(&Array2<f32>) -> Result<std::sync::Arc<dyn Projection>> + 'a;
+
+/// Installs `format(table)` as the format of every token table (`Embedding`) below `m`: lookups
+/// then read its rows and a tied output head runs it, so an int8 or int4 model's largest matrix
+/// is stored like its layers (`quantize_dynamic` and `quantize_int4` leave tables in f32).
+/// Every format is built before any is installed. Returns how many tables there were.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tt_quant::{quantize_embeddings, Int4Linear};
+/// use tt_tensor::nn::Embedding;
+/// let mut table = Embedding::new(100, 64, 0.02, 0).unwrap();
+/// let n = quantize_embeddings(&mut table, &|t| Ok(Arc::new(Int4Linear::new(t, 32)?))).unwrap();
+/// assert_eq!((n, table.installed_projection().unwrap().format()), (1, "int4/g32"));
+/// ```
+///
+/// # Errors
+/// The first error `format` returns; the model is then unchanged.
+pub fn quantize_embeddings(m: &mut dyn tt_tensor::Module, format: &TableFormat<'_>) -> tt_tensor::Result<usize> {
+    let mut built = Vec::new();
+    let mut visit = |_: &str, e: &mut tt_tensor::nn::Embedding| {
+        let table = e.projection()?.to_dense();
+        built.push(format(&table).map_err(|q| tt_tensor::TensorError::InvalidArgument {
+            op: "quantize_embeddings",
+            reason: q.to_string(),
+        })?);
+        Ok(())
+    };
+    // A module that is itself a table is visited too (walk_mut covers only what is below).
+    if let Some(e) = m.as_embedding_mut() {
+        visit("", e)?;
+    }
+    tt_tensor::nn::map_embeddings(m, &mut visit)?;
+    let mut formats = built.into_iter();
+    let mut install = |_: &str, e: &mut tt_tensor::nn::Embedding| {
+        e.set_projection(formats.next().expect("one format per table, built above"))
+    };
+    if let Some(e) = m.as_embedding_mut() {
+        install("", e)?;
+    }
+    Ok(tt_tensor::nn::map_embeddings(m, &mut install)? + usize::from(m.as_embedding().is_some()))
+}
+
 /// What [`install_int8`] does with a layer's forward transform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transforms {

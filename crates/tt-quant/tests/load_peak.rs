@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use tt_profile::alloc::{measure_peak, thread_snapshot, CountingAllocator};
 use tt_quant::checkpoint;
-use tt_quant::{quantize_dynamic, quantize_int4, Activations, Int4Linear, Int8Linear, WeightConfig};
-use tt_tensor::projection::{Projection, Unloaded};
+use tt_tensor::projection::Unloaded;
 use tt_tensor::serialize::{load_unit, open_unit_part};
 use tt_transformer::testing::tiny_config;
 use tt_transformer::{Gpt, GptConfig};
+
+#[path = "m17/quantize_all.rs"]
+mod quantize_all;
+use quantize_all::quantize_all;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
@@ -29,20 +32,7 @@ fn config() -> GptConfig {
 }
 
 fn quantized(int4: bool) -> Gpt {
-    let mut m = Gpt::new(config()).unwrap();
-    if int4 {
-        quantize_int4(&mut m, 32).unwrap();
-    } else {
-        quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap();
-    }
-    let table = m.tok_emb.weight.data().clone().into_dimensionality().unwrap();
-    let q: Arc<dyn Projection> = if int4 {
-        Arc::new(Int4Linear::new(&table, 32).unwrap())
-    } else {
-        Arc::new(Int8Linear::new(&table, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap())
-    };
-    m.tok_emb.set_projection(q).unwrap();
-    m
+    quantize_all(Gpt::new(config()).unwrap(), int4)
 }
 
 #[test]

@@ -27,6 +27,8 @@ mod models;
 mod observer;
 #[path = "m17/qat.rs"]
 mod qat;
+#[path = "m17/quantize_all.rs"]
+mod quantize_all;
 #[path = "m17/requant.rs"]
 mod requant;
 #[path = "m17/scheme.rs"]

@@ -422,28 +422,12 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     unsafe fn tile<const R: usize>(w: &PackedGroups, a: *const u8, za: *const i32, out: *mut f32, panel: usize) {
         let pk = &w.packed;
-        let (k4, gk4, kb, cols) = (pk.k4, pk.gk4, pk.row_bytes(), pk.acc_cols());
-        let base = pk.packed.as_ptr();
+        let (gk4, cols) = (pk.gk4, pk.acc_cols());
         let mut f = [[_mm256_setzero_ps(); 2]; R];
         for g in 0..pk.groups() {
             let mut s = [[_mm256_setzero_si256(); 4]; R];
-            for k in g * gk4..(g + 1) * gk4 {
-                let mut av = [_mm256_setzero_si256(); R];
-                for (r, v) in av.iter_mut().enumerate() {
-                    // SAFETY: row r < R, bytes 4k..4k + 4 inside `a`.
-                    let four = unsafe { (a.add(r * kb + k * 4) as *const i32).read_unaligned() };
-                    *v = _mm256_cvtepu8_epi16(_mm_set1_epi32(four));
-                }
-                // SAFETY: panel < panels and k < k4: 64 bytes inside `packed`.
-                let wp = unsafe { base.add((panel * k4 + k) * PANEL * 4) };
-                for q in 0..4 {
-                    // SAFETY: quarter q of the 64-byte block.
-                    let w16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(wp.add(q * 16) as *const _) });
-                    for r in 0..R {
-                        s[r][q] = _mm256_add_epi32(s[r][q], _mm256_madd_epi16(w16, av[r]));
-                    }
-                }
-            }
+            // SAFETY: as this function's contract; group g's blocks lie within 0..k4.
+            unsafe { super::super::avx2::sum_blocks(pk, a, panel, g * gk4..(g + 1) * gk4, &mut s) };
             let at = (panel * w.per_row + g) * PANEL;
             for h in 0..2 {
                 // SAFETY: group g < per_row of this panel: 16 values inside `sums` and `scales`.

@@ -20,7 +20,7 @@ use tt_transformer::Gpt;
 
 use super::models::tiny_gpt;
 
-fn input(shape: &[usize], seed: u64) -> Tensor {
+pub(super) fn input(shape: &[usize], seed: u64) -> Tensor {
     use rand::SeedableRng;
     Tensor::from_array(randn_array(shape, 0.0, 1.0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)))
 }
@@ -31,7 +31,7 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-fn bits(t: &Tensor) -> Vec<u32> {
+pub(super) fn bits(t: &Tensor) -> Vec<u32> {
     t.to_vec().iter().map(|v| v.to_bits()).collect()
 }
 
@@ -92,7 +92,7 @@ fn quantize_mixed(m: &mut dyn Module, skip: &[&str]) -> Vec<(String, &'static st
 }
 
 /// Every Linear / Conv2d's installed format (`"none"` for none), by name.
-fn formats(m: &mut dyn Module) -> Vec<(String, String)> {
+pub(super) fn formats(m: &mut dyn Module) -> Vec<(String, String)> {
     let mut v = Vec::new();
     let f = |p: Option<&Arc<dyn Projection>>| p.map_or("none".to_string(), |p| p.format().to_string());
     map_linears(m, |n, l| {
@@ -228,30 +228,30 @@ fn a_tiny_gpt_round_trips_bit_for_bit_with_a_layer_left_in_f32() {
 
 /// A safetensors file taken apart, to be edited and put back together.
 #[derive(Clone)]
-struct Raw {
-    tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+pub(super) struct Raw {
+    pub(super) tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
     meta: Option<HashMap<String, String>>,
 }
 
 impl Raw {
-    fn decode(bytes: &[u8]) -> Raw {
+    pub(super) fn decode(bytes: &[u8]) -> Raw {
         let st = SafeTensors::deserialize(bytes).unwrap();
         let tensors =
             st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
         Raw { tensors, meta: SafeTensors::read_metadata(bytes).unwrap().1.metadata().clone() }
     }
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let views: Vec<(String, TensorView<'_>)> =
             self.tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
         safetensors::serialize(views, self.meta.clone()).unwrap()
     }
-    fn t(&mut self, name: &str) -> &mut (Dtype, Vec<usize>, Vec<u8>) {
+    pub(super) fn t(&mut self, name: &str) -> &mut (Dtype, Vec<usize>, Vec<u8>) {
         self.tensors.get_mut(name).unwrap_or_else(|| panic!("no {name}"))
     }
     fn set_f32(&mut self, name: &str, i: usize, v: f32) {
         self.t(name).2[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
     }
-    fn meta(&mut self) -> &mut HashMap<String, String> {
+    pub(super) fn meta(&mut self) -> &mut HashMap<String, String> {
         self.meta.as_mut().unwrap()
     }
 }
@@ -273,7 +273,23 @@ fn small_saved() -> Sequential {
     m
 }
 
-type Edit = Box<dyn Fn(&mut Raw)>;
+pub(super) type Edit = Box<dyn Fn(&mut Raw)>;
+
+/// Loads each of `files` (what, bytes, words its error must contain) into `target`: every one an
+/// error naming the weights part and its words, and `target`'s outputs on `x` and formats as
+/// they were.
+pub(super) fn assert_each_refused(target: &mut dyn Module, x: &Tensor, files: Vec<(&str, Vec<u8>, &[&str])>) {
+    let before = (bits(&no_grad(|| target.forward(x)).unwrap()), formats(target));
+    for (what, bytes, needles) in files {
+        let e = checkpoint::from_safetensors(target, &bytes).expect_err(what).to_string();
+        for n in needles {
+            assert!(e.contains(n), "{what}: {e:?} should mention {n:?}");
+        }
+        assert!(e.contains(WEIGHTS_PART), "{what}: {e}");
+        let after = (bits(&no_grad(|| target.forward(x)).unwrap()), formats(target));
+        assert!(after == before, "{what}: a failed load changed the model");
+    }
+}
 
 fn cases() -> Vec<(&'static str, Edit, &'static [&'static str])> {
     fn f32_of(b: &[u8]) -> Vec<u8> {
@@ -535,7 +551,6 @@ fn hostile_files_are_errors_naming_the_tensor_and_leave_the_model_unchanged() {
     })
     .unwrap();
     let x = input(&[4, 16], 3);
-    let before = (bits(&no_grad(|| target.forward(&x)).unwrap()), formats(&mut target));
     let mut truncated: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("empty", vec![], &["not a complete safetensors file"]),
         ("header length only", good[..8].to_vec(), &["not a complete safetensors file"]),
@@ -547,15 +562,7 @@ fn hostile_files_are_errors_naming_the_tensor_and_leave_the_model_unchanged() {
         edit(&mut r);
         truncated.push((what, r.encode(), needles));
     }
-    for (what, bytes, needles) in truncated {
-        let e = checkpoint::from_safetensors(&mut target, &bytes).expect_err(what).to_string();
-        for n in needles {
-            assert!(e.contains(n), "{what}: {e:?} should mention {n:?}");
-        }
-        assert!(e.contains(WEIGHTS_PART), "{what}: {e}");
-        let after = (bits(&no_grad(|| target.forward(&x)).unwrap()), formats(&mut target));
-        assert!(after == before, "{what}: a failed load changed the model");
-    }
+    assert_each_refused(&mut target, &x, truncated);
     // The unedited file, taken apart and put back together, loads.
     let layers = checkpoint::from_safetensors(&mut target, &raw.encode()).unwrap();
     assert_eq!(layers.iter().map(|l| l.format).collect::<Vec<_>>(), ["int8-static/ch", "int8-dyn/tensor-affine"]);

@@ -4,7 +4,6 @@
 //! and equal to the float formula to f32 rounding, NaN and zero rows, the layer's bytes, and the
 //! weight rebuilt from the packed codes.
 
-use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tt_quant::kernels::group::{matmul_reference, PackedGroups};
@@ -12,30 +11,14 @@ use tt_quant::kernels::IntLevel;
 use tt_quant::{
     quantize_dynamic, Activations, Granularity, Int8Linear, QParams, QuantizedMatrix, Scheme, WeightConfig,
 };
-use tt_tensor::projection::{project, Projection, Workspace};
+use tt_tensor::projection::Projection;
+
+use super::linear::{forward, matrix, rows};
 
 const GROUPS: [usize; 9] = [1, 3, 5, 32, 64, 128, 200, 4096, 33];
 
 fn grouped(g: usize) -> WeightConfig {
     WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(g) }
-}
-
-fn matrix(out_f: usize, in_f: usize, seed: u64) -> Array2<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Array2::from_shape_fn((out_f, in_f), |_| rng.random_range(-1.0f32..1.0))
-}
-
-fn rows(n: usize, in_f: usize, seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n * in_f).map(|_| rng.random_range(-0.5f32..2.0) * 3.0).collect()
-}
-
-fn forward(p: &dyn Projection, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let mut y = vec![0.0; n * p.shape().0];
-    let mut ws = Workspace::default();
-    ws.ensure(p.workspace_len(n));
-    project(p, x, n, bias, &mut y, ws.bytes()).unwrap();
-    y
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

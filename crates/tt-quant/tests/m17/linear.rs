@@ -7,18 +7,18 @@ use rand_chacha::ChaCha8Rng;
 use tt_quant::{Activations, Granularity, Int8Linear, IntLevel, QParams, Scheme, WeightConfig};
 use tt_tensor::projection::{check_projection, project, Projection, Workspace};
 
-fn matrix(out_f: usize, in_f: usize, seed: u64) -> Array2<f32> {
+pub(super) fn matrix(out_f: usize, in_f: usize, seed: u64) -> Array2<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     Array2::from_shape_fn((out_f, in_f), |_| rng.random_range(-1.0f32..1.0))
 }
 
-fn rows(n: usize, in_f: usize, seed: u64) -> Vec<f32> {
+pub(super) fn rows(n: usize, in_f: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Shifted and scaled so the affine zero points are not trivial.
     (0..n * in_f).map(|_| rng.random_range(-0.5f32..2.0) * 3.0).collect()
 }
 
-fn forward(p: &dyn Projection, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub(super) fn forward(p: &dyn Projection, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let mut y = vec![0.0; n * p.shape().0];
     let mut ws = Workspace::default();
     ws.ensure(p.workspace_len(n));

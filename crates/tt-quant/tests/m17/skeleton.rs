@@ -10,13 +10,14 @@ use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use tt_kvcache::{CachedGpt, OverflowPolicy};
 use tt_quant::checkpoint::{self, WEIGHTS_PART};
-use tt_quant::{quantize_dynamic, quantize_int4, Activations, Int4Linear, Int8Linear, WeightConfig};
 use tt_tensor::nn::linears;
-use tt_tensor::projection::{Projection, Unloaded};
+use tt_tensor::projection::Unloaded;
 use tt_tensor::serialize::save_unit;
 use tt_transformer::generate::NextTokenSource;
 use tt_transformer::testing::trained_tiny;
 use tt_transformer::{Gpt, GptConfig};
+
+use super::quantize_all::quantize_all;
 
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tt-m17-skel-{tag}-{}", std::process::id()));
@@ -27,20 +28,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// The trained tiny GPT with every linear and the (tied) token table in int8 per-channel, or in
 /// int4 of group 32.
 fn quantized(int4: bool) -> Gpt {
-    let mut m = trained_tiny(3).unwrap();
-    if int4 {
-        quantize_int4(&mut m, 32).unwrap();
-    } else {
-        quantize_dynamic(&mut m, WeightConfig::PER_CHANNEL).unwrap();
-    }
-    let table = m.tok_emb.weight.data().clone().into_dimensionality().unwrap();
-    let q: Arc<dyn Projection> = if int4 {
-        Arc::new(Int4Linear::new(&table, 32).unwrap())
-    } else {
-        Arc::new(Int8Linear::new(&table, WeightConfig::PER_CHANNEL, Activations::Dynamic).unwrap())
-    };
-    m.tok_emb.set_projection(q).unwrap();
-    m
+    quantize_all(trained_tiny(3).unwrap(), int4)
 }
 
 /// A GPT holding no weights: every linear and the token table an `Unloaded` placeholder.
