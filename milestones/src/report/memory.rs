@@ -57,7 +57,7 @@ pub fn render(summary: &Value) -> Result<Vec<Region>> {
         ]);
     }
     let mut rows_md = format!(
-        "Each row is a separate process: it builds the model, decodes {} tokens after a {}-token prompt (batch 1, one thread) and reports its peak resident set (`VmHWM`). MB are 10⁶ bytes.\n\n",
+        "Each row is a separate process: it builds the model (fp32, pruned50) or loads it from the quantized checkpoint another process wrote (int8, int4), decodes {} tokens after a {}-token prompt (batch 1, one thread) and reports its peak resident set (`VmHWM`). MB are 10⁶ bytes.\n\n",
         num(summary, "/tokens")?,
         num(summary, "/prompt_tokens")?
     );
