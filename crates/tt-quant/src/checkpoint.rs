@@ -13,7 +13,7 @@
 //! | tensor                     | dtype | shape                                        |
 //! |----------------------------|-------|----------------------------------------------|
 //! | `<layer>.weight`           | `I8`  | the weight's own: `[out, in]`, `[C_out, C_in, k, k]`, `[rows, dim]` |
-//! | `<layer>.weight_scale`     | `F32` | `[1]` per-tensor, `[out]` per-channel        |
+//! | `<layer>.weight_scale`     | `F32` | `[1]` per-tensor, `[out]` per-channel, `[out, ⌈K/G⌉]` per-group (row-major) |
 //! | `<layer>.weight_zero_point`| `I8`  | as the scale; **affine weights only**        |
 //!
 //! The codes are row-major over the layer's `[out, in·k·k]` matrix, which is the same order as
@@ -43,7 +43,8 @@
 //! - `format`: [`FORMAT`];
 //! - per int4 layer, `<layer>.int4_group`: `G`, in decimal (32, 64 or 128);
 //! - per int8 layer, `<layer>.scheme` (`symmetric` | `affine`), `<layer>.granularity`
-//!   (`per-tensor` | `per-channel`) and `<layer>.activations`: `dynamic`, or
+//!   (`per-tensor` | `per-channel` | `per-group-<G>`, symmetric only: groups of `G` inputs along a
+//!   row of `K = in·k·k`, the last one ragged if `G` does not divide `K`) and `<layer>.activations`: `dynamic`, or
 //!   `static:0x<bits>:<zero_point>` — the frozen input scale as its IEEE bit pattern (8 hex digits,
 //!   so it round-trips exactly; in numpy `np.uint32(0x<bits>).view(np.float32)`) and the u8 zero
 //!   point.
@@ -271,10 +272,6 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
         let Some(q) = layer.int8() else { continue };
         fresh(layer, q)?;
         let w = q.weight();
-        // `Int8Linear` keeps one scale per output: never per-group (which the format cannot say).
-        if let Granularity::PerGroup(g) = w.granularity() {
-            return Err(err(format!("{}: per-group ({g}) weights are not stored", layer.name)));
-        }
         metadata.insert(format!("{}.scheme", layer.name), w.scheme().name().into());
         metadata.insert(format!("{}.granularity", layer.name), w.granularity().name());
         metadata.insert(format!("{}.activations", layer.name), activations_string(q.activations()));
@@ -294,13 +291,22 @@ pub fn to_safetensors(model: &mut dyn Module) -> Result<Vec<u8>> {
             Some((layer, q)) => {
                 let w = q.weight();
                 raw.push((name.clone(), Dtype::I8, t.shape(), w.codes().iter().map(|&c| c as u8).collect()));
-                let n = w.params().len();
                 let scales: Vec<f32> = w.params().iter().map(|p| p.scale()).collect();
-                raw.push((format!("{}.{SCALE}", layer.name), Dtype::F32, vec![n], le_bytes(&scales)));
+                raw.push((
+                    format!("{}.{SCALE}", layer.name),
+                    Dtype::F32,
+                    scale_shape(layer, w.granularity()),
+                    le_bytes(&scales),
+                ));
                 if w.scheme() == Scheme::Affine {
                     // In [−128, 127]: a `QuantizedMatrix` invariant.
                     let zps = w.params().iter().map(|p| p.zero_point() as i8 as u8).collect();
-                    raw.push((format!("{}.{ZERO_POINT}", layer.name), Dtype::I8, vec![n], zps));
+                    raw.push((
+                        format!("{}.{ZERO_POINT}", layer.name),
+                        Dtype::I8,
+                        scale_shape(layer, w.granularity()),
+                        zps,
+                    ));
                 }
             }
             None => {
@@ -552,8 +558,27 @@ fn parse_scheme(s: &str) -> Option<Scheme> {
     [Scheme::Symmetric, Scheme::Affine].into_iter().find(|x| x.name() == s)
 }
 
+/// `per-tensor`, `per-channel` or `per-group-<G>` (G a plain positive decimal, no sign or
+/// leading zero, at most [`MAX_GROUP`]).
 fn parse_granularity(s: &str) -> Option<Granularity> {
+    if let Some(g) = s.strip_prefix("per-group-") {
+        let plain = !g.is_empty() && g.len() <= 7 && g.bytes().all(|b| b.is_ascii_digit()) && !g.starts_with('0');
+        return plain.then(|| g.parse::<usize>().ok()).flatten().filter(|&g| g <= MAX_GROUP).map(Granularity::PerGroup);
+    }
     [Granularity::PerTensor, Granularity::PerChannel].into_iter().find(|x| x.name() == s)
+}
+
+/// The largest int8 group a checkpoint may name (a row of 2²⁰ inputs is far past any model here).
+const MAX_GROUP: usize = 1 << 20;
+
+/// The shape of an int8 layer's scales (and zero points): `[1]` per tensor, `[out]` per channel,
+/// `[out, groups]` per group (a ragged last group has its own).
+fn scale_shape(layer: &Layer, g: Granularity) -> Vec<usize> {
+    match g {
+        Granularity::PerTensor => vec![1],
+        Granularity::PerChannel => vec![layer.rows],
+        Granularity::PerGroup(n) => vec![layer.rows, layer.cols.div_ceil(n).max(1)],
+    }
 }
 
 fn parse_activations(s: &str) -> Option<StoredActivations> {
@@ -732,20 +757,24 @@ fn validate(model: &mut dyn Module, src: &dyn Source, label: &str) -> Result<Pla
         let s = field("scheme")?;
         let scheme = parse_scheme(s).ok_or_else(|| bad("scheme", s, "symmetric or affine"))?;
         let g = field("granularity")?;
-        let granularity = parse_granularity(g).ok_or_else(|| bad("granularity", g, "per-tensor or per-channel"))?;
+        let granularity = parse_granularity(g)
+            .ok_or_else(|| bad("granularity", g, "per-tensor, per-channel or per-group-<G> (1 ≤ G ≤ 1048576)"))?;
+        if matches!(granularity, Granularity::PerGroup(_)) && scheme == Scheme::Affine {
+            return Err(bad("granularity", g, "a granularity of affine weights (per-group weights are symmetric)"));
+        }
         let a = field("activations")?;
         let activations = parse_activations(a)
             .ok_or_else(|| bad("activations", a, "dynamic or static:0x<8 hex digits of the f32 scale>:<zero point>"))?;
         let activations = check_activations(&layer.name, activations).map_err(err)?;
-        let n = if granularity == Granularity::PerTensor { 1 } else { layer.rows };
+        let n = scale_shape(layer, granularity);
         let sname = format!("{}.{SCALE}", layer.name);
         let scales =
             tensor(&sname).ok_or_else(|| err(format!("tensor {sname} is missing (the scales of I8 {wname})")))?;
-        check(&sname, scales, Dtype::F32, &[n])?;
+        check(&sname, scales, Dtype::F32, &n)?;
         let zname = format!("{}.{ZERO_POINT}", layer.name);
         let zero_points = match (scheme, tensor(&zname)) {
             (Scheme::Affine, Some(z)) => {
-                check(&zname, z, Dtype::I8, &[n])?;
+                check(&zname, z, Dtype::I8, &n)?;
                 Some(z)
             }
             (Scheme::Affine, None) => {

@@ -11,7 +11,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tt_kvcache::{CachedGpt, OverflowPolicy};
 use tt_quant::checkpoint::{self, FORMAT, FORMAT_KEY, WEIGHTS_PART};
-use tt_quant::{Activations, Granularity, Int8Linear, QParams, QRange, Scheme, WeightConfig};
+use tt_quant::{quantize_dynamic, Activations, Granularity, Int8Linear, QParams, QRange, Scheme, WeightConfig};
 use tt_tensor::nn::{map_conv2ds, map_linears, Linear, Relu, Sequential};
 use tt_tensor::projection::{DenseF32, Projection};
 use tt_tensor::{no_grad, randn_array, Module, Tensor};
@@ -695,4 +695,40 @@ fn saving_a_layer_that_carries_a_transform_is_refused() {
     q.layers[0].as_linear_mut().unwrap().set_transform(None);
     assert!(checkpoint::to_safetensors(&mut q).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Per-group int8 (Q8_0's layout: symmetric codes, one scale per `G` inputs of a row) saves its
+/// scales as `[out, ⌈in/G⌉]` and loads back bit for bit, ragged last groups included; group
+/// sizes that do not parse, and scales of the wrong shape, are errors naming the key or tensor.
+#[test]
+fn per_group_int8_round_trips_and_bad_groups_are_refused() {
+    let grouped = |g| WeightConfig { scheme: Scheme::Symmetric, granularity: Granularity::PerGroup(g) };
+    let x = input(&[4, 64], 2);
+    for g in [32, 48, 64] {
+        let mut saved = mlp(1);
+        quantize_dynamic(&mut saved, grouped(g)).unwrap();
+        let bytes = checkpoint::to_safetensors(&mut saved).unwrap();
+        let raw = Raw::decode(&bytes);
+        // The first layer: 256 outputs of 64 inputs → ⌈64/g⌉ groups each.
+        assert_eq!(raw.tensors["0.weight_scale"].1, vec![256, 64usize.div_ceil(g)], "group {g}");
+        let name = format!("int8-g{g}");
+        let want: Vec<(String, &str)> =
+            ["0", "2", "4", "6"].iter().map(|l| (l.to_string(), "int8-dyn/group")).collect();
+        round_trip(&name, &mut saved, &mut mlp(40), &x, &want);
+    }
+    let mut saved = mlp(1);
+    quantize_dynamic(&mut saved, grouped(32)).unwrap();
+    let raw = Raw::decode(&checkpoint::to_safetensors(&mut saved).unwrap());
+    let mut target = mlp(3);
+    quantize_dynamic(&mut target, grouped(32)).unwrap();
+    let mut files: Vec<(&str, Vec<u8>, &[&str])> = Vec::new();
+    for (what, g) in [("group 0", "per-group-0"), ("leading zero", "per-group-032"), ("sign", "per-group-+32")] {
+        let mut r = raw.clone();
+        r.meta().insert("0.granularity".into(), g.into());
+        files.push((what, r.encode(), &["metadata 0.granularity"]));
+    }
+    let mut r = raw.clone();
+    r.meta().insert("0.granularity".into(), "per-group-64".into());
+    files.push(("scales of another group size", r.encode(), &["0.weight_scale", "shape"]));
+    assert_each_refused(&mut target, &x, files);
 }
