@@ -232,6 +232,9 @@ impl Projection for DenseF32 {
     fn format(&self) -> &'static str {
         "f32"
     }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 /// A weight that is not there yet: a projection of a known shape with no values, the placeholder a
@@ -358,7 +361,11 @@ impl InstalledProjection {
         }
         // A released weight stays released: the new format becomes its only copy (what a loader
         // filling a model built format by format does), and the values changed, so the version.
+        // Its `to_dense` is not run here (that would build the dense copy this avoids): a format
+        // whose `to_dense` disagrees with its `shape()` breaks the contract `check_projection`
+        // tests, and the weight's next read panics on it.
         if let Some(label) = weight.released_label() {
+            refuse_self_view(op, &label, &p, weight)?;
             weight.replace_released(&label, materializer(p.clone(), shape));
             return Ok(InstalledProjection { projection: p, weight_id: weight.id(), weight_version: weight.version() });
         }
@@ -400,7 +407,8 @@ impl InstalledProjection {
     /// The weight changed since installing (the projection would recompute other values).
     pub(crate) fn release(&self, op: &'static str, label: &str, weight: &Tensor) -> Result<usize> {
         let p = self.current(op, weight)?.clone();
-        weight.release(label, materializer(p, weight.shape()))
+        refuse_self_view(op, label, &p, weight)?;
+        weight.release_if(label, materializer(p, weight.shape()), Some(self.weight_version))
     }
 
     /// A layer's weight that exists only as `p` (see [`Tensor::released_param`]): `shape` is the
@@ -463,10 +471,24 @@ pub(crate) fn clear_layer_format(
     slot.take().map(|i| i.projection)
 }
 
+/// Refuses `p` as the only copy of `weight` when it is a dense view of that same tensor: it would
+/// recompute the weight by reading the weight.
+fn refuse_self_view(op: &'static str, label: &str, p: &Arc<dyn Projection>, weight: &Tensor) -> Result<()> {
+    let shares = p.as_any().and_then(|a| a.downcast_ref::<DenseF32>()).is_some_and(|d| d.weight().id() == weight.id());
+    if shares {
+        return Err(TensorError::arg(
+            op,
+            format!("{label}: its format is a dense view of the weight itself, which cannot be its only copy"),
+        ));
+    }
+    Ok(())
+}
+
 /// Recomputes a weight of `shape` from `p` (whose `(out, in)` flattens `shape`).
 fn materializer(p: Arc<dyn Projection>, shape: Vec<usize>) -> crate::tensor::Materialize {
     Arc::new(move || {
-        // install() / born_released() checked that (out, in) flattens this shape.
+        // install() / born_released() checked that (out, in) flattens this shape; a format's
+        // to_dense is (out, in) by the trait's contract.
         p.to_dense().into_shape_with_order(ndarray::IxDyn(&shape)).expect("checked when built").into_dyn()
     })
 }
@@ -478,7 +500,7 @@ pub(crate) fn check_resident(op: &'static str, weight: &Tensor) -> Result<()> {
         Some(label) => Err(TensorError::arg(
             op,
             format!(
-                "{label} was released for inference (nn::freeze): training needs the dense weight; call nn::thaw on the model first"
+                "{label} holds no dense values (released by nn::freeze, or built from its format): a recorded graph (training) needs them; call nn::thaw on the model first"
             ),
         )),
         None => Ok(()),

@@ -313,13 +313,28 @@ impl Tensor {
     /// Read access to the values. A released tensor ([`Tensor::release`]) recomputes them for
     /// this read only: the copy is freed when the returned value is dropped, so reading (saving a
     /// checkpoint, `to_dense`, a debug print) never makes the dense values resident again.
+    ///
+    /// # Deadlocks
+    /// A resident read holds the tensor's read lock: a thread that holds one and then waits on a
+    /// write of the same tensor (`data_mut`, `set_data`, `release`) blocks forever, as does a
+    /// second read while another thread waits to write (the lock favours writers).
     pub fn data(&self) -> DataRef<'_> {
-        if self.inner.is_released.load(Ordering::Acquire) {
-            if let Some(r) = self.released_state().as_ref() {
-                return DataRef::Materialized((r.materialize)());
+        loop {
+            // `release` and `make_resident` change the flag only under the write lock: read under
+            // the read lock, a clear flag means the array is the values.
+            let guard = self.inner.data.read().unwrap_or_else(|e| e.into_inner());
+            if !self.inner.is_released.load(Ordering::Acquire) {
+                return DataRef::Resident(guard);
             }
+            drop(guard);
+            // Taken out of the state and run with no lock held: recomputing can take long, and
+            // must not block the tensor's other readers.
+            let materialize = self.released_state().as_ref().map(|r| Arc::clone(&r.materialize));
+            if let Some(m) = materialize {
+                return DataRef::Materialized(m());
+            }
+            // Made resident in between: read it.
         }
-        DataRef::Resident(self.inner.data.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Write access to the underlying array, for optimizers and weight surgery. Writing through it
@@ -327,10 +342,15 @@ impl Tensor {
     /// tensor is made resident first ([`Tensor::make_resident`]): writing means training or
     /// surgery, which needs the values in memory.
     pub fn data_mut(&self) -> RwLockWriteGuard<'_, Array> {
-        self.make_resident();
-        let guard = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
-        self.inner.version.fetch_add(1, Ordering::Relaxed);
-        guard
+        loop {
+            self.make_resident();
+            let guard = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
+            // Released again between the two: make it resident again.
+            if !self.inner.is_released.load(Ordering::Acquire) {
+                self.inner.version.fetch_add(1, Ordering::Relaxed);
+                return guard;
+            }
+        }
     }
 
     fn released_state(&self) -> std::sync::MutexGuard<'_, Option<Released>> {
@@ -344,15 +364,31 @@ impl Tensor {
     /// change: the values are the same. `label` names the tensor in errors. Returns the bytes
     /// freed (0 if it was already released).
     ///
+    /// `materialize` must not read this tensor (it would recompute itself forever): a dense view
+    /// sharing the tensor cannot be its only copy.
+    ///
     /// # Errors
     /// `materialize` gives an array of another shape (checked once, here).
     pub fn release(&self, label: &str, materialize: Materialize) -> Result<usize> {
+        self.release_if(label, materialize, None)
+    }
+
+    /// [`Tensor::release`], only if the version is still `version` (checked under the write lock,
+    /// so a write racing with the release is not replaced by the format's values).
+    pub(crate) fn release_if(&self, label: &str, materialize: Materialize, version: Option<u64>) -> Result<usize> {
+        // Recomputed before any lock is taken (it can take long, and a wrong one must not hang).
+        let check = materialize();
         let mut state = self.released_state();
         if state.is_some() {
             return Ok(0);
         }
         let mut data = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
-        let check = materialize();
+        if version.is_some_and(|v| v != self.version()) {
+            return Err(TensorError::arg(
+                "Tensor::release",
+                format!("{label} was written after its format was built: the format would recompute other values"),
+            ));
+        }
         if check.shape() != data.shape() {
             return Err(TensorError::shape("Tensor::release (materialized vs held)", check.shape(), data.shape()));
         }
@@ -380,11 +416,12 @@ impl Tensor {
     /// write: the version changes. A resident tensor is released with them.
     pub(crate) fn replace_released(&self, label: &str, materialize: Materialize) {
         let mut state = self.released_state();
+        let mut data = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
         let shape = match state.as_ref() {
             Some(r) => r.shape.clone(),
-            None => self.inner.data.read().unwrap_or_else(|e| e.into_inner()).shape().to_vec(),
+            None => data.shape().to_vec(),
         };
-        *self.inner.data.write().unwrap_or_else(|e| e.into_inner()) = Array::zeros(IxDyn(&[0]));
+        *data = Array::zeros(IxDyn(&[0]));
         *state = Some(Released { label: label.to_string(), shape, materialize });
         self.inner.is_released.store(true, Ordering::Release);
         self.inner.version.fetch_add(1, Ordering::Relaxed);
@@ -397,16 +434,26 @@ impl Tensor {
 
     /// The label a released tensor was given, for errors; `None` if it is resident.
     pub fn released_label(&self) -> Option<String> {
+        // A resident tensor answers without taking the state's lock, so a thread holding one of
+        // its read guards cannot deadlock against a `release` waiting for the write lock.
+        if !self.is_released() {
+            return None;
+        }
         self.released_state().as_ref().map(|r| r.label.clone())
     }
 
     /// Brings a released tensor's values back into memory (no version change: the values are the
     /// ones it was released with); nothing for a resident tensor.
     pub fn make_resident(&self) {
+        if !self.is_released() {
+            return;
+        }
         let mut state = self.released_state();
         if let Some(r) = state.take() {
             let values = (r.materialize)();
-            *self.inner.data.write().unwrap_or_else(|e| e.into_inner()) = values;
+            let values = if values.is_standard_layout() { values } else { values.as_standard_layout().into_owned() };
+            let mut data = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
+            *data = values;
             self.inner.is_released.store(false, Ordering::Release);
         }
     }
@@ -435,12 +482,17 @@ impl Tensor {
 
     /// The shape (of the values a released tensor would recompute).
     pub fn shape(&self) -> Vec<usize> {
-        if self.is_released() {
+        loop {
+            // As in `data`: a clear flag read under the read lock means the array is the values.
+            let guard = self.inner.data.read().unwrap_or_else(|e| e.into_inner());
+            if !self.inner.is_released.load(Ordering::Acquire) {
+                return guard.shape().to_vec();
+            }
+            drop(guard);
             if let Some(r) = self.released_state().as_ref() {
                 return r.shape.clone();
             }
         }
-        self.inner.data.read().unwrap_or_else(|e| e.into_inner()).shape().to_vec()
     }
 
     pub fn ndim(&self) -> usize {

@@ -471,6 +471,59 @@ mod freeze {
         assert!(diff < 1e-6, "{diff}");
     }
 
+    /// Readers racing with releases and re-residencies always see the tensor's real shape and
+    /// values, never the empty array a released tensor holds.
+    #[test]
+    fn readers_racing_with_release_see_the_values_never_the_empty_array() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let t = Tensor::from_vec((0..64).map(|i| i as f32).collect(), &[8, 8]).unwrap();
+        let values = t.data().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t2, stop2) = (t.clone(), Arc::clone(&stop));
+        let flipper = std::thread::spawn(move || {
+            let m: tt_tensor::Materialize = Arc::new(move || values.clone());
+            while !stop2.load(Ordering::Relaxed) {
+                t2.release("w", Arc::clone(&m)).unwrap();
+                t2.make_resident();
+            }
+        });
+        for i in 0..20_000 {
+            assert_eq!(t.shape(), [8, 8], "read {i}");
+            let d = t.data();
+            assert_eq!((d.shape(), d[[7, 7]]), (&[8usize, 8][..], 63.0), "read {i}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        flipper.join().unwrap();
+    }
+
+    /// A format that is a dense view of the weight itself cannot be its only copy: releasing it
+    /// is an error naming the weight (it would recompute itself from itself), not a hang.
+    #[test]
+    fn a_dense_view_of_the_weight_itself_cannot_be_released_to() {
+        let mut l = Linear::new(4, 3, false, 0);
+        let view = l.projection().unwrap();
+        l.set_projection(view).unwrap();
+        let mut m = Sequential::new().layer(l);
+        let e = freeze(&mut m).unwrap_err().to_string();
+        assert!(e.contains("0.weight") && e.contains("dense view"), "{e}");
+    }
+
+    /// A thread holding a read of a tensor asks for its label while another waits to release
+    /// it: the answer comes at once (no lock is taken for a resident tensor), then the release.
+    #[test]
+    fn a_label_asked_under_a_read_does_not_wait_for_a_release() {
+        let t = Tensor::from_vec(vec![1.0; 6], &[2, 3]).unwrap();
+        let values = t.data().clone();
+        let guard = t.data();
+        let t2 = t.clone();
+        let releaser = std::thread::spawn(move || t2.release("w", Arc::new(move || values.clone())).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(t.released_label(), None);
+        drop(guard);
+        assert_eq!(releaser.join().unwrap(), 24);
+        assert_eq!(t.released_label().as_deref(), Some("w"));
+    }
+
     #[test]
     fn only_layers_with_a_format_can_release_their_weight() {
         let l = Linear::new(3, 2, false, 0);

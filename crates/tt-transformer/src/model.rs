@@ -511,13 +511,8 @@ impl Gpt {
         let h = self.ln_f.forward(h)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&h)?,
-            // Tied: the embedding table's own format, as for any layer, when no graph is recorded.
-            None => match self.tok_emb.installed_projection() {
-                Some(_) if !tt_tensor::is_grad_enabled() || !self.tok_emb.weight.requires_grad() => {
-                    h.project(self.tok_emb.projection()?.as_ref(), None)?
-                }
-                _ => h.linear(&self.tok_emb.weight, None)?,
-            },
+            // Tied: the table as a head, in its format when no graph is recorded.
+            None => self.tok_emb.as_head(&h)?,
         })
     }
 

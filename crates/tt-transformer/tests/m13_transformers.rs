@@ -471,6 +471,27 @@ mod seam {
         }
     }
 
+    /// A tied head whose table carries a format decides like a `Linear`: a frozen-in-place table
+    /// (no grad) under a training step runs the dense table through the graph; a released one is
+    /// refused by name, never read silently.
+    #[test]
+    fn a_tied_head_with_a_format_decides_like_a_linear() {
+        use tt_tensor::projection::DenseF32;
+        let mut m = common::tiny(16, 1);
+        let table = m.tok_emb.projection().unwrap().to_dense();
+        m.tok_emb.set_projection(Arc::new(DenseF32::from_array(table))).unwrap();
+        m.tok_emb.weight.set_requires_grad(false);
+        let ids = [1usize, 2, 3];
+        let logits = m.forward_ids(&ids, 1, 3).unwrap();
+        logits.sum().backward().unwrap();
+        assert!(m.blocks[0].mlp.fc.weight.grad().is_some(), "the other layers trained");
+        m.tok_emb.weight.set_requires_grad(true);
+        tt_tensor::nn::freeze(&mut m).unwrap();
+        let e = m.forward_ids(&ids, 1, 3).unwrap_err().to_string();
+        assert!(e.contains("tok_emb.weight"), "{e}");
+        assert!(no_grad(|| m.forward_ids(&ids, 1, 3)).is_ok());
+    }
+
     #[test]
     fn gpt_children_mut_walks_the_state_dict_tree() {
         let mut m = common::tiny(10, 0);

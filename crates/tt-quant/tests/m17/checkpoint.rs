@@ -622,8 +622,9 @@ fn a_stale_int8_layer_is_not_saved_and_other_formats_save_as_f32() {
 #[test]
 fn as_any_finds_int8_behind_dyn_projection_and_nothing_by_default() {
     let w = ndarray::array![[0.5f32, -1.0], [0.25, 1.0]];
-    let dense: Arc<dyn Projection> = Arc::new(DenseF32::from_array(w.clone()));
-    assert!(dense.as_any().is_none());
+    // A format that never needs recognizing says nothing (the default).
+    let plain: Arc<dyn Projection> = Arc::new(tt_tensor::testing::TransposedF64::of(&DenseF32::from_array(w.clone())));
+    assert!(plain.as_any().is_none());
     let q: Arc<dyn Projection> = Arc::new(Int8Linear::new(&w, WeightConfig::PER_TENSOR, Activations::Dynamic).unwrap());
     let back = q.as_any().and_then(|a| a.downcast_ref::<Int8Linear>()).unwrap();
     assert_eq!(back.weight().codes().len(), 4);

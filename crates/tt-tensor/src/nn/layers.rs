@@ -416,6 +416,24 @@ impl Embedding {
         release_layer_weight("Embedding::release_weight", &self.projection, label, &self.weight)
     }
 
+    /// The table as a tied output head, `h·Tᵀ` (`[..., dim] → [..., rows]`): its format when no
+    /// graph is recorded, as a `Linear` decides, else the dense table.
+    ///
+    /// # Errors
+    /// A stale format, a released table while a graph is recorded, or `h`'s last dimension not
+    /// the table's width.
+    pub fn as_head(&self, h: &Tensor) -> Result<Tensor> {
+        match &self.projection {
+            Some(i) if !records_graph(&[Some(h), Some(&self.weight)]) => {
+                h.project(i.current("Embedding", &self.weight)?.as_ref(), None)
+            }
+            _ => {
+                check_resident("Embedding", &self.weight)?;
+                h.linear(&self.weight, None)
+            }
+        }
+    }
+
     /// Looks up ids; the output has shape `ids_shape + [dim]`. Reads rows from the installed
     /// format when no graph is recorded.
     ///
