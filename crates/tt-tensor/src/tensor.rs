@@ -613,7 +613,7 @@ impl Tensor {
 
     /// Back-propagates an explicit upstream gradient of this tensor's shape.
     pub fn backward_with(&self, grad: Array) -> Result<()> {
-        if grad.shape() != self.data().shape() {
+        if grad.shape() != self.shape().as_slice() {
             return Err(TensorError::shape("backward_with", &self.shape(), grad.shape()));
         }
         if !self.requires_grad() {
@@ -659,7 +659,7 @@ impl Tensor {
                         if !input.requires_grad() {
                             continue;
                         }
-                        if ig.shape() != input.data().shape() {
+                        if ig.shape() != input.shape().as_slice() {
                             return Err(TensorError::Autograd(format!(
                                 "backward of op {} returned a gradient of shape {:?} for input {i} of shape {:?}",
                                 node.op,
