@@ -25,6 +25,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use tt_tensor::kernels::RowFn;
 
 use ndarray::Array2;
 use tt_tensor::Projection;
@@ -115,7 +116,7 @@ unsafe impl Sync for OutPtr {}
 
 impl PackedF32 {
     /// `forward_rows`, with `gelu` as the epilogue when given.
-    fn run(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], gelu: Option<fn(&mut [f32])>) {
+    fn run(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], gelu: Option<RowFn>) {
         // The kernels below write through raw pointers: every size they rely on is checked here.
         if !check_projection_rows("PackedF32::forward_rows", self.shape(), x, rows, bias, y) {
             return;
@@ -155,7 +156,7 @@ impl PackedF32 {
         bias: Option<&[f32]>,
         out: OutPtr,
         range: Range<usize>,
-        gelu: Option<fn(&mut [f32])>,
+        gelu: Option<RowFn>,
     ) {
         let (out_f, in_f) = (self.out_f, self.in_f);
         let mut r0 = 0;
@@ -211,7 +212,7 @@ impl Projection for PackedF32 {
         bias: Option<&[f32]>,
         y: &mut [f32],
         _ws: &mut [u8],
-        gelu: fn(&mut [f32]),
+        gelu: RowFn,
     ) {
         self.run(x, rows, bias, y, Some(gelu));
     }

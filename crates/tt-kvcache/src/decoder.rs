@@ -13,6 +13,7 @@
 //! scope and every block a layer scope, so tt-profile sees a decode step like a forward pass.
 
 use std::sync::Arc;
+use tt_tensor::kernels::RowFn;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
 use tt_tensor::kernels::{attention_head_with, HeadsJob, PrefillHeadsJob, Q8Head, RowKernels, Rows};
@@ -56,7 +57,7 @@ impl Proj {
 
     /// [`Proj::run`] with `gelu` as the projection's epilogue (`Projection::forward_rows_gelu`):
     /// the MLP's `fc`, reported as one `linear+gelu` op.
-    fn run_gelu(&self, x: &[f32], rows: usize, y: &mut [f32], ws: &mut [u8], gelu: fn(&mut [f32])) {
+    fn run_gelu(&self, x: &[f32], rows: usize, y: &mut [f32], ws: &mut [u8], gelu: RowFn) {
         let (out_f, in_f) = self.p.shape();
         let _op = OpScope::begin("linear+gelu", || OpInfo {
             input_shapes: vec![vec![rows, in_f], vec![out_f, in_f]],

@@ -48,6 +48,7 @@
 //! is every byte the layer holds for its weight.
 
 use ndarray::Array2;
+use tt_tensor::kernels::RowFn;
 use tt_tensor::Projection;
 
 use crate::error::{QuantError, Result};
@@ -340,15 +341,7 @@ impl Int8Linear {
 
 impl Int8Linear {
     /// `forward_rows`, with `gelu` applied to each row after its epilogue when given.
-    fn run(
-        &self,
-        x: &[f32],
-        rows: usize,
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-        ws: &mut [u8],
-        gelu: Option<fn(&mut [f32])>,
-    ) {
+    fn run(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8], gelu: Option<RowFn>) {
         let (out_f, in_f) = self.shape();
         let packed = self.kernel.packed();
         let (cols, kb) = (packed.acc_cols(), packed.row_bytes());
@@ -436,7 +429,7 @@ impl Projection for Int8Linear {
         bias: Option<&[f32]>,
         y: &mut [f32],
         ws: &mut [u8],
-        gelu: fn(&mut [f32]),
+        gelu: RowFn,
     ) {
         self.run(x, rows, bias, y, ws, Some(gelu));
     }

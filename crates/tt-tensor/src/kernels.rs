@@ -247,9 +247,9 @@ pub struct RowKernels {
     /// `out = (x − mean)/√(var + eps)·gamma + beta` over one row.
     pub layer_norm: LayerNormFn,
     /// GELU (tanh form) in place over a slice.
-    pub gelu: fn(h: &mut [f32]),
+    pub gelu: RowFn,
     /// A softmax row in place: prefill attention's probability rows.
-    pub softmax: fn(row: &mut [f32]),
+    pub softmax: RowFn,
     /// One query `q` (`head_dim`) against `keys`/`values` (`[slots, head_dim]`, contiguous):
     /// `out = softmax(scale·q·Kᵀ)·V`. `scores` has room for `slots` floats (a kernel may use it).
     pub decode_attention: DecodeAttentionFn,
@@ -341,6 +341,11 @@ pub struct HeadsJob<'a> {
 
 /// See [`RowKernels::decode_attention_heads`].
 pub type DecodeHeadsFn = fn(job: &HeadsJob, out: &mut [f32]);
+
+/// An in-place row kernel — GELU, softmax: what [`RowKernels`] holds for them, and what a
+/// projection applies to its output rows as an epilogue
+/// ([`crate::Projection::forward_rows_gelu`]).
+pub type RowFn = fn(&mut [f32]);
 
 /// `(x, gamma, beta, eps, out)`: see [`RowKernels::layer_norm`].
 pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]);

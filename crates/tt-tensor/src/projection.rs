@@ -26,6 +26,7 @@
 //! assert_eq!((p.shape(), p.format(), p.storage_bytes()), ((2, 2), "f32", 16));
 //! ```
 
+use crate::kernels::RowFn;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -77,7 +78,7 @@ pub trait Projection: Send + Sync + Debug {
         bias: Option<&[f32]>,
         y: &mut [f32],
         ws: &mut [u8],
-        gelu: fn(&mut [f32]),
+        gelu: RowFn,
     ) {
         self.forward_rows(x, rows, bias, y, ws);
         let out_f = self.shape().0;

@@ -38,6 +38,7 @@
 pub mod kernels;
 
 use std::sync::Arc;
+use tt_tensor::kernels::RowFn;
 
 use ndarray::Array2;
 use tt_tensor::Projection;
@@ -143,15 +144,7 @@ impl Int4Linear {
         Some(Layout { codes, per_group, total })
     }
 
-    fn run(
-        &self,
-        x: &[f32],
-        rows: usize,
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-        ws: &mut [u8],
-        gelu: Option<fn(&mut [f32])>,
-    ) {
+    fn run(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, y: &mut [f32], ws: &mut [u8], gelu: Option<RowFn>) {
         let (out_f, in_f) = self.packed.shape();
         let (group, groups, kb) = (self.packed.group(), self.packed.groups(), self.packed.blocks() * BLOCK);
         // The trait's documented `# Panics`; `tt_tensor::projection::project` checks first.
@@ -229,7 +222,7 @@ impl Projection for Int4Linear {
         bias: Option<&[f32]>,
         y: &mut [f32],
         ws: &mut [u8],
-        gelu: fn(&mut [f32]),
+        gelu: RowFn,
     ) {
         self.run(x, rows, bias, y, ws, Some(gelu));
     }
