@@ -13,7 +13,7 @@ use tt_quant::{
 };
 use tt_tensor::projection::Projection;
 
-use super::linear::{forward, matrix, rows};
+use super::linear::{float_formula, forward, matrix, rows};
 
 const GROUPS: [usize; 9] = [1, 3, 5, 32, 64, 128, 200, 4096, 33];
 
@@ -129,22 +129,11 @@ fn per_group_outputs_equal_the_float_formula_to_f32_rounding() {
     for g in [1usize, 32, 64, 128, 67, 500] {
         let q = Int8Linear::new(&w, grouped(g), Activations::Dynamic).unwrap();
         let y = forward(&q, &x, n, Some(&bias));
-        let wq = q.weight();
         let groups = in_f.div_ceil(g) as f64;
-        for (r, (codes, p)) in q.quantize_inputs(&x, n).unwrap().into_iter().enumerate() {
-            let p = p.unwrap();
-            for o in 0..out_f {
-                let (mut want, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
-                for i in 0..in_f {
-                    let a = p.scale() as f64 * (codes[i] as i32 - p.zero_point()) as f64;
-                    let wv = wq.params_at(o, i).scale() as f64 * wq.codes()[o * in_f + i] as f64;
-                    want += a * wv;
-                    mag += (a * wv).abs();
-                }
-                let got = y[r * out_f + o] as f64;
-                let tol = (2.0 * groups + 3.0) * f32::EPSILON as f64 / 2.0 * mag;
-                assert!((got - want).abs() <= tol, "g {g} ({r},{o}): {got} vs {want} (tolerance {tol})");
-            }
+        for (k, (want, mag)) in float_formula(&q, &x, n, &bias).into_iter().enumerate() {
+            let got = y[k] as f64;
+            let tol = (2.0 * groups + 3.0) * f32::EPSILON as f64 / 2.0 * mag;
+            assert!((got - want).abs() <= tol, "g {g} output {k}: {got} vs {want} (tolerance {tol})");
         }
     }
 }

@@ -64,6 +64,29 @@ fn outputs_are_bit_identical_at_every_level() {
     }
 }
 
+/// `(Σ_i S_a(a_i − Z_a)·S_w(w_i − Z_w) + b, Σ_i |…| + |b|)` per output of `n` rows, in f64, from
+/// the activation codes and the weight the layer itself holds: the reference its outputs are held
+/// to, with the magnitude its rounding is relative to.
+pub(super) fn float_formula(q: &Int8Linear, x: &[f32], n: usize, bias: &[f32]) -> Vec<(f64, f64)> {
+    let ((out_f, in_f), wq) = (q.shape(), q.weight());
+    let mut out = Vec::with_capacity(n * out_f);
+    for (codes, p) in q.quantize_inputs(x, n).unwrap() {
+        let p = p.unwrap();
+        for o in 0..out_f {
+            let (mut want, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
+            for i in 0..in_f {
+                let a = p.scale() as f64 * (codes[i] as i32 - p.zero_point()) as f64;
+                let wp = wq.params_at(o, i);
+                let wv = wp.scale() as f64 * (wq.codes()[o * in_f + i] as i32 - wp.zero_point()) as f64;
+                want += a * wv;
+                mag += (a * wv).abs();
+            }
+            out.push((want, mag));
+        }
+    }
+    out
+}
+
 /// `y = Σ S_a(a − Z_a)·S_w(w − Z_w) + b` in f64 from the codes the layer itself produced: the
 /// integer path is exact, so only the final f32 scaling rounds (a few ulps of the result).
 #[test]
@@ -76,21 +99,9 @@ fn outputs_equal_the_float_formula_on_the_dequantized_operands() {
         for act in [Activations::Dynamic, static_act()] {
             let q = Int8Linear::new(&w, cfg, act).unwrap();
             let y = forward(&q, &x, n, Some(&bias));
-            let wq = q.weight();
-            for (r, (codes, p)) in q.quantize_inputs(&x, n).unwrap().into_iter().enumerate() {
-                let p = p.unwrap();
-                for o in 0..out_f {
-                    let (mut want, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
-                    for i in 0..in_f {
-                        let a = p.scale() as f64 * (codes[i] as i32 - p.zero_point()) as f64;
-                        let wp = wq.params_at(o, i);
-                        let wv = wp.scale() as f64 * (wq.codes()[o * in_f + i] as i32 - wp.zero_point()) as f64;
-                        want += a * wv;
-                        mag += (a * wv).abs();
-                    }
-                    let got = y[r * out_f + o] as f64;
-                    assert!((got - want).abs() <= 1e-6 * mag + 1e-30, "{cfg:?} {act:?} ({r},{o}): {got} vs {want}");
-                }
+            for (k, (want, mag)) in float_formula(&q, &x, n, &bias).into_iter().enumerate() {
+                let got = y[k] as f64;
+                assert!((got - want).abs() <= 1e-6 * mag + 1e-30, "{cfg:?} {act:?} output {k}: {got} vs {want}");
             }
         }
     }
