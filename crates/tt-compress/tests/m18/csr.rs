@@ -75,3 +75,23 @@ fn csr_with_no_inputs_stores_no_row_pointers() {
     tt_tensor::projection::project(&m, &[], 3, None, &mut y, &mut []).unwrap();
     assert_eq!(y, vec![0.0; 15]);
 }
+
+/// A model whose layers are CSR, frozen: the dense weights released, outputs bit for bit the
+/// same as before freezing.
+#[test]
+fn a_frozen_csr_model_answers_exactly_as_before() {
+    use std::sync::Arc;
+    use tt_tensor::{no_grad, Module, Tensor};
+    let mut m = tt_tensor::data::digits::mlp(2);
+    tt_tensor::nn::map_linears(&mut m, |_, l| {
+        let mut w = l.projection()?.to_dense();
+        w.mapv_inplace(|v| if v.abs() < 0.05 { 0.0 } else { v });
+        l.set_projection(Arc::new(CsrF32::from_dense(&w).unwrap()))
+    })
+    .unwrap();
+    let x = Tensor::randn(&[4, 64], 0.0, 1.0, 3);
+    let before = no_grad(|| m.forward(&x)).unwrap().to_vec();
+    let frozen = tt_tensor::nn::freeze(&mut m).unwrap();
+    assert_eq!(frozen.layers, ["0", "2"]);
+    assert_eq!(no_grad(|| m.forward(&x)).unwrap().to_vec(), before);
+}

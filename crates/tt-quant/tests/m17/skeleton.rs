@@ -158,3 +158,23 @@ fn a_file_that_leaves_a_layer_out_is_refused_and_the_model_is_unchanged() {
     assert_eq!(decoded(&resident), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An int8 and an int4 GPT, token table included, frozen after quantizing: every dense weight
+/// released, the same logits bit for bit through the decoder and the tensor model, and the same
+/// checkpoint as before freezing.
+#[test]
+fn a_frozen_int8_or_int4_gpt_answers_and_saves_exactly_as_before() {
+    for int4 in [false, true] {
+        let mut m = quantized(int4);
+        let want = decoded(&m);
+        let ids = [1usize, 5, 9, 2, 7];
+        let tensor = |m: &Gpt| tt_tensor::no_grad(|| m.forward_ids(&ids, 1, ids.len())).unwrap().to_vec();
+        let want_tensor = tensor(&m);
+        let saved = checkpoint::to_safetensors(&mut m).unwrap();
+        let frozen = tt_tensor::nn::freeze(&mut m).unwrap();
+        assert!(frozen.bytes_freed > 0 && all_released(&m), "int4 {int4}");
+        assert_eq!(decoded(&m), want, "int4 {int4}: decoder");
+        assert_eq!(tensor(&m), want_tensor, "int4 {int4}: tensor model");
+        assert_eq!(checkpoint::to_safetensors(&mut m).unwrap(), saved, "int4 {int4}: checkpoint");
+    }
+}
