@@ -223,7 +223,7 @@ pub fn all() -> &'static [Milestone] {
             models: &["mlp_digits", "cnn_digits", "transformer"],
             module: "17",
             uses: Uses { retrain: true, corpus: false },
-            description: "int8 weights and integer kernels: MLP, CNN and GPT under each scheme (quality, bytes, latency), int8 vs f32 GEMM and decode",
+            description: "int8 (per tensor, channel, group) and int4 weights with integer kernels: MLP, CNN and GPT under each scheme (quality, bytes, latency), int8 vs f32 GEMM and decode",
             run: quantization::run,
         },
         Milestone {
