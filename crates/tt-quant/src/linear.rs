@@ -444,24 +444,31 @@ impl Projection for Int8Linear {
     /// token table stored in int8, without rebuilding the matrix.
     fn dense_row(&self, o: usize, out: &mut [f32]) {
         let (out_f, in_f) = self.shape();
+        // The trait's contract (`# Panics`): callers pass a row they validated (the decoder checks
+        // every id against the vocabulary and sizes the row by the table's width).
         assert!(
             o < out_f && out.len() == in_f,
             "Int8Linear::dense_row: row {o} of {out_f}, {} values for {in_f}",
             out.len()
         );
+        // The scales were taken from valid `QParams` when the layer was built, so rebuilding one
+        // cannot fail.
+        let param = |scale: f32, zero_point: i32| QParams::new(scale, zero_point).expect("a valid QParams' scale");
         match &self.kernel {
             Kernel::Rows { packed, scales, zero_points, .. } => {
-                let p = QParams::new(scales[o], zero_points.as_ref().map_or(0, |z| z[o]))
-                    .expect("a scale taken from a valid QParams");
+                let p = param(scales[o], zero_points.as_ref().map_or(0, |z| z[o]));
                 for (i, v) in out.iter_mut().enumerate() {
                     *v = p.dequantize(packed.code(o, i) as i32);
                 }
             }
             Kernel::Groups(g) => {
+                // One parameter per group, not per value.
                 let group = g.packed().group();
-                for (i, v) in out.iter_mut().enumerate() {
-                    let p = QParams::new(g.scale(o, i / group), 0).expect("a scale taken from a valid QParams");
-                    *v = p.dequantize(g.packed().code(o, i) as i32);
+                for (gi, chunk) in out.chunks_mut(group.max(1)).enumerate() {
+                    let p = param(g.scale(o, gi), 0);
+                    for (j, v) in chunk.iter_mut().enumerate() {
+                        *v = p.dequantize(g.packed().code(o, gi * group + j) as i32);
+                    }
                 }
             }
         }

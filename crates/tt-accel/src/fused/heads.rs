@@ -44,6 +44,8 @@ pub(super) fn prefill_heads_on_team(job: &PrefillHeadsJob, out: &mut [f32], out_
     // The softmax rows run at the caller's level on every member (`with_level` does not reach
     // them), so the split equals the one-thread table's result bit for bit.
     let level = dispatch::level();
+    // A probability row holds `slots` values, and `check_heads` ensured slots ≥ rows ≥ 1, so the
+    // one error softmax has — an empty row — cannot occur.
     let softmax_row = |row: &mut [f32]| softmax_at(level, row).expect("a softmax row is not empty");
     let head = |h: usize, probs: &mut [f32], local: &mut [f32]| {
         let span = h * job.head_stride..h * job.head_stride + slots * hd;

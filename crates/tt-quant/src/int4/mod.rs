@@ -239,14 +239,20 @@ impl Projection for Int4Linear {
     /// One row, as `to_dense` computes it: an embedding lookup of an int4 token table.
     fn dense_row(&self, o: usize, out: &mut [f32]) {
         let (out_f, in_f) = self.packed.shape();
+        // The trait's contract (`# Panics`): callers pass a row they validated (the decoder checks
+        // every id against the vocabulary and sizes the row by the table's width).
         assert!(
             o < out_f && out.len() == in_f,
             "Int4Linear::dense_row: row {o} of {out_f}, {} values for {in_f}",
             out.len()
         );
+        // One scale per group, not per value.
         let g = self.packed.group();
-        for (i, v) in out.iter_mut().enumerate() {
-            *v = self.packed.code(o, i) as f32 * self.packed.scale(o, i / g).to_f32();
+        for (gi, chunk) in out.chunks_mut(g).enumerate() {
+            let scale = self.packed.scale(o, gi).to_f32();
+            for (j, v) in chunk.iter_mut().enumerate() {
+                *v = self.packed.code(o, gi * g + j) as f32 * scale;
+            }
         }
     }
 
