@@ -224,3 +224,22 @@ fn quantize_dynamic_installs_per_group_layers() {
     let d = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale;
     assert!(d > 0.0 && d < 0.03, "per-group int8 vs fp32 relative difference {d}");
 }
+
+/// The group kernel's sizes are checked before any pointer is formed: 0 rows do nothing, a row
+/// count whose products wrap (`usize::MAX`) and buffers one short are errors, at every level.
+#[test]
+fn group_kernel_sizes_are_checked_at_0_1_and_usize_max() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let q = codes_matrix(20, 70, 32, None, &mut rng);
+    let w = PackedGroups::new(&q).unwrap();
+    let (kb, cols) = (w.packed().row_bytes(), w.packed().acc_cols());
+    for level in IntLevel::available() {
+        assert!(w.matmul(level, &[], &[], 0, &mut []).is_ok(), "{level}: 0 rows");
+        let (a, za, mut out) = (vec![0u8; kb], vec![0i32; 1], vec![0.0f32; cols]);
+        assert!(w.matmul(level, &a, &za, 1, &mut out).is_ok(), "{level}: 1 row");
+        assert!(w.matmul(level, &a[..kb - 1], &za, 1, &mut out).is_err(), "{level}: activations one short");
+        assert!(w.matmul(level, &a, &[], 1, &mut out).is_err(), "{level}: no zero point");
+        assert!(w.matmul(level, &a, &za, 1, &mut out[..cols - 1]).is_err(), "{level}: output one short");
+        assert!(w.matmul(level, &a, &za, usize::MAX, &mut out).is_err(), "{level}: usize::MAX rows");
+    }
+}
