@@ -61,3 +61,26 @@ pub fn proc_status_bytes(key: &str) -> Option<u64> {
     let line = s.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
+
+/// Makes the C allocator return large freed blocks to the OS at once, for the rest of the
+/// process: blocks of 128 KiB and up are mapped on their own and unmapped when freed, and free
+/// memory at the heap's top is trimmed past 128 KiB.
+///
+/// Why: glibc raises its mmap threshold each time a large mapped block is freed (up to 32 MiB),
+/// after which blocks that size come from the heap and stay resident when freed. A loader that
+/// reads each tensor into a buffer and frees it after packing then holds tens of MB of freed
+/// buffers — memory the process no longer uses but the resident set still counts. A deployment
+/// that cares about its resident set fixes both thresholds (as `MALLOC_MMAP_THRESHOLD_` does).
+/// Does nothing off glibc.
+pub fn return_freed_memory_to_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const THRESHOLD: libc::c_int = 128 * 1024;
+        // SAFETY: mallopt takes two ints and only changes allocator parameters; called before the
+        // process allocates anything large, from one thread.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
+        }
+    }
+}

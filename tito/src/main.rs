@@ -90,6 +90,9 @@ enum Cmd {
         weights: String,
         #[arg(long)]
         tokens: usize,
+        /// The KV cache's storage: f32 or int8.
+        #[arg(long, default_value = "f32")]
+        kv: String,
         /// Build the model and save it as a quantized checkpoint unit here (no decoding).
         #[arg(long, conflicts_with = "load")]
         save: Option<PathBuf>,
@@ -176,7 +179,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Cmd::MemoryChild { config, weights, tokens, save, load } => {
+        Cmd::MemoryChild { config, weights, tokens, kv, save, load } => {
             let mode = match (save, load) {
                 (Some(dir), _) => milestones::memory::ChildMode::Save(dir),
                 (_, Some(dir)) => milestones::memory::ChildMode::Load(dir),
@@ -186,7 +189,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(format!("memory-child: --config is not a GptConfig: {e}")),
             };
-            match milestones::memory::child_main(config, &weights, tokens, mode) {
+            match milestones::memory::child_main(config, &weights, &kv, tokens, mode) {
                 Ok(v) => {
                     println!("{v}");
                     ExitCode::SUCCESS

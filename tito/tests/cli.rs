@@ -207,8 +207,12 @@ fn memory_quick_run_reports_every_format_in_its_own_process() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let rows = v["rows"].as_array().expect("rows");
-    let weights: Vec<&str> = rows.iter().filter_map(|r| r["weights"].as_str()).collect();
-    assert_eq!(weights, ["fp32", "int8", "int4", "pruned50"]);
+    let formats: Vec<(&str, &str)> =
+        rows.iter().filter_map(|r| Some((r["weights"].as_str()?, r["kv"].as_str()?))).collect();
+    assert_eq!(
+        formats,
+        [("fp32", "f32"), ("int8", "f32"), ("int4", "f32"), ("pruned50", "f32"), ("int8", "int8"), ("int4", "int8")]
+    );
     for r in rows {
         assert_eq!(r["shape"], "course", "{r}");
         for k in ["weight_bytes", "kv_bytes", "peak_rss_bytes", "tok_s", "roofline_tok_s"] {
@@ -218,8 +222,13 @@ fn memory_quick_run_reports_every_format_in_its_own_process() {
         assert_eq!(r["loaded_from_checkpoint"], loaded, "{r}");
     }
     // Quantized weights are smaller than fp32's in the process that holds them.
-    let bytes = |w: &str| rows.iter().find(|r| r["weights"] == w).unwrap()["weight_bytes"].as_f64().unwrap();
-    assert!(bytes("int4") < bytes("int8") && bytes("int8") < bytes("fp32"));
+    let bytes = |w: &str, k: &str| {
+        let r = rows.iter().find(|r| r["weights"] == w && r["kv"] == k).unwrap();
+        (r["weight_bytes"].as_f64().unwrap(), r["kv_bytes"].as_f64().unwrap())
+    };
+    assert!(bytes("int4", "f32").0 < bytes("int8", "f32").0 && bytes("int8", "f32").0 < bytes("fp32", "f32").0);
+    // An int8 KV cache holds a quarter of the f32 one's bytes, plus a scale per row.
+    assert!(bytes("int8", "int8").1 < 0.3 * bytes("int8", "f32").1);
     let regions = milestones::report::memory::render(&v).expect("the page renders");
     assert_eq!(regions.iter().map(|r| r.name).collect::<Vec<_>>(), ["rows", "goals"]);
     std::fs::remove_dir_all(&dir).unwrap();

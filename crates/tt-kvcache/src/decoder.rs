@@ -304,12 +304,14 @@ impl CachedGpt {
         }
         self.ensured = (rows.max(self.ensured.0), logit_rows.max(self.ensured.1));
         let (rows, logit_rows) = self.ensured;
+        // The head runs on the logit rows only (a prefill's last positions): sized for all of
+        // the chunk's rows, an int8 head's accumulators alone would be `rows · vocab · 4` bytes.
         let ws = self
             .blocks
             .iter()
             .flat_map(|b| [&b.qkv, &b.attn_proj, &b.fc, &b.mlp_proj])
-            .chain([&self.head])
             .map(|p| p.p.workspace_len(rows))
+            .chain([self.head.p.workspace_len(logit_rows)])
             .max()
             .unwrap_or(0);
         self.s.ensure(rows, logit_rows, self.dims, self.cache.capacity(), ws);

@@ -600,16 +600,23 @@ fn f32_values(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-/// Every little-endian f32 in `bytes` is finite; the error names the first that is not.
-fn check_finite(name: &str, bytes: &[u8]) -> std::result::Result<(), String> {
-    let bad = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .enumerate()
-        .find(|(_, v)| !v.is_finite());
-    match bad {
-        Some((i, v)) => Err(format!("tensor {name} holds a non-finite value ({v}) at flat index {i}")),
-        None => Ok(()),
+/// The f32 tensor `name` at `e`, read a chunk at a time into its final buffer (so a load never
+/// holds a tensor's bytes beside its values), every value finite: the error names the first that
+/// is not, or the failed read.
+fn read_f32s(src: &dyn Source, name: &str, e: &Entry) -> std::result::Result<Vec<f32>, String> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = Vec::new();
+    out.try_reserve_exact(e.len / 4).map_err(|_| format!("tensor {name}: {} bytes do not fit in memory", e.len))?;
+    let mut done = 0;
+    while done < e.len {
+        let n = CHUNK.min(e.len - done);
+        let bytes = src.bytes_at(e.offset + done as u64, n).map_err(|r| format!("tensor {name}: {r}"))?;
+        out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        done += n;
+    }
+    match out.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!("tensor {name} holds a non-finite value ({}) at flat index {i}", out[i])),
+        None => Ok(out),
     }
 }
 
@@ -825,17 +832,23 @@ fn validate(model: &mut dyn Module, src: &dyn Source, label: &str) -> Result<Pla
     let mut f32s = Vec::with_capacity(f32_entries.len());
     let mut dense = HashMap::new();
     for (name, t, entry) in f32_entries {
-        let bytes = read(name, entry)?;
-        check_finite(name, &bytes).map_err(err)?;
+        // Checked here, read again by `apply`: only one tensor's values are held at a time.
+        let values = read_f32s(src, name, entry).map_err(err)?;
         match released.get(name.as_str()) {
             Some(layer) => {
-                let w = Array2::from_shape_vec((layer.rows, layer.cols), f32_values(&bytes))
+                let w = Array2::from_shape_vec((layer.rows, layer.cols), values)
                     .map_err(|e| err(format!("tensor {name}: {e}")))?;
                 dense.insert(layer.name.clone(), Arc::new(DenseF32::from_array(w)));
             }
             None => f32s.push(((*t).clone(), name.clone(), entry.clone())),
         }
     }
+    // Largest first: a layer's transient (its bytes as read beside its packed format) then
+    // comes on top of the fewest layers already built, so the load's peak stays near its end
+    // state rather than the end state plus the largest layer (the token table, built last in
+    // layer order).
+    specs.sort_by_key(|s| std::cmp::Reverse(s.codes.len));
+    specs4.sort_by_key(|s| std::cmp::Reverse(s.codes.len));
     let mut int8 = HashMap::new();
     for s in specs {
         let name = &s.layer.name;
@@ -905,17 +918,16 @@ fn apply(model: &mut dyn Module, plan: Plan, src: &dyn Source, label: &str) -> R
         reason: format!("{reason}: the file changed while loading (the model is partly loaded)"),
     };
     for (t, name, entry) in f32s {
-        let bytes = src.bytes_at(entry.offset, entry.len).map_err(|r| changed(format!("tensor {name}: {r}")))?;
-        check_finite(&name, &bytes).map_err(changed)?;
-        let arr = ArrayD::from_shape_vec(IxDyn(&entry.shape), f32_values(&bytes))
-            .map_err(|e| changed(format!("tensor {name}: {e}")))?;
+        let values = read_f32s(src, &name, &entry).map_err(changed)?;
+        let arr =
+            ArrayD::from_shape_vec(IxDyn(&entry.shape), values).map_err(|e| changed(format!("tensor {name}: {e}")))?;
         t.set_data(arr)?;
     }
     let mut done = Vec::new();
     // The layer's new format, if it gets one; quantized formats are reported.
     let mut install = |name: &str| -> Option<Arc<dyn Projection>> {
         let (q, weight_bytes): (Arc<dyn Projection>, usize) = match (int8.remove(name), int4.remove(name)) {
-            (Some(q), _) => (q.clone(), q.weight().storage_bytes()),
+            (Some(q), _) => (q.clone(), q.weight_bytes()),
             (None, Some(q)) => (q.clone(), q.weight_bytes()),
             (None, None) => return dense.remove(name).map(|d| d as Arc<dyn Projection>),
         };

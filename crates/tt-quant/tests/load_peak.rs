@@ -2,7 +2,8 @@
 //! its own: the allocator is process-wide). Loading an int8 or int4 GPT into a skeleton of
 //! `Unloaded` placeholders never builds its f32 weights and never holds the file whole, so the
 //! heap's peak while building the skeleton and loading stays within 1.2× of what the loaded model
-//! keeps, plus [`SLACK`] for the parser's fixed costs.
+//! keeps, plus [`SLACK`] for the parser's fixed costs. The cached decoder's prefill likewise
+//! holds no buffer of prompt length × vocabulary for its quantized head.
 
 use std::sync::Arc;
 
@@ -80,5 +81,23 @@ fn loading_into_a_skeleton_peaks_within_1_2x_of_the_loaded_model() {
             "{tag}: peak {peak} bytes is over 1.2 × {kept} + {SLACK}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The head runs on a prefill's last position only, so its workspace is one row's: an int8 head's
+/// i32 accumulators sized for every prompt row were `rows · vocab · 4` bytes (2 MB for a 16-token
+/// prompt over a 32,000-token vocabulary) that no step used.
+#[test]
+fn a_prefill_holds_no_prompt_by_vocabulary_buffer_for_a_quantized_head() {
+    use tt_kvcache::{CachedGpt, OverflowPolicy};
+    let config = GptConfig { vocab_size: 8192, d_model: 64, n_heads: 2, n_layers: 1, ..tiny_config(8192, 7) };
+    for int4 in [false, true] {
+        let model = quantize_all(Gpt::new(config.clone()).unwrap(), int4);
+        let mut engine = CachedGpt::new(&model, 1, OverflowPolicy::Error).unwrap();
+        let prompt: Vec<usize> = (0..64).map(|i| i * 37 % 8192).collect();
+        let (logits, peak) = measure_peak(|| engine.prefill(&prompt, prompt.len()).unwrap().len());
+        assert_eq!(logits, 8192);
+        let all_rows = prompt.len() * 8192 * 4;
+        assert!(peak < all_rows / 4, "int4 {int4}: a 64-token prefill took {peak} bytes (all rows' head: {all_rows})");
     }
 }

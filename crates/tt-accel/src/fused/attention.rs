@@ -384,12 +384,16 @@ mod avx512 {
         for j0 in (0..slots).step_by(L) {
             let nb = L.min(slots - j0);
             let mut acc = [_mm512_setzero_ps(); L];
-            for c in (0..hd).step_by(L) {
-                // SAFETY: c < hd, lanes masked to hd: inside `q`.
-                let qc = unsafe { _mm512_maskz_loadu_ps(mask(hd - c), pq.add(c)) };
-                for (t, a) in acc.iter_mut().enumerate() {
-                    // A partial block re-reads its last key (in bounds); its lanes are masked below.
-                    *a = _mm512_fmadd_ps(qc, row(k, j0 + t.min(nb - 1), c), *a);
+            // Key by key, each row read front to back: the cache sees one forward stream (a row
+            // is hd·4 bytes; column-major over 16 rows it was 16 strided streams, which a cold
+            // cache — the weights stream through it every step — served at half the speed).
+            for (t, a) in acc.iter_mut().enumerate() {
+                // A partial block re-reads its last key (in bounds); its lanes are masked below.
+                let j = j0 + t.min(nb - 1);
+                for c in (0..hd).step_by(L) {
+                    // SAFETY: c < hd, lanes masked to hd: inside `q`.
+                    let qc = unsafe { _mm512_maskz_loadu_ps(mask(hd - c), pq.add(c)) };
+                    *a = _mm512_fmadd_ps(qc, row(k, j, c), *a);
                 }
             }
             let km = mask(nb);
@@ -418,24 +422,26 @@ mod avx512 {
         let po = out.as_mut_ptr();
         // SAFETY (weights): j < slots: inside scores.
         let w = |j: usize| _mm512_set1_ps(unsafe { *ps.add(j) });
-        for c in (0..hd).step_by(L) {
-            // Four named chains, unrolled by hand: indexing an array of accumulators by `j % 4`
-            // would keep them in memory.
-            let (mut o0, mut o1, mut o2, mut o3) =
-                (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-            let full = slots / 4 * 4;
-            for j in (0..full).step_by(4) {
-                o0 = _mm512_fmadd_ps(w(j), row(v, j, c), o0);
-                o1 = _mm512_fmadd_ps(w(j + 1), row(v, j + 1, c), o1);
-                o2 = _mm512_fmadd_ps(w(j + 2), row(v, j + 2, c), o2);
-                o3 = _mm512_fmadd_ps(w(j + 3), row(v, j + 3, c), o3);
+        // Value rows front to back as well: 64 output lanes at a time, four accumulators (one
+        // per 16 lanes, an FMA chain each), every value row of the span read once in order.
+        for c0 in (0..hd).step_by(4 * L) {
+            let mut o = [_mm512_setzero_ps(); 4];
+            for j in 0..slots {
+                let wj = w(j);
+                for (t, o) in o.iter_mut().enumerate() {
+                    let c = c0 + t * L;
+                    if c < hd {
+                        *o = _mm512_fmadd_ps(wj, row(v, j, c), *o);
+                    }
+                }
             }
-            for j in full..slots {
-                o0 = _mm512_fmadd_ps(w(j), row(v, j, c), o0);
+            for (t, o) in o.iter().enumerate() {
+                let c = c0 + t * L;
+                if c < hd {
+                    // SAFETY: c < hd, lanes masked to hd: inside `out`.
+                    unsafe { _mm512_mask_storeu_ps(po.add(c), mask(hd - c), _mm512_mul_ps(*o, inv)) };
+                }
             }
-            let o = _mm512_add_ps(_mm512_add_ps(o0, o1), _mm512_add_ps(o2, o3));
-            // SAFETY: c < hd, lanes masked to hd: inside `out`.
-            unsafe { _mm512_mask_storeu_ps(po.add(c), mask(hd - c), _mm512_mul_ps(o, inv)) };
         }
     }
 
