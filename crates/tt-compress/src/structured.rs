@@ -255,20 +255,29 @@ pub fn prune_hidden_units(seq: &mut Sequential, producer: usize, consumer: usize
 /// forward transform (see the module docs); all checked for every block before any changes.
 pub fn prune_gpt_mlp(model: &mut tt_transformer::Gpt, amount: f64) -> Result<Vec<Vec<usize>>> {
     let names: Vec<String> =
-        (0..model.blocks.len()).flat_map(|l| ["fc", "proj"].map(|n| format!("blocks.{l}.mlp.{n}"))).collect();
+        (0..model.blocks.len()).flat_map(|l| ["fc", "up", "proj"].map(|n| format!("blocks.{l}.mlp.{n}"))).collect();
     refuse_transforms("prune_gpt_mlp", model, &names)?;
     let mut plans = Vec::with_capacity(model.blocks.len());
     for b in &model.blocks {
-        if b.mlp.fc.out_features() != b.mlp.proj.in_features() {
-            return Err(CompressError::arg("prune_gpt_mlp", "a block's mlp.fc does not feed its mlp.proj"));
+        let up_ok = b.mlp.up.as_ref().is_none_or(|u| u.out_features() == b.mlp.fc.out_features());
+        if b.mlp.fc.out_features() != b.mlp.proj.in_features() || !up_ok {
+            return Err(CompressError::arg(
+                "prune_gpt_mlp",
+                "a block's mlp.fc (and mlp.up) does not feed its mlp.proj",
+            ));
         }
+        // Ranked by the gate's rows (fc; SwiGLU's w1): a unit whose gate is small contributes
+        // little whatever its `up` row. SiLU(0)·u = 0 as GELU(0) = 0: removing a unit equals
+        // zeroing it in both MLPs.
         let keep = units_to_keep(&b.mlp.fc, amount)?;
-        plans.push((keep_outputs(&b.mlp.fc, &keep)?, keep_inputs(&b.mlp.proj, &keep)?, keep));
+        let up = b.mlp.up.as_ref().map(|u| keep_outputs(u, &keep)).transpose()?;
+        plans.push((keep_outputs(&b.mlp.fc, &keep)?, up, keep_inputs(&b.mlp.proj, &keep)?, keep));
     }
     let mut kept = Vec::with_capacity(plans.len());
     let mut widths = Vec::with_capacity(plans.len());
-    for (b, (fc, proj, keep)) in model.blocks.iter_mut().zip(plans) {
+    for (b, (fc, up, proj, keep)) in model.blocks.iter_mut().zip(plans) {
         b.mlp.fc = fc;
+        b.mlp.up = up;
         b.mlp.proj = proj;
         widths.push(keep.len());
         kept.push(keep);
@@ -475,6 +484,9 @@ pub fn prune_gpt_heads(model: &mut tt_transformer::Gpt, amount: f64) -> Result<V
         b.attn.qkv = qkv;
         b.attn.proj = proj;
         b.attn.n_heads = keep.len();
+        // Only multi-head blocks get here (a grouped-query qkv is not 3·a rows): K/V heads go
+        // with their query heads.
+        b.attn.n_kv_heads = keep.len();
         counts.push(keep.len());
         kept.push(keep);
     }

@@ -1,5 +1,8 @@
 //! KV-cached GPT inference: prefill the prompt in one batched pass, then decode one token per
-//! step, computing Q/K/V only for the new token and attending over the cache.
+//! step, computing Q/K/V only for the new token and attending over the cache. Both families of
+//! the one model run here: GPT-2 blocks (LayerNorm, learned positions, GELU) and Llama blocks
+//! (RMSNorm, rotary positions on Q and K, SwiGLU, grouped-query attention — the cache then holds
+//! the K/V heads only).
 //!
 //! The whole forward pass is in `CachedGpt::forward_rows`, readable top to bottom. The decoder
 //! **shares** the model's weights: per linear map it holds the layer's own
@@ -16,12 +19,15 @@ use std::sync::Arc;
 use tt_tensor::kernels::RowFn;
 
 use tt_tensor::hook::{layer_scope, OpInfo, OpScope};
-use tt_tensor::kernels::{attention_head_with, HeadsJob, PrefillHeadsJob, Q8Head, RowKernels, Rows};
-use tt_tensor::nn::{LayerNorm, Linear};
+use tt_tensor::kernels::{
+    attention_head_with, rms_norm_row, silu, HeadsJob, PrefillHeadsJob, Q8Head, RopeTable, RowKernels, Rows,
+};
+use tt_tensor::nn::Linear;
 use tt_tensor::projection::{Projection, Workspace};
 use tt_tensor::Tensor;
 use tt_transformer::generate::{generate_traced, GenerateConfig, NextTokenSource, Trace, WithoutCache};
-use tt_transformer::{Gpt, TransformerError};
+use tt_transformer::model::Norm as ModelNorm;
+use tt_transformer::{Gpt, PositionEncoding, TransformerError};
 
 use crate::cache::{KvCache, KvStorage, OverflowPolicy};
 use crate::KvError;
@@ -71,27 +77,43 @@ impl Proj {
     }
 }
 
-/// A layer norm's parameters, shared with the model.
+/// A norm's parameters, shared with the model: a layer norm (`beta` present) or an RMS norm.
 #[derive(Debug, Clone)]
 struct Norm {
     gamma: Tensor,
-    beta: Tensor,
+    beta: Option<Tensor>,
     eps: f32,
 }
 
 impl Norm {
-    fn of(n: &LayerNorm) -> Norm {
-        Norm { gamma: n.gamma.clone(), beta: n.beta.clone(), eps: n.eps }
+    fn of(n: &ModelNorm) -> Norm {
+        match n {
+            ModelNorm::Layer(n) => Norm { gamma: n.gamma.clone(), beta: Some(n.beta.clone()), eps: n.eps },
+            ModelNorm::Rms(n) => Norm { gamma: n.gamma.clone(), beta: None, eps: n.eps },
+        }
+    }
+    /// Whether every parameter is `d` wide.
+    fn is_of_width(&self, d: usize) -> bool {
+        self.gamma.shape() == [d] && self.beta.as_ref().is_none_or(|b| b.shape() == [d])
     }
     /// Normalizes `rows` rows of width `d` from `x` into `out`.
     fn run(&self, k: &RowKernels, x: &[f32], rows: usize, d: usize, out: &mut [f32]) {
-        let _op = OpScope::begin("layer_norm", || OpInfo {
+        let name = if self.beta.is_some() { "layer_norm" } else { "rms_norm" };
+        let _op = OpScope::begin(name, || OpInfo {
             input_shapes: vec![vec![rows, d]],
             flops: (8 * rows * d) as u64,
             bytes: (4 * (2 * rows * d + 2 * d)) as u64,
         });
-        let (g, b) = (self.gamma.data(), self.beta.data());
-        let (g, b) = (g.as_slice().expect("standard layout"), b.as_slice().expect("standard layout"));
+        let g = self.gamma.data();
+        let g = g.as_slice().expect("standard layout");
+        let Some(beta) = &self.beta else {
+            for r in 0..rows {
+                rms_norm_row(&x[r * d..(r + 1) * d], g, self.eps, &mut out[r * d..(r + 1) * d]);
+            }
+            return;
+        };
+        let b = beta.data();
+        let b = b.as_slice().expect("standard layout");
         for r in 0..rows {
             (k.layer_norm)(&x[r * d..(r + 1) * d], g, b, self.eps, &mut out[r * d..(r + 1) * d]);
         }
@@ -105,8 +127,12 @@ struct DecoderBlock {
     qkv: Proj,
     attn_proj: Proj,
     n_heads: usize,
+    /// K/V heads (`n_heads` unless grouped-query).
+    n_kv_heads: usize,
     ln2: Norm,
     fc: Proj,
+    /// SwiGLU's `w3` (Llama); `None`: GELU MLP.
+    up: Option<Proj>,
     mlp_proj: Proj,
 }
 
@@ -114,8 +140,10 @@ struct DecoderBlock {
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     d: usize,
-    /// Q/K/V width of one of Q, K or V: `n_heads · head_dim`.
+    /// Q width: `n_heads · head_dim`.
     attn: usize,
+    /// Fused Q/K/V width: `(n_heads + 2·n_kv_heads) · head_dim`.
+    qkv: usize,
     hidden: usize,
     vocab: usize,
 }
@@ -129,6 +157,8 @@ struct Scratch {
     att: Vec<f32>,
     tmp: Vec<f32>,
     hidden: Vec<f32>,
+    /// SwiGLU's `up` branch.
+    up: Vec<f32>,
     kbuf: Vec<f32>,
     vbuf: Vec<f32>,
     /// One head's keys and values dequantized from an int8 cache (prefill only).
@@ -147,14 +177,17 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 
 impl Scratch {
     /// Grows every buffer for `rows` rows and `queries` query rows per head; never shrinks.
-    fn ensure(&mut self, rows: usize, logit_rows: usize, dims: Dims, max_keys: usize, ws_bytes: usize) {
-        let Dims { d, attn, hidden, vocab } = dims;
+    fn ensure(&mut self, rows: usize, logit_rows: usize, dims: Dims, up: bool, max_keys: usize, ws_bytes: usize) {
+        let Dims { d, attn, qkv, hidden, vocab } = dims;
         grow(&mut self.x, rows * d);
         grow(&mut self.h, rows * d);
-        grow(&mut self.qkv, rows * 3 * attn);
+        grow(&mut self.qkv, rows * qkv);
         grow(&mut self.att, rows * attn);
         grow(&mut self.tmp, rows * d);
         grow(&mut self.hidden, rows * hidden);
+        if up {
+            grow(&mut self.up, rows * hidden);
+        }
         grow(&mut self.kbuf, rows * attn);
         grow(&mut self.vbuf, rows * attn);
         grow(&mut self.scores, rows.max(1) * max_keys);
@@ -168,7 +201,10 @@ pub struct CachedGpt {
     /// The token table as a projection (its format, or a dense view of the shared tensor): rows
     /// are looked up with `dense_row`, and a tied head multiplies by it.
     tok_emb: Arc<dyn Projection>,
-    pos_emb: Tensor,
+    /// Learned or sinusoidal positions (`None` with rotary ones).
+    pos_emb: Option<Tensor>,
+    /// The model's rotary table (Llama), turning each new Q and K head to its position.
+    rope: Option<Arc<RopeTable>>,
     blocks: Vec<DecoderBlock>,
     ln_f: Norm,
     /// The output head: `lm_head`'s projection, or the token embedding when weights are tied.
@@ -190,9 +226,9 @@ impl CachedGpt {
     ///
     /// # Errors
     /// A zero batch, a layer whose installed projection is stale, or layer shapes that do not
-    /// chain (`d_model` in and out of every block, `3·n_heads·head_dim` out of `qkv`, the MLP's
-    /// `fc` out equal to its `proj` in). Blocks may differ in head count (pruned heads) but must
-    /// agree on the head width (one cache row width).
+    /// chain (`d_model` in and out of every block, `(n_heads + 2·n_kv_heads)·head_dim` out of
+    /// `qkv`, the MLP's `fc` (and `up`) out equal to its `proj` in). Blocks may differ in head
+    /// count (pruned heads) but must agree on the head width (one cache row width).
     pub fn new(model: &Gpt, batch: usize, policy: OverflowPolicy) -> Result<CachedGpt, KvError> {
         CachedGpt::with_context(model, batch, policy, model.config.max_seq_len)
     }
@@ -218,7 +254,8 @@ impl CachedGpt {
         let d = c.d_model;
         let bad = |m: String| Err(KvError::Input(m));
         let tok = model.tok_emb.weight.shape();
-        if tok != [c.vocab_size, d] || model.pos_emb.shape() != [c.max_seq_len, d] {
+        let positions = if c.position == PositionEncoding::Rotary { 0 } else { c.max_seq_len };
+        if tok != [c.vocab_size, d] || model.pos_emb.shape() != [positions, d] {
             return bad(format!(
                 "embeddings {tok:?} / {:?} do not match vocab {} × d_model {d}, context {}",
                 model.pos_emb.shape(),
@@ -227,7 +264,7 @@ impl CachedGpt {
             ));
         }
         let mut blocks = Vec::with_capacity(model.blocks.len());
-        let (mut attn, mut hidden, mut head_dim) = (0, 0, None);
+        let (mut attn, mut qkv_width, mut hidden, mut head_dim) = (0, 0, 0, None);
         let mut layer_heads = Vec::with_capacity(model.blocks.len());
         for (i, b) in model.blocks.iter().enumerate() {
             let blk = DecoderBlock {
@@ -235,15 +272,27 @@ impl CachedGpt {
                 qkv: Proj::of(&b.attn.qkv)?,
                 attn_proj: Proj::of(&b.attn.proj)?,
                 n_heads: b.attn.n_heads,
+                n_kv_heads: b.attn.n_kv_heads,
                 ln2: Norm::of(&b.ln2),
                 fc: Proj::of(&b.mlp.fc)?,
+                up: b.mlp.up.as_ref().map(Proj::of).transpose()?,
                 mlp_proj: Proj::of(&b.mlp.proj)?,
             };
             let ((q3, q_in), (p_out, p_in)) = (blk.qkv.shape(), blk.attn_proj.shape());
             let ((f_out, f_in), (m_out, m_in)) = (blk.fc.shape(), blk.mlp_proj.shape());
-            let a = q3 / 3;
-            let heads_ok = blk.n_heads > 0 && q3 % 3 == 0 && a % blk.n_heads == 0 && a > 0;
-            if !heads_ok || q_in != d || p_out != d || p_in != a || f_in != d || m_out != d || m_in != f_out {
+            let (nh, nkv) = (blk.n_heads, blk.n_kv_heads);
+            // Q is attn.proj's input width a; K and V split the rest evenly.
+            let a = p_in;
+            let kv = q3.saturating_sub(a) / 2;
+            let heads_ok = nh > 0
+                && nkv > 0
+                && nh.is_multiple_of(nkv)
+                && a > 0
+                && a.is_multiple_of(nh)
+                && q3 == a + 2 * kv
+                && kv == nkv * (a / nh);
+            let up_ok = blk.up.as_ref().is_none_or(|u| u.shape() == (f_out, d));
+            if !heads_ok || !up_ok || q_in != d || p_out != d || f_in != d || m_out != d || m_in != f_out {
                 return bad(format!(
                     "blocks.{i}: layer shapes do not chain (d_model {d}, {} heads): qkv {:?}, attn.proj {:?}, mlp.fc {:?}, mlp.proj {:?}",
                     blk.n_heads,
@@ -259,13 +308,12 @@ impl CachedGpt {
                     "blocks.{i} has heads of width {hd}, block 0 of width {head_dim:?}: one KV cache needs one head width"
                 ));
             }
-            layer_heads.push(blk.n_heads);
-            for n in [&b.ln1, &b.ln2] {
-                if n.gamma.shape() != [d] || n.beta.shape() != [d] {
-                    return bad(format!("blocks.{i}: a layer norm is not of width d_model {d}"));
-                }
+            layer_heads.push(nkv);
+            if !(blk.ln1.is_of_width(d) && blk.ln2.is_of_width(d)) {
+                return bad(format!("blocks.{i}: a norm is not of width d_model {d}"));
             }
             attn = attn.max(a);
+            qkv_width = qkv_width.max(q3);
             hidden = hidden.max(f_out);
             blocks.push(blk);
         }
@@ -279,14 +327,29 @@ impl CachedGpt {
         if head.shape() != (c.vocab_size, d) {
             return bad(format!("lm_head {:?} is not (vocab {}, d_model {d})", head.shape(), c.vocab_size));
         }
+        let rope = model.rope.clone();
+        if let Some(r) = &rope {
+            if r.head_dim() != head_dim || r.positions() < context {
+                return bad(format!(
+                    "the rotary table covers {} positions of heads {} wide; the model needs {context} of {head_dim}",
+                    r.positions(),
+                    r.head_dim()
+                ));
+            }
+        }
+        let ln_f = Norm::of(&model.ln_f);
+        if !ln_f.is_of_width(d) {
+            return bad(format!("ln_f is not of width d_model {d}"));
+        }
         let cache = KvCache::with_layer_heads(&layer_heads, batch, context, head_dim, policy, KvStorage::F32)?;
         let mut engine = CachedGpt {
             tok_emb: model.tok_emb.projection()?,
-            pos_emb: model.pos_emb.clone(),
+            pos_emb: rope.is_none().then(|| model.pos_emb.clone()),
+            rope,
             blocks,
-            ln_f: Norm::of(&model.ln_f),
+            ln_f,
             head,
-            dims: Dims { d, attn, hidden, vocab: c.vocab_size },
+            dims: Dims { d, attn, qkv: qkv_width, hidden, vocab: c.vocab_size },
             max_seq_len: context,
             cache,
             batch,
@@ -309,12 +372,14 @@ impl CachedGpt {
         let ws = self
             .blocks
             .iter()
-            .flat_map(|b| [&b.qkv, &b.attn_proj, &b.fc, &b.mlp_proj])
+            .flat_map(|b| [Some(&b.qkv), Some(&b.attn_proj), Some(&b.fc), b.up.as_ref(), Some(&b.mlp_proj)])
+            .flatten()
             .map(|p| p.p.workspace_len(rows))
             .chain([self.head.p.workspace_len(logit_rows)])
             .max()
             .unwrap_or(0);
-        self.s.ensure(rows, logit_rows, self.dims, self.cache.capacity(), ws);
+        let up = self.blocks.iter().any(|b| b.up.is_some());
+        self.s.ensure(rows, logit_rows, self.dims, up, self.cache.capacity(), ws);
     }
 
     /// Switches the KV cache to `storage` (f32 or int8), emptying it; the shape and overflow
@@ -367,9 +432,12 @@ impl CachedGpt {
     pub fn projection_formats(&self) -> Vec<(String, &'static str, usize)> {
         let mut v = Vec::new();
         for (i, b) in self.blocks.iter().enumerate() {
-            for (n, p) in
-                [("attn.qkv", &b.qkv), ("attn.proj", &b.attn_proj), ("mlp.fc", &b.fc), ("mlp.proj", &b.mlp_proj)]
-            {
+            let up = b.up.as_ref().map(|u| ("mlp.up", u));
+            let layers = [("attn.qkv", &b.qkv), ("attn.proj", &b.attn_proj), ("mlp.fc", &b.fc)]
+                .into_iter()
+                .chain(up)
+                .chain([("mlp.proj", &b.mlp_proj)]);
+            for (n, p) in layers {
                 v.push((format!("blocks.{i}.{n}"), p.p.format(), p.p.storage_bytes()));
             }
         }
@@ -452,7 +520,7 @@ impl CachedGpt {
         let logit_rows = if all_logits { rows } else { b };
         self.ensure_scratch(rows, logit_rows);
         let d = self.dims.d;
-        let CachedGpt { tok_emb, pos_emb, blocks, ln_f, head, cache, s, kernels, .. } = self;
+        let CachedGpt { tok_emb, pos_emb, rope, blocks, ln_f, head, cache, s, kernels, .. } = self;
         let k = &*kernels;
 
         // Token + position embedding.
@@ -464,14 +532,16 @@ impl CachedGpt {
                     flops: (rows * d) as u64,
                     bytes: (4 * 3 * rows * d) as u64,
                 });
-                let pos = pos_emb.data();
-                let pos = pos.as_slice().expect("standard layout");
+                let pos = pos_emb.as_ref().map(Tensor::data);
+                let pos = pos.as_ref().map(|p| p.as_slice().expect("standard layout"));
                 for (r, &id) in ids.iter().enumerate() {
-                    let p = pos0 + r % n;
                     let xr = &mut s.x[r * d..(r + 1) * d];
                     tok_emb.dense_row(id, xr);
-                    for j in 0..d {
-                        xr[j] += pos[p * d + j];
+                    if let Some(pos) = pos {
+                        let p = pos0 + r % n;
+                        for j in 0..d {
+                            xr[j] += pos[p * d + j];
+                        }
                     }
                 }
             },
@@ -483,12 +553,25 @@ impl CachedGpt {
                     // Attention sub-block: x += proj(attn(ln1(x))).
                     blk.ln1.run(k, &s.x, rows, d, &mut s.h);
                     blk.qkv.run(&s.h, rows, &mut s.qkv, s.ws.bytes());
-                    attention(k, cache, l, blk.n_heads, blk.qkv.shape().0 / 3, b, n, s)?;
+                    let heads =
+                        Heads { q: blk.n_heads, kv: blk.n_kv_heads, dim: blk.attn_proj.shape().1 / blk.n_heads };
+                    if let Some(rope) = rope {
+                        rotate(rope, &mut s.qkv, heads, b, n, pos0);
+                    }
+                    attention(k, cache, l, heads, b, n, s)?;
                     blk.attn_proj.run(&s.att, rows, &mut s.tmp, s.ws.bytes());
                     add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
-                    // MLP sub-block: x += proj(gelu(fc(ln2(x)))), GELU as fc's epilogue.
+                    // MLP sub-block: x += proj(gelu(fc(ln2(x)))), GELU as fc's epilogue, or
+                    // x += proj(silu(fc(h)) ⊙ up(h)) with h = ln2(x) (SwiGLU).
                     blk.ln2.run(k, &s.x, rows, d, &mut s.h);
-                    blk.fc.run_gelu(&s.h, rows, &mut s.hidden, s.ws.bytes(), k.gelu);
+                    match &blk.up {
+                        None => blk.fc.run_gelu(&s.h, rows, &mut s.hidden, s.ws.bytes(), k.gelu),
+                        Some(up) => {
+                            blk.fc.run(&s.h, rows, &mut s.hidden, s.ws.bytes());
+                            up.run(&s.h, rows, &mut s.up, s.ws.bytes());
+                            swiglu(&mut s.hidden[..rows * up.shape().0], &s.up[..rows * up.shape().0]);
+                        }
+                    }
                     blk.mlp_proj.run(&s.hidden, rows, &mut s.tmp, s.ws.bytes());
                     add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
                     Ok(())
@@ -527,88 +610,142 @@ fn add_residual(x: &mut [f32], t: &[f32]) {
     x.iter_mut().zip(t).for_each(|(x, t)| *x += t);
 }
 
+/// `x ← silu(x) ⊙ u`, element by element in llama2.c's order, reported as `swiglu`.
+fn swiglu(x: &mut [f32], u: &[f32]) {
+    let _op = OpScope::begin("swiglu", || OpInfo {
+        input_shapes: vec![vec![x.len()], vec![u.len()]],
+        flops: 6 * x.len() as u64,
+        bytes: (4 * 3 * x.len()) as u64,
+    });
+    for (x, &u) in x.iter_mut().zip(u) {
+        *x = silu(*x) * u;
+    }
+}
+
+/// One block's head layout: query heads, K/V heads, head width.
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    q: usize,
+    kv: usize,
+    dim: usize,
+}
+
+impl Heads {
+    /// Q width.
+    fn q_width(self) -> usize {
+        self.q * self.dim
+    }
+    /// K (and V) width.
+    fn kv_width(self) -> usize {
+        self.kv * self.dim
+    }
+    /// One row of the fused Q/K/V.
+    fn row(self) -> usize {
+        self.q_width() + 2 * self.kv_width()
+    }
+}
+
+/// Turns every new row's query and key heads to its position (`pos0 + t`), reported as `rope`.
+fn rotate(rope: &RopeTable, qkv: &mut [f32], h: Heads, b: usize, n: usize, pos0: usize) {
+    let _op = OpScope::begin("rope", || OpInfo {
+        input_shapes: vec![vec![b, n, h.row()]],
+        flops: (3 * b * n * (h.q_width() + h.kv_width())) as u64,
+        bytes: (4 * 2 * b * n * (h.q_width() + h.kv_width())) as u64,
+    });
+    for r in 0..b * n {
+        let pos = pos0 + r % n;
+        let row = &mut qkv[r * h.row()..r * h.row() + h.q_width() + h.kv_width()];
+        for head in row.chunks_exact_mut(h.dim) {
+            rope.rotate(head, pos, false);
+        }
+    }
+}
+
 /// Appends this chunk's keys and values to layer `l` of the cache, then runs every (sequence,
-/// head) of `n` new queries over the cached positions, writing `s.att` (`rows × attn`).
+/// query head) of `n` new queries over the cached positions, writing `s.att` (`rows × q width`).
+/// Query head `j` reads K/V head `j / (q / kv)`.
 fn attention(
     k: &RowKernels,
     cache: &mut KvCache,
     l: usize,
-    nh: usize,
-    attn: usize,
+    h: Heads,
     b: usize,
     n: usize,
     s: &mut Scratch,
 ) -> Result<(), KvError> {
-    let hd = attn / nh;
+    let (hd, (a, kvw), stride) = (h.dim, (h.q_width(), h.kv_width()), h.row());
+    let group = h.q / h.kv;
     let slots_after = (cache.len() + n).min(cache.capacity());
     let _op = OpScope::begin("attention", || OpInfo {
-        input_shapes: vec![vec![b, n, 3 * attn]],
+        input_shapes: vec![vec![b, n, stride]],
         // Scores and P·V over every visible slot (4·hd per score) plus the softmax.
-        flops: ((4 * hd + 5) * b * nh * n * slots_after) as u64,
-        bytes: (4 * b * n * 4 * attn + 2 * b * nh * slots_after * cache.row_bytes()) as u64,
+        flops: ((4 * hd + 5) * b * h.q * n * slots_after) as u64,
+        bytes: (4 * b * n * (stride + a) + 2 * b * h.kv * slots_after * cache.row_bytes()) as u64,
     });
-    // Gather this chunk's K and V into the cache's [batch, head, n, head_dim] order.
+    // Gather this chunk's K and V into the cache's [batch, kv head, n, head_dim] order.
     for bi in 0..b {
         for t in 0..n {
-            let q = &s.qkv[(bi * n + t) * 3 * attn..(bi * n + t + 1) * 3 * attn];
-            for h in 0..nh {
-                let dst = ((bi * nh + h) * n + t) * hd;
-                s.kbuf[dst..dst + hd].copy_from_slice(&q[attn + h * hd..attn + (h + 1) * hd]);
-                s.vbuf[dst..dst + hd].copy_from_slice(&q[2 * attn + h * hd..2 * attn + (h + 1) * hd]);
+            let q = &s.qkv[(bi * n + t) * stride..(bi * n + t + 1) * stride];
+            for j in 0..h.kv {
+                let dst = ((bi * h.kv + j) * n + t) * hd;
+                s.kbuf[dst..dst + hd].copy_from_slice(&q[a + j * hd..a + (j + 1) * hd]);
+                s.vbuf[dst..dst + hd].copy_from_slice(&q[a + kvw + j * hd..a + kvw + (j + 1) * hd]);
             }
         }
     }
     let rows = b * n;
-    cache.append(l, &s.kbuf[..rows * attn], &s.vbuf[..rows * attn], n)?;
+    cache.append(l, &s.kbuf[..rows * kvw], &s.vbuf[..rows * kvw], n)?;
     let scale = 1.0 / (hd as f32).sqrt();
     if cache.storage() == KvStorage::Int8 {
-        return attention_q8(k, cache, l, nh, attn, b, n, scale, s);
+        return attention_q8(k, cache, l, h, b, n, scale, s);
     }
-    if let (1, Some(all_heads)) = (n, k.decode_attention_heads) {
+    // The all-heads kernels take one K/V head per query head.
+    let shared = group != 1;
+    if let (1, Some(all_heads), false) = (n, k.decode_attention_heads, shared) {
         // A decode step with a kernel that takes every head at once (e.g. split across cores).
         for bi in 0..b {
             let r = cache.heads(l, bi)?;
-            let q = &s.qkv[bi * 3 * attn..bi * 3 * attn + attn];
+            let q = &s.qkv[bi * stride..bi * stride + a];
             let job = HeadsJob {
                 q,
                 keys: r.keys,
                 values: r.values,
-                heads: nh,
+                heads: h.q,
                 head_dim: hd,
                 head_stride: r.head_stride,
                 slots: r.slots,
                 scale,
             };
-            all_heads(&job, &mut s.att[bi * attn..(bi + 1) * attn]);
+            all_heads(&job, &mut s.att[bi * a..(bi + 1) * a]);
         }
         return Ok(());
     }
-    if let (true, Some(all_heads)) = (n > 1, k.prefill_attention_heads) {
+    if let (true, Some(all_heads), false) = (n > 1, k.prefill_attention_heads, shared) {
         // A prefill chunk with a kernel that takes every head at once (e.g. split across cores).
         for bi in 0..b {
             let r = cache.heads(l, bi)?;
             let job = PrefillHeadsJob {
-                q: &s.qkv[bi * n * 3 * attn..(bi + 1) * n * 3 * attn],
-                q_stride: 3 * attn,
+                q: &s.qkv[bi * n * stride..(bi + 1) * n * stride],
+                q_stride: stride,
                 rows: n,
                 keys: r.keys,
                 values: r.values,
-                heads: nh,
+                heads: h.q,
                 head_dim: hd,
                 head_stride: r.head_stride,
                 slots: r.slots,
                 scale,
             };
-            all_heads(&job, &mut s.att[bi * n * attn..(bi + 1) * n * attn], attn);
+            all_heads(&job, &mut s.att[bi * n * a..(bi + 1) * n * a], a);
         }
         return Ok(());
     }
     for bi in 0..b {
-        for h in 0..nh {
-            let (keys, vals) = (cache.keys(l, bi, h)?, cache.values(l, bi, h)?);
+        for qh in 0..h.q {
+            let (keys, vals) = (cache.keys(l, bi, qh / group)?, cache.values(l, bi, qh / group)?);
             let slots = keys.len() / hd;
-            let q0 = bi * n * 3 * attn + h * hd;
-            let out = &mut s.att[bi * n * attn + h * hd..];
+            let q0 = bi * n * stride + qh * hd;
+            let out = &mut s.att[bi * n * a + qh * hd..];
             if n == 1 {
                 // A decode step: one query per head, the engine's row kernel.
                 (k.decode_attention)(
@@ -622,10 +759,10 @@ fn attention(
                 );
                 continue;
             }
-            let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride: 3 * attn };
+            let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride };
             let kr = Rows { data: keys, rows: slots, cols: hd, stride: hd };
             let v = Rows { data: vals, rows: slots, cols: hd, stride: hd };
-            attention_head_with(q, kr, v, scale, &mut s.scores, out, attn, &k.softmax);
+            attention_head_with(q, kr, v, scale, &mut s.scores, out, a, &k.softmax);
         }
     }
     Ok(())
@@ -638,20 +775,19 @@ fn attention_q8(
     k: &RowKernels,
     cache: &KvCache,
     l: usize,
-    nh: usize,
-    attn: usize,
+    h: Heads,
     b: usize,
     n: usize,
     scale: f32,
     s: &mut Scratch,
 ) -> Result<(), KvError> {
-    let hd = attn / nh;
+    let (hd, a, stride, group) = (h.dim, h.q_width(), h.row(), h.q / h.kv);
     for bi in 0..b {
-        for h in 0..nh {
-            let (kq, vq) = (cache.keys_q8(l, bi, h)?, cache.values_q8(l, bi, h)?);
+        for qh in 0..h.q {
+            let (kq, vq) = (cache.keys_q8(l, bi, qh / group)?, cache.values_q8(l, bi, qh / group)?);
             let slots = kq.scales.len();
-            let q0 = bi * n * 3 * attn + h * hd;
-            let out = &mut s.att[bi * n * attn + h * hd..];
+            let q0 = bi * n * stride + qh * hd;
+            let out = &mut s.att[bi * n * a + qh * hd..];
             if n == 1 {
                 let kv = Q8Head { keys: kq.codes, key_scales: kq.scales, values: vq.codes, value_scales: vq.scales };
                 (k.decode_attention_q8)(&s.qkv[q0..q0 + hd], &kv, scale, &mut s.scores[..slots], &mut out[..hd]);
@@ -664,10 +800,10 @@ fn attention_q8(
                     }
                 }
             }
-            let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride: 3 * attn };
+            let q = Rows { data: &s.qkv[q0..], rows: n, cols: hd, stride };
             let kr = Rows { data: &s.kdq[..slots * hd], rows: slots, cols: hd, stride: hd };
             let v = Rows { data: &s.vdq[..slots * hd], rows: slots, cols: hd, stride: hd };
-            attention_head_with(q, kr, v, scale, &mut s.scores, out, attn, &k.softmax);
+            attention_head_with(q, kr, v, scale, &mut s.scores, out, a, &k.softmax);
         }
     }
     Ok(())

@@ -260,7 +260,8 @@ fn windowed_reference_last(m: &Gpt, seq: &[usize], window: usize) -> Vec<f32> {
     let (tok, pos) = (m.tok_emb.weight.to_vec(), m.pos_emb.to_vec());
     let mut x: Vec<f32> =
         (0..t).flat_map(|p| (0..d).map(move |j| (p, j))).map(|(p, j)| tok[seq[p] * d + j] + pos[p * d + j]).collect();
-    let ln = |v: &[f32], n: &tt_tensor::nn::LayerNorm| {
+    let ln = |v: &[f32], n: &tt_transformer::model::Norm| {
+        let tt_transformer::model::Norm::Layer(n) = n else { panic!("a GPT-2 model has layer norms") };
         let mut o = vec![0.0; v.len()];
         tt_tensor::kernels::layer_norm_row(v, &n.gamma.to_vec(), &n.beta.to_vec(), n.eps, &mut o);
         o
@@ -787,4 +788,59 @@ mod per_block_heads {
             assert!(e.contains("heads_per_block") && e.contains(says), "{e}");
         }
     }
+}
+
+/// A trained tiny Llama (RMSNorm, rotary positions, SwiGLU, 4 query heads over 2 K/V heads)
+/// with `pairs` and a tied or untied head.
+fn trained_llama(pairs: tt_transformer::model::RopePairs, tied: bool) -> Gpt {
+    let c = GptConfig {
+        rope_pairs: pairs,
+        tie_weights: tied,
+        max_seq_len: 40,
+        ..tt_transformer::testing::tiny_llama_config(12, 8)
+    };
+    let m = Gpt::new(c).unwrap();
+    tt_transformer::testing::train_on_pattern(&m, 60).unwrap();
+    m
+}
+
+#[test]
+fn a_llama_decodes_like_its_full_recompute_at_every_step() {
+    use tt_transformer::model::RopePairs;
+    for (pairs, tied) in [(RopePairs::Interleaved, true), (RopePairs::HalfSplit, false)] {
+        let m = trained_llama(pairs, tied);
+        for prompt_len in [1, 6, 16] {
+            check_every_step(&m, 1, prompt_len);
+            check_every_step(&m, 3, prompt_len);
+        }
+        // Multi-head (no grouping) too: every K/V head its own query head.
+        let mha = Gpt::new(GptConfig { n_kv_heads: Some(4), ..m.config.clone() }).unwrap();
+        check_every_step(&mha, 2, 5);
+    }
+}
+
+#[test]
+fn a_llama_cache_holds_its_key_value_heads_only() {
+    let m = trained_llama(tt_transformer::model::RopePairs::Interleaved, true);
+    let eng = CachedGpt::new(&m, 1, OverflowPolicy::Error).unwrap();
+    // 2 layers × (K and V) × 2 K/V heads × 40 positions × head 8 × 4 bytes: half of 4 heads'.
+    assert_eq!(eng.cache().memory_bytes(), 2 * 2 * 2 * 40 * 8 * 4);
+    let names: Vec<String> = eng.projection_formats().into_iter().map(|p| p.0).collect();
+    assert_eq!(
+        names[..5],
+        ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc", "blocks.0.mlp.up", "blocks.0.mlp.proj"]
+    );
+}
+
+#[test]
+fn a_llama_generates_the_same_greedy_text_with_an_int8_cache_and_without_a_cache() {
+    let m = trained_llama(tt_transformer::model::RopePairs::HalfSplit, true);
+    let prompts: Vec<Vec<usize>> = vec![vec![1, 5, 9], vec![2, 7, 7]];
+    let cfg = GenerateConfig::greedy(30);
+    let reference = generate_batch(&m, &prompts, &cfg).unwrap();
+    let mut eng = CachedGpt::new(&m, 2, OverflowPolicy::Error).unwrap();
+    assert_eq!(generate_cached(&mut eng, &prompts, &cfg).unwrap().tokens, reference);
+    eng.set_kv_storage(tt_kvcache::KvStorage::Int8).unwrap();
+    // The trained pattern is decided by wide margins: int8 keys and values keep every choice.
+    assert_eq!(generate_cached(&mut eng, &prompts, &cfg).unwrap().tokens, reference);
 }

@@ -31,10 +31,20 @@ pub struct LlamaParams {
 /// One weight matrix `[rows, cols]`, as the file holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Matrix {
-    F32 { rows: usize, cols: usize, values: Vec<f32> },
+    F32 {
+        rows: usize,
+        cols: usize,
+        values: Vec<f32>,
+    },
     /// Symmetric int8 in groups of `group` along each row (llama2.c's Q8_0): `codes` row-major,
     /// `scales[r·⌈cols/group⌉ + g]`; value = code · scale.
-    Q8 { rows: usize, cols: usize, group: usize, codes: Vec<i8>, scales: Vec<f32> },
+    Q8 {
+        rows: usize,
+        cols: usize,
+        group: usize,
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+    },
 }
 
 impl Matrix {

@@ -580,6 +580,115 @@ pub fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mu
     (mean, rstd)
 }
 
+/// RMS normalization of one row (Llama): `out[i] = gamma[i] · (r · x[i])` with
+/// `r = 1/√(Σx²/n + eps)`, in llama2.c's order of operations (so a model run here and by its
+/// `run.c` round alike); returns `r`.
+///
+/// # Panics
+/// If `gamma` or `out` is shorter than `x`.
+pub fn rms_norm_row(x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32]) -> f32 {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps;
+    let r = 1.0 / ss.sqrt();
+    for i in 0..x.len() {
+        out[i] = gamma[i] * (r * x[i]);
+    }
+    r
+}
+
+/// SiLU (swish): `x·σ(x)`, written as llama2.c writes it.
+pub fn silu(x: f32) -> f32 {
+    x * (1.0 / (1.0 + (-x).exp()))
+}
+
+/// d/dx of [`silu`]: `σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_grad(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + (-x).exp());
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// Which dimensions of a head rotary embeddings rotate together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RopePairs {
+    /// `(2i, 2i+1)`: llama2.c and Meta's original checkpoints.
+    #[default]
+    Interleaved,
+    /// `(i, i + head_dim/2)`: Hugging Face's `LlamaForCausalLM`.
+    HalfSplit,
+}
+
+/// Rotary position embedding angles for positions `0..positions` of a head of `head_dim`
+/// (even): pair `i` at position `p` turns by `p · θ^(−2i/head_dim)`. Computed in f32 exactly as
+/// llama2.c's `run.c` computes them, so both rotate by the same bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    pairs: RopePairs,
+}
+
+impl RopeTable {
+    /// # Errors
+    /// An odd or zero `head_dim`, a `theta` that is not finite and > 1, or a table larger than
+    /// `positions · head_dim / 2` values can hold.
+    pub fn new(positions: usize, head_dim: usize, theta: f32, pairs: RopePairs) -> crate::Result<RopeTable> {
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(crate::TensorError::arg("RopeTable", format!("head_dim {head_dim} must be even and > 0")));
+        }
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(crate::TensorError::arg("RopeTable", format!("theta {theta} must be finite and > 1")));
+        }
+        let half = head_dim / 2;
+        let n = positions
+            .checked_mul(half)
+            .ok_or_else(|| crate::TensorError::arg("RopeTable", format!("{positions} × {half} angles overflow")))?;
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for p in 0..positions {
+            for i in 0..half {
+                let freq = 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32);
+                let angle = p as f32 * freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(RopeTable { cos, sin, half, pairs })
+    }
+
+    /// Positions the table covers.
+    pub fn positions(&self) -> usize {
+        self.cos.len() / self.half
+    }
+
+    pub fn head_dim(&self) -> usize {
+        2 * self.half
+    }
+
+    pub fn pairs(&self) -> RopePairs {
+        self.pairs
+    }
+
+    /// Rotates one head's vector `x` (`head_dim` values) to position `pos`; `inverse` turns it
+    /// back (the rotation's transpose: what the backward pass applies to a gradient).
+    ///
+    /// # Panics
+    /// `pos` past [`RopeTable::positions`] or `x` not `head_dim` long.
+    pub fn rotate(&self, x: &mut [f32], pos: usize, inverse: bool) {
+        assert!(x.len() == 2 * self.half && pos < self.positions(), "RopeTable::rotate sizes");
+        let (c, s) = (&self.cos[pos * self.half..][..self.half], &self.sin[pos * self.half..][..self.half]);
+        for i in 0..self.half {
+            let (a, b) = match self.pairs {
+                RopePairs::Interleaved => (2 * i, 2 * i + 1),
+                RopePairs::HalfSplit => (i, i + self.half),
+            };
+            let (v0, v1) = (x[a], x[b]);
+            let si = if inverse { -s[i] } else { s[i] };
+            x[a] = v0 * c[i] - v1 * si;
+            x[b] = v0 * si + v1 * c[i];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,17 @@
-//! Embeddings (module 11), attention (12) and the pre-norm GPT (13).
+//! Embeddings (module 11), attention (12) and the pre-norm GPT (13), in two families: GPT-2 and
+//! Llama.
 //!
 //! ```text
-//! ids ─► tok_emb + pos_emb ─► N × Block ─► ln_f ─► lm_head ─► logits
-//! Block: x + attn(ln1(x)), then x + mlp(ln2(x)); mlp = Linear(d,4d) → GELU → Linear(4d,d)
+//! ids ─► tok_emb (+ pos_emb) ─► N × Block ─► ln_f ─► lm_head ─► logits
+//! Block: x + attn(ln1(x)), then x + mlp(ln2(x))
+//!   GPT-2: LayerNorm, learned positions, mlp = proj(GELU(fc x)), biases
+//!   Llama: RMSNorm, rotary positions on Q and K, mlp = proj(SiLU(fc x) ⊙ up x) (SwiGLU),
+//!          grouped-query attention (n_kv_heads K/V heads shared by n_heads queries), no biases
 //! ```
+//!
+//! One model type covers both: the config says which norm, position encoding and MLP each block
+//! has ([`GptConfig::llama`] sets the Llama ones), so the trainer, the cached decoder, the
+//! checkpoints and every weight format see one set of layers.
 //!
 //! Every weight is a public [`Tensor`] so later modules (KV cache, quantization, pruning) can read
 //! or replace it. The forward pass here is the full-recompute reference: it always processes the
@@ -15,7 +23,8 @@ use ndarray::{Array2, IxDyn};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tt_tensor::nn::{prefixed, Embedding, LayerNorm, Linear};
+pub use tt_tensor::kernels::{RopePairs, RopeTable};
+use tt_tensor::nn::{prefixed, Embedding, LayerNorm, Linear, RmsNorm};
 use tt_tensor::{randn_array, Array, Module, Projection, Tensor};
 
 use crate::error::{Result, TransformerError};
@@ -28,6 +37,40 @@ pub enum PositionEncoding {
     Learned,
     /// Fixed sin/cos table (Vaswani et al.), not trained.
     Sinusoidal,
+    /// Rotary embeddings on each head's queries and keys (Llama): no table added to the input.
+    Rotary,
+}
+
+/// The normalization of every block and of the final norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormKind {
+    /// Mean and variance, scale and shift (GPT-2).
+    #[default]
+    LayerNorm,
+    /// Root mean square, scale only (Llama).
+    RmsNorm,
+}
+
+/// The MLP of every block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MlpKind {
+    /// `proj(GELU(fc x))` (GPT-2).
+    #[default]
+    Gelu,
+    /// `proj(SiLU(fc x) ⊙ up x)` (Llama's SwiGLU; `fc` is its gate `w1`, `up` its `w3`).
+    SwiGlu,
+}
+
+fn default_eps() -> f32 {
+    1e-5
+}
+fn default_theta() -> f32 {
+    10_000.0
+}
+fn yes() -> bool {
+    true
 }
 
 /// How [`Gpt::new_with`] stores a weight: given its path, its `[out, in]` shape and a way to draw
@@ -63,6 +106,26 @@ pub struct GptConfig {
     #[serde(default)]
     pub dropout: f32,
     pub seed: u64,
+    /// Block and final norms (configs written before Llama: LayerNorm).
+    #[serde(default)]
+    pub norm: NormKind,
+    /// The norms' epsilon.
+    #[serde(default = "default_eps")]
+    pub norm_eps: f32,
+    #[serde(default)]
+    pub mlp: MlpKind,
+    /// Key/value heads, dividing `n_heads` (grouped-query attention); `None`: one per query head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_kv_heads: Option<usize>,
+    /// Rotary base θ (with [`PositionEncoding::Rotary`]).
+    #[serde(default = "default_theta")]
+    pub rope_theta: f32,
+    /// Which head dimensions rotary embeddings pair (the checkpoint's convention).
+    #[serde(default)]
+    pub rope_pairs: RopePairs,
+    /// Linear layers carry biases (GPT-2) or not (Llama).
+    #[serde(default = "yes")]
+    pub bias: bool,
 }
 
 impl GptConfig {
@@ -82,7 +145,54 @@ impl GptConfig {
             position: PositionEncoding::Learned,
             dropout: 0.0,
             seed: 0,
+            norm: NormKind::LayerNorm,
+            norm_eps: 1e-5,
+            mlp: MlpKind::Gelu,
+            n_kv_heads: None,
+            rope_theta: 10_000.0,
+            rope_pairs: RopePairs::Interleaved,
+            bias: true,
         }
+    }
+
+    /// A Llama: RMSNorm, rotary positions (`rope_pairs`, θ 10 000), SwiGLU MLPs of width
+    /// `hidden`, `n_kv_heads` key/value heads, no biases, tied head as given. Other fields as
+    /// [`GptConfig::default_model`].
+    pub fn llama(
+        vocab_size: usize,
+        d_model: usize,
+        n_layers: usize,
+        (n_heads, n_kv_heads): (usize, usize),
+        hidden: usize,
+        max_seq_len: usize,
+    ) -> GptConfig {
+        GptConfig {
+            d_model,
+            n_layers,
+            n_heads,
+            max_seq_len,
+            mlp_hidden: Some(vec![hidden; n_layers]),
+            position: PositionEncoding::Rotary,
+            norm: NormKind::RmsNorm,
+            mlp: MlpKind::SwiGlu,
+            n_kv_heads: Some(n_kv_heads),
+            bias: false,
+            ..GptConfig::default_model(vocab_size)
+        }
+    }
+
+    /// Key/value heads of every block: `n_kv_heads`, else `n_heads` (of block `l`, which head
+    /// pruning may have lowered; grouped-query models are not head-pruned).
+    pub fn kv_heads(&self, l: usize) -> usize {
+        match self.n_kv_heads {
+            Some(kv) if kv != self.n_heads => kv,
+            _ => self.heads(l),
+        }
+    }
+
+    /// Rows of block `l`'s fused Q/K/V projection: `(heads + 2·kv_heads) · head_dim`.
+    pub fn qkv_width(&self, l: usize) -> usize {
+        (self.heads(l) + 2 * self.kv_heads(l)) * self.head_dim()
     }
 
     /// The MLP hidden width of block `l`: `mlp_hidden[l]` if set, else `mlp_ratio · d_model`.
@@ -139,6 +249,25 @@ impl GptConfig {
         if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
         }
+        if let Some(kv) = self.n_kv_heads {
+            if kv == 0 || !self.n_heads.is_multiple_of(kv) {
+                return bad(format!("n_kv_heads {kv} must divide n_heads {}", self.n_heads));
+            }
+            if kv != self.n_heads && self.heads_per_block.is_some() {
+                return bad("heads_per_block (head pruning) needs one key/value head per query head".into());
+            }
+        }
+        if !(self.norm_eps >= 0.0 && self.norm_eps.is_finite()) {
+            return bad(format!("norm_eps {} must be finite and >= 0", self.norm_eps));
+        }
+        if self.position == PositionEncoding::Rotary {
+            if !self.head_dim().is_multiple_of(2) {
+                return bad(format!("rotary positions need an even head size, not {}", self.head_dim()));
+            }
+            if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+                return bad(format!("rope_theta {} must be finite and > 1", self.rope_theta));
+            }
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
@@ -176,27 +305,35 @@ impl GptConfig {
         if self.position == PositionEncoding::Learned {
             out.push(("pos_emb.weight".into(), vec![self.max_seq_len, d]));
         }
+        let layer_norm = self.norm == NormKind::LayerNorm;
+        let swiglu = self.mlp == MlpKind::SwiGlu;
         for l in 0..self.n_layers {
-            let (h, a) = (self.hidden(l), self.attn_width(l));
-            for (name, shape) in [
-                ("ln1.weight", vec![d]),
-                ("ln1.bias", vec![d]),
-                ("attn.qkv.weight", vec![3 * a, d]),
-                ("attn.qkv.bias", vec![3 * a]),
-                ("attn.proj.weight", vec![d, a]),
-                ("attn.proj.bias", vec![d]),
-                ("ln2.weight", vec![d]),
-                ("ln2.bias", vec![d]),
-                ("mlp.fc.weight", vec![h, d]),
-                ("mlp.fc.bias", vec![h]),
-                ("mlp.proj.weight", vec![d, h]),
-                ("mlp.proj.bias", vec![d]),
+            let (h, a, q) = (self.hidden(l), self.attn_width(l), self.qkv_width(l));
+            for (name, shape, present) in [
+                ("ln1.weight", vec![d], true),
+                ("ln1.bias", vec![d], layer_norm),
+                ("attn.qkv.weight", vec![q, d], true),
+                ("attn.qkv.bias", vec![q], self.bias),
+                ("attn.proj.weight", vec![d, a], true),
+                ("attn.proj.bias", vec![d], self.bias),
+                ("ln2.weight", vec![d], true),
+                ("ln2.bias", vec![d], layer_norm),
+                ("mlp.fc.weight", vec![h, d], true),
+                ("mlp.fc.bias", vec![h], self.bias),
+                ("mlp.up.weight", vec![h, d], swiglu),
+                ("mlp.up.bias", vec![h], swiglu && self.bias),
+                ("mlp.proj.weight", vec![d, h], true),
+                ("mlp.proj.bias", vec![d], self.bias),
             ] {
-                out.push((format!("blocks.{l}.{name}"), shape));
+                if present {
+                    out.push((format!("blocks.{l}.{name}"), shape));
+                }
             }
         }
         out.push(("ln_f.weight".into(), vec![d]));
-        out.push(("ln_f.bias".into(), vec![d]));
+        if layer_norm {
+            out.push(("ln_f.bias".into(), vec![d]));
+        }
         if !self.tie_weights {
             out.push(("lm_head.weight".into(), vec![v, d]));
         }
@@ -223,13 +360,67 @@ pub fn sinusoidal_table(max_len: usize, d: usize) -> Array {
 
 /// Causal multi-head self-attention with a fused QKV projection.
 pub struct CausalSelfAttention {
-    /// `[3·a, d]` with `a = n_heads · head_dim` (`d` unless heads were pruned): rows `0..a`
-    /// produce Q, `a..2a` K, `2a..3a` V; head `h` owns columns `h·head_dim..` of each.
+    /// `[a + 2·kv, d]` with `a = n_heads · head_dim` (`d` unless heads were pruned) and
+    /// `kv = n_kv_heads · head_dim` (`a` without grouped-query attention): rows `0..a` produce Q,
+    /// the next `kv` K, the last `kv` V; head `h` owns columns `h·head_dim..` of each.
     pub qkv: Linear,
     /// `[d, a]`: head `h`'s output enters through columns `h·head_dim..(h+1)·head_dim`.
     pub proj: Linear,
     /// This block's head count (`GptConfig::heads`).
     pub n_heads: usize,
+    /// Key/value heads (`GptConfig::kv_heads`): query head `h` attends with K/V head
+    /// `h / (n_heads / n_kv_heads)`.
+    pub n_kv_heads: usize,
+    /// Rotary embeddings applied to Q and K (Llama), shared by every block and the decoder.
+    pub rope: Option<Arc<RopeTable>>,
+}
+
+/// A block's (or the final) normalization: GPT-2's LayerNorm or Llama's RMSNorm.
+pub enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    fn new(kind: NormKind, d: usize, eps: f32) -> Result<Norm> {
+        Ok(match kind {
+            NormKind::LayerNorm => {
+                let mut n = LayerNorm::try_new(d)?;
+                n.eps = eps;
+                Norm::Layer(n)
+            }
+            NormKind::RmsNorm => Norm::Rms(RmsNorm::new(d, eps)?),
+        })
+    }
+
+    /// The scale (`gamma`) every kind has.
+    pub fn gamma(&self) -> &Tensor {
+        match self {
+            Norm::Layer(n) => &n.gamma,
+            Norm::Rms(n) => &n.gamma,
+        }
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Norm::Layer(n) => n.named_parameters(),
+            Norm::Rms(n) => n.named_parameters(),
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            Norm::Layer(n) => n.kind(),
+            Norm::Rms(n) => n.kind(),
+        }
+    }
 }
 
 /// `[T, T]` additive mask: 0 on and below the diagonal, −∞ above (a position sees only its past).
@@ -251,8 +442,47 @@ impl CausalSelfAttention {
             }));
         }
         let qkv = self.qkv.forward(x)?;
+        let qkv =
+            if self.rope.is_some() || self.n_kv_heads != self.n_heads { self.rotate_and_share(&qkv)? } else { qkv };
         let (y, probs) = crate::attention::causal_attention(&qkv, self.n_heads)?;
         Ok((self.proj.forward(&y)?, Tensor::from_array(probs)))
+    }
+
+    /// Llama's Q/K/V `[B, T, a + 2·kv]` → the `[B, T, 3a]` the fused attention takes: Q and K
+    /// turned by the rotary table (positions from 0), each K/V head repeated for the
+    /// `n_heads / n_kv_heads` query heads that share it. Differentiable ops only.
+    fn rotate_and_share(&self, qkv: &Tensor) -> Result<Tensor> {
+        let s = qkv.shape();
+        let (b, t, (h, kvh)) = (s[0], s[1], (self.n_heads, self.n_kv_heads));
+        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || s[2] % (h + 2 * kvh) != 0 {
+            return Err(TransformerError::Config(format!(
+                "qkv width {} does not hold {h} query and 2 × {kvh} key/value heads",
+                s[2]
+            )));
+        }
+        let hd = s[2] / (h + 2 * kvh);
+        let (a, kv) = (h * hd, kvh * hd);
+        let mut q = qkv.narrow(2, 0, a)?.reshape(&[b, t, h, hd])?;
+        let mut k = qkv.narrow(2, a, kv)?.reshape(&[b, t, kvh, hd])?;
+        let mut v = qkv.narrow(2, a + kv, kv)?.reshape(&[b, t, kvh, hd])?;
+        if let Some(rope) = &self.rope {
+            q = q.rope(rope, 0)?;
+            k = k.rope(rope, 0)?;
+        }
+        if kvh != h {
+            // [B, T, kvh, hd] → [B, T, kvh, g, hd] (each head g times) → [B, T, h, hd]: query
+            // head j·g + r reads K/V head j.
+            let g = h / kvh;
+            let share = |x: Tensor| -> Result<Tensor> {
+                let x = x.unsqueeze(3)?;
+                let copies: Vec<&Tensor> = std::iter::repeat_n(&x, g).collect();
+                Ok(Tensor::concat(&copies, 3)?.reshape(&[b, t, h, hd])?)
+            };
+            k = share(k)?;
+            v = share(v)?;
+        }
+        let flat = |x: Tensor| x.reshape(&[b, t, a]);
+        Ok(Tensor::concat(&[&flat(q)?, &flat(k)?, &flat(v)?], 2)?)
     }
 
     /// The same attention composed from basic differentiable ops (reshape, permute, batched matmul,
@@ -266,6 +496,12 @@ impl CausalSelfAttention {
                 shape: s,
                 reason: "expected [batch, seq, d_model]".into(),
             }));
+        }
+        if self.rope.is_some() || self.n_kv_heads != self.n_heads {
+            return Err(TransformerError::Config(
+                "the composed reference covers GPT-2 attention (no rotary positions, one K/V head per query head)"
+                    .into(),
+            ));
         }
         let (b, t) = (s[0], s[1]);
         let h = self.n_heads;
@@ -307,32 +543,49 @@ fn into_tensor_error(e: TransformerError) -> tt_tensor::TensorError {
     }
 }
 
-/// Position-wise feed-forward network.
+/// Position-wise feed-forward network: `proj(GELU(fc x))`, or with `up` Llama's SwiGLU
+/// `proj(SiLU(fc x) ⊙ up x)`. Hidden unit `j` is row `j` of `fc` (and of `up`) and column `j` of
+/// `proj`.
 pub struct Mlp {
     pub fc: Linear,
+    pub up: Option<Linear>,
     pub proj: Linear,
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> tt_tensor::Result<Tensor> {
-        self.proj.forward(&self.fc.forward(x)?.gelu())
+        let h = match &self.up {
+            Some(up) => self.fc.forward(x)?.silu().mul(&up.forward(x)?)?,
+            None => self.fc.forward(x)?.gelu(),
+        };
+        self.proj.forward(&h)
     }
     fn kind(&self) -> &'static str {
         "Mlp"
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![("fc".into(), &self.fc), ("proj".into(), &self.proj)]
+        let mut c: Vec<(String, &dyn Module)> = vec![("fc".into(), &self.fc)];
+        if let Some(up) = &self.up {
+            c.push(("up".into(), up));
+        }
+        c.push(("proj".into(), &self.proj));
+        c
     }
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
-        vec![("fc".into(), &mut self.fc), ("proj".into(), &mut self.proj)]
+        let mut c: Vec<(String, &mut dyn Module)> = vec![("fc".into(), &mut self.fc)];
+        if let Some(up) = &mut self.up {
+            c.push(("up".into(), up));
+        }
+        c.push(("proj".into(), &mut self.proj));
+        c
     }
 }
 
 /// One pre-norm transformer block.
 pub struct Block {
-    pub ln1: LayerNorm,
+    pub ln1: Norm,
     pub attn: CausalSelfAttention,
-    pub ln2: LayerNorm,
+    pub ln2: Norm,
     pub mlp: Mlp,
 }
 
@@ -400,10 +653,14 @@ impl Module for Block {
 pub struct Gpt {
     pub config: GptConfig,
     pub tok_emb: Embedding,
-    /// Learned table (a parameter) or fixed sinusoidal table (a constant), `[max_seq_len, d]`.
+    /// Learned table (a parameter) or fixed sinusoidal table (a constant), `[max_seq_len, d]`;
+    /// with rotary positions an empty `[0, d]` constant (nothing is added to the input).
     pub pos_emb: Tensor,
+    /// The rotary table of every block (`[max_seq_len, head_dim/2]` angles), with rotary
+    /// positions.
+    pub rope: Option<Arc<RopeTable>>,
     pub blocks: Vec<Block>,
-    pub ln_f: LayerNorm,
+    pub ln_f: Norm,
     /// `None` when weights are tied: the head is `tok_emb.weight`.
     pub lm_head: Option<Linear>,
 }
@@ -453,33 +710,56 @@ impl Gpt {
         let pos_emb = match config.position {
             PositionEncoding::Learned => Tensor::param(randn_array(&[config.max_seq_len, d], 0.0, 0.01, &mut rng)),
             PositionEncoding::Sinusoidal => Tensor::from_array(sinusoidal_table(config.max_seq_len, d)),
+            PositionEncoding::Rotary => Tensor::from_array(Array::zeros(IxDyn(&[0, d]))),
         };
+        let rope = match config.position {
+            PositionEncoding::Rotary => Some(Arc::new(RopeTable::new(
+                config.max_seq_len,
+                config.head_dim(),
+                config.rope_theta,
+                config.rope_pairs,
+            )?)),
+            _ => None,
+        };
+        let with_bias = config.bias;
         let mut linear = |path: String, shape: (usize, usize), std: f32, bias: bool| -> Result<Linear> {
-            let bias = bias.then(|| Tensor::param(Array::zeros(IxDyn(&[shape.0]))));
+            let bias = (bias && with_bias).then(|| Tensor::param(Array::zeros(IxDyn(&[shape.0]))));
             Ok(match weight(&mut rng, &path, shape, std)? {
                 Ok(p) => Linear::from_projection(p, bias, &format!("{path}.weight"))?,
                 Err(w) => Linear::from_tensors(Tensor::param(w.into_dyn()), bias).expect("shapes built consistently"),
             })
         };
         let mut blocks = Vec::with_capacity(l);
+        let (norm, eps) = (config.norm, config.norm_eps);
         for b in 0..l {
             let (hidden, a) = (config.hidden(b), config.attn_width(b));
-            let qkv = linear(format!("blocks.{b}.attn.qkv"), (3 * a, d), 0.02, true)?;
+            let qkv = linear(format!("blocks.{b}.attn.qkv"), (config.qkv_width(b), d), 0.02, true)?;
             let proj = linear(format!("blocks.{b}.attn.proj"), (d, a), resid_std, true)?;
             let fc = linear(format!("blocks.{b}.mlp.fc"), (hidden, d), 0.02, true)?;
+            let up = match config.mlp {
+                MlpKind::SwiGlu => Some(linear(format!("blocks.{b}.mlp.up"), (hidden, d), 0.02, true)?),
+                MlpKind::Gelu => None,
+            };
             let mlp_proj = linear(format!("blocks.{b}.mlp.proj"), (d, hidden), resid_std, true)?;
             blocks.push(Block {
-                ln1: LayerNorm::new(d),
-                attn: CausalSelfAttention { qkv, proj, n_heads: config.heads(b) },
-                ln2: LayerNorm::new(d),
-                mlp: Mlp { fc, proj: mlp_proj },
+                ln1: Norm::new(norm, d, eps)?,
+                attn: CausalSelfAttention {
+                    qkv,
+                    proj,
+                    n_heads: config.heads(b),
+                    n_kv_heads: config.kv_heads(b),
+                    rope: rope.clone(),
+                },
+                ln2: Norm::new(norm, d, eps)?,
+                mlp: Mlp { fc, up, proj: mlp_proj },
             });
         }
         let lm_head = match config.tie_weights {
             true => None,
             false => Some(linear("lm_head".into(), (v, d), 0.02, false)?),
         };
-        Ok(Gpt { config, tok_emb, pos_emb, blocks, ln_f: LayerNorm::new(d), lm_head })
+        let ln_f = Norm::new(norm, d, eps)?;
+        Ok(Gpt { config, tok_emb, pos_emb, rope, blocks, ln_f, lm_head })
     }
 
     /// Checks ids against the vocabulary and the sequence length against the context.
@@ -502,6 +782,9 @@ impl Gpt {
     /// Token + position embeddings for positions `start..start+seq`: `[batch, seq, d]`.
     pub fn embed(&self, ids: &[usize], batch: usize, seq: usize, start: usize) -> Result<Tensor> {
         let tok = self.tok_emb.forward_ids(ids, &[batch, seq])?;
+        if self.config.position == PositionEncoding::Rotary {
+            return Ok(tok);
+        }
         let pos = self.pos_emb.narrow(0, start, seq)?;
         Ok(tok.add(&pos)?)
     }

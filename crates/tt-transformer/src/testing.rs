@@ -26,7 +26,15 @@ pub fn tiny_config(vocab_size: usize, seed: u64) -> GptConfig {
         position: PositionEncoding::Learned,
         dropout: 0.0,
         seed,
+        ..GptConfig::default_model(vocab_size)
     }
+}
+
+/// [`tiny_config`] as a Llama: RMSNorm, rotary positions, SwiGLU MLPs of width 48 (not a multiple
+/// of d_model, as llama2.c's are not), grouped-query attention (4 query heads sharing 2 K/V
+/// heads), no biases, tied head.
+pub fn tiny_llama_config(vocab_size: usize, seed: u64) -> GptConfig {
+    GptConfig { seed, ..GptConfig::llama(vocab_size, 32, 2, (4, 2), 48, 64) }
 }
 
 /// The repeating token pattern the tiny models are trained on (ids below 12).

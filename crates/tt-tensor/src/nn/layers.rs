@@ -546,6 +546,38 @@ impl Module for LayerNorm {
     }
 }
 
+/// RMS normalization over the last dimension with a learned scale and no shift (Llama):
+/// `y = gamma ⊙ x / √(mean(x²) + eps)`.
+pub struct RmsNorm {
+    pub gamma: Tensor,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    /// `gamma = 1`.
+    ///
+    /// # Errors
+    /// If `dim` f32 values overflow `isize::MAX` bytes.
+    pub fn new(dim: usize, eps: f32) -> Result<RmsNorm> {
+        checked_numel("RmsNorm::new", &[dim])?;
+        Ok(RmsNorm { gamma: Tensor::param(Array::ones(ndarray::IxDyn(&[dim]))), eps })
+    }
+}
+
+impl Module for RmsNorm {
+    /// # Errors
+    /// As [`Tensor::rms_norm`].
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.rms_norm(&self.gamma, self.eps)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        vec![("weight".to_string(), self.gamma.clone())]
+    }
+    fn kind(&self) -> &'static str {
+        "RmsNorm"
+    }
+}
+
 /// Inverted dropout: in training, zeroes each element with probability `p` and scales the rest by
 /// 1/(1−p); in eval mode it is the identity. Its mask generator is seeded.
 pub struct Dropout {

@@ -8,7 +8,7 @@ mod layers;
 
 pub use layers::{
     AvgPool2d, Conv2d, Dropout, Embedding, Flatten, ForwardTransform, Gelu, LayerNorm, Linear, MaxPool2d, Relu,
-    Sequential, Sigmoid, Tanh,
+    RmsNorm, Sequential, Sigmoid, Tanh,
 };
 
 use crate::error::Result;

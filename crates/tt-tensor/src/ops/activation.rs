@@ -3,7 +3,7 @@ use ndarray::Axis;
 use super::elementwise_info;
 use crate::error::{Result, TensorError};
 use crate::hook::OpScope;
-use crate::kernels::{gelu_tanh, gelu_tanh_grad, softmax_row};
+use crate::kernels::{gelu_tanh, gelu_tanh_grad, silu, silu_grad, softmax_row};
 use crate::tensor::{Array, Tensor};
 
 fn sigmoid(x: f32) -> f32 {
@@ -54,6 +54,11 @@ impl Tensor {
             let t = x.tanh();
             1.0 - t * t
         })
+    }
+
+    /// SiLU (swish), `x·σ(x)`: the gate of Llama's SwiGLU MLP.
+    pub fn silu(&self) -> Tensor {
+        self.unary("silu", 5, silu, silu_grad)
     }
 
     /// GELU, tanh approximation (as in GPT-2).

@@ -2,9 +2,10 @@
 
 use ndarray::{Array2, ArrayView2, Axis, IxDyn};
 
+use super::elementwise_info;
 use crate::error::{Result, TensorError};
 use crate::hook::{OpInfo, OpScope};
-use crate::kernels::{col2im, conv_out_size, gemm, im2col, layer_norm_row, ConvGeom};
+use crate::kernels::{col2im, conv_out_size, gemm, im2col, layer_norm_row, rms_norm_row, ConvGeom, RopeTable};
 use crate::projection::Projection;
 use crate::tensor::{checked_numel, Array, Tensor};
 
@@ -366,5 +367,100 @@ impl Tensor {
                 ]
             })
         }))
+    }
+
+    /// RMS normalization over the last dimension with scale `gamma` of that size (Llama):
+    /// `y = gamma ⊙ x / √(mean(x²) + eps)`, row by row with [`rms_norm_row`].
+    ///
+    /// # Errors
+    /// A 0-d input, `gamma` not of the last dim's size, or an `eps` that is negative or not finite.
+    pub fn rms_norm(&self, gamma: &Tensor, eps: f32) -> Result<Tensor> {
+        if !(eps >= 0.0 && eps.is_finite()) {
+            return Err(TensorError::arg("rms_norm", format!("eps {eps} must be finite and >= 0")));
+        }
+        let sx = self.shape();
+        let d = *sx.last().ok_or_else(|| TensorError::invalid_shape("rms_norm", &sx, "needs at least 1 dim"))?;
+        if gamma.shape() != [d] {
+            return Err(TensorError::shape("rms_norm (gamma vs last dim)", &gamma.shape(), &[d]));
+        }
+        let rows = self.numel().checked_div(d).unwrap_or(0);
+        let mut rs = vec![0.0f32; rows];
+        let out = {
+            let _scope = OpScope::begin("rms_norm", || OpInfo {
+                input_shapes: vec![sx.clone(), vec![d]],
+                flops: 4 * (rows * d) as u64,
+                bytes: 4 * (2 * rows * d + d) as u64,
+            });
+            let (xd, gd) = (self.data(), gamma.data());
+            let (xs, gs) = (xd.as_slice().expect("std"), gd.as_slice().expect("std"));
+            let mut out = vec![0.0f32; rows * d];
+            for r in 0..rows {
+                rs[r] = rms_norm_row(&xs[r * d..(r + 1) * d], gs, eps, &mut out[r * d..(r + 1) * d]);
+            }
+            Array::from_shape_vec(IxDyn(&sx), out).expect("sized")
+        };
+        Ok(Tensor::from_op(out, &[self, gamma], "rms_norm", || {
+            let (x, gamma_t) = (self.clone(), gamma.clone());
+            Box::new(move |gout| {
+                let (xd, gd) = (x.data(), gamma_t.data());
+                let (xs, gs) = (xd.as_slice().expect("std"), gd.as_slice().expect("std"));
+                let go = gout.as_slice().expect("std");
+                let mut gx = vec![0.0f32; rows * d];
+                let mut ggamma = vec![0.0f32; d];
+                for r in 0..rows {
+                    let (xr, gr, rr) = (&xs[r * d..(r + 1) * d], &go[r * d..(r + 1) * d], rs[r]);
+                    // y_i = γ_i·r·x_i, r = (Σx²/n + eps)^(−1/2), ∂r/∂x_j = −r³·x_j/n:
+                    // dx_j = r·g_jγ_j − r³·x_j·(Σ_i g_iγ_i x_i)/n.
+                    let dot: f32 = (0..d).map(|i| gr[i] * gs[i] * xr[i]).sum();
+                    let k = rr * rr * rr * dot / d as f32;
+                    for i in 0..d {
+                        gx[r * d + i] = rr * gr[i] * gs[i] - k * xr[i];
+                        ggamma[i] += gr[i] * rr * xr[i];
+                    }
+                }
+                vec![
+                    Some(Array::from_shape_vec(IxDyn(&sx), gx).expect("sized")),
+                    Some(Array::from_shape_vec(IxDyn(&[d]), ggamma).expect("sized")),
+                ]
+            })
+        }))
+    }
+
+    /// Rotary position embeddings on `[batch, seq, heads, head_dim]`: the vector of each
+    /// (batch, position `t`, head) turned to position `start + t` by `table`. Its gradient turns
+    /// back (a rotation's transpose is its inverse).
+    ///
+    /// # Errors
+    /// Not 4-d, a last dim other than the table's head_dim, or positions past the table.
+    pub fn rope(&self, table: &std::sync::Arc<RopeTable>, start: usize) -> Result<Tensor> {
+        let s = self.shape();
+        if s.len() != 4 || s[3] != table.head_dim() {
+            return Err(TensorError::invalid_shape(
+                "rope",
+                &s,
+                format!("expected [batch, seq, heads, {}]", table.head_dim()),
+            ));
+        }
+        let (seq, heads, hd) = (s[1], s[2], s[3]);
+        if start.checked_add(seq).is_none_or(|end| end > table.positions()) {
+            return Err(TensorError::arg(
+                "rope",
+                format!("positions {start}..{start}+{seq} pass the table's {}", table.positions()),
+            ));
+        }
+        let table = table.clone();
+        let turn = move |a: &Array, inverse: bool| -> Array {
+            let mut out = a.as_standard_layout().into_owned();
+            let v = out.as_slice_mut().expect("standard layout");
+            for (n, head) in v.chunks_exact_mut(hd).enumerate() {
+                table.rotate(head, start + (n / heads) % seq, inverse);
+            }
+            out
+        };
+        let out = {
+            let _scope = OpScope::begin("rope", || elementwise_info(&[&s], self.numel(), 6));
+            turn(&self.data(), false)
+        };
+        Ok(Tensor::from_op(out, &[self], "rope", || Box::new(move |g| vec![Some(turn(g, true))])))
     }
 }
