@@ -57,8 +57,9 @@ pub struct Llama2cTokenizer {
 impl Llama2cTokenizer {
     /// Reads `path` as a `tokenizer.bin` of `vocab_size` tokens (the checkpoint's vocabulary size).
     ///
-    /// The header is checked against the file's length before the file is read, so a corrupt
-    /// header cannot make this allocate more than the file holds.
+    /// The header is checked against the file's length before the file is read: a file longer
+    /// than `vocab_size` tokens of `max_token_length` bytes can be is refused unread, so a wrong
+    /// path cannot make this read a huge file.
     ///
     /// # Errors
     /// [`ModelError::Io`] if the file cannot be read; [`ModelError::Format`] for everything
@@ -70,7 +71,18 @@ impl Llama2cTokenizer {
         let file_len = file.metadata().map_err(io)?.len();
         let mut header = Vec::with_capacity(4);
         (&mut file).take(4).read_to_end(&mut header).map_err(io)?;
-        check_layout(&header, file_len, vocab_size, path)?;
+        let max_token_length = check_layout(&header, file_len, vocab_size, path)?;
+        // Both factors are capped (2^22 tokens, 2^16 bytes), so this cannot overflow.
+        let longest = 4 + vocab_size as u64 * (TOKEN_HEADER + max_token_length) as u64;
+        if file_len > longest {
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "{file_len} bytes is more than {vocab_size} tokens of at most {max_token_length} bytes can \
+                     take ({longest}): trailing bytes, or the tokenizer of another model"
+                ),
+            ));
+        }
         let mut bytes = header;
         file.read_to_end(&mut bytes).map_err(io)?;
         Self::from_bytes(&bytes, vocab_size, path)
@@ -322,7 +334,8 @@ pub fn synthetic_pieces(merges: &[(&str, f32)]) -> Vec<(Vec<u8>, f32)> {
 }
 
 /// Checks `vocab_size`, the header (`max_token_length`, returned) and that a file of `file_len`
-/// bytes can hold `vocab_size` tokens of at most `max_token_length` bytes each.
+/// bytes has room for the fixed fields of `vocab_size` tokens, so tables of `vocab_size` entries
+/// are no larger than the file.
 fn check_layout(header: &[u8], file_len: u64, vocab_size: usize, label: &Path) -> Result<usize> {
     let fail = |reason: String| ModelError::format(label, reason);
     if !(BOS.max(EOS) < vocab_size && vocab_size <= MAX_VOCAB_SIZE) {
@@ -338,19 +351,11 @@ fn check_layout(header: &[u8], file_len: u64, vocab_size: usize, label: &Path) -
         .ok()
         .filter(|n| (1..=MAX_TOKEN_LENGTH).contains(n))
         .ok_or_else(|| fail(format!("max_token_length {max_token_length} is not in 1..={MAX_TOKEN_LENGTH}")))?;
-    // Both bounds fit a u64: vocab_size <= 2^22 and max_token_length <= 2^16.
-    let tokens = vocab_size as u64;
-    let shortest = 4 + tokens * TOKEN_HEADER as u64;
-    let longest = 4 + tokens * (TOKEN_HEADER + max_token_length) as u64;
+    // vocab_size <= 2^22, so this cannot overflow.
+    let shortest = 4 + vocab_size as u64 * TOKEN_HEADER as u64;
     if file_len < shortest {
         return Err(fail(format!(
             "truncated: {file_len} bytes cannot hold {vocab_size} tokens (at least {shortest} bytes)"
-        )));
-    }
-    if file_len > longest {
-        return Err(fail(format!(
-            "{file_len} bytes is more than {vocab_size} tokens of at most {max_token_length} bytes can take \
-             ({longest}): trailing bytes, or the tokenizer of another model"
         )));
     }
     Ok(max_token_length)
