@@ -15,17 +15,17 @@
 //!    `build_tokenizer(&t, argv[1], atoi(argv[2]))`, then reads stdin lines `bos eos HEX`
 //!    (`HEX`: the text's UTF-8 bytes in hex, `-` for the empty text), decodes the hex into a
 //!    NUL-terminated buffer, calls `encode(&t, buf, bos, eos, tokens, &n)` (tokens sized
-//!    `strlen + 3`) and prints the `n` ids on one line; after the last line it prints, for `prev`
+//!    the text's length + 3) and prints the `n` ids on one line; after the last line it prints, for `prev`
 //!    in 0 and 1 and every token id, `prev id HEX` with `HEX` the bytes of
 //!    `decode(&t, prev, id)` up to its NUL.
-//! 3. `gcc -O2 -o harness harness.c -lm` (gcc 12), then
+//! 3. `gcc -O2 -o harness harness.c -lm` (gcc 12.2, glibc 2.36: decode relies on its `sscanf`), then
 //!    `./harness llama2c_tokenizer.bin <vocab_size>` with one input line per `encode` case of the
 //!    JSON (its `text`, `bos` and `eos`), the vocab size being the number of entries of
 //!    [`fixture_pieces`].
-//! 4. A short script put each case's printed ids into its `ids`, and each decode line into
-//!    `decode` as `{prev, token, bytes}`.
+//! 4. A short Python script put each case's printed ids into its `ids`, each decode line into
+//!    `decode` as `{prev, token, bytes}`, and the commit and vocab size beside them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tt_models::llama2c::tokenizer::{safe_piece, synthetic_pieces, write, Llama2cTokenizer};
 use tt_models::ModelError;
@@ -104,15 +104,10 @@ fn max_len(pieces: &[(Vec<u8>, f32)]) -> usize {
     pieces.iter().map(|(p, _)| p.len()).max().unwrap_or(1)
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tt-models-llama2c-tokenizer-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A tokenizer built from `pieces` through the file writer and loader.
-fn tokenizer_of(pieces: &[(Vec<u8>, f32)], name: &str) -> Llama2cTokenizer {
-    let path = temp_dir(name).join("tokenizer.bin");
+fn tokenizer_of(pieces: &[(Vec<u8>, f32)]) -> Llama2cTokenizer {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.bin");
     write(&path, pieces, max_len(pieces)).unwrap();
     Llama2cTokenizer::load(&path, pieces.len()).unwrap()
 }
@@ -136,7 +131,7 @@ fn plain() -> Llama2cTokenizer {
         ("hello", -0.5),
         (" hello", -0.25),
     ];
-    tokenizer_of(&synthetic_pieces(&merges), "plain")
+    tokenizer_of(&synthetic_pieces(&merges))
 }
 
 fn id_of(tok: &Llama2cTokenizer, piece: &str) -> usize {
@@ -149,8 +144,8 @@ fn fixture_file_is_what_the_writer_writes() {
     if std::env::var_os("LLAMA2C_TOKENIZER_REGEN").is_some() {
         write(Path::new(FIXTURE_BIN), &pieces, max_len(&pieces)).unwrap();
     }
-    let dir = temp_dir("regen");
-    let path = dir.join("tokenizer.bin");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.bin");
     write(&path, &pieces, max_len(&pieces)).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(FIXTURE_BIN).unwrap());
 }
@@ -283,13 +278,13 @@ fn safe_piece_drops_lone_unprintable_bytes_as_run_c_does() {
 #[test]
 fn encode_errors_instead_of_indexing_out_of_bounds() {
     // No " " piece: run.c would push id -1.
-    let no_space = tokenizer_of(&synthetic_pieces(&[("a", -1.0)]), "no-space");
+    let no_space = tokenizer_of(&synthetic_pieces(&[("a", -1.0)]));
     let err = no_space.encode("a", false, false).unwrap_err().to_string();
     assert!(err.contains("dummy prefix"), "{err}");
     // Too few tokens for byte fallback.
     let pieces: Vec<(Vec<u8>, f32)> =
         ["<unk>", "<s>", "</s>", " ", "a"].iter().map(|p| (p.as_bytes().to_vec(), 0.0)).collect();
-    let small = tokenizer_of(&pieces, "small");
+    let small = tokenizer_of(&pieces);
     assert_eq!(small.encode("a", true, false).unwrap(), [1, 3, 4]);
     let err = small.encode("b", false, false).unwrap_err().to_string();
     assert!(err.contains("byte fallback") && err.contains("101"), "{err}");
@@ -377,8 +372,8 @@ fn hostile_files_are_refused_with_the_field_named() {
 
 #[test]
 fn load_checks_the_header_against_the_file_and_names_the_path() {
-    let dir = temp_dir("load");
-    let path = dir.join("t.bin");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.bin");
     std::fs::write(&path, file_bytes(5, &good_tokens())).unwrap();
     assert_eq!(Llama2cTokenizer::load(&path, 5).unwrap().vocab_size(), 5);
     let err = Llama2cTokenizer::load(&path, 1000).unwrap_err().to_string();
@@ -389,14 +384,14 @@ fn load_checks_the_header_against_the_file_and_names_the_path() {
     std::fs::write(&path, huge).unwrap();
     let err = Llama2cTokenizer::load(&path, 5).unwrap_err().to_string();
     assert!(err.contains("more than 5 tokens of at most 5 bytes"), "{err}");
-    let err = Llama2cTokenizer::load(&dir.join("missing.bin"), 5).unwrap_err();
+    let err = Llama2cTokenizer::load(&dir.path().join("missing.bin"), 5).unwrap_err();
     assert!(matches!(err, ModelError::Io { .. }), "{err:?}");
 }
 
 #[test]
 fn the_writer_refuses_what_the_loader_would() {
-    let dir = temp_dir("writer");
-    let path = dir.join("bad.bin");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.bin");
     let mut pieces = synthetic_pieces(&[(" ", 0.0)]);
     let err = write(&path, &pieces, 3).unwrap_err().to_string();
     assert!(err.contains("max_token_length 3"), "{err}");

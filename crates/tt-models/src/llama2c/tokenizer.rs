@@ -225,16 +225,19 @@ impl Llama2cTokenizer {
     /// Merges `tokens` as `run.c` does: repeatedly the adjacent pair whose concatenation is the
     /// best-scoring piece (strictly above [`NO_MERGE_SCORE`], the leftmost of equals). BOS takes
     /// part, as in `run.c`.
+    ///
+    /// A pair's merge depends only on its two tokens, so each pair is looked up once and only the
+    /// two pairs beside a merge are looked up again, where `run.c` looks up every pair on every
+    /// pass; the choices are the same.
     fn merge(&self, tokens: &mut Vec<usize>) {
-        let mut pair = Vec::new();
+        let mut scratch = Vec::new();
+        let mut merges: Vec<Option<usize>> =
+            tokens.windows(2).map(|pair| self.merged(pair[0], pair[1], &mut scratch)).collect();
         loop {
             let mut best_score = NO_MERGE_SCORE;
             let mut best = None;
-            for (i, window) in tokens.windows(2).enumerate() {
-                pair.clear();
-                pair.extend_from_slice(&self.pieces[window[0]]);
-                pair.extend_from_slice(&self.pieces[window[1]]);
-                if let Some(&id) = self.ids.get(&pair[..]) {
+            for (i, id) in merges.iter().enumerate() {
+                if let Some(id) = *id {
                     if self.scores[id] > best_score {
                         best_score = self.scores[id];
                         best = Some((i, id));
@@ -244,7 +247,22 @@ impl Llama2cTokenizer {
             let Some((i, id)) = best else { return };
             tokens[i] = id;
             tokens.remove(i + 1);
+            merges.remove(i);
+            if i > 0 {
+                merges[i - 1] = self.merged(tokens[i - 1], id, &mut scratch);
+            }
+            if i + 1 < tokens.len() {
+                merges[i] = self.merged(id, tokens[i + 1], &mut scratch);
+            }
         }
+    }
+
+    /// The id of the piece `left`'s and `right`'s pieces concatenate to, if there is one.
+    fn merged(&self, left: usize, right: usize, scratch: &mut Vec<u8>) -> Option<usize> {
+        scratch.clear();
+        scratch.extend_from_slice(&self.pieces[left]);
+        scratch.extend_from_slice(&self.pieces[right]);
+        self.ids.get(&scratch[..]).copied()
     }
 
     /// The bytes `run.c`'s `decode` gives for `token` following `prev`: after BOS a leading space
