@@ -367,13 +367,14 @@ fn writers_refuse_what_the_format_cannot_hold() {
 }
 
 #[test]
-fn a_missing_file_is_an_io_error_naming_it() {
+fn a_missing_file_or_a_directory_is_a_clear_error() {
     let dir = scratch();
     let path = dir.path().join("absent.bin");
     match read(&path) {
         Err(e @ ModelError::Io { .. }) => assert!(e.to_string().contains("absent.bin")),
         other => panic!("expected an I/O error, got {other:?}"),
     }
+    assert!(format_error(read(dir.path())).contains("not a regular file"));
 }
 
 /// One checkpoint a fixture was generated from (see the fixtures' `description`).

@@ -16,10 +16,10 @@
 //!   `group` values along a row): the token table, wq, wk, wv, wo, w1, w2, w3 (each for all
 //!   layers), and the output head when not shared.
 //!
-//! Reading checks the whole header, computes the exact file length it implies with checked
-//! arithmetic and compares it with the file's before allocating a tensor; the tensors are then
-//! streamed into their final vectors (no second copy of the file) and checked for NaN and
-//! infinity. llama2.c models rotate interleaved RoPE pairs with θ = 10000 and ε = 1e-5.
+//! Reading checks every header field (not version 2's zero padding, which `runq.c` ignores too),
+//! computes the exact file length they imply with checked arithmetic and compares it with the
+//! file's before allocating a tensor; the tensors are then streamed into their final vectors (no
+//! second copy of the file) and checked for NaN and infinity. llama2.c models rotate interleaved RoPE pairs with θ = 10000 and ε = 1e-5.
 
 use std::io::Read;
 use std::path::Path;
@@ -71,13 +71,17 @@ struct Header {
 /// # Errors
 ///
 /// [`ModelError::Io`] when the file cannot be opened or read; [`ModelError::Format`], naming the
-/// field or tensor, when the header is invalid (a size zero, negative or beyond the bounds above,
+/// field or tensor, when the path is not a regular file, when the header is invalid (a size zero, negative or beyond the bounds above,
 /// heads not dividing `dim`, key/value heads not dividing the heads, an odd head size, a version
 /// other than 2, a group size not dividing `dim` and `hidden_dim`), when the file's length is not
 /// exactly the one the header implies, or when a weight or scale is NaN, infinite or (a scale)
 /// negative.
 pub fn read(path: &Path) -> Result<LlamaWeights> {
     let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    // Checked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(ModelError::format(path, "not a regular file"));
+    }
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     parse(std::io::BufReader::new(file), len, path)
