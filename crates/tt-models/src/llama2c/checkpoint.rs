@@ -71,11 +71,11 @@ struct Header {
 /// # Errors
 ///
 /// [`ModelError::Io`] when the file cannot be opened or read; [`ModelError::Format`], naming the
-/// field or tensor, when the path is not a regular file, when the header is invalid (a size zero, negative or beyond the bounds above,
-/// heads not dividing `dim`, key/value heads not dividing the heads, an odd head size, a version
-/// other than 2, a group size not dividing `dim` and `hidden_dim`), when the file's length is not
-/// exactly the one the header implies, or when a weight or scale is NaN, infinite or (a scale)
-/// negative.
+/// field or tensor, when the path is not a regular file, when the header is invalid (a size zero,
+/// negative or beyond the bounds above, heads not dividing `dim`, key/value heads not dividing the
+/// heads, an odd head size, a version other than 2, a group size not dividing `dim` and
+/// `hidden_dim`), when the file's length is not exactly the one the header implies, or when a
+/// weight or scale is NaN, infinite or (a scale) negative.
 pub fn read(path: &Path) -> Result<LlamaWeights> {
     let io = |source| ModelError::Io { path: path.to_path_buf(), source };
     // Checked before opening: opening a FIFO would wait for a writer.
