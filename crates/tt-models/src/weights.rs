@@ -2,14 +2,7 @@
 //! [`LlamaWeights`], and one function turns it into the model. Matrices are `[out, in]` row-major
 //! (PyTorch's `nn.Linear` layout, which both formats store).
 
-/// Which pairs of a head's dimensions rotary embeddings rotate together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopePairs {
-    /// `(2i, 2i+1)`: llama2.c and Meta's original checkpoints.
-    Interleaved,
-    /// `(i, i + head_dim/2)`: Hugging Face's `LlamaForCausalLM` (its q/k rows are permuted to it).
-    HalfSplit,
-}
+pub use tt_transformer::model::RopePairs;
 
 /// A Llama model's hyper-parameters, as a checkpoint states them.
 #[derive(Debug, Clone, PartialEq)]
