@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod llama2c;
+pub mod model;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -3,12 +3,15 @@
 //! tensor; and the checkpoints the `llama2c_run_c.json` / `llama2c_runq_c.json` fixtures were
 //! generated from are regenerated bit for bit from their seeds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::Deserialize;
 use tt_models::llama2c::checkpoint::{read, read_bytes, write_legacy, write_q80};
 use tt_models::weights::{LlamaParams, LlamaWeights, Matrix, RopePairs};
 use tt_models::ModelError;
+
+#[path = "common/llama2c_fixture.rs"]
+mod llama2c_fixture;
+use llama2c_fixture::{fixture_path, write_fixture_checkpoint, Fixture};
 
 fn params(n_kv_heads: usize, tied: bool) -> LlamaParams {
     LlamaParams {
@@ -378,65 +381,6 @@ fn a_missing_file_or_a_directory_is_a_clear_error() {
 }
 
 /// One checkpoint a fixture was generated from (see the fixtures' `description`).
-#[derive(Deserialize)]
-struct FixtureCase {
-    name: String,
-    format: String,
-    group_size: Option<usize>,
-    params: FixtureParams,
-    seed: u64,
-    std: f32,
-    checkpoint_bytes: u64,
-    checkpoint_sha256: String,
-}
-
-#[derive(Deserialize)]
-struct FixtureParams {
-    dim: usize,
-    hidden_dim: usize,
-    n_layers: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    vocab_size: usize,
-    seq_len: usize,
-    tied: bool,
-}
-
-#[derive(Deserialize)]
-struct Fixture {
-    cases: Vec<FixtureCase>,
-}
-
-fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// Writes `case`'s checkpoint into `dir`, returning its path.
-fn write_fixture_checkpoint(case: &FixtureCase, dir: &Path) -> PathBuf {
-    let p = &case.params;
-    let params = LlamaParams {
-        dim: p.dim,
-        hidden_dim: p.hidden_dim,
-        n_layers: p.n_layers,
-        n_heads: p.n_heads,
-        n_kv_heads: p.n_kv_heads,
-        vocab_size: p.vocab_size,
-        seq_len: p.seq_len,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_pairs: RopePairs::Interleaved,
-        tied: p.tied,
-    };
-    let weights = LlamaWeights::random(params, case.seed, case.std).unwrap();
-    let path = dir.join(format!("{}.bin", case.name));
-    match (case.format.as_str(), case.group_size) {
-        ("legacy", None) => write_legacy(&path, &weights).unwrap(),
-        ("q80", Some(group)) => write_q80(&path, &weights, group).unwrap(),
-        (f, g) => panic!("{}: unknown format {f} with group size {g:?}", case.name),
-    }
-    path
-}
-
 /// The fixtures' checkpoints regenerate from their seeds to the very bytes `run.c`/`runq.c` read.
 /// With `TT_L2C_FIXTURE_DIR` set, they are kept there (how the fixtures were made).
 #[test]
@@ -459,15 +403,6 @@ fn fixture_checkpoints_regenerate_bit_for_bit() {
         }
     }
     assert!(wrong.is_empty(), "regenerated checkpoints differ from the fixtures':\n{}", wrong.join("\n"));
-}
-
-/// The outcome the fixtures record for one case.
-#[derive(Deserialize)]
-struct FixtureOutcome {
-    name: String,
-    prompt: Vec<usize>,
-    generated: Vec<usize>,
-    top2_gaps: Vec<f32>,
 }
 
 /// A plain transcription of `run.c`'s (and, with `quantize_activations`, `runq.c`'s) forward pass
@@ -595,10 +530,8 @@ fn the_reader_feeds_a_run_c_transcription_the_fixture_ids() {
     for (file, quantized) in [("llama2c_run_c.json", false), ("llama2c_runq_c.json", true)] {
         let text = std::fs::read_to_string(fixture_path(file)).unwrap();
         let cases: Fixture = serde_json::from_str(&text).unwrap();
-        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let outcomes: Vec<FixtureOutcome> = serde_json::from_value(value["cases"].clone()).unwrap();
-        for (case, outcome) in cases.cases.iter().zip(&outcomes) {
-            assert_eq!(case.name, outcome.name);
+        for case in &cases.cases {
+            let outcome = case;
             let w = read(&write_fixture_checkpoint(case, dir.path())).unwrap();
             let got = reference_decode(&w, &outcome.prompt, outcome.generated.len(), quantized);
             let ids: Vec<usize> = got.iter().map(|g| g.0).collect();

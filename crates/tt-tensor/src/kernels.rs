@@ -633,7 +633,7 @@ impl RopeTable {
     /// An odd or zero `head_dim`, a `theta` that is not finite and > 1, or a table larger than
     /// `positions · head_dim / 2` values can hold.
     pub fn new(positions: usize, head_dim: usize, theta: f32, pairs: RopePairs) -> crate::Result<RopeTable> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(crate::TensorError::arg("RopeTable", format!("head_dim {head_dim} must be even and > 0")));
         }
         if !(theta.is_finite() && theta > 1.0) {

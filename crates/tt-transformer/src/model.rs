@@ -454,7 +454,7 @@ impl CausalSelfAttention {
     fn rotate_and_share(&self, qkv: &Tensor) -> Result<Tensor> {
         let s = qkv.shape();
         let (b, t, (h, kvh)) = (s[0], s[1], (self.n_heads, self.n_kv_heads));
-        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || s[2] % (h + 2 * kvh) != 0 {
+        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || !s[2].is_multiple_of(h + 2 * kvh) {
             return Err(TransformerError::Config(format!(
                 "qkv width {} does not hold {h} query and 2 × {kvh} key/value heads",
                 s[2]
