@@ -1,6 +1,7 @@
 //! `tito`: the course CLI. Thin by design: module tests run through cargo, milestones live in
 //! the `milestones` library. Bad input prints one `tito: error: ...` line and exits non-zero.
 
+mod models;
 mod modules;
 mod report;
 
@@ -25,6 +26,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Continue a prompt with any model (`--model`: a checkpoint unit, a llama2.c .bin, a Hugging
+    /// Face directory; default the course GPT), streaming the text; rates go to stderr.
+    Generate(models::GenerateArgs),
+    /// Save a model in int8 or int4 as a checkpoint unit.
+    Quantize(models::QuantizeArgs),
+    /// Prune a model (MLP units, heads, or smallest weights) and save it as a checkpoint unit.
+    Prune(models::PruneArgs),
+    /// Prefill and decode rates and peak memory of a model, as JSON.
+    Bench(models::BenchArgs),
+    /// Parameters, FLOPs per token, memory and one decode step's per-op profile of a model.
+    Profile(models::ProfileArgs),
     /// Run the tests of course modules (e.g. `tito test 05 09`, `tito test all`).
     Test {
         /// Module numbers (01-19) or `all`.
@@ -106,6 +118,13 @@ enum Cmd {
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tito lives in the workspace").to_path_buf()
+}
+
+fn verb(name: &str, r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("{name}: {e}")),
+    }
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -198,6 +217,11 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status => status(),
+        Cmd::Generate(a) => verb("generate", models::generate(&a)),
+        Cmd::Quantize(a) => verb("quantize", models::quantize(&a)),
+        Cmd::Prune(a) => verb("prune", models::prune(&a)),
+        Cmd::Bench(a) => verb("bench", models::bench(&a)),
+        Cmd::Profile(a) => verb("profile", models::profile(&a)),
     }
 }
 

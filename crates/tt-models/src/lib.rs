@@ -13,6 +13,7 @@
 pub mod error;
 pub mod llama2c;
 pub mod model;
+pub mod open;
 pub mod weights;
 
 pub use error::{ModelError, Result};

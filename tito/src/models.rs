@@ -1,0 +1,365 @@
+//! The verbs that work on any model (`--model PATH`: a checkpoint unit of this project, a llama2.c
+//! `.bin`, a Hugging Face directory), or on the course GPT when no model is named (trained on
+//! first use, as the milestones do): `generate`, `quantize`, `prune`, `bench`, `profile`.
+//!
+//! Each is a few lines over the libraries: `tt_models::open` opens, tt-quant / tt-compress
+//! transform, tt-kvcache's `CachedGpt` decodes, tt-profile measures.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use tt_kvcache::{CachedGpt, OverflowPolicy};
+use tt_models::open::Opened;
+use tt_tensor::Module;
+use tt_transformer::generate::{generate_traced, Event, GenerateConfig, Sampling};
+use tt_transformer::Gpt;
+
+/// Where the model comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A checkpoint unit directory, a llama2.c .bin or a Hugging Face directory (default: the
+    /// course GPT, trained on first use).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// A llama2.c tokenizer.bin (default: tokenizer.bin beside the model).
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// The weight format to run or save in.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// As stored.
+    F32,
+    /// Symmetric int8 per output channel, dynamic activations (tt-quant).
+    Int8,
+    /// Symmetric int4 in groups of 32 with f16 scales (tt-quant).
+    Int4,
+}
+
+/// Opens the model `args` names, or the course GPT.
+pub fn open(args: &ModelArgs) -> Result<Opened, String> {
+    match &args.model {
+        Some(p) => tt_models::open::open(p, args.tokenizer.as_deref()).map_err(|e| e.to_string()),
+        None => {
+            let opts = milestones::Options { quiet: false, ..Default::default() };
+            let (model, tok, _, _) = milestones::transformer::load_or_train(&opts).map_err(|e| e.to_string())?;
+            Ok(Opened { model, codec: tt_models::open::course_codec(tok), format: "course GPT" })
+        }
+    }
+}
+
+/// Puts every projection and the token table of `model` in `weights` (f32: unchanged), then
+/// releases the f32 copies: the format is what the process holds.
+pub fn convert(model: &mut Gpt, weights: Weights) -> Result<(), String> {
+    use std::sync::Arc;
+    use tt_quant::{Activations, Int4Linear, Int8Linear, WeightConfig};
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    match weights {
+        Weights::F32 => return Ok(()),
+        Weights::Int8 => {
+            tt_quant::quantize_dynamic(model, WeightConfig::PER_CHANNEL).map_err(|x| e(&x))?;
+            tt_quant::quantize_embeddings(model, &|t| {
+                Ok(Arc::new(Int8Linear::new(t, WeightConfig::PER_CHANNEL, Activations::Dynamic)?) as Arc<_>)
+            })
+            .map_err(|x| e(&x))?;
+        }
+        Weights::Int4 => {
+            tt_quant::quantize_int4(model, 32).map_err(|x| e(&x))?;
+            tt_quant::quantize_embeddings(model, &|t| Ok(Arc::new(Int4Linear::new(t, 32)?) as Arc<_>))
+                .map_err(|x| e(&x))?;
+        }
+    }
+    tt_tensor::nn::freeze(model).map_err(|x| e(&x))?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to continue.
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 is greedy (arg-max).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches P.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub weights: Weights,
+}
+
+/// A KV-cached decoder for `model`, sized for `positions`, with tt-accel's fused row kernels.
+fn engine(model: &Gpt, positions: usize) -> Result<CachedGpt, String> {
+    let context = positions.clamp(1, model.config.max_seq_len);
+    let mut engine = CachedGpt::with_context(model, 1, OverflowPolicy::Error, context).map_err(|e| e.to_string())?;
+    engine.set_row_kernels(tt_accel::fused::row_kernels());
+    Ok(engine)
+}
+
+/// `tito generate`: the prompt's continuation on stdout as it is produced, the rates on stderr.
+pub fn generate(a: &GenerateArgs) -> Result<(), String> {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        return Err(format!("--temperature {} must be a finite number >= 0", a.temperature));
+    }
+    if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        return Err(format!("--top-p {p} must be in (0, 1]"));
+    }
+    let Opened { mut model, codec, format } = open(&a.model)?;
+    convert(&mut model, a.weights)?;
+    let prompt = codec.encode_prompt(&a.prompt).map_err(|e| e.to_string())?;
+    let max_seq = model.config.max_seq_len;
+    if prompt.is_empty() || prompt.len() >= max_seq {
+        return Err(format!("the prompt is {} tokens; this model's context is {max_seq}", prompt.len()));
+    }
+    let max_tokens = a.max_tokens.min(max_seq - prompt.len());
+    let mut engine = engine(&model, prompt.len() + max_tokens)?;
+    let sampling = if a.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Sample { temperature: a.temperature, top_k: None, top_p: a.top_p }
+    };
+    let cfg = GenerateConfig { max_new_tokens: max_tokens, sampling, seed: a.seed, stop_tokens: codec.stop_tokens() };
+    let mut out = std::io::stdout().lock();
+    let mut prev = *prompt.last().expect("non-empty");
+    let mut failed = None;
+    let (start, mut first) = (Instant::now(), None);
+    let trace = generate_traced(&mut engine, &[&prompt], &cfg, &mut |ev| match ev {
+        Event::Token { token, .. } => {
+            if failed.is_none() {
+                match codec.piece(prev, token) {
+                    Ok(bytes) => {
+                        let _ = out.write_all(&bytes).and_then(|_| out.flush());
+                    }
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+            prev = token;
+        }
+        Event::First => first = Some(start.elapsed().as_secs_f64()),
+        Event::Finished { .. } => {}
+    })
+    .map_err(|e| e.to_string())?;
+    let _ = writeln!(out);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let n = trace.tokens[0].len();
+    let decode: f64 = trace.step_seconds.iter().skip(1).sum();
+    eprintln!(
+        "{format} model, {} weights: {} prompt tokens in {:.1} ms; {n} tokens, {:.1} tok/s decoding",
+        name(a.weights),
+        prompt.len(),
+        1e3 * first.unwrap_or(0.0),
+        (n.saturating_sub(1)) as f64 / decode.max(f64::MIN_POSITIVE)
+    );
+    Ok(())
+}
+
+fn name(w: Weights) -> &'static str {
+    match w {
+        Weights::F32 => "f32",
+        Weights::Int8 => "int8",
+        Weights::Int4 => "int4",
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The checkpoint unit to write (`tito generate --model DIR` reads it).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, value_enum)]
+    pub weights: Weights,
+}
+
+/// `tito quantize`: the model in int8 or int4, saved as a checkpoint unit with its tokenizer.
+pub fn quantize(a: &QuantizeArgs) -> Result<(), String> {
+    if a.weights == Weights::F32 {
+        return Err("--weights must be int8 or int4 (f32 is the model as it is)".into());
+    }
+    refuse_overwrite_of_another_kind(&a.out)?;
+    let Opened { mut model, codec, format } = open(&a.model)?;
+    let before: usize = model.parameters().iter().map(|t| 4 * t.numel()).sum();
+    convert(&mut model, a.weights)?;
+    tt_models::open::save(&mut model, codec.as_ref(), name(a.weights), &a.out).map_err(|e| e.to_string())?;
+    let bytes = dir_bytes(&a.out);
+    eprintln!(
+        "{format} model in {}: {} (f32: {:.1} MB; the checkpoint: {:.1} MB on disk)",
+        name(a.weights),
+        a.out.display(),
+        before as f64 / 1e6,
+        bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Writing a unit replaces one; anything else in the way is not ours to replace.
+fn refuse_overwrite_of_another_kind(out: &Path) -> Result<(), String> {
+    if out.exists() && !(out.is_dir() && tt_tensor::serialize::unit_exists(out)) && !is_empty_dir(out) {
+        return Err(format!("{}: exists and is not a checkpoint unit; choose another --out", out.display()));
+    }
+    Ok(())
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// How a model is pruned (module 18's methods).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneMethod {
+    /// Remove whole MLP units (structured: the model gets smaller and faster).
+    Mlp,
+    /// Remove whole attention heads (structured; multi-head blocks only).
+    Heads,
+    /// Zero the smallest weights of every linear layer (unstructured: same shape, sparse values).
+    Magnitude,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "mlp")]
+    pub method: PruneMethod,
+    /// The fraction removed, in [0, 1).
+    #[arg(long, default_value_t = 0.5)]
+    pub amount: f64,
+}
+
+/// `tito prune`: a structured or unstructured pruning of the model, saved as a checkpoint unit.
+pub fn prune(a: &PruneArgs) -> Result<(), String> {
+    if !(0.0..1.0).contains(&a.amount) {
+        return Err(format!("--amount {} must be in [0, 1)", a.amount));
+    }
+    refuse_overwrite_of_another_kind(&a.out)?;
+    let Opened { mut model, codec, format } = open(&a.model)?;
+    // Pruning rewrites weights: they must be dense f32 (a loaded model's are inference-only).
+    tt_tensor::nn::thaw(&model);
+    let before = model.num_parameters();
+    let e = |e: tt_compress::CompressError| e.to_string();
+    match a.method {
+        PruneMethod::Mlp => drop(tt_compress::structured::prune_gpt_mlp(&mut model, a.amount).map_err(e)?),
+        PruneMethod::Heads => drop(tt_compress::structured::prune_gpt_heads(&mut model, a.amount).map_err(e)?),
+        PruneMethod::Magnitude => {
+            let names: Vec<String> = tt_tensor::nn::linears(&model).into_iter().map(|(n, _)| n).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut p = tt_compress::prune::Pruning::default();
+            p.magnitude(&mut model, &names, a.amount).map_err(e)?;
+            p.make_permanent(&mut model).map_err(e)?;
+        }
+    }
+    tt_models::open::save(&mut model, codec.as_ref(), "f32-pruned", &a.out).map_err(|e| e.to_string())?;
+    eprintln!(
+        "{format} model pruned ({:?}, {:.0}%): {before} → {} parameters; saved to {}",
+        a.method,
+        100.0 * a.amount,
+        model.num_parameters(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub weights: Weights,
+    /// Prompt tokens for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    pub prefill: usize,
+    /// Tokens decoded.
+    #[arg(long, default_value_t = 128)]
+    pub decode: usize,
+}
+
+/// `tito bench`: prefill and decode rates of the cached decoder (one thread, batch 1) and the
+/// process's peak resident memory, as JSON on stdout.
+pub fn bench(a: &BenchArgs) -> Result<(), String> {
+    let Opened { mut model, format, .. } = open(&a.model)?;
+    convert(&mut model, a.weights)?;
+    let (v, max) = (model.config.vocab_size, model.config.max_seq_len);
+    let prefill = a.prefill.clamp(1, max - 1);
+    let decode = a.decode.min(max - prefill);
+    let ids: Vec<usize> = (0..prefill).map(|i| (i * 7919 + 13) % v).collect();
+    let mut engine = engine(&model, prefill + decode)?;
+    let t = Instant::now();
+    engine.prefill(&ids, prefill).map_err(|e| e.to_string())?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let mut next = ids[prefill - 1];
+    let t = Instant::now();
+    for _ in 0..decode {
+        let logits = engine.decode_step(&[next]).map_err(|e| e.to_string())?;
+        next = (0..v).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "model": a.model.model.as_ref().map_or("course GPT".into(), |p| p.display().to_string()),
+        "format": format,
+        "weights": name(a.weights),
+        "parameters": model.num_parameters(),
+        "prefill_tokens": prefill,
+        "prefill_tok_s": prefill as f64 / prefill_s,
+        "decode_tokens": decode,
+        "decode_tok_s": decode as f64 / decode_s,
+        "peak_rss_bytes": milestones::child::proc_status_bytes("VmHWM"),
+        "level": tt_accel::level().name(),
+    });
+    println!("{}", serde_json::to_string_pretty(&summary).expect("JSON values serialize"));
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub weights: Weights,
+}
+
+/// `tito profile`: parameters, FLOPs per token, memory, and one decode step's per-op table with
+/// each op's roofline position (tt-profile).
+pub fn profile(a: &ProfileArgs) -> Result<(), String> {
+    let Opened { mut model, format, .. } = open(&a.model)?;
+    convert(&mut model, a.weights)?;
+    let c = &model.config;
+    let positions = c.max_seq_len.min(256);
+    let mut engine = engine(&model, positions)?;
+    let ids: Vec<usize> = (0..positions / 2).map(|i| (i * 7919 + 13) % c.vocab_size).collect();
+    engine.prefill(&ids, ids.len()).map_err(|e| e.to_string())?;
+    let weight_bytes: usize = engine.projection_formats().iter().map(|f| f.2).sum();
+    let (step, profile) = tt_profile::profiler::profile(|| engine.decode_step(&[ids[0]]).map(|_| ()));
+    step.map_err(|e| e.to_string())?;
+    println!("{format} model, {} weights", name(a.weights));
+    println!(
+        "parameters {}; FLOPs per token {} (one decode step at position {}); projections and head {:.1} MB; KV \
+         cache {:.1} MB for {positions} positions",
+        model.num_parameters(),
+        profile.forward_flops(),
+        ids.len(),
+        weight_bytes as f64 / 1e6,
+        engine.cache().memory_bytes() as f64 / 1e6
+    );
+    print!("{}", profile.table(tt_profile::profiler::SortBy::Time));
+    Ok(())
+}

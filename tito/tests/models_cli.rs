@@ -1,0 +1,116 @@
+//! The model verbs as a new user runs them, on a llama2.c checkpoint and tokenizer the test
+//! writes (random weights, a synthetic tokenizer): generate streams text and reports its rate on
+//! stderr; quantize and prune write units that generate reads back; bench prints JSON; profile
+//! prints the per-op table; bad flags and files are one-line errors.
+
+use std::path::Path;
+use std::process::Command;
+
+use tt_models::llama2c::{checkpoint, tokenizer};
+use tt_models::weights::{LlamaParams, LlamaWeights, RopePairs};
+
+fn tito(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tito")).args(args).output().expect("tito runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A llama2.c model and its tokenizer.bin beside it, in `dir`.
+fn write_model(dir: &Path) -> String {
+    let pieces = tokenizer::synthetic_pieces(&[(" ", -0.5), ("he", -1.0), ("ll", -2.0), ("hell", -3.0), ("o ", -4.0)]);
+    tokenizer::write(&dir.join("tokenizer.bin"), &pieces, 8).unwrap();
+    let params = LlamaParams {
+        dim: 64,
+        hidden_dim: 96,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: pieces.len(),
+        seq_len: 64,
+        norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_pairs: RopePairs::Interleaved,
+        tied: true,
+    };
+    let model = dir.join("model.bin");
+    checkpoint::write_legacy(&model, &LlamaWeights::random(params, 7, 0.3).unwrap()).unwrap();
+    model.display().to_string()
+}
+
+#[test]
+fn generate_quantize_prune_bench_and_profile_a_llama2c_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let args = ["generate", "--model", &model, "--prompt", "hello", "--max-tokens", "12"];
+    let (code, out, err) = tito(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("tok/s"), "the rate goes to stderr: {err}");
+    assert!(!out.contains("tok/s"), "stdout is the text alone: {out}");
+    // Greedy is deterministic; sampling is seeded.
+    assert_eq!(tito(&args).1, out);
+    let sampled =
+        |seed: &str| tito(&[&args[..], &["--temperature", "0.9", "--top-p", "0.9", "--seed", seed]].concat()).1;
+    assert_eq!(sampled("3"), sampled("3"));
+
+    for weights in ["int8", "int4"] {
+        let unit = dir.path().join(weights).display().to_string();
+        let (code, _, err) = tito(&["quantize", "--model", &model, "--out", &unit, "--weights", weights]);
+        assert_eq!(code, 0, "{err}");
+        let (code, text, err) = tito(&["generate", "--model", &unit, "--prompt", "hello", "--max-tokens", "12"]);
+        assert_eq!(code, 0, "{weights}: {err}");
+        assert!(!text.trim().is_empty() || err.contains("tok/s"), "{weights}");
+    }
+    let pruned = dir.path().join("pruned").display().to_string();
+    let (code, _, err) = tito(&["prune", "--model", &model, "--out", &pruned, "--amount", "0.5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("parameters"), "{err}");
+    assert_eq!(tito(&["generate", "--model", &pruned, "--prompt", "hello", "--max-tokens", "4"]).0, 0);
+
+    let (code, out, err) = tito(&["bench", "--model", &model, "--prefill", "16", "--decode", "8"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bench prints JSON");
+    for k in ["prefill_tok_s", "decode_tok_s", "peak_rss_bytes"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+    let (code, out, err) = tito(&["profile", "--model", &model, "--weights", "int8"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("FLOPs per token") && out.contains("linear"), "{out}");
+}
+
+#[test]
+fn bad_models_and_flags_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let other = dir.path().join("notes");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("mine.txt"), b"keep me").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["generate", "--model", junk.to_str().unwrap(), "--prompt", "x"], "junk.bin"),
+        (vec!["generate", "--model", "/nonexistent/model.bin", "--prompt", "x"], "no such file"),
+        (vec!["generate", "--model", &model, "--prompt", "x", "--temperature=-1"], "--temperature"),
+        (vec!["generate", "--model", &model, "--prompt", "x", "--top-p", "1.5"], "--top-p"),
+        (
+            vec!["quantize", "--model", &model, "--out", other.to_str().unwrap(), "--weights", "int8"],
+            "not a checkpoint unit",
+        ),
+        (vec!["prune", "--model", &model, "--out", "x", "--amount", "1.5"], "--amount"),
+    ];
+    for (args, needle) in cases {
+        let (code, _, err) = tito(&args);
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert_eq!(std::fs::read(other.join("mine.txt")).unwrap(), b"keep me", "nothing of the user's is touched");
+    // A llama2.c model without its tokenizer says where to put it.
+    std::fs::remove_file(dir.path().join("tokenizer.bin")).unwrap();
+    let (code, _, err) = tito(&["generate", "--model", &model, "--prompt", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--tokenizer"), "{err}");
+}
