@@ -15,6 +15,7 @@ pub mod classifier;
 pub mod cnn_digits;
 pub mod compression;
 pub mod kv_cache;
+pub mod llama;
 pub mod memory;
 pub mod mlp_digits;
 pub mod profile;
@@ -193,6 +194,14 @@ pub fn all() -> &'static [Milestone] {
             description:
                 "train the default GPT on the built-in Q/A corpus; perplexity and exact-match on unseen questions",
             run: transformer::run,
+        },
+        Milestone {
+            name: "llama",
+            models: &[],
+            uses: Uses { retrain: false, corpus: false },
+            module: "13",
+            description: "llama2.c checkpoints of the stories15M / stories110M shapes in the one decoder: f32, Q8_0 as int8, int4 decode and prefill tok/s with rooflines, beside run.c / runq.c when given",
+            run: llama::run,
         },
         Milestone {
             name: "kv_cache",

@@ -27,6 +27,11 @@ fn packed_projection_equals_the_dense_reference_at_every_level() {
                 let p = PackedF32::with_level(&w, level);
                 assert_eq!(p.level(), level);
                 assert_eq!(p.to_dense(), w, "packing round-trips exactly");
+                for o in 0..out_f {
+                    let mut row = vec![f32::NAN; in_f];
+                    p.dense_row(o, &mut row);
+                    assert_eq!(row, w.row(o).to_vec(), "row {o} of a packed table");
+                }
                 for rows in [1, 2, 3, 4, 5, 9] {
                     let x = random(rows * in_f, 7);
                     let b = random(out_f, 8);
