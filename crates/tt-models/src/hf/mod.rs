@@ -48,7 +48,7 @@ pub fn load(dir: &Path) -> Result<(LlamaWeights, HfTokenizer)> {
 /// this model cannot run or has sizes out of bounds or inconsistent; when neither
 /// `model.safetensors` nor the index is there, the index names a shard that is not a plain file
 /// name, a shard's header is invalid or does not match its file's length, a tensor is in a shard
-/// the index does not put it in or in two shards, a tensor is missing, unexpected, of a dtype
+/// the index does not put it in (so none is in two), a tensor is missing, unexpected, of a dtype
 /// other than F32/BF16/F16 or of a shape other than the config's, or a value is NaN or infinite.
 pub fn load_weights(dir: &Path) -> Result<LlamaWeights> {
     let config_path = dir.join(CONFIG);

@@ -90,10 +90,6 @@ pub(crate) fn read(dir: &Path, params: LlamaParams) -> Result<LlamaWeights> {
                     None => return Err(fail(format!("holds tensor {name}, which {INDEX} does not list"))),
                 }
             }
-            if let Some(other) = found.get(&name) {
-                let other = shards[other.shard].path.display().to_string();
-                return Err(fail(format!("tensor {name} is also in {other}")));
-            }
             found.insert(name, Located { shard: s, info: info.clone() });
         }
     }
