@@ -305,7 +305,12 @@ fn tied_head_saved_anyway_and_old_rotary_buffers_are_ignored() {
     let w = random(true, 5);
     let mut tensors = raw(&w, Dtype::F32);
     tensors.push(("lm_head.weight".into(), Dtype::F32, vec![300, 16], encode(&vec![0.0; 300 * 16], Dtype::F32)));
-    tensors.push(("model.layers.1.self_attn.rotary_emb.inv_freq".into(), Dtype::F32, vec![2], encode(&[1.0, 0.01], Dtype::F32)));
+    tensors.push((
+        "model.layers.1.self_attn.rotary_emb.inv_freq".into(),
+        Dtype::F32,
+        vec![2],
+        encode(&[1.0, 0.01], Dtype::F32),
+    ));
     let dir = model_dir(&w, Dtype::F32, 1);
     write_tensors(dir.path(), &tensors, 1);
     assert_eq!(hf::load_weights(dir.path()).unwrap(), w);
@@ -554,8 +559,7 @@ const BYTE0: usize = 3;
 const PIECES: [&str; 18] = [
     "▁", "h", "e", "l", "o", "w", "r", "d", "ll", "▁h", "▁he", "▁hell", "▁hello", "▁w", "or", "▁wor", "▁worl", "▁world",
 ];
-const MERGES: [&str; 10] =
-    ["l l", "▁ h", "▁h e", "▁he ll", "▁hell o", "▁ w", "o r", "▁w or", "▁wor l", "▁worl d"];
+const MERGES: [&str; 10] = ["l l", "▁ h", "▁h e", "▁he ll", "▁hell o", "▁ w", "o r", "▁w or", "▁wor l", "▁worl d"];
 
 fn piece_id(piece: &str) -> usize {
     BYTE0 + 256 + PIECES.iter().position(|p| *p == piece).unwrap()

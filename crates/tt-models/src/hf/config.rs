@@ -139,10 +139,16 @@ impl Config {
         let llama_type = self.model_type.as_deref().map(|t| t == "llama");
         match (llama_arch, llama_type) {
             (Some(false), _) => {
-                return Err(format!("architectures is {:?}, not [\"LlamaForCausalLM\"]", self.architectures.as_deref().unwrap_or_default()))
+                return Err(format!(
+                    "architectures is {:?}, not [\"LlamaForCausalLM\"]",
+                    self.architectures.as_deref().unwrap_or_default()
+                ))
             }
             (_, Some(false)) => {
-                return Err(format!("model_type is {:?}, not \"llama\"", self.model_type.as_deref().unwrap_or_default()))
+                return Err(format!(
+                    "model_type is {:?}, not \"llama\"",
+                    self.model_type.as_deref().unwrap_or_default()
+                ))
             }
             (None, None) => return Err("neither architectures nor model_type says this is a Llama".into()),
             _ => {}
@@ -172,9 +178,7 @@ impl Config {
             return Err(format!("rope_parameters.rope_type is {kind:?}: scaled rotary positions are not supported"));
         }
         match (self.rope_theta, rp.rope_theta) {
-            (Some(a), Some(b)) if a != b => {
-                Err(format!("rope_theta {a} and rope_parameters.rope_theta {b} disagree"))
-            }
+            (Some(a), Some(b)) if a != b => Err(format!("rope_theta {a} and rope_parameters.rope_theta {b} disagree")),
             (a, b) => Ok(a.or(b).unwrap_or(DEFAULT_ROPE_THETA)),
         }
     }

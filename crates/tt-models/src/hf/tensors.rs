@@ -84,9 +84,7 @@ pub(crate) fn read(dir: &Path, params: LlamaParams) -> Result<LlamaWeights> {
                 let file = shard_name(&shard.path);
                 match map.get(&name) {
                     Some(named) if *named == file => {}
-                    Some(named) => {
-                        return Err(fail(format!("holds tensor {name}, which {INDEX} puts in {named}")))
-                    }
+                    Some(named) => return Err(fail(format!("holds tensor {name}, which {INDEX} puts in {named}"))),
                     None => return Err(fail(format!("holds tensor {name}, which {INDEX} does not list"))),
                 }
             }
@@ -95,7 +93,10 @@ pub(crate) fn read(dir: &Path, params: LlamaParams) -> Result<LlamaWeights> {
     }
     if let Some(map) = &weight_map {
         if let Some((name, file)) = map.iter().find(|(name, _)| !found.contains_key(*name)) {
-            return Err(ModelError::format(dir.join(INDEX), format!("lists tensor {name} in {file}, which does not hold it")));
+            return Err(ModelError::format(
+                dir.join(INDEX),
+                format!("lists tensor {name} in {file}, which does not hold it"),
+            ));
         }
     }
     check_names(&found, &expected, &params, &shards)?;
@@ -264,8 +265,10 @@ fn read_tensor(shard: &mut Shard, name: &str, info: &TensorInfo) -> Result<Vec<f
         })?;
         match info.dtype {
             Dtype::F32 => values.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            Dtype::BF16 => values
-                .extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+            Dtype::BF16 => {
+                values.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()))
+            }
+            // F16: `check_names` admitted only these three.
             _ => values.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
         }
         left -= bytes.len();

@@ -66,7 +66,8 @@ impl HfTokenizer {
         let vocab_size = config.params().map_err(|e| ModelError::format(&config_path, e))?.vocab_size;
         let path = dir.join(TOKENIZER);
         let bytes = super::read_bounded(&path, MAX_TOKENIZER_BYTES)?;
-        let tokenizer = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::format(&path, e.to_string()))?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::format(&path, e.to_string()))?;
         let tc_path = dir.join(TOKENIZER_CONFIG);
         let tc: TokenizerConfig =
             if tc_path.exists() { super::read_json(&tc_path, MAX_TOKENIZER_CONFIG_BYTES)? } else { Default::default() };
