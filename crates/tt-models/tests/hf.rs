@@ -694,3 +694,75 @@ fn bad_tokenizer_files_are_refused() {
     let (at, _) = format_reason(HfTokenizer::load(dir.path()).unwrap_err());
     assert_eq!(at, "tokenizer_config.json");
 }
+
+/// GPT-2's byte-to-character table, which byte-level BPE vocabularies (Llama 3's) are written in:
+/// printable bytes stand for themselves, the rest for characters from U+0100 on.
+fn byte_char(b: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if printable(b) {
+        return char::from(b);
+    }
+    let rank = (0..b).filter(|&c| !printable(c)).count() as u32;
+    char::from_u32(256 + rank).unwrap()
+}
+
+/// Llama 3's pre-tokenizer pattern: its `\s+(?!\S)` look-ahead needs a regex engine with
+/// look-around (onig, or the pure-Rust fancy-regex this crate builds the tokenizers crate with).
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A Llama-3-style tokenizer.json: byte-level BPE (id = byte value), two merges, three added
+/// special tokens from 258.
+fn llama3_tokenizer_json() -> Value {
+    let mut vocab = serde_json::Map::new();
+    for b in 0..=255u8 {
+        vocab.insert(byte_char(b).to_string(), json!(b));
+    }
+    vocab.insert("he".into(), json!(256));
+    vocab.insert(format!("{}w", byte_char(b' ')), json!(257));
+    let special = |id: usize, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+               "normalized": false, "special": true})
+    };
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(258, "<|begin_of_text|>"), special(259, "<|end_of_text|>"), special(260, "<|eot_id|>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
+            "vocab": vocab, "merges": ["h e", format!("{} w", byte_char(b' '))]
+        }
+    })
+}
+
+#[test]
+fn tokenizer_runs_llama_3_byte_level_with_its_look_ahead_pattern() {
+    let w = random(false, 24);
+    let dir = model_dir(&w, Dtype::F32, 1);
+    std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_vec(&llama3_tokenizer_json()).unwrap()).unwrap();
+    let mut c = config(&w.params);
+    c["bos_token_id"] = json!(258);
+    c["eos_token_id"] = json!([259, 260]);
+    write_json(&dir.path().join("config.json"), &c);
+    write_json(
+        &dir.path().join("tokenizer_config.json"),
+        &json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}),
+    );
+    let tok = HfTokenizer::load(dir.path()).unwrap();
+    assert_eq!((tok.bos(), tok.eos()), (Some(258), &[260, 259][..]));
+    // "he", then of the two spaces the look-ahead keeps one alone and gives the other to "w".
+    let ids = tok.encode("he  w", true).unwrap();
+    assert_eq!(ids, [258, 256, usize::from(b' '), 257]);
+    assert_eq!(tok.decode(&ids).unwrap(), "he  w");
+    // Special tokens written in the text are matched; bytes outside the merges stay bytes.
+    assert_eq!(tok.encode("é<|eot_id|>", false).unwrap(), [0xC3, 0xA9, 260]);
+    assert_eq!(tok.decode(&[0xC3, 0xA9, 260]).unwrap(), "é");
+}
