@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tt_tensor::projection::Unloaded;
 use tt_transformer::{Gpt, GptConfig, Tokenize, Tokenizer};
 
+use crate::hf::HfTokenizer;
 use crate::llama2c::tokenizer::Llama2cTokenizer;
 use crate::{ModelError, Result};
 
@@ -33,6 +34,10 @@ pub trait TextCodec: Send + Sync {
     fn stop_tokens(&self) -> Vec<usize>;
     /// The tokenizer as a checkpoint part: (part name, bytes), and its kind for [`save`].
     fn to_part(&self) -> (&'static str, Vec<u8>, CodecKind);
+    /// The id a prompt starts with, if the tokenizer adds one.
+    fn bos(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Which tokenizer a saved unit holds.
@@ -43,6 +48,8 @@ pub enum CodecKind {
     Course,
     /// llama2.c's `tokenizer.bin`.
     Llama2c,
+    /// Hugging Face's `tokenizer.json` (with the special ids resolved when it was opened).
+    HuggingFace,
 }
 
 /// The course tokenizer: a prompt as is; generation ends at a newline (answers are one line).
@@ -85,6 +92,34 @@ impl TextCodec for Llama2c {
     }
 }
 
+/// A Hugging Face tokenizer: BOS first when it has one; a generation ends at any EOS id.
+struct Hf(HfTokenizer);
+
+impl TextCodec for Hf {
+    fn encode_prompt(&self, text: &str) -> Result<Vec<usize>> {
+        self.0.encode(text, self.0.bos().is_some())
+    }
+    /// What `id` adds to the text after `prev`: decoding a token alone drops the leading space a
+    /// SentencePiece piece carries, so the pair is decoded and `prev`'s text taken off.
+    fn piece(&self, prev: usize, id: usize) -> Result<Vec<u8>> {
+        let (both, before) = (self.0.decode(&[prev, id])?, self.0.decode(&[prev])?);
+        Ok(match both.strip_prefix(&before) {
+            Some(rest) => rest.as_bytes().to_vec(),
+            None => self.0.decode(&[id])?.into_bytes(),
+        })
+    }
+    fn stop_tokens(&self) -> Vec<usize> {
+        self.0.eos().to_vec()
+    }
+    fn to_part(&self) -> (&'static str, Vec<u8>, CodecKind) {
+        let json = self.0.inner().to_string(false).expect("a loaded tokenizer serializes");
+        ("tokenizer.json", json.into_bytes(), CodecKind::HuggingFace)
+    }
+    fn bos(&self) -> Option<usize> {
+        self.0.bos()
+    }
+}
+
 /// An opened model and its codec.
 pub struct Opened {
     pub model: Gpt,
@@ -99,6 +134,12 @@ struct SavedInfo {
     /// The weight format of the projections (`int8`, `int4`, `f32`, `pruned`…), for messages.
     weights: String,
     tokenizer: CodecKind,
+    /// The tokenizer's BOS and EOS ids (a Hugging Face tokenizer's are resolved from files the
+    /// unit does not keep).
+    #[serde(default)]
+    bos: Option<usize>,
+    #[serde(default)]
+    eos: Vec<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,6 +160,11 @@ pub fn open(path: &Path, tokenizer: Option<&Path>) -> Result<Opened> {
     if path.is_dir() {
         if tt_tensor::serialize::unit_exists(path) {
             return open_unit(path);
+        }
+        if path.join("config.json").is_file() {
+            let (weights, tok) = crate::hf::load(path)?;
+            let model = crate::model::build(weights, path)?;
+            return Ok(Opened { model, codec: Box::new(Hf(tok)), format: "Hugging Face" });
         }
         return Err(ModelError::format(
             path,
@@ -154,7 +200,7 @@ fn open_unit(dir: &Path) -> Result<Opened> {
     };
     saved.model.validate()?;
     let part = match saved.info.tokenizer {
-        CodecKind::Course => "tokenizer.json",
+        CodecKind::Course | CodecKind::HuggingFace => "tokenizer.json",
         CodecKind::Llama2c => "tokenizer.bin",
     };
     let tok_bytes =
@@ -169,6 +215,13 @@ fn open_unit(dir: &Path) -> Result<Opened> {
             let tok = Llama2cTokenizer::from_bytes(&tok_bytes, model.config.vocab_size, &dir.join(part))?;
             Box::new(Llama2c { tok, bytes: tok_bytes })
         }
+        CodecKind::HuggingFace => Box::new(Hf(HfTokenizer::from_parts(
+            &tok_bytes,
+            model.config.vocab_size,
+            saved.info.bos,
+            saved.info.eos,
+            &dir.join(part),
+        )?)),
     };
     Ok(Opened { model, codec, format: "tinytorch checkpoint" })
 }
@@ -181,7 +234,8 @@ fn open_unit(dir: &Path) -> Result<Opened> {
 /// As `tt_quant::checkpoint::save_with`.
 pub fn save(model: &mut Gpt, codec: &dyn TextCodec, weights: &str, dir: &Path) -> Result<()> {
     let (part, bytes, tokenizer) = codec.to_part();
-    let config = SavedConfig { model: model.config.clone(), info: SavedInfo { weights: weights.into(), tokenizer } };
+    let info = SavedInfo { weights: weights.into(), tokenizer, bos: codec.bos(), eos: codec.stop_tokens() };
+    let config = SavedConfig { model: model.config.clone(), info };
     let config = serde_json::to_vec_pretty(&config).map_err(|e| ModelError::format(dir, e.to_string()))?;
     tt_quant::checkpoint::save_with(model, dir, &[(CONFIG_PART, &config), (part, &bytes)])
         .map_err(|e| ModelError::format(dir, e.to_string()))

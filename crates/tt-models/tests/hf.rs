@@ -5,6 +5,10 @@
 
 use std::path::Path;
 
+#[path = "common/hf_writer.rs"]
+mod hf_writer;
+use hf_writer::{config, hf_tensors};
+
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
@@ -26,65 +30,6 @@ fn params(tied: bool) -> LlamaParams {
         rope_pairs: RopePairs::HalfSplit,
         tied,
     }
-}
-
-fn config(p: &LlamaParams) -> Value {
-    json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": p.dim,
-        "intermediate_size": p.hidden_dim,
-        "num_hidden_layers": p.n_layers,
-        "num_attention_heads": p.n_heads,
-        "num_key_value_heads": p.n_kv_heads,
-        "vocab_size": p.vocab_size,
-        "max_position_embeddings": p.seq_len,
-        "rms_norm_eps": p.norm_eps,
-        "rope_theta": p.rope_theta,
-        "tie_word_embeddings": p.tied,
-        "hidden_act": "silu",
-        "rope_scaling": null,
-        "attention_bias": false,
-        "mlp_bias": false,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32",
-        "transformers_version": "4.44.0"
-    })
-}
-
-fn values(m: &Matrix) -> &[f32] {
-    match m {
-        Matrix::F32 { values, .. } => values,
-        Matrix::Q8 { .. } => panic!("HF weights are f32"),
-    }
-}
-
-/// The weights by Hugging Face name with their shapes, in the order the tensors are written.
-fn hf_tensors(w: &LlamaWeights) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let m = |name: String, m: &Matrix| {
-        let (r, c) = m.shape();
-        (name, vec![r, c], values(m).to_vec())
-    };
-    let v = |name: String, v: &[f32]| (name, vec![v.len()], v.to_vec());
-    let mut out = vec![m("model.embed_tokens.weight".into(), &w.tok_emb)];
-    for (l, layer) in w.layers.iter().enumerate() {
-        let n = |s: &str| format!("model.layers.{l}.{s}");
-        out.push(v(n("input_layernorm.weight"), &layer.attn_norm));
-        out.push(m(n("self_attn.q_proj.weight"), &layer.wq));
-        out.push(m(n("self_attn.k_proj.weight"), &layer.wk));
-        out.push(m(n("self_attn.v_proj.weight"), &layer.wv));
-        out.push(m(n("self_attn.o_proj.weight"), &layer.wo));
-        out.push(v(n("post_attention_layernorm.weight"), &layer.ffn_norm));
-        out.push(m(n("mlp.gate_proj.weight"), &layer.w1));
-        out.push(m(n("mlp.up_proj.weight"), &layer.w3));
-        out.push(m(n("mlp.down_proj.weight"), &layer.w2));
-    }
-    out.push(v("model.norm.weight".into(), &w.final_norm));
-    if let Some(head) = &w.lm_head {
-        out.push(m("lm_head.weight".into(), head));
-    }
-    out
 }
 
 fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {

@@ -84,3 +84,47 @@ fn q80_checkpoints_follow_runq_c_until_a_near_tie() {
         }
     }
 }
+
+#[path = "common/hf_writer.rs"]
+mod hf_writer;
+
+/// `m`'s Q (or K) rows from llama2.c's interleaved pairs to Hugging Face's half-split ones, as the
+/// transformers conversion script permutes them: within each head, row `2i` becomes row `i` and
+/// row `2i+1` row `i + head_dim/2`.
+fn to_half_split(m: &tt_models::weights::Matrix, heads: usize) -> tt_models::weights::Matrix {
+    let tt_models::weights::Matrix::F32 { rows, cols, values } = m else { panic!("f32 fixture") };
+    let hd = rows / heads;
+    let mut out = vec![0.0; values.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for (from, to) in [(2 * i, i), (2 * i + 1, i + hd / 2)] {
+                let (src, dst) = ((h * hd + from) * cols, (h * hd + to) * cols);
+                out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
+            }
+        }
+    }
+    tt_models::weights::Matrix::F32 { rows: *rows, cols: *cols, values: out }
+}
+
+/// The f32 fixtures converted to Hugging Face's layout (q/k rows permuted, half-split rotary
+/// pairs) and loaded from a Hugging Face directory generate run.c's tokens too: the loader's
+/// names, the permutation's inverse and the half-split rotation agree with llama2.c end to end.
+#[test]
+fn a_hugging_face_conversion_of_the_fixtures_generates_run_c_s_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in cases("llama2c_run_c.json") {
+        let mut w = tt_models::llama2c::checkpoint::read(&write_fixture_checkpoint(&case, dir.path())).unwrap();
+        w.params.rope_pairs = tt_models::weights::RopePairs::HalfSplit;
+        let (nh, nkv) = (w.params.n_heads, w.params.n_kv_heads);
+        for layer in &mut w.layers {
+            layer.wq = to_half_split(&layer.wq, nh);
+            layer.wk = to_half_split(&layer.wk, nkv);
+        }
+        let hf = dir.path().join(format!("{}-hf", case.name));
+        std::fs::create_dir(&hf).unwrap();
+        hf_writer::write_f32_dir(&hf, &w);
+        let model = tt_models::model::build(tt_models::hf::load_weights(&hf).unwrap(), &hf).unwrap();
+        assert_eq!(model.config.rope_pairs, tt_models::weights::RopePairs::HalfSplit);
+        assert_eq!(greedy(&model, &case, true), case.generated, "{} from Hugging Face", case.name);
+    }
+}

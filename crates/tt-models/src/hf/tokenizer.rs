@@ -104,6 +104,30 @@ impl HfTokenizer {
         })
     }
 
+    /// A tokenizer saved beside a converted model (`tokenizer.json`'s bytes, its special ids
+    /// already resolved by [`HfTokenizer::load`]); `path` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError::Format`] when the bytes are not a tokenizer the crate can build or a
+    /// special id is beyond `vocab_size`.
+    pub fn from_parts(
+        json: &[u8],
+        vocab_size: usize,
+        bos: Option<usize>,
+        eos: Vec<usize>,
+        path: &Path,
+    ) -> Result<HfTokenizer> {
+        let tokenizer = tokenizers::Tokenizer::from_bytes(json).map_err(|e| ModelError::format(path, e.to_string()))?;
+        if let Some(id) = bos.iter().chain(&eos).find(|&&id| id >= vocab_size) {
+            return Err(ModelError::format(
+                path,
+                format!("special id {id} is beyond the model's vocab_size {vocab_size}"),
+            ));
+        }
+        Ok(HfTokenizer { tokenizer, path: path.to_path_buf(), vocab_size, bos, eos })
+    }
+
     /// `text`'s token ids, BOS first when `add_bos`. The tokenizer's post-processor is not run
     /// (it would add BOS itself), so `add_bos` alone decides.
     ///
