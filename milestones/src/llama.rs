@@ -141,7 +141,7 @@ fn measure(engine: Engine, f32_path: &Path, q80_path: &Path) -> Result<Value> {
         if engine.threads() > 1 { tt_accel::fused::row_kernels_threaded() } else { tt_accel::fused::row_kernels() };
     let decode = DECODE.min(ctx - PROMPT);
     let mut e = CachedGpt::with_context(&m, 1, OverflowPolicy::Error, PROMPT + decode)?;
-    e.set_row_kernels(kernels.clone());
+    e.set_row_kernels(kernels);
     let prompt: Vec<usize> = (0..PROMPT).map(|i| (i * 7919 + 13) % v).collect();
     let mut rates = Vec::new();
     for _ in 0..3 {

@@ -114,3 +114,82 @@ fn bad_models_and_flags_are_one_line_errors() {
     assert_ne!(code, 0);
     assert!(err.contains("--tokenizer"), "{err}");
 }
+
+/// A Hugging Face directory: config.json, model.safetensors (f32) and a Llama-2-style
+/// tokenizer.json (the tokenizer fixture of tt-models' tests, vocabulary 277).
+fn write_hf(dir: &Path) -> String {
+    let tokenizer =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/tt-models/tests/fixtures/hf_llama2_tokenizer.json");
+    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
+    let (d, hidden, layers, heads, kv, vocab, seq) = (32usize, 64usize, 2usize, 4usize, 2usize, 277usize, 64usize);
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": d,
+            "intermediate_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "vocab_size": vocab, "max_position_embeddings": seq,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false, "hidden_act": "silu",
+            "bos_token_id": 1, "eos_token_id": 2
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let hd = d / heads;
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![vocab, d])];
+    for l in 0..layers {
+        for (n, s) in [
+            ("input_layernorm.weight", vec![d]),
+            ("self_attn.q_proj.weight", vec![heads * hd, d]),
+            ("self_attn.k_proj.weight", vec![kv * hd, d]),
+            ("self_attn.v_proj.weight", vec![kv * hd, d]),
+            ("self_attn.o_proj.weight", vec![d, heads * hd]),
+            ("post_attention_layernorm.weight", vec![d]),
+            ("mlp.gate_proj.weight", vec![hidden, d]),
+            ("mlp.up_proj.weight", vec![hidden, d]),
+            ("mlp.down_proj.weight", vec![d, hidden]),
+        ] {
+            tensors.push((format!("model.layers.{l}.{n}"), s));
+        }
+    }
+    tensors.push(("model.norm.weight".into(), vec![d]));
+    tensors.push(("lm_head.weight".into(), vec![vocab, d]));
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(t, (_, s))| {
+            let n: usize = s.iter().product();
+            let one = s.len() == 1;
+            (0..n)
+                .flat_map(|i| {
+                    (if one { 1.0 } else { (((i * 31 + t * 17) % 101) as f32 / 101.0 - 0.5) * 0.4 }).to_le_bytes()
+                })
+                .collect()
+        })
+        .collect();
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s), b)| {
+            (n.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
+        .collect();
+    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn generate_and_quantize_a_hugging_face_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    let model = write_hf(&hf);
+    let (code, out, err) = tito(&["generate", "--model", &model, "--prompt", "hello world", "--max-tokens", "10"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Hugging Face") && err.contains("tok/s"), "{err}");
+    let unit = dir.path().join("int4").display().to_string();
+    let (code, _, err) = tito(&["quantize", "--model", &model, "--out", &unit, "--weights", "int4"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, again, err) = tito(&["generate", "--model", &unit, "--prompt", "hello world", "--max-tokens", "10"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty() && !again.is_empty());
+}

@@ -711,3 +711,15 @@ fn tokenizer_runs_llama_3_byte_level_with_its_look_ahead_pattern() {
     assert_eq!(tok.encode("é<|eot_id|>", false).unwrap(), [0xC3, 0xA9, 260]);
     assert_eq!(tok.decode(&[0xC3, 0xA9, 260]).unwrap(), "é");
 }
+
+/// `tests/fixtures/hf_llama2_tokenizer.json` (what the CLI tests give a Hugging Face directory)
+/// is this file's Llama-2-style tokenizer; with `TT_WRITE_HF_FIXTURE=1` the test rewrites it.
+#[test]
+fn the_committed_tokenizer_fixture_is_the_one_built_here() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_llama2_tokenizer.json");
+    let built = serde_json::to_string_pretty(&tokenizer_json()).unwrap();
+    if std::env::var_os("TT_WRITE_HF_FIXTURE").is_some() {
+        std::fs::write(&path, &built).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), built);
+}
