@@ -238,14 +238,20 @@ fn run_tests(selected: &[CourseModule]) -> ExitCode {
             rows.push((*m, Err(format!("not implemented yet ({rel} not found)")), 0.0));
             continue;
         }
-        let target = m.test_target();
-        eprintln!("tito: cargo test -p {} --test {target}", m.package);
+        let mut args: Vec<String> = vec!["test".into(), "--color".into(), "never".into()];
+        let targets = m.targets();
+        let mut packages: Vec<&str> = targets.iter().map(|t| t.0).collect();
+        packages.sort_unstable();
+        packages.dedup();
+        for p in packages {
+            args.extend(["-p".into(), p.into()]);
+        }
+        for (_, t) in &targets {
+            args.extend(["--test".into(), t.clone()]);
+        }
+        eprintln!("tito: cargo {}", args.join(" "));
         let start = Instant::now();
-        let out = match Command::new(&cargo)
-            .current_dir(&root)
-            .args(["test", "--color", "never", "-p", m.package, "--test", &target])
-            .output()
-        {
+        let out = match Command::new(&cargo).current_dir(&root).args(&args).output() {
             Ok(o) => o,
             Err(e) => return fail(format!("could not run cargo: {e}")),
         };

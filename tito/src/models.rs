@@ -51,14 +51,20 @@ pub fn open(args: &ModelArgs) -> Result<Opened, String> {
     }
 }
 
-/// Puts every projection and the token table of `model` in `weights` (f32: unchanged), then
-/// releases the f32 copies: the format is what the process holds.
+/// Puts every projection and the token table of `model` in `weights` (f32: tt-accel's packed
+/// layout), then releases the dense copies: the format is what the process holds.
 pub fn convert(model: &mut Gpt, weights: Weights) -> Result<(), String> {
     use std::sync::Arc;
     use tt_quant::{Activations, Int4Linear, Int8Linear, WeightConfig};
     let e = |e: &dyn std::fmt::Display| e.to_string();
     match weights {
-        Weights::F32 => return Ok(()),
+        Weights::F32 => {
+            // The same f32 values in tt-accel's packed layout: its one-row kernels stream the
+            // weights (the dense layout reduces one dot product per output).
+            tt_accel::packed::pack_linears(model).map_err(|x| e(&x))?;
+            tt_quant::quantize_embeddings(model, &|t| Ok(Arc::new(tt_accel::packed::PackedF32::new(t)) as Arc<_>))
+                .map_err(|x| e(&x))?;
+        }
         Weights::Int8 => {
             tt_quant::quantize_dynamic(model, WeightConfig::PER_CHANNEL).map_err(|x| e(&x))?;
             tt_quant::quantize_embeddings(model, &|t| {

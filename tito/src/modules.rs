@@ -11,9 +11,18 @@ pub struct CourseModule {
     pub package: &'static str,
     /// Crate directory relative to the workspace root.
     pub dir: &'static str,
+    /// More test targets of the module in other files or packages: `(package, target)`.
+    pub also: &'static [(&'static str, &'static str)],
 }
 
 impl CourseModule {
+    /// Every `(package, test target)` of the module: its own, then [`CourseModule::also`].
+    pub fn targets(&self) -> Vec<(&'static str, String)> {
+        let mut t = vec![(self.package, self.test_target())];
+        t.extend(self.also.iter().map(|&(p, n)| (p, n.to_string())));
+        t
+    }
+
     /// Integration-test target name, e.g. `m05_autograd`.
     pub fn test_target(&self) -> String {
         format!("m{}_{}", self.number, self.name)
@@ -28,7 +37,7 @@ impl CourseModule {
 }
 
 const fn m(number: &'static str, name: &'static str, package: &'static str, dir: &'static str) -> CourseModule {
-    CourseModule { number, name, package, dir }
+    CourseModule { number, name, package, dir, also: &[] }
 }
 
 pub const MODULES: &[CourseModule] = &[
@@ -44,7 +53,19 @@ pub const MODULES: &[CourseModule] = &[
     m("10", "tokenization", "tt-transformer", "crates/tt-transformer"),
     m("11", "embeddings", "tt-transformer", "crates/tt-transformer"),
     m("12", "attention", "tt-transformer", "crates/tt-transformer"),
-    m("13", "transformers", "tt-transformer", "crates/tt-transformer"),
+    // The Llama family, the loaders of models people have (llama2.c, Hugging Face) and the CLI
+    // verbs that run them.
+    CourseModule {
+        also: &[
+            ("tt-transformer", "m13_llama"),
+            ("tt-models", "llama2c_tokenizer"),
+            ("tt-models", "llama2c_checkpoint"),
+            ("tt-models", "llama2c_model"),
+            ("tt-models", "hf"),
+            ("tito", "models_cli"),
+        ],
+        ..m("13", "transformers", "tt-transformer", "crates/tt-transformer")
+    },
     m("14", "kv_caching", "tt-kvcache", "crates/tt-kvcache"),
     m("15", "profiling", "tt-profile", "crates/tt-profile"),
     m("16", "acceleration", "tt-accel", "crates/tt-accel"),

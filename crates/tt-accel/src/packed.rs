@@ -81,6 +81,7 @@ impl PackedF32 {
         // The kernels read `packed` through raw pointers at offsets below this length.
         let len = panels.checked_mul(in_f).and_then(|n| n.checked_mul(PANEL));
         let mut packed = vec![0.0f32; len.expect("PackedF32: the packed matrix's length overflows usize")];
+        tt_tensor::hugepages::advise_huge_pages(&mut packed);
         // With no inputs there is nothing to copy: do not walk the (possibly 2⁴⁰) empty rows.
         for (o, row) in w.outer_iter().enumerate().take(if in_f == 0 { 0 } else { out_f }) {
             let (panel, lane) = (o / PANEL, o % PANEL);
@@ -303,7 +304,7 @@ mod avx512 {
     ) {
         let mut p0 = panels.start;
         while p0 < panels.end {
-            let g = (panels.end - p0).min(GROUP);
+            let g = if rows == 1 { 1 } else { (panels.end - p0).min(GROUP) };
             // SAFETY: forwarded contract; `p0 + g ≤ panels`.
             unsafe {
                 match (rows, g) {

@@ -42,6 +42,14 @@ pub(crate) fn try_with_capacity<T>(op: &'static str, n: usize) -> Result<Vec<T>>
     Ok(v)
 }
 
+/// [`try_with_capacity`] for a packed weight buffer the model keeps and every decode step
+/// streams: backed by huge pages where the OS allows (see `tt_tensor::hugepages`).
+pub(crate) fn try_weight_buffer<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(op, n)?;
+    tt_tensor::hugepages::advise_huge_pages(v.spare_capacity_mut());
+    Ok(v)
+}
+
 /// Lets quantizers run inside tt-tensor's visitors (`map_linears`), whose callbacks return
 /// `tt_tensor::Result`.
 impl From<QuantError> for TensorError {

@@ -24,7 +24,7 @@
 //!   half the work per instruction.
 //! - **Scalar**: the reference; index order, wrapping i32 adds (which never wrap: see [`MAX_K`]).
 
-use crate::error::{try_with_capacity, QuantError, Result};
+use crate::error::{try_weight_buffer, try_with_capacity, QuantError, Result};
 
 pub mod group;
 
@@ -166,7 +166,7 @@ impl PackedI8 {
         let Some((acc_cols, len)) = sizes else {
             return Err(QuantError::arg(op, format!("{out_f} outputs: the padded size overflows usize")));
         };
-        let mut packed = try_with_capacity(op, len)?;
+        let mut packed = try_weight_buffer(op, len)?;
         packed.resize(len, 0i8);
         let mut p = PackedI8 { packed, out_f, in_f, group, gk4, k4, row_bytes: k4 * 4, acc_cols };
         // `chunks_exact(0)` would panic; with no inputs there is nothing to pack.

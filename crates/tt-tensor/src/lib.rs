@@ -26,6 +26,7 @@
 pub mod data;
 pub mod error;
 pub mod hook;
+pub mod hugepages;
 pub mod kernels;
 pub mod loss;
 pub mod nn;

@@ -39,7 +39,7 @@
 
 use half::f16;
 
-use crate::error::{try_with_capacity, QuantError, Result};
+use crate::error::{try_weight_buffer, try_with_capacity, QuantError, Result};
 use crate::kernels::{IntLevel, MAX_UNBACKED, PANEL};
 use crate::rowops::MAGIC;
 
@@ -170,7 +170,7 @@ impl PackedI4 {
         let Some((code_len, scale_len)) = sizes else {
             return Err(QuantError::arg(op, format!("a {out_f}×{in_f} matrix: the padded size overflows usize")));
         };
-        let mut codes = try_with_capacity(op, code_len)?;
+        let mut codes = try_weight_buffer(op, code_len)?;
         codes.resize(code_len, ZERO_NIBBLE | ZERO_NIBBLE << 4);
         // Padding outputs get scale 0: their codes are 0, so they add 0·0.
         let mut packed_scales = try_with_capacity(op, scale_len)?;
