@@ -479,7 +479,17 @@ fn gpt(opts: &Options) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
     let mut models = Vec::new();
     let mut structured = Vec::new();
     let variants = [("control", 0.0), ("mlp units", 0.25), ("mlp units", 0.5), ("heads", 0.25), ("heads", 0.5)];
-    for (unit, ratio) in variants {
+    // Head pruning removes a head's Q, K and V rows together; in a grouped-query model (the
+    // Llama) a K/V head serves several query heads, which `prune_gpt_heads` refuses: those
+    // variants are skipped, and the summary says so.
+    let grouped = {
+        let c = transformer::model_config(1, opts.quick, opts.arch);
+        c.kv_heads(0) != c.heads(0)
+    };
+    if grouped {
+        opts.say("gpt: head pruning skipped (grouped-query attention: K/V heads are shared by query heads)");
+    }
+    for (unit, ratio) in variants.into_iter().filter(|v| !(grouped && v.0 == "heads")) {
         let (mut m, _, _, _) = transformer::load_or_train(&quiet)?;
         match unit {
             "mlp units" => drop(structured::prune_gpt_mlp(&mut m, ratio).map_err(other)?),
@@ -669,9 +679,12 @@ fn gpt_distillation(opts: &Options) -> Result<Value> {
     let cfg = transformer::train_config(opts.quick);
     // Half the teacher's width and depth (d 64, 2 layers for the default GPT).
     let tc = &teacher.config;
+    let n_layers = (tc.n_layers / 2).max(1);
     let student_cfg = tt_transformer::GptConfig {
         d_model: tc.d_model / 2,
-        n_layers: (tc.n_layers / 2).max(1),
+        n_layers,
+        // Per-block MLP widths (a Llama's) halve with the width and keep one per layer.
+        mlp_hidden: tc.mlp_hidden.as_ref().map(|h| h.iter().take(n_layers).map(|w| (w / 2).max(1)).collect()),
         seed: 11,
         ..tc.clone()
     };

@@ -69,6 +69,17 @@ pub struct Options {
     /// The `tito` executable, for milestones that measure a separate serving process (its peak
     /// memory, forced kernel levels); `None` reports those as not measured.
     pub serve_exe: Option<PathBuf>,
+    /// The course language model's family (`--arch`): the GPT, or a Llama of the same
+    /// parameter budget.
+    pub arch: Arch,
+}
+
+/// The course language model's family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    #[default]
+    Gpt,
+    Llama,
 }
 
 impl Default for Options {
@@ -83,6 +94,7 @@ impl Default for Options {
             quiet: false,
             full: false,
             serve_exe: None,
+            arch: Arch::Gpt,
         }
     }
 }
@@ -109,6 +121,8 @@ pub struct Uses {
     pub retrain: bool,
     /// `--corpus`: it trains or loads the language model of a user corpus.
     pub corpus: bool,
+    /// `--arch llama`: it runs on the course language model in either family.
+    pub arch: bool,
 }
 
 impl Options {
@@ -173,7 +187,7 @@ pub fn all() -> &'static [Milestone] {
         Milestone {
             name: "mlp_digits",
             models: &["mlp_digits"],
-            uses: Uses { retrain: false, corpus: false },
+            uses: Uses { retrain: false, corpus: false, arch: false },
             module: "07",
             description: "train an MLP on the UCI handwritten digits; held-out accuracy per epoch",
             run: mlp_digits::run,
@@ -181,7 +195,7 @@ pub fn all() -> &'static [Milestone] {
         Milestone {
             name: "cnn_digits",
             models: &["cnn_digits"],
-            uses: Uses { retrain: false, corpus: false },
+            uses: Uses { retrain: false, corpus: false, arch: false },
             module: "09",
             description: "train a LeNet-style CNN on the UCI digits (8x8 images); held-out accuracy per epoch",
             run: cnn_digits::run,
@@ -189,7 +203,7 @@ pub fn all() -> &'static [Milestone] {
         Milestone {
             name: "transformer",
             models: &["transformer"],
-            uses: Uses { retrain: true, corpus: true },
+            uses: Uses { retrain: true, corpus: true, arch: true },
             module: "13",
             description:
                 "train the default GPT on the built-in Q/A corpus; perplexity and exact-match on unseen questions",
@@ -198,7 +212,7 @@ pub fn all() -> &'static [Milestone] {
         Milestone {
             name: "llama",
             models: &[],
-            uses: Uses { retrain: false, corpus: false },
+            uses: Uses { retrain: false, corpus: false, arch: false },
             module: "13",
             description: "llama2.c checkpoints of the stories15M / stories110M shapes in the one decoder: f32, Q8_0 as int8, int4 decode and prefill tok/s with rooflines, beside run.c / runq.c when given",
             run: llama::run,
@@ -206,7 +220,7 @@ pub fn all() -> &'static [Milestone] {
         Milestone {
             name: "kv_cache",
             models: &["transformer"],
-            uses: Uses { retrain: true, corpus: false },
+            uses: Uses { retrain: true, corpus: false, arch: true },
             module: "14",
             description: "greedy generation with and without the KV cache: same tokens, tok/s, speedup, cache memory",
             run: kv_cache::run,
@@ -214,7 +228,7 @@ pub fn all() -> &'static [Milestone] {
         Milestone {
             name: "profile",
             models: &["transformer", "cnn_digits"],
-            uses: Uses { retrain: true, corpus: false },
+            uses: Uses { retrain: true, corpus: false, arch: false },
             module: "15",
             description: "profile the trained CNN and GPT: parameters, FLOPs, memory, latency, per-op table, roofline",
             run: profile::run,
@@ -223,7 +237,7 @@ pub fn all() -> &'static [Milestone] {
             name: "acceleration",
             models: &["transformer"],
             module: "16",
-            uses: Uses { retrain: true, corpus: false },
+            uses: Uses { retrain: true, corpus: false, arch: false },
             description: "measured machine limits, packed decode projections vs matrixmultiply, the accelerated decoder vs the reference",
             run: acceleration::run,
         },
@@ -231,7 +245,7 @@ pub fn all() -> &'static [Milestone] {
             name: "quantization",
             models: &["mlp_digits", "cnn_digits", "transformer"],
             module: "17",
-            uses: Uses { retrain: true, corpus: false },
+            uses: Uses { retrain: true, corpus: false, arch: true },
             description: "int8 (per tensor, channel, group) and int4 weights with integer kernels: MLP, CNN and GPT under each scheme (quality, bytes, latency), int8 vs f32 GEMM and decode",
             run: quantization::run,
         },
@@ -239,7 +253,7 @@ pub fn all() -> &'static [Milestone] {
             name: "memory",
             models: &["transformer"],
             module: "17",
-            uses: Uses { retrain: false, corpus: false },
+            uses: Uses { retrain: false, corpus: false, arch: false },
             description: "resident memory of separate processes decoding 256 tokens: the course GPT and the stories42M / stories110M shapes in fp32, int8, int4 and 50% pruned; weight and KV bytes, tok/s, roofline",
             run: memory::run,
         },
@@ -247,7 +261,7 @@ pub fn all() -> &'static [Milestone] {
             name: "compression",
             models: &["mlp_digits", "cnn_digits", "transformer"],
             module: "18",
-            uses: Uses { retrain: false, corpus: false },
+            uses: Uses { retrain: false, corpus: false, arch: true },
             description: "pruning (unstructured, structured: units, channels, heads), CSR and block-sparse vs dense, low-rank with fine-tuning, distillation on the digits models and the GPT",
             run: compression::run,
         },
@@ -255,7 +269,7 @@ pub fn all() -> &'static [Milestone] {
             name: "torchperf",
             models: &["transformer", "cnn_digits", "torchperf/models/gpt-control", "torchperf/models/gpt-pruned50"],
             module: "19",
-            uses: Uses { retrain: true, corpus: false },
+            uses: Uses { retrain: true, corpus: false, arch: false },
             description: "MLPerf-style scenarios on the GPT and CNN, a TinyMLPerf-style suite, the ablation with its Pareto front, the production targets",
             run: torchperf::run,
         },
@@ -282,6 +296,9 @@ pub fn run(name: &str, opts: &Options) -> Result<serde_json::Value> {
     let m = find(name)?;
     if opts.retrain && !m.uses.retrain {
         return Err(unused_flag(name, "--retrain (it always trains)"));
+    }
+    if opts.arch != Arch::Gpt && !m.uses.arch {
+        return Err(unused_flag(name, "--arch"));
     }
     if opts.corpus.is_some() && !m.uses.corpus {
         return Err(unused_flag(name, "--corpus"));

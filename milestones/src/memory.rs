@@ -48,7 +48,7 @@ pub const ROWS: [(&str, &str); 6] =
 /// The model shapes: the course GPT (`vocab` from its tokenizer) and llama2.c's two TinyStories
 /// shapes (d_model, layers, heads; context 1024, vocabulary 32,000) as GPT-2-style blocks.
 fn shapes(vocab: usize, quick: bool) -> Vec<(&'static str, GptConfig)> {
-    let course = transformer::model_config(vocab, false);
+    let course = transformer::model_config(vocab, false, crate::Arch::Gpt);
     let stories = |d, layers, heads| GptConfig {
         vocab_size: 32_000,
         d_model: d,

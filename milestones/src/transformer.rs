@@ -12,7 +12,7 @@ use tt_transformer::eval::exact_match;
 use tt_transformer::train::{evaluate_loss, train, TrainConfig, TrainData, TrainReport};
 use tt_transformer::{checkpoint, CharTokenizer, Gpt, GptConfig, Tokenize, Tokenizer};
 
-use crate::{MilestoneError, Options, Result};
+use crate::{Arch, MilestoneError, Options, Result};
 
 pub const NAME: &str = "transformer";
 
@@ -20,14 +20,20 @@ pub const NAME: &str = "transformer";
 pub const SHARDS: usize = 2;
 
 /// [`GptConfig::default_model`]; `--quick` shrinks it to d_model 32 and 2 layers.
-pub fn model_config(vocab_size: usize, quick: bool) -> GptConfig {
+pub fn model_config(vocab_size: usize, quick: bool, arch: Arch) -> GptConfig {
     // Residual dropout 0.1 narrowed the train/validation gap but cut exact match from ~0.70 to
     // 0.46 in this 3-minute budget (underfitting), so the default model trains without it.
-    let full = GptConfig::default_model(vocab_size);
-    if quick {
-        GptConfig { d_model: 32, n_layers: 2, ..full }
-    } else {
-        full
+    let full = match arch {
+        Arch::Gpt => GptConfig::default_model(vocab_size),
+        // The GPT's budget: its learned position table (640×128) goes to wider SwiGLU MLPs
+        // (3·128·448 weights a block against the GPT's 2·128·512), with 4 query heads over 2
+        // K/V heads; 4 layers of width 128, context 640.
+        Arch::Llama => GptConfig::llama(vocab_size, 128, 4, (4, 2), 448, 640),
+    };
+    match (quick, arch) {
+        (false, _) => full,
+        (true, Arch::Gpt) => GptConfig { d_model: 32, n_layers: 2, ..full },
+        (true, Arch::Llama) => GptConfig::llama(vocab_size, 32, 2, (4, 2), 96, 640),
     }
 }
 
@@ -60,11 +66,15 @@ const TRAIN_REPEATS: usize = 20;
 /// `<cache>/transformer-corpus-<SHA-256 prefix of the file's contents>` for `--corpus FILE` (two
 /// files with the same name never share a model), with `-quick` appended for `--quick` models.
 pub fn checkpoint_dir(opts: &Options) -> PathBuf {
+    let name = match opts.arch {
+        Arch::Gpt => NAME.to_string(),
+        Arch::Llama => format!("{NAME}-llama"),
+    };
     match &opts.corpus {
-        None => opts.cache_dir.join(opts.cache_key(NAME)),
+        None => opts.cache_dir.join(opts.cache_key(&name)),
         Some(c) => {
             let sha = tt_tensor::serialize::sha256_hex(c.text().as_bytes());
-            opts.cache_dir.join(opts.cache_key(&format!("{NAME}-corpus-{}", &sha[..16])))
+            opts.cache_dir.join(opts.cache_key(&format!("{name}-corpus-{}", &sha[..16])))
         }
     }
 }
@@ -150,7 +160,7 @@ fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
         None => format!("{train_text}{val_text}"),
     };
     let tokenizer = Tokenizer::Char(CharTokenizer::from_corpus(&vocab_text));
-    let model = Gpt::new(model_config(tokenizer.vocab_size(), opts.quick))?;
+    let model = Gpt::new(model_config(tokenizer.vocab_size(), opts.quick, opts.arch))?;
     let cfg = train_config(opts.quick);
     opts.say(format!(
         "training GPT: d_model {}, {} layers, {} heads, context {}, {} parameters, vocab {} (characters)",

@@ -65,6 +65,10 @@ enum Cmd {
         /// Benchmarks (torchperf): MLPerf's official minimum durations (600 s a run) instead of scaled ones.
         #[arg(long)]
         full: bool,
+        /// The course language model's family: the GPT, or a Llama of the same parameter budget
+        /// (transformer, kv_cache, quantization, compression).
+        #[arg(long, value_enum, default_value = "gpt")]
+        arch: ArchArg,
     },
     /// The serving process torchperf measures (peak memory, forced kernel levels); prints JSON.
     #[command(hide = true)]
@@ -120,6 +124,12 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tito lives in the workspace").to_path_buf()
 }
 
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum ArchArg {
+    Gpt,
+    Llama,
+}
+
 fn verb(name: &str, r: Result<(), String>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,7 +163,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("serve-qa: {e}")),
             }
         }
-        Cmd::Milestone { name, list, json, retrain, quick, corpus, full } => {
+        Cmd::Milestone { name, list, json, retrain, quick, corpus, full, arch } => {
             if list {
                 for m in milestones::all() {
                     println!("{:<14} (module {})  {}", m.name, m.module, m.description);
@@ -180,7 +190,12 @@ fn main() -> ExitCode {
                 None => None,
             };
             let serve_exe = std::env::current_exe().ok();
-            let opts = milestones::Options { json, retrain, quick, corpus, full, serve_exe, ..Default::default() };
+            let arch = match arch {
+                ArchArg::Gpt => milestones::Arch::Gpt,
+                ArchArg::Llama => milestones::Arch::Llama,
+            };
+            let opts =
+                milestones::Options { json, retrain, quick, corpus, full, serve_exe, arch, ..Default::default() };
             match milestones::run(&name, &opts) {
                 Ok(summary) => {
                     if json {
