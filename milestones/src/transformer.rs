@@ -163,10 +163,15 @@ fn train_new(opts: &Options) -> Result<(Gpt, Tokenizer, TrainReport)> {
     let model = Gpt::new(model_config(tokenizer.vocab_size(), opts.quick, opts.arch))?;
     let cfg = train_config(opts.quick);
     opts.say(format!(
-        "training GPT: d_model {}, {} layers, {} heads, context {}, {} parameters, vocab {} (characters)",
+        "training {}: d_model {}, {} layers, {} heads ({} K/V), context {}, {} parameters, vocab {} (characters)",
+        match opts.arch {
+            Arch::Gpt => "GPT",
+            Arch::Llama => "Llama",
+        },
         model.config.d_model,
         model.config.n_layers,
         model.config.n_heads,
+        model.config.kv_heads(0),
         model.config.max_seq_len,
         model.num_parameters(),
         tokenizer.vocab_size()

@@ -15,6 +15,7 @@ fn opts(dir: &std::path::Path) -> Options {
         quiet: true,
         full: false,
         serve_exe: None,
+        arch: milestones::Arch::Gpt,
     }
 }
 
@@ -326,5 +327,24 @@ fn torchperf_quick_run_reports_scenarios_suite_ablation_and_targets() {
     }
     assert!(v["gpt_sut_errors"].as_array().unwrap().is_empty(), "{}", v["gpt_sut_errors"]);
     renders_every_region("torchperf", &v);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn llama_quick_decodes_llama2c_files_in_every_engine_and_renders_its_page() {
+    let dir = std::env::temp_dir().join(format!("tt-ms-llama-{}", std::process::id()));
+    let v = milestones::llama::run(&opts(&dir)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let engines: Vec<&str> = rows.iter().filter_map(|r| r["engine"].as_str()).collect();
+    assert!(
+        engines.contains(&"f32") && engines.contains(&"int8 (Q8_0 file)") && engines.contains(&"int4"),
+        "{engines:?}"
+    );
+    for r in rows {
+        for k in ["decode_tok_s", "prefill_tok_s", "roofline_tok_s"] {
+            assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {r}");
+        }
+    }
+    renders_every_region("llama", &v);
     std::fs::remove_dir_all(&dir).unwrap();
 }

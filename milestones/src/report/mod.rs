@@ -20,6 +20,7 @@
 pub mod acceleration;
 pub mod compression;
 pub mod kv_cache;
+pub mod llama;
 pub mod memory;
 pub mod profile;
 pub mod quantization;
@@ -54,6 +55,7 @@ pub struct Page {
 
 /// The pages `cargo tito report` regenerates, in the order their milestones run.
 pub const PAGES: &[Page] = &[
+    Page { milestone: "llama", doc: "13-llama.md", render: llama::render, figures: llama::FIGURES },
     Page { milestone: "kv_cache", doc: "14-kv-caching.md", render: kv_cache::render, figures: kv_cache::FIGURES },
     Page { milestone: "profile", doc: "15-profiling.md", render: profile::render, figures: profile::FIGURES },
     Page {
