@@ -367,5 +367,33 @@ pub fn profile(a: &ProfileArgs) -> Result<(), String> {
         engine.cache().memory_bytes() as f64 / 1e6
     );
     print!("{}", profile.table(tt_profile::profiler::SortBy::Time));
+    // Each op's place under this machine's roofs (one core's FMA peak, STREAM triad bandwidth),
+    // measured now: one decode step is memory-bound where its ops sit left of the ridge.
+    let e = |x: tt_tensor::TensorError| x.to_string();
+    let roof = tt_profile::roofline::Roofline {
+        peak_gflops: tt_profile::roofline::peak_gflops(1, 4_000_000).map_err(e)?,
+        bandwidth_gbs: tt_profile::roofline::stream_triad_gbs(1 << 24, 3).map_err(e)?,
+    };
+    println!(
+        "roofline: peak {:.1} GFLOP/s (one core), bandwidth {:.1} GB/s (STREAM triad), ridge {:.1} FLOP/byte",
+        roof.peak_gflops,
+        roof.bandwidth_gbs,
+        roof.ridge()
+    );
+    let mut ops: Vec<(&str, u64, u64, f64)> = Vec::new();
+    for r in &profile.records {
+        match ops.iter_mut().find(|o| o.0 == r.name) {
+            Some(o) => (o.1, o.2, o.3) = (o.1 + r.flops, o.2 + r.bytes, o.3 + r.duration_us),
+            None => ops.push((r.name, r.flops, r.bytes, r.duration_us)),
+        }
+    }
+    println!("{:<14} {:>10} {:>12} {:>12} {:>10}", "op", "FLOP/byte", "GFLOP/s", "attainable", "bound");
+    for (name, flops, bytes, us) in ops {
+        let p = roof.place(flops, bytes, (us * 1e-6).max(1e-9)).map_err(e)?;
+        println!(
+            "{name:<14} {:>10.2} {:>12.2} {:>12.2} {:>10}",
+            p.intensity, p.achieved_gflops, p.attainable_gflops, p.bound
+        );
+    }
     Ok(())
 }
