@@ -187,6 +187,45 @@ pub struct QuantizeArgs {
     pub out: PathBuf,
     #[arg(long, value_enum)]
     pub weights: Weights,
+    /// int8 only: static activation scales calibrated on this UTF-8 text (min/max of each layer's
+    /// inputs over up to 8 windows of 128 tokens) instead of dynamic per-row quantization.
+    #[arg(long, value_name = "TEXT_FILE")]
+    pub calibrate: Option<PathBuf>,
+}
+
+/// Windows of calibration text the model runs.
+const CALIBRATION_WINDOWS: usize = 8;
+const CALIBRATION_WINDOW: usize = 128;
+
+/// Quantizes `model` to int8 with static activation parameters observed on `text` (module 17's
+/// calibration), then releases the dense copies.
+fn calibrate_int8(model: &mut Gpt, codec: &dyn tt_models::open::TextCodec, text: &Path) -> Result<(), String> {
+    use tt_quant::{calibrate::calibrate, observer::MinMax, Activations, WeightConfig};
+    const LIMIT: u64 = 64 << 20;
+    let len = std::fs::metadata(text).map_err(|e| format!("{}: {e}", text.display()))?.len();
+    if len > LIMIT {
+        return Err(format!("{}: {len} bytes; calibration text is read whole, at most {LIMIT}", text.display()));
+    }
+    let text_s = std::fs::read_to_string(text).map_err(|e| format!("{}: {e}", text.display()))?;
+    let ids = codec.encode_prompt(&text_s).map_err(|e| format!("{}: {e}", text.display()))?;
+    let window = CALIBRATION_WINDOW.min(model.config.max_seq_len);
+    if ids.len() < window {
+        return Err(format!("{}: {} tokens; calibration needs at least {window}", text.display(), ids.len()));
+    }
+    let mut run = |m: &dyn Module| -> tt_quant::Result<()> {
+        for w in ids.chunks_exact(window).take(CALIBRATION_WINDOWS) {
+            let x = tt_tensor::Tensor::from_vec(w.iter().map(|&i| i as f32).collect(), &[1, window])?;
+            tt_tensor::no_grad(|| m.forward(&x))?;
+        }
+        Ok(())
+    };
+    let cal = calibrate(model, &|| Box::new(MinMax::default()), &mut run).map_err(|e| e.to_string())?;
+    tt_quant::quantize_layers(model, WeightConfig::PER_CHANNEL, &mut |name| {
+        Ok(Activations::Static(cal.qparams(name)?))
+    })
+    .map_err(|e| e.to_string())?;
+    tt_tensor::nn::freeze(model).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// `tito quantize`: the model in int8 or int4, saved as a checkpoint unit with its tokenizer.
@@ -194,10 +233,16 @@ pub fn quantize(a: &QuantizeArgs) -> Result<(), String> {
     if a.weights == Weights::F32 {
         return Err("--weights must be int8 or int4 (f32 is the model as it is)".into());
     }
+    if a.calibrate.is_some() && a.weights != Weights::Int8 {
+        return Err("--calibrate applies to int8 (int4 quantizes its activations per group as they come)".into());
+    }
     refuse_overwrite_of_another_kind(&a.out)?;
     let Opened { mut model, codec, format } = open(&a.model)?;
     let before: usize = model.parameters().iter().map(|t| 4 * t.numel()).sum();
-    convert(&mut model, a.weights)?;
+    match &a.calibrate {
+        Some(text) => calibrate_int8(&mut model, codec.as_ref(), text)?,
+        None => convert(&mut model, a.weights)?,
+    }
     tt_models::open::save(&mut model, codec.as_ref(), name(a.weights), &a.out).map_err(|e| e.to_string())?;
     let bytes = dir_bytes(&a.out);
     eprintln!(

@@ -63,6 +63,19 @@ fn generate_quantize_prune_bench_and_profile_a_llama2c_model() {
         assert_eq!(code, 0, "{weights}: {err}");
         assert!(!text.trim().is_empty() || err.contains("tok/s"), "{weights}");
     }
+    // Static int8: activation scales calibrated on text (and refused for int4).
+    let text = dir.path().join("calib.txt");
+    std::fs::write(&text, "hello world, hello hello. ".repeat(40)).unwrap();
+    let static8 = dir.path().join("static8").display().to_string();
+    let calib =
+        ["quantize", "--model", &model, "--out", &static8, "--weights", "int8", "--calibrate", text.to_str().unwrap()];
+    let (code, _, err) = tito(&calib);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tito(&["generate", "--model", &static8, "--prompt", "hello", "--max-tokens", "8"]).0, 0);
+    let (code, _, err) = tito(&[&calib[..6], &["int4", "--calibrate", text.to_str().unwrap()]].concat());
+    assert_ne!(code, 0);
+    assert!(err.contains("--calibrate applies to int8"), "{err}");
+
     let pruned = dir.path().join("pruned").display().to_string();
     let (code, _, err) = tito(&["prune", "--model", &model, "--out", &pruned, "--amount", "0.5"]);
     assert_eq!(code, 0, "{err}");

@@ -510,6 +510,12 @@ fn piece_id(piece: &str) -> usize {
     BYTE0 + 256 + PIECES.iter().position(|p| *p == piece).unwrap()
 }
 
+/// An added special token as tokenizer.json lists it.
+fn special_token(id: usize, content: &str) -> Value {
+    json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+           "normalized": false, "special": true})
+}
+
 /// A Llama-2-style tokenizer.json (SentencePiece BPE as `transformers` converts it: "▁" for
 /// spaces prepended, byte fallback, BOS added by the post-processor), with a vocabulary of 277.
 fn tokenizer_json() -> Value {
@@ -523,15 +529,11 @@ fn tokenizer_json() -> Value {
     for p in PIECES {
         vocab.insert(p.to_string(), json!(piece_id(p)));
     }
-    let special = |id: usize, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
-               "normalized": false, "special": true})
-    };
     json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "added_tokens": [special_token(0, "<unk>"), special_token(1, "<s>"), special_token(2, "</s>")],
         "normalizer": {"type": "Sequence", "normalizers": [
             {"type": "Prepend", "prepend": "▁"},
             {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
@@ -664,15 +666,11 @@ fn llama3_tokenizer_json() -> Value {
     }
     vocab.insert("he".into(), json!(256));
     vocab.insert(format!("{}w", byte_char(b' ')), json!(257));
-    let special = |id: usize, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
-               "normalized": false, "special": true})
-    };
     json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [special(258, "<|begin_of_text|>"), special(259, "<|end_of_text|>"), special(260, "<|eot_id|>")],
+        "added_tokens": [special_token(258, "<|begin_of_text|>"), special_token(259, "<|end_of_text|>"), special_token(260, "<|eot_id|>")],
         "normalizer": null,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
