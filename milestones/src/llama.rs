@@ -15,7 +15,12 @@
 //!   cores): `TT_RUN_C`, `TT_RUNQ_C` (one thread), `TT_RUN_C_OMP`, `TT_RUNQ_C_OMP` (every core,
 //!   `OMP_NUM_THREADS` set), and `TT_LLAMA2C_TOKENIZER` (llama2.c's 32,000-token `tokenizer.bin`,
 //!   which run.c needs). Their rate is what they print as `achieved tok/s`, the median of three
-//!   runs as ours is.
+//!   runs as ours is;
+//! - llama.cpp, when `TT_LLAMA_CPP_BIN` names a directory holding its `llama-bench`,
+//!   `llama-quantize` and `llama-convert-llama2c-to-ggml` (built by you; nothing of llama.cpp is
+//!   in this repository): the same f32 file converted to GGUF (with the llama2.c tokenizer), then
+//!   quantized to Q8_0 and Q4_0, measured with `llama-bench` on one thread (`tg` decode and `pp`
+//!   prefill, its own median of repetitions).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -209,10 +214,68 @@ fn peer_once(var: &str, threads: usize, model: &Path, steps: usize) -> Result<Op
     Ok(Some(rate))
 }
 
+/// llama.cpp's GGUF files of the shape (F32 converted from the llama2.c file, then Q8_0 and Q4_0),
+/// made once in the cache, if `TT_LLAMA_CPP_BIN` and the tokenizer are given.
+fn gguf_files(f32_path: &Path) -> Result<Option<[(String, PathBuf); 3]>> {
+    let (Some(bin), Some(tok)) = (std::env::var_os("TT_LLAMA_CPP_BIN"), std::env::var_os("TT_LLAMA2C_TOKENIZER"))
+    else {
+        return Ok(None);
+    };
+    let bin = PathBuf::from(bin);
+    let dir = f32_path.parent().unwrap_or(Path::new("."));
+    let f32_gguf = dir.join("model-f32.gguf");
+    let run = |cmd: &mut std::process::Command| -> Result<()> {
+        let out = cmd.output().map_err(|e| err(format!("{cmd:?}: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(())
+    };
+    if !f32_gguf.is_file() {
+        run(std::process::Command::new(bin.join("llama-convert-llama2c-to-ggml"))
+            .arg("--copy-vocab-from-model")
+            .arg(&tok)
+            .arg("--llama2c-model")
+            .arg(f32_path)
+            .arg("--llama2c-output-model")
+            .arg(&f32_gguf))?;
+    }
+    let mut files = vec![("F32".to_string(), f32_gguf.clone())];
+    for q in ["Q8_0", "Q4_0"] {
+        let path = dir.join(format!("model-{}.gguf", q.to_lowercase()));
+        if !path.is_file() {
+            run(std::process::Command::new(bin.join("llama-quantize")).arg(&f32_gguf).arg(&path).arg(q))?;
+        }
+        files.push((q.to_string(), path));
+    }
+    Ok(files.try_into().ok())
+}
+
+/// `llama-bench`'s decode (`tg`) and prefill (`pp`) tok/s of `gguf`, one thread.
+fn llama_bench(gguf: &Path, decode: usize, prefill: usize) -> Result<(f64, f64)> {
+    let bin = PathBuf::from(std::env::var_os("TT_LLAMA_CPP_BIN").unwrap_or_default());
+    let out = std::process::Command::new(bin.join("llama-bench"))
+        .arg("-m")
+        .arg(gguf)
+        .args(["-t", "1", "-n", &decode.to_string(), "-p", &prefill.to_string(), "-o", "json"])
+        .output()
+        .map_err(|e| err(format!("llama-bench: {e}")))?;
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| err(format!("llama-bench printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr))))?;
+    let rate = |gen: bool| {
+        rows.iter()
+            .find(|r| (r["n_gen"].as_u64().unwrap_or(0) > 0) == gen)
+            .and_then(|r| r["avg_ts"].as_f64())
+            .ok_or_else(|| err("llama-bench: no avg_ts"))
+    };
+    Ok((rate(true)?, rate(false)?))
+}
+
 pub fn run(opts: &Options) -> Result<Value> {
     let mem = MemoryLevels::measure(opts.quick)?;
     let cores = tt_accel::team::global().map_or(1, |t| t.size());
     let mut rows = Vec::new();
+    let mut llama_cpp = Vec::new();
     opts.say(format!(
         "llama2.c checkpoints of random weights; our decoder (batch 1, {PROMPT}-token prompt, {DECODE} decoded, median of 3) beside run.c / runq.c where TT_RUN_C / TT_RUNQ_C name them"
     ));
@@ -263,6 +326,14 @@ pub fn run(opts: &Options) -> Result<Value> {
             ));
             rows.push(row);
         }
+        if let Some(files) = gguf_files(&f32_path)? {
+            let prefill = PREFILL.min(params.seq_len - 1);
+            for (format, path) in files {
+                let (tg, pp) = llama_bench(&path, DECODE, prefill)?;
+                opts.say(format!("{shape:<12} llama.cpp {format:<7} {:>7} {tg:>12.1} {:>16} {pp:>12.1}", 1, ""));
+                llama_cpp.push(json!({"shape": shape, "format": format, "threads": 1, "tg_tok_s": tg, "pp_tok_s": pp, "prefill_tokens": prefill, "decode_tokens": DECODE}));
+            }
+        }
     }
     Ok(json!({
         "milestone": NAME,
@@ -271,5 +342,6 @@ pub fn run(opts: &Options) -> Result<Value> {
         "group": GROUP,
         "memory_levels": {"l2_read_gbs": mem.l2_read_gbs, "l3_read_gbs": mem.l3_read_gbs, "dram_read_gbs": mem.dram_read_gbs},
         "rows": rows,
+        "llama_cpp": llama_cpp,
     }))
 }
