@@ -31,7 +31,10 @@ pub struct ModelArgs {
 /// The weight format to run or save in.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weights {
-    /// As stored.
+    /// As stored: quantized layers (a Q8_0 file's, a quantized unit's) as they are, f32 ones in
+    /// tt-accel's packed layout.
+    Stored,
+    /// Every layer in f32 (quantized ones dequantized), packed.
     F32,
     /// Symmetric int8 per output channel, dynamic activations (tt-quant).
     Int8,
@@ -51,16 +54,33 @@ pub fn open(args: &ModelArgs) -> Result<Opened, String> {
     }
 }
 
-/// Puts every projection and the token table of `model` in `weights` (f32: tt-accel's packed
-/// layout), then releases the dense copies: the format is what the process holds.
+/// Puts every projection and the token table of `model` in `weights` (f32 in tt-accel's packed
+/// layout; `stored` packs only what is f32), then releases the dense copies: the format is what
+/// the process holds.
 pub fn convert(model: &mut Gpt, weights: Weights) -> Result<(), String> {
     use std::sync::Arc;
     use tt_quant::{Activations, Int4Linear, Int8Linear, WeightConfig};
     let e = |e: &dyn std::fmt::Display| e.to_string();
     match weights {
+        Weights::Stored => {
+            // The same f32 values in tt-accel's packed layout (its one-row kernels stream the
+            // weights; the dense layout reduces one dot product per output); other formats stay.
+            let dense = |p: &Arc<dyn tt_tensor::Projection>| p.format() == "f32";
+            tt_tensor::nn::map_linears(model, |_, l| {
+                let p = l.projection()?;
+                if dense(&p) {
+                    l.set_projection(Arc::new(tt_accel::packed::PackedF32::pack(p.as_ref())))?;
+                }
+                Ok(())
+            })
+            .map_err(|x| e(&x))?;
+            let table = model.tok_emb.projection().map_err(|x| e(&x))?;
+            if dense(&table) {
+                let packed = Arc::new(tt_accel::packed::PackedF32::pack(table.as_ref()));
+                model.tok_emb.set_projection(packed).map_err(|x| e(&x))?;
+            }
+        }
         Weights::F32 => {
-            // The same f32 values in tt-accel's packed layout: its one-row kernels stream the
-            // weights (the dense layout reduces one dot product per output).
             tt_accel::packed::pack_linears(model).map_err(|x| e(&x))?;
             tt_quant::quantize_embeddings(model, &|t| Ok(Arc::new(tt_accel::packed::PackedF32::new(t)) as Arc<_>))
                 .map_err(|x| e(&x))?;
@@ -99,7 +119,7 @@ pub struct GenerateArgs {
     pub top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "stored")]
     pub weights: Weights,
 }
 
@@ -172,6 +192,7 @@ pub fn generate(a: &GenerateArgs) -> Result<(), String> {
 
 fn name(w: Weights) -> &'static str {
     match w {
+        Weights::Stored => "stored",
         Weights::F32 => "f32",
         Weights::Int8 => "int8",
         Weights::Int4 => "int4",
@@ -230,8 +251,8 @@ fn calibrate_int8(model: &mut Gpt, codec: &dyn tt_models::open::TextCodec, text:
 
 /// `tito quantize`: the model in int8 or int4, saved as a checkpoint unit with its tokenizer.
 pub fn quantize(a: &QuantizeArgs) -> Result<(), String> {
-    if a.weights == Weights::F32 {
-        return Err("--weights must be int8 or int4 (f32 is the model as it is)".into());
+    if matches!(a.weights, Weights::F32 | Weights::Stored) {
+        return Err("--weights must be int8 or int4 (f32 and stored are the model as it is)".into());
     }
     if a.calibrate.is_some() && a.weights != Weights::Int8 {
         return Err("--calibrate applies to int8 (int4 quantizes its activations per group as they come)".into());
@@ -334,7 +355,7 @@ pub fn prune(a: &PruneArgs) -> Result<(), String> {
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "stored")]
     pub weights: Weights,
     /// Prompt tokens for the prefill measurement.
     #[arg(long, default_value_t = 128)]
@@ -354,6 +375,9 @@ pub fn bench(a: &BenchArgs) -> Result<(), String> {
     let decode = a.decode.min(max - prefill);
     let ids: Vec<usize> = (0..prefill).map(|i| (i * 7919 + 13) % v).collect();
     let mut engine = engine(&model, prefill + decode)?;
+    let mut formats: Vec<&str> = engine.projection_formats().into_iter().map(|f| f.1).collect();
+    formats.sort_unstable();
+    formats.dedup();
     let t = Instant::now();
     engine.prefill(&ids, prefill).map_err(|e| e.to_string())?;
     let prefill_s = t.elapsed().as_secs_f64();
@@ -368,6 +392,7 @@ pub fn bench(a: &BenchArgs) -> Result<(), String> {
         "model": a.model.model.as_ref().map_or("course GPT".into(), |p| p.display().to_string()),
         "format": format,
         "weights": name(a.weights),
+        "projection_formats": formats,
         "parameters": model.num_parameters(),
         "prefill_tokens": prefill,
         "prefill_tok_s": prefill as f64 / prefill_s,
@@ -384,7 +409,7 @@ pub fn bench(a: &BenchArgs) -> Result<(), String> {
 pub struct ProfileArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "stored")]
     pub weights: Weights,
 }
 

@@ -88,6 +88,16 @@ fn generate_quantize_prune_bench_and_profile_a_llama2c_model() {
     for k in ["prefill_tok_s", "decode_tok_s", "peak_rss_bytes"] {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
     }
+    assert_eq!(v["projection_formats"], serde_json::json!(["f32-packed"]), "an f32 file runs packed");
+    // A Q8_0 file keeps its int8 layers unless told otherwise.
+    let q80 = dir.path().join("model_q80.bin");
+    let w = checkpoint::read(Path::new(&model)).unwrap();
+    checkpoint::write_q80(&q80, &w, 32).unwrap();
+    let q80 = q80.display().to_string();
+    let (code, out, err) = tito(&["bench", "--model", &q80, "--prefill", "8", "--decode", "4"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["projection_formats"], serde_json::json!(["int8-dyn/group"]), "{v}");
     let (code, out, err) = tito(&["profile", "--model", &model, "--weights", "int8"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("FLOPs per token") && out.contains("linear"), "{out}");
