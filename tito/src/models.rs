@@ -47,7 +47,9 @@ pub fn open(args: &ModelArgs) -> Result<Opened, String> {
     match &args.model {
         Some(p) => tt_models::open::open(p, args.tokenizer.as_deref()).map_err(|e| e.to_string()),
         None => {
-            let opts = milestones::Options { quiet: false, ..Default::default() };
+            // `json` sends the milestones' report (training progress on first use) to stderr:
+            // stdout is the verbs' output alone.
+            let opts = milestones::Options { json: true, ..Default::default() };
             let (model, tok, _, _) = milestones::transformer::load_or_train(&opts).map_err(|e| e.to_string())?;
             Ok(Opened { model, codec: tt_models::open::course_codec(tok), format: "course GPT" })
         }
@@ -156,13 +158,14 @@ pub fn generate(a: &GenerateArgs) -> Result<(), String> {
     let cfg = GenerateConfig { max_new_tokens: max_tokens, sampling, seed: a.seed, stop_tokens: codec.stop_tokens() };
     let mut out = std::io::stdout().lock();
     let mut prev = *prompt.last().expect("non-empty");
-    let mut failed = None;
+    let (mut failed, mut ends_line) = (None, false);
     let (start, mut first) = (Instant::now(), None);
     let trace = generate_traced(&mut engine, &[&prompt], &cfg, &mut |ev| match ev {
         Event::Token { token, .. } => {
             if failed.is_none() {
                 match codec.piece(prev, token) {
                     Ok(bytes) => {
+                        ends_line = bytes.last().map_or(ends_line, |&b| b == b'\n');
                         let _ = out.write_all(&bytes).and_then(|_| out.flush());
                     }
                     Err(e) => failed = Some(e.to_string()),
@@ -174,7 +177,9 @@ pub fn generate(a: &GenerateArgs) -> Result<(), String> {
         Event::Finished { .. } => {}
     })
     .map_err(|e| e.to_string())?;
-    let _ = writeln!(out);
+    if !ends_line {
+        let _ = writeln!(out);
+    }
     if let Some(e) = failed {
         return Err(e);
     }

@@ -52,12 +52,17 @@ pub enum CodecKind {
     HuggingFace,
 }
 
-/// The course tokenizer: a prompt as is; generation ends at a newline (answers are one line).
+/// The course tokenizer; generation ends at a newline (answers are one line). A prompt that is
+/// one question line (`Q: …`, no answer cue) gets the `\nA:` the model was trained to answer
+/// after (the corpus's `Q: question\nA: answer` form), so `--prompt "Q: what is 3 plus 4?"`
+/// answers rather than stopping at the question's end.
 struct Course(Tokenizer);
 
 impl TextCodec for Course {
     fn encode_prompt(&self, text: &str) -> Result<Vec<usize>> {
-        Ok(self.0.encode_ids(text)?)
+        let question = text.starts_with("Q:") && !text.contains('\n');
+        let text = if question { format!("{text}\nA:") } else { text.to_string() };
+        Ok(self.0.encode_ids(&text)?)
     }
     fn piece(&self, _: usize, id: usize) -> Result<Vec<u8>> {
         Ok(self.0.decode_ids(&[id])?.into_bytes())
