@@ -62,6 +62,7 @@ pub const MODULES: &[CourseModule] = &[
             ("tt-models", "llama2c_checkpoint"),
             ("tt-models", "llama2c_model"),
             ("tt-models", "hf"),
+            ("tt-models", "open"),
             ("tito", "models_cli"),
         ],
         ..m("13", "transformers", "tt-transformer", "crates/tt-transformer")
