@@ -227,6 +227,8 @@ impl Projection for PackedF32 {
     /// Row `o` is lane `o % 16` of its panel, one value per 16 (a strided gather: an embedding
     /// lookup reads one row, so a packed table can serve as a tied head's token table).
     fn dense_row(&self, o: usize, out: &mut [f32]) {
+        // The trait's documented `# Panics` (a caller's bug, like an index out of bounds); the
+        // decoder checks every id against the vocabulary before looking a row up.
         assert!(o < self.out_f && out.len() == self.in_f, "PackedF32::dense_row sizes");
         let panel = &self.packed[(o / PANEL) * self.in_f * PANEL..][..self.in_f * PANEL];
         for (v, w) in out.iter_mut().zip(panel.iter().skip(o % PANEL).step_by(PANEL)) {

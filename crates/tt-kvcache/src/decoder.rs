@@ -105,6 +105,7 @@ impl Norm {
             bytes: (4 * (2 * rows * d + 2 * d)) as u64,
         });
         let g = self.gamma.data();
+        // Tensor data is always standard layout (tt-tensor's invariant): `as_slice` cannot fail.
         let g = g.as_slice().expect("standard layout");
         let Some(beta) = &self.beta else {
             for r in 0..rows {
@@ -533,6 +534,7 @@ impl CachedGpt {
                     bytes: (4 * 3 * rows * d) as u64,
                 });
                 let pos = pos_emb.as_ref().map(Tensor::data);
+                // Standard layout, as every tensor's data (see `Norm::run`).
                 let pos = pos.as_ref().map(|p| p.as_slice().expect("standard layout"));
                 for (r, &id) in ids.iter().enumerate() {
                     let xr = &mut s.x[r * d..(r + 1) * d];

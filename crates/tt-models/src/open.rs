@@ -33,7 +33,10 @@ pub trait TextCodec: Send + Sync {
     /// Ids that end a generation.
     fn stop_tokens(&self) -> Vec<usize>;
     /// The tokenizer as a checkpoint part: (part name, bytes), and its kind for [`save`].
-    fn to_part(&self) -> (&'static str, Vec<u8>, CodecKind);
+    ///
+    /// # Errors
+    /// A tokenizer that does not serialize.
+    fn to_part(&self) -> Result<(&'static str, Vec<u8>, CodecKind)>;
     /// The id a prompt starts with, if the tokenizer adds one.
     fn bos(&self) -> Option<usize> {
         None
@@ -70,8 +73,11 @@ impl TextCodec for Course {
     fn stop_tokens(&self) -> Vec<usize> {
         self.0.encode_ids("\n").ok().filter(|v| v.len() == 1).unwrap_or_default()
     }
-    fn to_part(&self) -> (&'static str, Vec<u8>, CodecKind) {
-        ("tokenizer.json", serde_json::to_vec(&self.0).expect("a tokenizer serializes"), CodecKind::Course)
+    fn to_part(&self) -> Result<(&'static str, Vec<u8>, CodecKind)> {
+        let json = serde_json::to_vec(&self.0).map_err(|e| {
+            ModelError::format("tokenizer.json", format!("the course tokenizer does not serialize: {e}"))
+        })?;
+        Ok(("tokenizer.json", json, CodecKind::Course))
     }
 }
 
@@ -92,8 +98,8 @@ impl TextCodec for Llama2c {
     fn stop_tokens(&self) -> Vec<usize> {
         vec![self.tok.bos(), self.tok.eos()]
     }
-    fn to_part(&self) -> (&'static str, Vec<u8>, CodecKind) {
-        ("tokenizer.bin", self.bytes.clone(), CodecKind::Llama2c)
+    fn to_part(&self) -> Result<(&'static str, Vec<u8>, CodecKind)> {
+        Ok(("tokenizer.bin", self.bytes.clone(), CodecKind::Llama2c))
     }
 }
 
@@ -116,9 +122,11 @@ impl TextCodec for Hf {
     fn stop_tokens(&self) -> Vec<usize> {
         self.0.eos().to_vec()
     }
-    fn to_part(&self) -> (&'static str, Vec<u8>, CodecKind) {
-        let json = self.0.inner().to_string(false).expect("a loaded tokenizer serializes");
-        ("tokenizer.json", json.into_bytes(), CodecKind::HuggingFace)
+    fn to_part(&self) -> Result<(&'static str, Vec<u8>, CodecKind)> {
+        let json = self.0.inner().to_string(false).map_err(|e| {
+            ModelError::format("tokenizer.json", format!("the Hugging Face tokenizer does not serialize: {e}"))
+        })?;
+        Ok(("tokenizer.json", json.into_bytes(), CodecKind::HuggingFace))
     }
     fn bos(&self) -> Option<usize> {
         self.0.bos()
@@ -238,7 +246,7 @@ fn open_unit(dir: &Path) -> Result<Opened> {
 /// # Errors
 /// As `tt_quant::checkpoint::save_with`.
 pub fn save(model: &mut Gpt, codec: &dyn TextCodec, weights: &str, dir: &Path) -> Result<()> {
-    let (part, bytes, tokenizer) = codec.to_part();
+    let (part, bytes, tokenizer) = codec.to_part()?;
     let info = SavedInfo { weights: weights.into(), tokenizer, bos: codec.bos(), eos: codec.stop_tokens() };
     let config = SavedConfig { model: model.config.clone(), info };
     let config = serde_json::to_vec_pretty(&config).map_err(|e| ModelError::format(dir, e.to_string()))?;

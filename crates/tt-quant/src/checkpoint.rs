@@ -496,6 +496,7 @@ fn read_header(src: &dyn Source, err: &dyn Fn(String) -> QuantError) -> Result<H
     let prefix = src
         .bytes_at(0, LEN_BYTES)
         .map_err(|_| incomplete(format!("{size} bytes cannot hold the 8-byte header length")))?;
+    // `bytes_at` returned exactly LEN_BYTES bytes (or the error above): the conversion cannot fail.
     let n = u64::from_le_bytes(prefix[..LEN_BYTES].try_into().expect("read 8 bytes"));
     if n > MAX_HEADER_BYTES {
         return Err(incomplete(format!("a header of {n} bytes is over the {MAX_HEADER_BYTES} allowed")));
