@@ -18,6 +18,12 @@
 //! Protocol per generation step (the course's `update`/`advance`): every layer [`KvCache::append`]s
 //! the new position(s); [`KvCache::keys`]/[`KvCache::values`] of that layer then include them; when
 //! all layers have appended, [`KvCache::advance`] commits the step.
+//!
+//! Every sequence (batch row, or *slot*) keeps its own length and position, so rows need not move
+//! in lockstep: [`KvCache::append_row`] / [`KvCache::advance_row`] / [`KvCache::reset_row`] grow
+//! and empty one row while the others hold their own sequences — what continuous batching needs (a
+//! request joins an empty slot at position 0 while its neighbours are mid-answer). The
+//! whole-batch calls are those applied to every row.
 
 use thiserror::Error;
 
@@ -117,7 +123,7 @@ pub struct HeadRows<'a> {
     pub slots: usize,
 }
 
-/// A preallocated KV cache for all layers of a batch of equal-length sequences.
+/// A preallocated KV cache for all layers of a batch of sequences, each at its own length.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     shape: CacheShape,
@@ -134,12 +140,13 @@ pub struct KvCache {
     v8: Vec<i8>,
     k_scale: Vec<f32>,
     v_scale: Vec<f32>,
-    /// Valid slots per layer, including positions appended this step.
+    /// Valid slots per (layer, row), `[layer * batch + row]`, including positions appended this
+    /// step.
     filled: Vec<usize>,
-    /// Committed slots (equal for all layers after `advance`).
-    len: usize,
-    /// Positions ever committed (the absolute position of the next token).
-    seen: usize,
+    /// Committed slots per row (equal for all layers after `advance_row`).
+    len: Vec<usize>,
+    /// Positions ever committed per row (the absolute position of its next token).
+    seen: Vec<usize>,
 }
 
 impl KvCache {
@@ -258,9 +265,9 @@ impl KvCache {
             v8: vec![0; q],
             k_scale: vec![0.0; rows],
             v_scale: vec![0.0; rows],
-            filled: vec![0; layers],
-            len: 0,
-            seen: 0,
+            filled: vec![0; layers * batch],
+            len: vec![0; batch],
+            seen: vec![0; batch],
         })
     }
 
@@ -270,19 +277,36 @@ impl KvCache {
     pub fn policy(&self) -> OverflowPolicy {
         self.policy
     }
-    /// Committed positions held (≤ capacity).
+    /// Committed positions held by row 0 (≤ capacity): every row's, when the batch moves in
+    /// lockstep ([`KvCache::row_len`] for one row).
     pub fn len(&self) -> usize {
-        self.len
+        self.len[0]
     }
+    /// Whether no row holds a position.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len.iter().all(|&l| l == 0)
+    }
+    /// Committed positions held by row `b` (≤ capacity).
+    ///
+    /// # Panics
+    /// `b` ≥ the batch.
+    pub fn row_len(&self, b: usize) -> usize {
+        self.len[b]
+    }
+    /// Absolute position of row `b`'s next token.
+    ///
+    /// # Panics
+    /// `b` ≥ the batch.
+    pub fn row_position(&self, b: usize) -> usize {
+        self.seen[b]
     }
     pub fn capacity(&self) -> usize {
         self.shape.capacity
     }
-    /// Absolute position of the next token (positions committed so far, evicted ones included).
+    /// Absolute position of row 0's next token (positions committed so far, evicted ones
+    /// included): every row's, when the batch moves in lockstep.
     pub fn position(&self) -> usize {
-        self.seen
+        self.seen[0]
     }
     /// How keys and values are stored.
     pub fn storage(&self) -> KvStorage {
@@ -314,22 +338,29 @@ impl KvCache {
         self.layer_start[layer] + (b * self.layer_heads[layer] + h) * s.capacity * s.head_dim
     }
 
-    /// Whether `n` more positions fit without eviction.
+    /// Whether `n` more positions fit in every row without eviction.
     pub fn fits(&self, n: usize) -> bool {
-        self.len + n <= self.shape.capacity
+        (0..self.shape.batch).all(|b| self.fits_row(b, n))
     }
 
-    /// Appends `n` positions for `layer`. `k` and `v` are laid out `[batch, heads, n, head_dim]`
-    /// with that layer's head count.
-    /// Under `SlidingWindow`, the oldest positions are evicted to make room (requires `n` = 1
-    /// once the window is full, so no query loses a key inside its window).
+    /// Whether `n` more positions fit in row `b` without eviction.
+    ///
+    /// # Panics
+    /// `b` ≥ the batch.
+    pub fn fits_row(&self, b: usize, n: usize) -> bool {
+        self.len[b] + n <= self.shape.capacity
+    }
+
+    /// Appends `n` positions to every row for `layer`. `k` and `v` are laid out
+    /// `[batch, heads, n, head_dim]` with that layer's head count. As [`KvCache::append_row`] for
+    /// each row; checked for every row before any is written.
     pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32], n: usize) -> Result<(), CacheError> {
         let s = self.shape;
         if layer >= s.layers {
             return Err(CacheError::BadLayer { layer, layers: s.layers });
         }
-        let heads = self.layer_heads[layer];
-        let expect = s.batch * heads * n * s.head_dim;
+        let per_row = self.layer_heads[layer] * n * s.head_dim;
+        let expect = s.batch * per_row;
         if k.len() != expect || v.len() != expect {
             return Err(CacheError::Invalid(format!(
                 "append of {n} positions needs {expect} values, got k {} v {}",
@@ -337,67 +368,105 @@ impl KvCache {
                 v.len()
             )));
         }
-        if self.filled[layer] != self.len {
-            return Err(CacheError::Invalid(format!("layer {layer} already appended this step; call advance first")));
+        for b in 0..s.batch {
+            self.check_append(layer, b, n)?;
         }
-        let mut start = self.len;
-        if self.len + n > s.capacity {
+        for b in 0..s.batch {
+            let r = b * per_row..(b + 1) * per_row;
+            self.append_row(layer, b, &k[r.clone()], &v[r], n)?;
+        }
+        Ok(())
+    }
+
+    /// Whether row `b` of `layer` can take `n` positions now (see [`KvCache::append_row`]).
+    fn check_append(&self, layer: usize, b: usize, n: usize) -> Result<(), CacheError> {
+        let s = self.shape;
+        if self.filled[layer * s.batch + b] != self.len[b] {
+            return Err(CacheError::Invalid(format!(
+                "layer {layer} row {b} already appended this step; call advance first"
+            )));
+        }
+        if self.len[b] + n > s.capacity {
             match self.policy {
                 OverflowPolicy::Error => {
-                    return Err(CacheError::Overflow { position: self.seen + n - 1, capacity: s.capacity });
+                    return Err(CacheError::Overflow { position: self.seen[b] + n - 1, capacity: s.capacity });
                 }
                 OverflowPolicy::SlidingWindow(_) => {
-                    if n > 1 && self.len > 0 || n > s.capacity {
+                    if n > 1 && self.len[b] > 0 || n > s.capacity {
                         return Err(CacheError::Invalid(format!(
                             "sliding window: append {n} positions one at a time once the window ({}) would overflow",
                             s.capacity
                         )));
                     }
-                    let evict = self.len + n - s.capacity;
-                    for b in 0..s.batch {
-                        for h in 0..heads {
-                            let base = self.block(layer, b, h);
-                            let d = s.head_dim;
-                            let rows = base / d + evict..base / d + self.len;
-                            match self.storage {
-                                KvStorage::F32 => {
-                                    self.k.copy_within(rows.start * d..rows.end * d, base);
-                                    self.v.copy_within(rows.start * d..rows.end * d, base);
-                                }
-                                KvStorage::Int8 => {
-                                    self.k8.copy_within(rows.start * d..rows.end * d, base);
-                                    self.v8.copy_within(rows.start * d..rows.end * d, base);
-                                    self.k_scale.copy_within(rows.clone(), base / d);
-                                    self.v_scale.copy_within(rows, base / d);
-                                }
-                            }
-                        }
-                    }
-                    start = self.len - evict;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Appends `n` positions to row `b` for `layer`. `k` and `v` are laid out
+    /// `[heads, n, head_dim]` with that layer's head count.
+    /// Under `SlidingWindow`, the row's oldest positions are evicted to make room (requires `n` =
+    /// 1 once the window is full, so no query loses a key inside its window).
+    ///
+    /// # Errors
+    /// A layer or row out of range, slices of the wrong length, a layer that already appended to
+    /// this row this step, or an overflow (see [`OverflowPolicy`]).
+    pub fn append_row(&mut self, layer: usize, b: usize, k: &[f32], v: &[f32], n: usize) -> Result<(), CacheError> {
+        let s = self.shape;
+        self.check_index(layer, b, 0)?;
+        let heads = self.layer_heads[layer];
+        let expect = heads * n * s.head_dim;
+        if k.len() != expect || v.len() != expect {
+            return Err(CacheError::Invalid(format!(
+                "append of {n} positions to one row needs {expect} values, got k {} v {}",
+                k.len(),
+                v.len()
+            )));
+        }
+        self.check_append(layer, b, n)?;
+        let len = self.len[b];
         let d = s.head_dim;
-        for b in 0..s.batch {
+        // Past capacity only under a sliding window (`check_append` refuses the rest): evict the
+        // row's oldest positions to make room.
+        let evict = (len + n).saturating_sub(s.capacity);
+        if evict > 0 {
             for h in 0..heads {
-                let src = ((b * heads + h) * n) * d;
-                let dst = self.block(layer, b, h) + start * d;
+                let base = self.block(layer, b, h);
+                let rows = base / d + evict..base / d + len;
                 match self.storage {
                     KvStorage::F32 => {
-                        self.k[dst..dst + n * d].copy_from_slice(&k[src..src + n * d]);
-                        self.v[dst..dst + n * d].copy_from_slice(&v[src..src + n * d]);
+                        self.k.copy_within(rows.start * d..rows.end * d, base);
+                        self.v.copy_within(rows.start * d..rows.end * d, base);
                     }
                     KvStorage::Int8 => {
-                        for t in 0..n {
-                            let (x, y, row) = (src + t * d, dst + t * d, dst / d + t);
-                            self.k_scale[row] = quantize_row_q8(&k[x..x + d], &mut self.k8[y..y + d]);
-                            self.v_scale[row] = quantize_row_q8(&v[x..x + d], &mut self.v8[y..y + d]);
-                        }
+                        self.k8.copy_within(rows.start * d..rows.end * d, base);
+                        self.v8.copy_within(rows.start * d..rows.end * d, base);
+                        self.k_scale.copy_within(rows.clone(), base / d);
+                        self.v_scale.copy_within(rows, base / d);
                     }
                 }
             }
         }
-        self.filled[layer] = start + n;
+        let start = len - evict;
+        for h in 0..heads {
+            let src = (h * n) * d;
+            let dst = self.block(layer, b, h) + start * d;
+            match self.storage {
+                KvStorage::F32 => {
+                    self.k[dst..dst + n * d].copy_from_slice(&k[src..src + n * d]);
+                    self.v[dst..dst + n * d].copy_from_slice(&v[src..src + n * d]);
+                }
+                KvStorage::Int8 => {
+                    for t in 0..n {
+                        let (x, y, row) = (src + t * d, dst + t * d, dst / d + t);
+                        self.k_scale[row] = quantize_row_q8(&k[x..x + d], &mut self.k8[y..y + d]);
+                        self.v_scale[row] = quantize_row_q8(&v[x..x + d], &mut self.v8[y..y + d]);
+                    }
+                }
+            }
+        }
+        self.filled[layer * s.batch + b] = start + n;
         Ok(())
     }
 
@@ -425,7 +494,7 @@ impl KvCache {
         let base = self.check_index(layer, b, 0)?;
         self.check_storage(KvStorage::F32)?;
         let s = self.shape;
-        let (head_stride, slots) = (s.capacity * s.head_dim, self.filled[layer]);
+        let (head_stride, slots) = (s.capacity * s.head_dim, self.filled[layer * s.batch + b]);
         let end = base + (self.layer_heads[layer] - 1) * head_stride + slots * s.head_dim;
         Ok(HeadRows { keys: &self.k[base..end], values: &self.v[base..end], head_stride, slots })
     }
@@ -438,7 +507,7 @@ impl KvCache {
     pub fn keys(&self, layer: usize, b: usize, h: usize) -> Result<&[f32], CacheError> {
         let base = self.check_index(layer, b, h)?;
         self.check_storage(KvStorage::F32)?;
-        Ok(&self.k[base..base + self.filled[layer] * self.shape.head_dim])
+        Ok(&self.k[base..base + self.filled[layer * self.shape.batch + b] * self.shape.head_dim])
     }
 
     /// Values, laid out like [`KvCache::keys`].
@@ -448,7 +517,7 @@ impl KvCache {
     pub fn values(&self, layer: usize, b: usize, h: usize) -> Result<&[f32], CacheError> {
         let base = self.check_index(layer, b, h)?;
         self.check_storage(KvStorage::F32)?;
-        Ok(&self.v[base..base + self.filled[layer] * self.shape.head_dim])
+        Ok(&self.v[base..base + self.filled[layer * self.shape.batch + b] * self.shape.head_dim])
     }
 
     fn check_storage(&self, want: KvStorage) -> Result<(), CacheError> {
@@ -470,7 +539,7 @@ impl KvCache {
     pub fn keys_q8(&self, layer: usize, b: usize, h: usize) -> Result<Q8Rows<'_>, CacheError> {
         let base = self.check_index(layer, b, h)?;
         self.check_storage(KvStorage::Int8)?;
-        let (d, rows) = (self.shape.head_dim, self.filled[layer]);
+        let (d, rows) = (self.shape.head_dim, self.filled[layer * self.shape.batch + b]);
         Ok(Q8Rows { codes: &self.k8[base..base + rows * d], scales: &self.k_scale[base / d..base / d + rows] })
     }
 
@@ -481,43 +550,90 @@ impl KvCache {
     pub fn values_q8(&self, layer: usize, b: usize, h: usize) -> Result<Q8Rows<'_>, CacheError> {
         let base = self.check_index(layer, b, h)?;
         self.check_storage(KvStorage::Int8)?;
-        let (d, rows) = (self.shape.head_dim, self.filled[layer]);
+        let (d, rows) = (self.shape.head_dim, self.filled[layer * self.shape.batch + b]);
         Ok(Q8Rows { codes: &self.v8[base..base + rows * d], scales: &self.v_scale[base / d..base / d + rows] })
     }
 
-    /// Commits `n` positions once every layer has appended them.
+    /// Commits `n` positions of every row once every layer has appended them.
+    ///
+    /// # Errors
+    /// As [`KvCache::advance_row`], for any row (checked for all before any is committed).
     pub fn advance(&mut self, n: usize) -> Result<(), CacheError> {
-        let expected = (self.len + n).min(self.shape.capacity);
-        if n == 0 || self.filled.iter().any(|&f| f != expected) {
-            return Err(CacheError::Invalid(format!(
-                "advance({n}) needs every layer to hold {expected} positions, they hold {:?}",
-                self.filled
-            )));
+        for b in 0..self.shape.batch {
+            self.check_advance(b, n)?;
         }
-        self.len = expected;
-        self.seen += n;
+        for b in 0..self.shape.batch {
+            self.advance_row(b, n)?;
+        }
         Ok(())
     }
 
-    /// Drops committed positions past `len` (e.g. rejected speculative tokens). Not possible once
-    /// a sliding window has evicted positions, since those cannot be restored.
+    fn check_advance(&self, b: usize, n: usize) -> Result<(), CacheError> {
+        let s = self.shape;
+        if b >= s.batch {
+            return Err(CacheError::Invalid(format!("row {b} out of range ({} rows)", s.batch)));
+        }
+        let expected = (self.len[b] + n).min(s.capacity);
+        let filled = (0..s.layers).map(|l| self.filled[l * s.batch + b]);
+        if n == 0 || filled.clone().any(|f| f != expected) {
+            return Err(CacheError::Invalid(format!(
+                "advance({n}) of row {b} needs every layer to hold {expected} positions, they hold {:?}",
+                filled.collect::<Vec<_>>()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commits `n` positions of row `b` once every layer has appended them to it.
+    ///
+    /// # Errors
+    /// `n` = 0, a row out of range, or a layer that has not appended `n` positions to the row.
+    pub fn advance_row(&mut self, b: usize, n: usize) -> Result<(), CacheError> {
+        self.check_advance(b, n)?;
+        self.len[b] = (self.len[b] + n).min(self.shape.capacity);
+        self.seen[b] += n;
+        Ok(())
+    }
+
+    /// Drops every row's committed positions past `len` (e.g. rejected speculative tokens). Not
+    /// possible once a sliding window has evicted positions, since those cannot be restored.
+    ///
+    /// # Errors
+    /// A row holding fewer than `len` positions, or one whose window evicted positions.
     pub fn truncate(&mut self, len: usize) -> Result<(), CacheError> {
-        if len > self.len {
-            return Err(CacheError::Invalid(format!("truncate to {len} but only {} positions are held", self.len)));
+        if let Some(b) = (0..self.shape.batch).find(|&b| len > self.len[b]) {
+            return Err(CacheError::Invalid(format!(
+                "truncate to {len} but row {b} holds only {} positions",
+                self.len[b]
+            )));
         }
         if self.seen != self.len {
             return Err(CacheError::Invalid("truncate after a sliding window evicted positions".into()));
         }
-        self.len = len;
-        self.seen = len;
+        self.len.iter_mut().for_each(|l| *l = len);
+        self.seen.iter_mut().for_each(|l| *l = len);
         self.filled.iter_mut().for_each(|f| *f = len);
         Ok(())
     }
 
     /// Empties the cache for a new generation, keeping its memory.
     pub fn reset(&mut self) {
-        self.len = 0;
-        self.seen = 0;
+        self.len.iter_mut().for_each(|l| *l = 0);
+        self.seen.iter_mut().for_each(|l| *l = 0);
         self.filled.iter_mut().for_each(|f| *f = 0);
+    }
+
+    /// Empties row `b` for a new sequence (a slot freed and reused), keeping the other rows and
+    /// the memory. Positions a layer appended to the row but did not commit are dropped too.
+    ///
+    /// # Panics
+    /// `b` ≥ the batch.
+    pub fn reset_row(&mut self, b: usize) {
+        let batch = self.shape.batch;
+        self.len[b] = 0;
+        self.seen[b] = 0;
+        for l in 0..self.shape.layers {
+            self.filled[l * batch + b] = 0;
+        }
     }
 }

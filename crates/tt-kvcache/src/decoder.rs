@@ -4,7 +4,7 @@
 //! (RMSNorm, rotary positions on Q and K, SwiGLU, grouped-query attention — the cache then holds
 //! the K/V heads only).
 //!
-//! The whole forward pass is in `CachedGpt::forward_rows`, readable top to bottom. The decoder
+//! The whole forward pass is in `CachedGpt::run_spans`, readable top to bottom. The decoder
 //! **shares** the model's weights: per linear map it holds the layer's own
 //! [`Projection`] (an `Arc`, in whatever format was installed — dense f32 by default, sharing the
 //! weight tensor) and bias tensor; norms and embeddings are the model's own tensors. Layer widths
@@ -197,7 +197,7 @@ impl Scratch {
     }
 }
 
-/// A GPT with a KV cache for a batch of equal-length sequences.
+/// A GPT with a KV cache for a batch of sequences (slots), each at its own position.
 pub struct CachedGpt {
     /// The token table as a projection (its format, or a dense view of the shared tensor): rows
     /// are looked up with `dense_row`, and a tied head multiplies by it.
@@ -219,6 +219,10 @@ pub struct CachedGpt {
     ensured: (usize, usize),
     /// Layer norm, GELU and one-query attention (see [`CachedGpt::set_row_kernels`]).
     kernels: RowKernels,
+    /// The current step's spans, and [`CachedGpt::step`]'s ids laid end to end (kept, so
+    /// steps allocate nothing).
+    spans: Vec<Span>,
+    step_ids: Vec<usize>,
 }
 
 impl CachedGpt {
@@ -357,6 +361,8 @@ impl CachedGpt {
             s: Scratch::default(),
             ensured: (0, 0),
             kernels: RowKernels::reference(),
+            spans: Vec::with_capacity(batch),
+            step_ids: Vec::with_capacity(batch),
         };
         engine.ensure_scratch(batch, batch);
         Ok(engine)
@@ -468,81 +474,169 @@ impl CachedGpt {
     }
 
     /// Runs `n` new tokens per sequence through the model, appending their keys and values, and
-    /// returns the logits of each sequence's last new position, `[batch, vocab]`.
+    /// returns the logits of each sequence's last new position, `[batch, vocab]`. Each sequence
+    /// continues from its own position (equal, unless slots were stepped apart with
+    /// [`CachedGpt::step`]).
     pub fn forward(&mut self, ids: &[usize], n: usize) -> Result<&[f32], KvError> {
-        self.forward_rows(ids, n, false)
+        self.forward_batch(ids, n, false)
     }
 
     /// Like [`CachedGpt::forward`], but returns the logits after **every** new position,
     /// `[batch, n, vocab]` (for perplexity).
     pub fn forward_all(&mut self, ids: &[usize], n: usize) -> Result<&[f32], KvError> {
-        self.forward_rows(ids, n, true)
+        self.forward_batch(ids, n, true)
     }
 
-    /// The forward pass, top to bottom: embed → per block (attention, MLP) → final norm → head.
-    fn forward_rows(&mut self, ids: &[usize], n: usize, all_logits: bool) -> Result<&[f32], KvError> {
-        let (b, vocab) = (self.batch, self.dims.vocab);
+    /// Continuous batching's step: runs each entry's new tokens in its own slot (batch row), each
+    /// slot at its own position, in one forward pass — a joining request's whole prompt beside
+    /// other requests' single decode tokens — and returns one logits row per entry, in entry
+    /// order, `[entries, vocab]`. Slots not named are untouched. A row's result does not depend
+    /// on which other rows share the step (every kernel works row by row).
+    ///
+    /// # Errors
+    /// No entries, an entry with no ids, a slot out of range or named twice, an id outside the
+    /// vocabulary, or a slot whose sequence would pass the context — all checked before anything
+    /// runs; the cache's own errors.
+    pub fn step(&mut self, entries: &[SlotTokens<'_>]) -> Result<&[f32], KvError> {
+        let mut ids = std::mem::take(&mut self.step_ids);
+        ids.clear();
+        self.spans.clear();
+        for e in entries {
+            self.spans.push(Span { slot: e.slot, row0: ids.len(), n: e.ids.len() });
+            ids.extend_from_slice(e.ids);
+        }
+        let r = self.run_spans(&ids, false).map(|l| l.len());
+        self.step_ids = ids;
+        let len = r?;
+        Ok(&self.s.logits[..len])
+    }
+
+    /// Empties slot `slot` for a new sequence, keeping the other slots (see
+    /// [`KvCache::reset_row`]).
+    ///
+    /// # Errors
+    /// A slot out of range.
+    pub fn reset_slot(&mut self, slot: usize) -> Result<(), KvError> {
+        if slot >= self.batch {
+            return Err(KvError::Input(format!("slot {slot} out of range ({} slots)", self.batch)));
+        }
+        self.cache.reset_row(slot);
+        Ok(())
+    }
+
+    /// Absolute position of slot `slot`'s next token.
+    ///
+    /// # Errors
+    /// A slot out of range.
+    pub fn slot_position(&self, slot: usize) -> Result<usize, KvError> {
+        if slot >= self.batch {
+            return Err(KvError::Input(format!("slot {slot} out of range ({} slots)", self.batch)));
+        }
+        Ok(self.cache.row_position(slot))
+    }
+
+    /// Every sequence's `n` new tokens (`ids` row-major, `[batch, n]`) as one span per slot.
+    fn forward_batch(&mut self, ids: &[usize], n: usize, all_logits: bool) -> Result<&[f32], KvError> {
+        let b = self.batch;
         if n == 0 || ids.len() != b * n {
             return Err(KvError::Input(format!("{} ids do not form a [{b}, {n}] batch", ids.len())));
+        }
+        self.spans.clear();
+        self.spans.extend((0..b).map(|slot| Span { slot, row0: slot * n, n }));
+        self.run_spans(ids, all_logits)
+    }
+
+    /// Checks the spans in `self.spans` over `ids` before anything runs.
+    fn check_spans(&self, ids: &[usize]) -> Result<(), KvError> {
+        let (b, vocab) = (self.batch, self.dims.vocab);
+        if self.spans.is_empty() {
+            return Err(KvError::Input("a step needs at least one slot's tokens".into()));
+        }
+        for (i, sp) in self.spans.iter().enumerate() {
+            if sp.slot >= b {
+                return Err(KvError::Input(format!("slot {} out of range ({b} slots)", sp.slot)));
+            }
+            if sp.n == 0 {
+                return Err(KvError::Input(format!("slot {} has no tokens to run", sp.slot)));
+            }
+            if self.spans[..i].iter().any(|o| o.slot == sp.slot) {
+                return Err(KvError::Input(format!("slot {} appears twice in one step", sp.slot)));
+            }
+            let pos0 = self.cache.row_position(sp.slot);
+            if pos0 + sp.n > self.max_seq_len {
+                return Err(TransformerError::ContextOverflow {
+                    position: pos0 + sp.n - 1,
+                    max_seq_len: self.max_seq_len,
+                }
+                .into());
+            }
         }
         if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
             return Err(KvError::Input(format!("id {bad} is outside vocab_size {vocab}")));
         }
-        let pos0 = self.cache.position();
-        if pos0 + n > self.max_seq_len {
-            return Err(
-                TransformerError::ContextOverflow { position: pos0 + n - 1, max_seq_len: self.max_seq_len }.into()
-            );
-        }
-        // A sliding window that would evict inside this chunk: feed it one token at a time.
-        if n > 1 && !self.cache.fits(n) && matches!(self.cache.policy(), OverflowPolicy::SlidingWindow(_)) {
-            let mut all = Vec::new();
-            for t in 0..n {
-                let col: Vec<usize> = (0..b).map(|i| ids[i * n + t]).collect();
-                let l = self.forward_rows(&col, 1, false)?;
-                if all_logits {
-                    all.push(l.to_vec());
-                }
-            }
-            if all_logits {
-                // [n][batch, vocab] → [batch, n, vocab]
-                grow(&mut self.s.logits, b * n * vocab);
-                for (t, step) in all.iter().enumerate() {
-                    for i in 0..b {
-                        let dst = (i * n + t) * vocab;
-                        self.s.logits[dst..dst + vocab].copy_from_slice(&step[i * vocab..(i + 1) * vocab]);
+        Ok(())
+    }
+
+    /// The forward pass over the spans in `self.spans` (each slot's new tokens, `ids[row0..row0
+    /// + n]`), top to bottom: embed → per block (attention, MLP) → final norm → head. Returns
+    /// each span's last-position logits, or with `all_logits` every position's, in span order.
+    fn run_spans(&mut self, ids: &[usize], all_logits: bool) -> Result<&[f32], KvError> {
+        self.check_spans(ids)?;
+        let vocab = self.dims.vocab;
+        // A sliding window that would evict inside a multi-token chunk: feed the spans one token
+        // at a time (column by column), so no query loses a key inside its window.
+        let sliding = matches!(self.cache.policy(), OverflowPolicy::SlidingWindow(_));
+        if sliding && self.spans.iter().any(|sp| sp.n > 1 && !self.cache.fits_row(sp.slot, sp.n)) {
+            let spans = self.spans.clone();
+            let longest = spans.iter().map(|sp| sp.n).max().unwrap_or(0);
+            let mut per: Vec<Vec<f32>> = vec![Vec::new(); spans.len()];
+            for t in 0..longest {
+                let live: Vec<usize> = (0..spans.len()).filter(|&i| t < spans[i].n).collect();
+                let col: Vec<usize> = live.iter().map(|&i| ids[spans[i].row0 + t]).collect();
+                self.spans.clear();
+                self.spans.extend(live.iter().enumerate().map(|(k, &i)| Span { slot: spans[i].slot, row0: k, n: 1 }));
+                let l = self.run_spans(&col, false)?;
+                for (k, &i) in live.iter().enumerate() {
+                    if all_logits || t + 1 == spans[i].n {
+                        per[i].extend_from_slice(&l[k * vocab..(k + 1) * vocab]);
                     }
                 }
-                return Ok(&self.s.logits[..b * n * vocab]);
             }
-            return Ok(&self.s.logits[..b * vocab]);
+            let all = per.concat();
+            grow(&mut self.s.logits, all.len());
+            self.s.logits[..all.len()].copy_from_slice(&all);
+            return Ok(&self.s.logits[..all.len()]);
         }
-        let rows = b * n;
-        let logit_rows = if all_logits { rows } else { b };
+        let rows: usize = self.spans.iter().map(|sp| sp.n).sum();
+        let logit_rows = if all_logits { rows } else { self.spans.len() };
         self.ensure_scratch(rows, logit_rows);
         let d = self.dims.d;
-        let CachedGpt { tok_emb, pos_emb, rope, blocks, ln_f, head, cache, s, kernels, .. } = self;
-        let k = &*kernels;
+        let CachedGpt { tok_emb, pos_emb, rope, blocks, ln_f, head, cache, s, kernels, spans, .. } = self;
+        let (k, spans) = (&*kernels, &*spans);
 
         // Token + position embedding.
         layer_scope(
             || "embed".into(),
             || {
                 let _op = OpScope::begin("embedding", || OpInfo {
-                    input_shapes: vec![vec![b, n]],
+                    input_shapes: vec![vec![rows]],
                     flops: (rows * d) as u64,
                     bytes: (4 * 3 * rows * d) as u64,
                 });
                 let pos = pos_emb.as_ref().map(Tensor::data);
                 // Standard layout, as every tensor's data (see `Norm::run`).
                 let pos = pos.as_ref().map(|p| p.as_slice().expect("standard layout"));
-                for (r, &id) in ids.iter().enumerate() {
-                    let xr = &mut s.x[r * d..(r + 1) * d];
-                    tok_emb.dense_row(id, xr);
-                    if let Some(pos) = pos {
-                        let p = pos0 + r % n;
-                        for j in 0..d {
-                            xr[j] += pos[p * d + j];
+                for sp in spans {
+                    let pos0 = cache.row_position(sp.slot);
+                    for t in 0..sp.n {
+                        let r = sp.row0 + t;
+                        let xr = &mut s.x[r * d..(r + 1) * d];
+                        tok_emb.dense_row(ids[r], xr);
+                        if let Some(pos) = pos {
+                            let p = pos0 + t;
+                            for j in 0..d {
+                                xr[j] += pos[p * d + j];
+                            }
                         }
                     }
                 }
@@ -558,9 +652,9 @@ impl CachedGpt {
                     let heads =
                         Heads { q: blk.n_heads, kv: blk.n_kv_heads, dim: blk.attn_proj.shape().1 / blk.n_heads };
                     if let Some(rope) = rope {
-                        rotate(rope, &mut s.qkv, heads, b, n, pos0);
+                        rotate(rope, &mut s.qkv, heads, spans, cache);
                     }
-                    attention(k, cache, l, heads, b, n, s)?;
+                    attention(k, cache, l, heads, spans, s)?;
                     blk.attn_proj.run(&s.att, rows, &mut s.tmp, s.ws.bytes());
                     add_residual(&mut s.x[..rows * d], &s.tmp[..rows * d]);
                     // MLP sub-block: x += proj(gelu(fc(ln2(x)))), GELU as fc's epilogue, or
@@ -580,8 +674,10 @@ impl CachedGpt {
                 },
             )?;
         }
-        cache.advance(n)?;
-        // Final norm and head: for each sequence's last position, or for every position.
+        for sp in spans {
+            cache.advance_row(sp.slot, sp.n)?;
+        }
+        // Final norm and head: for each span's last position, or for every position.
         layer_scope(
             || "head".into(),
             || {
@@ -589,17 +685,33 @@ impl CachedGpt {
                     ln_f.run(k, &s.x, rows, d, &mut s.h);
                     head.run(&s.h, rows, &mut s.logits, s.ws.bytes());
                 } else {
-                    for bi in 0..b {
-                        let r = bi * n + n - 1;
-                        s.tmp[bi * d..(bi + 1) * d].copy_from_slice(&s.x[r * d..(r + 1) * d]);
+                    for (e, sp) in spans.iter().enumerate() {
+                        let r = sp.row0 + sp.n - 1;
+                        s.tmp[e * d..(e + 1) * d].copy_from_slice(&s.x[r * d..(r + 1) * d]);
                     }
-                    ln_f.run(k, &s.tmp, b, d, &mut s.h);
-                    head.run(&s.h, b, &mut s.logits, s.ws.bytes());
+                    ln_f.run(k, &s.tmp, logit_rows, d, &mut s.h);
+                    head.run(&s.h, logit_rows, &mut s.logits, s.ws.bytes());
                 }
             },
         );
         Ok(&s.logits[..logit_rows * vocab])
     }
+}
+
+/// One slot's new tokens in a [`CachedGpt::step`].
+#[derive(Debug, Clone, Copy)]
+pub struct SlotTokens<'a> {
+    /// The batch row (slot) whose sequence they continue.
+    pub slot: usize,
+    pub ids: &'a [usize],
+}
+
+/// Where one slot's new tokens sit in a forward pass: rows `row0..row0 + n` of the activations.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    slot: usize,
+    row0: usize,
+    n: usize,
 }
 
 /// `x += t`, reported as `add`.
@@ -647,69 +759,81 @@ impl Heads {
     }
 }
 
-/// Turns every new row's query and key heads to its position (`pos0 + t`), reported as `rope`.
-fn rotate(rope: &RopeTable, qkv: &mut [f32], h: Heads, b: usize, n: usize, pos0: usize) {
+/// Turns every new row's query and key heads to its position (its slot's next position plus its
+/// place in the span), reported as `rope`.
+fn rotate(rope: &RopeTable, qkv: &mut [f32], h: Heads, spans: &[Span], cache: &KvCache) {
+    let rows: usize = spans.iter().map(|sp| sp.n).sum();
     let _op = OpScope::begin("rope", || OpInfo {
-        input_shapes: vec![vec![b, n, h.row()]],
-        flops: (3 * b * n * (h.q_width() + h.kv_width())) as u64,
-        bytes: (4 * 2 * b * n * (h.q_width() + h.kv_width())) as u64,
+        input_shapes: vec![vec![rows, h.row()]],
+        flops: (3 * rows * (h.q_width() + h.kv_width())) as u64,
+        bytes: (4 * 2 * rows * (h.q_width() + h.kv_width())) as u64,
     });
-    for r in 0..b * n {
-        let pos = pos0 + r % n;
-        let row = &mut qkv[r * h.row()..r * h.row() + h.q_width() + h.kv_width()];
-        for head in row.chunks_exact_mut(h.dim) {
-            rope.rotate(head, pos, false);
+    for sp in spans {
+        let pos0 = cache.row_position(sp.slot);
+        for t in 0..sp.n {
+            let r = sp.row0 + t;
+            let row = &mut qkv[r * h.row()..r * h.row() + h.q_width() + h.kv_width()];
+            for head in row.chunks_exact_mut(h.dim) {
+                rope.rotate(head, pos0 + t, false);
+            }
         }
     }
 }
 
-/// Appends this chunk's keys and values to layer `l` of the cache, then runs every (sequence,
-/// query head) of `n` new queries over the cached positions, writing `s.att` (`rows × q width`).
-/// Query head `j` reads K/V head `j / (q / kv)`.
+/// Appends each span's keys and values to its slot in layer `l` of the cache, then runs every
+/// (span, query head) of its new queries over its slot's cached positions, writing `s.att`
+/// (`rows × q width`). Query head `j` reads K/V head `j / (q / kv)`.
 fn attention(
     k: &RowKernels,
     cache: &mut KvCache,
     l: usize,
     h: Heads,
-    b: usize,
-    n: usize,
+    spans: &[Span],
     s: &mut Scratch,
 ) -> Result<(), KvError> {
     let (hd, (a, kvw), stride) = (h.dim, (h.q_width(), h.kv_width()), h.row());
     let group = h.q / h.kv;
-    let slots_after = (cache.len() + n).min(cache.capacity());
-    let _op = OpScope::begin("attention", || OpInfo {
-        input_shapes: vec![vec![b, n, stride]],
-        // Scores and P·V over every visible slot (4·hd per score) plus the softmax.
-        flops: ((4 * hd + 5) * b * h.q * n * slots_after) as u64,
-        bytes: (4 * b * n * (stride + a) + 2 * b * h.kv * slots_after * cache.row_bytes()) as u64,
+    let cap = cache.capacity();
+    let _op = OpScope::begin("attention", || {
+        let rows: usize = spans.iter().map(|sp| sp.n).sum();
+        // Slots each span's queries see after this step, and query-slot pairs.
+        let visible = |sp: &Span| (cache.row_len(sp.slot) + sp.n).min(cap);
+        let pairs: usize = spans.iter().map(|sp| sp.n * visible(sp)).sum();
+        let kv_rows: usize = spans.iter().map(visible).sum();
+        OpInfo {
+            input_shapes: vec![vec![rows, stride]],
+            // Scores and P·V over every visible slot (4·hd per score) plus the softmax.
+            flops: ((4 * hd + 5) * h.q * pairs) as u64,
+            bytes: (4 * rows * (stride + a) + 2 * h.kv * kv_rows * cache.row_bytes()) as u64,
+        }
     });
-    // Gather this chunk's K and V into the cache's [batch, kv head, n, head_dim] order.
-    for bi in 0..b {
-        for t in 0..n {
-            let q = &s.qkv[(bi * n + t) * stride..(bi * n + t + 1) * stride];
+    // Gather each span's K and V into the cache's [kv head, n, head_dim] order and append them.
+    for sp in spans {
+        let (kb, vb) =
+            (&mut s.kbuf[sp.row0 * kvw..(sp.row0 + sp.n) * kvw], &mut s.vbuf[sp.row0 * kvw..(sp.row0 + sp.n) * kvw]);
+        for t in 0..sp.n {
+            let q = &s.qkv[(sp.row0 + t) * stride..(sp.row0 + t + 1) * stride];
             for j in 0..h.kv {
-                let dst = ((bi * h.kv + j) * n + t) * hd;
-                s.kbuf[dst..dst + hd].copy_from_slice(&q[a + j * hd..a + (j + 1) * hd]);
-                s.vbuf[dst..dst + hd].copy_from_slice(&q[a + kvw + j * hd..a + kvw + (j + 1) * hd]);
+                let dst = (j * sp.n + t) * hd;
+                kb[dst..dst + hd].copy_from_slice(&q[a + j * hd..a + (j + 1) * hd]);
+                vb[dst..dst + hd].copy_from_slice(&q[a + kvw + j * hd..a + kvw + (j + 1) * hd]);
             }
         }
+        cache.append_row(l, sp.slot, kb, vb, sp.n)?;
     }
-    let rows = b * n;
-    cache.append(l, &s.kbuf[..rows * kvw], &s.vbuf[..rows * kvw], n)?;
     let scale = 1.0 / (hd as f32).sqrt();
     if cache.storage() == KvStorage::Int8 {
-        return attention_q8(k, cache, l, h, b, n, scale, s);
+        return attention_q8(k, cache, h, l, spans, scale, s);
     }
     // The all-heads kernels take one K/V head per query head.
     let shared = group != 1;
-    if let (1, Some(all_heads), false) = (n, k.decode_attention_heads, shared) {
-        // A decode step with a kernel that takes every head at once (e.g. split across cores).
-        for bi in 0..b {
-            let r = cache.heads(l, bi)?;
-            let q = &s.qkv[bi * stride..bi * stride + a];
+    for sp in spans {
+        let (n, r0) = (sp.n, sp.row0);
+        if let (1, Some(all_heads), false) = (n, k.decode_attention_heads, shared) {
+            // A decode step with a kernel that takes every head at once (e.g. split across cores).
+            let r = cache.heads(l, sp.slot)?;
             let job = HeadsJob {
-                q,
+                q: &s.qkv[r0 * stride..r0 * stride + a],
                 keys: r.keys,
                 values: r.values,
                 heads: h.q,
@@ -718,16 +842,14 @@ fn attention(
                 slots: r.slots,
                 scale,
             };
-            all_heads(&job, &mut s.att[bi * a..(bi + 1) * a]);
+            all_heads(&job, &mut s.att[r0 * a..(r0 + 1) * a]);
+            continue;
         }
-        return Ok(());
-    }
-    if let (true, Some(all_heads), false) = (n > 1, k.prefill_attention_heads, shared) {
-        // A prefill chunk with a kernel that takes every head at once (e.g. split across cores).
-        for bi in 0..b {
-            let r = cache.heads(l, bi)?;
+        if let (true, Some(all_heads), false) = (n > 1, k.prefill_attention_heads, shared) {
+            // A prefill chunk with a kernel that takes every head at once (e.g. split across cores).
+            let r = cache.heads(l, sp.slot)?;
             let job = PrefillHeadsJob {
-                q: &s.qkv[bi * n * stride..(bi + 1) * n * stride],
+                q: &s.qkv[r0 * stride..(r0 + n) * stride],
                 q_stride: stride,
                 rows: n,
                 keys: r.keys,
@@ -738,16 +860,14 @@ fn attention(
                 slots: r.slots,
                 scale,
             };
-            all_heads(&job, &mut s.att[bi * n * a..(bi + 1) * n * a], a);
+            all_heads(&job, &mut s.att[r0 * a..(r0 + n) * a], a);
+            continue;
         }
-        return Ok(());
-    }
-    for bi in 0..b {
         for qh in 0..h.q {
-            let (keys, vals) = (cache.keys(l, bi, qh / group)?, cache.values(l, bi, qh / group)?);
+            let (keys, vals) = (cache.keys(l, sp.slot, qh / group)?, cache.values(l, sp.slot, qh / group)?);
             let slots = keys.len() / hd;
-            let q0 = bi * n * stride + qh * hd;
-            let out = &mut s.att[bi * n * a + qh * hd..];
+            let q0 = r0 * stride + qh * hd;
+            let out = &mut s.att[r0 * a + qh * hd..];
             if n == 1 {
                 // A decode step: one query per head, the engine's row kernel.
                 (k.decode_attention)(
@@ -770,26 +890,26 @@ fn attention(
     Ok(())
 }
 
-/// [`attention`] over an int8 cache (the chunk is already appended): decode steps run the row
+/// [`attention`] over an int8 cache (the spans are already appended): decode steps run the row
 /// kernel on codes and scales; a prefill dequantizes each head's rows into scratch and runs the
 /// f32 attention kernel, so both see exactly the cached (quantized) keys and values.
 fn attention_q8(
     k: &RowKernels,
     cache: &KvCache,
-    l: usize,
     h: Heads,
-    b: usize,
-    n: usize,
+    l: usize,
+    spans: &[Span],
     scale: f32,
     s: &mut Scratch,
 ) -> Result<(), KvError> {
     let (hd, a, stride, group) = (h.dim, h.q_width(), h.row(), h.q / h.kv);
-    for bi in 0..b {
+    for sp in spans {
+        let (n, r0) = (sp.n, sp.row0);
         for qh in 0..h.q {
-            let (kq, vq) = (cache.keys_q8(l, bi, qh / group)?, cache.values_q8(l, bi, qh / group)?);
+            let (kq, vq) = (cache.keys_q8(l, sp.slot, qh / group)?, cache.values_q8(l, sp.slot, qh / group)?);
             let slots = kq.scales.len();
-            let q0 = bi * n * stride + qh * hd;
-            let out = &mut s.att[bi * n * a + qh * hd..];
+            let q0 = r0 * stride + qh * hd;
+            let out = &mut s.att[r0 * a + qh * hd..];
             if n == 1 {
                 let kv = Q8Head { keys: kq.codes, key_scales: kq.scales, values: vq.codes, value_scales: vq.scales };
                 (k.decode_attention_q8)(&s.qkv[q0..q0 + hd], &kv, scale, &mut s.scores[..slots], &mut out[..hd]);

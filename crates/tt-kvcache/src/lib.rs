@@ -38,7 +38,7 @@ pub mod cache;
 pub mod decoder;
 
 pub use cache::{CacheError, CacheShape, HeadRows, KvCache, KvStorage, OverflowPolicy, Q8Rows};
-pub use decoder::{generate_cached, generate_uncached, CachedGpt};
+pub use decoder::{generate_cached, generate_uncached, CachedGpt, SlotTokens};
 pub use tt_transformer::generate::Trace;
 
 use thiserror::Error;

@@ -844,3 +844,135 @@ fn a_llama_generates_the_same_greedy_text_with_an_int8_cache_and_without_a_cache
     // The trained pattern is decided by wide margins: int8 keys and values keep every choice.
     assert_eq!(generate_cached(&mut eng, &prompts, &cfg).unwrap().tokens, reference);
 }
+
+/// Continuous batching's engine: slots at their own positions, joining and leaving.
+mod slots {
+    use super::*;
+    use tt_kvcache::SlotTokens;
+    use tt_transformer::generate::argmax;
+
+    /// Logits of `seq` fed to a fresh one-slot engine: its prompt `seq[..p]`, then one token a
+    /// step; one row per step.
+    fn alone(m: &Gpt, seq: &[usize], p: usize) -> Vec<Vec<f32>> {
+        let mut e = CachedGpt::new(m, 1, OverflowPolicy::Error).unwrap();
+        let mut out = vec![e.step(&[SlotTokens { slot: 0, ids: &seq[..p] }]).unwrap().to_vec()];
+        for t in p..seq.len() {
+            out.push(e.step(&[SlotTokens { slot: 0, ids: &seq[t..=t] }]).unwrap().to_vec());
+        }
+        out
+    }
+
+    /// A row's logits among other rows vs alone: every kernel works row by row, but the dense
+    /// projection multiplies one row by dot products and several by a GEMM, which sums in
+    /// another order: a few float roundings of logits of magnitude ~10 (observed ≤ 1e-6).
+    const ROW_TOL: f32 = 1e-5;
+
+    /// Three sequences join a three-slot engine at different steps (a prompt prefilled beside
+    /// the others' decode tokens), one leaves and its slot is reused by a fourth: every
+    /// sequence's logits at every step equal those of running it alone (within [`ROW_TOL`], the
+    /// same greedy token), and the reference model's within the m14 tolerance.
+    #[test]
+    fn a_sequence_among_others_equals_it_alone() {
+        let m = trained(21);
+        let v = m.config.vocab_size;
+        let seqs: Vec<Vec<usize>> =
+            (0..4).map(|s| (0..14 + s).map(|i| (i * (s + 2) + 3 * s + 1) % v).collect()).collect();
+        let prompts = [5, 3, 7, 4];
+        // (step it joins at, slot): the fourth reuses slot 0 once the first has left.
+        let joins = [(0, 0), (2, 1), (3, 2), (15, 0)];
+        let mut eng = CachedGpt::new(&m, 3, OverflowPolicy::Error).unwrap();
+        let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 4];
+        // Next token index of each running sequence.
+        let mut at: Vec<Option<usize>> = vec![None; 4];
+        for step in 0..30 {
+            for (i, &(when, slot)) in joins.iter().enumerate() {
+                if when == step {
+                    assert!(at.iter().enumerate().all(|(j, a)| a.is_none() || joins[j].1 != slot), "slot {slot} busy");
+                    eng.reset_slot(slot).unwrap();
+                    at[i] = Some(0);
+                }
+            }
+            let running: Vec<usize> = (0..4).filter(|&i| at[i].is_some()).collect();
+            if running.is_empty() {
+                break;
+            }
+            let entries: Vec<SlotTokens> = running
+                .iter()
+                .map(|&i| {
+                    let t = at[i].unwrap();
+                    let ids = if t == 0 { &seqs[i][..prompts[i]] } else { &seqs[i][t..=t] };
+                    SlotTokens { slot: joins[i].1, ids }
+                })
+                .collect();
+            let logits = eng.step(&entries).unwrap().to_vec();
+            assert_eq!(logits.len(), running.len() * v);
+            for (k, &i) in running.iter().enumerate() {
+                got[i].push(logits[k * v..(k + 1) * v].to_vec());
+                let t = at[i].unwrap();
+                let next = if t == 0 { prompts[i] } else { t + 1 };
+                at[i] = (next < seqs[i].len()).then_some(next);
+            }
+        }
+        for i in 0..4 {
+            let want = alone(&m, &seqs[i], prompts[i]);
+            assert_eq!(got[i].len(), want.len());
+            for (t, (g, w)) in got[i].iter().zip(&want).enumerate() {
+                assert!(max_diff(g, w) <= ROW_TOL, "sequence {i} step {t}: {} apart", max_diff(g, w));
+                assert_eq!(argmax(g), argmax(w), "sequence {i} step {t}: another greedy token");
+            }
+            // The last step ran the whole sequence.
+            let r = reference_last(&m, std::slice::from_ref(&seqs[i]));
+            assert!(max_diff(&want[want.len() - 1], &r) <= TOL);
+        }
+    }
+
+    #[test]
+    fn bad_steps_are_refused_before_anything_runs() {
+        let m = trained(22);
+        let mut eng = CachedGpt::new(&m, 2, OverflowPolicy::Error).unwrap();
+        eng.step(&[SlotTokens { slot: 1, ids: &[1, 2, 3] }]).unwrap();
+        assert_eq!((eng.slot_position(0).unwrap(), eng.slot_position(1).unwrap()), (0, 3));
+        let msg = |r: Result<&[f32], tt_kvcache::KvError>| r.unwrap_err().to_string();
+        assert!(msg(eng.step(&[])).contains("at least one"));
+        assert!(msg(eng.step(&[SlotTokens { slot: 2, ids: &[1] }])).contains("out of range"));
+        assert!(msg(eng.step(&[SlotTokens { slot: 0, ids: &[] }])).contains("no tokens"));
+        let twice = [SlotTokens { slot: 0, ids: &[1] }, SlotTokens { slot: 0, ids: &[2] }];
+        assert!(msg(eng.step(&twice)).contains("twice"));
+        assert!(msg(eng.step(&[SlotTokens { slot: 0, ids: &[99] }])).contains("vocab"));
+        let long = vec![1; 38];
+        let over = [SlotTokens { slot: 0, ids: &[1] }, SlotTokens { slot: 1, ids: &long }];
+        assert!(msg(eng.step(&over)).contains("context"), "{}", msg(eng.step(&over)));
+        // Nothing ran: slot 0 is still empty, slot 1 still at 3; both keep working.
+        assert_eq!((eng.slot_position(0).unwrap(), eng.slot_position(1).unwrap()), (0, 3));
+        eng.step(&[SlotTokens { slot: 0, ids: &[4] }, SlotTokens { slot: 1, ids: &[5] }]).unwrap();
+        eng.reset_slot(1).unwrap();
+        assert_eq!((eng.slot_position(0).unwrap(), eng.slot_position(1).unwrap()), (1, 0));
+        assert!(eng.reset_slot(2).is_err());
+    }
+
+    #[test]
+    fn cache_rows_grow_and_empty_on_their_own() {
+        let mut c = KvCache::new(2, 2, 1, 6, 2, OverflowPolicy::SlidingWindow(3)).unwrap();
+        for layer in 0..2 {
+            c.append_row(layer, 1, &[1.0; 4], &[2.0; 4], 2).unwrap();
+        }
+        assert!(c.advance(2).is_err(), "row 0 appended nothing");
+        c.advance_row(1, 2).unwrap();
+        assert_eq!((c.row_len(0), c.row_len(1)), (0, 2));
+        // Row 1's window slides on its own; row 0 still holds nothing.
+        for t in 0..3 {
+            for layer in 0..2 {
+                c.append_row(layer, 1, &[t as f32; 2], &[t as f32; 2], 1).unwrap();
+            }
+            c.advance_row(1, 1).unwrap();
+        }
+        assert_eq!(
+            (c.row_len(1), c.row_position(1), c.keys(0, 1, 0).unwrap()),
+            (3, 5, &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0][..])
+        );
+        assert!(c.keys(0, 0, 0).unwrap().is_empty());
+        c.reset_row(1);
+        assert!(c.is_empty());
+        assert!(c.append_row(0, 2, &[0.0; 2], &[0.0; 2], 1).is_err());
+    }
+}
