@@ -111,9 +111,12 @@ impl std::fmt::Display for Failures {
             return write!(f, "none");
         }
         let mut parts: Vec<String> = self.by_status.iter().map(|(c, n)| format!("HTTP {c}: {n}")).collect();
-        for (what, n) in
-            [("connect", self.connect), ("timeout", self.timeout), ("closed", self.closed), ("malformed", self.malformed)]
-        {
+        for (what, n) in [
+            ("connect", self.connect),
+            ("timeout", self.timeout),
+            ("closed", self.closed),
+            ("malformed", self.malformed),
+        ] {
             if n > 0 {
                 parts.push(format!("{what}: {n}"));
             }
@@ -340,7 +343,8 @@ async fn exchange(
         .header("content-type", "application/json")
         .header("accept", "text/event-stream")
         .body(body.to_string());
-    let mut response = request.send().await.map_err(|e| if e.is_timeout() { Failure::Timeout } else { Failure::Connect })?;
+    let mut response =
+        request.send().await.map_err(|e| if e.is_timeout() { Failure::Timeout } else { Failure::Connect })?;
     if !response.status().is_success() {
         return Err(Failure::Status(response.status().as_u16()));
     }
@@ -437,7 +441,8 @@ mod tests {
 
     #[test]
     fn events_split_anywhere_join_their_data_lines() {
-        let stream = b": hi\r\ndata: {\"choices\":[{\"text\":\"a\"}]}\r\n\r\ndata: x\ndata: y\nid: 3\n\ndata: [DONE]\n\n";
+        let stream =
+            b": hi\r\ndata: {\"choices\":[{\"text\":\"a\"}]}\r\n\r\ndata: x\ndata: y\nid: 3\n\ndata: [DONE]\n\n";
         for cut in 0..stream.len() {
             let mut p = SseEvents::default();
             let mut got = p.push(&stream[..cut]).unwrap();
