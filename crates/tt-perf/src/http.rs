@@ -153,6 +153,54 @@ pub fn judge(log: RunLog, failures: &Failures) -> Result<Judged> {
     Ok(j)
 }
 
+/// `{base}/{path}`, for a base URL that is `http://`.
+///
+/// # Errors
+/// [`PerfError::InvalidSetting`] (`url`): not a URL, or not `http://` (no TLS here).
+fn route(base: &str, path: &str) -> Result<reqwest::Url> {
+    let bad = |reason: String| Err(PerfError::InvalidSetting { field: "url", reason });
+    match reqwest::Url::parse(&format!("{}/{path}", base.trim_end_matches('/'))) {
+        Ok(u) if u.scheme() == "http" => Ok(u),
+        Ok(u) => bad(format!("{base}: only http:// is supported, not {}://", u.scheme())),
+        Err(e) => bad(format!("{base:?} is not a URL: {e}")),
+    }
+}
+
+/// The models an OpenAI-compatible server lists at `GET {url}/v1/models` (each `data[].id`):
+/// whether the server is there, and what to name in requests.
+///
+/// # Errors
+/// [`PerfError::InvalidSetting`] (`url`) as [`HttpSut::new`]; [`PerfError::Sut`] when the
+/// server cannot be reached within `timeout`, answers a non-2xx status, or not with a model list.
+pub fn list_models(url: &str, timeout: Duration) -> Result<Vec<String>> {
+    let endpoint = route(url, "v1/models")?;
+    let sut = |e: String| PerfError::Sut(format!("GET {endpoint}: {e}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PerfError::Sut(format!("starting the HTTP client's runtime: {e}")))?;
+    let body = runtime.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().timeout(timeout).build().map_err(|e| sut(e.to_string()))?;
+        let mut response =
+            client.get(endpoint.clone()).send().await.map_err(|e| sut(format!("cannot reach the server: {e}")))?;
+        if !response.status().is_success() {
+            return Err(sut(format!("answered {}", response.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(b) = response.chunk().await.map_err(|e| sut(e.to_string()))? {
+            body.extend_from_slice(&b);
+            if body.len() > MAX_BODY_BYTES {
+                return Err(sut(format!("the answer is over {MAX_BODY_BYTES} bytes")));
+            }
+        }
+        Ok(body)
+    })?;
+    let list: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| sut(format!("the answer is not JSON: {e}")))?;
+    let ids = list["data"].as_array().ok_or_else(|| sut("the answer has no \"data\" list of models".into()))?;
+    Ok(ids.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+}
+
 /// A query sample library of text prompts, all held in memory; [`HttpSut::new`] shares them.
 #[derive(Debug, Clone)]
 pub struct PromptLibrary {
@@ -222,16 +270,11 @@ impl HttpSut {
     ///
     /// # Errors
     /// [`PerfError::InvalidSetting`] naming the field: a URL that does not parse or is not
-    /// `http://` (no TLS here), no connections, a zero timeout or `max_tokens`, a temperature
+    /// `http://` (no TLS here, and the server is on the benchmark's network), no connections, a zero timeout or `max_tokens`, a temperature
     /// that is negative or not finite; [`PerfError::Sut`] if the runtime or client cannot start.
     pub fn new(config: HttpConfig, library: &PromptLibrary) -> Result<HttpSut> {
         let bad = |field, reason: String| Err(PerfError::InvalidSetting { field, reason });
-        let base = config.url.trim_end_matches('/');
-        let endpoint = match reqwest::Url::parse(&format!("{base}/v1/completions")) {
-            Ok(u) if u.scheme() == "http" => u,
-            Ok(u) => return bad("url", format!("{}: only http:// is supported, not {}://", config.url, u.scheme())),
-            Err(e) => return bad("url", format!("{:?} is not a URL: {e}", config.url)),
-        };
+        let endpoint = route(&config.url, "v1/completions")?;
         if config.max_connections == 0 {
             return bad("max_connections", "must be at least 1".into());
         }

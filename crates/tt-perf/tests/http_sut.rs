@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio_stream::wrappers::ReceiverStream;
 use tt_perf::http::{self, Failures, HttpConfig, HttpSut, PromptLibrary};
@@ -73,7 +73,8 @@ fn mock() -> (tokio::runtime::Runtime, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/v1/completions", post(completions));
+    let models = || async { Json(serde_json::json!({"object": "list", "data": [{"id": "mock", "object": "model"}]})) };
+    let app = Router::new().route("/v1/completions", post(completions)).route("/v1/models", get(models));
     rt.spawn(async move { axum::serve(listener, app).await });
     (rt, addr)
 }
@@ -100,6 +101,7 @@ fn single_stream_and_server_runs_stream_every_sample() {
     let (_server, addr) = mock();
     let prompts: Vec<String> = (0..16).map(|i| format!("question {i}")).collect();
     let mut lib = PromptLibrary::new(prompts.clone()).unwrap();
+    assert_eq!(http::list_models(&format!("http://{addr}/"), Duration::from_secs(1)).unwrap(), ["mock"]);
     let sut = HttpSut::new(config(addr), &lib).unwrap();
 
     let single = TestSettings::scaled(Scenario::SingleStream, Duration::from_millis(150), 8);
@@ -155,6 +157,8 @@ fn failed_requests_are_answered_empty_and_counted_by_cause() {
 
     // A port nobody listens on: every sample is answered, as a connection failure.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = http::list_models(&format!("http://{free}"), Duration::from_secs(1)).unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err}");
     let refused = HttpSut::new(config(free), &lib).unwrap();
     let single = TestSettings::scaled(Scenario::SingleStream, Duration::ZERO, 3);
     let log = start_test(&refused, &mut lib, &single).unwrap();
