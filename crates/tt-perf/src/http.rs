@@ -41,8 +41,8 @@ pub struct HttpConfig {
     pub url: String,
     pub model: String,
     pub max_tokens: u32,
-    /// 0 is greedy decoding.
-    pub temperature: f32,
+    /// 0 is greedy decoding. An `f64`, so the JSON says `0.7`, not an `f32`'s `0.699999988…`.
+    pub temperature: f64,
     /// Sent when set, so sampled answers repeat.
     pub seed: Option<u64>,
     /// Stop sequences; none sent when empty.
@@ -270,13 +270,17 @@ impl HttpSut {
     ///
     /// # Errors
     /// [`PerfError::InvalidSetting`] naming the field: a URL that does not parse or is not
-    /// `http://` (no TLS here, and the server is on the benchmark's network), no connections, a zero timeout or `max_tokens`, a temperature
-    /// that is negative or not finite; [`PerfError::Sut`] if the runtime or client cannot start.
+    /// `http://` (no TLS here), no connections or more than a semaphore holds, a zero timeout or
+    /// `max_tokens`, a temperature that is negative or not finite; [`PerfError::Sut`] if the
+    /// runtime or client cannot start.
     pub fn new(config: HttpConfig, library: &PromptLibrary) -> Result<HttpSut> {
         let bad = |field, reason: String| Err(PerfError::InvalidSetting { field, reason });
         let endpoint = route(&config.url, "v1/completions")?;
-        if config.max_connections == 0 {
-            return bad("max_connections", "must be at least 1".into());
+        if config.max_connections == 0 || config.max_connections > Semaphore::MAX_PERMITS {
+            return bad(
+                "max_connections",
+                format!("{} is outside 1..={}", config.max_connections, Semaphore::MAX_PERMITS),
+            );
         }
         if config.timeout.is_zero() {
             return bad("timeout", "must be above zero".into());
@@ -518,7 +522,8 @@ mod tests {
         assert_eq!(field(HttpConfig { max_connections: 0, ..ok.clone() }), "max_connections");
         assert_eq!(field(HttpConfig { timeout: Duration::ZERO, ..ok.clone() }), "timeout");
         assert_eq!(field(HttpConfig { max_tokens: 0, ..ok.clone() }), "max_tokens");
-        assert_eq!(field(HttpConfig { temperature: f32::NAN, ..ok.clone() }), "temperature");
+        assert_eq!(field(HttpConfig { max_connections: usize::MAX, ..ok.clone() }), "max_connections");
+        assert_eq!(field(HttpConfig { temperature: f64::NAN, ..ok.clone() }), "temperature");
         assert!(HttpSut::new(ok, &lib).is_ok());
         assert!(PromptLibrary::new(Vec::new()).is_err());
     }
