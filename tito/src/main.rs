@@ -1,6 +1,7 @@
 //! `tito`: the course CLI. Thin by design: module tests run through cargo, milestones live in
 //! the `milestones` library. Bad input prints one `tito: error: ...` line and exits non-zero.
 
+mod loadgen;
 mod models;
 mod modules;
 mod report;
@@ -37,6 +38,9 @@ enum Cmd {
     Bench(models::BenchArgs),
     /// Parameters, FLOPs per token, memory and one decode step's per-op profile of a model.
     Profile(models::ProfileArgs),
+    /// Run an MLPerf scenario against an OpenAI-compatible server over HTTP (LoadGen over the
+    /// network) and write mlperf_log_summary.txt.
+    Loadgen(loadgen::LoadgenArgs),
     /// Run the tests of course modules (e.g. `tito test 05 09`, `tito test all`).
     Test {
         /// Module numbers (01-19) or `all`.
@@ -237,6 +241,7 @@ fn main() -> ExitCode {
         Cmd::Prune(a) => verb("prune", models::prune(&a)),
         Cmd::Bench(a) => verb("bench", models::bench(&a)),
         Cmd::Profile(a) => verb("profile", models::profile(&a)),
+        Cmd::Loadgen(a) => verb("loadgen", loadgen::run(&a)),
     }
 }
 

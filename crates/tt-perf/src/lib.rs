@@ -8,6 +8,8 @@
 //! - [`stats`]: MLPerf percentiles (no interpolation), criterion-style summaries, bootstrap CIs,
 //!   Tukey outlier labels. [`early_stopping`]: the binomial criterion via `statrs`.
 //! - [`ablation`]: factors × levels, main effects, interactions, Pareto front, the walk.
+//! - [`http`]: LoadGen over the network — a system under test that is a streaming HTTP client of
+//!   any OpenAI-compatible `/v1/completions` endpoint, with a library of text prompts.
 //!
 //! Memory is bounded by design: a run retains at most `TestSettings::max_record_bytes` (default
 //! [`loadgen::MAX_RECORD_BYTES`], 2 GiB) of its own records, logs and kept responses. A run whose
@@ -50,6 +52,7 @@ pub mod ablation;
 pub mod clock;
 pub mod early_stopping;
 mod error;
+pub mod http;
 pub mod loadgen;
 pub mod results;
 pub mod stats;
