@@ -5,6 +5,7 @@ mod loadgen;
 mod models;
 mod modules;
 mod report;
+mod serve;
 
 /// Counts heap use so `tito milestone profile` can report a measured peak.
 #[global_allocator]
@@ -41,6 +42,9 @@ enum Cmd {
     /// Run an MLPerf scenario against an OpenAI-compatible server over HTTP (LoadGen over the
     /// network) and write mlperf_log_summary.txt.
     Loadgen(loadgen::LoadgenArgs),
+    /// Serve a model over HTTP: OpenAI-compatible `/v1/completions` (streaming too), with
+    /// continuous batching, `/health`, `/ready`, `/metrics`. SIGTERM drains and exits 0.
+    Serve(serve::ServeArgs),
     /// Run the tests of course modules (e.g. `tito test 05 09`, `tito test all`).
     Test {
         /// Module numbers (01-19) or `all`.
@@ -242,6 +246,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => verb("bench", models::bench(&a)),
         Cmd::Profile(a) => verb("profile", models::profile(&a)),
         Cmd::Loadgen(a) => verb("loadgen", loadgen::run(&a)),
+        Cmd::Serve(a) => verb("serve", serve::serve(&a)),
     }
 }
 

@@ -195,7 +195,7 @@ pub fn generate(a: &GenerateArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn name(w: Weights) -> &'static str {
+pub fn name(w: Weights) -> &'static str {
     match w {
         Weights::Stored => "stored",
         Weights::F32 => "f32",

@@ -72,7 +72,18 @@ pub const MODULES: &[CourseModule] = &[
     m("16", "acceleration", "tt-accel", "crates/tt-accel"),
     m("17", "quantization", "tt-quant", "crates/tt-quant"),
     m("18", "compression", "tt-compress", "crates/tt-compress"),
-    m("19", "benchmarking", "tt-perf", "crates/tt-perf"),
+    // Benchmarking, and the deployment it measures: the server (continuous batching, HTTP) and
+    // LoadGen over the network.
+    CourseModule {
+        also: &[
+            ("tt-perf", "http_sut"),
+            ("tt-serve", "server"),
+            ("tt-serve", "batching"),
+            ("tito", "serve_cli"),
+            ("tito", "loadgen_cli"),
+        ],
+        ..m("19", "benchmarking", "tt-perf", "crates/tt-perf")
+    },
 ];
 
 /// Resolves user input ("5", "05", "all") to modules; errors name the bad argument.
