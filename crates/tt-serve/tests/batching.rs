@@ -29,7 +29,7 @@ impl Sink for &mut Record {
 }
 
 fn sampling(i: usize) -> Sampling {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         Sampling::Greedy
     } else {
         Sampling::Sample { temperature: 0.9, top_k: Some(6), top_p: Some(0.95) }
@@ -64,7 +64,7 @@ fn check_against_alone(m: &Gpt) {
         let mut step = 0;
         // One request offered every other step; the batcher's three slots fill and free.
         while !pending.is_empty() || b.running() > 0 {
-            if step % 2 == 0 {
+            if step.is_multiple_of(2) {
                 if let Some((i, r)) = pending.pop() {
                     let job = Job {
                         prompt: prompt(i),
