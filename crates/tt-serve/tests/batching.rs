@@ -61,7 +61,7 @@ fn check_against_alone(m: &Gpt) {
         let mut b: Batcher<&mut Record> = Batcher::new(CachedGpt::new(m, 3, OverflowPolicy::Error).unwrap());
         let mut pending: Vec<(usize, &mut Record)> = records.iter_mut().enumerate().collect();
         pending.reverse();
-        let mut step = 0;
+        let mut step = 0usize;
         // One request offered every other step; the batcher's three slots fill and free.
         while !pending.is_empty() || b.running() > 0 {
             if step.is_multiple_of(2) {
