@@ -25,7 +25,7 @@ fn pairs() -> Vec<QaPair> {
         question: question.into(),
         answer: answer.into(),
     };
-    // Equal-length prompts share batches; the rest run alone.
+    // Prompts of several lengths: with the KV cache they share the decoder by continuous batching.
     vec![q("ab", "x"), q("cd", "y"), q("abc", "z"), q("ba", "x"), q("dcba", "y"), q("ca", "z"), q("b", "x")]
 }
 

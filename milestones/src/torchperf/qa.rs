@@ -1,8 +1,10 @@
 //! The GPT question answerer as a system under test: one variant of the model and decoder
-//! (KV cache, kernels, weight format, pruning, threads), worker threads that each own their
-//! engines, and dynamic batching — queued questions of equal prompt length run as one batched
-//! decode (the decoder's batch rows share one position, so only equal lengths can share a
-//! batch; a row that finishes early is answered then and its slot idles to the batch's end).
+//! (KV cache, kernels, weight format, pruning, threads) and worker threads that each own a
+//! decoder. With the KV cache, each worker schedules by continuous batching (tt-serve's
+//! [`Batcher`], the server's own scheduler): queued questions join free decoder slots at any step,
+//! whatever their length, and leave — answered — as they finish. Without the cache (the
+//! ablation's baseline) there is nothing to keep between steps: a worker answers one question at
+//! a time, re-running the whole sequence per token.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,9 +16,10 @@ use tt_perf::loadgen::{QuerySample, QuerySampleLibrary, QuerySampleResponse, Res
 
 use super::queue::{Pending, WorkQueue};
 use tt_quant::{quantize_dynamic, WeightConfig};
+use tt_serve::batcher::{Batcher, Finish, Job, Refused, Sink};
 use tt_tensor::Module;
 use tt_transformer::corpus::QaPair;
-use tt_transformer::generate::{generate_traced, Event, GenerateConfig, WithoutCache};
+use tt_transformer::generate::{generate_traced, Event, GenerateConfig, Sampling, WithoutCache};
 use tt_transformer::{Gpt, Tokenize, Tokenizer};
 
 use crate::{MilestoneError, Result};
@@ -198,13 +201,27 @@ struct Inner {
     prompts: Arc<Vec<Vec<usize>>>,
     tokenizer: Tokenizer,
     stops: Vec<usize>,
-    max_batch: usize,
-    kv_cache: bool,
     errors: Mutex<Vec<String>>,
 }
 
-/// The question answerer under test: `workers` threads, each with its own decoders (one per
-/// batch size used), pulling from one queue.
+impl Inner {
+    fn answer(&self, p: &Pending, tokens: &[usize]) {
+        let text = answer_text(&self.tokenizer, tokens);
+        p.responder.complete(&[QuerySampleResponse {
+            id: p.sample.id,
+            data: text.into_bytes(),
+            tokens: Some(tokens.len() as u32),
+        }]);
+    }
+    /// Answers `p` empty and records why (so a run never hangs on a failed question).
+    fn fail(&self, p: &Pending, why: &str) {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).push(why.to_string());
+        p.responder.complete(&[QuerySampleResponse { id: p.sample.id, data: Vec::new(), tokens: Some(0) }]);
+    }
+}
+
+/// The question answerer under test: `workers` threads, each with its own decoder of
+/// `max_batch` slots (one, without the KV cache), pulling from one queue.
 pub struct QaSut {
     name: String,
     inner: Arc<Inner>,
@@ -229,21 +246,19 @@ impl QaSut {
             prompts,
             tokenizer: tokenizer.clone(),
             stops,
-            max_batch: max_batch.max(1),
-            kv_cache: variant.kv_cache,
             errors: Mutex::new(Vec::new()),
         });
-        // Engines are built here, before any query, so allocation is not timed (batch sizes
-        // above 1 are built on first use by the worker) — and before any thread starts, so a
-        // failure leaves none behind.
-        let firsts = (0..workers.max(1)).map(|_| engine(&model, &variant, 1)).collect::<Result<Vec<_>>>()?;
+        let slots = if variant.kv_cache { max_batch.max(1) } else { 1 };
+        // Engines are built here, before any query, so allocation is not timed — and before any
+        // thread starts, so a failure leaves none behind.
+        let engines = (0..workers.max(1)).map(|_| engine(&model, &variant, slots)).collect::<Result<Vec<_>>>()?;
         // Built before spawning: if a spawn fails, dropping `sut` stops the workers started.
         let mut sut = QaSut { name: name.to_string(), inner, workers: Vec::new() };
-        for (w, first) in firsts.into_iter().enumerate() {
-            let (inner, model) = (Arc::clone(&sut.inner), Arc::clone(&model));
+        for (w, e) in engines.into_iter().enumerate() {
+            let inner = Arc::clone(&sut.inner);
             let h = std::thread::Builder::new()
                 .name(format!("qa-worker-{w}"))
-                .spawn(move || worker(&inner, &model, variant, first))
+                .spawn(move || if variant.kv_cache { continuous(&inner, e) } else { one_at_a_time(&inner, e) })
                 .map_err(|e| MilestoneError::Other(format!("cannot start a worker thread: {e}")))?;
             sut.workers.push(h);
         }
@@ -253,78 +268,97 @@ impl QaSut {
     /// Errors the workers met (a failed or panicking generation answers its samples with an
     /// empty answer and records why here, so a run never hangs on it).
     pub fn errors(&self) -> Vec<String> {
-        self.inner.errors.lock().expect("errors lock").clone()
+        self.inner.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-fn worker(inner: &Inner, model: &Gpt, variant: Variant, first: CachedGpt) {
-    let mut engines: Vec<Option<CachedGpt>> = (0..=inner.max_batch).map(|_| None).collect();
-    engines[1] = Some(first);
+/// A question in a decoder slot: its first token is the system's first token for LoadGen, its
+/// end is its answer.
+struct Answer<'a> {
+    inner: &'a Inner,
+    p: Pending,
+    started: bool,
+}
+
+impl Sink for Answer<'_> {
+    fn token(&mut self, _: usize) -> bool {
+        if !self.started {
+            self.started = true;
+            self.p.responder.first_token(self.p.sample.id);
+        }
+        true
+    }
+    fn finish(&mut self, end: Finish, tokens: &[usize]) {
+        match end {
+            Finish::Error(why) => self.inner.fail(&self.p, &why),
+            _ => self.inner.answer(&self.p, tokens),
+        }
+    }
+}
+
+/// Continuous batching: before every step, queued questions fill the free slots (waiting for
+/// one only when nothing runs); each step decodes every running question.
+fn continuous(inner: &Inner, engine: CachedGpt) {
+    let mut b: Batcher<Answer<'_>> = Batcher::new(engine);
+    let context = b.context();
     loop {
-        // The oldest question, and every queued one of its prompt length, up to max_batch.
-        let Some(batch) = inner.queue.next_batch(|q| {
-            let head = q.pop_front().expect("next_batch gives a non-empty queue");
-            let len = inner.prompts[head.sample.index].len();
-            let mut batch = vec![head];
-            let mut i = 0;
-            while batch.len() < inner.max_batch && i < q.len() {
-                if inner.prompts[q[i].sample.index].len() == len {
-                    batch.push(q.remove(i).expect("in range"));
-                } else {
-                    i += 1;
-                }
+        let free = b.slots() - b.running();
+        let taken = if b.running() == 0 {
+            match inner.queue.next_batch(|q| q.drain(..free.min(q.len())).collect()) {
+                Some(t) => t,
+                None => return,
             }
-            batch
-        }) else {
-            return;
+        } else {
+            inner.queue.try_take(free)
         };
-        let b = batch.len();
-        if engines[b].is_none() {
-            match engine(model, &variant, b) {
-                Ok(e) => engines[b] = Some(e),
-                Err(e) => {
-                    fail(inner, &batch, &e.to_string());
-                    continue;
-                }
+        for p in taken {
+            let prompt = inner.prompts[p.sample.index].clone();
+            let max_new_tokens = MAX_NEW_TOKENS.min(context.saturating_sub(prompt.len()));
+            let sink = Answer { inner, p, started: false };
+            let job = Job {
+                prompt,
+                max_new_tokens,
+                sampling: Sampling::Greedy,
+                seed: 0,
+                stop_tokens: inner.stops.clone(),
+                sink,
+            };
+            match b.admit(job) {
+                Ok(()) => {}
+                // At most `free` were taken.
+                Err(Refused::Full(job)) => inner.fail(&job.sink.p, "no free slot"),
+                Err(Refused::Invalid(why, job)) => inner.fail(&job.sink.p, &why),
             }
         }
-        let eng = engines[b].as_mut().expect("built above");
-        let prompts: Vec<&[usize]> = batch.iter().map(|p| inner.prompts[p.sample.index].as_slice()).collect();
-        let mut answered = vec![false; b];
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            generate(
-                eng,
-                inner.kv_cache,
-                &prompts,
-                &inner.stops,
-                || batch.iter().for_each(|p| p.responder.first_token(p.sample.id)),
-                |i, tokens| {
-                    let text = answer_text(&inner.tokenizer, tokens);
-                    let p = &batch[i];
-                    p.responder.complete(&[QuerySampleResponse {
-                        id: p.sample.id,
-                        data: text.into_bytes(),
-                        tokens: Some(tokens.len() as u32),
-                    }]);
-                    answered[i] = true;
-                },
-            )
-        }))
-        .unwrap_or_else(|_| Err(MilestoneError::Other("generation panicked".into())));
-        if let Err(e) = r {
-            let left: Vec<&Pending> = batch.iter().zip(&answered).filter(|(_, &a)| !a).map(|(p, _)| p).collect();
-            inner.errors.lock().expect("errors lock").push(e.to_string());
-            for p in left {
-                p.responder.complete(&[QuerySampleResponse { id: p.sample.id, data: Vec::new(), tokens: Some(0) }]);
-            }
-        }
+        b.step();
     }
 }
 
-fn fail(inner: &Inner, batch: &[Pending], why: &str) {
-    inner.errors.lock().expect("errors lock").push(why.to_string());
-    for p in batch {
-        p.responder.complete(&[QuerySampleResponse { id: p.sample.id, data: Vec::new(), tokens: Some(0) }]);
+/// Without a KV cache: one question at a time, by the one generation loop over an engine that
+/// re-runs the whole sequence every step.
+fn one_at_a_time(inner: &Inner, mut eng: CachedGpt) {
+    while let Some(batch) = inner.queue.next_batch(|q| q.pop_front().into_iter().collect()) {
+        for p in batch {
+            let prompt = inner.prompts[p.sample.index].as_slice();
+            let mut answered = false;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                generate(
+                    &mut eng,
+                    false,
+                    &[prompt],
+                    &inner.stops,
+                    || p.responder.first_token(p.sample.id),
+                    |_, tokens| {
+                        inner.answer(&p, tokens);
+                        answered = true;
+                    },
+                )
+            }))
+            .unwrap_or_else(|_| Err(MilestoneError::Other("generation panicked".into())));
+            if let (Err(e), false) = (r, answered) {
+                inner.fail(&p, &e.to_string());
+            }
+        }
     }
 }
 

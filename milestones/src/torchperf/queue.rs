@@ -48,6 +48,13 @@ impl WorkQueue {
         Some(take(&mut s.pending))
     }
 
+    /// Up to `n` of the oldest queued samples, without waiting (none once shut down and empty).
+    pub fn try_take(&self, n: usize) -> Vec<Pending> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = n.min(s.pending.len());
+        s.pending.drain(..n).collect()
+    }
+
     pub fn shutdown(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
         self.ready.notify_all();
