@@ -21,6 +21,7 @@ pub mod mlp_digits;
 pub mod profile;
 pub mod quantization;
 pub mod report;
+pub mod serving;
 pub mod torchperf;
 pub mod transformer;
 
@@ -272,6 +273,14 @@ pub fn all() -> &'static [Milestone] {
             uses: Uses { retrain: true, corpus: false, arch: false },
             description: "MLPerf-style scenarios on the GPT and CNN, a TinyMLPerf-style suite, the ablation with its Pareto front, the production targets",
             run: torchperf::run,
+        },
+        Milestone {
+            name: "serving",
+            models: &["transformer"],
+            module: "19",
+            uses: Uses { retrain: false, corpus: false, arch: false },
+            description: "the course GPT behind `tito serve`: continuous batching, Server scenario over HTTP vs in process, overload, 2 replicas behind nginx",
+            run: serving::run,
         },
     ]
 }
