@@ -205,7 +205,8 @@ fn client(url: &str, connections: usize) -> HttpConfig {
 }
 
 fn server_settings(opts: &Options, qps: f64) -> TestSettings {
-    let (secs, n) = if opts.quick { (0.5, 100) } else { (3.0, 662) };
+    // 662 queries: the fewest for which early stopping can claim the p99 (MLPerf's Server count).
+    let (secs, n) = if opts.quick { (0.5, 662) } else { (3.0, 662) };
     TestSettings {
         target_latency: BOUND,
         server_target_qps: qps,
@@ -224,7 +225,12 @@ fn peak(
 ) -> Result<(f64, Option<Judged>)> {
     let mut s = server_settings(opts, start);
     s.mode = Mode::FindPeakPerformance;
-    let (_, best) = loadgen::find_peak(sut, lib, &s).map_err(perf)?;
+    let (steps, best) = loadgen::find_peak(sut, lib, &s).map_err(perf)?;
+    let tried: Vec<String> = steps
+        .iter()
+        .map(|st| format!("{:.1}{}", st.target_qps, if st.valid { "✓" } else { "✗" }))
+        .collect();
+    opts.say(format!("    {}: peak search {}", sut.name(), tried.join(" ")));
     Ok((best.as_ref().map_or(0.0, |b| b.log.settings.server_target_qps), best))
 }
 
