@@ -226,10 +226,8 @@ fn peak(
     let mut s = server_settings(opts, start);
     s.mode = Mode::FindPeakPerformance;
     let (steps, best) = loadgen::find_peak(sut, lib, &s).map_err(perf)?;
-    let tried: Vec<String> = steps
-        .iter()
-        .map(|st| format!("{:.1}{}", st.target_qps, if st.valid { "✓" } else { "✗" }))
-        .collect();
+    let tried: Vec<String> =
+        steps.iter().map(|st| format!("{:.1}{}", st.target_qps, if st.valid { "✓" } else { "✗" })).collect();
     opts.say(format!("    {}: peak search {}", sut.name(), tried.join(" ")));
     Ok((best.as_ref().map_or(0.0, |b| b.log.settings.server_target_qps), best))
 }
@@ -332,7 +330,11 @@ pub fn run(opts: &Options) -> Result<Value> {
         at80.sample_latency.at(0.99).unwrap_or(f64::NAN) / 1e6,
         if at80.valid { "VALID" } else { "INVALID" }
     ));
-    let (at200, f200) = http_run(&http_sut, &mut lib, opts, 2.0 * http_peak.max(1.0))?;
+    // Overload: enough connections that the server's own bound (queue + slots) is what limits
+    // how many requests it holds, not the client's pool.
+    let flood = HttpSut::new(client(&one.url, 2 * MAX_QUEUE + MAX_BATCH), &lib).map_err(perf)?;
+    let (at200, f200) = http_run(&flood, &mut lib, opts, 2.0 * http_peak.max(1.0))?;
+    drop(flood);
     let refused = f200.by_status.get(&429).copied().unwrap_or(0);
     let broken = f200.total() - refused;
     opts.say(format!(

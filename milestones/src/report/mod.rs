@@ -25,6 +25,7 @@ pub mod memory;
 pub mod profile;
 pub mod quantization;
 pub mod regions;
+pub mod serving;
 pub mod stamp;
 pub mod torchperf;
 
@@ -78,6 +79,7 @@ pub const PAGES: &[Page] = &[
         figures: compression::FIGURES,
     },
     Page { milestone: "torchperf", doc: "19-benchmarking.md", render: torchperf::render, figures: torchperf::FIGURES },
+    Page { milestone: "serving", doc: "19-serving.md", render: serving::render, figures: serving::FIGURES },
 ];
 
 /// The region every page carries, written by the driver rather than the page's renderer.
