@@ -47,7 +47,7 @@ const PREFILL: usize = 512;
 /// Q8_0's group (ggml's; runq.c reads it from the file).
 const GROUP: usize = 32;
 
-fn shapes(quick: bool) -> Vec<(&'static str, LlamaParams)> {
+pub(crate) fn shapes(quick: bool) -> Vec<(&'static str, LlamaParams)> {
     let p = |dim, hidden, layers, heads, seq, vocab| LlamaParams {
         dim,
         hidden_dim: hidden,
@@ -72,7 +72,7 @@ fn err(e: impl std::fmt::Display) -> MilestoneError {
 }
 
 /// The shape's two checkpoint files in the cache (written once; random weights, seed 21).
-fn files(opts: &Options, shape: &str, params: &LlamaParams) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn files(opts: &Options, shape: &str, params: &LlamaParams) -> Result<(PathBuf, PathBuf)> {
     let dir = opts.cache_dir.join(NAME).join(shape);
     std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let (f32_path, q80_path) = (dir.join("model.bin"), dir.join("model_q80.bin"));

@@ -44,6 +44,20 @@ pub fn render(summary: &Value) -> Result<Vec<Region>> {
             failures(get(s, "/closed_loop/failures/sixteen")?),
         ],
         vec![
+            format!(
+                "{} (f32, {}-token answers), 1 client streaming",
+                text(s, "/batching_larger_model/model")?,
+                num(s, "/batching_larger_model/tokens_per_answer")?
+            ),
+            format!("{:.2} answers/s", num(s, "/batching_larger_model/one_client_answers_per_s")?),
+            failures(get(s, "/batching_larger_model/failures/one")?),
+        ],
+        vec![
+            format!("{}, 16 clients streaming at once", text(s, "/batching_larger_model/model")?),
+            format!("{:.2} answers/s", num(s, "/batching_larger_model/sixteen_clients_answers_per_s")?),
+            failures(get(s, "/batching_larger_model/failures/sixteen")?),
+        ],
+        vec![
             "Server peak valid rate, loopback HTTP".into(),
             format!("{:.1} queries/s", num(s, "/server_peak_qps/http")?),
             failures(get(s, "/server_peak_qps/failures_during_search")?),
