@@ -280,9 +280,12 @@ fn stories_batching(exe: &Path, dir: &Path, lib: &mut PromptLibrary, opts: &Opti
         return Err(err("no model shape"));
     };
     let (model, _) = crate::llama::files(opts, shape, &params)?;
-    let tokenizer = dir.join(format!("{shape}-tokenizer.bin"));
+    let tokenizer = dir.join(format!("{shape}-tokenizer-v2.bin"));
     if !tokenizer.is_file() {
-        let names: Vec<String> = (0..params.vocab_size.saturating_sub(259)).map(|i| format!("t{i}")).collect();
+        // " " first: the encoder puts it before the text (run.c's dummy prefix).
+        let names: Vec<String> = std::iter::once(" ".to_string())
+            .chain((1..params.vocab_size.saturating_sub(259)).map(|i| format!("t{i}")))
+            .collect();
         let merges: Vec<(&str, f32)> = names.iter().enumerate().map(|(i, n)| (n.as_str(), -(i as f32))).collect();
         let pieces = tt_models::llama2c::tokenizer::synthetic_pieces(&merges);
         tt_models::llama2c::tokenizer::write(&tokenizer, &pieces, 16).map_err(|e| err(e.to_string()))?;
@@ -292,6 +295,9 @@ fn stories_batching(exe: &Path, dir: &Path, lib: &mut PromptLibrary, opts: &Opti
     let r = replica_with(exe, &args, &["--weights", "f32", "--name", &name], None, &dir.join("replica-stories.log"))?;
     let cfg = |n| HttpConfig { max_tokens: STORIES_TOKENS, stop: Vec::new(), ..client_of(&r.url, &name, n) };
     let (alone, f1) = closed_loop(cfg(1), lib, opts, 5.0)?;
+    if f1.total() > 0 {
+        return Err(err(format!("{name}: requests failed ({f1}); see {}", dir.join("replica-stories.log").display())));
+    }
     let (batched, f16) = closed_loop(cfg(16), lib, opts, 8.0 * alone)?;
     opts.say(format!(
         "  {name} (f32, {STORIES_TOKENS}-token answers): 1 client {alone:.2} answers/s, 16 clients {batched:.2} answers/s ({:.2}x); failed requests: {f1}, {f16}",
