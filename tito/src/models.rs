@@ -127,8 +127,14 @@ pub struct GenerateArgs {
 
 /// A KV-cached decoder for `model`, sized for `positions`, with tt-accel's fused row kernels.
 fn engine(model: &Gpt, positions: usize) -> Result<CachedGpt, String> {
+    engine_of(model, 1, positions)
+}
+
+/// [`engine`] for `batch` sequences.
+fn engine_of(model: &Gpt, batch: usize, positions: usize) -> Result<CachedGpt, String> {
     let context = positions.clamp(1, model.config.max_seq_len);
-    let mut engine = CachedGpt::with_context(model, 1, OverflowPolicy::Error, context).map_err(|e| e.to_string())?;
+    let mut engine =
+        CachedGpt::with_context(model, batch, OverflowPolicy::Error, context).map_err(|e| e.to_string())?;
     engine.set_row_kernels(tt_accel::fused::row_kernels());
     Ok(engine)
 }
@@ -368,29 +374,38 @@ pub struct BenchArgs {
     /// Tokens decoded.
     #[arg(long, default_value_t = 128)]
     pub decode: usize,
+    /// Sequences decoded side by side (decode tok/s counts every row's tokens).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
 }
 
-/// `tito bench`: prefill and decode rates of the cached decoder (one thread, batch 1) and the
-/// process's peak resident memory, as JSON on stdout.
+/// `tito bench`: prefill and decode rates of the cached decoder (one thread, `--batch` sequences
+/// side by side, 1 by default) and the process's peak resident memory, as JSON on stdout.
 pub fn bench(a: &BenchArgs) -> Result<(), String> {
     let Opened { mut model, format, .. } = open(&a.model)?;
     convert(&mut model, a.weights)?;
     let (v, max) = (model.config.vocab_size, model.config.max_seq_len);
     let prefill = a.prefill.clamp(1, max - 1);
     let decode = a.decode.min(max - prefill);
-    let ids: Vec<usize> = (0..prefill).map(|i| (i * 7919 + 13) % v).collect();
-    let mut engine = engine(&model, prefill + decode)?;
+    if a.batch == 0 || a.batch > 256 {
+        return Err(format!("--batch {} must be in 1..=256", a.batch));
+    }
+    let b = a.batch;
+    let ids: Vec<usize> = (0..b * prefill).map(|i| (i * 7919 + 13) % v).collect();
+    let mut engine = engine_of(&model, b, prefill + decode)?;
     let mut formats: Vec<&str> = engine.projection_formats().into_iter().map(|f| f.1).collect();
     formats.sort_unstable();
     formats.dedup();
     let t = Instant::now();
     engine.prefill(&ids, prefill).map_err(|e| e.to_string())?;
     let prefill_s = t.elapsed().as_secs_f64();
-    let mut next = ids[prefill - 1];
+    let mut next: Vec<usize> = (0..b).map(|r| ids[r * prefill + prefill - 1]).collect();
     let t = Instant::now();
     for _ in 0..decode {
-        let logits = engine.decode_step(&[next]).map_err(|e| e.to_string())?;
-        next = (0..v).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+        let logits = engine.decode_step(&next).map_err(|e| e.to_string())?;
+        for (r, n) in next.iter_mut().enumerate() {
+            *n = tt_transformer::generate::argmax(&logits[r * v..(r + 1) * v]);
+        }
     }
     let decode_s = t.elapsed().as_secs_f64();
     let summary = serde_json::json!({
@@ -399,10 +414,11 @@ pub fn bench(a: &BenchArgs) -> Result<(), String> {
         "weights": name(a.weights),
         "projection_formats": formats,
         "parameters": model.num_parameters(),
+        "batch": b,
         "prefill_tokens": prefill,
-        "prefill_tok_s": prefill as f64 / prefill_s,
+        "prefill_tok_s": (b * prefill) as f64 / prefill_s,
         "decode_tokens": decode,
-        "decode_tok_s": decode as f64 / decode_s,
+        "decode_tok_s": (b * decode) as f64 / decode_s,
         "peak_rss_bytes": milestones::child::proc_status_bytes("VmHWM"),
         "level": tt_accel::level().name(),
     });
