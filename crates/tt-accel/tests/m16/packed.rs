@@ -48,6 +48,30 @@ fn packed_projection_equals_the_dense_reference_at_every_level() {
     }
 }
 
+/// Wide enough that the panels go in several L2 blocks, with rows in several groups of four (and a
+/// partial one): every row equals the reference (1e-4: the header's bound scaled to in = 1024,
+/// with margin), and equals itself computed alone, bit for bit —
+/// a row's sum does not depend on its neighbours (what continuous batching relies on).
+#[test]
+fn blocked_panels_and_row_groups_keep_each_row_exact() {
+    let (out_f, in_f) = (16 * 40 + 3, 1024);
+    let w = matrix(out_f, in_f, 99);
+    for level in available() {
+        let p = PackedF32::with_level(&w, level);
+        let rows = 9;
+        let x = random(rows * in_f, 5);
+        let mut y = vec![f32::NAN; rows * out_f];
+        project(&p, &x, rows, None, &mut y, &mut []).unwrap();
+        let want = linear_rows_reference(&x, w.as_slice().unwrap(), None, rows, in_f, out_f);
+        assert!(max_diff(&y, &want) <= 1e-4, "{level}: {}", max_diff(&y, &want));
+        for r in 0..rows {
+            let mut one = vec![f32::NAN; out_f];
+            project(&p, &x[r * in_f..(r + 1) * in_f], 1, None, &mut one, &mut []).unwrap();
+            assert_eq!(one, y[r * out_f..(r + 1) * out_f], "{level}: row {r} alone vs among {rows}");
+        }
+    }
+}
+
 #[test]
 fn packed_projection_reports_its_real_storage_and_level() {
     let w = matrix(17, 9, 1);
