@@ -156,6 +156,9 @@ impl Server {
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route").with_code("not_found") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
+            })
             .layer(middleware::from_fn_with_state(Arc::clone(&s), count_status))
             // A handler's panic answers 500 (as an OpenAI error) and the server keeps serving.
             .layer(CatchPanicLayer::custom(|p: Box<dyn std::any::Any + Send>| {

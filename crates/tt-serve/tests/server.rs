@@ -137,6 +137,10 @@ async fn bad_requests_get_their_status_and_an_openai_error() {
     }
     let r = c.get(format!("{}/v1/nothing", s.url)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    let r = c.get(format!("{}/v1/completions", s.url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(v["error"]["message"].is_string(), "{v}");
     // Still serving.
     assert_eq!(post(&c, &s.url, json!({"prompt": "hi", "max_tokens": 2})).await.0, 200);
     s.shutdown().await.unwrap();
