@@ -259,9 +259,8 @@ fn http_run(sut: &HttpSut, lib: &mut PromptLibrary, opts: &Options, qps: f64) ->
 }
 
 /// Answers per second of a closed loop of `config.max_connections` clients streaming at once.
-fn closed_loop(config: HttpConfig, lib: &mut PromptLibrary, opts: &Options, expect: f64) -> Result<(f64, Failures)> {
+fn closed_loop(config: HttpConfig, lib: &mut PromptLibrary, n: u64, expect: f64) -> Result<(f64, Failures)> {
     let sut = HttpSut::new(config, lib).map_err(perf)?;
-    let n = if opts.quick { 64 } else { 400 };
     let s = TestSettings { offline_expected_qps: expect, ..TestSettings::scaled(Scenario::Offline, Duration::ZERO, n) };
     let log = loadgen::start_test(&sut, lib, &s).map_err(perf)?;
     let f = sut.take_failures();
@@ -300,18 +299,34 @@ fn stories_batching(exe: &Path, dir: &Path, lib: &mut PromptLibrary, opts: &Opti
     let (args, name) = stories_files(dir, opts)?;
     let r = replica_with(exe, &args, &["--weights", "f32", "--name", &name], None, &dir.join("replica-stories.log"))?;
     let cfg = |n| HttpConfig { max_tokens: STORIES_TOKENS, stop: Vec::new(), ..client_of(&r.url, &name, n) };
-    let (alone, f1) = closed_loop(cfg(1), lib, opts, 5.0)?;
-    if f1.total() > 0 {
-        return Err(err(format!("{name}: requests failed ({f1}); see {}", dir.join("replica-stories.log").display())));
+    // This decode reads its weights from DRAM, whose bandwidth drifts by ±20% over minutes on
+    // this VM: one client and sixteen are measured in adjacent pairs, and the pair with the
+    // median ratio is reported.
+    let (rounds, n) = if opts.quick { (1, 16) } else { (3, 96) };
+    let mut pairs = Vec::new();
+    let (mut f1, mut f16) = (Failures::default(), Failures::default());
+    for _ in 0..rounds {
+        let (alone, a) = closed_loop(cfg(1), lib, n, 5.0)?;
+        if a.total() > 0 {
+            return Err(err(format!(
+                "{name}: requests failed ({a}); see {}",
+                dir.join("replica-stories.log").display()
+            )));
+        }
+        let (batched, b) = closed_loop(cfg(16), lib, 2 * n, 8.0 * alone)?;
+        pairs.push((batched / alone, alone, batched));
+        (f1, f16) = (a, b);
     }
-    let (batched, f16) = closed_loop(cfg(16), lib, opts, 8.0 * alone)?;
+    pairs.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (_, alone, batched) = pairs[pairs.len() / 2];
+    let ratios: Vec<f64> = pairs.iter().map(|p| p.0).collect();
     opts.say(format!(
-        "  {name} (f32, {STORIES_TOKENS}-token answers): 1 client {alone:.2} answers/s, 16 clients {batched:.2} answers/s ({:.2}x); failed requests: {f1}, {f16}",
+        "  {name} (f32, {STORIES_TOKENS}-token answers): 1 client {alone:.2} answers/s, 16 clients {batched:.2} answers/s ({:.2}x; pairs {ratios:.2?}); failed requests: {f1}, {f16}",
         batched / alone
     ));
     Ok(json!({"model": name, "weights": "f32", "tokens_per_answer": STORIES_TOKENS,
         "one_client_answers_per_s": alone, "sixteen_clients_answers_per_s": batched, "ratio": batched / alone,
-        "failures": {"one": f1, "sixteen": f16}}))
+        "pair_ratios": ratios, "failures": {"one": f1, "sixteen": f16}}))
 }
 
 /// Answer length and Server bound of the larger model's scale-out runs.
@@ -390,8 +405,9 @@ pub fn run(opts: &Options) -> Result<Value> {
     // 1–3: one replica on any core.
     let one = replica(&exe, &unit, None, &dir.join("replica.log"))?;
     opts.say(format!("  replica at {}", one.url));
-    let (alone, f1) = closed_loop(client(&one.url, 1), &mut lib, opts, 50.0)?;
-    let (batched, f16) = closed_loop(client(&one.url, 16), &mut lib, opts, 8.0 * alone)?;
+    let n = if opts.quick { 64 } else { 400 };
+    let (alone, f1) = closed_loop(client(&one.url, 1), &mut lib, n, 50.0)?;
+    let (batched, f16) = closed_loop(client(&one.url, 16), &mut lib, n, 8.0 * alone)?;
     opts.say(format!(
         "  closed loop: 1 client {alone:.1} answers/s, 16 clients {batched:.1} answers/s ({:.2}x); failed requests: {f1}, {f16}",
         batched / alone
