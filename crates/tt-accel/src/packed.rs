@@ -166,7 +166,7 @@ impl PackedF32 {
         gelu: Option<RowFn>,
     ) {
         let (out_f, in_f) = (self.out_f, self.in_f);
-        let block = (BLOCK_BYTES / (4 * PANEL * in_f.max(1))).max(1);
+        let block = (BLOCK_BYTES / (4 * PANEL).saturating_mul(in_f.max(1))).max(1);
         let mut b0 = range.start;
         while b0 < range.end {
             let p = b0..(b0 + block).min(range.end);

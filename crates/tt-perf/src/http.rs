@@ -323,12 +323,12 @@ impl HttpSut {
     /// failure of a sample is counted before the sample is answered, so after a run returns its
     /// failures are all here.
     pub fn failures(&self) -> Failures {
-        self.inner.failures.lock().expect("failures lock").clone()
+        self.inner.failures.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The failures so far, and a fresh count from here (one count per run).
     pub fn take_failures(&self) -> Failures {
-        std::mem::take(&mut *self.inner.failures.lock().expect("failures lock"))
+        std::mem::take(&mut *self.inner.failures.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -355,7 +355,7 @@ async fn answer(inner: Arc<Inner>, sample: QuerySample, responder: Responder) {
     let (data, tokens) = match outcome {
         Ok((text, chunks)) => (text.into_bytes(), Some(chunks)),
         Err(f) => {
-            inner.failures.lock().expect("failures lock").record(f);
+            inner.failures.lock().unwrap_or_else(|e| e.into_inner()).record(f);
             (Vec::new(), None)
         }
     };
