@@ -6,8 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use tt_models::llama2c::{checkpoint, tokenizer};
-use tt_models::weights::{LlamaParams, LlamaWeights, RopePairs};
+use tt_models::llama2c::checkpoint;
 
 fn tito(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tito")).args(args).output().expect("tito runs");
@@ -20,24 +19,7 @@ fn tito(args: &[&str]) -> (i32, String, String) {
 
 /// A llama2.c model and its tokenizer.bin beside it, in `dir`.
 fn write_model(dir: &Path) -> String {
-    let pieces = tokenizer::synthetic_pieces(&[(" ", -0.5), ("he", -1.0), ("ll", -2.0), ("hell", -3.0), ("o ", -4.0)]);
-    tokenizer::write(&dir.join("tokenizer.bin"), &pieces, 8).unwrap();
-    let params = LlamaParams {
-        dim: 64,
-        hidden_dim: 96,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        vocab_size: pieces.len(),
-        seq_len: 64,
-        norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_pairs: RopePairs::Interleaved,
-        tied: true,
-    };
-    let model = dir.join("model.bin");
-    checkpoint::write_legacy(&model, &LlamaWeights::random(params, 7, 0.3).unwrap()).unwrap();
-    model.display().to_string()
+    tt_models::testing::write_tiny_llama2c(dir, 64).unwrap().display().to_string()
 }
 
 #[test]

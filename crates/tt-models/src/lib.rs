@@ -17,6 +17,7 @@ pub mod hf;
 pub mod llama2c;
 pub mod model;
 pub mod open;
+pub mod testing;
 pub mod weights;
 
 pub use error::{ModelError, Result};

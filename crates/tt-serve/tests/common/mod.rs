@@ -3,41 +3,15 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tt_kvcache::KvStorage;
-use tt_models::llama2c::{checkpoint, tokenizer};
 use tt_models::open::{open, CodecKind, TextCodec};
-use tt_models::weights::{LlamaParams, LlamaWeights, RopePairs};
 use tt_serve::api::Limits;
 use tt_serve::server::{ServeConfig, ServeModel, Server};
 use tt_tensor::kernels::RowKernels;
-
-/// Writes the model and its tokenizer into `dir`; returns the model's path.
-pub fn write_model(dir: &Path, seq_len: usize) -> std::path::PathBuf {
-    let pieces = tokenizer::synthetic_pieces(&[(" ", -0.5), ("he", -1.0), ("ll", -2.0), ("hell", -3.0), ("o ", -4.0)]);
-    tokenizer::write(&dir.join("tokenizer.bin"), &pieces, 8).unwrap();
-    let params = LlamaParams {
-        dim: 64,
-        hidden_dim: 96,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        vocab_size: pieces.len(),
-        seq_len,
-        norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_pairs: RopePairs::Interleaved,
-        tied: true,
-    };
-    let model = dir.join("model.bin");
-    // A large init scale, so the random model's logits are far from uniform (varied text).
-    checkpoint::write_legacy(&model, &LlamaWeights::random(params, 7, 0.3).unwrap()).unwrap();
-    model
-}
 
 /// The codec of the opened model, with hooks the tests pull: a panic while tokenizing or while
 /// detokenizing, a delay per token (a slow generation), and a count of tokens detokenized.
@@ -95,7 +69,7 @@ impl Running {
 /// A server over the test model on `127.0.0.1:0`.
 pub async fn start(config: ServeConfig, delay: Duration, seq_len: usize) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_model(dir.path(), seq_len);
+    let path = tt_models::testing::write_tiny_llama2c(dir.path(), seq_len).unwrap();
     let opened = open(&path, None).unwrap();
     let codec = Arc::new(Hooked {
         inner: opened.codec,
