@@ -76,13 +76,16 @@ struct Running<S> {
 pub struct Batcher<S: Sink> {
     engine: CachedGpt,
     rows: Vec<Option<Running<S>>>,
+    /// The slots that run in the current step, and their logits (kept: a step reuses them).
+    live: Vec<usize>,
+    logits: Vec<f32>,
 }
 
 impl<S: Sink> Batcher<S> {
     /// Schedules over `engine`'s rows (its batch is the number of slots).
     pub fn new(engine: CachedGpt) -> Batcher<S> {
         let rows = (0..engine.batch()).map(|_| None).collect();
-        Batcher { engine, rows }
+        Batcher { engine, rows, live: Vec::new(), logits: Vec::new() }
     }
 
     /// Requests that can run side by side.
@@ -153,8 +156,9 @@ impl<S: Sink> Batcher<S> {
     /// A failing or panicking step ends every request in it with [`Finish::Error`] and empties
     /// their slots; the batcher stays usable.
     pub fn step(&mut self) -> usize {
-        let Batcher { engine, rows } = self;
-        let live: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_some()).collect();
+        let Batcher { engine, rows, live, logits } = self;
+        live.clear();
+        live.extend((0..rows.len()).filter(|&i| rows[i].is_some()));
         if live.is_empty() {
             return 0;
         }
@@ -170,19 +174,24 @@ impl<S: Sink> Batcher<S> {
                 SlotTokens { slot, ids }
             })
             .collect();
-        let result = catch_unwind(AssertUnwindSafe(|| engine.step(&entries).map(<[f32]>::to_vec)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.step(&entries).map(|l| {
+                logits.clear();
+                logits.extend_from_slice(l);
+            })
+        }));
         drop(entries);
-        let logits = match result {
-            Ok(Ok(l)) => l,
+        match result {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                fail_all(engine, rows, &live, &format!("the decoder failed: {e}"));
+                fail_all(engine, rows, live, &format!("the decoder failed: {e}"));
                 return live.len();
             }
             Err(p) => {
-                fail_all(engine, rows, &live, &format!("the decoder panicked: {}", panic_message(&*p)));
+                fail_all(engine, rows, live, &format!("the decoder panicked: {}", panic_message(&*p)));
                 return live.len();
             }
-        };
+        }
         let v = logits.len() / live.len();
         for (k, &slot) in live.iter().enumerate() {
             let r = rows[slot].as_mut().expect("live rows are occupied");

@@ -89,6 +89,9 @@ struct Shared {
     queued: AtomicUsize,
     running: AtomicUsize,
     draining: AtomicBool,
+    /// Cleared when the engine thread ends (its loop returned, or a panic escaped it): the
+    /// server can no longer answer, and `/ready` says so.
+    engine_alive: AtomicBool,
     next_id: AtomicU64,
     metrics: Metrics,
 }
@@ -129,6 +132,7 @@ impl Server {
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            engine_alive: AtomicBool::new(true),
             next_id: AtomicU64::new(0),
             metrics: Metrics::get(),
         });
@@ -136,7 +140,17 @@ impl Server {
         let batcher = Batcher::new(engine);
         let engine = std::thread::Builder::new()
             .name("tt-serve-engine".into())
-            .spawn(move || engine_loop(batcher, rx, &s))
+            .spawn(move || {
+                // Set on the way out, also when unwinding.
+                struct Alive<'a>(&'a AtomicBool);
+                impl Drop for Alive<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _alive = Alive(&s.engine_alive);
+                engine_loop(batcher, rx, &s)
+            })
             .map_err(|e| ServeError::Config(format!("cannot start the engine thread: {e}")))?;
         Ok(Server { shared, engine: Some(engine) })
     }
@@ -388,6 +402,10 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     let state = json!({"queued": queued, "running": s.running.load(Ordering::SeqCst), "max_queue": s.limits.max_queue});
     if s.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "detail": state}))).into_response();
+    }
+    if !s.engine_alive.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "engine stopped", "detail": state})))
+            .into_response();
     }
     if queued >= s.limits.max_queue {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "queue full", "detail": state})))
