@@ -227,9 +227,23 @@ impl TestSettings {
         }
         self.planned_samples()?;
         if self.scenario == Scenario::Server {
-            // The schedule runs until both minimums are covered (or max_duration): the minimum
-            // count alone takes min_query_count / rate seconds, which must stay on the clock.
-            let by_count_ns = self.min_query_count as f64 / self.server_target_qps * 1e9;
+            // The schedule runs until both minimums are covered (or max_duration, which ends it
+            // on the clock), and holds at least one arrival: the minimum count alone takes
+            // max(min_query_count, 1) / rate seconds, which must stay on the clock — and without
+            // a max_duration so must a random gap many times the mean (P(gap > 64·mean) = e⁻⁶⁴),
+            // or a valid rate could still fail to schedule.
+            let mean_gap_ns = 1e9 / self.server_target_qps;
+            if max_ns.is_none() && mean_gap_ns * 64.0 >= u64::MAX as f64 {
+                return bad(
+                    "server_target_qps",
+                    format!(
+                        "at {}/s one arrival's gap ({:.3e} s on average) is beyond the clock's u64 nanoseconds",
+                        self.server_target_qps,
+                        mean_gap_ns / 1e9
+                    ),
+                );
+            }
+            let by_count_ns = self.min_query_count.max(1) as f64 / self.server_target_qps * 1e9;
             let horizon = by_count_ns.max(min_ns as f64).min(max_ns.map_or(f64::INFINITY, |m| m as f64));
             if horizon.is_nan() || horizon >= u64::MAX as f64 {
                 return bad(

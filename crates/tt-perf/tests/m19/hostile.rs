@@ -144,6 +144,14 @@ fn rates_zero_negative_nan_inf_and_huge_are_refused() {
     let mut s = TestSettings::scaled(Scenario::Server, Duration::ZERO, 662);
     s.server_target_qps = 1e-9;
     assert_eq!(field_of(&s.validate().unwrap_err()), "server_target_qps");
+    // Even with no minimum count: the schedule holds at least one arrival (a proptest found a
+    // tiny rate with min_query_count 0 accepted, then refused by the schedule).
+    let tiny = TestSettings {
+        server_target_qps: f64::MIN_POSITIVE,
+        min_duration: Duration::from_nanos(1),
+        ..TestSettings::scaled(Scenario::Server, Duration::ZERO, 0)
+    };
+    assert_eq!(field_of(&tiny.validate().unwrap_err()), "server_target_qps");
     // …is fine under a max_duration, which ends the schedule first.
     s.max_duration = Some(Duration::from_secs(1));
     s.validate().unwrap();
