@@ -112,9 +112,9 @@ pub fn engine(model: &Gpt, v: &Variant, batch: usize) -> Result<CachedGpt> {
     Ok(e)
 }
 
-/// Greedy answers to `prompts` (equal lengths) in one batched generation by the workspace's one
-/// generation loop: one prefill, then a decode step per token (or, without the cache, the whole
-/// sequence again). An answer ends at a stop token or after [`MAX_NEW_TOKENS`], fewer if the
+/// Greedy answers to `prompts` (equal lengths; the system under test passes one) by the
+/// workspace's one generation loop: one prefill, then a decode step per token (or, without the
+/// cache, the whole sequence again). An answer ends at a stop token or after [`MAX_NEW_TOKENS`], fewer if the
 /// context ends first. `first` runs once the first token of every row exists;
 /// `finished(row, tokens)` as each row ends.
 ///
