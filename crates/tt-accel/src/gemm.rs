@@ -53,11 +53,12 @@
 //!    A), MC so the packed MC×KC block of A takes a few MiB of the shared L3 (reused by every NC
 //!    panel). At AVX-512: KC = 512, NC = 256, MC = 2040. One microkernel per dispatch level:
 //!    AVX-512 12×32, AVX2 6×16, scalar 4×8 (plain loops).
-//! 5. **threaded** ([`Rung::Threaded`]): rung 4 on a dedicated rayon pool. For each KC×NC panel the
-//!    workers pack B̃ together (disjoint groups of NR panels), then each worker takes a contiguous
-//!    range of MR-row panels of C, packs its own panels of Ã and runs the same microkernel against
-//!    the shared B̃ (which each core pulls into its own, private L2). Each element of C is computed
-//!    by exactly one worker with the same KC partition and the same microkernel, so the result is
+//! 5. **threaded** ([`Rung::Threaded`]): rung 4 over a [`Team`](crate::team::Team) of `threads`
+//!    members (the process's one pool when that is its size). For each KC×NC panel the members
+//!    pack B̃ together (disjoint groups of NR panels), then each claims contiguous ranges of
+//!    MR-row panels of C, packs those panels of Ã and runs the same microkernel against the
+//!    shared B̃ (which each core pulls into its own, private L2). Each element of C is computed
+//!    by exactly one member with the same KC partition and the same microkernel, so the result is
 //!    **bit-identical** to rung 4.
 //!
 //! Every rung is also callable through one entry point, [`gemm`], which checks the arguments
@@ -96,7 +97,7 @@ pub enum Rung {
     Blocked,
     /// Packed panels + register-blocked SIMD microkernel for the dispatch level.
     PackedSimd,
-    /// `PackedSimd` with the rows of C split over `threads` rayon workers.
+    /// `PackedSimd` with the rows of C split over a team of `threads` members.
     Threaded,
 }
 

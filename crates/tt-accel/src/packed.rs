@@ -32,7 +32,7 @@ use tt_tensor::Projection;
 
 use crate::bounds::check_projection_rows;
 use crate::dispatch::{self, Level};
-use crate::team::{share, Team};
+use crate::team::{chunks_for, share, Team};
 
 /// Output rows per panel.
 pub const PANEL: usize = 16;
@@ -129,13 +129,11 @@ impl PackedF32 {
         let out = OutPtr(y.as_mut_ptr());
         match &self.team {
             Some(team) if team.size() > 1 && panels > 1 => {
-                let members = team.size().min(panels);
-                team.run(&|i| {
-                    if i < members {
-                        // SAFETY: sizes checked above (`check_projection_rows`); members write
-                        // disjoint panel ranges.
-                        unsafe { self.panels(x, rows, bias, out, share(panels, members, i), None) }
-                    }
+                let chunks = chunks_for(panels, team.size());
+                team.for_each(chunks, &|c| {
+                    // SAFETY: sizes checked above (`check_projection_rows`); chunks are disjoint
+                    // panel ranges, each run once.
+                    unsafe { self.panels(x, rows, bias, out, share(panels, chunks, c), None) }
                 });
                 // The row kernel dispatches at the calling thread's level (`with_level` does not
                 // reach the members), so the epilogue runs here, over the finished rows.

@@ -1,40 +1,95 @@
 //! [`Team`]: a few persistent threads that run one small job together, with a synchronization
 //! cost of a fraction of a microsecond — what splitting a single decode-step projection across
-//! cores needs (a rayon scope or a thread spawn per projection costs several microseconds, about
-//! as much as the projection itself).
+//! cores needs (a scope or a thread spawn per projection costs several microseconds, about as
+//! much as the projection itself) — and the process's one pool of compute threads
+//! ([`global`]). See `docs/16-acceleration.md` § "Threads" for the policy in full.
 //!
-//! Protocol: the caller publishes a job and bumps a generation counter; each worker spins on the
-//! counter for a short while (tens of microseconds — the gap between two projections of a decode
-//! step), then sleeps on a condition variable so an idle team holds no core; it runs its share
-//! and bumps a done counter; the caller runs share 0 itself and then waits for the done count.
-//! Shares must be independent (disjoint outputs).
+//! ## Protocol: chunks claimed, never assigned
+//! A job is `chunks` independent pieces (disjoint outputs). The caller publishes it by storing
+//! one 64-bit word — generation, chunk count, next unclaimed chunk — and then claims chunks
+//! itself, exactly like the workers: each claim is a compare-and-swap on that word, valid only
+//! within the job's generation. A worker spins on the word for a short while (tens of
+//! microseconds, the gap between two projections of a decode step), then sleeps on a condition
+//! variable so an idle team holds no core. The caller returns once every *claimed* chunk is
+//! finished; it never waits for a member that has not claimed one.
+//!
+//! ## A descheduled member
+//! The old protocol gave member `i` share `i` and waited for every member, so one member that the
+//! OS had descheduled (another process on its core) held the whole step for a time slice —
+//! milliseconds, against microseconds of work: two threads ran at a third of one thread's speed.
+//! Now (measured in `cargo tito milestone acceleration`, contended rows):
+//! - a member that is not running when a job starts claims nothing: the running members take
+//!   every chunk, and the job finishes at the speed of the members that run;
+//! - a member preempted *inside* a chunk still holds that chunk's outputs (two threads may not
+//!   write them), so the caller waits for it. That wait is detected — the caller waited longer
+//!   than [`STALL_FLOOR`] plus twice its own share of the job — and the team then runs its next
+//!   jobs on the caller alone for a back-off period (1 ms, doubling on each repeated stall up to
+//!   [`MAX_BACKOFF`]) before it tries its members again. Under a persistent competitor the loss
+//!   is bounded by one stall per back-off period; when the competitor leaves, the members are
+//!   used again within one period. [`Team::stats`] counts both.
+//! - a call that finds the team busy with another thread's job runs its chunks on the calling
+//!   thread instead of queueing: at most `size` threads ever compute, whoever calls.
+//!
+//! Results never depend on who ran a chunk: each chunk computes its own outputs the same way on
+//! any thread, so a split equals one thread's result bit for bit at any team size.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// The job: called once per member with its index `0..size`.
+/// The job: called once per chunk with its index `0..chunks`.
 type Job = dyn Fn(usize) + Sync;
 
+/// The most chunks one published round holds (16 bits of the state word); [`Team::for_each`]
+/// runs larger jobs in rounds.
+pub const MAX_CHUNKS: usize = (1 << 16) - 1;
+
+/// A caller's wait for claimed chunks beyond this (plus twice its own time in the job) counts as
+/// a stall: a member was descheduled inside its chunk.
+pub const STALL_FLOOR: Duration = Duration::from_micros(100);
+/// The longest back-off after repeated stalls.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(128);
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+
+/// The state word: generation (32 bits) | chunks (16) | next unclaimed chunk (16).
+fn pack(generation: u32, chunks: usize, next: usize) -> u64 {
+    (u64::from(generation) << 32) | ((chunks as u64) << 16) | next as u64
+}
+fn generation_of(v: u64) -> u32 {
+    (v >> 32) as u32
+}
+fn chunks_of(v: u64) -> usize {
+    ((v >> 16) & 0xffff) as usize
+}
+fn next_of(v: u64) -> usize {
+    (v & 0xffff) as usize
+}
+
 struct Shared {
-    generation: AtomicU64,
-    done: AtomicUsize,
+    /// See [`pack`]. Workers wait for its generation to change, and claim chunks by CAS on it.
+    state: AtomicU64,
+    /// Chunks of the current round finished (by anyone).
+    finished: AtomicUsize,
     stop: AtomicBool,
     /// Workers asleep on `wake` (the caller notifies only when some are).
     sleepers: AtomicUsize,
-    wake_lock: std::sync::Mutex<()>,
+    wake_lock: Mutex<()>,
     wake: std::sync::Condvar,
-    /// Set when a member's share panicked (the caller then panics too, after all are done).
+    /// Set when a chunk panicked on a worker (the caller then panics too, after all are done).
     panicked: AtomicBool,
-    /// The current job, valid between a generation bump and the done count reaching the number
-    /// of workers (the caller keeps it alive and does not return before then).
+    /// The current job. Written by the caller only before publishing a round, when every chunk
+    /// of the previous round is finished and none can be claimed; read by a worker only after
+    /// it claimed a chunk of the current round, and only until it counts that chunk finished.
     job: UnsafeCell<*const Job>,
 }
 
-// SAFETY: `job` is written only by the caller of `run` while no worker reads it (before the
-// generation bump, after every worker has finished the previous generation), and read by workers
-// only between the bump (Release/Acquire) and their done increment.
+// SAFETY: `job` is written and read only under the protocol on the field: a write happens after
+// the caller saw every claimed chunk finished (Acquire on `finished`) and before it publishes the
+// next round (Release store of `state`); a read happens after a successful claim of that round
+// (AcqRel CAS on `state`, in the release sequence of the publishing store) and before the
+// reader's Release increment of `finished`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -44,7 +99,7 @@ unsafe impl Send for Shared {}
 pub const MAX_SIZE: usize = 256;
 
 thread_local! {
-    /// Set while this thread runs a share of some team's job (as the caller or as a worker).
+    /// Set while this thread runs a chunk of some team's job (as the caller or as a worker).
     static IN_JOB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -60,12 +115,34 @@ fn in_job<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// What a team has done since it started (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TeamStats {
+    /// Jobs handed to the members.
+    pub shared_jobs: u64,
+    /// Jobs the caller ran alone: during a back-off, or because another thread's job held the team.
+    pub caller_only_jobs: u64,
+    /// Shared jobs whose caller waited on a member preempted inside a chunk (each starts a back-off).
+    pub stalls: u64,
+}
+
+/// The caller-side state, under the team's lock.
+struct Control {
+    generation: u32,
+    /// No members until then (a back-off after a stall).
+    solo_until: Option<Instant>,
+    backoff: Duration,
+    stats: TeamStats,
+}
+
 /// Persistent helper threads; the caller thread is member 0.
 pub struct Team {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// Serializes `run` calls from different threads (one job at a time).
-    lock: std::sync::Mutex<()>,
+    /// One job at a time; holds the caller-side state.
+    control: Mutex<Control>,
+    /// Jobs that found the team busy (counted outside the lock they could not take).
+    busy_jobs: AtomicU64,
 }
 
 impl std::fmt::Debug for Team {
@@ -88,21 +165,22 @@ impl Team {
             ));
         }
         let shared = Arc::new(Shared {
-            generation: AtomicU64::new(0),
-            done: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
+            finished: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
-            wake_lock: std::sync::Mutex::new(()),
+            wake_lock: Mutex::new(()),
             wake: std::sync::Condvar::new(),
             panicked: AtomicBool::new(false),
             job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
         });
-        let mut team = Team { shared, workers: Vec::new(), lock: std::sync::Mutex::new(()) };
+        let control =
+            Mutex::new(Control { generation: 0, solo_until: None, backoff: FIRST_BACKOFF, stats: TeamStats::default() });
+        let mut team = Team { shared, workers: Vec::new(), control, busy_jobs: AtomicU64::new(0) };
         for id in 1..size.max(1) {
             let s = Arc::clone(&team.shared);
             // On error `team` drops here, which stops the workers already started.
-            let handle =
-                std::thread::Builder::new().name(format!("tt-accel-team-{id}")).spawn(move || worker(&s, id))?;
+            let handle = std::thread::Builder::new().name(format!("tt-accel-team-{id}")).spawn(move || worker(&s))?;
             team.workers.push(handle);
         }
         Ok(team)
@@ -113,43 +191,111 @@ impl Team {
         self.workers.len() + 1
     }
 
-    /// Runs `job(i)` for every member `i` (0 on the calling thread) and returns when all are done.
-    ///
-    /// Called from inside a share of a job (of this or any team), it runs every share on the
-    /// calling thread, in order: handing work to a team whose members may be waiting for this
-    /// very thread would never return.
+    /// What the team has done so far: shared jobs, jobs the caller ran alone, stalls.
+    pub fn stats(&self) -> TeamStats {
+        let mut s = self.control.lock().unwrap_or_else(|e| e.into_inner()).stats;
+        s.caller_only_jobs += self.busy_jobs.load(Ordering::Relaxed);
+        s
+    }
+
+    /// Runs `job(i)` once for every `i` in `0..size()`, on whichever members are free (see
+    /// [`Team::for_each`]); returns when all are done.
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+        self.for_each(self.size(), job);
+    }
+
+    /// Runs `job(c)` once for every chunk `c` in `0..chunks`, each on whichever member claims it
+    /// first (the calling thread is one of them), and returns when all are done. Chunks must be
+    /// independent (disjoint outputs) for the result not to depend on who ran them.
+    ///
+    /// Runs every chunk on the calling thread, in order, when called from inside a chunk (of this
+    /// or any team: handing work to members that may be waiting for this very thread would never
+    /// return), when another thread's job holds the team, or during a back-off after a stall.
+    ///
+    /// # Panics
+    /// If a chunk panicked (after every claimed chunk has finished): a panic in a chunk is a bug
+    /// in the job, re-raised on the caller like a panic inside a scope.
+    pub fn for_each(&self, chunks: usize, job: &(dyn Fn(usize) + Sync)) {
+        let alone = || (0..chunks).for_each(job);
         if IN_JOB.with(|j| j.get()) {
-            (0..self.size()).for_each(job);
-            return;
+            return alone();
         }
-        if self.workers.is_empty() {
-            in_job(|| job(0));
-            return;
+        if self.workers.is_empty() || chunks <= 1 {
+            return in_job(alone);
         }
-        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut control = match self.control.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.busy_jobs.fetch_add(1, Ordering::Relaxed);
+                return in_job(alone);
+            }
+        };
+        if let Some(until) = control.solo_until {
+            if Instant::now() < until {
+                control.stats.caller_only_jobs += 1;
+                drop(control);
+                return in_job(alone);
+            }
+            control.solo_until = None;
+        }
+        let mut start = 0;
+        while start < chunks {
+            let n = (chunks - start).min(MAX_CHUNKS);
+            let round = |c: usize| job(start + c);
+            self.round(&mut control, n, &round);
+            start += n;
+        }
+    }
+
+    /// One published round of `chunks` (≤ MAX_CHUNKS) chunks, with the team's lock held.
+    fn round(&self, control: &mut Control, chunks: usize, job: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
-        s.done.store(0, Ordering::Relaxed);
-        // SAFETY: every worker finished the previous generation (we waited for `done`), so none
-        // reads `job` now. The pointer's lifetime is erased; it is dereferenced only before we
-        // return below, while `job` is still borrowed.
+        control.generation = control.generation.wrapping_add(1);
+        let generation = control.generation;
+        s.finished.store(0, Ordering::Relaxed);
+        // SAFETY: every chunk of the previous round finished (we waited for `finished`) and none
+        // can be claimed (its `next` reached its `chunks`), so no worker reads `job` now. The
+        // pointer's lifetime is erased; it is dereferenced only before this function returns,
+        // while `job` is still borrowed.
         unsafe {
             *s.job.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(job as *const _);
         }
-        s.bump();
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_job(|| job(0))));
+        s.publish(pack(generation, chunks, 0));
+        let start = Instant::now();
+        // The caller claims like any member; a panicking chunk still counts as finished (the
+        // wait below counts chunks), and its panic is re-raised once all are done.
+        let mut mine = None;
+        in_job(|| {
+            while let Some(c) = s.claim(generation) {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(c))) {
+                    mine.get_or_insert(p);
+                }
+                s.finished.fetch_add(1, Ordering::Release);
+            }
+        });
+        // Every chunk is claimed now; wait for the members still inside theirs.
+        let own = start.elapsed();
         let mut spins = 0u32;
-        while s.done.load(Ordering::Acquire) < self.workers.len() {
+        while s.finished.load(Ordering::Acquire) < chunks {
             spin(&mut spins);
         }
-        // Only now, with every share finished, may a panic leave this frame (the job is borrowed).
-        if let Err(p) = mine {
+        let waited = start.elapsed() - own;
+        control.stats.shared_jobs += 1;
+        if waited > STALL_FLOOR + 2 * own {
+            // A member was descheduled inside its chunk: run alone for a while.
+            control.stats.stalls += 1;
+            control.solo_until = Some(Instant::now() + control.backoff);
+            control.backoff = (control.backoff * 2).min(MAX_BACKOFF);
+        } else {
+            control.backoff = FIRST_BACKOFF;
+        }
+        // Only now, with every chunk finished, may a panic leave this frame (the job is borrowed).
+        if let Some(p) = mine {
             std::panic::resume_unwind(p);
         }
-        // A share panicking is a bug in the job (a kernel), not bad input: re-raise it on the
-        // caller's thread, like a panic inside a rayon scope.
         if s.panicked.swap(false, Ordering::Relaxed) {
-            panic!("a tt-accel team member's share of the job panicked");
+            panic!("a tt-accel team member's chunk of the job panicked");
         }
     }
 }
@@ -167,21 +313,35 @@ fn spin(spins: &mut u32) {
 const SPIN_BEFORE_SLEEP: u32 = 1 << 13;
 
 impl Shared {
-    /// Publishes a new generation and wakes sleeping workers. SeqCst on the counter and on
-    /// `sleepers` (here and in `wait`) orders them: either the worker sees the new generation
+    /// Publishes a new round (or the stop) and wakes sleeping workers. SeqCst on the state and
+    /// on `sleepers` (here and in `wait`) orders them: either the worker sees the new generation
     /// before sleeping, or this thread sees the sleeper and notifies it under the lock.
-    fn bump(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    fn publish(&self, v: u64) {
+        self.state.store(v, Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_all();
         }
     }
 
+    /// Claims the next chunk of round `generation`, if any is left.
+    fn claim(&self, generation: u32) -> Option<usize> {
+        let mut v = self.state.load(Ordering::Acquire);
+        loop {
+            if generation_of(v) != generation || next_of(v) >= chunks_of(v) {
+                return None;
+            }
+            match self.state.compare_exchange_weak(v, v + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(next_of(v)),
+                Err(now) => v = now,
+            }
+        }
+    }
+
     /// Waits until the generation differs from `seen` (or the team stops); returns it.
-    fn wait(&self, seen: u64) -> u64 {
+    fn wait(&self, seen: u32) -> u32 {
         for _ in 0..SPIN_BEFORE_SLEEP {
-            let g = self.generation.load(Ordering::Acquire);
+            let g = generation_of(self.state.load(Ordering::Acquire));
             if g != seen || self.stop.load(Ordering::Relaxed) {
                 return g;
             }
@@ -189,38 +349,42 @@ impl Shared {
         }
         let mut guard = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let mut g = self.generation.load(Ordering::SeqCst);
+        let mut g = generation_of(self.state.load(Ordering::SeqCst));
         while g == seen && !self.stop.load(Ordering::SeqCst) {
             guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-            g = self.generation.load(Ordering::SeqCst);
+            g = generation_of(self.state.load(Ordering::SeqCst));
         }
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
         g
     }
 }
 
-fn worker(s: &Shared, id: usize) {
-    let mut seen = 0u64;
+fn worker(s: &Shared) {
+    let mut seen = 0u32;
     loop {
         let g = s.wait(seen);
         if s.stop.load(Ordering::Relaxed) {
             return;
         }
         seen = g;
-        // SAFETY: the Acquire load saw the caller's Release bump, after which `job` points to a
-        // live job until we increment `done`.
-        let job = unsafe { &**s.job.get() };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_job(|| job(id)))).is_err() {
-            s.panicked.store(true, Ordering::Relaxed);
+        while let Some(c) = s.claim(g) {
+            // SAFETY: we claimed chunk `c` of round `g`, so `job` points to that round's live job
+            // until we count the chunk finished (see `Shared::job`).
+            let job = unsafe { &**s.job.get() };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_job(|| job(c)))).is_err() {
+                s.panicked.store(true, Ordering::Relaxed);
+            }
+            s.finished.fetch_add(1, Ordering::Release);
         }
-        s.done.fetch_add(1, Ordering::Release);
     }
 }
 
 impl Drop for Team {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.bump();
+        // A new generation with no chunks wakes every worker, which then sees `stop`.
+        let g = generation_of(self.shared.state.load(Ordering::SeqCst)).wrapping_add(1);
+        self.shared.publish(pack(g, 0, 0));
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -237,15 +401,109 @@ pub fn share(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     bound(i)..bound(i.saturating_add(1))
 }
 
-/// A process-wide team with one member per core (at most 2 on this machine; `None` on a
-/// single core or if a thread cannot start), created on first use. The packed projections and the
-/// heads-parallel attention of one decoder share it, so no more threads than cores spin.
+/// How many chunks to cut `units` independent units of work into for `members` members: about
+/// four per member (so that a member that arrives late, or is preempted, leaves a small
+/// remainder to the others), never more than the units, at least 1.
+pub fn chunks_for(units: usize, members: usize) -> usize {
+    units.min(members.saturating_mul(4)).clamp(1, MAX_CHUNKS)
+}
+
+/// The thread count the process's compute uses: what [`set_threads`] set, else the environment
+/// variable `TT_THREADS`, else [`std::thread::available_parallelism`] (which honours the CPU
+/// affinity mask, e.g. `taskset`, and cgroup CPU quotas).
+///
+/// # Errors
+/// `TT_THREADS` set to something other than a whole number in `1..=MAX_SIZE`.
+pub fn threads() -> Result<usize, String> {
+    if let Some(&n) = CHOSEN.get() {
+        return Ok(n);
+    }
+    match std::env::var("TT_THREADS") {
+        Ok(v) => parse_threads(&v).map_err(|e| format!("TT_THREADS: {e}")),
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_SIZE)),
+    }
+}
+
+/// Parses a thread count: a whole number in `1..=MAX_SIZE`.
+///
+/// # Errors
+/// Anything else, named.
+pub fn parse_threads(v: &str) -> Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_SIZE).contains(&n) => Ok(n),
+        _ => Err(format!("{v:?} is not a thread count (a whole number from 1 to {MAX_SIZE})")),
+    }
+}
+
+static CHOSEN: OnceLock<usize> = OnceLock::new();
+
+/// Sets the process's thread count (`--threads`) before the [`global`] team starts.
+///
+/// # Errors
+/// `n` outside `1..=MAX_SIZE`, or a count was already chosen or the global team already
+/// started with a different size (its size is fixed for the process's life).
+pub fn set_threads(n: usize) -> Result<(), String> {
+    if !(1..=MAX_SIZE).contains(&n) {
+        return Err(format!("{n} threads: expected 1 to {MAX_SIZE}"));
+    }
+    if CHOSEN.get_or_init(|| n) != &n {
+        return Err(format!("the thread count is already {}", CHOSEN.get().copied().unwrap_or(n)));
+    }
+    match GLOBAL.get() {
+        Some(t) if t.as_ref().map_or(1, |t| t.size()) != n => {
+            Err(format!("the process's team already started with {} members", t.as_ref().map_or(1, |t| t.size())))
+        }
+        _ => Ok(()),
+    }
+}
+
+static GLOBAL: OnceLock<Option<Arc<Team>>> = OnceLock::new();
+
+/// The process-wide team: [`threads`] members (`None` for one thread, or if a thread cannot
+/// start), created on first use. Every inference kernel that splits work splits it here — the
+/// packed projections, the heads-parallel attention, the int8 products — so one decode, prefill
+/// or server batch never runs more compute threads than this, and two callers at once do not
+/// add up (the second runs alone on its own thread: see [`Team::for_each`]). An invalid
+/// `TT_THREADS` is reported on stderr once and one thread per core is used; programs that want
+/// it to be an error call [`threads`] first (the `tito` CLI does).
 pub fn global() -> Option<&'static Arc<Team>> {
-    static GLOBAL: std::sync::OnceLock<Option<Arc<Team>>> = std::sync::OnceLock::new();
     GLOBAL
         .get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
-            (cores > 1).then(|| Team::new(cores).ok().map(Arc::new)).flatten()
+            let n = threads().unwrap_or_else(|e| {
+                eprintln!("tt-accel: {e}; using one thread per core");
+                std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_SIZE)
+            });
+            (n > 1).then(|| Team::new(n).ok().map(Arc::new)).flatten()
         })
         .as_ref()
 }
+
+/// Teams of other sizes, for measuring a workload at several thread counts in one process (the
+/// scaling curves, the GEMM ladder's threaded rung): the [`global`] team when `n` is its size,
+/// else one kept per size (at most [`KEPT_TEAMS`] at once).
+///
+/// # Errors
+/// `n` outside `1..=MAX_SIZE`; a thread could not start.
+pub fn sized(n: usize) -> std::io::Result<Arc<Team>> {
+    if !(1..=MAX_SIZE).contains(&n) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("a team of {n} members: expected 1 to {MAX_SIZE}")));
+    }
+    if let Some(g) = global().filter(|g| g.size() == n) {
+        return Ok(Arc::clone(g));
+    }
+    static TEAMS: OnceLock<Mutex<Vec<Arc<Team>>>> = OnceLock::new();
+    let mut teams = TEAMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = teams.iter().find(|t| t.size() == n) {
+        return Ok(Arc::clone(t));
+    }
+    if teams.len() >= KEPT_TEAMS {
+        // A team still in use lives on in its user's `Arc` and stops when that is dropped.
+        teams.remove(0);
+    }
+    let t = Arc::new(Team::new(n)?);
+    teams.push(Arc::clone(&t));
+    Ok(t)
+}
+
+/// Teams of non-global sizes kept at once by [`sized`].
+pub const KEPT_TEAMS: usize = 4;

@@ -9,8 +9,8 @@ use tt_tensor::kernels::{HeadsJob, PrefillHeadsJob};
 /// A prefill chunk's heads split across [`crate::team::global`]'s members; each head is computed
 /// by one member with `tt_tensor::kernels::attention_head_with` and the fused softmax rows (at the
 /// caller's level) into its own scratch, then copied to its columns of `out` — so the result
-/// equals the one-thread table's head-by-head loop bit for bit. Allocates the
-/// members' scratch per call (prefill is not the allocation-free path).
+/// equals the one-thread table's head-by-head loop bit for bit. One head per chunk; the scratch is
+/// per thread, grown once to the longest prefill seen.
 ///
 /// Panics, naming the problem, if the job's geometry is inconsistent (see [`check_heads`]) or the
 /// probabilities' scratch cannot be allocated: the kernel table has no error channel, and the
@@ -65,23 +65,29 @@ pub(super) fn prefill_heads_on_team(job: &PrefillHeadsJob, out: &mut [f32], out_
         }
     };
     let team = crate::team::global().filter(|t| t.size() > 1 && nh > 1);
-    let members = team.map_or(1, |t| t.size().min(nh));
     let level = dispatch::level();
-    let run = |i: usize| {
-        if i >= members {
-            return;
-        }
-        let (mut probs, mut local) = (scratch(n * slots), scratch(n * hd));
-        crate::dispatch::with_level(level, |_| {
-            for h in crate::team::share(nh, members, i) {
-                head(h, &mut probs, &mut local);
-                write(h, &local);
+    // One head per chunk: a prefill head is long enough that claiming it costs nothing.
+    let run = |h: usize| {
+        PREFILL_SCRATCH.with(|cell| {
+            let mut bufs = cell.borrow_mut();
+            let (probs, local) = &mut *bufs;
+            // Grown once per thread to the largest chunk seen (re-zeroing is not needed: the
+            // head kernel writes every value it reads).
+            if probs.len() < n * slots {
+                *probs = scratch(n * slots);
             }
-        });
+            if local.len() < n * hd {
+                *local = scratch(n * hd);
+            }
+            crate::dispatch::with_level(level, |_| {
+                head(h, &mut probs[..n * slots], &mut local[..n * hd]);
+                write(h, &local[..n * hd]);
+            });
+        })
     };
     match team {
-        Some(t) => t.run(&run),
-        None => run(0),
+        Some(t) => t.for_each(nh, &run),
+        None => (0..nh).for_each(run),
     }
 }
 
@@ -183,6 +189,9 @@ impl HeadsOut {
 const STACK_SLOTS: usize = 4096;
 
 thread_local! {
+    /// A prefill head's probabilities (`rows × slots`) and outputs (`rows × head_dim`) on each
+    /// thread that runs one, grown to the largest seen.
+    static PREFILL_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// Scores scratch of the heads-parallel attention on each team member, past STACK_SLOTS.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -241,18 +250,15 @@ pub(super) fn attention_heads_on_team(job: &HeadsJob, out: &mut [f32]) {
         }
         return;
     };
-    let members = team.size().min(nh);
+    let chunks = crate::team::chunks_for(nh, team.size());
     let ptr = HeadsOut(out.as_mut_ptr(), out.len());
     let level = dispatch::level();
-    team.run(&|i| {
-        if i >= members {
-            return;
-        }
+    team.for_each(chunks, &|c| {
         // Workers run at the caller's level, so every head is computed the same way.
         crate::dispatch::with_level(level, |_| {
-            for h in crate::team::share(nh, members, i) {
+            for h in crate::team::share(nh, chunks, c) {
                 // SAFETY: h < heads, so the head's floats lie inside the buffer (heads·head_dim
-                // ≤ out.len(), `check_heads`), and no other member writes head h.
+                // ≤ out.len(), `check_heads`), and no other chunk writes head h.
                 head(h, unsafe { ptr.head(h, hd) });
             }
         });

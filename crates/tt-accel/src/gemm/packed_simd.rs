@@ -31,8 +31,9 @@
 use super::kernels::{MicroKernel, Scalar4x8};
 use super::Args;
 use crate::dispatch::Level;
-use rayon::prelude::*;
+use crate::team::{share, Team};
 use std::cell::RefCell;
+use std::sync::Mutex;
 use std::thread::LocalKey;
 
 pub(super) fn packed_simd(level: Level, x: Args<'_>) {
@@ -40,37 +41,32 @@ pub(super) fn packed_simd(level: Level, x: Args<'_>) {
 }
 
 /// Runs the packed algorithm with the kernel for `level` (at most what the CPU has), on the
-/// calling thread or, with `pool = Some((pool, workers))`, split over `workers` pool threads.
-pub(super) fn run(level: Level, pool: Option<(&rayon::ThreadPool, usize)>, x: Args<'_>) {
+/// calling thread or, with `team`, split over its members.
+pub(super) fn run(level: Level, team: Option<&Team>, x: Args<'_>) {
     #[cfg(target_arch = "x86_64")]
     {
         use super::kernels::{Avx2_6x16, Avx512_12x32};
         if level >= Level::Avx512 {
             if let Some(kern) = Avx512_12x32::new() {
-                return drive(kern, pool, x);
+                return loops(kern, team, x);
             }
         }
         if level >= Level::Avx2 {
             if let Some(kern) = Avx2_6x16::new() {
-                return drive(kern, pool, x);
+                return loops(kern, team, x);
             }
         }
     }
     let _ = level;
-    drive(Scalar4x8, pool, x)
+    loops(Scalar4x8, team, x)
 }
 
-fn drive<K: MicroKernel>(kern: K, pool: Option<(&rayon::ThreadPool, usize)>, x: Args<'_>) {
-    match pool {
-        None => loops(kern, 1, x),
-        // The whole loop nest runs inside the pool, so the phases below fork and join there.
-        Some((pool, workers)) => pool.install(|| loops(kern, workers, x)),
-    }
-}
-
-/// The five loops. With `workers > 1` (inside a pool) each B̃ packing step is split over groups
-/// of NR panels and each macrokernel over MR-row panels; with 1 nothing touches rayon.
-fn loops<K: MicroKernel>(kern: K, workers: usize, x: Args<'_>) {
+/// The five loops. With a team of several members each B̃ packing step is split over groups of
+/// NR panels and each macrokernel over groups of MR-row panels, claimed by whichever member is
+/// free; with none, everything runs on the calling thread.
+fn loops<K: MicroKernel>(kern: K, team: Option<&Team>, x: Args<'_>) {
+    let team = team.filter(|t| t.size() > 1);
+    let workers = team.map_or(1, Team::size);
     let Args { a, lda, b, ldb, c, ldc, m, k, n } = x;
     let (mr, nr) = (K::MR, K::NR);
     let bl = kern.blocking();
@@ -83,8 +79,6 @@ fn loops<K: MicroKernel>(kern: K, workers: usize, x: Args<'_>) {
             for ic in (0..m).step_by(bl.mc) {
                 let mc = bl.mc.min(m - ic);
                 let c_rows = &mut c[ic * ldc..];
-                // Row ranges of the workers within this MC block, in whole MR-row panels.
-                let cuts = row_cuts(mc, mr, workers);
                 for q in 0..k_blocks {
                     let (p0, p1) = (q * k / k_blocks, (q + 1) * k / k_blocks);
                     let kc = p1 - p0;
@@ -96,18 +90,28 @@ fn loops<K: MicroKernel>(kern: K, workers: usize, x: Args<'_>) {
                         // just before its first use (so it is still in L1), and reused after.
                         let blk =
                             Block { kc, jc, nc, overwrite: q == 0, pack_a: (jc == 0).then_some((a, lda, ic, p0)) };
-                        if workers > 1 {
-                            // Each worker packs a contiguous group of NR panels, row by row.
-                            let group = nc.div_ceil(nr).div_ceil(workers) * nr;
-                            b_pack.par_chunks_mut(group * kc).enumerate().for_each(|(g, dst)| {
-                                let j = jc + g * group;
-                                kern.pack_b(dst, b, ldb, p0, kc, j, group.min(jc + nc - j));
+                        if let Some(team) = team {
+                            // Each chunk packs a contiguous group of NR panels, row by row.
+                            let panels = nc.div_ceil(nr);
+                            let chunks = crate::team::chunks_for(panels, workers);
+                            let groups = b_parts(&mut *b_pack, panels, chunks, kc * nr);
+                            team.for_each(chunks, &|g| {
+                                let mut dst = lock(&groups[g]);
+                                let ps = share(panels, chunks, g);
+                                let j = jc + ps.start * nr;
+                                kern.pack_b(&mut dst, b, ldb, p0, kc, j, (ps.len() * nr).min(jc + nc - j));
                             });
                             let b_pack = &*b_pack;
+                            let cuts = row_cuts(mc, mr, crate::team::chunks_for(mc.div_ceil(mr), workers));
                             let c_parts = split_at_rows(&mut *c_rows, &cuts, ldc);
                             let a_parts = split_at_rows(&mut *a_pack, &cuts, kc);
-                            let parts: Vec<_> = cuts.iter().zip(c_parts).zip(a_parts).collect();
-                            parts.into_par_iter().for_each(|((&(r0, r1), c_part), a_part)| {
+                            // One lock per part, each taken once by the one chunk that owns it:
+                            // the safe way to hand disjoint `&mut` rows to whichever member runs it.
+                            let parts: Vec<_> = c_parts.into_iter().zip(a_parts).map(Mutex::new).collect();
+                            team.for_each(cuts.len(), &|i| {
+                                let (r0, r1) = cuts[i];
+                                let mut part = lock(&parts[i]);
+                                let (c_part, a_part) = &mut *part;
                                 macro_kernel(kern, a_part, b_pack, c_part, ldc, r0, r1 - r0, blk);
                             });
                         } else {
@@ -119,6 +123,25 @@ fn loops<K: MicroKernel>(kern: K, workers: usize, x: Args<'_>) {
             }
         })
     });
+}
+
+/// Locks a part that only its own chunk ever takes (a poisoned lock means that chunk panicked,
+/// which the team re-raises; the data is still the part's).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// B̃ (`panels` micro-panels of `panel_len` floats) cut into the `chunks` contiguous groups of
+/// [`share`]`(panels, chunks, g)` panels, each behind its own lock.
+fn b_parts(b_pack: &mut [f32], panels: usize, chunks: usize, panel_len: usize) -> Vec<Mutex<&mut [f32]>> {
+    let mut rest = b_pack;
+    (0..chunks)
+        .map(|g| {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(share(panels, chunks, g).len() * panel_len);
+            rest = tail;
+            Mutex::new(head)
+        })
+        .collect()
 }
 
 /// What one macrokernel call covers: a KC-deep slice of k and the columns `jc..jc + nc`.
@@ -196,7 +219,7 @@ thread_local! {
 
 /// Runs `f` on a 64-byte-aligned slice of `len` floats from the thread-local buffer `key`
 /// (grown if needed, contents unspecified). If the buffer is already in use on this thread — a
-/// re-entrant call, e.g. a rayon worker that picked up another product while waiting — a fresh
+/// re-entrant call (a product run from inside another's chunk on the same thread) — a fresh
 /// one is used instead.
 fn with_buffer<R>(key: &'static LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
