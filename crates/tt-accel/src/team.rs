@@ -132,7 +132,16 @@ struct Control {
     /// No members until then (a back-off after a stall).
     solo_until: Option<Instant>,
     backoff: Duration,
-    stats: TeamStats,
+    /// The first back-off and the longest.
+    limits: (Duration, Duration),
+}
+
+/// [`TeamStats`] as counters readable while a job runs.
+#[derive(Default)]
+struct Counters {
+    shared_jobs: AtomicU64,
+    caller_only_jobs: AtomicU64,
+    stalls: AtomicU64,
 }
 
 /// Persistent helper threads; the caller thread is member 0.
@@ -141,8 +150,7 @@ pub struct Team {
     workers: Vec<JoinHandle<()>>,
     /// One job at a time; holds the caller-side state.
     control: Mutex<Control>,
-    /// Jobs that found the team busy (counted outside the lock they could not take).
-    busy_jobs: AtomicU64,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for Team {
@@ -174,9 +182,9 @@ impl Team {
             panicked: AtomicBool::new(false),
             job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
         });
-        let control =
-            Mutex::new(Control { generation: 0, solo_until: None, backoff: FIRST_BACKOFF, stats: TeamStats::default() });
-        let mut team = Team { shared, workers: Vec::new(), control, busy_jobs: AtomicU64::new(0) };
+        let limits = (FIRST_BACKOFF, MAX_BACKOFF);
+        let control = Mutex::new(Control { generation: 0, solo_until: None, backoff: FIRST_BACKOFF, limits });
+        let mut team = Team { shared, workers: Vec::new(), control, counters: Counters::default() };
         for id in 1..size.max(1) {
             let s = Arc::clone(&team.shared);
             // On error `team` drops here, which stops the workers already started.
@@ -186,6 +194,17 @@ impl Team {
         Ok(team)
     }
 
+    /// Sets the back-off after a stall: `first` after a stall that follows a clean job, doubling
+    /// on each repeated stall up to `max` (defaults 1 ms and [`MAX_BACKOFF`]).
+    pub fn with_backoff(self, first: Duration, max: Duration) -> Team {
+        {
+            let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+            c.limits = (first, max.max(first));
+            c.backoff = first;
+        }
+        self
+    }
+
     /// Members, the caller included.
     pub fn size(&self) -> usize {
         self.workers.len() + 1
@@ -193,9 +212,12 @@ impl Team {
 
     /// What the team has done so far: shared jobs, jobs the caller ran alone, stalls.
     pub fn stats(&self) -> TeamStats {
-        let mut s = self.control.lock().unwrap_or_else(|e| e.into_inner()).stats;
-        s.caller_only_jobs += self.busy_jobs.load(Ordering::Relaxed);
-        s
+        let c = &self.counters;
+        TeamStats {
+            shared_jobs: c.shared_jobs.load(Ordering::Relaxed),
+            caller_only_jobs: c.caller_only_jobs.load(Ordering::Relaxed),
+            stalls: c.stalls.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs `job(i)` once for every `i` in `0..size()`, on whichever members are free (see
@@ -227,13 +249,13 @@ impl Team {
             Ok(c) => c,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
-                self.busy_jobs.fetch_add(1, Ordering::Relaxed);
+                self.counters.caller_only_jobs.fetch_add(1, Ordering::Relaxed);
                 return in_job(alone);
             }
         };
         if let Some(until) = control.solo_until {
             if Instant::now() < until {
-                control.stats.caller_only_jobs += 1;
+                self.counters.caller_only_jobs.fetch_add(1, Ordering::Relaxed);
                 drop(control);
                 return in_job(alone);
             }
@@ -281,14 +303,14 @@ impl Team {
             spin(&mut spins);
         }
         let waited = start.elapsed() - own;
-        control.stats.shared_jobs += 1;
+        self.counters.shared_jobs.fetch_add(1, Ordering::Relaxed);
         if waited > STALL_FLOOR + 2 * own {
             // A member was descheduled inside its chunk: run alone for a while.
-            control.stats.stalls += 1;
+            self.counters.stalls.fetch_add(1, Ordering::Relaxed);
             control.solo_until = Some(Instant::now() + control.backoff);
-            control.backoff = (control.backoff * 2).min(MAX_BACKOFF);
+            control.backoff = (control.backoff * 2).min(control.limits.1);
         } else {
-            control.backoff = FIRST_BACKOFF;
+            control.backoff = control.limits.0;
         }
         // Only now, with every chunk finished, may a panic leave this frame (the job is borrowed).
         if let Some(p) = mine {

@@ -18,3 +18,5 @@ mod gemm;
 mod hostile;
 #[path = "m16/packed.rs"]
 mod packed;
+#[path = "m16/team.rs"]
+mod team;

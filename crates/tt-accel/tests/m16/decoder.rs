@@ -111,3 +111,60 @@ fn the_int8_cache_decoder_with_fused_kernels_matches_the_reference_kernels() {
         });
     }
 }
+
+/// The whole threaded decoder — projections split by panels and attention by heads over the
+/// process's team — at 1, 2, 3 and 7 threads (more than this machine's cores included) gives the
+/// one-thread decoder's logits bit for bit. The process's team is sized once, so each count runs
+/// in a child process of this test binary with `TT_THREADS` set.
+#[test]
+fn the_threaded_decoder_is_bit_identical_at_1_2_3_and_7_threads() {
+    let exe = std::env::current_exe().unwrap();
+    for n in [1, 2, 3, 7] {
+        let out = std::process::Command::new(&exe)
+            .args(["--exact", "decoder::threaded_decoder_child", "--ignored", "--test-threads=1"])
+            .env("TT_THREADS", n.to_string())
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "{n} threads:\n{text}");
+    }
+}
+
+#[test]
+#[ignore = "run by the_threaded_decoder_is_bit_identical_at_1_2_3_and_7_threads, with TT_THREADS set"]
+fn threaded_decoder_child() {
+    let n = tt_accel::team::threads().unwrap();
+    let team = tt_accel::team::global();
+    assert_eq!(team.map_or(1, |t| t.size()), n, "the process's team follows TT_THREADS");
+    for level in available() {
+        with_level(level, |_| {
+            let (mut one, mut split) = (trained(), trained());
+            pack_linears(&mut one).unwrap();
+            tt_accel::packed::pack_linears_with(&mut split, team.cloned()).unwrap();
+            let mut e1 = CachedGpt::new(&one, 1, OverflowPolicy::Error).unwrap();
+            let mut e2 = CachedGpt::new(&split, 1, OverflowPolicy::Error).unwrap();
+            e1.set_row_kernels(tt_accel::fused::row_kernels());
+            e2.set_row_kernels(tt_accel::fused::row_kernels_threaded());
+            for len in [3usize, 20] {
+                let prompt: Vec<usize> = (0..len).map(|i| (i * 7 + 2) % 12).collect();
+                assert_eq!(e1.prefill(&prompt, len).unwrap(), e2.prefill(&prompt, len).unwrap(), "{n}, {level}: prefill {len}");
+            }
+            let mut a = e1.prefill(&[1, 5, 9], 3).unwrap().to_vec();
+            let mut b = e2.prefill(&[1, 5, 9], 3).unwrap().to_vec();
+            for step in 0..40 {
+                assert_eq!(a, b, "{n} threads, {level}: step {step}");
+                a = e1.decode_step(&[step % 12]).unwrap().to_vec();
+                b = e2.decode_step(&[step % 12]).unwrap().to_vec();
+            }
+            // A batch of four sequences: the same tokens.
+            let prompts: Vec<Vec<usize>> = (0..4).map(|s| vec![1 + s, 5, 9 - s]).collect();
+            let cfg = GenerateConfig::greedy(24);
+            let mut b1 = CachedGpt::new(&one, 4, OverflowPolicy::Error).unwrap();
+            let mut b2 = CachedGpt::new(&split, 4, OverflowPolicy::Error).unwrap();
+            b1.set_row_kernels(tt_accel::fused::row_kernels());
+            b2.set_row_kernels(tt_accel::fused::row_kernels_threaded());
+            let (t1, t2) = (generate_cached(&mut b1, &prompts, &cfg).unwrap(), generate_cached(&mut b2, &prompts, &cfg).unwrap());
+            assert_eq!(t1.tokens, t2.tokens, "{n} threads, {level}: batch of 4");
+        });
+    }
+}

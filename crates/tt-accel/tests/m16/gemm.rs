@@ -197,13 +197,13 @@ fn packed_and_threaded_match_naive_at_512_cubed() {
 }
 
 #[test]
-fn threaded_is_bit_identical_to_packed_simd_for_1_2_3_threads() {
+fn threaded_is_bit_identical_to_packed_simd_for_1_2_3_and_7_threads() {
     for (m, k, n) in [(1, 1, 1), (37, 129, 65), (129, 385, 33), (200, 200, 200), (512, 512, 512)] {
         let p = Problem::new(m, k, n, 400 + m as u64);
         for level in available() {
             with_level(level, |level| {
                 let single = p.run(Rung::PackedSimd, level, 1);
-                for threads in [1, 2, 3] {
+                for threads in [1, 2, 3, 7] {
                     let got = p.run(Rung::Threaded, level, threads);
                     let same = got.iter().zip(&single).all(|(x, y)| x.to_bits() == y.to_bits());
                     assert!(same, "{m}×{k}×{n} at {level}: {threads} threads differ from packed_simd");
