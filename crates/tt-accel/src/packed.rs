@@ -127,7 +127,9 @@ impl PackedF32 {
         }
         let panels = self.out_f.div_ceil(PANEL);
         let out = OutPtr(y.as_mut_ptr());
-        match &self.team {
+        // Its own team, else the one installed on this thread.
+        let team = self.team.clone().or_else(crate::team::current);
+        match &team {
             Some(team) if team.size() > 1 && panels > 1 => {
                 let chunks = chunks_for(panels, team.size());
                 team.for_each(chunks, &|c| {

@@ -413,6 +413,34 @@ impl Drop for Team {
     }
 }
 
+thread_local! {
+    /// The team this thread's kernels split their work over (see [`install`]).
+    static INSTALLED: std::cell::RefCell<Option<Arc<Team>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `team` as this thread's team: the kernels that split work without a team of
+/// their own (the int8 products, [`crate::packed::PackedF32`] without
+/// [`with_team`](crate::packed::PackedF32::with_team), the threaded attention table) split it
+/// over `team` (`None`: one thread). The previous setting is restored after, also on a panic. How
+/// a program says "this decode / prefill / server batch uses these threads" — once, around the
+/// call, instead of per layer.
+pub fn install<R>(team: Option<Arc<Team>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<Team>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            INSTALLED.with(|t| *t.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(INSTALLED.with(|t| std::mem::replace(&mut *t.borrow_mut(), team)));
+    f()
+}
+
+/// The team [`install`]ed on this thread, if any.
+pub fn current() -> Option<Arc<Team>> {
+    INSTALLED.with(|t| t.borrow().clone())
+}
+
 /// Splits `0..n` into `parts` contiguous ranges of near-equal size; range `i` (`parts` 0 counts as
 /// 1; an `i` past the last part gets an empty range at `n`). Exact for any `n`: the products are
 /// taken in 128 bits, since a wrapped bound would hand two members overlapping outputs.

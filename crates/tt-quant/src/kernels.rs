@@ -25,6 +25,7 @@
 //! - **Scalar**: the reference; index order, wrapping i32 adds (which never wrap: see [`MAX_K`]).
 
 use crate::error::{try_weight_buffer, try_with_capacity, QuantError, Result};
+use std::ops::Range;
 
 pub mod group;
 
@@ -276,27 +277,64 @@ impl PackedI8 {
         }
         let level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
         tt_accel::dispatch::record_level_use("int", level.name());
-        match level {
+        let panels = self.acc_cols / PANEL;
+        let out = AccPtr(acc.as_mut_ptr());
+        let run = |range: Range<usize>| match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the level is clamped to what the CPU supports (VNNI detected); `a` holds
-            // rows·row_bytes bytes and `acc` rows·acc_cols values (checked above).
-            IntLevel::Avx512Vnni => unsafe { vnni::matmul(self, a, rows, acc) },
+            // rows·row_bytes bytes and `out` rows·acc_cols values (checked above); `range` ⊆
+            // 0..panels, and no other call writes its columns (the chunks below are disjoint).
+            IntLevel::Avx512Vnni => unsafe { vnni::matmul(self, a, rows, out.get(), range) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, with AVX2.
-            IntLevel::Avx2 => unsafe { avx2::matmul(self, a, rows, acc) },
-            _ => scalar_matmul(self, a, rows, acc),
+            IntLevel::Avx2 => unsafe { avx2::matmul(self, a, rows, out.get(), range) },
+            // SAFETY: as above (portable code).
+            _ => unsafe { scalar_matmul(self, a, rows, out.get(), range) },
+        };
+        // Split by output panels over this thread's team when the product is worth a hand-off.
+        let macs = rows.saturating_mul(self.acc_cols).saturating_mul(self.row_bytes);
+        match tt_accel::team::current().filter(|t| t.size() > 1 && panels > 1 && macs >= MIN_SPLIT_MACS) {
+            Some(team) => {
+                let chunks = tt_accel::team::chunks_for(panels, team.size());
+                team.for_each(chunks, &|c| run(tt_accel::team::share(panels, chunks, c)));
+            }
+            None => run(0..panels),
         }
         Ok(())
     }
 }
 
-/// The scalar kernel over the packed layout: per row and panel, 16 accumulators summed in input
-/// order.
-fn scalar_matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
+/// The smallest product (multiply-adds) [`PackedI8::matmul`] splits over the installed team: below
+/// it the hand-off (about a microsecond with a sleeping member) costs more than the product.
+pub const MIN_SPLIT_MACS: usize = 1 << 16;
+
+/// The accumulators, shared by the chunks of a split product, each writing only its own panels'
+/// columns.
+#[derive(Clone, Copy)]
+struct AccPtr(*mut i32);
+// SAFETY: chunks write disjoint columns, and `matmul` returns only after every chunk is done.
+unsafe impl Send for AccPtr {}
+// SAFETY: as above.
+unsafe impl Sync for AccPtr {}
+
+impl AccPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(self) -> *mut i32 {
+        self.0
+    }
+}
+
+/// The scalar kernel over the packed layout: per row and panel of `panels`, 16 accumulators
+/// summed in input order.
+///
+/// # Safety
+/// `acc` points to `rows·acc_cols` values; `panels` ⊆ `0..acc_cols/16`; `a` holds
+/// `rows·row_bytes` bytes; no other thread writes these panels' columns meanwhile.
+unsafe fn scalar_matmul(w: &PackedI8, a: &[u8], rows: usize, acc: *mut i32, panels: Range<usize>) {
     let (kb, cols) = (w.row_bytes(), w.acc_cols());
     for r in 0..rows {
         let ar = &a[r * kb..(r + 1) * kb];
-        for panel in 0..cols / PANEL {
+        for panel in panels.clone() {
             let mut sum = [0i32; PANEL];
             for k in 0..w.k4 {
                 let wk = &w.packed[(panel * w.k4 + k) * PANEL * 4..][..PANEL * 4];
@@ -307,7 +345,8 @@ fn scalar_matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
                     }
                 }
             }
-            acc[r * cols + panel * PANEL..][..PANEL].copy_from_slice(&sum);
+            // SAFETY: row r < rows, panel < acc_cols/16: 16 values inside `acc` (contract).
+            unsafe { std::ptr::copy_nonoverlapping(sum.as_ptr(), acc.add(r * cols + panel * PANEL), PANEL) };
         }
     }
 }
@@ -359,6 +398,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{PackedI8, PANEL};
+    use std::ops::Range;
 
     /// Rows per tile.
     const MR: usize = 12;
@@ -386,45 +426,48 @@ mod vnni {
     }
 
     /// # Safety
-    /// The CPU has AVX-512F and AVX-512 VNNI; `a` holds `rows·row_bytes` bytes and `acc` `rows·acc_cols`
-    /// values (checked by `PackedI8::matmul`).
-    pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
+    /// The CPU has AVX-512F and AVX-512 VNNI; `a` holds `rows·row_bytes` bytes and `acc` points to
+    /// `rows·acc_cols` values (checked by `PackedI8::matmul`); `range` ⊆ `0..acc_cols/16`, whose
+    /// columns no other thread writes meanwhile.
+    pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: *mut i32, range: Range<usize>) {
         let mut r0 = 0;
         while r0 < rows {
             let r = (rows - r0).min(MR);
             // SAFETY: rows r0..r0 + r lie inside `a` and `acc` (caller's contract); CPU features
             // forwarded.
             unsafe {
-                let (ap, cp) = (a.as_ptr().add(r0 * w.row_bytes()), acc.as_mut_ptr().add(r0 * w.acc_cols()));
+                let (ap, cp) = (a.as_ptr().add(r0 * w.row_bytes()), acc.add(r0 * w.acc_cols()));
+                let range = range.clone();
                 // Few rows: more panels per tile, for independent accumulation chains (a GEMV
                 // streams the weights once; 4 chains hide vpdpbusd's latency).
                 match r {
-                    1 => panels::<1, 4>(w, ap, cp),
-                    2 => panels::<2, 4>(w, ap, cp),
-                    3 => panels::<3, 4>(w, ap, cp),
-                    4 => panels::<4, 4>(w, ap, cp),
-                    5 => panels::<5, 4>(w, ap, cp),
-                    6 => panels::<6, 4>(w, ap, cp),
-                    7 => panels::<7, 3>(w, ap, cp),
-                    8 => panels::<8, 3>(w, ap, cp),
-                    9 => panels::<9, 2>(w, ap, cp),
-                    10 => panels::<10, 2>(w, ap, cp),
-                    11 => panels::<11, 2>(w, ap, cp),
-                    _ => panels::<12, 2>(w, ap, cp),
+                    1 => panels::<1, 4>(w, ap, cp, range),
+                    2 => panels::<2, 4>(w, ap, cp, range),
+                    3 => panels::<3, 4>(w, ap, cp, range),
+                    4 => panels::<4, 4>(w, ap, cp, range),
+                    5 => panels::<5, 4>(w, ap, cp, range),
+                    6 => panels::<6, 4>(w, ap, cp, range),
+                    7 => panels::<7, 3>(w, ap, cp, range),
+                    8 => panels::<8, 3>(w, ap, cp, range),
+                    9 => panels::<9, 2>(w, ap, cp, range),
+                    10 => panels::<10, 2>(w, ap, cp, range),
+                    11 => panels::<11, 2>(w, ap, cp, range),
+                    _ => panels::<12, 2>(w, ap, cp, range),
                 }
             }
             r0 += r;
         }
     }
 
-    /// All panels for `R` rows, `P` panels at a time, then one at a time.
+    /// The panels `range` for `R` rows, `P` panels at a time, then one at a time.
     ///
     /// # Safety
-    /// `a` holds `R` rows of `row_bytes`, `acc` `R` rows of `acc_cols`; VNNI available.
+    /// `a` holds `R` rows of `row_bytes`, `acc` `R` rows of `acc_cols`; `range` ⊆ the panels;
+    /// VNNI available.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn panels<const R: usize, const P: usize>(w: &PackedI8, a: *const u8, acc: *mut i32) {
-        let panels = w.acc_cols() / PANEL;
-        let mut p = 0;
+    unsafe fn panels<const R: usize, const P: usize>(w: &PackedI8, a: *const u8, acc: *mut i32, range: Range<usize>) {
+        let panels = range.end;
+        let mut p = range.start;
         while p + P <= panels {
             // SAFETY: panels p..p + P exist; forwarded contract.
             unsafe { tile::<R, P>(w, a, acc, p) };
@@ -475,18 +518,20 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{PackedI8, PANEL};
+    use std::ops::Range;
 
     /// # Safety
-    /// The CPU has AVX2; `a` holds `rows·row_bytes` bytes and `acc` `rows·acc_cols`
-    /// values (checked by `PackedI8::matmul`).
-    pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: &mut [i32]) {
+    /// The CPU has AVX2; `a` holds `rows·row_bytes` bytes and `acc` points to `rows·acc_cols`
+    /// values (checked by `PackedI8::matmul`); `range` ⊆ `0..acc_cols/16`, whose columns no
+    /// other thread writes meanwhile.
+    pub(super) unsafe fn matmul(w: &PackedI8, a: &[u8], rows: usize, acc: *mut i32, range: Range<usize>) {
         let mut r0 = 0;
         while r0 < rows {
             let r = (rows - r0).min(2);
-            for panel in 0..w.acc_cols() / PANEL {
+            for panel in range.clone() {
                 // SAFETY: rows r0..r0 + r lie inside `a` and `acc`; panel < panels; AVX2 present.
                 unsafe {
-                    let (ap, cp) = (a.as_ptr().add(r0 * w.row_bytes()), acc.as_mut_ptr().add(r0 * w.acc_cols()));
+                    let (ap, cp) = (a.as_ptr().add(r0 * w.row_bytes()), acc.add(r0 * w.acc_cols()));
                     if r == 2 {
                         tile::<2>(w, ap, cp, panel)
                     } else {

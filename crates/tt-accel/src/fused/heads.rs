@@ -64,7 +64,7 @@ pub(super) fn prefill_heads_on_team(job: &PrefillHeadsJob, out: &mut [f32], out_
             unsafe { std::ptr::copy_nonoverlapping(local[t * hd..].as_ptr(), ptr.at(dst, hd), hd) };
         }
     };
-    let team = crate::team::global().filter(|t| t.size() > 1 && nh > 1);
+    let team = heads_team().filter(|t| t.size() > 1 && nh > 1);
     let level = dispatch::level();
     // One head per chunk: a prefill head is long enough that claiming it costs nothing.
     let run = |h: usize| {
@@ -185,6 +185,12 @@ impl HeadsOut {
     }
 }
 
+/// The team the threaded table splits heads over: the one [`install`](crate::team::install)ed on
+/// this thread, else the process's.
+fn heads_team() -> Option<std::sync::Arc<crate::team::Team>> {
+    crate::team::current().or_else(|| crate::team::global().cloned())
+}
+
 /// Cache lengths whose heads-parallel scores row fits on a member's stack (16 KiB).
 const STACK_SLOTS: usize = 4096;
 
@@ -243,8 +249,7 @@ pub(super) fn attention_heads_on_team(job: &HeadsJob, out: &mut [f32]) {
             });
         }
     };
-    let team = crate::team::global();
-    let Some(team) = team.filter(|t| t.size() > 1 && nh > 1) else {
+    let Some(team) = heads_team().filter(|t| t.size() > 1 && nh > 1) else {
         for (h, o) in out.chunks_exact_mut(hd).take(nh).enumerate() {
             head(h, o);
         }

@@ -217,3 +217,27 @@ proptest::proptest! {
         }
     }
 }
+
+/// Split by output panels over an installed team of 2, 3 or 7 members (more than this machine's
+/// cores included), every level still equals the reference exactly: each accumulator is the same
+/// integer sum whoever computes it. Sizes past the split threshold, odd edges included.
+#[test]
+fn a_product_split_over_a_team_equals_the_reference_exactly() {
+    use std::sync::Arc;
+    use tt_quant::kernels::MIN_SPLIT_MACS;
+    let mut seed = 900;
+    for size in [2, 3, 7] {
+        let team = Arc::new(tt_accel::team::Team::new(size).unwrap());
+        for &(rows, in_f, out_f) in &[(1usize, 256usize, 300usize), (3, 129, 513), (16, 257, 100), (33, 200, 250)] {
+            assert!(rows * out_f.next_multiple_of(16) * in_f.next_multiple_of(4) >= MIN_SPLIT_MACS);
+            seed += 1;
+            let (a, w) = random(rows, in_f, out_f, seed);
+            let want = matmul_reference(&a, &w, rows, in_f, out_f).unwrap();
+            for level in IntLevel::available() {
+                let got = tt_accel::team::install(Some(Arc::clone(&team)), || run(level, &a, &w, rows, in_f, out_f));
+                assert_eq!(got, want, "{size} members, {level}: {rows}×{in_f}×{out_f}");
+            }
+        }
+        assert!(team.stats().shared_jobs > 0, "the products were split: {:?}", team.stats());
+    }
+}
