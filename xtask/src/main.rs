@@ -38,6 +38,11 @@ fn main() -> ExitCode {
             for l in &int {
                 println!("int {}", l.name());
             }
+            // The matrix engine, where usable (its self-check included): run under
+            // TT_ACCEL_LEVEL=amx, the one setting that does not force it off.
+            if tt_quant::kernels::amx_ok() {
+                println!("int amx");
+            }
             // int4's AVX2 kernel also needs F16C (its scales are f16): without it, that level
             // runs the scalar kernel, which is listed already.
             #[cfg(target_arch = "x86_64")]

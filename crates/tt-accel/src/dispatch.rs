@@ -73,19 +73,40 @@ pub fn detected() -> Level {
 }
 
 /// The process-wide level: [`detected`], lowered by `TT_ACCEL_LEVEL` if set (an unknown value
-/// is ignored with a warning on stderr, once).
+/// is ignored with a warning on stderr, once). `TT_ACCEL_LEVEL=amx` lowers nothing: it names the
+/// top of the ladder, the matrix engine included (see [`matrix_engine_allowed`]).
 fn process_level() -> Level {
-    static PROCESS: OnceLock<Level> = OnceLock::new();
+    process_setting().0
+}
+
+/// `TT_ACCEL_LEVEL` read once: the level, and whether it leaves the matrix engine (AMX) on —
+/// unset or `amx`; any SIMD level name forces AMX off.
+fn process_setting() -> (Level, bool) {
+    static PROCESS: OnceLock<(Level, bool)> = OnceLock::new();
     *PROCESS.get_or_init(|| match std::env::var("TT_ACCEL_LEVEL") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("amx") => (detected(), true),
         Ok(v) => match Level::parse(&v) {
-            Some(l) => l.min(detected()),
+            Some(l) => (l.min(detected()), false),
             None => {
-                eprintln!("tt-accel: ignoring TT_ACCEL_LEVEL={v:?} (expected scalar, avx2 or avx512)");
-                detected()
+                eprintln!("tt-accel: ignoring TT_ACCEL_LEVEL={v:?} (expected scalar, avx2, avx512 or amx)");
+                (detected(), true)
             }
         },
-        Err(_) => detected(),
+        Err(_) => (detected(), true),
     })
+}
+
+/// Whether kernels on this thread may use the matrix engine (AMX) where the CPU has it: not when
+/// `TT_ACCEL_LEVEL` names a SIMD level, nor inside [`with_level`] (a forced level means exactly
+/// that level's kernels). Whether the CPU and OS have it is [`crate::amx::usable`]'s question.
+pub fn matrix_engine_allowed() -> bool {
+    process_allows_matrix_engine() && OVERRIDE.with(|o| o.get()).is_none()
+}
+
+/// Whether `TT_ACCEL_LEVEL` leaves the matrix engine on (unset or `amx`), whatever this thread's
+/// [`with_level`].
+pub fn process_allows_matrix_engine() -> bool {
+    process_setting().1
 }
 
 thread_local! {

@@ -2,6 +2,8 @@
 //!
 //! Course module 16: making the same math fast on this CPU, one measured step at a time.
 //!
+//! - [`amx`]: whether the matrix engine (Intel AMX) can run here — CPUID, XCR0, Linux's
+//!   per-process permission — for the int8 tile kernel in tt-quant.
 //! - [`caches`]: the cache sizes (L1d, L2, L3) read at run time, which the GEMM blocks follow.
 //! - [`dispatch`]: run-time CPU feature detection (AVX-512F, AVX2+FMA, scalar), chosen once, with
 //!   a way to force a lower level so tests run every path on one machine.
@@ -15,8 +17,9 @@
 //! - [`sparse`]: [`BlockSparseF32`](sparse::BlockSparseF32), a block-sparse `Projection` in
 //!   16×1 blocks (the packed panels minus their all-zero columns), for pruned weights
 //!   (tt-compress prunes them; the kernel lives here with the other f32 kernels).
-//! - [`team`]: persistent threads with sub-microsecond hand-off, to split one decode-step
-//!   projection across cores.
+//! - [`team`]: the process's one pool of compute threads (sized from the machine, `TT_THREADS`
+//!   or `--threads`), with sub-microsecond hand-off of claimed chunks, to split one decode-step
+//!   projection, a prefill or a batch across cores without collapsing when a core is busy.
 //!
 //! What it deliberately does not do: own a model, a decoder or a training loop; quantize
 //! (tt-quant) or prune (tt-compress). All `unsafe` and `#[target_feature]` code of the f32 kernels
@@ -42,6 +45,7 @@
 //! # Ok::<(), tt_tensor::TensorError>(())
 //! ```
 
+pub mod amx;
 mod bounds;
 pub mod caches;
 pub mod dispatch;

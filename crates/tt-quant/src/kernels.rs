@@ -27,6 +27,8 @@
 use crate::error::{try_weight_buffer, try_with_capacity, QuantError, Result};
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod group;
 
 /// Outputs per panel (one 512-bit register of i32).
@@ -43,7 +45,7 @@ pub const MAX_K: usize = (i32::MAX as usize) / (255 * 255);
 /// bounded by that data.
 pub const MAX_UNBACKED: usize = 1 << 16;
 
-/// An integer kernel level, ordered `Scalar < Avx2 < Avx512Vnni`.
+/// An integer kernel level, ordered `Scalar < Avx2 < Avx512Vnni < Amx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IntLevel {
     /// Portable Rust; the reference.
@@ -52,6 +54,9 @@ pub enum IntLevel {
     Avx2,
     /// AVX-512 VNNI: `vpdpbusd`.
     Avx512Vnni,
+    /// The matrix engine (AMX `tdpbusd`) for products of at least [`amx::MIN_ROWS`] rows, VNNI for
+    /// fewer (and for the kernel families without a tile kernel: per-group int8, int4).
+    Amx,
 }
 
 impl IntLevel {
@@ -60,6 +65,7 @@ impl IntLevel {
             IntLevel::Scalar => "scalar",
             IntLevel::Avx2 => "avx2",
             IntLevel::Avx512Vnni => "avx512-vnni",
+            IntLevel::Amx => "amx",
         }
     }
 
@@ -73,15 +79,38 @@ impl IntLevel {
         }
     }
 
-    /// The level the current thread's tt-accel level maps to.
+    /// The level the current thread's tt-accel level maps to: AMX where it is usable and not
+    /// forced off (`TT_ACCEL_LEVEL` naming a SIMD level, or inside `tt_accel::with_level`).
     pub fn current() -> IntLevel {
-        IntLevel::for_level(tt_accel::level())
+        match IntLevel::for_level(tt_accel::level()) {
+            IntLevel::Avx512Vnni if tt_accel::dispatch::matrix_engine_allowed() && amx_ok() => IntLevel::Amx,
+            l => l,
+        }
     }
 
-    /// Every integer level this machine can run (what the tests iterate over).
+    /// The highest level this CPU and OS run (AMX included where usable, whatever is forced):
+    /// what every requested level is clamped to.
+    pub fn detected() -> IntLevel {
+        match IntLevel::for_level(tt_accel::dispatch::detected()) {
+            IntLevel::Avx512Vnni if amx_ok() => IntLevel::Amx,
+            l => l,
+        }
+    }
+
+    /// This level for a kernel family without a tile kernel (per-group int8, int4): AMX's
+    /// fallback, VNNI.
+    pub fn without_amx(self) -> IntLevel {
+        self.min(IntLevel::Avx512Vnni)
+    }
+
+    /// Every integer level this process can run (what the tests iterate over): AMX only where it
+    /// is usable and `TT_ACCEL_LEVEL` does not force it off.
     pub fn available() -> Vec<IntLevel> {
         let mut v: Vec<IntLevel> = tt_accel::dispatch::available().into_iter().map(IntLevel::for_level).collect();
         v.dedup();
+        if v.last() == Some(&IntLevel::Avx512Vnni) && amx_ok() && tt_accel::dispatch::process_allows_matrix_engine() {
+            v.push(IntLevel::Amx);
+        }
         v
     }
 }
@@ -90,6 +119,58 @@ impl std::fmt::Display for IntLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// AMX usable here ([`tt_accel::amx::usable`]) and the tile kernel agreeing with the scalar
+/// kernel on a product that covers its edges (two full row tiles and a partial one, an odd
+/// panel, an input tail), checked once per process. The tile kernel was written on a machine
+/// without AMX; should it ever disagree on a CPU that has it, the int8 products fall back to VNNI
+/// with a warning on stderr instead of returning wrong numbers.
+pub fn amx_ok() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if tt_accel::amx::usable().is_ok() {
+            let agrees = amx_self_check();
+            if !agrees {
+                eprintln!("tt-quant: the AMX int8 kernel disagreed with the scalar kernel on its self-check; using VNNI");
+            }
+            return agrees;
+        }
+        false
+    })
+}
+
+/// The tile kernel against the scalar kernel on a 37 × 100 · (33 × 100)ᵀ product.
+#[cfg(target_arch = "x86_64")]
+fn amx_self_check() -> bool {
+    let (rows, in_f, out_f) = (37usize, 100usize, 33usize);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 24) as u8
+    };
+    let w: Vec<i8> = (0..out_f * in_f).map(|_| next() as i8).collect();
+    let Ok(p) = PackedI8::new(&w, out_f, in_f) else { return false };
+    let (kb, stride, cols) = (p.row_bytes(), p.row_bytes().next_multiple_of(64), p.acc_cols());
+    let mut a = vec![0u8; rows * kb];
+    let mut padded = vec![0u8; rows * stride];
+    for r in 0..rows {
+        for i in 0..in_f {
+            let v = next();
+            a[r * kb + i] = v;
+            padded[r * stride + i] = v;
+        }
+    }
+    let (mut want, mut got) = (vec![0i32; rows * cols], vec![1i32; rows * cols]);
+    // SAFETY: `a` holds rows·row_bytes bytes and `want` rows·acc_cols values; all panels, one thread.
+    unsafe { scalar_matmul(&p, &a, rows, want.as_mut_ptr(), 0..cols / PANEL) };
+    // SAFETY: AMX usable (the caller checked); `padded` holds rows·stride bytes, zero past each
+    // row's inputs; `got` rows·acc_cols values; all panels, one thread.
+    unsafe { amx::matmul(&p, padded.as_ptr(), stride, rows, got.as_mut_ptr(), 0..cols / PANEL) };
+    want == got
 }
 
 fn vnni_detected() -> bool {
@@ -164,6 +245,11 @@ impl PackedI8 {
         // panel sizes can (out_f near usize::MAX with in_f = 0 passes the product check above).
         let (panels, k4) = (out_f.div_ceil(PANEL), in_f.div_ceil(group) * gk4);
         let sizes = panels.checked_mul(PANEL).zip(panels.checked_mul(k4).and_then(|n| n.checked_mul(PANEL * 4)));
+        // The tile kernel reads each panel in blocks of 16 input groups: past the last panel's
+        // end by up to 15 groups of 64 bytes when `k4` is not a multiple of 16 (those codes meet
+        // zero activations: see `amx`). Zeros there keep the read inside the buffer.
+        let slack = (k4.next_multiple_of(16) - k4) * PANEL * 4;
+        let sizes = sizes.and_then(|(c, n)| Some((c, n.checked_add(slack)?)));
         let Some((acc_cols, len)) = sizes else {
             return Err(QuantError::arg(op, format!("{out_f} outputs: the padded size overflows usize")));
         };
@@ -275,11 +361,46 @@ impl PackedI8 {
         if self.acc_cols == 0 {
             return Ok(());
         }
-        let level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        let level = level.min(IntLevel::detected());
+        // The tile kernel for enough rows; below that AMX means its fallback, VNNI.
+        let stride = self.row_bytes.next_multiple_of(64);
+        let tiles = level == IntLevel::Amx
+            && rows >= AMX_MIN_ROWS
+            && self.row_bytes > 0
+            && rows.checked_mul(stride).is_some_and(|n| n <= isize::MAX as usize);
+        let level = if tiles { level } else { level.without_amx() };
         tt_accel::dispatch::record_level_use("int", level.name());
         let panels = self.acc_cols / PANEL;
         let out = AccPtr(acc.as_mut_ptr());
+        // The tile kernel reads activation rows in 64-byte steps: rows of another length are
+        // copied, zero-padded, into a per-thread buffer first (once, before any split).
+        AMX_ROWS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let a: &[u8] = if tiles && stride != self.row_bytes {
+                buf.clear();
+                buf.resize(rows * stride, 0);
+                for (dst, src) in buf.chunks_exact_mut(stride).zip(a.chunks_exact(self.row_bytes)) {
+                    dst[..self.row_bytes].copy_from_slice(src);
+                }
+                &buf[..]
+            } else {
+                a
+            };
+            self.run_split(level, a, stride, rows, out, panels);
+        });
+        Ok(())
+    }
+
+    /// The product at `level` (clamped and resolved by `matmul`) over all panels, split over the
+    /// installed team when it is worth a hand-off. For `IntLevel::Amx`, `a` has rows of `stride`
+    /// bytes (zero-padded); otherwise of `row_bytes`.
+    fn run_split(&self, level: IntLevel, a: &[u8], stride: usize, rows: usize, out: AccPtr, panels: usize) {
         let run = |range: Range<usize>| match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AMX is usable (the level is clamped to `IntLevel::detected()`, which names
+            // AMX only then); `a` holds rows·stride bytes, zero-padded (`matmul`); `out` holds
+            // rows·acc_cols values; `range` ⊆ 0..panels, columns no other chunk writes.
+            IntLevel::Amx => unsafe { amx::matmul(self, a.as_ptr(), stride, rows, out.get(), range) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the level is clamped to what the CPU supports (VNNI detected); `a` holds
             // rows·row_bytes bytes and `out` rows·acc_cols values (checked above); `range` ⊆
@@ -300,8 +421,18 @@ impl PackedI8 {
             }
             None => run(0..panels),
         }
-        Ok(())
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+use amx::MIN_ROWS as AMX_MIN_ROWS;
+/// Where the tile kernel does not exist, no row count selects it.
+#[cfg(not(target_arch = "x86_64"))]
+const AMX_MIN_ROWS: usize = usize::MAX;
+
+thread_local! {
+    /// Activation rows zero-padded to a multiple of 64 bytes for the tile kernel.
+    static AMX_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The smallest product (multiply-adds) [`PackedI8::matmul`] splits over the installed team: below

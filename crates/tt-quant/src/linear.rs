@@ -207,7 +207,7 @@ impl Int8Linear {
 
     /// Runs the kernels at `level` (clamped to what the CPU has) instead of the current one.
     pub fn with_level(mut self, level: IntLevel) -> Int8Linear {
-        self.level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        self.level = level.min(IntLevel::detected());
         self
     }
 
@@ -312,7 +312,7 @@ impl Int8Linear {
 
     /// The row's quantization parameters (code sum 0) and whether the AVX-512 row steps run.
     fn row_params(&self, x: &[f32]) -> (RowQ, bool) {
-        let simd = self.level == IntLevel::Avx512Vnni;
+        let simd = self.level >= IntLevel::Avx512Vnni;
         let (finite, lo, hi) = rowops::row_stats(x, simd);
         let p = match self.activations {
             Activations::Static(p) => p,
@@ -369,7 +369,7 @@ impl Int8Linear {
             rq[r] = [p.scale().to_bits(), p.zero_point() as u32, q.code_sum as u32, q.finite as u32];
             za[r] = p.zero_point();
         }
-        let simd = self.level == IntLevel::Avx512Vnni;
+        let simd = self.level >= IntLevel::Avx512Vnni;
         // Each row's outputs once its product is done: NaN for a non-finite row, else `write`.
         let mut rows_out = |write: &mut dyn FnMut(usize, RowIn, &mut [f32])| {
             for r in 0..rows {

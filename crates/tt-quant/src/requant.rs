@@ -167,7 +167,7 @@ impl IntegerLinear {
 
     /// Runs the product at `level` (clamped to what the CPU has).
     pub fn with_level(mut self, level: IntLevel) -> IntegerLinear {
-        self.level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        self.level = level.min(IntLevel::detected());
         self
     }
 

@@ -296,7 +296,7 @@ impl PackedI4 {
         if self.out_f == 0 {
             return Ok(());
         }
-        let level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        let level = level.min(IntLevel::detected()).without_amx();
         #[cfg(target_arch = "x86_64")]
         let level = if level == IntLevel::Avx2 && !is_x86_feature_detected!("f16c") { IntLevel::Scalar } else { level };
         tt_accel::dispatch::record_level_use("int4", level.name());

@@ -114,7 +114,7 @@ impl Int4Linear {
 
     /// Runs the kernels at `level` (clamped to what the CPU has) instead of the current one.
     pub fn with_level(mut self, level: IntLevel) -> Int4Linear {
-        self.level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        self.level = level.min(IntLevel::detected());
         self
     }
 

@@ -170,7 +170,7 @@ impl PackedGroups {
         if p.acc_cols() == 0 {
             return Ok(());
         }
-        let level = level.min(IntLevel::for_level(tt_accel::dispatch::detected()));
+        let level = level.min(IntLevel::detected()).without_amx();
         tt_accel::dispatch::record_level_use("int", level.name());
         match level {
             #[cfg(target_arch = "x86_64")]

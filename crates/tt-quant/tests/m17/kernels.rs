@@ -241,3 +241,68 @@ fn a_product_split_over_a_team_equals_the_reference_exactly() {
         assert!(team.stats().shared_jobs > 0, "the products were split: {:?}", team.stats());
     }
 }
+
+/// The tile kernel (AMX `tdpbusd`) equals the VNNI kernel exactly — and both the reference — on
+/// every tile edge: row counts around the 16-row tiles (16 is the smallest it takes; 17, 31, 33
+/// leave partial tiles, 48 an odd number of full ones), inputs that are and are not a multiple of
+/// 64 (the zero-padded tail), odd and even panel counts, and split over a team. Skipped, with
+/// the reason printed, where the CPU or OS has no AMX.
+#[test]
+fn amx_equals_vnni_exactly_on_tile_edges() {
+    if !IntLevel::available().contains(&IntLevel::Amx) {
+        eprintln!("amx_equals_vnni_exactly_on_tile_edges: skipped — {}", tt_accel::amx::describe());
+        return;
+    }
+    let team = std::sync::Arc::new(tt_accel::team::Team::new(3).unwrap());
+    let mut seed = 7000;
+    for &rows in &[16usize, 17, 31, 32, 33, 48, 100] {
+        for &in_f in &[1usize, 4, 63, 64, 65, 100, 128, 288, 300] {
+            for &out_f in &[1usize, 16, 17, 33, 48, 100] {
+                seed += 1;
+                let (a, w) = random(rows, in_f, out_f, seed);
+                let want = matmul_reference(&a, &w, rows, in_f, out_f).unwrap();
+                assert_eq!(run(IntLevel::Avx512Vnni, &a, &w, rows, in_f, out_f), want, "vnni {rows}×{in_f}×{out_f}");
+                assert_eq!(run(IntLevel::Amx, &a, &w, rows, in_f, out_f), want, "amx {rows}×{in_f}×{out_f}");
+                let split = tt_accel::team::install(Some(team.clone()), || run(IntLevel::Amx, &a, &w, rows, in_f, out_f));
+                assert_eq!(split, want, "amx split over 3: {rows}×{in_f}×{out_f}");
+            }
+        }
+    }
+    // Extreme codes over the longest rows: no saturation anywhere in the engine either.
+    for wv in [-128i8, 127] {
+        let (rows, in_f, out_f) = (20, 4096, 17);
+        let (a, w) = (vec![255u8; rows * in_f], vec![wv; out_f * in_f]);
+        let want = matmul_reference(&a, &w, rows, in_f, out_f).unwrap();
+        assert_eq!(run(IntLevel::Amx, &a, &w, rows, in_f, out_f), want, "amx with codes {wv}");
+    }
+}
+
+/// What the detection reports agrees with the kernel's view of the CPU (`/proc/cpuinfo` on
+/// Linux: the kernel clears the flags it does not support), and a forced level turns AMX off.
+/// Runs everywhere.
+#[test]
+fn amx_detection_agrees_with_the_os_and_forcing_a_level_turns_it_off() {
+    let f = tt_accel::amx::features();
+    if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
+        let flags: Vec<&str> = info
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        if tt_accel::amx::usable().is_ok() {
+            assert!(flags.contains(&"amx_tile") && flags.contains(&"amx_int8"), "usable, yet the OS lists no AMX");
+        }
+        if flags.contains(&"amx_int8") {
+            assert!(f.tile && f.int8, "the OS lists AMX-INT8, CPUID does not: {f:?}");
+        }
+    }
+    eprintln!("{}", tt_accel::amx::describe());
+    for l in tt_accel::dispatch::available() {
+        tt_accel::with_level(l, |_| {
+            assert!(!tt_accel::dispatch::matrix_engine_allowed());
+            assert_ne!(IntLevel::current(), IntLevel::Amx, "with_level({l}) must force AMX off");
+        });
+    }
+    assert_eq!(IntLevel::Amx.without_amx(), IntLevel::Avx512Vnni);
+    assert!(IntLevel::available().iter().all(|&l| l <= IntLevel::detected()));
+}
