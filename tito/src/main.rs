@@ -240,11 +240,11 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status => status(),
-        Cmd::Generate(a) => verb("generate", models::generate(&a)),
-        Cmd::Quantize(a) => verb("quantize", models::quantize(&a)),
-        Cmd::Prune(a) => verb("prune", models::prune(&a)),
-        Cmd::Bench(a) => verb("bench", models::bench(&a)),
-        Cmd::Profile(a) => verb("profile", models::profile(&a)),
+        Cmd::Generate(a) => verb("generate", models::with_threads(&a.model, || models::generate(&a))),
+        Cmd::Quantize(a) => verb("quantize", models::with_threads(&a.model, || models::quantize(&a))),
+        Cmd::Prune(a) => verb("prune", models::with_threads(&a.model, || models::prune(&a))),
+        Cmd::Bench(a) => verb("bench", models::with_threads(&a.model, || models::bench(&a))),
+        Cmd::Profile(a) => verb("profile", models::with_threads(&a.model, || models::profile(&a))),
         Cmd::Loadgen(a) => verb("loadgen", loadgen::run(&a)),
         Cmd::Serve(a) => verb("serve", serve::serve(&a)),
     }

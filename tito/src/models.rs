@@ -26,6 +26,38 @@ pub struct ModelArgs {
     /// A llama2.c tokenizer.bin (default: tokenizer.bin beside the model).
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
+    /// Compute threads (default: `TT_THREADS`, else one per core this process may run on).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Runs `f` with the process's team — `--threads`, else `TT_THREADS`, else one per core —
+/// installed on this thread (see `tt_accel::team::install`), after checking the count.
+///
+/// # Errors
+/// A thread count outside 1..=256 (flag or environment), or `f`'s error.
+pub fn with_threads<R>(args: &ModelArgs, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    tt_accel::team::install(threads(args)?, f)
+}
+
+/// The process's team for `args` (`None`: one thread).
+///
+/// # Errors
+/// As [`with_threads`].
+pub fn threads(args: &ModelArgs) -> Result<Option<std::sync::Arc<tt_accel::team::Team>>, String> {
+    match args.threads {
+        Some(n) => tt_accel::team::set_threads(n).map_err(|e| format!("--threads: {e}"))?,
+        None => drop(tt_accel::team::threads()?),
+    }
+    Ok(tt_accel::team::global().cloned())
+}
+
+/// The row kernels for the installed team: attention split by heads when it has several members.
+pub fn row_kernels() -> tt_tensor::kernels::RowKernels {
+    match tt_accel::team::current() {
+        Some(t) if t.size() > 1 => tt_accel::fused::row_kernels_threaded(),
+        _ => tt_accel::fused::row_kernels(),
+    }
 }
 
 /// The weight format to run or save in.
@@ -135,7 +167,7 @@ fn engine_of(model: &Gpt, batch: usize, positions: usize) -> Result<CachedGpt, S
     let context = positions.clamp(1, model.config.max_seq_len);
     let mut engine =
         CachedGpt::with_context(model, batch, OverflowPolicy::Error, context).map_err(|e| e.to_string())?;
-    engine.set_row_kernels(tt_accel::fused::row_kernels());
+    engine.set_row_kernels(row_kernels());
     Ok(engine)
 }
 
@@ -379,7 +411,7 @@ pub struct BenchArgs {
     pub batch: usize,
 }
 
-/// `tito bench`: prefill and decode rates of the cached decoder (one thread, `--batch` sequences
+/// `tito bench`: prefill and decode rates of the cached decoder (`--threads`, `--batch` sequences
 /// side by side, 1 by default) and the process's peak resident memory, as JSON on stdout.
 pub fn bench(a: &BenchArgs) -> Result<(), String> {
     let Opened { mut model, format, .. } = open(&a.model)?;
@@ -421,6 +453,8 @@ pub fn bench(a: &BenchArgs) -> Result<(), String> {
         "decode_tok_s": (b * decode) as f64 / decode_s,
         "peak_rss_bytes": milestones::child::proc_status_bytes("VmHWM"),
         "level": tt_accel::level().name(),
+        "int_level": tt_quant::IntLevel::current().name(),
+        "threads": tt_accel::team::current().map_or(1, |t| t.size()),
     });
     println!("{}", serde_json::to_string_pretty(&summary).expect("JSON values serialize"));
     Ok(())

@@ -64,6 +64,8 @@ pub fn serve(a: &ServeArgs) -> Result<(), String> {
         Some(p) => p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned()),
         None => "tinytorch-gpt".into(),
     });
+    // The engine thread runs the decoder over the process's team; the HTTP threads only do I/O.
+    let team = crate::models::threads(&a.model)?;
     let opened = open(&a.model)?;
     let mut model = opened.model;
     convert(&mut model, a.weights)?;
@@ -75,7 +77,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), String> {
         name: name.clone(),
         model,
         codec: Arc::from(opened.codec),
-        kernels: tt_accel::fused::row_kernels(),
+        kernels: tt_accel::team::install(team.clone(), crate::models::row_kernels),
         kv,
     };
     let limits = Limits {
@@ -85,7 +87,9 @@ pub fn serve(a: &ServeArgs) -> Result<(), String> {
         max_queue: a.max_queue,
         ..Limits::default()
     };
-    let server = Server::start(m, ServeConfig { max_batch: a.max_batch, limits }).map_err(|e| e.to_string())?;
+    let threads = team.as_ref().map_or(1, |t| t.size());
+    let server =
+        Server::start(m, ServeConfig { max_batch: a.max_batch, limits, team }).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.http_threads)
         .enable_all()
@@ -99,12 +103,13 @@ pub fn serve(a: &ServeArgs) -> Result<(), String> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "tito serve: listening on http://{addr} (model {name}, {} from {}, {} weights, max batch {}, max queue {})",
+            "tito serve: listening on http://{addr} (model {name}, {} from {}, {} weights, max batch {}, max queue {}, {threads} compute thread{})",
             opened.format,
             a.model.model.as_ref().map_or("the course".into(), |p| p.display().to_string()),
             name_of(a.weights),
             a.max_batch,
-            a.max_queue
+            a.max_queue,
+            if threads == 1 { "" } else { "s" }
         );
         let _ = out.flush();
         drop(out);

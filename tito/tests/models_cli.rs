@@ -80,6 +80,19 @@ fn generate_quantize_prune_bench_and_profile_a_llama2c_model() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["projection_formats"], serde_json::json!(["int8-dyn/group"]), "{v}");
+    // Thread counts: the flag sets the process's team (3 members: more than this machine's cores
+    // is allowed) and the same greedy text comes out; a bad count is an error naming it.
+    let (code, out, err) = tito(&["bench", "--model", &model, "--prefill", "8", "--decode", "4", "--threads", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["threads"], 3, "{v}");
+    let gen = |t: &str| tito(&["generate", "--model", &model, "--prompt", "hello", "--max-tokens", "12", "--threads", t]);
+    assert_eq!(gen("1").1, gen("3").1, "the text does not depend on the thread count");
+    for bad in ["0", "257", "two"] {
+        let (code, _, err) = gen(bad);
+        assert_ne!(code, 0);
+        assert!(err.contains("--threads") || err.contains("threads"), "{bad}: {err}");
+    }
     let (code, out, err) = tito(&["profile", "--model", &model, "--weights", "int8"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("FLOPs per token") && out.contains("linear"), "{out}");

@@ -22,13 +22,15 @@
 //!   every chunk, and the job finishes at the speed of the members that run;
 //! - a member preempted *inside* a chunk still holds that chunk's outputs (two threads may not
 //!   write them), so the caller waits for it. That wait is detected — the caller waited longer
-//!   than [`STALL_FLOOR`] plus twice its own share of the job — and the team then runs its next
+//!   than [`STALL_FLOOR`] plus twice its own time in the job, having run at least one chunk
+//!   itself — and the team then runs its next
 //!   jobs on the caller alone for a back-off period (1 ms, doubling on each repeated stall up to
 //!   [`MAX_BACKOFF`]) before it tries its members again. Under a persistent competitor the loss
 //!   is bounded by one stall per back-off period; when the competitor leaves, the members are
 //!   used again within one period. [`Team::stats`] counts both.
 //! - a call that finds the team busy with another thread's job runs its chunks on the calling
-//!   thread instead of queueing: at most `size` threads ever compute, whoever calls.
+//!   thread instead of queueing behind it: a second caller adds only its own thread, never
+//!   another team's worth.
 //!
 //! Results never depend on who ran a chunk: each chunk computes its own outputs the same way on
 //! any thread, so a split equals one thread's result bit for bit at any team size.
@@ -287,12 +289,13 @@ impl Team {
         let start = Instant::now();
         // The caller claims like any member; a panicking chunk still counts as finished (the
         // wait below counts chunks), and its panic is re-raised once all are done.
-        let mut mine = None;
+        let (mut mine, mut ran) = (None, 0usize);
         in_job(|| {
             while let Some(c) = s.claim(generation) {
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(c))) {
                     mine.get_or_insert(p);
                 }
+                ran += 1;
                 s.finished.fetch_add(1, Ordering::Release);
             }
         });
@@ -304,7 +307,9 @@ impl Team {
         }
         let waited = start.elapsed() - own;
         self.counters.shared_jobs.fetch_add(1, Ordering::Relaxed);
-        if waited > STALL_FLOOR + 2 * own {
+        // The caller's own time is the yardstick of a chunk's; with no chunk of its own (the
+        // members took them all) it has none, and a long wait is only a long chunk.
+        if ran > 0 && waited > STALL_FLOOR + 2 * own {
             // A member was descheduled inside its chunk: run alone for a while.
             self.counters.stalls.fetch_add(1, Ordering::Relaxed);
             control.solo_until = Some(Instant::now() + control.backoff);
@@ -313,10 +318,12 @@ impl Team {
             control.backoff = control.limits.0;
         }
         // Only now, with every chunk finished, may a panic leave this frame (the job is borrowed).
+        // The members' flag is cleared first, so that it cannot fail the next, healthy job.
+        let member_panicked = s.panicked.swap(false, Ordering::Relaxed);
         if let Some(p) = mine {
             std::panic::resume_unwind(p);
         }
-        if s.panicked.swap(false, Ordering::Relaxed) {
+        if member_panicked {
             panic!("a tt-accel team member's chunk of the job panicked");
         }
     }

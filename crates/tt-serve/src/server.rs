@@ -53,16 +53,20 @@ pub struct ServeModel {
 }
 
 /// How the server schedules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Requests decoded side by side (the decoder's slots).
     pub max_batch: usize,
     pub limits: Limits,
+    /// The compute threads the engine's steps split over (installed on the engine thread, which
+    /// is the team's member 0: see `tt_accel::team::install`); `None`: the engine thread alone.
+    /// The HTTP threads only parse, queue and write.
+    pub team: Option<Arc<tt_accel::team::Team>>,
 }
 
 impl Default for ServeConfig {
     fn default() -> ServeConfig {
-        ServeConfig { max_batch: 16, limits: Limits::default() }
+        ServeConfig { max_batch: 16, limits: Limits::default(), team: None }
     }
 }
 
@@ -138,6 +142,7 @@ impl Server {
         });
         let s = Arc::clone(&shared);
         let batcher = Batcher::new(engine);
+        let team = config.team.clone();
         let engine = std::thread::Builder::new()
             .name("tt-serve-engine".into())
             .spawn(move || {
@@ -149,7 +154,7 @@ impl Server {
                     }
                 }
                 let _alive = Alive(&s.engine_alive);
-                engine_loop(batcher, rx, &s)
+                tt_accel::team::install(team, || engine_loop(batcher, rx, &s))
             })
             .map_err(|e| ServeError::Config(format!("cannot start the engine thread: {e}")))?;
         Ok(Server { shared, engine: Some(engine) })

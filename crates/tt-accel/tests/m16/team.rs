@@ -153,3 +153,24 @@ fn thread_counts_are_whole_numbers_from_one_to_the_maximum() {
     assert!(tt_accel::team::sized(MAX_SIZE + 1).is_err());
     assert_eq!(tt_accel::team::sized(3).unwrap().size(), 3);
 }
+
+/// The caller's chunk and a worker's chunk both panicking in one job: the job panics once, and
+/// the next job (healthy) does not inherit the worker's failure.
+#[test]
+fn a_double_panic_does_not_fail_the_next_job() {
+    let team = Team::new(2).unwrap();
+    for _ in 0..50 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            team.for_each(2, &|_| {
+                busy(20);
+                panic!("both fail");
+            })
+        }));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        team.for_each(4, &|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 4);
+    }
+}

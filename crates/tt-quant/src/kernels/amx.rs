@@ -70,12 +70,14 @@ struct Scratch([[i32; 256]; 4]);
 ///
 /// # Safety
 /// [`tt_accel::amx::usable`] returned `Ok` in this process (the CPU and OS run AMX-INT8 and the
-/// permission is granted); `a` points to `rows` rows of `stride` bytes, `stride` a non-zero
-/// multiple of 64 and at least `w.row_bytes()`, zero past each row's `row_bytes`; `acc` points
+/// permission is granted); `w.row_bytes() > 0`; `a` points to `rows` rows of `stride` bytes,
+/// `stride ≥ w.row_bytes().next_multiple_of(64)`, zero past each row's `row_bytes`; `acc` points
 /// to `rows · acc_cols` writable i32; `range ⊆ 0..acc_cols/16`, and no other thread accesses those
 /// panels' columns of `acc` meanwhile.
 pub(super) unsafe fn matmul(w: &PackedI8, a: *const u8, stride: usize, rows: usize, acc: *mut i32, range: Range<usize>) {
-    let steps = stride / ROW;
+    // The B reads of the last step end within the slack `new_grouped` leaves (≤ 15 groups).
+    let steps = w.row_bytes().div_ceil(ROW);
+    debug_assert!(steps > 0 && stride >= steps * ROW);
     let cols = w.acc_cols();
     let panel_bytes = w.k4 * PANEL * 4;
     let base = w.packed.as_ptr();
@@ -94,7 +96,7 @@ pub(super) unsafe fn matmul(w: &PackedI8, a: *const u8, stride: usize, rows: usi
             // 15 groups past its panel's end, inside the next panel or the zero slack.
             let (b0, b1) = unsafe { (base.add(p * panel_bytes), base.add((p + usize::from(two)) * panel_bytes)) };
             // SAFETY: `usable()` (contract) granted the tile state; the A reads stay in rows
-            // r0..r0 + m0 + m1 of `stride` bytes (`steps · 64 = stride`), the B reads as above,
+            // r0..r0 + m0 + m1, `steps · 64 ≤ stride` bytes of each, the B reads as above,
             // the stores in `scratch`.
             unsafe {
                 if m1 > 0 {

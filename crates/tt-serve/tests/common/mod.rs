@@ -99,7 +99,7 @@ pub async fn start(config: ServeConfig, delay: Duration, seq_len: usize) -> Runn
 }
 
 pub fn config(max_batch: usize, max_queue: usize) -> ServeConfig {
-    ServeConfig { max_batch, limits: Limits { max_queue, ..Limits::default() } }
+    ServeConfig { max_batch, limits: Limits { max_queue, ..Limits::default() }, team: None }
 }
 
 /// The text of a whole answer's first choice.
