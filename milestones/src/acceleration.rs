@@ -451,6 +451,8 @@ pub fn run(opts: &Options) -> Result<Value> {
         team.size(),
         prefill_s[0] / prefill_s[1]
     ));
+    let scaling = crate::scaling::run(opts, &model.config, &mem)?;
+    let amx = crate::scaling::amx(opts, &model.config)?;
     if !identical || worst > 1e-4 {
         return Err(MilestoneError::Other(format!(
             "the accelerated decoder diverged from the reference (identical tokens: {identical}, max |Δ logit| {worst})"
@@ -497,6 +499,13 @@ pub fn run(opts: &Options) -> Result<Value> {
             "max_abs_logit_diff": worst,
             "step_breakdown": breakdown,
         },
+        "threads": crate::scaling::thread_counts().last().copied().unwrap_or(1),
+        "scaling": scaling["scaling"],
+        "scaling_pairs_2v1": scaling["pairs_2v1"],
+        "contended": scaling["contended"],
+        "amx": amx["rows"],
+        "amx_reason": amx.get("reason").cloned().unwrap_or(Value::Null),
+        "amx_detail": amx,
         "prefill": {
             "tokens": long.len(),
             "samples": samples,

@@ -9,6 +9,7 @@
 //! `TT_CACHE_DIR` environment variable) so later milestones reuse them; `--retrain` forces training.
 
 pub mod acceleration;
+pub mod scaling;
 pub mod chart;
 pub mod child;
 pub mod classifier;

@@ -87,6 +87,41 @@ fn replica(exe: &Path, unit: &Path, cores: Option<&str>, log: &Path) -> Result<P
     )
 }
 
+/// The course GPT in the submission's format (int8 weights), saved as a unit under `dir`, and
+/// the held-out questions as prompts.
+fn course_unit(opts: &Options, dir: &Path) -> Result<(PathBuf, PromptLibrary)> {
+    let quiet = Options { quiet: true, corpus: None, ..opts.clone() };
+    let (model, tokenizer, _, _) = transformer::load_or_train(&quiet)?;
+    let mut prepared = qa::prepare(model, &Variant::OPTIMIZED)?.model;
+    let unit = dir.join("model-int8");
+    let codec = tt_models::open::course_codec(tokenizer);
+    tt_models::open::save(&mut prepared, codec.as_ref(), "int8", &unit).map_err(|e| err(e.to_string()))?;
+    let eval = transformer::qa_eval(opts)?;
+    let lib = PromptLibrary::new(eval.test.iter().map(|p| p.prompt()).collect()).map_err(perf)?;
+    Ok((unit, lib))
+}
+
+/// The server's peak valid Server rate (p99 answer ≤ 100 ms, over loopback HTTP) with
+/// `tito serve --threads t`, for each `t` — the server line of milestone `acceleration`'s
+/// scaling curve. The load generator runs in this process, on the same cores.
+pub fn peak_by_threads(opts: &Options, threads: &[usize]) -> Result<Vec<(usize, f64)>> {
+    let exe = opts.serve_exe.clone().ok_or_else(|| err("the server's scaling needs the tito executable"))?;
+    let dir = opts.cache_dir.join(NAME).join(opts.cache_key("scaling"));
+    std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    let (unit, mut lib) = course_unit(opts, &dir)?;
+    let mut out = Vec::new();
+    for &t in threads {
+        let args = [OsArg::from("--model"), unit.clone().into()];
+        let flags = ["--weights", "stored", "--kv", "int8", "--name", MODEL, "--threads", &t.to_string()];
+        let r = replica_with(&exe, &args, &flags, None, &dir.join(format!("replica-{t}.log")))?;
+        let sut = HttpSut::new(client(&r.url, MAX_QUEUE), &lib).map_err(perf)?;
+        let (alone, _) = closed_loop(client(&r.url, 1), &mut lib, if opts.quick { 16 } else { 64 }, 50.0)?;
+        let (p, _) = peak(&sut, &mut lib, opts, (alone * 2.0).max(1.0), BOUND)?;
+        out.push((t, p));
+    }
+    Ok(out)
+}
+
 type OsArg = std::ffi::OsString;
 
 /// `tito serve` with the model arguments `model` and the serving flags `flags`.
@@ -390,16 +425,12 @@ pub fn run(opts: &Options) -> Result<Value> {
     ));
 
     // The model in the submission's format, saved as the unit every replica serves.
+    let (unit, mut lib) = course_unit(opts, &dir)?;
     let quiet = Options { quiet: true, corpus: None, ..opts.clone() };
     let (model, tokenizer, _, _) = transformer::load_or_train(&quiet)?;
     let v = Variant::OPTIMIZED;
-    let mut prepared = qa::prepare(model, &v)?.model;
-    let unit = dir.join("model-int8");
-    let codec = tt_models::open::course_codec(tokenizer.clone());
-    tt_models::open::save(&mut prepared, codec.as_ref(), "int8", &unit).map_err(|e| err(e.to_string()))?;
+    let prepared = qa::prepare(model, &v)?.model;
     let eval = transformer::qa_eval(opts)?;
-    let texts: Vec<String> = eval.test.iter().map(|p| p.prompt()).collect();
-    let mut lib = PromptLibrary::new(texts).map_err(perf)?;
     let mut qa_lib = QaLibrary::new(&tokenizer, &eval.test)?;
 
     // 1–3: one replica on any core.
