@@ -9,7 +9,6 @@
 //! `TT_CACHE_DIR` environment variable) so later milestones reuse them; `--retrain` forces training.
 
 pub mod acceleration;
-pub mod scaling;
 pub mod chart;
 pub mod child;
 pub mod classifier;
@@ -22,6 +21,7 @@ pub mod mlp_digits;
 pub mod profile;
 pub mod quantization;
 pub mod report;
+pub mod scaling;
 pub mod serving;
 pub mod torchperf;
 pub mod transformer;

@@ -104,7 +104,11 @@ impl Work {
 
     fn engine(&self, model: &Gpt, batch: usize, threaded: bool) -> Result<CachedGpt> {
         let mut e = CachedGpt::new(model, batch, OverflowPolicy::Error).map_err(other)?;
-        e.set_row_kernels(if threaded { tt_accel::fused::row_kernels_threaded() } else { tt_accel::fused::row_kernels() });
+        e.set_row_kernels(if threaded {
+            tt_accel::fused::row_kernels_threaded()
+        } else {
+            tt_accel::fused::row_kernels()
+        });
         Ok(e)
     }
 
@@ -157,7 +161,10 @@ pub fn run(opts: &Options, config: &GptConfig, mem: &MemoryLevels) -> Result<Val
         "\nscaling with threads (cores this process may use: {}; ms per GEMM / prefill / decode step, median of {samples}; speedup vs 1 thread in this run):",
         counts.last().copied().unwrap_or(1)
     ));
-    opts.say(format!("  {:<22} {:>7} {:>10} {:>8} {:>10}  {}", "workload", "threads", "ms", "speedup", "per thread", "bound by"));
+    opts.say(format!(
+        "  {:<22} {:>7} {:>10} {:>8} {:>10}  {}",
+        "workload", "threads", "ms", "speedup", "per thread", "bound by"
+    ));
     let mut rows = Vec::new();
     for (i, (name, bound)) in workloads.iter().enumerate() {
         let mut one = f64::NAN;
@@ -182,6 +189,9 @@ pub fn run(opts: &Options, config: &GptConfig, mem: &MemoryLevels) -> Result<Val
                 "efficiency": speedup / t as f64, "bound": bound}));
         }
     }
+    // Before the server's runs (whose load generator leaves threads behind in this process).
+    let pairs = pairs(opts, &work)?;
+    let contended = contended(opts, &work)?;
     // The server: its peak valid rate over HTTP at each thread count (full runs only: each point
     // is a LoadGen peak search).
     if opts.quick {
@@ -202,8 +212,6 @@ pub fn run(opts: &Options, config: &GptConfig, mem: &MemoryLevels) -> Result<Val
                 "bound": "compute (load generator on the same cores)"}));
         }
     }
-    let pairs = pairs(opts, &work)?;
-    let contended = contended(opts, &work)?;
     Ok(json!({"scaling": rows, "pairs_2v1": pairs, "contended": contended}))
 }
 

@@ -455,6 +455,11 @@ pub fn bench(a: &BenchArgs) -> Result<(), String> {
         "level": tt_accel::level().name(),
         "int_level": tt_quant::IntLevel::current().name(),
         "threads": tt_accel::team::current().map_or(1, |t| t.size()),
+        "team": tt_accel::team::current().map(|t| {
+            let s = t.stats();
+            serde_json::json!({"shared_jobs": s.shared_jobs, "caller_only_jobs": s.caller_only_jobs, "stalls": s.stalls,
+                "chunks": s.chunks, "member_chunks": s.member_chunks})
+        }),
     });
     println!("{}", serde_json::to_string_pretty(&summary).expect("JSON values serialize"));
     Ok(())

@@ -88,8 +88,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), String> {
         ..Limits::default()
     };
     let threads = team.as_ref().map_or(1, |t| t.size());
-    let server =
-        Server::start(m, ServeConfig { max_batch: a.max_batch, limits, team }).map_err(|e| e.to_string())?;
+    let server = Server::start(m, ServeConfig { max_batch: a.max_batch, limits, team }).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.http_threads)
         .enable_all()

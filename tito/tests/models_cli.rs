@@ -86,7 +86,8 @@ fn generate_quantize_prune_bench_and_profile_a_llama2c_model() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["threads"], 3, "{v}");
-    let gen = |t: &str| tito(&["generate", "--model", &model, "--prompt", "hello", "--max-tokens", "12", "--threads", t]);
+    let gen =
+        |t: &str| tito(&["generate", "--model", &model, "--prompt", "hello", "--max-tokens", "12", "--threads", t]);
     assert_eq!(gen("1").1, gen("3").1, "the text does not depend on the thread count");
     for bad in ["0", "257", "two"] {
         let (code, _, err) = gen(bad);

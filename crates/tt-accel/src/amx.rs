@@ -67,7 +67,9 @@ unsafe fn xgetbv0() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: XGETBV with ECX = 0 reads XCR0; enabled by the OS (caller's contract). It touches
     // no memory and no flags.
-    unsafe { std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -133,7 +135,11 @@ fn request_permission() -> Result<(), &'static str> {
 pub fn describe() -> String {
     let f = features();
     match usable() {
-        Ok(()) => format!("AMX usable (tile, int8{}); {}", if f.bf16 { ", bf16" } else { "" }, if enabled() { "on" } else { "forced off" }),
+        Ok(()) => format!(
+            "AMX usable (tile, int8{}); {}",
+            if f.bf16 { ", bf16" } else { "" },
+            if enabled() { "on" } else { "forced off" }
+        ),
         Err(why) => format!("no AMX: {why}"),
     }
 }

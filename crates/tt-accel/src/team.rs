@@ -4,22 +4,26 @@
 //! much as the projection itself) — and the process's one pool of compute threads
 //! ([`global`]). See `docs/16-acceleration.md` § "Threads" for the policy in full.
 //!
-//! ## Protocol: chunks claimed, never assigned
-//! A job is `chunks` independent pieces (disjoint outputs). The caller publishes it by storing
-//! one 64-bit word — generation, chunk count, next unclaimed chunk — and then claims chunks
-//! itself, exactly like the workers: each claim is a compare-and-swap on that word, valid only
-//! within the job's generation. A worker spins on the word for a short while (tens of
-//! microseconds, the gap between two projections of a decode step), then sleeps on a condition
-//! variable so an idle team holds no core. The caller returns once every *claimed* chunk is
-//! finished; it never waits for a member that has not claimed one.
+//! ## Protocol: each member's share first, then stealing
+//! A job is `chunks` independent pieces (disjoint outputs). The caller publishes it by writing,
+//! for every member, a 64-bit word on its own cache line — generation, next chunk, end of the
+//! member's contiguous share — and then bumping the generation the workers spin on. Each member,
+//! the caller (member 0) included, claims the chunks of its own share from the front by
+//! compare-and-swap on its word; with its share done it steals the others' remaining chunks from
+//! the back of their words. Every claim is valid only within the job's generation. Claims of
+//! one's own share touch only one's own cache line, so a balanced job costs about what a fixed
+//! split costs; the stealing is what makes the split degrade gracefully. A worker spins for a
+//! short while (tens of microseconds, the gap between two projections of a decode step), then
+//! sleeps on a condition variable so an idle team holds no core. The caller returns once every
+//! *claimed* chunk is finished; it never waits for a member that has not claimed one.
 //!
 //! ## A descheduled member
 //! The old protocol gave member `i` share `i` and waited for every member, so one member that the
 //! OS had descheduled (another process on its core) held the whole step for a time slice —
 //! milliseconds, against microseconds of work: two threads ran at a third of one thread's speed.
 //! Now (measured in `cargo tito milestone acceleration`, contended rows):
-//! - a member that is not running when a job starts claims nothing: the running members take
-//!   every chunk, and the job finishes at the speed of the members that run;
+//! - a member that is not running when a job starts claims nothing: the running members finish
+//!   their shares and steal its share, and the job finishes at the speed of the members that run;
 //! - a member preempted *inside* a chunk still holds that chunk's outputs (two threads may not
 //!   write them), so the caller waits for it. That wait is detected — the caller waited longer
 //!   than [`STALL_FLOOR`] plus twice its own time in the job, having run at least one chunk
@@ -44,7 +48,7 @@ use std::time::{Duration, Instant};
 /// The job: called once per chunk with its index `0..chunks`.
 type Job = dyn Fn(usize) + Sync;
 
-/// The most chunks one published round holds (16 bits of the state word); [`Team::for_each`]
+/// The most chunks one published round holds (16 bits of a share word); [`Team::for_each`]
 /// runs larger jobs in rounds.
 pub const MAX_CHUNKS: usize = (1 << 16) - 1;
 
@@ -55,25 +59,40 @@ pub const STALL_FLOOR: Duration = Duration::from_micros(100);
 pub const MAX_BACKOFF: Duration = Duration::from_millis(128);
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 
-/// The state word: generation (32 bits) | chunks (16) | next unclaimed chunk (16).
-fn pack(generation: u32, chunks: usize, next: usize) -> u64 {
-    (u64::from(generation) << 32) | ((chunks as u64) << 16) | next as u64
+/// A member's share word: generation (32 bits) | next unclaimed chunk (16) | end (16): the
+/// chunks `next..end` of the share are unclaimed.
+fn pack(generation: u32, next: usize, end: usize) -> u64 {
+    (u64::from(generation) << 32) | ((next as u64) << 16) | end as u64
 }
 fn generation_of(v: u64) -> u32 {
     (v >> 32) as u32
 }
-fn chunks_of(v: u64) -> usize {
+fn next_of(v: u64) -> usize {
     ((v >> 16) & 0xffff) as usize
 }
-fn next_of(v: u64) -> usize {
+fn end_of(v: u64) -> usize {
     (v & 0xffff) as usize
 }
 
+/// A value alone on its cache lines (two: adjacent-line prefetch pairs them), so that writes to
+/// one counter do not evict the others from the cores spinning on them.
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Shared {
-    /// See [`pack`]. Workers wait for its generation to change, and claim chunks by CAS on it.
-    state: AtomicU64,
+    /// The latest round's generation: what the workers wait on.
+    generation: Line<AtomicU64>,
+    /// One share word per member (see [`pack`]), claimed from by CAS.
+    shares: Box<[Line<AtomicU64>]>,
     /// Chunks of the current round finished (by anyone).
-    finished: AtomicUsize,
+    finished: Line<AtomicUsize>,
     stop: AtomicBool,
     /// Workers asleep on `wake` (the caller notifies only when some are).
     sleepers: AtomicUsize,
@@ -89,9 +108,9 @@ struct Shared {
 
 // SAFETY: `job` is written and read only under the protocol on the field: a write happens after
 // the caller saw every claimed chunk finished (Acquire on `finished`) and before it publishes the
-// next round (Release store of `state`); a read happens after a successful claim of that round
-// (AcqRel CAS on `state`, in the release sequence of the publishing store) and before the
-// reader's Release increment of `finished`.
+// next round (Release stores of the share words); a read happens after a successful claim of that
+// round (AcqRel CAS on a share word, in the release sequence of the publishing store) and before
+// the reader's Release increment of `finished`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -126,6 +145,9 @@ pub struct TeamStats {
     pub caller_only_jobs: u64,
     /// Shared jobs whose caller waited on a member preempted inside a chunk (each starts a back-off).
     pub stalls: u64,
+    /// Chunks of shared jobs, and how many of them the members other than the caller ran.
+    pub chunks: u64,
+    pub member_chunks: u64,
 }
 
 /// The caller-side state, under the team's lock.
@@ -144,6 +166,8 @@ struct Counters {
     shared_jobs: AtomicU64,
     caller_only_jobs: AtomicU64,
     stalls: AtomicU64,
+    chunks: AtomicU64,
+    member_chunks: AtomicU64,
 }
 
 /// Persistent helper threads; the caller thread is member 0.
@@ -175,8 +199,9 @@ impl Team {
             ));
         }
         let shared = Arc::new(Shared {
-            state: AtomicU64::new(0),
-            finished: AtomicUsize::new(0),
+            generation: Line(AtomicU64::new(0)),
+            shares: (0..size.max(1)).map(|_| Line(AtomicU64::new(0))).collect(),
+            finished: Line(AtomicUsize::new(0)),
             stop: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             wake_lock: Mutex::new(()),
@@ -190,7 +215,8 @@ impl Team {
         for id in 1..size.max(1) {
             let s = Arc::clone(&team.shared);
             // On error `team` drops here, which stops the workers already started.
-            let handle = std::thread::Builder::new().name(format!("tt-accel-team-{id}")).spawn(move || worker(&s))?;
+            let handle =
+                std::thread::Builder::new().name(format!("tt-accel-team-{id}")).spawn(move || worker(&s, id))?;
             team.workers.push(handle);
         }
         Ok(team)
@@ -219,6 +245,8 @@ impl Team {
             shared_jobs: c.shared_jobs.load(Ordering::Relaxed),
             caller_only_jobs: c.caller_only_jobs.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
+            chunks: c.chunks.load(Ordering::Relaxed),
+            member_chunks: c.member_chunks.load(Ordering::Relaxed),
         }
     }
 
@@ -279,19 +307,24 @@ impl Team {
         let generation = control.generation;
         s.finished.store(0, Ordering::Relaxed);
         // SAFETY: every chunk of the previous round finished (we waited for `finished`) and none
-        // can be claimed (its `next` reached its `chunks`), so no worker reads `job` now. The
+        // can be claimed (every share's `next` reached its `end`), so no worker reads `job` now. The
         // pointer's lifetime is erased; it is dereferenced only before this function returns,
         // while `job` is still borrowed.
         unsafe {
             *s.job.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(job as *const _);
         }
-        s.publish(pack(generation, chunks, 0));
+        let members = s.shares.len();
+        for (m, w) in s.shares.iter().enumerate() {
+            let r = share(chunks, members, m);
+            w.store(pack(generation, r.start, r.end), Ordering::Release);
+        }
+        s.publish(generation);
         let start = Instant::now();
         // The caller claims like any member; a panicking chunk still counts as finished (the
         // wait below counts chunks), and its panic is re-raised once all are done.
         let (mut mine, mut ran) = (None, 0usize);
         in_job(|| {
-            while let Some(c) = s.claim(generation) {
+            while let Some(c) = s.claim(generation, 0) {
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(c))) {
                     mine.get_or_insert(p);
                 }
@@ -307,6 +340,8 @@ impl Team {
         }
         let waited = start.elapsed() - own;
         self.counters.shared_jobs.fetch_add(1, Ordering::Relaxed);
+        self.counters.chunks.fetch_add(chunks as u64, Ordering::Relaxed);
+        self.counters.member_chunks.fetch_add((chunks - ran) as u64, Ordering::Relaxed);
         // The caller's own time is the yardstick of a chunk's; with no chunk of its own (the
         // members took them all) it has none, and a long wait is only a long chunk.
         if ran > 0 && waited > STALL_FLOOR + 2 * own {
@@ -329,6 +364,9 @@ impl Team {
     }
 }
 
+/// One iteration of the caller's wait for the members' chunks: `pause` at first (measured: a
+/// plain re-read loop here made two-thread decode 0.73× one thread, against 1.23× with `pause`),
+/// then yielding the core, in case the member it waits for is queued behind it.
 fn spin(spins: &mut u32) {
     *spins += 1;
     if *spins < 1 << 14 {
@@ -342,26 +380,40 @@ fn spin(spins: &mut u32) {
 const SPIN_BEFORE_SLEEP: u32 = 1 << 13;
 
 impl Shared {
-    /// Publishes a new round (or the stop) and wakes sleeping workers. SeqCst on the state and
-    /// on `sleepers` (here and in `wait`) orders them: either the worker sees the new generation
-    /// before sleeping, or this thread sees the sleeper and notifies it under the lock.
-    fn publish(&self, v: u64) {
-        self.state.store(v, Ordering::SeqCst);
+    /// Publishes a new round (or the stop) and wakes sleeping workers. SeqCst on the generation
+    /// and on `sleepers` (here and in `wait`) orders them: either the worker sees the new
+    /// generation before sleeping, or this thread sees the sleeper and notifies it under the lock.
+    fn publish(&self, generation: u32) {
+        self.generation.store(u64::from(generation), Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_all();
         }
     }
 
-    /// Claims the next chunk of round `generation`, if any is left.
-    fn claim(&self, generation: u32) -> Option<usize> {
-        let mut v = self.state.load(Ordering::Acquire);
+    /// Claims a chunk of round `generation` for member `me`: the front of its own share, else
+    /// the back of another member's (the next ones first), if any chunk is left.
+    fn claim(&self, generation: u32, me: usize) -> Option<usize> {
+        let n = self.shares.len();
+        (0..n).find_map(|k| self.claim_from(generation, (me + k) % n, k > 0))
+    }
+
+    /// One chunk of member `from`'s share: its front, or its back when stealing.
+    fn claim_from(&self, generation: u32, from: usize, steal: bool) -> Option<usize> {
+        let w = &self.shares[from];
+        let mut v = w.load(Ordering::Acquire);
         loop {
-            if generation_of(v) != generation || next_of(v) >= chunks_of(v) {
+            let (next, end) = (next_of(v), end_of(v));
+            if generation_of(v) != generation || next >= end {
                 return None;
             }
-            match self.state.compare_exchange_weak(v, v + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(next_of(v)),
+            let (claimed, new) = if steal {
+                (end - 1, pack(generation, next, end - 1))
+            } else {
+                (next, pack(generation, next + 1, end))
+            };
+            match w.compare_exchange_weak(v, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(claimed),
                 Err(now) => v = now,
             }
         }
@@ -370,25 +422,28 @@ impl Shared {
     /// Waits until the generation differs from `seen` (or the team stops); returns it.
     fn wait(&self, seen: u32) -> u32 {
         for _ in 0..SPIN_BEFORE_SLEEP {
-            let g = generation_of(self.state.load(Ordering::Acquire));
+            let g = self.generation.load(Ordering::Acquire) as u32;
             if g != seen || self.stop.load(Ordering::Relaxed) {
                 return g;
             }
-            std::hint::spin_loop();
+            // No `pause` here: measured on the 2-vCPU KVM guest (AMD EPYC), two-thread decode of
+            // the course GPT ran 1.2–1.4× one thread with this plain re-read and 0.85–1.08× with
+            // `pause` (a pause loop may make the host take the vCPU away: pause-loop exiting).
+            std::hint::black_box(());
         }
         let mut guard = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let mut g = generation_of(self.state.load(Ordering::SeqCst));
+        let mut g = self.generation.load(Ordering::SeqCst) as u32;
         while g == seen && !self.stop.load(Ordering::SeqCst) {
             guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-            g = generation_of(self.state.load(Ordering::SeqCst));
+            g = self.generation.load(Ordering::SeqCst) as u32;
         }
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
         g
     }
 }
 
-fn worker(s: &Shared) {
+fn worker(s: &Shared, me: usize) {
     let mut seen = 0u32;
     loop {
         let g = s.wait(seen);
@@ -396,7 +451,7 @@ fn worker(s: &Shared) {
             return;
         }
         seen = g;
-        while let Some(c) = s.claim(g) {
+        while let Some(c) = s.claim(g, me) {
             // SAFETY: we claimed chunk `c` of round `g`, so `job` points to that round's live job
             // until we count the chunk finished (see `Shared::job`).
             let job = unsafe { &**s.job.get() };
@@ -411,9 +466,10 @@ fn worker(s: &Shared) {
 impl Drop for Team {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // A new generation with no chunks wakes every worker, which then sees `stop`.
-        let g = generation_of(self.shared.state.load(Ordering::SeqCst)).wrapping_add(1);
-        self.shared.publish(pack(g, 0, 0));
+        // A new generation wakes every worker, which then sees `stop` (its share words still hold
+        // an older generation: nothing to claim).
+        let g = (self.shared.generation.load(Ordering::SeqCst) as u32).wrapping_add(1);
+        self.shared.publish(g);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -458,11 +514,19 @@ pub fn share(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     bound(i)..bound(i.saturating_add(1))
 }
 
-/// How many chunks to cut `units` independent units of work into for `members` members: about
-/// four per member (so that a member that arrives late, or is preempted, leaves a small
-/// remainder to the others), never more than the units, at least 1.
-pub fn chunks_for(units: usize, members: usize) -> usize {
-    units.min(members.saturating_mul(4)).clamp(1, MAX_CHUNKS)
+/// The work (multiply-adds, or a comparable count) below which a chunk is not worth its own
+/// claim: a stolen chunk moves a share word's cache line between cores (hundreds of nanoseconds
+/// on a VM whose cores sit on different dies), about as long as this much arithmetic.
+pub const CHUNK_COST: usize = 1 << 18;
+
+/// How many chunks to cut `units` independent units of work, each costing about `unit_cost`,
+/// into for `members` members: one per member for a small job (a decode-step projection: more
+/// claims would cost more than they balance), up to four per member when each chunk still
+/// carries [`CHUNK_COST`] of work (so that a member that arrives late, or is preempted, leaves
+/// small remainders to the others); never more than the units, at least 1.
+pub fn chunks_for(units: usize, members: usize, unit_cost: usize) -> usize {
+    let worth = units.saturating_mul(unit_cost) / CHUNK_COST;
+    units.min(members.saturating_mul(4)).min(worth.max(members)).clamp(1, MAX_CHUNKS)
 }
 
 /// The thread count the process's compute uses: what [`set_threads`] set, else the environment
@@ -543,7 +607,10 @@ pub fn global() -> Option<&'static Arc<Team>> {
 /// `n` outside `1..=MAX_SIZE`; a thread could not start.
 pub fn sized(n: usize) -> std::io::Result<Arc<Team>> {
     if !(1..=MAX_SIZE).contains(&n) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("a team of {n} members: expected 1 to {MAX_SIZE}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a team of {n} members: expected 1 to {MAX_SIZE}"),
+        ));
     }
     if let Some(g) = global().filter(|g| g.size() == n) {
         return Ok(Arc::clone(g));

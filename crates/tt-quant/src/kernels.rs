@@ -133,7 +133,9 @@ pub fn amx_ok() -> bool {
         if tt_accel::amx::usable().is_ok() {
             let agrees = amx_self_check();
             if !agrees {
-                eprintln!("tt-quant: the AMX int8 kernel disagreed with the scalar kernel on its self-check; using VNNI");
+                eprintln!(
+                    "tt-quant: the AMX int8 kernel disagreed with the scalar kernel on its self-check; using VNNI"
+                );
             }
             return agrees;
         }
@@ -416,7 +418,7 @@ impl PackedI8 {
         let macs = rows.saturating_mul(self.acc_cols).saturating_mul(self.row_bytes);
         match tt_accel::team::current().filter(|t| t.size() > 1 && panels > 1 && macs >= MIN_SPLIT_MACS) {
             Some(team) => {
-                let chunks = tt_accel::team::chunks_for(panels, team.size());
+                let chunks = tt_accel::team::chunks_for(panels, team.size(), macs / panels);
                 team.for_each(chunks, &|c| run(tt_accel::team::share(panels, chunks, c)));
             }
             None => run(0..panels),

@@ -93,7 +93,7 @@ fn loops<K: MicroKernel>(kern: K, team: Option<&Team>, x: Args<'_>) {
                         if let Some(team) = team {
                             // Each chunk packs a contiguous group of NR panels, row by row.
                             let panels = nc.div_ceil(nr);
-                            let chunks = crate::team::chunks_for(panels, workers);
+                            let chunks = crate::team::chunks_for(panels, workers, kc * nr);
                             let groups = b_parts(&mut *b_pack, panels, chunks, kc * nr);
                             team.for_each(chunks, &|g| {
                                 let mut dst = lock(&groups[g]);
@@ -102,7 +102,8 @@ fn loops<K: MicroKernel>(kern: K, team: Option<&Team>, x: Args<'_>) {
                                 kern.pack_b(&mut dst, b, ldb, p0, kc, j, (ps.len() * nr).min(jc + nc - j));
                             });
                             let b_pack = &*b_pack;
-                            let cuts = row_cuts(mc, mr, crate::team::chunks_for(mc.div_ceil(mr), workers));
+                            let unit = mr * kc * nc;
+                            let cuts = row_cuts(mc, mr, crate::team::chunks_for(mc.div_ceil(mr), workers, unit));
                             let c_parts = split_at_rows(&mut *c_rows, &cuts, ldc);
                             let a_parts = split_at_rows(&mut *a_pack, &cuts, kc);
                             // One lock per part, each taken once by the one chunk that owns it:

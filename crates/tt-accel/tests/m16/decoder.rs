@@ -147,7 +147,11 @@ fn threaded_decoder_child() {
             e2.set_row_kernels(tt_accel::fused::row_kernels_threaded());
             for len in [3usize, 20] {
                 let prompt: Vec<usize> = (0..len).map(|i| (i * 7 + 2) % 12).collect();
-                assert_eq!(e1.prefill(&prompt, len).unwrap(), e2.prefill(&prompt, len).unwrap(), "{n}, {level}: prefill {len}");
+                assert_eq!(
+                    e1.prefill(&prompt, len).unwrap(),
+                    e2.prefill(&prompt, len).unwrap(),
+                    "{n}, {level}: prefill {len}"
+                );
             }
             let mut a = e1.prefill(&[1, 5, 9], 3).unwrap().to_vec();
             let mut b = e2.prefill(&[1, 5, 9], 3).unwrap().to_vec();
@@ -163,7 +167,8 @@ fn threaded_decoder_child() {
             let mut b2 = CachedGpt::new(&split, 4, OverflowPolicy::Error).unwrap();
             b1.set_row_kernels(tt_accel::fused::row_kernels());
             b2.set_row_kernels(tt_accel::fused::row_kernels_threaded());
-            let (t1, t2) = (generate_cached(&mut b1, &prompts, &cfg).unwrap(), generate_cached(&mut b2, &prompts, &cfg).unwrap());
+            let (t1, t2) =
+                (generate_cached(&mut b1, &prompts, &cfg).unwrap(), generate_cached(&mut b2, &prompts, &cfg).unwrap());
             assert_eq!(t1.tokens, t2.tokens, "{n} threads, {level}: batch of 4");
         });
     }

@@ -25,10 +25,12 @@ fn every_chunk_runs_exactly_once_at_any_size() {
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{size} members, {chunks} chunks");
         }
     }
-    assert_eq!(chunks_for(0, 4), 1);
-    assert_eq!(chunks_for(3, 4), 3);
-    assert_eq!(chunks_for(1000, 2), 8);
-    assert_eq!(chunks_for(usize::MAX, MAX_SIZE), MAX_SIZE * 4);
+    // Small jobs: one chunk per member; large ones: four; never more than the units.
+    assert_eq!(chunks_for(0, 4, 1 << 30), 1);
+    assert_eq!(chunks_for(3, 4, 1 << 30), 3);
+    assert_eq!(chunks_for(24, 2, 49_152 / 24), 2, "a decode-step projection");
+    assert_eq!(chunks_for(1000, 2, 1 << 20), 8);
+    assert_eq!(chunks_for(usize::MAX, MAX_SIZE, usize::MAX), MAX_SIZE * 4);
 }
 
 /// Spins for about `us` microseconds (a chunk long enough for a woken worker to join in).

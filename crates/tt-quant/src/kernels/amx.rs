@@ -74,7 +74,14 @@ struct Scratch([[i32; 256]; 4]);
 /// `stride ≥ w.row_bytes().next_multiple_of(64)`, zero past each row's `row_bytes`; `acc` points
 /// to `rows · acc_cols` writable i32; `range ⊆ 0..acc_cols/16`, and no other thread accesses those
 /// panels' columns of `acc` meanwhile.
-pub(super) unsafe fn matmul(w: &PackedI8, a: *const u8, stride: usize, rows: usize, acc: *mut i32, range: Range<usize>) {
+pub(super) unsafe fn matmul(
+    w: &PackedI8,
+    a: *const u8,
+    stride: usize,
+    rows: usize,
+    acc: *mut i32,
+    range: Range<usize>,
+) {
     // The B reads of the last step end within the slack `new_grouped` leaves (≤ 15 groups).
     let steps = w.row_bytes().div_ceil(ROW);
     debug_assert!(steps > 0 && stride >= steps * ROW);
@@ -117,7 +124,11 @@ pub(super) unsafe fn matmul(w: &PackedI8, a: *const u8, stride: usize, rows: usi
                     // SAFETY: r < rows and panel p + pt < acc_cols/16: 16 i32 inside `acc`, in a
                     // panel of `range` (contract).
                     unsafe {
-                        std::ptr::copy_nonoverlapping(tile[i * 16..].as_ptr(), acc.add(r * cols + (p + pt) * PANEL), PANEL)
+                        std::ptr::copy_nonoverlapping(
+                            tile[i * 16..].as_ptr(),
+                            acc.add(r * cols + (p + pt) * PANEL),
+                            PANEL,
+                        )
                     };
                 }
             }
@@ -193,7 +204,15 @@ unsafe fn tiles_2x2(
 ///
 /// # Safety
 /// As [`tiles_2x2`], without `a1`.
-unsafe fn tiles_1x2(cfg: &TileConfig, a0: *const u8, stride: usize, b0: *const i8, b1: *const i8, steps: usize, out: &mut Scratch) {
+unsafe fn tiles_1x2(
+    cfg: &TileConfig,
+    a0: *const u8,
+    stride: usize,
+    b0: *const i8,
+    b1: *const i8,
+    steps: usize,
+    out: &mut Scratch,
+) {
     // SAFETY: as in `tiles_2x2`.
     unsafe {
         std::arch::asm!(

@@ -263,7 +263,8 @@ fn amx_equals_vnni_exactly_on_tile_edges() {
                 let want = matmul_reference(&a, &w, rows, in_f, out_f).unwrap();
                 assert_eq!(run(IntLevel::Avx512Vnni, &a, &w, rows, in_f, out_f), want, "vnni {rows}×{in_f}×{out_f}");
                 assert_eq!(run(IntLevel::Amx, &a, &w, rows, in_f, out_f), want, "amx {rows}×{in_f}×{out_f}");
-                let split = tt_accel::team::install(Some(team.clone()), || run(IntLevel::Amx, &a, &w, rows, in_f, out_f));
+                let split =
+                    tt_accel::team::install(Some(team.clone()), || run(IntLevel::Amx, &a, &w, rows, in_f, out_f));
                 assert_eq!(split, want, "amx split over 3: {rows}×{in_f}×{out_f}");
             }
         }
@@ -284,11 +285,8 @@ fn amx_equals_vnni_exactly_on_tile_edges() {
 fn amx_detection_agrees_with_the_os_and_forcing_a_level_turns_it_off() {
     let f = tt_accel::amx::features();
     if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
-        let flags: Vec<&str> = info
-            .lines()
-            .find(|l| l.starts_with("flags"))
-            .map(|l| l.split_whitespace().collect())
-            .unwrap_or_default();
+        let flags: Vec<&str> =
+            info.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
         if tt_accel::amx::usable().is_ok() {
             assert!(flags.contains(&"amx_tile") && flags.contains(&"amx_int8"), "usable, yet the OS lists no AMX");
         }
