@@ -1,6 +1,7 @@
 //! The measured regions of the acceleration milestone's docs page (docs/16): `machine`,
-//! `gemm_ladder` (with its chart), `gemv`, `fusion`, `decode`, `step_breakdown`, and `goals` (issue
-//! 10's targets against this run's figures).
+//! `gemm_ladder` (with its chart), `gemv`, `fusion`, `decode`, `step_breakdown`, `goals` (issue
+//! 10's targets against this run's figures), `scaling` (threads 1…N, two-thread pairs, a busy
+//! core), `amx` (VNNI → AMX) and `goals23` (issue 23's targets).
 
 use serde_json::Value;
 
@@ -23,7 +24,169 @@ pub fn render(summary: &Value) -> Result<Vec<Region>> {
         Region { name: "decode", markdown: decode(summary)? },
         Region { name: "step_breakdown", markdown: breakdown(get(summary, "/decode")?)? },
         Region { name: "goals", markdown: goals(summary)? },
+        Region { name: "scaling", markdown: scaling(summary)? },
+        Region { name: "amx", markdown: amx(summary)? },
+        Region { name: "goals23", markdown: goals23(summary)? },
     ])
+}
+
+/// The scaling curves, the five pairs and the contended decode (issue 23).
+fn scaling(summary: &Value) -> Result<String> {
+    let mut rows = Vec::new();
+    for r in array(summary, "/scaling")? {
+        let t = num(r, "/threads")?;
+        let w = text(r, "/workload")?;
+        let figure = match r.get("qps").and_then(Value::as_f64) {
+            Some(q) => format!("{q:.0} qps"),
+            None => format!("{:.3} ms", num(r, "/ms")?),
+        };
+        rows.push(vec![
+            w.to_string(),
+            format!("{t}"),
+            figure,
+            format!("{:.2}×", num(r, "/speedup")?),
+            format!("{:.0}%", 100.0 * num(r, "/efficiency")?),
+            text(r, "/bound")?.to_string(),
+        ]);
+    }
+    let mut out = format!(
+        "At 1 … {} threads (the cores this process may use), each workload on a team of that size installed on \
+         the calling thread, the way `--threads t` runs it; ms per GEMM, per prefill, per decode step (median of \
+         the run's samples); speedup against one thread in this run; per thread = speedup / threads:\n\n",
+        num(summary, "/threads")?
+    );
+    out.push_str(&table(&["workload", "threads", "time (or rate)", "speedup", "per thread", "bound by"], &rows));
+    let mut pairs = Vec::new();
+    for p in array(summary, "/scaling_pairs_2v1")? {
+        let ratios: Vec<String> =
+            array(p, "/ratios")?.iter().filter_map(Value::as_f64).map(|r| format!("{r:.2}×")).collect();
+        pairs.push(vec![text(p, "/workload")?.to_string(), ratios.join(", ")]);
+    }
+    out.push_str("\nTwo threads against one, consecutive pairs in this run (all of them):\n\n");
+    out.push_str(&table(&["workload", "2 threads / 1 thread"], &pairs));
+    let c = get(summary, "/contended")?;
+    out.push_str(&format!(
+        "\n**A busy core.** Decode at batch 1 with {}: one thread {:.3} ms per token (idle: {:.3}), two threads {:.3} \
+         (idle: {:.3}) — {:.2}× the contended one thread. Over those runs the team shared {} jobs, counted {} stalls \
+         (a member descheduled inside its chunk) and ran {} jobs on the caller alone during the back-offs that \
+         followed.\n",
+        text(c, "/competitor")?,
+        num(c, "/contended_1_thread_ms")?,
+        num(c, "/idle_1_thread_ms")?,
+        num(c, "/contended_2_threads_ms")?,
+        num(c, "/idle_2_threads_ms")?,
+        num(c, "/contended_speedup")?,
+        num(c, "/shared_jobs")?,
+        num(c, "/stalls")?,
+        num(c, "/caller_only_jobs")?,
+    ));
+    Ok(out)
+}
+
+/// The AMX ladder: VNNI → AMX at square int8 GEMMs, with fractions of each unit's peak.
+fn amx(summary: &Value) -> Result<String> {
+    let rows = array(summary, "/amx")?;
+    if rows.is_empty() {
+        let why = summary.pointer("/amx_reason").and_then(Value::as_str).unwrap_or("not measured");
+        return Ok(format!(
+            "Not measured on this machine: {why}. The tile kernel's exactness tests skip here with \
+            that reason; the figures come from a CPU with AMX (Intel Sapphire Rapids or later).\n"
+        ));
+    }
+    let d = get(summary, "/amx_detail")?;
+    let mut t = Vec::new();
+    for r in rows {
+        t.push(vec![
+            format!("{}³", num(r, "/n")?),
+            format!("{:.0} ({:.0}% of peak)", num(r, "/vnni_gops")?, num(r, "/pct_of_vnni_peak")?),
+            format!("{:.0} ({:.0}% of peak)", num(r, "/amx_gops")?, num(r, "/pct_of_amx_peak")?),
+            format!("{:.2}×", num(r, "/speedup_vs_vnni")?),
+        ]);
+    }
+    let mut out = format!(
+        "int8 GEMM C = A·Wᵀ on one core, GOP/s; peaks measured in this run: `vpdpbusd` {:.0}, `tdpbusd` {:.0} \
+         GOP/s:\n\n",
+        num(d, "/vnni_peak_gops")?,
+        num(d, "/amx_peak_gops")?
+    );
+    out.push_str(&table(&["n", "VNNI", "AMX", "AMX / VNNI"], &t));
+    out.push_str(&format!(
+        "\nThe int8 course-shape model: prefill of {} tokens {:.2} ms with VNNI, {:.2} ms with AMX ({:.2}×); decode \
+         at batch 1 {:.3} vs {:.3} ms per token ({:.2}×: one row stays on VNNI by design).\n",
+        num(d, "/prefill/tokens")?,
+        num(d, "/prefill/vnni_ms")?,
+        num(d, "/prefill/amx_ms")?,
+        num(d, "/prefill/speedup")?,
+        num(d, "/decode_batch1/vnni_ms_per_token")?,
+        num(d, "/decode_batch1/amx_ms_per_token")?,
+        num(d, "/decode_batch1/speedup")?,
+    ));
+    Ok(out)
+}
+
+/// Issue 23's goals against this run.
+fn goals23(summary: &Value) -> Result<String> {
+    let met = |ok: bool| yes_no(ok).to_string();
+    let mut rows = Vec::new();
+    for p in array(summary, "/scaling_pairs_2v1")? {
+        let ratios: Vec<f64> = array(p, "/ratios")?.iter().filter_map(Value::as_f64).collect();
+        let text_r: Vec<String> = ratios.iter().map(|r| format!("{r:.2}×")).collect();
+        let ok = !ratios.is_empty() && ratios.iter().all(|&r| r >= 1.8);
+        rows.push(vec![
+            format!("2 threads ≥ 1.8× one thread, {} (every consecutive run)", text(p, "/workload")?),
+            text_r.join(", "),
+            met(ok),
+        ]);
+    }
+    let threads = num(summary, "/threads")?;
+    let many = if threads >= 16.0 {
+        let at = |w: &str| {
+            array(summary, "/scaling").ok().and_then(|rows| {
+                rows.iter()
+                    .filter(|r| r["workload"].as_str().is_some_and(|x| x.starts_with(w)))
+                    .filter(|r| r["threads"].as_f64() == Some(threads))
+                    .find_map(|r| r["speedup"].as_f64())
+            })
+        };
+        let (g, p) = (at("gemm").unwrap_or(f64::NAN), at("prefill").unwrap_or(f64::NAN));
+        vec![
+            "16 cores: GEMM and prefill ≥ 10×".into(),
+            format!("GEMM {g:.1}×, prefill {p:.1}×"),
+            met(g >= 10.0 && p >= 10.0),
+        ]
+    } else {
+        vec![
+            "16 cores: GEMM and prefill ≥ 10×".into(),
+            format!("not measured: this machine has {threads} cores (the prepared script `deploy/scaling.sh` runs it where 16 are lent)"),
+            "—".into(),
+        ]
+    };
+    rows.push(many);
+    let amx = array(summary, "/amx")?;
+    if amx.is_empty() {
+        let why = summary.pointer("/amx_reason").and_then(Value::as_str).unwrap_or("not measured");
+        rows.push(vec![
+            "AMX int8 GEMM ≥ 3× VNNI and ≥ 50% of the AMX peak at 512³, 1024³; int8 prefill ≥ 2×".into(),
+            format!("not measured: {why}"),
+            "—".into(),
+        ]);
+    } else {
+        let mut ok = true;
+        let mut t = Vec::new();
+        for r in amx {
+            let (x, pct) = (num(r, "/speedup_vs_vnni")?, num(r, "/pct_of_amx_peak")?);
+            ok &= x >= 3.0 && pct >= 50.0;
+            t.push(format!("{}³: {x:.2}×, {pct:.0}% of peak", num(r, "/n")?));
+        }
+        let pf = num(summary, "/amx_detail/prefill/speedup")?;
+        t.push(format!("prefill {pf:.2}×"));
+        rows.push(vec![
+            "AMX int8 GEMM ≥ 3× VNNI and ≥ 50% of the AMX peak at 512³, 1024³; int8 prefill ≥ 2×".into(),
+            t.join("; "),
+            met(ok && pf >= 2.0),
+        ]);
+    }
+    Ok(table(&["goal (issue 23)", "this run", "met"], &rows))
 }
 
 fn machine(m: &Value) -> Result<String> {
