@@ -28,8 +28,14 @@
 //!   write them), so the caller waits for it. That wait is detected — the caller waited longer
 //!   than [`STALL_FLOOR`] plus twice its own time in the job, having run at least one chunk
 //!   itself — and the team then runs its next
-//!   jobs on the caller alone for a back-off period (1 ms, doubling on each repeated stall up to
-//!   [`MAX_BACKOFF`]) before it tries its members again. Under a persistent competitor the loss
+//!   jobs on the caller alone for a back-off period (1 ms, doubling while trouble recurs within
+//!   2 s, up to [`MAX_BACKOFF`]) before it tries its members again. The same back-off follows when most of
+//!   the last ~16 shared jobs *lost* — the caller waited for the members longer than its own
+//!   share took (it would have been faster alone), or ran every chunk itself because no member
+//!   was running to take one. Members whose cores are shared with other work (another process,
+//!   or another VM on the host) are late or slow, and their spinning takes cycles from the
+//!   caller's competitor and so from the caller: one thread is then the better plan, and during
+//!   a back-off the members sleep. Under a persistent competitor the loss
 //!   is bounded by one stall per back-off period; when the competitor leaves, the members are
 //!   used again within one period. [`Team::stats`] counts both.
 //! - a call that finds the team busy with another thread's job runs its chunks on the calling
@@ -56,7 +62,7 @@ pub const MAX_CHUNKS: usize = (1 << 16) - 1;
 /// a stall: a member was descheduled inside its chunk.
 pub const STALL_FLOOR: Duration = Duration::from_micros(100);
 /// The longest back-off after repeated stalls.
-pub const MAX_BACKOFF: Duration = Duration::from_millis(128);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(512);
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 
 /// A member's share word: generation (32 bits) | next unclaimed chunk (16) | end (16): the
@@ -145,6 +151,9 @@ pub struct TeamStats {
     pub caller_only_jobs: u64,
     /// Shared jobs whose caller waited on a member preempted inside a chunk (each starts a back-off).
     pub stalls: u64,
+    /// Back-offs started: after a stall, or after most recent shared jobs lost against the caller
+    /// alone (it waited for the members longer than its own share took).
+    pub backoffs: u64,
     /// Chunks of shared jobs, and how many of them the members other than the caller ran.
     pub chunks: u64,
     pub member_chunks: u64,
@@ -158,7 +167,17 @@ struct Control {
     backoff: Duration,
     /// The first back-off and the longest.
     limits: (Duration, Duration),
+    /// Moving average (over about 16 shared jobs) of "the split lost": the caller waited for the
+    /// members longer than its own share took (it would have done the whole job sooner alone), or
+    /// found no member running to take a chunk.
+    lost: f32,
+    /// When the last back-off started: trouble again within [`CALM`] of it doubles the next one.
+    last_trouble: Option<Instant>,
 }
+
+/// Without trouble for this long, a new back-off starts again at the first length; until then
+/// back-offs double, so a persistent competitor costs about one probe per [`MAX_BACKOFF`].
+const CALM: Duration = Duration::from_secs(2);
 
 /// [`TeamStats`] as counters readable while a job runs.
 #[derive(Default)]
@@ -166,6 +185,7 @@ struct Counters {
     shared_jobs: AtomicU64,
     caller_only_jobs: AtomicU64,
     stalls: AtomicU64,
+    backoffs: AtomicU64,
     chunks: AtomicU64,
     member_chunks: AtomicU64,
 }
@@ -210,7 +230,14 @@ impl Team {
             job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
         });
         let limits = (FIRST_BACKOFF, MAX_BACKOFF);
-        let control = Mutex::new(Control { generation: 0, solo_until: None, backoff: FIRST_BACKOFF, limits });
+        let control = Mutex::new(Control {
+            generation: 0,
+            solo_until: None,
+            backoff: FIRST_BACKOFF,
+            limits,
+            lost: 0.0,
+            last_trouble: None,
+        });
         let mut team = Team { shared, workers: Vec::new(), control, counters: Counters::default() };
         for id in 1..size.max(1) {
             let s = Arc::clone(&team.shared);
@@ -245,6 +272,7 @@ impl Team {
             shared_jobs: c.shared_jobs.load(Ordering::Relaxed),
             caller_only_jobs: c.caller_only_jobs.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
+            backoffs: c.backoffs.load(Ordering::Relaxed),
             chunks: c.chunks.load(Ordering::Relaxed),
             member_chunks: c.member_chunks.load(Ordering::Relaxed),
         }
@@ -344,13 +372,26 @@ impl Team {
         self.counters.member_chunks.fetch_add((chunks - ran) as u64, Ordering::Relaxed);
         // The caller's own time is the yardstick of a chunk's; with no chunk of its own (the
         // members took them all) it has none, and a long wait is only a long chunk.
-        if ran > 0 && waited > STALL_FLOOR + 2 * own {
-            // A member was descheduled inside its chunk: run alone for a while.
-            self.counters.stalls.fetch_add(1, Ordering::Relaxed);
-            control.solo_until = Some(Instant::now() + control.backoff);
+        let stall = ran > 0 && waited > STALL_FLOOR + 2 * own;
+        // Lost: the caller waited for the members longer than its own share took (it would have
+        // been faster alone), or ran every chunk itself (no member was running to take one).
+        let lost = ran > 0 && (waited > own || ran == chunks);
+        control.lost += (f32::from(u8::from(lost)) - control.lost) / 16.0;
+        if stall || control.lost > 0.5 {
+            // A member descheduled inside its chunk, or members persistently slower than the
+            // caller (their cores shared with other work): run alone for a while.
+            if stall {
+                self.counters.stalls.fetch_add(1, Ordering::Relaxed);
+            }
+            self.counters.backoffs.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            if control.last_trouble.is_none_or(|t| now.duration_since(t) > CALM) {
+                control.backoff = control.limits.0;
+            }
+            control.solo_until = Some(now + control.backoff);
             control.backoff = (control.backoff * 2).min(control.limits.1);
-        } else {
-            control.backoff = control.limits.0;
+            control.lost = 0.0;
+            control.last_trouble = Some(now);
         }
         // Only now, with every chunk finished, may a panic leave this frame (the job is borrowed).
         // The members' flag is cleared first, so that it cannot fail the next, healthy job.
@@ -376,8 +417,9 @@ fn spin(spins: &mut u32) {
     }
 }
 
-/// Spin iterations a worker waits for the next job before it sleeps (~20–50 µs here).
-const SPIN_BEFORE_SLEEP: u32 = 1 << 13;
+/// How long a worker spins for the next job before it sleeps: longer than the gaps between the
+/// jobs of one decode step, short enough that an idle team soon holds no core.
+const SPIN_FOR: Duration = Duration::from_micros(200);
 
 impl Shared {
     /// Publishes a new round (or the stop) and wakes sleeping workers. SeqCst on the generation
@@ -421,15 +463,20 @@ impl Shared {
 
     /// Waits until the generation differs from `seen` (or the team stops); returns it.
     fn wait(&self, seen: u32) -> u32 {
-        for _ in 0..SPIN_BEFORE_SLEEP {
+        let start = Instant::now();
+        let mut i = 0u32;
+        loop {
             let g = self.generation.load(Ordering::Acquire) as u32;
             if g != seen || self.stop.load(Ordering::Relaxed) {
                 return g;
             }
-            // No `pause` here: measured on the 2-vCPU KVM guest (AMD EPYC), two-thread decode of
-            // the course GPT ran 1.2–1.4× one thread with this plain re-read and 0.85–1.08× with
-            // `pause` (a pause loop may make the host take the vCPU away: pause-loop exiting).
-            std::hint::black_box(());
+            std::hint::spin_loop();
+            i = i.wrapping_add(1);
+            // The window is measured in time, not iterations: `pause` lasts from ~10 to ~140
+            // cycles depending on the CPU.
+            if i % 16 == 0 && start.elapsed() > SPIN_FOR {
+                break;
+            }
         }
         let mut guard = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.sleepers.fetch_add(1, Ordering::SeqCst);

@@ -176,3 +176,22 @@ fn a_double_panic_does_not_fail_the_next_job() {
         assert_eq!(n.load(Ordering::Relaxed), 4);
     }
 }
+
+/// Members persistently slower than the caller (each of their chunks takes ten times the
+/// caller's, as on a core shared with other work): most shared jobs "lose" against the caller
+/// alone, and the team backs off to the caller without any single stall being needed.
+#[test]
+fn persistently_slow_members_make_the_team_back_off() {
+    let team = Team::new(2).unwrap();
+    for _ in 0..200 {
+        team.for_each(2, &|_| busy(if on_a_worker() { 60 } else { 6 }));
+        if team.stats().backoffs > 0 {
+            break;
+        }
+    }
+    let s = team.stats();
+    assert!(s.backoffs > 0, "{s:?}");
+    let before = s.caller_only_jobs;
+    team.for_each(2, &|_| {});
+    assert!(team.stats().caller_only_jobs > before || team.stats().backoffs > s.backoffs, "{:?}", team.stats());
+}
