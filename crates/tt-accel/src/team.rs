@@ -474,7 +474,7 @@ impl Shared {
             i = i.wrapping_add(1);
             // The window is measured in time, not iterations: `pause` lasts from ~10 to ~140
             // cycles depending on the CPU.
-            if i % 16 == 0 && start.elapsed() > SPIN_FOR {
+            if i.is_multiple_of(16) && start.elapsed() > SPIN_FOR {
                 break;
             }
         }
