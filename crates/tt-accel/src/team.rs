@@ -173,7 +173,13 @@ struct Control {
     lost: f32,
     /// When the last back-off started: trouble again within [`CALM`] of it doubles the next one.
     last_trouble: Option<Instant>,
+    /// Lost jobs are not counted until then: sleeping members were just woken, and a wake-up
+    /// takes longer than a small job.
+    waking_until: Option<Instant>,
 }
+
+/// How long after waking sleeping members lost jobs are not held against them.
+const WAKE_GRACE: Duration = Duration::from_millis(2);
 
 /// Without trouble for this long, a new back-off starts again at the first length; until then
 /// back-offs double, so a persistent competitor costs about one probe per [`MAX_BACKOFF`].
@@ -237,6 +243,7 @@ impl Team {
             limits,
             lost: 0.0,
             last_trouble: None,
+            waking_until: None,
         });
         let mut team = Team { shared, workers: Vec::new(), control, counters: Counters::default() };
         for id in 1..size.max(1) {
@@ -346,8 +353,11 @@ impl Team {
             let r = share(chunks, members, m);
             w.store(pack(generation, r.start, r.end), Ordering::Release);
         }
-        s.publish(generation);
+        let woke = s.publish(generation);
         let start = Instant::now();
+        if woke {
+            control.waking_until = Some(start + WAKE_GRACE);
+        }
         // The caller claims like any member; a panicking chunk still counts as finished (the
         // wait below counts chunks), and its panic is re-raised once all are done.
         let (mut mine, mut ran) = (None, 0usize);
@@ -376,7 +386,9 @@ impl Team {
         // Lost: the caller waited for the members longer than its own share took (it would have
         // been faster alone), or ran every chunk itself (no member was running to take one).
         let lost = ran > 0 && (waited > own || ran == chunks);
-        control.lost += (f32::from(u8::from(lost)) - control.lost) / 16.0;
+        if control.waking_until.is_none_or(|t| Instant::now() > t) {
+            control.lost += (f32::from(u8::from(lost)) - control.lost) / 16.0;
+        }
         if stall || control.lost > 0.5 {
             // A member descheduled inside its chunk, or members persistently slower than the
             // caller (their cores shared with other work): run alone for a while.
@@ -425,12 +437,15 @@ impl Shared {
     /// Publishes a new round (or the stop) and wakes sleeping workers. SeqCst on the generation
     /// and on `sleepers` (here and in `wait`) orders them: either the worker sees the new
     /// generation before sleeping, or this thread sees the sleeper and notifies it under the lock.
-    fn publish(&self, generation: u32) {
+    /// Returns whether some worker was asleep.
+    fn publish(&self, generation: u32) -> bool {
         self.generation.store(u64::from(generation), Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_all();
+            return true;
         }
+        false
     }
 
     /// Claims a chunk of round `generation` for member `me`: the front of its own share, else
@@ -516,7 +531,7 @@ impl Drop for Team {
         // A new generation wakes every worker, which then sees `stop` (its share words still hold
         // an older generation: nothing to claim).
         let g = (self.shared.generation.load(Ordering::SeqCst) as u32).wrapping_add(1);
-        self.shared.publish(g);
+        let _ = self.shared.publish(g);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
