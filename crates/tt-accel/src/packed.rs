@@ -131,7 +131,7 @@ impl PackedF32 {
         let team = self.team.clone().or_else(crate::team::current);
         match &team {
             Some(team) if team.size() > 1 && panels > 1 => {
-                let chunks = chunks_for(panels, team.size(), rows.saturating_mul(self.in_f) * PANEL);
+                let chunks = chunks_for(panels, team.size(), rows.saturating_mul(self.in_f).saturating_mul(PANEL));
                 team.for_each(chunks, &|c| {
                     // SAFETY: sizes checked above (`check_projection_rows`); chunks are disjoint
                     // panel ranges, each run once.

@@ -30,9 +30,9 @@
 //!   itself — and the team then runs its next
 //!   jobs on the caller alone for a back-off period (1 ms, doubling while trouble recurs within
 //!   2 s, up to [`MAX_BACKOFF`]) before it tries its members again. The same back-off follows when most of
-//!   the last ~16 shared jobs *lost* — the caller waited for the members longer than its own
-//!   share took (it would have been faster alone), or ran every chunk itself because no member
-//!   was running to take one. Members whose cores are shared with other work (another process,
+//!   the last ~16 shared jobs *lost* — took longer than the caller alone would have (its time per
+//!   chunk times the chunks), or the caller ran every chunk itself because no member was running
+//!   to take one. Members whose cores are shared with other work (another process,
 //!   or another VM on the host) are late or slow, and their spinning takes cycles from the
 //!   caller's competitor and so from the caller: one thread is then the better plan, and during
 //!   a back-off the members sleep. Under a persistent competitor the loss
@@ -167,9 +167,9 @@ struct Control {
     backoff: Duration,
     /// The first back-off and the longest.
     limits: (Duration, Duration),
-    /// Moving average (over about 16 shared jobs) of "the split lost": the caller waited for the
-    /// members longer than its own share took (it would have done the whole job sooner alone), or
-    /// found no member running to take a chunk.
+    /// Moving average (over about 16 shared jobs) of "the split lost": the job took longer than
+    /// the caller alone would have (its time per chunk times the chunks), or no member was running
+    /// to take a chunk.
     lost: f32,
     /// When the last back-off started: trouble again within [`CALM`] of it doubles the next one.
     last_trouble: Option<Instant>,
@@ -328,6 +328,12 @@ impl Team {
         }
         let mut start = 0;
         while start < chunks {
+            if control.solo_until.is_some_and(|t| Instant::now() < t) {
+                // A back-off started in an earlier round: the rest on this thread.
+                self.counters.caller_only_jobs.fetch_add(1, Ordering::Relaxed);
+                drop(control);
+                return in_job(|| (start..chunks).for_each(job));
+            }
             let n = (chunks - start).min(MAX_CHUNKS);
             let round = |c: usize| job(start + c);
             self.round(&mut control, n, &round);
@@ -348,10 +354,12 @@ impl Team {
         unsafe {
             *s.job.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(job as *const _);
         }
+        // Contiguous shares with the bounds rounded up, so that any empty shares (fewer chunks
+        // than members) are the last members', never the caller's. ≤ 65535 · 256: no overflow.
         let members = s.shares.len();
+        let bound = |m: usize| (chunks * m).div_ceil(members);
         for (m, w) in s.shares.iter().enumerate() {
-            let r = share(chunks, members, m);
-            w.store(pack(generation, r.start, r.end), Ordering::Release);
+            w.store(pack(generation, bound(m), bound(m + 1)), Ordering::Release);
         }
         let woke = s.publish(generation);
         let start = Instant::now();
@@ -376,16 +384,21 @@ impl Team {
         while s.finished.load(Ordering::Acquire) < chunks {
             spin(&mut spins);
         }
-        let waited = start.elapsed() - own;
+        let waited = start.elapsed().saturating_sub(own);
+        // The members' panic flag is taken at once, so that nothing below can leave it set to
+        // fail the next, healthy job.
+        let member_panicked = s.panicked.swap(false, Ordering::Relaxed);
         self.counters.shared_jobs.fetch_add(1, Ordering::Relaxed);
         self.counters.chunks.fetch_add(chunks as u64, Ordering::Relaxed);
         self.counters.member_chunks.fetch_add((chunks - ran) as u64, Ordering::Relaxed);
         // The caller's own time is the yardstick of a chunk's; with no chunk of its own (the
         // members took them all) it has none, and a long wait is only a long chunk.
         let stall = ran > 0 && waited > STALL_FLOOR + 2 * own;
-        // Lost: the caller waited for the members longer than its own share took (it would have
-        // been faster alone), or ran every chunk itself (no member was running to take one).
-        let lost = ran > 0 && (waited > own || ran == chunks);
+        // Lost: the split took longer than the caller alone would have, or the caller ran every
+        // chunk itself (no member was running to take one).
+        // Alone, the caller would have taken about own · chunks / ran.
+        let slower_than_alone = (own + waited).as_nanos() * ran as u128 > own.as_nanos() * chunks as u128;
+        let lost = ran > 0 && (ran == chunks || slower_than_alone);
         if control.waking_until.is_none_or(|t| Instant::now() > t) {
             control.lost += (f32::from(u8::from(lost)) - control.lost) / 16.0;
         }
@@ -400,14 +413,12 @@ impl Team {
             if control.last_trouble.is_none_or(|t| now.duration_since(t) > CALM) {
                 control.backoff = control.limits.0;
             }
-            control.solo_until = Some(now + control.backoff);
-            control.backoff = (control.backoff * 2).min(control.limits.1);
+            control.solo_until = now.checked_add(control.backoff);
+            control.backoff = control.backoff.saturating_mul(2).min(control.limits.1);
             control.lost = 0.0;
             control.last_trouble = Some(now);
         }
         // Only now, with every chunk finished, may a panic leave this frame (the job is borrowed).
-        // The members' flag is cleared first, so that it cannot fail the next, healthy job.
-        let member_panicked = s.panicked.swap(false, Ordering::Relaxed);
         if let Some(p) = mine {
             std::panic::resume_unwind(p);
         }
@@ -629,15 +640,16 @@ pub fn set_threads(n: usize) -> Result<(), String> {
     if !(1..=MAX_SIZE).contains(&n) {
         return Err(format!("{n} threads: expected 1 to {MAX_SIZE}"));
     }
+    if let Some(t) = GLOBAL.get() {
+        let size = t.as_ref().map_or(1, |t| t.size());
+        if size != n {
+            return Err(format!("the process's team already started with {size} members"));
+        }
+    }
     if CHOSEN.get_or_init(|| n) != &n {
         return Err(format!("the thread count is already {}", CHOSEN.get().copied().unwrap_or(n)));
     }
-    match GLOBAL.get() {
-        Some(t) if t.as_ref().map_or(1, |t| t.size()) != n => {
-            Err(format!("the process's team already started with {} members", t.as_ref().map_or(1, |t| t.size())))
-        }
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 static GLOBAL: OnceLock<Option<Arc<Team>>> = OnceLock::new();

@@ -255,7 +255,7 @@ pub(super) fn attention_heads_on_team(job: &HeadsJob, out: &mut [f32]) {
         }
         return;
     };
-    let chunks = crate::team::chunks_for(nh, team.size(), 2 * job.slots.saturating_mul(hd));
+    let chunks = crate::team::chunks_for(nh, team.size(), job.slots.saturating_mul(hd).saturating_mul(2));
     let ptr = HeadsOut(out.as_mut_ptr(), out.len());
     let level = dispatch::level();
     team.for_each(chunks, &|c| {
