@@ -176,10 +176,14 @@ struct Control {
     /// Lost jobs are not counted until then: sleeping members were just woken, and a wake-up
     /// takes longer than a small job.
     waking_until: Option<Instant>,
+    /// The last time sleeping members were woken.
+    last_wake: Option<Instant>,
 }
 
-/// How long after waking sleeping members lost jobs are not held against them.
+/// How long after waking sleeping members lost jobs are not held against them...
 const WAKE_GRACE: Duration = Duration::from_millis(2);
+/// ...when no wake-up was needed for this long before.
+const QUIET: Duration = Duration::from_millis(20);
 
 /// Without trouble for this long, a new back-off starts again at the first length; until then
 /// back-offs double, so a persistent competitor costs about one probe per [`MAX_BACKOFF`].
@@ -244,6 +248,7 @@ impl Team {
             lost: 0.0,
             last_trouble: None,
             waking_until: None,
+            last_wake: None,
         });
         let mut team = Team { shared, workers: Vec::new(), control, counters: Counters::default() };
         for id in 1..size.max(1) {
@@ -364,7 +369,12 @@ impl Team {
         let woke = s.publish(generation);
         let start = Instant::now();
         if woke {
-            control.waking_until = Some(start + WAKE_GRACE);
+            // Grace for members woken after a quiet spell (the team's first jobs, the probe after
+            // a back-off) — not for members that keep falling asleep because their core is taken.
+            if control.last_wake.is_none_or(|t| start.duration_since(t) > QUIET) {
+                control.waking_until = start.checked_add(WAKE_GRACE);
+            }
+            control.last_wake = Some(start);
         }
         // The caller claims like any member; a panicking chunk still counts as finished (the
         // wait below counts chunks), and its panic is re-raised once all are done.
