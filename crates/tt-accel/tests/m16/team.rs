@@ -41,12 +41,13 @@ fn busy(us: u64) {
     }
 }
 
-/// Runs 64-chunk jobs until the team counts a stall, a worker being stuck in its first chunk
-/// (as if the OS had given its core to another process) for `stuck_ms`.
+/// Runs 64-chunk jobs, a worker being stuck in its first chunk (as if the OS had given its core
+/// to another process) for `stuck_ms`, until the team backs off — after that stall, or earlier
+/// if this machine's load makes the members lose jobs first (either is a back-off to test).
 fn stall(team: &Team, stuck_ms: u64) {
     let stuck = AtomicBool::new(false);
     for _ in 0..1000 {
-        if team.stats().stalls > 0 {
+        if team.stats().backoffs > 0 {
             return;
         }
         team.for_each(64, &|_| {
@@ -59,14 +60,15 @@ fn stall(team: &Team, stuck_ms: u64) {
     panic!("no worker ever claimed a chunk: {:?}", team.stats());
 }
 
-/// A worker stuck in its chunk makes the caller wait once; the team counts a stall and runs the
-/// following jobs on the caller alone (no chunk reaches a worker) until the back-off ends.
+/// A worker stuck in its chunk makes the caller wait once; the team counts a stall, backs off and
+/// runs the following jobs on the caller alone (no chunk reaches a worker) until the back-off ends.
 #[test]
 fn a_member_stuck_in_its_chunk_makes_the_team_back_off_to_the_caller() {
     // A back-off long enough that this test's own preemption cannot end it early.
     let team = Team::new(2).unwrap().with_backoff(Duration::from_secs(60), Duration::from_secs(60));
     stall(&team, 30);
     let after_stall = team.stats();
+    assert!(after_stall.backoffs >= 1);
     let on_workers = AtomicUsize::new(0);
     for _ in 0..20 {
         team.for_each(64, &|_| {
