@@ -26,7 +26,7 @@ pub const NAME: &str = "acceleration";
 
 const PROMPT: &str = "Q: what is 3 plus 4?\nA:";
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

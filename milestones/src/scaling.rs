@@ -28,15 +28,11 @@ use tt_profile::roofline::MemoryLevels;
 use tt_quant::{IntLevel, WeightConfig};
 use tt_transformer::{Gpt, GptConfig};
 
+use crate::acceleration::median;
 use crate::{MilestoneError, Options, Result};
 
 fn other(e: impl std::fmt::Display) -> MilestoneError {
     MilestoneError::Other(e.to_string())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Median milliseconds of `f` over `samples` runs (after one warm-up).

@@ -433,6 +433,8 @@ impl Team {
             std::panic::resume_unwind(p);
         }
         if member_panicked {
+            // A chunk panicking is a bug in the job (a kernel), not bad input: re-raised on the
+            // caller's thread, like a panic inside a scope (the member's own payload stays there).
             panic!("a tt-accel team member's chunk of the job panicked");
         }
     }
